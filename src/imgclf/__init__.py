@@ -1,0 +1,60 @@
+"""imgclf: train an image classifier from a folder, save one safe file, classify anywhere.
+
+``import imgclf`` is light: the training loop, plotting and reports are imported only when used.
+
+Usage::
+
+    import imgclf
+    clf = imgclf.load("model.imgclf")
+    print(clf.predict(["cell.png"])[0].label)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "load",
+    "save",
+    "verify",
+    "inspect",
+    "Classifier",
+    "Prediction",
+    "TrainConfig",
+    "PreprocessSpec",
+    "AugmentSpec",
+    "train",
+]
+
+_LAZY = {
+    "load": ("imgclf.bundle", "load"),
+    "save": ("imgclf.bundle", "save"),
+    "verify": ("imgclf.bundle", "verify"),
+    "inspect": ("imgclf.bundle", "inspect"),
+    "Classifier": ("imgclf.classifier", "Classifier"),
+    "Prediction": ("imgclf.classifier", "Prediction"),
+    "TrainConfig": ("imgclf.config", "TrainConfig"),
+    "PreprocessSpec": ("imgclf.config", "PreprocessSpec"),
+    "AugmentSpec": ("imgclf.config", "AugmentSpec"),
+    "train": ("imgclf.pipeline", "train"),
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from imgclf.bundle import inspect, load, save, verify
+    from imgclf.classifier import Classifier, Prediction
+    from imgclf.config import AugmentSpec, PreprocessSpec, TrainConfig
+    from imgclf.pipeline import train
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'imgclf' has no attribute {name!r}")

@@ -1,0 +1,228 @@
+"""A trained model together with everything needed to use it: class names and preprocessing.
+
+Usage::
+
+    clf = imgclf.load("malaria.imgclf")
+    for pred in clf.predict(["cell1.png", "cell2.png"]):
+        print(pred.label, pred.confidence)
+    probs = clf.predict_proba(image_array)              # (N, num_classes) numpy float32
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from imgclf.config import PreprocessSpec
+from imgclf.errors import ImageError, UsageError
+from imgclf.images import ImageSource, describe_source, preprocess_uint8, to_tensor
+
+__all__ = ["Classifier", "Prediction", "predict_logits"]
+
+_SINGLE = (str, os.PathLike, bytes, bytearray, memoryview, np.ndarray)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The result for one image.
+
+    Attributes:
+        source: The image's path or a short description of it.
+        label: Predicted class name (``None`` if the image failed).
+        index: Predicted class index.
+        confidence: Probability of the predicted class.
+        probabilities: Probability per class name, in the model's class order.
+        top_k: The ``k`` most probable ``(label, probability)`` pairs.
+        error: Why the image could not be classified (only with ``errors="return"``).
+    """
+
+    source: str
+    label: str | None
+    index: int
+    confidence: float
+    probabilities: dict[str, float] = field(default_factory=dict)
+    top_k: list[tuple[str, float]] = field(default_factory=list)
+    error: str | None = None
+
+
+def predict_logits(
+    model: nn.Module,
+    images: np.ndarray | torch.Tensor,
+    spec: PreprocessSpec,
+    *,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Run ``model`` (in eval mode) on a uint8 batch (N, H, W, 3); return float32 logits on the CPU.
+
+    Shared by training-time evaluation and prediction so both see identical input tensors.
+    """
+    device = torch.device(device)
+    n = len(images)
+    out = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, n, batch_size):
+                x = to_tensor(images[start : start + batch_size], spec, device=device)
+                with torch.autocast(
+                    device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None
+                ):
+                    logits = model(x)
+                out.append(logits.float())
+    finally:
+        model.train(was_training)
+    if not out:
+        return torch.empty((0, 0))
+    return torch.cat(out).cpu()
+
+
+class Classifier:
+    """A model plus its class names and preprocessing: the object ``imgclf.load`` returns.
+
+    Args:
+        model: The network (any ``nn.Module`` mapping (N, 3, H, W) to (N, num_classes) logits).
+        class_names: Class names in output-index order.
+        preprocess: How images are turned into the model's input.
+        arch: Registered architecture name the model was built from.
+        arch_args: Builder arguments for ``arch``.
+        manifest: Provenance and other metadata read from (or to be written to) the model file.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        class_names: Sequence[str],
+        preprocess: PreprocessSpec,
+        arch: str,
+        arch_args: dict[str, Any],
+        manifest: dict[str, Any] | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.class_names = list(class_names)
+        self.preprocess = preprocess
+        self.arch = arch
+        self.arch_args = dict(arch_args)
+        self.manifest = dict(manifest or {})
+        self.device = torch.device(device)
+        self.model = model.to(self.device, memory_format=torch.channels_last).eval()
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes the model distinguishes."""
+        return len(self.class_names)
+
+    def __repr__(self) -> str:
+        spec = self.preprocess
+        return (
+            f"Classifier(arch={self.arch!r}, classes={self.class_names!r}, "
+            f"input={spec.height}x{spec.width}, interpolation={spec.interpolation!r})"
+        )
+
+    def predict_proba_uint8(self, images: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
+        """Probabilities (N, C) for already-preprocessed uint8 images (N, H, W, 3)."""
+        logits = predict_logits(
+            self.model, images, self.preprocess, batch_size=batch_size, device=self.device
+        )
+        if logits.numel() == 0:
+            return np.zeros((0, self.num_classes), dtype=np.float32)
+        return torch.softmax(logits, dim=1).numpy()
+
+    def _stack(
+        self, images: Sequence[ImageSource], channel_order: str, errors: str
+    ) -> tuple[np.ndarray, list[str | None]]:
+        spec = self.preprocess
+        arrays = np.empty((len(images), spec.height, spec.width, 3), dtype=np.uint8)
+        failures: list[str | None] = [None] * len(images)
+        for i, source in enumerate(images):
+            try:
+                arrays[i] = preprocess_uint8(source, spec, channel_order=channel_order)
+            except ImageError as exc:
+                if errors == "raise":
+                    raise
+                failures[i] = str(exc)
+        return arrays, failures
+
+    def predict_proba(
+        self, images: ImageSource | Sequence[ImageSource], *, channel_order: str = "rgb", batch_size: int = 64
+    ) -> np.ndarray:
+        """Class probabilities (N, num_classes) for one image or a list of images.
+
+        Raises:
+            ImageError: If any image cannot be decoded.
+        """
+        items = [images] if isinstance(images, _SINGLE) or not isinstance(images, Sequence) else list(images)
+        arrays, _ = self._stack(items, channel_order, "raise")
+        return self.predict_proba_uint8(arrays, batch_size=batch_size)
+
+    def predict(
+        self,
+        images: ImageSource | Sequence[ImageSource],
+        *,
+        top_k: int = 1,
+        channel_order: str = "rgb",
+        batch_size: int = 64,
+        errors: str = "raise",
+    ) -> list[Prediction]:
+        """Classify one image or a list of images (paths, bytes, PIL images or numpy arrays).
+
+        Args:
+            images: The inputs.
+            top_k: How many of the most probable classes to list in each result's ``top_k``.
+            channel_order: ``bgr`` for OpenCV arrays; ``rgb`` otherwise.
+            batch_size: Images per forward pass.
+            errors: ``raise`` (default) stops at the first bad image; ``return`` gives bad images a
+                result with ``error`` set and classifies the rest.
+
+        Returns:
+            One :class:`Prediction` per input, in input order.
+        """
+        if errors not in ("raise", "return"):
+            raise UsageError(
+                "unknown errors mode",
+                received=repr(errors),
+                expected="raise | return",
+                fix="use errors='return' to keep going past bad images",
+            )
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise UsageError(
+                "top_k must be a positive integer",
+                received=repr(top_k),
+                expected=">= 1",
+                fix="use top_k=1 or more",
+            )
+        items = [images] if isinstance(images, _SINGLE) or not isinstance(images, Sequence) else list(images)
+        arrays, failures = self._stack(items, channel_order, errors)
+        good = [i for i, f in enumerate(failures) if f is None]
+        probs = self.predict_proba_uint8(arrays[good], batch_size=batch_size) if good else None
+        results: list[Prediction] = []
+        row = 0
+        k = min(top_k, self.num_classes)
+        for i, source in enumerate(items):
+            name = describe_source(source)
+            if failures[i] is not None:
+                results.append(Prediction(name, None, -1, float("nan"), error=failures[i]))
+                continue
+            p = probs[row]
+            row += 1
+            order = np.argsort(-p, kind="stable")
+            best = int(order[0])
+            results.append(
+                Prediction(
+                    source=name,
+                    label=self.class_names[best],
+                    index=best,
+                    confidence=float(p[best]),
+                    probabilities={c: float(v) for c, v in zip(self.class_names, p, strict=True)},
+                    top_k=[(self.class_names[int(j)], float(p[j])) for j in order[:k]],
+                )
+            )
+        return results

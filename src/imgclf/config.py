@@ -1,0 +1,428 @@
+"""Frozen, validated settings: how images are preprocessed, augmented and trained on.
+
+Each dataclass round-trips through plain JSON-able dicts; ``from_dict`` rejects unknown keys and wrong
+types so a settings dict from a file can never smuggle in anything unexpected.
+
+Usage::
+
+    spec = PreprocessSpec(height=64, width=64, interpolation="nearest")
+    assert PreprocessSpec.from_dict(spec.to_dict()) == spec
+    cfg = TrainConfig(epochs=5).validated()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from imgclf.errors import UsageError
+
+__all__ = ["PreprocessSpec", "AugmentSpec", "TrainConfig", "INTERPOLATIONS", "FILL_MODES"]
+
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
+FILL_MODES = ("nearest", "constant", "reflect")
+MAX_SIDE = 4096
+
+T = TypeVar("T", bound="_Settings")
+
+
+def _check_number(name: str, value: float, lo: float, hi: float) -> None:
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool)) or not math.isfinite(value):
+        raise UsageError(
+            f"setting {name!r} is not a finite number",
+            received=repr(value),
+            expected=f"a number in [{lo}, {hi}]",
+            fix=f"set {name} to a number",
+        )
+    if not lo <= value <= hi:
+        raise UsageError(
+            f"setting {name!r} is out of range",
+            received=value,
+            expected=f"a number in [{lo}, {hi}]",
+            fix=f"choose {name} within the bounds",
+        )
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against a (simple) type hint, converting JSON lists to tuples."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(name, value, option)
+            except UsageError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise UsageError(
+                f"setting {name!r} has the wrong type",
+                received=repr(value),
+                expected="a list",
+                fix=f"give {name} as a list",
+            )
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(name, v, args[0]) for v in value)
+        if len(value) != len(args):
+            raise UsageError(
+                f"setting {name!r} has the wrong length",
+                received=len(value),
+                expected=f"{len(args)} values",
+                fix=f"give {name} exactly {len(args)} values",
+            )
+        return tuple(_coerce(name, v, a) for v, a in zip(value, args, strict=True))
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise UsageError(
+                f"setting {name!r} has the wrong type",
+                received=repr(value),
+                expected="a mapping with string keys",
+                fix=f"give {name} as a JSON object",
+            )
+        return dict(value)
+    if isinstance(hint, type) and issubclass(hint, _Settings):
+        if isinstance(value, hint):
+            return value
+        return hint.from_dict(value, where=name)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UsageError(
+                f"setting {name!r} has the wrong type",
+                received=repr(value),
+                expected="a number",
+                fix=f"give {name} as a number",
+            )
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UsageError(
+                f"setting {name!r} has the wrong type",
+                received=repr(value),
+                expected="an integer",
+                fix=f"give {name} as a whole number",
+            )
+        return value
+    if hint in (bool, str):
+        if not isinstance(value, hint):
+            raise UsageError(
+                f"setting {name!r} has the wrong type",
+                received=repr(value),
+                expected=hint.__name__,
+                fix=f"give {name} as a {hint.__name__}",
+            )
+        return value
+    return value
+
+
+class _Settings:
+    """Shared to_dict/from_dict for the frozen settings dataclasses."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the settings as a JSON-able dict (tuples become lists)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            v = getattr(self, f.name)
+            if isinstance(v, _Settings):
+                v = v.to_dict()
+            elif isinstance(v, tuple):
+                v = list(v)
+            elif isinstance(v, dict):
+                v = dict(v)
+            out[f.name] = v
+        return out
+
+    @classmethod
+    def from_dict(cls: type[T], data: Any, *, where: str | None = None) -> T:
+        """Build settings from a dict, rejecting unknown keys and wrong types, then validate.
+
+        Args:
+            data: A mapping as produced by :meth:`to_dict`; missing keys take their defaults.
+            where: Name of the enclosing setting, used in error messages.
+
+        Raises:
+            UsageError: On unknown keys, wrong types or out-of-range values.
+        """
+        label = where or cls.__name__
+        if not isinstance(data, dict):
+            raise UsageError(
+                f"{label} must be a mapping",
+                received=type(data).__name__,
+                expected="a JSON object",
+                fix="pass a dict of settings",
+            )
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise UsageError(
+                f"unknown {label} setting(s)",
+                received=", ".join(map(str, unknown)),
+                expected="one of " + ", ".join(sorted(names)),
+                fix="remove or correct the misspelled keys",
+            )
+        kwargs = {k: _coerce(f"{label}.{k}", v, hints[k]) for k, v in data.items()}
+        return cls(**kwargs).validated()  # type: ignore[attr-defined]
+
+    def replace(self: T, **changes: Any) -> T:
+        """Return a copy with ``changes`` applied and validated."""
+        return dataclasses.replace(self, **changes).validated()  # type: ignore[type-var,attr-defined]
+
+
+@dataclass(frozen=True)
+class PreprocessSpec(_Settings):
+    """How any image becomes the model's input tensor (stored in every model file).
+
+    The pipeline is fixed (see :mod:`imgclf.images`): decode → EXIF orientation → RGB → resize to
+    ``height`` × ``width`` with ``interpolation`` → ``(pixel * rescale - mean) / std``.
+
+    Attributes:
+        height: Output height in pixels.
+        width: Output width in pixels.
+        interpolation: Pillow resampling filter. ``bilinear`` (antialiased when shrinking) is the
+            default; ``nearest`` reproduces Keras' ``flow_from_directory``/``load_img``.
+        rescale: Multiplier applied to 0-255 pixel values (the recipe's ``rescale=1/255``).
+        mean: Per-channel value subtracted after rescaling.
+        std: Per-channel divisor applied after subtracting ``mean``.
+    """
+
+    height: int = 64
+    width: int = 64
+    interpolation: str = "bilinear"
+    rescale: float = 1.0 / 255.0
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    def validated(self) -> PreprocessSpec:
+        """Return self after checking every bound; raise :class:`UsageError` otherwise."""
+        for name in ("height", "width"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_SIDE:
+                raise UsageError(
+                    f"preprocess {name} is out of range",
+                    received=repr(v),
+                    expected=f"an integer in [1, {MAX_SIDE}]",
+                    fix=f"choose another {name}",
+                )
+        if self.interpolation not in INTERPOLATIONS:
+            raise UsageError(
+                "unknown interpolation",
+                received=repr(self.interpolation),
+                expected=" | ".join(INTERPOLATIONS),
+                fix="pick one of the listed filters",
+            )
+        _check_number("rescale", self.rescale, 1e-12, 1e6)
+        for name in ("mean", "std"):
+            v = getattr(self, name)
+            if not isinstance(v, tuple) or len(v) != 3:
+                raise UsageError(
+                    f"preprocess {name} must have 3 values (R, G, B)",
+                    received=repr(v),
+                    expected="3 numbers",
+                    fix=f"give {name} one value per channel",
+                )
+            for x in v:
+                _check_number(name, x, -1e6, 1e6)
+        if any(abs(s) < 1e-12 for s in self.std):
+            raise UsageError(
+                "preprocess std contains zero",
+                received=repr(self.std),
+                expected="non-zero values",
+                fix="use std values such as 1.0 or 0.229",
+            )
+        return self
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(height, width)`` of the model input."""
+        return (self.height, self.width)
+
+
+@dataclass(frozen=True)
+class AugmentSpec(_Settings):
+    """Random affine augmentation applied to whole training batches (Keras ImageDataGenerator terms).
+
+    Attributes:
+        rotation: Maximum rotation in degrees (uniform in ±rotation).
+        zoom: Zoom range: x and y scale independently drawn from [1 - zoom, 1 + zoom].
+        width_shift: Horizontal shift as a fraction of the width (±).
+        height_shift: Vertical shift as a fraction of the height (±).
+        shear: Shear angle in **degrees**, as Keras reads ``shear_range`` (0.05° is nearly nothing —
+            kept on purpose to reproduce the recipe).
+        horizontal_flip: Flip half the images left-right.
+        vertical_flip: Flip half the images upside down.
+        fill: How pixels outside the image are filled: ``nearest`` (edge pixels, Keras' default),
+            ``constant`` (zeros) or ``reflect``.
+        enabled: Turn augmentation off entirely.
+    """
+
+    rotation: float = 20.0
+    zoom: float = 0.05
+    width_shift: float = 0.05
+    height_shift: float = 0.05
+    shear: float = 0.05
+    horizontal_flip: bool = True
+    vertical_flip: bool = False
+    fill: str = "nearest"
+    enabled: bool = True
+
+    def validated(self) -> AugmentSpec:
+        """Return self after checking every bound; raise :class:`UsageError` otherwise."""
+        _check_number("rotation", self.rotation, 0.0, 180.0)
+        _check_number("zoom", self.zoom, 0.0, 0.9)
+        _check_number("width_shift", self.width_shift, 0.0, 1.0)
+        _check_number("height_shift", self.height_shift, 0.0, 1.0)
+        _check_number("shear", self.shear, 0.0, 80.0)
+        if self.fill not in FILL_MODES:
+            raise UsageError(
+                "unknown augmentation fill mode",
+                received=repr(self.fill),
+                expected=" | ".join(FILL_MODES),
+                fix="pick one of the listed fill modes",
+            )
+        return self
+
+
+@dataclass(frozen=True)
+class TrainConfig(_Settings):
+    """Everything that defines a training run. Defaults reproduce the DL4CV malaria recipe.
+
+    Attributes:
+        arch: Registered architecture name (see ``imgclf.architectures``).
+        arch_args: Builder arguments overriding the architecture's defaults.
+        epochs: Number of passes over the training split.
+        batch_size: Images per optimizer step (each epoch runs ``max(1, N // batch_size)`` steps, as
+            Keras' ``steps_per_epoch = N // batch`` did).
+        lr: Initial SGD learning rate.
+        momentum: SGD momentum.
+        decay: Keras-style time decay: ``lr_t = lr / (1 + decay * step)``; ``None`` means
+            ``lr / epochs`` as in the recipe (``decay=INIT_LR / NUM_EPOCHS``).
+        seed: Seed for weight init, data order and augmentation.
+        label_smoothing: Cross-entropy label smoothing (0 = plain categorical cross-entropy).
+        preprocess: How images are turned into tensors.
+        augment: Training-time augmentation.
+        val_split: Fraction held out for validation when the dataset has no validation folder.
+        test_split: Fraction held out for testing when the dataset has no testing folder.
+        device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``.
+        precision: ``auto`` (bf16 autocast where the hardware supports it natively) | ``fp32`` | ``bf16``.
+        channels_last: Use the channels-last memory layout (faster convolutions on CPU and GPU).
+        compile: Use ``torch.compile`` (slow first start, faster steps).
+        eval_batch_size: Batch size for validation, testing and prediction.
+        keep: Which weights go into the model file: ``last`` epoch or ``best`` by ``monitor``.
+        monitor: ``val_loss`` or ``val_accuracy``; used by ``keep=best`` and ``patience``.
+        patience: Stop after this many epochs without improvement of ``monitor`` (``None``: never).
+        deterministic: Ask PyTorch for deterministic algorithms (GPU; CPU runs are deterministic).
+    """
+
+    arch: str = "seed_resnet"
+    arch_args: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 25
+    batch_size: int = 32
+    lr: float = 0.1
+    momentum: float = 0.9
+    decay: float | None = None
+    seed: int = 42
+    label_smoothing: float = 0.0
+    preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
+    augment: AugmentSpec = field(default_factory=AugmentSpec)
+    val_split: float = 0.1
+    test_split: float = 0.2
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    eval_batch_size: int = 256
+    keep: str = "last"
+    monitor: str = "val_loss"
+    patience: int | None = None
+    deterministic: bool = False
+
+    def validated(self) -> TrainConfig:
+        """Return self after checking every bound; raise :class:`UsageError` otherwise."""
+        for name, lo, hi in (
+            ("epochs", 1, 100_000),
+            ("batch_size", 1, 1_000_000),
+            ("eval_batch_size", 1, 1_000_000),
+            ("seed", 0, 2**63 - 1),
+        ):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise UsageError(
+                    f"setting {name!r} is out of range",
+                    received=repr(v),
+                    expected=f"an integer in [{lo}, {hi}]",
+                    fix=f"choose another {name}",
+                )
+        _check_number("lr", self.lr, 0.0, 100.0)
+        _check_number("momentum", self.momentum, 0.0, 0.9999)
+        if self.decay is not None:
+            _check_number("decay", self.decay, 0.0, 1e6)
+        _check_number("label_smoothing", self.label_smoothing, 0.0, 0.99)
+        _check_number("val_split", self.val_split, 0.0, 0.9)
+        _check_number("test_split", self.test_split, 0.0, 0.9)
+        if self.val_split + self.test_split >= 0.95:
+            raise UsageError(
+                "val_split + test_split leaves too little training data",
+                received=self.val_split + self.test_split,
+                expected="a sum below 0.95",
+                fix="lower --val-split or --test-split",
+            )
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise UsageError(
+                "unknown precision",
+                received=repr(self.precision),
+                expected="auto | fp32 | bf16",
+                fix="pick one of the listed precisions",
+            )
+        if self.keep not in ("last", "best"):
+            raise UsageError(
+                "unknown --keep value",
+                received=repr(self.keep),
+                expected="last | best",
+                fix="use --keep best or --keep last",
+            )
+        if self.monitor not in ("val_loss", "val_accuracy"):
+            raise UsageError(
+                "unknown --monitor value",
+                received=repr(self.monitor),
+                expected="val_loss | val_accuracy",
+                fix="use one of the listed metrics",
+            )
+        patience = self.patience
+        if patience is not None and (
+            isinstance(patience, bool) or not isinstance(patience, int) or patience < 1
+        ):
+            raise UsageError(
+                "patience must be a positive integer",
+                received=repr(self.patience),
+                expected="an integer >= 1",
+                fix="use --patience 5, for example",
+            )
+        dev = self.device
+        if not isinstance(dev, str) or not (
+            dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())
+        ):
+            raise UsageError(
+                "unknown device",
+                received=repr(dev),
+                expected="auto | cpu | cuda | cuda:N",
+                fix="pick one of the listed devices",
+            )
+        self.preprocess.validated()
+        self.augment.validated()
+        return self
+
+    @property
+    def effective_decay(self) -> float:
+        """The time-decay constant actually used (``lr / epochs`` unless set)."""
+        return self.lr / self.epochs if self.decay is None else self.decay

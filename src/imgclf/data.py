@@ -1,0 +1,385 @@
+"""Dataset folders → samples and class names → decoded uint8 arrays (each image decoded once).
+
+Two layouts are understood:
+
+* **split folders**: ``ROOT/{training,validation,testing}/<class>/...`` (also ``train/val/test``);
+  a missing validation or testing folder is carved out of training by ``val_split``/``test_split``.
+* **flat**: ``ROOT/<class>/...``, split into training/validation/testing by ``val_split`` and
+  ``test_split``, stratified per class and seeded.
+
+Class order is the sorted class-folder names. Hidden and system entries (``.git``, ``__MACOSX``,
+``.DS_Store``, ``Thumbs.db``, ...) are neither classes nor samples. Every structural problem is reported
+at once, before any image is decoded; then every undecodable file is reported at once, before training.
+
+Usage::
+
+    ds = scan_dataset("dataset", val_split=0.1, test_split=0.2, seed=42)
+    train = load_split(ds.splits["training"], spec)      # DecodedSplit with .images (N, H, W, 3) uint8
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import unicodedata
+import warnings
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from imgclf.config import PreprocessSpec
+from imgclf.errors import DatasetError, ImageError
+from imgclf.images import is_image_name, preprocess_uint8, read_bytes
+
+__all__ = ["Sample", "Dataset", "DecodedSplit", "scan_dataset", "load_split", "list_images", "SPLITS"]
+
+SPLITS = ("training", "validation", "testing")
+_ALIASES = {
+    "training": "training",
+    "train": "training",
+    "validation": "validation",
+    "val": "validation",
+    "valid": "validation",
+    "testing": "testing",
+    "test": "testing",
+}
+_SYSTEM_NAMES = {
+    "__macosx",
+    "thumbs.db",
+    "desktop.ini",
+    "@eadir",
+    "$recycle.bin",
+    "system volume information",
+    "lost+found",
+    "__pycache__",
+}
+MAX_LISTED = 8
+
+
+def is_hidden(name: str) -> bool:
+    """True for hidden or operating-system entries that are never classes or samples."""
+    return name.startswith((".", "~$")) or name.lower() in _SYSTEM_NAMES
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image file and its class index."""
+
+    path: str
+    label: int
+
+
+@dataclass
+class Dataset:
+    """A scanned dataset: class names in index order and the samples of each split."""
+
+    root: str
+    layout: str
+    class_names: list[str]
+    splits: dict[str, list[Sample]]
+    warnings: list[str] = field(default_factory=list)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Images per class for each split: ``{"training": {"cat": 10, ...}, ...}``."""
+        return {
+            split: {name: sum(1 for s in samples if s.label == i) for i, name in enumerate(self.class_names)}
+            for split, samples in self.splits.items()
+        }
+
+
+@dataclass
+class DecodedSplit:
+    """Decoded, resized images of one split, ready for :func:`imgclf.images.to_tensor`."""
+
+    images: np.ndarray  # (N, H, W, 3) uint8
+    labels: np.ndarray  # (N,) int64
+    paths: list[str]
+    digests: list[str]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def _walk_files(folder: str) -> list[str]:
+    """All non-hidden regular files under ``folder`` (symlinked folders are not followed), sorted."""
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
+        for name in sorted(filenames):
+            full = os.path.join(dirpath, name)
+            if not is_hidden(name) and os.path.isfile(full):
+                found.append(full)
+    return found
+
+
+def _subdirs(folder: str) -> list[str]:
+    try:
+        entries = sorted(os.listdir(folder))
+    except OSError as exc:
+        raise DatasetError(
+            "cannot list dataset folder",
+            received=f"{folder} ({exc.strerror or exc})",
+            expected="a readable folder",
+            fix="check the path and its permissions",
+        ) from None
+    return [e for e in entries if not is_hidden(e) and os.path.isdir(os.path.join(folder, e))]
+
+
+def _class_files(folder: str, problems: list[str]) -> dict[str, list[str]]:
+    classes = {}
+    for name in _subdirs(folder):
+        files = _walk_files(os.path.join(folder, name))
+        if not files:
+            problems.append(f"class folder {os.path.join(folder, name)!r} is empty")
+        classes[name] = files
+    return classes
+
+
+def _stratified(
+    files: dict[str, list[str]], fractions: dict[str, float], seed: int
+) -> dict[str, dict[str, list]]:
+    """Split each class's files by ``fractions`` (seeded); training keeps at least one file per class."""
+    rng = random.Random(seed)
+    out: dict[str, dict[str, list[str]]] = {s: {} for s in ["training", *fractions]}
+    for name in sorted(files):
+        items = sorted(files[name])
+        rng.shuffle(items)
+        start = 0
+        for split, frac in fractions.items():
+            n = min(round(len(items) * frac), max(len(items) - start - 1, 0))
+            out[split][name] = items[start : start + n]
+            start += n
+        out["training"][name] = items[start:]
+    return out
+
+
+def _near_duplicates(names: list[str]) -> list[str]:
+    seen: dict[str, str] = {}
+    dupes = []
+    for name in names:
+        key = unicodedata.normalize("NFC", name).casefold()
+        if key in seen:
+            dupes.append(f"{seen[key]!r} and {name!r}")
+        seen[key] = name
+    return dupes
+
+
+def _problems_error(problems: list[str], root: str) -> DatasetError:
+    shown = "; ".join(problems[:MAX_LISTED])
+    more = f"; and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+    return DatasetError(
+        f"dataset {root!r} has {len(problems)} problem(s): {shown}{more}",
+        fix="fix the folders listed (layout: ROOT/training/<class>/*.png or ROOT/<class>/*.png)",
+    )
+
+
+def scan_dataset(
+    root: str | os.PathLike, *, val_split: float = 0.1, test_split: float = 0.2, seed: int = 42
+) -> Dataset:
+    """Find classes and samples under ``root``; report every structural problem at once.
+
+    Raises:
+        DatasetError: Missing/empty root, fewer than two classes, empty class folders, class sets that
+            differ between splits, or a split layout without a training folder.
+    """
+    root = os.fspath(root)
+    if not os.path.exists(root):
+        raise DatasetError(
+            "dataset folder does not exist",
+            received=root,
+            expected="a folder of class folders",
+            fix="check the --dataset path",
+        )
+    if not os.path.isdir(root):
+        raise DatasetError(
+            "dataset path is not a folder",
+            received=root,
+            expected="a folder of class folders",
+            fix="pass the folder that holds the class (or split) folders",
+        )
+    subdirs = _subdirs(root)
+    if not subdirs:
+        raise DatasetError(
+            "dataset folder is empty",
+            received=root,
+            expected="class folders (ROOT/<class>/*.png) or split folders (ROOT/training/...)",
+            fix="put images in one folder per class",
+        )
+    problems: list[str] = []
+    notes: list[str] = []
+    split_dirs = {_ALIASES[d.lower()]: d for d in subdirs if d.lower() in _ALIASES}
+    if split_dirs:
+        layout = "splits"
+        ignored = [d for d in subdirs if d.lower() not in _ALIASES]
+        if ignored:
+            notes.append(f"ignored folders that are not splits: {', '.join(ignored)}")
+        if "training" not in split_dirs:
+            raise DatasetError(
+                "dataset has split folders but no training folder",
+                received=", ".join(subdirs),
+                expected="a 'training' (or 'train') folder",
+                fix="rename or add the training folder",
+            )
+        per_split = {s: _class_files(os.path.join(root, d), problems) for s, d in split_dirs.items()}
+        class_names = sorted(per_split["training"])
+        for split, classes in per_split.items():
+            missing = sorted(set(class_names) - set(classes))
+            extra = sorted(set(classes) - set(class_names))
+            if split != "training" and (missing or extra):
+                problems.append(
+                    f"{split} classes differ from training (missing: {missing or 'none'}, "
+                    f"extra: {extra or 'none'})"
+                )
+        carve = {
+            s: f
+            for s, f in (("validation", val_split), ("testing", test_split))
+            if s not in per_split and f > 0
+        }
+        files = {s: per_split.get(s, {}) for s in SPLITS}
+        if carve:
+            carved = _stratified(per_split["training"], carve, seed)
+            files.update(carved)
+            shares = ", ".join(f"{f:g}" for f in carve.values())
+            notes.append(f"split {', '.join(carve)} out of training ({shares})")
+    else:
+        layout = "flat"
+        classes = _class_files(root, problems)
+        class_names = sorted(classes)
+        files = _stratified(classes, {"validation": val_split, "testing": test_split}, seed)
+    if len(class_names) < 2:
+        problems.insert(0, f"found {len(class_names)} class folder(s) {class_names}; need at least 2")
+    if problems:
+        raise _problems_error(problems, root)
+    for dupe in _near_duplicates(class_names):
+        notes.append(f"class names differ only by case or Unicode form: {dupe}")
+    index = {name: i for i, name in enumerate(class_names)}
+    splits = {
+        s: [Sample(p, index[c]) for c in class_names for p in files.get(s, {}).get(c, [])] for s in SPLITS
+    }
+    counts = Counter(s.label for s in splits["training"])
+    for name, i in index.items():
+        if counts[i] == 1:
+            notes.append(f"class {name!r} has a single training image")
+    if counts and max(counts.values()) >= 10 * max(min(counts.values()), 1):
+        notes.append(f"classes are very imbalanced in training: {dict(sorted(counts.items()))}")
+    return Dataset(root=root, layout=layout, class_names=class_names, splits=splits, warnings=notes)
+
+
+def _decode_one(path: str, spec: PreprocessSpec) -> tuple[np.ndarray, str]:
+    data = read_bytes(path)
+    digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+    return preprocess_uint8(data, spec, name=path), digest
+
+
+def default_workers() -> int:
+    """Number of decode threads: one per available CPU core."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def load_split(
+    samples: Sequence[Sample],
+    spec: PreprocessSpec,
+    *,
+    skip_bad: bool = False,
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> DecodedSplit:
+    """Decode and resize every sample once, in parallel; report every bad file at once.
+
+    Args:
+        samples: The split's samples.
+        spec: Preprocessing spec (its size decides the array shape).
+        skip_bad: Drop undecodable files (listed in ``skipped``) instead of raising.
+        workers: Decode threads (Pillow releases the GIL while decoding and resizing).
+        progress: Called with the number of images finished since the last call.
+
+    Raises:
+        DatasetError: If any file cannot be decoded and ``skip_bad`` is false.
+    """
+    n = len(samples)
+    images = np.empty((n, spec.height, spec.width, 3), dtype=np.uint8)
+    digests = [""] * n
+    ok = np.zeros(n, dtype=bool)
+    bad: list[tuple[str, str]] = []
+
+    def work(i: int) -> None:
+        try:
+            images[i], digests[i] = _decode_one(samples[i].path, spec)
+            ok[i] = True
+        except ImageError as exc:
+            bad.append((samples[i].path, exc.problem))
+        if progress is not None:
+            progress(1)
+
+    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
+        list(pool.map(work, range(n)))
+    bad.sort()
+    if bad and not skip_bad:
+        listed = "; ".join(f"{p} ({why})" for p, why in bad[:MAX_LISTED])
+        more = f"; and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
+        raise DatasetError(
+            f"{len(bad)} file(s) are not readable images: {listed}{more}",
+            fix="remove or replace them, or pass --skip-bad to train without them",
+        )
+    keep = np.flatnonzero(ok)
+    return DecodedSplit(
+        images=images[keep] if len(keep) < n else images,
+        labels=np.array([samples[i].label for i in keep], dtype=np.int64),
+        paths=[samples[i].path for i in keep],
+        digests=[digests[i] for i in keep],
+        skipped=bad,
+    )
+
+
+def duplicate_report(splits: dict[str, DecodedSplit]) -> str | None:
+    """Describe identical files found in more than one class or split (possible leakage), if any."""
+    where: dict[str, set[tuple[str, int]]] = {}
+    for split, dec in splits.items():
+        for digest, label in zip(dec.digests, dec.labels.tolist(), strict=True):
+            where.setdefault(digest, set()).add((split, label))
+    clashes = [d for d, places in where.items() if len(places) > 1]
+    if not clashes:
+        return None
+    return f"{len(clashes)} identical file(s) appear in more than one class or split (possible leakage)"
+
+
+def fingerprint(dataset: Dataset, splits: dict[str, DecodedSplit]) -> str:
+    """SHA-256 over class names and every (split, relative path, label, content digest)."""
+    h = hashlib.sha256()
+    h.update("\x00".join(dataset.class_names).encode("utf-8", "surrogateescape"))
+    for split in sorted(splits):
+        dec = splits[split]
+        for path, label, digest in zip(dec.paths, dec.labels.tolist(), dec.digests, strict=True):
+            rel = os.path.relpath(path, dataset.root)
+            h.update(f"\x01{split}\x00{rel}\x00{label}\x00{digest}".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def list_images(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """Expand files and folders (recursively, hidden entries skipped) into a list of image paths.
+
+    Files named explicitly are kept whatever their extension; inside folders only files with image
+    extensions are taken. Order: as given, folders sorted.
+    """
+    out: list[str] = []
+    for p in paths:
+        p = os.fspath(p)
+        if os.path.isdir(p):
+            out += [f for f in _walk_files(p) if is_image_name(f)]
+        else:
+            out.append(p)
+    return out
+
+
+def warn_all(messages: Sequence[str]) -> None:
+    """Emit each message as a :class:`UserWarning` (the CLI shows them on stderr)."""
+    for m in messages:
+        warnings.warn(m, stacklevel=2)

@@ -1,0 +1,150 @@
+"""imgclf's error hierarchy and its documented exit codes.
+
+Every error says what was received, what was expected and how to fix it, on one line, so the CLI can
+print ``str(error)`` and exit with ``error.exit_code``.
+
+Usage::
+
+    from imgclf.errors import DatasetError
+    raise DatasetError("class folder is empty", received="dataset/training/cats (0 files)",
+                       expected="at least one image per class", fix="add images or remove the folder")
+
+Exit codes (also in the README):
+
+====  ==========================================================
+0     success
+1     unexpected internal error (a bug: please report it)
+2     usage error: bad flag, bad option value
+3     invalid model file
+4     invalid image (also: some images in a batch failed)
+5     I/O or disk error (unwritable folder, disk full)
+6     resume refused: checkpoint does not match the run
+7     invalid dataset folder
+130   interrupted by SIGINT (Ctrl-C)
+143   interrupted by SIGTERM
+====  ==========================================================
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ImgclfError",
+    "UsageError",
+    "ModelFileError",
+    "ImageError",
+    "StorageError",
+    "ResumeError",
+    "DatasetError",
+    "Interrupted",
+    "PartialFailure",
+    "EXIT_CODES",
+]
+
+
+def _clip(text: object, limit: int = 300) -> str:
+    """Render ``text`` on one line, escaping control characters and clipping its length."""
+    s = str(text)
+    s = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in s)
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+class ImgclfError(Exception):
+    """Base class of every error imgclf raises on purpose.
+
+    Args:
+        problem: What went wrong, in a few words ("class folder is empty").
+        received: What imgclf got (a value, a path, a count).
+        expected: What it needed instead.
+        fix: What the user can do about it.
+    """
+
+    exit_code: int = 1
+
+    def __init__(
+        self,
+        problem: str,
+        *,
+        received: object | None = None,
+        expected: object | None = None,
+        fix: str | None = None,
+    ) -> None:
+        self.problem = problem
+        self.received = received
+        self.expected = expected
+        self.fix = fix
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        parts = [_clip(self.problem, 2000)]
+        if self.received is not None:
+            parts.append(f"received {_clip(self.received)}")
+        if self.expected is not None:
+            parts.append(f"expected {_clip(self.expected)}")
+        text = "; ".join(parts)
+        if self.fix:
+            text += f". Fix: {_clip(self.fix)}"
+        return text.replace("\n", " ")
+
+
+class UsageError(ImgclfError, ValueError):
+    """A bad option, flag or argument value (exit code 2)."""
+
+    exit_code = 2
+
+
+class ModelFileError(ImgclfError, ValueError):
+    """The model file is missing, corrupt, tampered with or not an imgclf file (exit code 3)."""
+
+    exit_code = 3
+
+
+class ImageError(ImgclfError, ValueError):
+    """An image cannot be decoded or is not acceptable (exit code 4)."""
+
+    exit_code = 4
+
+
+class PartialFailure(ImgclfError):
+    """Some inputs of a batch failed while the rest succeeded (exit code 4)."""
+
+    exit_code = 4
+
+
+class StorageError(ImgclfError, OSError):
+    """Reading or writing a file failed: permissions, missing folder, full disk (exit code 5)."""
+
+    exit_code = 5
+
+
+class ResumeError(ImgclfError):
+    """A checkpoint cannot be resumed for this run (exit code 6)."""
+
+    exit_code = 6
+
+
+class DatasetError(ImgclfError, ValueError):
+    """The dataset folder cannot be used for training or evaluation (exit code 7)."""
+
+    exit_code = 7
+
+
+class Interrupted(ImgclfError):
+    """Work was interrupted by a signal; ``exit_code`` is 130 (SIGINT) or 143 (SIGTERM)."""
+
+    def __init__(self, problem: str, *, exit_code: int = 130, fix: str | None = None) -> None:
+        self.exit_code = exit_code
+        super().__init__(problem, fix=fix)
+
+
+EXIT_CODES: dict[str, int] = {
+    "ok": 0,
+    "internal": 1,
+    "usage": UsageError.exit_code,
+    "invalid_model": ModelFileError.exit_code,
+    "invalid_image": ImageError.exit_code,
+    "storage": StorageError.exit_code,
+    "resume": ResumeError.exit_code,
+    "dataset": DatasetError.exit_code,
+    "sigint": 130,
+    "sigterm": 143,
+}

@@ -1,0 +1,175 @@
+"""Classification metrics: the report scikit-learn's ``classification_report`` gives, and more.
+
+Usage::
+
+    report = classification_report(y_true, y_pred, ["Parasitized", "Uninfected"])
+    print(format_report(report))
+    cm = confusion_matrix(y_true, y_pred, 2)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from imgclf.errors import UsageError
+
+__all__ = [
+    "classification_report",
+    "format_report",
+    "confusion_matrix",
+    "Evaluation",
+    "evaluate_probabilities",
+]
+
+
+def confusion_matrix(
+    y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray, num_classes: int
+) -> np.ndarray:
+    """Counts (num_classes, num_classes): rows are true classes, columns predicted classes.
+
+    Raises:
+        UsageError: If the label arrays differ in length or hold a label outside ``0 .. num_classes - 1``.
+    """
+    t = np.asarray(y_true, dtype=np.int64).reshape(-1)
+    p = np.asarray(y_pred, dtype=np.int64).reshape(-1)
+    if t.shape != p.shape:
+        raise UsageError(
+            "true and predicted labels differ in length",
+            received=f"{len(t)} and {len(p)}",
+            expected="one prediction per true label",
+            fix="pass arrays of equal length",
+        )
+    both = np.concatenate([t, p])
+    if both.size and (both.min() < 0 or both.max() >= num_classes):
+        raise UsageError(
+            "label out of range",
+            received=f"labels {int(both.min())} .. {int(both.max())}",
+            expected=f"class indices 0 .. {num_classes - 1}",
+            fix="map labels to class indices first",
+        )
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (t, p), 1)
+    return cm
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    # scikit-learn's zero_division default: 0.0 where the denominator is 0.
+    return np.divide(num, den, out=np.zeros_like(num, dtype=np.float64), where=den > 0)
+
+
+def classification_report(
+    y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray, class_names: Sequence[str]
+) -> dict[str, Any]:
+    """Per-class precision, recall, F1 and support; accuracy; macro and weighted averages.
+
+    The layout and numbers equal ``sklearn.metrics.classification_report(..., output_dict=True,
+    labels=range(C), target_names=class_names)`` (``zero_division`` = 0).
+    """
+    cm = confusion_matrix(y_true, y_pred, len(class_names)).astype(np.float64)
+    tp = np.diag(cm)
+    support = cm.sum(axis=1)
+    predicted = cm.sum(axis=0)
+    precision = _ratio(tp, predicted)
+    recall = _ratio(tp, support)
+    f1 = _ratio(2 * tp, support + predicted)
+    total = support.sum()
+    report: dict[str, Any] = {}
+    for i, name in enumerate(class_names):
+        report[name] = {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1-score": float(f1[i]),
+            "support": int(support[i]),
+        }
+    report["accuracy"] = float(tp.sum() / total) if total else 0.0
+    report["macro avg"] = {
+        "precision": float(precision.mean()),
+        "recall": float(recall.mean()),
+        "f1-score": float(f1.mean()),
+        "support": int(total),
+    }
+
+    def weighted(values: np.ndarray) -> float:
+        return float(np.average(values, weights=support)) if total else 0.0
+
+    report["weighted avg"] = {
+        "precision": weighted(precision),
+        "recall": weighted(recall),
+        "f1-score": weighted(f1),
+        "support": int(total),
+    }
+    return report
+
+
+def format_report(report: dict[str, Any], digits: int = 4) -> str:
+    """Render a report as text, character for character scikit-learn's layout."""
+    rows = [k for k in report if k not in ("accuracy", "macro avg", "weighted avg")]
+    width = max([len(r) for r in rows] + [len("weighted avg"), digits])
+    keys = ("precision", "recall", "f1-score")
+    head = f"{'':>{width}s} " + "".join(f" {h:>9}" for h in (*keys, "support"))
+    lines = [head, ""]
+
+    def row(name: str, r: dict[str, Any]) -> str:
+        return f"{name:>{width}s} " + "".join(f" {r[k]:>9.{digits}f}" for k in keys) + f" {r['support']:>9}"
+
+    lines += [row(name, report[name]) for name in rows]
+    lines.append("")
+    total = report["macro avg"]["support"]
+    lines.append(
+        f"{'accuracy':>{width}s} " + f" {'':>9}" * 2 + f" {report['accuracy']:>9.{digits}f}" + f" {total:>9}"
+    )
+    lines += [row(avg, report[avg]) for avg in ("macro avg", "weighted avg")]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Evaluation:
+    """Everything an evaluation produces."""
+
+    report: dict[str, Any]
+    confusion: np.ndarray
+    probabilities: np.ndarray
+    labels: np.ndarray
+    paths: list[str]
+    class_names: list[str]
+    misclassified: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def accuracy(self) -> float:
+        """Share of correctly classified images."""
+        return float(self.report["accuracy"])
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able summary: report, confusion matrix and misclassified files."""
+        return {
+            "report": self.report,
+            "confusion_matrix": self.confusion.tolist(),
+            "class_names": self.class_names,
+            "misclassified": self.misclassified,
+        }
+
+
+def evaluate_probabilities(
+    probabilities: np.ndarray, labels: np.ndarray, paths: Sequence[str], class_names: Sequence[str]
+) -> Evaluation:
+    """Build an :class:`Evaluation` from predicted probabilities and true labels."""
+    pred = probabilities.argmax(axis=1) if len(probabilities) else np.zeros(0, dtype=np.int64)
+    names = list(class_names)
+    wrong = [
+        {"path": p, "true": names[t], "predicted": names[q], "confidence": float(probabilities[i, q])}
+        for i, (p, t, q) in enumerate(zip(paths, labels.tolist(), pred.tolist(), strict=True))
+        if t != q
+    ]
+    return Evaluation(
+        report=classification_report(labels, pred, names),
+        confusion=confusion_matrix(labels, pred, len(names)),
+        probabilities=probabilities,
+        labels=labels,
+        paths=list(paths),
+        class_names=names,
+        misclassified=wrong,
+    )

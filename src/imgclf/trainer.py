@@ -1,0 +1,330 @@
+"""The training loop: data resident on the device, batched augmentation, Keras-style SGD time decay.
+
+``fit`` never prints; progress goes to callbacks (the CLI draws a progress bar with one). Everything a
+run depends on lives in :class:`TrainState`, so a checkpoint of it resumes the run exactly.
+
+Usage::
+
+    state = create_state(config, num_classes=2)
+    state = fit(config, state, train_split, val_split, callbacks=[MyCallback()])
+    model = state.model
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from imgclf import architectures
+from imgclf.augment import affine_matrices, augment_batch, sample_params
+from imgclf.classifier import predict_logits
+from imgclf.config import TrainConfig
+from imgclf.data import DecodedSplit
+from imgclf.errors import UsageError
+from imgclf.images import to_tensor
+
+__all__ = [
+    "TrainState",
+    "Callback",
+    "create_state",
+    "fit",
+    "resolve_device",
+    "resolve_precision",
+    "cpu_has_native_bf16",
+    "steps_per_epoch",
+    "lr_at",
+]
+
+
+@dataclass
+class TrainState:
+    """Everything a run depends on; checkpointing this resumes the run exactly.
+
+    Attributes:
+        model: The network (unwrapped, never compiled).
+        optimizer: SGD with Keras-style L2 groups.
+        epoch: Epochs completed.
+        step: Optimizer steps completed (drives the time decay).
+        order_gen: Generator for each epoch's sample order.
+        aug_gen: Generator for augmentation parameters.
+        history: One dict per completed epoch (loss, accuracy, val_loss, val_accuracy, lr, seconds).
+        best_metric: Best value of the monitored metric so far.
+        best_epoch: Epoch (1-based) that reached ``best_metric``.
+        bad_epochs: Epochs since ``best_metric`` last improved (for early stopping).
+        best_state: Copy of the weights at ``best_epoch`` (only with ``keep=best``).
+        stopped_early: True if patience ran out.
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    epoch: int = 0
+    step: int = 0
+    order_gen: torch.Generator = field(default_factory=torch.Generator)
+    aug_gen: torch.Generator = field(default_factory=torch.Generator)
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_metric: float | None = None
+    best_epoch: int | None = None
+    bad_epochs: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+    stopped_early: bool = False
+
+
+class Callback:
+    """Hooks ``fit`` calls; override the ones you need. None of them may change the run."""
+
+    def on_train_begin(
+        self, config: TrainConfig, state: TrainState, steps: int, device: torch.device
+    ) -> None:
+        """Before the first epoch (also after a resume)."""
+
+    def on_epoch_begin(self, epoch: int, steps: int) -> None:
+        """Before each epoch; ``epoch`` is 1-based."""
+
+    def on_step_end(self, step: int, steps: int, loss: float | None) -> None:
+        """After each optimizer step; ``loss`` is ``None`` where reading it would stall the GPU."""
+
+    def on_epoch_end(self, state: TrainState, record: dict[str, float]) -> None:
+        """After each epoch's validation, with the epoch's history record."""
+
+    def on_train_end(self, state: TrainState) -> None:
+        """After the last epoch (or early stop)."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """Turn ``auto|cpu|cuda|cuda:N`` into a device, failing clearly if CUDA is asked for but absent."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(
+                "CUDA device requested but none is available",
+                received=name,
+                expected="a machine with an NVIDIA GPU",
+                fix="use --device cpu or --device auto",
+            )
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise UsageError(
+                "CUDA device index out of range",
+                received=name,
+                expected=f"cuda:0 .. cuda:{torch.cuda.device_count() - 1}",
+                fix="pick an existing GPU",
+            )
+    return torch.device(name)
+
+
+def cpu_has_native_bf16() -> bool:
+    """True if this CPU computes bf16 natively (AVX-512 BF16 or AMX), where bf16 autocast pays off."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            flags = next((line for line in fh if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device`` (``None`` means plain float32)."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if cpu_has_native_bf16() else None
+
+
+def steps_per_epoch(n: int, batch_size: int) -> tuple[int, int]:
+    """``(steps, batch)``: Keras' ``steps_per_epoch = N // batch`` full batches (one batch if N < batch)."""
+    batch = min(batch_size, n)
+    return max(1, n // batch), batch
+
+
+def lr_at(config: TrainConfig, step: int) -> float:
+    """Keras time decay: ``lr / (1 + decay * step)`` with ``step`` counted from 0."""
+    return config.lr / (1.0 + config.effective_decay * step)
+
+
+def _seeds(seed: int) -> tuple[int, int, int]:
+    s = np.random.SeedSequence(seed).generate_state(3, dtype=np.uint64)
+    return tuple(int(v) & ((1 << 63) - 1) for v in s)  # type: ignore[return-value]
+
+
+def create_state(config: TrainConfig, num_classes: int, device: torch.device | None = None) -> TrainState:
+    """Seed everything, build the model and the optimizer for a fresh run."""
+    device = device or resolve_device(config.device)
+    init_seed, order_seed, aug_seed = _seeds(config.seed)
+    torch.manual_seed(init_seed)
+    model = architectures.build(config.arch, num_classes, config.preprocess.size, config.arch_args)
+    model = model.to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    groups = [
+        {"params": params, "weight_decay": 2.0 * coef}  # d/dw of Keras' coef * w**2
+        for coef, params in architectures.l2_groups(model)
+        if params
+    ]
+    optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+    return TrainState(
+        model=model,
+        optimizer=optimizer,
+        order_gen=torch.Generator().manual_seed(order_seed),
+        aug_gen=torch.Generator().manual_seed(aug_seed),
+    )
+
+
+def _improved(config: TrainConfig, value: float, best: float | None) -> bool:
+    if best is None or math.isnan(best):
+        return not math.isnan(value)
+    return value < best if config.monitor.endswith("loss") else value > best
+
+
+def _evaluate(
+    model: nn.Module,
+    split: DecodedSplit,
+    config: TrainConfig,
+    device: torch.device,
+    dtype: torch.dtype | None,
+) -> tuple[float, float]:
+    logits = predict_logits(
+        model,
+        split.images,
+        config.preprocess,
+        batch_size=config.eval_batch_size,
+        device=device,
+        autocast_dtype=dtype,
+    )
+    labels = torch.from_numpy(split.labels)
+    loss = F.cross_entropy(logits, labels).item()
+    return loss, (logits.argmax(1) == labels).float().mean().item()
+
+
+def fit(
+    config: TrainConfig,
+    state: TrainState,
+    train: DecodedSplit,
+    val: DecodedSplit | None = None,
+    *,
+    callbacks: Sequence[Callback] = (),
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainState:
+    """Train ``state`` for the remaining epochs of ``config``; return the updated state.
+
+    Args:
+        config: The run's settings.
+        state: From :func:`create_state` (or restored from a checkpoint).
+        train: Decoded training split.
+        val: Decoded validation split (may be empty or ``None``: then the monitored metric falls
+            back to the training loss/accuracy).
+        callbacks: Progress and checkpoint hooks.
+        should_stop: Polled after each step; returning True ends the epoch early without recording it
+            (used for graceful interruption).
+    """
+    if len(train) == 0:
+        raise UsageError(
+            "no training images", received=0, expected="at least one image", fix="check the dataset"
+        )
+    device = next(state.model.parameters()).device
+    dtype = resolve_precision(config.precision, device)
+    if config.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    model = state.model
+    net: Callable[[torch.Tensor], torch.Tensor] = torch.compile(model) if config.compile else model
+    spec, aug = config.preprocess, config.augment
+    x_all = torch.from_numpy(train.images).to(device)
+    y_all = torch.from_numpy(train.labels).to(device)
+    n = len(train)
+    steps, batch = steps_per_epoch(n, config.batch_size)
+    memory = torch.channels_last if config.channels_last else torch.contiguous_format
+    report_every = 1 if device.type == "cpu" else 25
+    for cb in callbacks:
+        cb.on_train_begin(config, state, steps, device)
+
+    def train_step(idx: torch.Tensor, mats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        yb = y_all[idx]
+        x = augment_batch(to_tensor(x_all[idx], spec), aug, mats).contiguous(memory_format=memory)
+        with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            logits = net(x)
+        loss = F.cross_entropy(logits.float(), yb, label_smoothing=config.label_smoothing)
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        state.optimizer.step()
+        return loss.detach(), (logits.detach().argmax(1) == yb).sum()
+
+    model.train()
+    while state.epoch < config.epochs and not state.stopped_early:
+        epoch = state.epoch + 1
+        for cb in callbacks:
+            cb.on_epoch_begin(epoch, steps)
+        started = time.perf_counter()
+        perm = torch.randperm(n, generator=state.order_gen)[: steps * batch].to(device)
+        mats = affine_matrices(sample_params(steps * batch, aug, state.aug_gen), spec.height, spec.width)
+        mats = mats.to(device=device, dtype=torch.float32)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        lr = lr_at(config, state.step)
+        interrupted = False
+        for i in range(steps):
+            lr = lr_at(config, state.step)
+            for group in state.optimizer.param_groups:
+                group["lr"] = lr
+            sl = slice(i * batch, (i + 1) * batch)
+            loss, hits = train_step(perm[sl], mats[sl])
+            loss_sum += loss
+            correct += hits
+            state.step += 1
+            shown = loss.item() if (i + 1) % report_every == 0 or i + 1 == steps else None
+            for cb in callbacks:
+                cb.on_step_end(i + 1, steps, shown)
+            if should_stop is not None and should_stop():
+                interrupted = True
+                break
+        if interrupted:
+            break
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "loss": loss_sum.item() / steps,
+            "accuracy": correct.item() / (steps * batch),
+            "lr": lr,
+        }
+        if val is not None and len(val):
+            record["val_loss"], record["val_accuracy"] = _evaluate(net, val, config, device, dtype)
+            model.train()
+        record["seconds"] = time.perf_counter() - started
+        state.history.append(record)
+        state.epoch = epoch
+        key = config.monitor if config.monitor in record else config.monitor.replace("val_", "")
+        value = float(record[key])
+        if _improved(config, value, state.best_metric):
+            state.best_metric, state.best_epoch, state.bad_epochs = value, epoch, 0
+            if config.keep == "best":
+                state.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            state.bad_epochs += 1
+            if config.patience is not None and state.bad_epochs >= config.patience:
+                state.stopped_early = True
+        for cb in callbacks:
+            cb.on_epoch_end(state, record)
+    for cb in callbacks:
+        cb.on_train_end(state)
+    return state
+
+
+def final_weights(config: TrainConfig, state: TrainState) -> tuple[nn.Module, int]:
+    """The model to save (``keep=best`` restores the best epoch's weights) and the epoch it is from."""
+    if config.keep == "best" and state.best_state is not None and state.best_epoch is not None:
+        state.model.load_state_dict(state.best_state)
+        return state.model, state.best_epoch
+    return state.model, state.epoch
