@@ -21,21 +21,12 @@ import warnings
 from collections.abc import Sequence
 
 from imgclf import __version__
-from imgclf.errors import EXIT_CODES, ImgclfError, UsageError
+from imgclf.errors import EXIT_CODES, ImgclfError, UsageError, safe_text
 
-__all__ = ["main", "build_parser", "safe_text"]
+__all__ = ["main", "build_parser"]
 
 EPILOG = """exit codes: 0 ok, 1 internal error, 2 usage, 3 invalid model file, 4 invalid image (or some images
 failed), 5 I/O or disk, 6 resume refused, 7 invalid dataset, 130 interrupted (Ctrl-C), 143 terminated"""
-
-
-def safe_text(text: object) -> str:
-    """Escape control characters (ANSI sequences, newlines, RTL overrides) for terminal output.
-
-    Defined here rather than imported from :mod:`imgclf.progress`, which imports the training loop: the
-    predict path must not.
-    """
-    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in str(text))
 
 
 def _err(text: str) -> None:

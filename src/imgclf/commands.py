@@ -42,7 +42,7 @@ def _out(text: str = "") -> None:
 
 def _report_text(report: dict[str, Any]) -> str:
     """The classification report for stdout, control characters in class names escaped line by line."""
-    from imgclf.cli import safe_text
+    from imgclf.errors import safe_text
     from imgclf.evaluate import format_report
 
     return "\n".join(safe_text(line) for line in format_report(report).rstrip("\n").split("\n"))
@@ -115,8 +115,9 @@ def _config_from_args(args: argparse.Namespace) -> Any:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``imgclf train``: train, save, report; prints the classification report on stdout."""
+    from imgclf.errors import safe_text
     from imgclf.pipeline import train
-    from imgclf.progress import EpochProgress, decode_bar_factory, safe_text, stderr_console
+    from imgclf.progress import EpochProgress, decode_bar_factory, stderr_console
 
     config = _config_from_args(args)
     console = stderr_console()
@@ -205,7 +206,7 @@ def _write_predictions(path: str, preds: list, class_names: list[str]) -> None:
 def cmd_predict(args: argparse.Namespace) -> int:
     """``imgclf predict``: one line per image on stdout; per-image errors on stderr; exit 4 if any failed."""
     from imgclf.bundle import load
-    from imgclf.cli import safe_text
+    from imgclf.errors import safe_text
 
     if args.top_k < 1 or args.batch_size < 1:
         raise UsageError(
@@ -275,7 +276,7 @@ def _montage(args: argparse.Namespace, preds: list, class_names: list[str]) -> N
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``imgclf evaluate``: classification report on stdout (text or ``--json``)."""
     from imgclf.bundle import load
-    from imgclf.cli import safe_text
+    from imgclf.errors import safe_text
     from imgclf.files import atomic_write_text
     from imgclf.pipeline import evaluate_dataset
 
@@ -318,7 +319,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     """``imgclf inspect``: the manifest, human-readable or ``--json``."""
     from imgclf.bundle import inspect
-    from imgclf.cli import safe_text
+    from imgclf.errors import safe_text
 
     info = inspect(args.model)
     if args.json:

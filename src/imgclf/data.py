@@ -323,12 +323,7 @@ def load_split(
         list(pool.map(work, range(n)))
     bad.sort()
     if bad and not skip_bad:
-        listed = "; ".join(f"{p} ({why})" for p, why in bad[:MAX_LISTED])
-        more = f"; and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
-        raise DatasetError(
-            f"{len(bad)} file(s) are not readable images: {listed}{more}",
-            fix="remove or replace them, or pass --skip-bad to train without them",
-        )
+        raise bad_files_error(bad)
     keep = np.flatnonzero(ok)
     return DecodedSplit(
         images=images[keep] if len(keep) < n else images,
@@ -336,6 +331,16 @@ def load_split(
         paths=[samples[i].path for i in keep],
         digests=[digests[i] for i in keep],
         skipped=bad,
+    )
+
+
+def bad_files_error(bad: Sequence[tuple[str, str]]) -> DatasetError:
+    """One error listing every undecodable file ``(path, why)`` (the first few by name)."""
+    listed = "; ".join(f"{p} ({why})" for p, why in bad[:MAX_LISTED])
+    more = f"; and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
+    return DatasetError(
+        f"{len(bad)} file(s) are not readable images: {listed}{more}",
+        fix="remove or replace them, or pass --skip-bad to train without them",
     )
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "Interrupted",
     "PartialFailure",
     "EXIT_CODES",
+    "safe_text",
 ]
 
 
@@ -46,6 +47,11 @@ def _clip(text: object, limit: int = 300) -> str:
     s = str(text)
     s = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in s)
     return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+def safe_text(text: object) -> str:
+    """Escape control characters (ANSI sequences, newlines, RTL overrides) for terminal output."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in str(text))
 
 
 class ImgclfError(Exception):

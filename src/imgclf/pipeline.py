@@ -25,7 +25,14 @@ import torch
 from imgclf import architectures, bundle
 from imgclf.classifier import Classifier
 from imgclf.config import TrainConfig
-from imgclf.data import DecodedSplit, duplicate_report, fingerprint, load_split, scan_dataset
+from imgclf.data import (
+    DecodedSplit,
+    bad_files_error,
+    duplicate_report,
+    fingerprint,
+    load_split,
+    scan_dataset,
+)
 from imgclf.errors import DatasetError, StorageError, UsageError
 from imgclf.evaluate import Evaluation, evaluate_probabilities, format_report
 from imgclf.files import atomic_write_text, check_writable
@@ -144,9 +151,13 @@ def train(
     decoded: dict[str, DecodedSplit] = {}
     for split, samples in ds.splits.items():
         progress = decode_progress(split, len(samples)) if decode_progress and samples else None
-        decoded[split] = load_split(samples, config.preprocess, skip_bad=skip_bad, progress=progress)
-        for path, why in decoded[split].skipped:
-            log(f"warning: skipped {path}: {why}")
+        # Decode every split before judging, so all bad files are reported in one error.
+        decoded[split] = load_split(samples, config.preprocess, skip_bad=True, progress=progress)
+    bad = [item for dec in decoded.values() for item in dec.skipped]
+    if bad and not skip_bad:
+        raise bad_files_error(bad)
+    for path, why in bad:
+        log(f"warning: skipped {path}: {why}")
     if len(decoded["training"]) == 0:
         raise DatasetError(
             "no usable training images",

@@ -27,13 +27,7 @@ from rich.progress import (
 from imgclf.config import TrainConfig
 from imgclf.trainer import Callback, TrainState
 
-__all__ = ["stderr_console", "EpochProgress", "bar", "safe_text"]
-
-
-def safe_text(text: object) -> str:
-    """Escape control characters (ANSI sequences, newlines, RTL overrides) for terminal output."""
-    s = str(text)
-    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in s)
+__all__ = ["stderr_console", "EpochProgress", "bar", "decode_bar_factory"]
 
 
 def stderr_console() -> Console:
