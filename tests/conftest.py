@@ -119,3 +119,9 @@ def tiny_model(tmp_path_factory):
     model_path = base / "tiny.imgclf"
     result = train(dataset, model_path, tiny_train_config())
     return SimpleNamespace(dataset=dataset, model_path=model_path, result=result)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Keep the decode-once cache of every test (and its subprocesses) out of the user's home."""
+    os.environ["IMGCLF_CACHE_DIR"] = str(tmp_path_factory.mktemp("imgclf-cache"))

@@ -133,6 +133,7 @@ def _add_train(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     r.add_argument("--patience", type=int, help="stop after N epochs without improvement")
     r.add_argument("--deterministic", action="store_true", help="deterministic algorithms (GPU)")
     r.add_argument("--skip-bad", action="store_true", help="train without unreadable images (listed)")
+    _add_cache_flags(r)
     r.add_argument(
         "--probes-from",
         type=int,
@@ -140,6 +141,15 @@ def _add_train(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         metavar="N",
         help="also store N validation images as self-check probes (default: synthetic only)",
     )
+
+
+def _add_cache_flags(group: argparse._ActionsContainer) -> None:
+    group.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="decode-once cache of preprocessed images (default $IMGCLF_CACHE_DIR or ~/.cache/imgclf)",
+    )
+    group.add_argument("--no-cache", action="store_true", help="decode into memory only; no cache files")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -193,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--confusion-plot", metavar="PNG", help="write a confusion-matrix plot")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (listed)")
+    _add_cache_flags(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
     p = sub.add_parser(

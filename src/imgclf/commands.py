@@ -129,6 +129,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir=args.run_dir,
         skip_bad=args.skip_bad,
         probes_from=args.probes_from,
+        cache_dir=args.cache_dir,
+        use_cache=not args.no_cache,
         callbacks=[EpochProgress(console)],
         log=lambda m: console.print(safe_text(m), markup=False),
         decode_progress=decode_bar_factory(console),
@@ -301,6 +303,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.dataset,
         split=args.split,
         skip_bad=args.skip_bad,
+        cache_dir=args.cache_dir,
+        use_cache=not args.no_cache,
         log=lambda m: print(f"imgclf: {safe_text(m)}", file=sys.stderr),
     )
     if args.json:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from imgclf.cache import DecodeCache, default_cache_dir
 from imgclf.config import PreprocessSpec
 from imgclf.errors import DatasetError, ImageError
 from imgclf.images import is_image_name, preprocess_uint8, read_bytes
@@ -284,6 +285,48 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def decode_into(
+    paths: Sequence[str],
+    out: np.ndarray,
+    progress: Callable[[int], None] | None = None,
+    *,
+    rows: Sequence[int] | None = None,
+    spec: PreprocessSpec,
+    workers: int | None = None,
+) -> tuple[list[str], dict[int, str]]:
+    """Decode ``paths[j]`` into ``out[rows[j]]`` (default ``out[j]``) in parallel threads.
+
+    Pillow releases the GIL while decoding and resizing, so threads use every core without the
+    start-up cost of processes.
+
+    Args:
+        paths: Image files.
+        out: (N, H, W, 3) uint8 array (may be a writable memory map).
+        progress: Called with the number of images finished since the last call.
+        rows: Target row of each path.
+        spec: Preprocessing spec (must match ``out``'s height and width).
+        workers: Threads (default: one per core).
+
+    Returns:
+        ``(digests, failures)``: a content digest per path ("" for failures) and ``{j: reason}``.
+    """
+    targets = list(range(len(paths))) if rows is None else list(rows)
+    digests = [""] * len(paths)
+    failures: dict[int, str] = {}
+
+    def work(j: int) -> None:
+        try:
+            out[targets[j]], digests[j] = _decode_one(paths[j], spec)
+        except ImageError as exc:
+            failures[j] = exc.problem
+        if progress is not None:
+            progress(1)
+
+    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
+        list(pool.map(work, range(len(paths))))
+    return digests, failures
+
+
 def load_split(
     samples: Sequence[Sample],
     spec: PreprocessSpec,
@@ -291,6 +334,7 @@ def load_split(
     skip_bad: bool = False,
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
+    cache: DecodeCache | None = None,
 ) -> DecodedSplit:
     """Decode and resize every sample once, in parallel; report every bad file at once.
 
@@ -300,38 +344,37 @@ def load_split(
         skip_bad: Drop undecodable files (listed in ``skipped``) instead of raising.
         workers: Decode threads (Pillow releases the GIL while decoding and resizing).
         progress: Called with the number of images finished since the last call.
+        cache: Decode-once cache to read from and fill (see :mod:`imgclf.cache`); ``None`` decodes
+            into memory.
 
     Raises:
         DatasetError: If any file cannot be decoded and ``skip_bad`` is false.
     """
-    n = len(samples)
-    images = np.empty((n, spec.height, spec.width, 3), dtype=np.uint8)
-    digests = [""] * n
-    ok = np.zeros(n, dtype=bool)
-    bad: list[tuple[str, str]] = []
-
-    def work(i: int) -> None:
-        try:
-            images[i], digests[i] = _decode_one(samples[i].path, spec)
-            ok[i] = True
-        except ImageError as exc:
-            bad.append((samples[i].path, exc.problem))
-        if progress is not None:
-            progress(1)
-
-    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
-        list(pool.map(work, range(n)))
-    bad.sort()
+    paths = [s.path for s in samples]
+    if cache is not None:
+        images, kept, digests, bad = cache.fetch(paths, progress)
+    else:
+        images = np.empty((len(paths), spec.height, spec.width, 3), dtype=np.uint8)
+        all_digests, failures = decode_into(paths, images, progress, spec=spec, workers=workers)
+        kept = np.array([i for i in range(len(paths)) if i not in failures], dtype=np.int64)
+        if len(kept) < len(paths):
+            images = images[kept]
+        digests = [all_digests[i] for i in kept.tolist()]
+        bad = sorted((paths[j], why) for j, why in failures.items())
     if bad and not skip_bad:
         raise bad_files_error(bad)
-    keep = np.flatnonzero(ok)
     return DecodedSplit(
-        images=images[keep] if len(keep) < n else images,
-        labels=np.array([samples[i].label for i in keep], dtype=np.int64),
-        paths=[samples[i].path for i in keep],
-        digests=[digests[i] for i in keep],
+        images=images,
+        labels=np.array([samples[i].label for i in kept.tolist()], dtype=np.int64),
+        paths=[paths[i] for i in kept.tolist()],
+        digests=digests,
         skipped=bad,
     )
+
+
+def open_cache(spec: PreprocessSpec, cache_dir: str | os.PathLike | None = None) -> DecodeCache:
+    """The decode-once cache for ``spec`` in ``cache_dir`` (default: ``cache.default_cache_dir()``)."""
+    return DecodeCache(cache_dir or default_cache_dir(), spec, decode_into)
 
 
 def bad_files_error(bad: Sequence[tuple[str, str]]) -> DatasetError:

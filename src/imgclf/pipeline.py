@@ -31,6 +31,7 @@ from imgclf.data import (
     duplicate_report,
     fingerprint,
     load_split,
+    open_cache,
     scan_dataset,
 )
 from imgclf.errors import DatasetError, StorageError, UsageError
@@ -105,6 +106,8 @@ def train(
     run_dir: str | os.PathLike | None = None,
     skip_bad: bool = False,
     probes_from: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
     callbacks: Sequence[Callback] = (),
     log: Log = _quiet,
     decode_progress: Callable[[str, int], Callable[[int], None] | None] | None = None,
@@ -120,6 +123,8 @@ def train(
         run_dir: Folder for history, reports (and checkpoints); default next to the model file.
         skip_bad: Train without undecodable files instead of failing.
         probes_from: Also store this many validation images as self-check probes in the file.
+        cache_dir: Decode-once cache folder (default ``$IMGCLF_CACHE_DIR`` or ``~/.cache/imgclf``).
+        use_cache: Read and fill the decode-once cache (``False``: decode into memory only).
         callbacks: Training progress hooks.
         log: Receives one-line human messages (warnings, notes).
         decode_progress: ``decode_progress(split, total)`` returns a per-image progress callback.
@@ -149,10 +154,11 @@ def train(
     for note in ds.warnings:
         log(f"warning: {note}")
     decoded: dict[str, DecodedSplit] = {}
+    cache = open_cache(config.preprocess, cache_dir) if use_cache else None
     for split, samples in ds.splits.items():
         progress = decode_progress(split, len(samples)) if decode_progress and samples else None
         # Decode every split before judging, so all bad files are reported in one error.
-        decoded[split] = load_split(samples, config.preprocess, skip_bad=True, progress=progress)
+        decoded[split] = load_split(samples, config.preprocess, skip_bad=True, progress=progress, cache=cache)
     bad = [item for dec in decoded.values() for item in dec.skipped]
     if bad and not skip_bad:
         raise bad_files_error(bad)
@@ -251,6 +257,8 @@ def evaluate_dataset(
     skip_bad: bool = False,
     batch_size: int = 256,
     log: Log = _quiet,
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
 ) -> Evaluation:
     """Evaluate a loaded classifier on a dataset folder's split (or a flat folder of class folders).
 
@@ -281,7 +289,8 @@ def evaluate_dataset(
             fix="evaluate on a dataset with the model's classes",
         )
     remap = {i: classifier.class_names.index(c) for i, c in enumerate(ds.class_names)}
-    dec = load_split(samples, classifier.preprocess, skip_bad=skip_bad)
+    cache = open_cache(classifier.preprocess, cache_dir) if use_cache else None
+    dec = load_split(samples, classifier.preprocess, skip_bad=skip_bad, cache=cache)
     for path, why in dec.skipped:
         log(f"warning: skipped {path}: {why}")
     labels = dec.labels.copy()

@@ -182,6 +182,32 @@ def create_state(config: TrainConfig, num_classes: int, device: torch.device | N
     )
 
 
+def _available_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 1 << 62  # unknown: assume it fits
+
+
+def stage_images(images: np.ndarray, device: torch.device, share: float = 0.5) -> torch.Tensor | None:
+    """Put a uint8 image array on ``device`` if it takes at most ``share`` of the free memory there.
+
+    Returns ``None`` when it does not fit: ``fit`` then gathers each batch from ``images`` (typically a
+    memory-mapped cache) instead, with identical results.
+    """
+    if images.nbytes > share * _available_bytes(device):
+        return None
+    if isinstance(images, np.memmap) or not images.flags.writeable:
+        images = np.array(images)  # read the memory map into RAM once
+    return torch.from_numpy(images).to(device)
+
+
 def _improved(config: TrainConfig, value: float, best: float | None) -> bool:
     if best is None or math.isnan(best):
         return not math.isnan(value)
@@ -243,7 +269,7 @@ def fit(
     model = state.model
     net: Callable[[torch.Tensor], torch.Tensor] = torch.compile(model) if config.compile else model
     spec, aug = config.preprocess, config.augment
-    x_all = torch.from_numpy(train.images).to(device)
+    x_all = stage_images(train.images, device)
     y_all = torch.from_numpy(train.labels).to(device)
     n = len(train)
     steps, batch = steps_per_epoch(n, config.batch_size)
@@ -252,9 +278,17 @@ def fit(
     for cb in callbacks:
         cb.on_train_begin(config, state, steps, device)
 
+    def batch_images(idx: torch.Tensor) -> torch.Tensor:
+        if x_all is not None:
+            return x_all[idx]
+        # Streaming from a memory-mapped cache: gather this batch's rows on the host.
+        return torch.from_numpy(np.take(train.images, idx.cpu().numpy(), axis=0)).to(
+            device, non_blocking=True
+        )
+
     def train_step(idx: torch.Tensor, mats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         yb = y_all[idx]
-        x = augment_batch(to_tensor(x_all[idx], spec), aug, mats).contiguous(memory_format=memory)
+        x = augment_batch(to_tensor(batch_images(idx), spec), aug, mats).contiguous(memory_format=memory)
         with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             logits = net(x)
         loss = F.cross_entropy(logits.float(), yb, label_smoothing=config.label_smoothing)
