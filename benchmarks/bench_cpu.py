@@ -1,0 +1,268 @@
+"""CPU speed figures for imgclf: training, cache build, model load, prediction, fresh-process CLI.
+
+Prints Markdown tables and the machine they were measured on. Not a test: run it on a quiet machine.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_cpu.py            # everything but the full training run
+    .venv/bin/python benchmarks/bench_cpu.py --full     # also time `imgclf train` on the seed-size demo data
+    .venv/bin/python benchmarks/bench_cpu.py --compile  # also time torch.compile (slow first compile)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from common import machine, median_time, table
+from PIL import Image
+
+from imgclf import architectures
+from imgclf.augment import affine_matrices, augment_batch, sample_params
+from imgclf.classifier import Classifier
+from imgclf.config import PreprocessSpec, TrainConfig
+from imgclf.data import DecodedSplit, load_split, open_cache, scan_dataset
+from imgclf.demo_data import write_demo_dataset
+from imgclf.images import to_tensor
+from imgclf.trainer import create_state, fit, resolve_precision
+
+SPEC = PreprocessSpec()
+
+
+def synthetic_split(n: int) -> DecodedSplit:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(n, 64, 64, 3), dtype=np.uint8)
+    labels = rng.integers(0, 2, size=n).astype(np.int64)
+    return DecodedSplit(images, labels, [f"x{i}" for i in range(n)], [""] * n)
+
+
+def bare_loop_rate(batch: int, precision: str, channels_last: bool, compile_: bool, steps: int) -> float:
+    """Images/s of a plain PyTorch loop doing exactly the same work as one imgclf training step."""
+    torch.manual_seed(0)
+    model = architectures.build("seed_resnet", 2, (64, 64))
+    memory = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    net = torch.compile(model) if compile_ else model
+    dtype = resolve_precision(precision, torch.device("cpu"))
+    split = synthetic_split(batch * steps)
+    x_all, y_all = torch.from_numpy(split.images), torch.from_numpy(split.labels)
+    aug = TrainConfig().augment
+    gen = torch.Generator().manual_seed(0)
+
+    def step(i: int) -> None:
+        idx = torch.arange(i * batch, (i + 1) * batch)
+        mats = affine_matrices(sample_params(batch, aug, gen), 64, 64).float()
+        x = augment_batch(to_tensor(x_all[idx], SPEC), aug, mats).contiguous(memory_format=memory)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
+            out = net(x)
+        loss = F.cross_entropy(out.float(), y_all[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for i in range(3):
+        step(i % steps)
+    start = time.perf_counter()
+    for i in range(steps):
+        step(i)
+    return batch * steps / (time.perf_counter() - start)
+
+
+def fit_rate(batch: int, precision: str, channels_last: bool, compile_: bool, steps: int) -> float:
+    """Images/s of imgclf's own training loop (median epoch after a warm-up epoch; no validation)."""
+    cfg = TrainConfig(
+        epochs=3,
+        batch_size=batch,
+        precision=precision,
+        channels_last=channels_last,
+        compile=compile_,
+        device="cpu",
+    )
+    state = create_state(cfg, 2)
+    fit(cfg, state, synthetic_split(batch * steps))
+    seconds = sorted(r["seconds"] for r in state.history[1:])
+    return batch * steps / seconds[len(seconds) // 2]
+
+
+def bench_training(args: argparse.Namespace) -> None:
+    rows = []
+    variants = [(32, "fp32", False), (32, "fp32", True), (32, "bf16", True), (128, "bf16", True)]
+    for batch, precision, cl in variants:
+        for compile_ in [False, True] if args.compile else [False]:
+            steps = max(4, 352 // batch)
+            bare = bare_loop_rate(batch, precision, cl, compile_, steps)
+            ours = fit_rate(batch, precision, cl, compile_, steps)
+            rows.append(
+                [
+                    batch,
+                    precision,
+                    "channels_last" if cl else "NCHW",
+                    "yes" if compile_ else "no",
+                    f"{bare:.1f}",
+                    f"{ours:.1f}",
+                    f"{100 * (ours / bare - 1):+.1f} %",
+                ]
+            )
+    table(
+        "Training throughput (seed_resnet 64x64, full augmentation), images/s",
+        ["batch", "precision", "layout", "compile", "bare PyTorch loop", "imgclf fit", "imgclf vs bare"],
+        rows,
+    )
+
+
+def bench_cache(demo: Path) -> None:
+    paths = [str(p) for p in sorted(demo.rglob("*")) if p.is_file()]
+    start = time.perf_counter()
+    for p in paths:
+        with Image.open(p) as img:
+            img.convert("RGB").resize((64, 64), Image.Resampling.BILINEAR)
+    pillow = len(paths) / (time.perf_counter() - start)
+    ds = scan_dataset(demo)
+    samples = [s for split in ds.splits.values() for s in split]
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        load_split(samples, SPEC, cache=open_cache(SPEC, tmp))
+        cold = len(samples) / (time.perf_counter() - start)
+        start = time.perf_counter()
+        load_split(samples, SPEC, cache=open_cache(SPEC, tmp))
+        warm = time.perf_counter() - start
+    cores = len(os.sched_getaffinity(0))
+    table(
+        "Decode-once cache (demo data, ~130 px images)",
+        ["what", "figure"],
+        [
+            ["Pillow decode + resize, one thread", f"{pillow:.0f} images/s"],
+            [
+                f"imgclf cache build, {cores} threads",
+                f"{cold:.0f} images/s ({cold / (pillow * cores):.0%} of Pillow x {cores} cores)",
+            ],
+            [f"imgclf warm cache, {len(samples)} images", f"{warm * 1000:.1f} ms"],
+        ],
+    )
+
+
+def bench_predict(demo: Path, work: Path) -> Path:
+    torch.manual_seed(0)
+    clf = Classifier(
+        architectures.build("seed_resnet", 2, (64, 64)),
+        ["Parasitized", "Uninfected"],
+        SPEC,
+        "seed_resnet",
+        {},
+    )
+    import imgclf
+
+    model = work / "bench.imgclf"
+    imgclf.save(clf, model)
+    load_s = median_time(lambda: imgclf.load(model), repeat=7)
+    loaded = imgclf.load(model)
+    image = str(next(demo.rglob("*.png")))
+    one = median_time(lambda: loaded.predict([image]), repeat=50, warmup=5)
+    batch = np.random.default_rng(0).integers(0, 256, size=(512, 64, 64, 3), dtype=np.uint8)
+    rows = [
+        ["model file load (imgclf.load)", f"{load_s * 1000:.1f} ms"],
+        ["one image, decode + forward, in process", f"{one * 1000:.1f} ms"],
+    ]
+    for bs in (64, 256):
+        t = median_time(lambda bs=bs: loaded.predict_proba_uint8(batch, batch_size=bs), repeat=3)
+        rows.append([f"batch prediction, float32, batch {bs}", f"{len(batch) / t:.0f} images/s"])
+    table("Prediction (seed_resnet, CPU)", ["what", "figure"], rows)
+    return model
+
+
+def bench_fresh_process(demo: Path, model: Path, work: Path) -> None:
+    def run(cmd: list[str]) -> float:
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return time.perf_counter() - start
+
+    exe = [sys.executable, "-m", "imgclf"]
+    testing = str(demo / "testing")
+    predict = exe + [
+        "predict",
+        "--model",
+        str(model),
+        "--images",
+        testing,
+        "--sample",
+        "16",
+        "--montage",
+        str(work / "m.png"),
+    ]
+    rows = [
+        [
+            "python -c 'import torch' (the floor)",
+            f"{min(run([sys.executable, '-c', 'import torch']) for _ in range(3)):.2f} s",
+        ],
+        ["imgclf predict, 16 images + montage", f"{min(run(predict) for _ in range(3)):.2f} s"],
+    ]
+    table("Fresh process wall time (best of 3)", ["command", "wall time"], rows)
+
+
+def bench_full_train(demo: Path, work: Path) -> None:
+    model = work / "full.imgclf"
+    start = time.perf_counter()
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "imgclf",
+            "train",
+            "--dataset",
+            str(demo),
+            "--model",
+            str(model),
+            "--cache-dir",
+            str(work / "cache"),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wall = time.perf_counter() - start
+    report = json.loads((work / "full-run" / "report.json").read_text())
+    table(
+        "Seed-size `imgclf train` (25 epochs, default recipe, cold cache)",
+        ["what", "figure"],
+        [
+            ["wall time, whole process", f"{wall:.1f} s"],
+            ["test accuracy", f"{report['report']['accuracy']:.4f}"],
+            ["vs the Keras recipe's ~230 s (perf-notes, Xeon)", f"{230 / wall:.2f}x faster"],
+        ],
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--full", action="store_true", help="also time the seed-size `imgclf train` run")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile variants")
+    parser.add_argument("--only", choices=("train", "cache", "predict"), help="run one section")
+    args = parser.parse_args()
+    print(f"machine: {machine()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        demo = work / "demo"
+        write_demo_dataset(demo)
+        if args.only in (None, "train"):
+            bench_training(args)
+        if args.only in (None, "cache"):
+            bench_cache(demo)
+        if args.only in (None, "predict"):
+            model = bench_predict(demo, work)
+            bench_fresh_process(demo, model, work)
+        if args.full:
+            bench_full_train(demo, work)
+
+
+if __name__ == "__main__":
+    main()
