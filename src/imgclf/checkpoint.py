@@ -200,7 +200,7 @@ def encode(state: TrainState, config: TrainConfig, info: dict[str, Any]) -> byte
         "versions": versions(),
     }
     # Python's JSON writes floats with repr (round-trips exactly) and keeps NaN (a diverged loss).
-    text = json.dumps(body, sort_keys=True)
+    text = json.dumps(body)  # insertion order kept: a restored history writes out identically
     return st_save(tensors, metadata={STATE_KEY: text, DIGEST_KEY: _digest(text, tensors)})
 
 

@@ -240,6 +240,9 @@ def _train_locked(
     model_path, run_dir, plot_path, can_plot = run.model_path, run.run_dir, run.plot_path, run.can_plot
     for note in ds.warnings:
         log(f"warning: {note}")
+    state = create_state(config, len(ds.class_names), device)
+    if run.plan is not None:  # before decoding: checkpoint weights that do not fit fail early
+        restore(state, run.plan.checkpoint, log=log)
     decoded: dict[str, DecodedSplit] = {}
     for split, samples in ds.splits.items():
         progress = decode_progress(split, len(samples)) if decode_progress and samples else None
@@ -265,9 +268,6 @@ def _train_locked(
         check_data(run.plan, ds, decoded, data_fingerprint, force=run.force, log=log)
     record = _run_record(run, config, ds, decoded, data_fingerprint)
     write_record(run_dir, record)
-    state = create_state(config, len(ds.class_names), device)
-    if run.plan is not None:
-        restore(state, run.plan.checkpoint, log=log)
     info = {
         "run_id": record["run_id"],
         "class_names": ds.class_names,

@@ -85,6 +85,8 @@ class EpochProgress(Callback):
     ) -> None:
         self.epochs = config.epochs
         start = f" (resuming after epoch {state.epoch})" if state.epoch else ""
+        if state.in_epoch is not None:
+            start = f" (resuming in epoch {state.epoch + 1} after step {state.in_epoch.step})"
         self.console.print(
             f"training {config.arch} on {device} for {config.epochs} epochs, "
             f"{steps} steps of {config.batch_size}{start}"

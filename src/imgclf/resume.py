@@ -70,10 +70,12 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def recipe_diff(old: TrainConfig, new: TrainConfig) -> tuple[list[str], list[str]]:
     """``(recipe changes, operational changes)`` from ``old`` to ``new``, as ``"lr 0.1 → 0.05"`` lines.
 
-    ``decay`` is compared by its effective value and ``epochs`` is left out (see the module docs).
+    ``decay`` is compared by its effective value (when either sets it) and ``epochs`` is left out (see
+    the module docs).
     """
     a, b = _flat(old.to_dict()), _flat(new.to_dict())
-    a["decay"], b["decay"] = old.effective_decay, new.effective_decay
+    if old.decay is not None or new.decay is not None:  # both None: derived from lr, reported as lr
+        a["decay"], b["decay"] = old.effective_decay, new.effective_decay
     recipe, operational = [], []
     for key in a:
         if key == "epochs" or a[key] == b.get(key):
@@ -102,26 +104,27 @@ def _listed(items: list[str]) -> str:
 
 
 def files_diff(old: dict[str, list], new: dict[str, list]) -> str | None:
-    """Describe how the dataset changed (``None`` if it did not), comparing what both tables hold."""
+    """Describe how the dataset changed (``None`` if it did not), comparing what both tables hold.
+
+    Files are named by their path relative to the dataset folder (one file is in one split only).
+    """
 
     def index(table: dict[str, list]) -> dict[str, list]:
-        return {f"{split}/{row[0]}": row[1:] for split, rows in table.items() for row in rows}
+        return {row[0]: [split, *row[1:]] for split, rows in table.items() for row in rows}
 
     a, b = index(old), index(new)
-    added = sorted(set(b) - set(a))
-    removed = sorted(set(a) - set(b))
-    relabelled = sorted(k for k in set(a) & set(b) if a[k][0] != b[k][0])
-    changed = sorted(
-        k
-        for k in set(a) & set(b)
-        if len(a[k]) > 1 and len(b[k]) > 1 and a[k][0] == b[k][0] and a[k][1] != b[k][1]
-    )
-    parts = []
-    for what, names in (("added", added), ("removed", removed), ("relabelled", relabelled)):
-        if names:
-            parts.append(f"{len(names)} file(s) {what} ({_listed(names)})")
-    if changed:
-        parts.append(f"{len(changed)} file(s) changed content ({_listed(changed)})")
+    both = sorted(set(a) & set(b))
+    groups = {
+        "added": sorted(set(b) - set(a)),
+        "removed": sorted(set(a) - set(b)),
+        "moved to another split": [k for k in both if a[k][0] != b[k][0]],
+        "relabelled": [k for k in both if a[k][0] == b[k][0] and a[k][1] != b[k][1]],
+        # content digests exist only once decoded: compared where both tables have them
+        "changed content": [
+            k for k in both if a[k][:2] == b[k][:2] and len(a[k]) == len(b[k]) == 3 and a[k] != b[k]
+        ],
+    }
+    parts = [f"{len(names)} file(s) {what} ({_listed(names)})" for what, names in groups.items() if names]
     return "dataset changed: " + ", ".join(parts) if parts else None
 
 
@@ -155,11 +158,12 @@ def plan_resume(
         saved = TrainConfig.from_dict(ckpt.state["config"])
     except UsageError as exc:
         raise ResumeError("the checkpoint's training config is invalid", received=str(exc)) from None
-    if config.epochs < ckpt.epoch:
+    least = ckpt.epoch + (1 if ckpt.epoch_step else 0)  # an epoch in progress must be finished
+    if config.epochs < least:
         raise UsageError(
             "--epochs is below the epochs already trained",
             received=f"--epochs {config.epochs}, checkpoint {ckpt.describe()}",
-            expected=f"at least {ckpt.epoch}",
+            expected=f"at least {least}",
             fix=f"use --epochs {saved.epochs} (the run's own) or more",
         )
     if config.epochs != saved.epochs and config.decay is None and saved.decay is None:

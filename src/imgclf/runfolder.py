@@ -162,9 +162,16 @@ def read_record(run_dir: str | os.PathLike) -> dict[str, Any]:
     """The run's ``run.json`` as a dict.
 
     Raises:
-        ResumeError: If it is missing or unreadable (the folder is not a resumable run folder).
+        ResumeError: If the folder or its record is missing or unreadable (not a resumable run).
     """
     path = os.path.join(os.fspath(run_dir), RUN_FILE)
+    if not os.path.isdir(run_dir):
+        raise ResumeError(
+            "nothing to resume: the run folder does not exist",
+            received=os.fspath(run_dir),
+            expected="the run folder of an earlier training (default MODEL-run/)",
+            fix="check the --resume path",
+        )
     try:
         with open(path, encoding="utf-8") as fh:
             record = json.load(fh)
@@ -186,8 +193,14 @@ def read_record(run_dir: str | os.PathLike) -> dict[str, Any]:
 
 def write_record(run_dir: str | os.PathLike, record: dict[str, Any]) -> None:
     """Atomically write ``run.json``."""
-    body = {"format": RUN_FORMAT, **record}
-    atomic_write_text(os.path.join(os.fspath(run_dir), RUN_FILE), json.dumps(body, indent=1) + "\n")
+    body = {"format": RUN_FORMAT, **{k: v for k, v in record.items() if k != "files"}}
+    text = json.dumps(body, indent=1)
+    if "files" in record:  # one compact line per split: the table can have 100 000 rows
+        rows = ",\n".join(
+            f"  {json.dumps(k)}: {json.dumps(v, separators=(',', ':'))}" for k, v in record["files"].items()
+        )
+        text = text[:-2] + ',\n "files": {\n' + rows + "\n }\n}"
+    atomic_write_text(os.path.join(os.fspath(run_dir), RUN_FILE), text + "\n")
 
 
 def start_fresh(run_dir: str | os.PathLike, *, force: bool, log: Log) -> None:
