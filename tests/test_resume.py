@@ -25,7 +25,7 @@ import imgclf
 from conftest import make_dataset, save_image, shape_image, tiny_train_config
 from imgclf import checkpoint as ckpt
 from imgclf.cli import main
-from imgclf.errors import Interrupted, ResumeError, UsageError
+from imgclf.errors import Interrupted, ResumeError, StorageError, UsageError
 from imgclf.files import TMP_SUFFIX
 from imgclf.pipeline import train
 from imgclf.resume import resume_run
@@ -183,6 +183,32 @@ def test_a_corrupt_newest_checkpoint_falls_back_and_still_ends_identical(dataset
     resume_run(tmp_path / "m-run", log=notes.append)
     assert any("epoch-0003-step-0002.safetensors is unusable" in n for n in notes), notes
     assert any("older checkpoint epoch-0002.safetensors" in n for n in notes), notes
+    assert_same_run(tmp_path / "m.imgclf", tmp_path / "m-run", *reference[:2])
+
+
+def test_a_full_disk_mid_run_costs_one_epoch_at_most(dataset, reference, tmp_path, monkeypatch):
+    """ENOSPC while writing epoch 2's checkpoint: exit 5, epoch 1's checkpoint intact, no temp file."""
+    import errno
+
+    from imgclf.files import atomic_open
+
+    real = ckpt.atomic_write_bytes
+
+    def disk_full_at_epoch_2(path, data):
+        if os.path.basename(path) != "epoch-0002.safetensors":
+            return real(path, data)
+        with atomic_open(path, "wb") as fh:
+            fh.write(data[:100])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt, "atomic_write_bytes", disk_full_at_epoch_2)
+    with pytest.raises(StorageError, match="No space left on device") as info:
+        train(dataset, tmp_path / "m.imgclf", CONFIG)
+    assert info.value.exit_code == 5 and "free disk space" in str(info.value)
+    assert sorted(os.listdir(tmp_path / "m-run" / "checkpoints")) == ["epoch-0001.safetensors"]
+    assert not (tmp_path / "m-run" / "lock").exists()
+    monkeypatch.undo()
+    resume_run(tmp_path / "m-run")
     assert_same_run(tmp_path / "m.imgclf", tmp_path / "m-run", *reference[:2])
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections import namedtuple
@@ -75,6 +76,25 @@ def test_a_lock_held_by_another_live_process_is_refused(tmp_path):
     with RunLock(tmp_path, log=notes.append):
         assert json.loads((tmp_path / "lock").read_text())["pid"] == os.getpid()
     assert any("stale lock" in n and f"PID {proc.pid}" in n for n in notes), notes
+
+
+def test_without_flock_the_recorded_pid_decides(tmp_path, monkeypatch):
+    """Where flock is unavailable (some network filesystems), a live PID refuses and a dead one is stale."""
+    monkeypatch.setattr("imgclf.runfolder.fcntl", None)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    for pid, refused in ((os.getppid(), True), (int(dead.stdout), False)):
+        host = socket.gethostname()
+        (tmp_path / "lock").write_text(json.dumps({"pid": pid, "host": host, "started": "then"}))
+        if refused:
+            with pytest.raises(StorageError, match=f"PID {pid}.*delete"), RunLock(tmp_path, log=pytest.fail):
+                pass
+        else:
+            notes: list[str] = []
+            with RunLock(tmp_path, log=notes.append):
+                pass
+            assert any("stale lock" in n for n in notes)
 
 
 def test_the_lock_is_released_when_training_fails(tiny_dataset, tmp_path, monkeypatch):

@@ -69,6 +69,7 @@ def test_keep_best_saves_the_best_epochs_weights_and_records_that_epoch(
     assert info["epoch"] == best
     provenance = imgclf.load(tmp_path / "m.imgclf").manifest["provenance"]
     assert provenance["epochs_run"] == 4 and len(provenance["history"]) == 4
+    assert provenance["metrics"]["val_loss"] == losses[best - 1]  # the saved epoch's metrics
     saved = _weights(tmp_path / "m.imgclf")
     _assert_equal_weights(saved, _checkpoint_weights(tmp_path / "m-run", best))  # the best one is kept
     with pytest.raises(AssertionError):

@@ -259,7 +259,12 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointDamaged(f"not a readable checkpoint ({type(exc).__name__}: {exc})") from None
     if _digest(text, tensors) != digest:
         raise CheckpointDamaged("integrity check failed (the file was modified or damaged)")
-    state = json.loads(text)
+    try:
+        state = json.loads(text)
+    except ValueError as exc:
+        raise CheckpointDamaged(f"its state is not JSON ({exc})") from None
+    if not isinstance(state, dict):
+        raise CheckpointDamaged("its state is not a JSON object")
     if state.get("format") != FORMAT or state.get("format_version") != FORMAT_VERSION:
         raise CheckpointDamaged(
             f"format {state.get('format')!r} version {state.get('format_version')!r}, "

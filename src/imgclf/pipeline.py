@@ -32,6 +32,7 @@ from imgclf.checkpoint import restore
 from imgclf.classifier import Classifier
 from imgclf.config import TrainConfig
 from imgclf.data import (
+    Dataset,
     DecodedSplit,
     bad_files_error,
     duplicate_report,
@@ -216,7 +217,7 @@ def train(
 class _Run:
     """Where a training reads and writes, decided (and checked) before any decoding."""
 
-    dataset: Any
+    dataset: Dataset
     model_path: str
     run_dir: str
     plot_path: str
@@ -298,9 +299,9 @@ def _train_locked(
         dec = decoded[eval_split]
         probs = classifier.predict_proba_uint8(dec.images, batch_size=config.eval_batch_size)
         evaluation = evaluate_probabilities(probs, dec.labels, dec.paths, ds.class_names)
-    metrics: dict[str, Any] = {
-        k: v for k, v in (state.history[-1] if state.history else {}).items() if k != "epoch"
-    }
+    # The metrics of the epoch whose weights are saved (with keep=best, not necessarily the last).
+    saved = [r for r in state.history if r["epoch"] == epoch] or state.history[-1:] or [{}]
+    metrics: dict[str, Any] = {k: v for k, v in saved[0].items() if k != "epoch"}
     if evaluation is not None:
         metrics[f"{eval_split}_accuracy"] = evaluation.accuracy
         metrics[f"{eval_split}_macro_f1"] = evaluation.report["macro avg"]["f1-score"]
@@ -355,7 +356,7 @@ def _train_locked(
 
 
 def _run_record(
-    run: _Run, config: TrainConfig, ds: Any, decoded: dict[str, DecodedSplit], data_fingerprint: str
+    run: _Run, config: TrainConfig, ds: Dataset, decoded: dict[str, DecodedSplit], data_fingerprint: str
 ) -> dict[str, Any]:
     """``run.json``: everything ``imgclf train --resume RUN`` needs, and the files to diff against."""
     return {

@@ -21,11 +21,13 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from imgclf import architectures
 from imgclf.checkpoint import Checkpoint, latest_checkpoint
 from imgclf.config import TrainConfig
 from imgclf.data import Dataset, DecodedSplit
@@ -74,6 +76,9 @@ def recipe_diff(old: TrainConfig, new: TrainConfig) -> tuple[list[str], list[str
     the module docs).
     """
     a, b = _flat(old.to_dict()), _flat(new.to_dict())
+    with contextlib.suppress(UsageError):  # compare what gets built: {} and the defaults are the same
+        a["arch_args"] = architectures.resolve_args(old.arch, old.arch_args)
+        b["arch_args"] = architectures.resolve_args(new.arch, new.arch_args)
     if old.decay is not None or new.decay is not None:  # both None: derived from lr, reported as lr
         a["decay"], b["decay"] = old.effective_decay, new.effective_decay
     recipe, operational = [], []

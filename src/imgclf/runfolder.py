@@ -96,18 +96,28 @@ class RunLock:
         except (OSError, ValueError):
             return {}
 
-    def _busy(self, holder: dict[str, Any] | None) -> StorageError:
+    def _busy(self, holder: dict[str, Any] | None, *, by_pid: bool = False) -> StorageError:
         who = f"PID {holder.get('pid', '?')} on {holder.get('host', '?')}" if holder else "another process"
         since = f" since {holder['started']}" if holder and holder.get("started") else ""
+        # Without flock the PID is all we know: it may be another machine's, or reused.
+        unsure = f" (if no training runs there, delete {self.path})" if by_pid else ""
         return StorageError(
             "the run folder is in use by another training",
             received=f"{self.run_dir} (locked by {who}{since})",
             expected="a run folder no other imgclf process is writing to",
-            fix="wait for that training to end (or stop it), or choose another --run-dir",
+            fix=f"wait for that training to end (or stop it), or choose another --run-dir{unsure}",
         )
 
     def __enter__(self) -> RunLock:
-        fd = os.open(self.run_dir, os.O_RDONLY)
+        try:
+            fd = os.open(self.run_dir, os.O_RDONLY)
+        except OSError as exc:
+            raise StorageError(
+                "cannot open the run folder",
+                received=f"{self.run_dir} ({exc.strerror or exc})",
+                expected="an existing, readable folder",
+                fix="check the --run-dir path",
+            ) from None
         locked = False
         if fcntl is not None:
             try:
@@ -124,7 +134,7 @@ class RunLock:
             alive = isinstance(pid, int) and (host != socket.gethostname() or _pid_alive(pid))
             if not locked and alive:
                 os.close(fd)
-                raise self._busy(holder)
+                raise self._busy(holder, by_pid=True)
             self.log(
                 f"warning: taking over a stale lock in {self.run_dir} "
                 f"(PID {pid} on {host} ended without releasing it)"
