@@ -269,6 +269,8 @@ def test_a_changed_recipe_is_refused_but_operational_settings_may_change(interru
     _, _, run_dir = interrupted
     with pytest.raises(ResumeError, match="recipe changed: lr 0.1 → 0.05, augment.rotation 20.0 → 5.0"):
         resume_run(run_dir, lr=0.05, augment=CONFIG.augment.replace(rotation=5.0))
+    with pytest.raises(ResumeError, match=r"recipe changed: arch_args \{widths: \[8, 16\], reg: 0.0001\} → "):
+        resume_run(run_dir, arch_args={"widths": [8, 8]})
     with pytest.raises(ResumeError, match="weights do not fit"):  # even --force cannot make them fit
         resume_run(run_dir, arch_args={"widths": [8, 8]}, force=True)
     notes: list[str] = []
