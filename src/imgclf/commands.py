@@ -129,7 +129,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         plot_path=plot,
         run_dir=run_dir,
         skip_bad=args.skip_bad,
-        probes_from=args.probes_from or 0,
+        probes_from=args.probes_from,
         callbacks=[EpochProgress(console)],
         log=lambda m: console.print(safe_text(m), markup=False),
         decode_progress=decode_bar_factory(console),
@@ -150,6 +150,7 @@ def _train_inputs(args: argparse.Namespace) -> tuple[str, str, str | None, Any, 
     or dataset unless --force.
     """
     if not args.resume:
+        args.probes_from = args.probes_from or 0
         missing = [
             flag for flag, value in (("--dataset", args.dataset), ("--model", args.model)) if not value
         ]
