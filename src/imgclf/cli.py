@@ -28,6 +28,17 @@ __all__ = ["main", "build_parser"]
 EPILOG = """exit codes: 0 ok, 1 internal error, 2 usage, 3 invalid model file, 4 invalid image (or some images
 failed), 5 I/O or disk, 6 resume refused, 7 invalid dataset, 130 interrupted (Ctrl-C), 143 terminated"""
 
+TRAIN_EPILOG = """checkpoints and resuming:
+  After every epoch a checkpoint goes to RUN/checkpoints/ (the newest two and the best epoch's are kept).
+  Ctrl-C or SIGTERM finishes the current step, writes a checkpoint and exits 130 / 143; a second Ctrl-C
+  aborts at once (files are written atomically: nothing is corrupted). Then, or after a crash or kill -9:
+    imgclf train --resume malaria-run              # dataset, model and recipe come from malaria-run/run.json
+    imgclf train --resume malaria-run --epochs 40  # train longer (the learning-rate decay stays the run's)
+  On the CPU a resumed run ends bitwise identical to an uninterrupted one. A damaged newest checkpoint is
+  set aside with a warning and the one before it is used. A changed dataset, class set or recipe is refused
+  with a diff (exit 6); --force continues anyway. A run folder is locked by one training at a time (exit 5).
+  Free disk space for the model and the checkpoints is checked before the first epoch (exit 5)."""
+
 
 def _err(text: str) -> None:
     print(f"imgclf: {safe_text(text)}", file=sys.stderr, flush=True)
@@ -67,14 +78,12 @@ def _add_train(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         " and save one model file. Defaults reproduce the DL4CV malaria recipe: seed_resnet, 25"
         " epochs, batch 32, SGD lr 0.1 momentum 0.9 with Keras time decay lr/epochs, 64x64,"
         " rescale 1/255, rotation 20, zoom/shift 0.05, shear 0.05 degrees, horizontal flip.",
-        epilog=EPILOG,
+        epilog=TRAIN_EPILOG + "\n\n" + EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--dataset", "-d", required=True, help="dataset folder")
-    p.add_argument("--model", "-m", required=True, help="output model file, e.g. malaria.imgclf")
+    p.add_argument("--dataset", "-d", help="dataset folder (required unless --resume)")
+    p.add_argument("--model", "-m", help="output model file, e.g. malaria.imgclf (required unless --resume)")
     p.add_argument("--plot", "-p", help="training-curve plot (default RUN_DIR/plot.png)")
-    p.add_argument(
-        "--run-dir", help="folder for history, reports and checkpoints (default MODEL-run/ beside it)"
-    )
     p.add_argument("--config", help="JSON file with TrainConfig settings; flags override it")
     g = p.add_argument_group("recipe")
     g.add_argument("--arch", choices=architectures.names(), help="architecture (default seed_resnet)")
@@ -124,22 +133,53 @@ def _add_train(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         help="channels-last memory layout (default on)",
     )
     r.add_argument("--eval-batch-size", type=int, help="batch size for evaluation (default 256)")
-    r.add_argument(
-        "--keep", choices=("last", "best"), help="weights to save: last epoch or best by --monitor"
-    )
-    r.add_argument(
-        "--monitor", choices=("val_loss", "val_accuracy"), help="metric for --keep best/--patience"
-    )
-    r.add_argument("--patience", type=int, help="stop after N epochs without improvement")
-    r.add_argument("--deterministic", action="store_true", help="deterministic algorithms (GPU)")
     r.add_argument("--skip-bad", action="store_true", help="train without unreadable images (listed)")
     _add_cache_flags(r)
     r.add_argument(
         "--probes-from",
         type=int,
-        default=0,
         metavar="N",
         help="also store N validation images as self-check probes (default: synthetic only)",
+    )
+    _add_checkpoint_flags(p)
+
+
+def _add_checkpoint_flags(p: argparse.ArgumentParser) -> None:
+    c = p.add_argument_group("checkpoints, resuming, best weights, determinism")
+    c.add_argument(
+        "--run-dir",
+        metavar="DIR",
+        help="run folder: lock, run.json, checkpoints/, history, reports (default MODEL-run/ beside MODEL)",
+    )
+    c.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue the run in DIR from its newest intact checkpoint; dataset, model and recipe come "
+        "from DIR/run.json (flags given must match the recipe, except --epochs and --device/--precision/"
+        "--eval-batch-size/--compile/--channels-last/--deterministic)",
+    )
+    c.add_argument(
+        "--force",
+        action="store_true",
+        help="with --resume: continue although the dataset or recipe changed (warns; no exact resume); "
+        "without: start over in a run folder holding an unfinished run (deletes its checkpoints)",
+    )
+    c.add_argument(
+        "--keep",
+        choices=("last", "best"),
+        help="weights to save in the model file: last epoch (default) or best epoch by --monitor",
+    )
+    c.add_argument(
+        "--monitor",
+        choices=("val_loss", "val_accuracy"),
+        help="metric for --keep best and --patience (default val_loss)",
+    )
+    c.add_argument("--patience", type=int, metavar="N", help="stop after N epochs without improvement")
+    c.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="on a GPU, use PyTorch's deterministic algorithms (an op without one is an error naming it); "
+        "CPU runs are deterministic anyway",
     )
 
 

@@ -48,15 +48,16 @@ def _report_text(report: dict[str, Any]) -> str:
     return "\n".join(safe_text(line) for line in format_report(report).rstrip("\n").split("\n"))
 
 
-def _config_from_args(args: argparse.Namespace) -> Any:
+def _config_from_args(args: argparse.Namespace, start: dict[str, Any] | None = None) -> Any:
+    """The TrainConfig: ``start`` (a resumed run's recipe, else the defaults), then --config, then flags."""
     from imgclf.config import TrainConfig
 
-    base: dict[str, Any] = {}
+    base: dict[str, Any] = dict(start or {})
     if args.config:
         try:
             with open(args.config, encoding="utf-8") as fh:
-                base = json.load(fh)
-        except (OSError, json.JSONDecodeError) as exc:
+                base.update(json.load(fh))
+        except (OSError, json.JSONDecodeError, TypeError, ValueError) as exc:
             raise UsageError(
                 "cannot read --config",
                 received=f"{args.config} ({exc})",
@@ -114,19 +115,19 @@ def _config_from_args(args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """``imgclf train``: train, save, report; prints the classification report on stdout."""
+    """``imgclf train``: train (or ``--resume``), save, report; prints the classification report on stdout."""
     from imgclf.errors import safe_text
     from imgclf.pipeline import train
     from imgclf.progress import EpochProgress, decode_bar_factory, stderr_console
 
-    config = _config_from_args(args)
+    dataset, model, plot, config, run_dir = _train_inputs(args)
     console = stderr_console()
     result = train(
-        args.dataset,
-        args.model,
+        dataset,
+        model,
         config,
-        plot_path=args.plot,
-        run_dir=args.run_dir,
+        plot_path=plot,
+        run_dir=run_dir,
         skip_bad=args.skip_bad,
         probes_from=args.probes_from,
         cache_dir=args.cache_dir,
@@ -134,12 +135,55 @@ def cmd_train(args: argparse.Namespace) -> int:
         callbacks=[EpochProgress(console)],
         log=lambda m: console.print(safe_text(m), markup=False),
         decode_progress=decode_bar_factory(console),
+        resume=bool(args.resume),
+        force=args.force,
     )
     if result.evaluation is not None:
         _out(_report_text(result.evaluation.report))
     for what, path in result.outputs.items():
         console.print(f"wrote {what}: {safe_text(path)}", markup=False)
     return 0
+
+
+def _train_inputs(args: argparse.Namespace) -> tuple[str, str, str | None, Any, str | None]:
+    """(dataset, model, plot, config, run_dir) from the flags; with --resume, from DIR/run.json first.
+
+    A flag given with --resume overrides the recorded value; the pipeline then refuses a changed recipe
+    or dataset unless --force.
+    """
+    if not args.resume:
+        args.probes_from = args.probes_from or 0
+        missing = [
+            flag for flag, value in (("--dataset", args.dataset), ("--model", args.model)) if not value
+        ]
+        if missing:
+            raise UsageError(
+                f"imgclf train needs {' and '.join(missing)}",
+                received="no " + " and no ".join(missing),
+                expected="--dataset DIR --model FILE (or --resume RUN_DIR)",
+                fix="add the missing flag(s); see imgclf train --help",
+            )
+        return args.dataset, args.model, args.plot, _config_from_args(args), args.run_dir
+    from imgclf.runfolder import read_record
+
+    if args.run_dir and os.path.abspath(args.run_dir) != os.path.abspath(args.resume):
+        raise UsageError(
+            "--run-dir and --resume name different folders",
+            received=f"--run-dir {args.run_dir} --resume {args.resume}",
+            expected="only --resume RUN_DIR",
+            fix="drop --run-dir: the run continues in the folder given to --resume",
+        )
+    record = read_record(args.resume)
+    if args.probes_from is None:
+        args.probes_from = int(record.get("probes_from") or 0)
+    args.skip_bad = args.skip_bad or bool(record.get("skip_bad"))
+    return (
+        args.dataset or record.get("dataset"),
+        args.model or record.get("model"),
+        args.plot or record.get("plot"),
+        _config_from_args(args, record.get("config")),
+        args.resume,
+    )
 
 
 def _pick_images(args: argparse.Namespace) -> list[str]:

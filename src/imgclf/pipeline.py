@@ -1,11 +1,15 @@
 """The whole job in one call: scan → decode once → train → evaluate → save → report.
 
-The CLI's ``train`` and ``evaluate`` commands are thin wrappers over these functions.
+The CLI's ``train`` and ``evaluate`` commands are thin wrappers over these functions. Training owns a
+run folder (:mod:`imgclf.runfolder`): it is locked, checked for space before decoding, gets a
+checkpoint after every epoch (:mod:`imgclf.checkpoint`), and a SIGINT/SIGTERM ends the run with a
+checkpoint and :class:`~imgclf.errors.Interrupted` (exit 130/143) instead of losing it.
 
 Usage::
 
     result = imgclf.train("dataset", "malaria.imgclf", TrainConfig(epochs=25), plot_path="plot.png")
     print(result.evaluation.accuracy)
+    result = imgclf.resume.resume_run("malaria-run")      # after a crash, Ctrl-C or kill: continue exactly
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import importlib.util
 import io
 import json
 import os
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +28,11 @@ from typing import Any
 import torch
 
 from imgclf import architectures, bundle
+from imgclf.checkpoint import restore
 from imgclf.classifier import Classifier
 from imgclf.config import TrainConfig
 from imgclf.data import (
+    Dataset,
     DecodedSplit,
     bad_files_error,
     duplicate_report,
@@ -34,10 +41,13 @@ from imgclf.data import (
     open_cache,
     scan_dataset,
 )
-from imgclf.errors import DatasetError, StorageError, UsageError
+from imgclf.errors import DatasetError, ResumeError, StorageError, UsageError
 from imgclf.evaluate import Evaluation, evaluate_probabilities, format_report
-from imgclf.files import atomic_write_text, check_writable
-from imgclf.trainer import Callback, create_state, final_weights, fit, resolve_device
+from imgclf.files import atomic_write_bytes, atomic_write_text, check_writable
+from imgclf.interrupts import fit_with_checkpoints
+from imgclf.resume import ResumePlan, check_data, file_table, plan_resume
+from imgclf.runfolder import RunLock, check_free_space, estimate_bytes, start_fresh, write_record
+from imgclf.trainer import Callback, create_state, final_weights, resolve_device
 
 __all__ = ["TrainResult", "train", "evaluate_dataset", "default_run_dir", "write_history"]
 
@@ -67,14 +77,24 @@ def default_run_dir(model_path: str | os.PathLike) -> str:
     return str(p.with_name(p.stem + "-run"))
 
 
-def write_history(history: Sequence[dict[str, float]], json_path: str, csv_path: str) -> None:
-    """Write per-epoch history as JSON (a list of records) and CSV (one row per epoch)."""
+def write_history(
+    history: Sequence[dict[str, float]],
+    json_path: str,
+    csv_path: str,
+    timings: Sequence[dict[str, float]] = (),
+) -> None:
+    """Write per-epoch history as JSON (a list of records) and CSV (one row per epoch).
+
+    The JSON holds only the deterministic history (equal between a resumed and an uninterrupted run);
+    the CSV adds each epoch's wall-clock ``seconds`` from ``timings``, for people.
+    """
     atomic_write_text(json_path, json.dumps(list(history), indent=2) + "\n")
     keys = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
+    seconds = {t["epoch"]: t["seconds"] for t in timings}
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    writer.writerows(history)
+    writer.writerows({**row, "seconds": seconds.get(row["epoch"], "")} for row in history)
     atomic_write_text(csv_path, buf.getvalue())
 
 
@@ -89,6 +109,10 @@ def _make_run_dir(run_dir: str) -> None:
             fix="use --run-dir elsewhere",
         ) from None
     check_writable(os.path.join(run_dir, "probe"), "run folder")
+    # A real write, not just permission bits: catches read-only mounts and root on them.
+    probe = os.path.join(run_dir, f".write-test-{os.getpid()}")
+    atomic_write_bytes(probe, b"")
+    os.unlink(probe)
 
 
 def _check_architecture(config: TrainConfig) -> None:
@@ -111,6 +135,8 @@ def train(
     callbacks: Sequence[Callback] = (),
     log: Log = _quiet,
     decode_progress: Callable[[str, int], Callable[[int], None] | None] | None = None,
+    resume: bool = False,
+    force: bool = False,
 ) -> TrainResult:
     """Train a classifier on a dataset folder and save it as one model file.
 
@@ -120,7 +146,8 @@ def train(
         config: Training settings (defaults reproduce the recipe).
         plot_path: Where to write the training-curve plot (default ``RUN_DIR/plot.png``; skipped with a
             warning when matplotlib, an optional dependency, is not installed).
-        run_dir: Folder for history, reports (and checkpoints); default next to the model file.
+        run_dir: Folder for the lock, run record, checkpoints, history and reports; default
+            ``MODEL-run/`` next to the model file.
         skip_bad: Train without undecodable files instead of failing.
         probes_from: Also store this many validation images as self-check probes in the file.
         cache_dir: Decode-once cache folder (default ``$IMGCLF_CACHE_DIR`` or ``~/.cache/imgclf``).
@@ -128,9 +155,16 @@ def train(
         callbacks: Training progress hooks.
         log: Receives one-line human messages (warnings, notes).
         decode_progress: ``decode_progress(split, total)`` returns a per-image progress callback.
+        resume: Continue the run in ``run_dir`` from its newest intact checkpoint; ``config`` must
+            match the run's recipe (see :mod:`imgclf.resume`, whose ``resume_run`` fills it in).
+        force: With ``resume``, continue despite a changed recipe or dataset (with a warning); without,
+            start over in a run folder that holds an unfinished run (its checkpoints are deleted).
 
     Raises:
-        DatasetError, StorageError, UsageError: Before any training if inputs or outputs are unusable.
+        DatasetError, StorageError, UsageError: Before any training if inputs or outputs are unusable
+            (StorageError also if another training holds the run folder, or the disk is too full).
+        ResumeError: If ``resume`` finds no usable checkpoint or (without ``force``) a changed run.
+        Interrupted: On SIGINT/SIGTERM, after writing a checkpoint (exit code 130/143).
     """
     config = (config or TrainConfig()).validated()
     _check_architecture(config)
@@ -147,12 +181,74 @@ def train(
                 expected="matplotlib (an optional dependency)",
                 fix="pip install 'imgclf[plots]', or train without --plot",
             )
+    explicit_plot = os.path.abspath(plot_path) if plot_path else None
     plot_path = os.fspath(plot_path) if plot_path else os.path.join(run_dir, "plot.png")
+    if resume and not os.path.isdir(run_dir):
+        raise ResumeError(
+            "nothing to resume: the run folder does not exist",
+            received=run_dir,
+            expected="the run folder of an earlier training (default MODEL-run/)",
+            fix="check the --resume path",
+        )
     device = resolve_device(config.device)
     ds = scan_dataset(dataset, val_split=config.val_split, test_split=config.test_split, seed=config.seed)
     _make_run_dir(run_dir)
+    with RunLock(run_dir, log=log):
+        plan = None
+        if resume:
+            plan = plan_resume(run_dir, config, ds, force=force, log=log)
+            config = plan.config
+        else:
+            start_fresh(run_dir, force=force, log=log)
+        n_files = sum(len(samples) for samples in ds.splits.values())
+        check_free_space(model_path, run_dir, *estimate_bytes(config, len(ds.class_names), n_files))
+        run = _Run(
+            dataset=ds,
+            model_path=model_path,
+            run_dir=run_dir,
+            plot_path=plot_path,
+            explicit_plot=explicit_plot,
+            can_plot=can_plot,
+            skip_bad=skip_bad,
+            probes_from=probes_from,
+            device=device,
+            plan=plan,
+            force=force,
+        )
+        return _train_locked(run, config, callbacks, log, decode_progress)
+
+
+@dataclass
+class _Run:
+    """Where a training reads and writes, decided (and checked) before any decoding."""
+
+    dataset: Dataset
+    model_path: str
+    run_dir: str
+    plot_path: str
+    explicit_plot: str | None
+    can_plot: bool
+    skip_bad: bool
+    probes_from: int
+    device: torch.device
+    plan: ResumePlan | None
+    force: bool
+
+
+def _train_locked(
+    run: _Run,
+    config: TrainConfig,
+    callbacks: Sequence[Callback],
+    log: Log,
+    decode_progress: Callable[[str, int], Callable[[int], None] | None] | None,
+) -> TrainResult:
+    ds, skip_bad, device = run.dataset, run.skip_bad, run.device
+    model_path, run_dir, plot_path, can_plot = run.model_path, run.run_dir, run.plot_path, run.can_plot
     for note in ds.warnings:
         log(f"warning: {note}")
+    state = create_state(config, len(ds.class_names), device)
+    if run.plan is not None:  # before decoding: checkpoint weights that do not fit fail early
+        restore(state, run.plan.checkpoint, log=log)
     decoded: dict[str, DecodedSplit] = {}
     cache = open_cache(config.preprocess, cache_dir) if use_cache else None
     for split, samples in ds.splits.items():
@@ -174,8 +270,31 @@ def train(
     dupes = duplicate_report(decoded)
     if dupes:
         log(f"warning: {dupes}")
-    state = create_state(config, len(ds.class_names), device)
-    state = fit(config, state, decoded["training"], decoded.get("validation"), callbacks=callbacks)
+    data_fingerprint = fingerprint(ds, decoded)
+    if run.plan is not None:
+        check_data(run.plan, ds, decoded, data_fingerprint, force=run.force, log=log)
+    record = _run_record(run, config, ds, decoded, data_fingerprint)
+    write_record(run_dir, record)
+    info = {
+        "run_id": record["run_id"],
+        "class_names": ds.class_names,
+        "architecture": {
+            "name": config.arch,
+            "args": architectures.resolve_args(config.arch, config.arch_args),
+        },
+        "data_fingerprint": data_fingerprint,
+        "device": str(device),
+    }
+    state = fit_with_checkpoints(
+        config,
+        state,
+        decoded["training"],
+        decoded.get("validation"),
+        run_dir=run_dir,
+        info=info,
+        resumed=run.plan.checkpoint if run.plan is not None else None,
+        callbacks=callbacks,
+    )
     model, epoch = final_weights(config, state)
     classifier = Classifier(
         bundle._copy_to_cpu(model), ds.class_names, config.preprocess, config.arch, config.arch_args
@@ -186,9 +305,9 @@ def train(
         dec = decoded[eval_split]
         probs = classifier.predict_proba_uint8(dec.images, batch_size=config.eval_batch_size)
         evaluation = evaluate_probabilities(probs, dec.labels, dec.paths, ds.class_names)
-    metrics: dict[str, Any] = {
-        k: v for k, v in (state.history[-1] if state.history else {}).items() if k != "epoch"
-    }
+    # The metrics of the epoch whose weights are saved (with keep=best, not necessarily the last).
+    saved = [r for r in state.history if r["epoch"] == epoch] or state.history[-1:] or [{}]
+    metrics: dict[str, Any] = {k: v for k, v in saved[0].items() if k != "epoch"}
     if evaluation is not None:
         metrics[f"{eval_split}_accuracy"] = evaluation.accuracy
         metrics[f"{eval_split}_macro_f1"] = evaluation.report["macro avg"]["f1-score"]
@@ -200,8 +319,10 @@ def train(
         "device": str(device),
         "stopped_early": state.stopped_early,
         "metrics": metrics,
+        "deterministic": config.deterministic,
+        "resumed_from": run.plan.checkpoint.name if run.plan is not None else None,
         "data": {
-            "fingerprint": fingerprint(ds, decoded),
+            "fingerprint": data_fingerprint,
             "layout": ds.layout,
             "counts": {
                 s: {ds.class_names[i]: int((d.labels == i).sum()) for i in range(len(ds.class_names))}
@@ -211,12 +332,12 @@ def train(
         },
         "history": state.history,
     }
-    extra = _probe_bytes(decoded.get("validation"), probes_from)
+    extra = _probe_bytes(decoded.get("validation"), run.probes_from)
     bundle.save(classifier, model_path, extra_probes=extra)
     outputs = {"model": model_path, "plot": plot_path} if can_plot else {"model": model_path}
     outputs["history_json"] = os.path.join(run_dir, "history.json")
     outputs["history_csv"] = os.path.join(run_dir, "history.csv")
-    write_history(state.history, outputs["history_json"], outputs["history_csv"])
+    write_history(state.history, outputs["history_json"], outputs["history_csv"], state.timings)
     if evaluation is not None:
         outputs["report_txt"] = os.path.join(run_dir, "report.txt")
         outputs["report_json"] = os.path.join(run_dir, "report.json")
@@ -228,6 +349,7 @@ def train(
         plot_history(state.history, plot_path)
     else:
         log("warning: no training plot: matplotlib is not installed (pip install 'imgclf[plots]')")
+    write_record(run_dir, {**record, "status": "finished"})
     return TrainResult(
         classifier=classifier,
         history=state.history,
@@ -237,6 +359,26 @@ def train(
         epoch=epoch,
         outputs=outputs,
     )
+
+
+def _run_record(
+    run: _Run, config: TrainConfig, ds: Dataset, decoded: dict[str, DecodedSplit], data_fingerprint: str
+) -> dict[str, Any]:
+    """``run.json``: everything ``imgclf train --resume RUN`` needs, and the files to diff against."""
+    return {
+        "run_id": run.plan.record["run_id"] if run.plan is not None else secrets.token_hex(8),
+        "status": "training",
+        "dataset": os.path.abspath(ds.root),
+        "model": os.path.abspath(run.model_path),
+        "plot": run.explicit_plot,
+        "skip_bad": run.skip_bad,
+        "probes_from": run.probes_from,
+        "config": config.to_dict(),
+        "class_names": ds.class_names,
+        "data_fingerprint": data_fingerprint,
+        "versions": bundle.versions(),
+        "files": file_table(ds, decoded),
+    }
 
 
 def _probe_bytes(split: DecodedSplit | None, count: int) -> list[bytes]:

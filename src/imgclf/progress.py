@@ -85,6 +85,8 @@ class EpochProgress(Callback):
     ) -> None:
         self.epochs = config.epochs
         start = f" (resuming after epoch {state.epoch})" if state.epoch else ""
+        if state.in_epoch is not None:
+            start = f" (resuming in epoch {state.epoch + 1} after step {state.in_epoch.step})"
         self.console.print(
             f"training {config.arch} on {device} for {config.epochs} epochs, "
             f"{steps} steps of {config.batch_size}{start}"
@@ -113,7 +115,9 @@ class EpochProgress(Callback):
         ]
         if "val_loss" in record:
             parts += [f"val_loss {record['val_loss']:.4f}", f"val_acc {record['val_accuracy']:.4f}"]
-        parts += [f"lr {record['lr']:.4g}", f"{record['seconds']:.1f}s"]
+        parts.append(f"lr {record['lr']:.4g}")
+        if state.timings:  # wall-clock time lives apart from the (deterministic) history
+            parts.append(f"{state.timings[-1]['seconds']:.1f}s")
         self.console.print("  ".join(parts))
 
     def on_train_end(self, state: TrainState) -> None:

@@ -1,7 +1,10 @@
 """The training loop: data resident on the device, batched augmentation, Keras-style SGD time decay.
 
 ``fit`` never prints; progress goes to callbacks (the CLI draws a progress bar with one). Everything a
-run depends on lives in :class:`TrainState`, so a checkpoint of it resumes the run exactly.
+run depends on lives in :class:`TrainState`, so a checkpoint of it (:mod:`imgclf.checkpoint`) resumes the
+run exactly, even from the middle of an epoch: each epoch draws its sample order and augmentation
+parameters up front from two generators, so "generator states at the epoch's start + steps done" is the
+whole position. History records hold only deterministic numbers; wall-clock times go to ``timings``.
 
 Usage::
 
@@ -13,7 +16,6 @@ Usage::
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,11 +31,13 @@ from imgclf.augment import affine_matrices, augment_batch, sample_params
 from imgclf.classifier import predict_logits
 from imgclf.config import TrainConfig
 from imgclf.data import DecodedSplit
+from imgclf.determinism import deterministic_algorithms
 from imgclf.errors import UsageError
 from imgclf.images import to_tensor
 
 __all__ = [
     "TrainState",
+    "PartialEpoch",
     "Callback",
     "create_state",
     "fit",
@@ -46,6 +50,21 @@ __all__ = [
 
 
 @dataclass
+class PartialEpoch:
+    """How far an interrupted epoch got (the generators are rewound to the epoch's start).
+
+    Attributes:
+        step: Steps of the epoch already done (0 < step < steps per epoch).
+        loss_sum: Running sum of the epoch's batch losses (float32 scalar tensor).
+        correct: Running count of correctly classified training images (int64 scalar tensor).
+    """
+
+    step: int
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+
+
+@dataclass
 class TrainState:
     """Everything a run depends on; checkpointing this resumes the run exactly.
 
@@ -54,14 +73,19 @@ class TrainState:
         optimizer: SGD with Keras-style L2 groups.
         epoch: Epochs completed.
         step: Optimizer steps completed (drives the time decay).
-        order_gen: Generator for each epoch's sample order.
-        aug_gen: Generator for augmentation parameters.
-        history: One dict per completed epoch (loss, accuracy, val_loss, val_accuracy, lr, seconds).
+        order_gen: Generator for each epoch's sample order, in its state at the start of the current
+            epoch (or of the next one, between epochs).
+        aug_gen: Generator for augmentation parameters, likewise.
+        history: One dict per completed epoch (epoch, loss, accuracy, val_loss, val_accuracy, lr):
+            deterministic, so a resumed run's history equals an uninterrupted one's.
+        timings: Wall-clock ``{"epoch", "seconds"}`` per epoch (kept apart from ``history``).
         best_metric: Best value of the monitored metric so far.
         best_epoch: Epoch (1-based) that reached ``best_metric``.
         bad_epochs: Epochs since ``best_metric`` last improved (for early stopping).
         best_state: Copy of the weights at ``best_epoch`` (only with ``keep=best``).
         stopped_early: True if patience ran out.
+        in_epoch: Progress inside an unfinished epoch (after an interruption), else ``None``.
+        interrupted: True if ``fit`` returned because ``should_stop`` said so.
     """
 
     model: nn.Module
@@ -71,11 +95,14 @@ class TrainState:
     order_gen: torch.Generator = field(default_factory=torch.Generator)
     aug_gen: torch.Generator = field(default_factory=torch.Generator)
     history: list[dict[str, float]] = field(default_factory=list)
+    timings: list[dict[str, float]] = field(default_factory=list)
     best_metric: float | None = None
     best_epoch: int | None = None
     bad_epochs: int = 0
     best_state: dict[str, torch.Tensor] | None = None
     stopped_early: bool = False
+    in_epoch: PartialEpoch | None = None
+    interrupted: bool = False
 
 
 class Callback:
@@ -247,24 +274,39 @@ def fit(
 
     Args:
         config: The run's settings.
-        state: From :func:`create_state` (or restored from a checkpoint).
+        state: From :func:`create_state` (or restored from a checkpoint, possibly mid-epoch).
         train: Decoded training split.
         val: Decoded validation split (may be empty or ``None``: then the monitored metric falls
             back to the training loss/accuracy).
         callbacks: Progress and checkpoint hooks.
-        should_stop: Polled after each step; returning True ends the epoch early without recording it
-            (used for graceful interruption).
+        should_stop: Polled after each step and between epochs; when it returns True, ``fit`` finishes
+            the current step and returns with ``state.interrupted`` set and, inside an epoch,
+            ``state.in_epoch`` recording how far it got (the last step of an epoch is always followed
+            by its validation, so an interruption there leaves a complete epoch).
+
+    Raises:
+        UsageError: With ``config.deterministic``, if an operation has no deterministic kernel.
     """
+    device = next(state.model.parameters()).device
+    with deterministic_algorithms(config.deterministic, device):
+        return _fit(config, state, train, val, callbacks, should_stop)
+
+
+def _fit(
+    config: TrainConfig,
+    state: TrainState,
+    train: DecodedSplit,
+    val: DecodedSplit | None,
+    callbacks: Sequence[Callback],
+    should_stop: Callable[[], bool] | None,
+) -> TrainState:
     if len(train) == 0:
         raise UsageError(
             "no training images", received=0, expected="at least one image", fix="check the dataset"
         )
     device = next(state.model.parameters()).device
     dtype = resolve_precision(config.precision, device)
-    if config.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-    elif device.type == "cuda":
+    if device.type == "cuda" and not config.deterministic:
         torch.backends.cudnn.benchmark = True
     model = state.model
     net: Callable[[torch.Tensor], torch.Tensor] = torch.compile(model) if config.compile else model
@@ -275,6 +317,7 @@ def fit(
     steps, batch = steps_per_epoch(n, config.batch_size)
     memory = torch.channels_last if config.channels_last else torch.contiguous_format
     report_every = 1 if device.type == "cpu" else 25
+    state.interrupted = False
     for cb in callbacks:
         cb.on_train_begin(config, state, steps, device)
 
@@ -297,20 +340,28 @@ def fit(
         state.optimizer.step()
         return loss.detach(), (logits.detach().argmax(1) == yb).sum()
 
+    def stop_requested() -> bool:
+        return should_stop is not None and should_stop()
+
     model.train()
     while state.epoch < config.epochs and not state.stopped_early:
+        if stop_requested():
+            state.interrupted = True
+            break
         epoch = state.epoch + 1
         for cb in callbacks:
             cb.on_epoch_begin(epoch, steps)
         started = time.perf_counter()
+        # The generators hold the epoch's starting states: keep them to rewind to on interruption.
+        gen_states = state.order_gen.get_state(), state.aug_gen.get_state()
         perm = torch.randperm(n, generator=state.order_gen)[: steps * batch].to(device)
         mats = affine_matrices(sample_params(steps * batch, aug, state.aug_gen), spec.height, spec.width)
         mats = mats.to(device=device, dtype=torch.float32)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
+        resumed, state.in_epoch = state.in_epoch, None
+        loss_sum = resumed.loss_sum.to(device) if resumed else torch.zeros((), device=device)
+        correct = resumed.correct.to(device) if resumed else torch.zeros((), device=device, dtype=torch.long)
         lr = lr_at(config, state.step)
-        interrupted = False
-        for i in range(steps):
+        for i in range(min(resumed.step, steps) if resumed else 0, steps):
             lr = lr_at(config, state.step)
             for group in state.optimizer.param_groups:
                 group["lr"] = lr
@@ -322,10 +373,13 @@ def fit(
             shown = loss.item() if (i + 1) % report_every == 0 or i + 1 == steps else None
             for cb in callbacks:
                 cb.on_step_end(i + 1, steps, shown)
-            if should_stop is not None and should_stop():
-                interrupted = True
+            if i + 1 < steps and stop_requested():
+                state.order_gen.set_state(gen_states[0])
+                state.aug_gen.set_state(gen_states[1])
+                state.in_epoch = PartialEpoch(i + 1, loss_sum.detach().cpu(), correct.detach().cpu())
+                state.interrupted = True
                 break
-        if interrupted:
+        if state.interrupted:
             break
         record: dict[str, Any] = {
             "epoch": epoch,
@@ -336,24 +390,29 @@ def fit(
         if val is not None and len(val):
             record["val_loss"], record["val_accuracy"] = _evaluate(net, val, config, device, dtype)
             model.train()
-        record["seconds"] = time.perf_counter() - started
         state.history.append(record)
+        state.timings.append({"epoch": epoch, "seconds": time.perf_counter() - started})
         state.epoch = epoch
-        key = config.monitor if config.monitor in record else config.monitor.replace("val_", "")
-        value = float(record[key])
-        if _improved(config, value, state.best_metric):
-            state.best_metric, state.best_epoch, state.bad_epochs = value, epoch, 0
-            if config.keep == "best":
-                state.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            state.bad_epochs += 1
-            if config.patience is not None and state.bad_epochs >= config.patience:
-                state.stopped_early = True
+        _track_best(config, state, record)
         for cb in callbacks:
             cb.on_epoch_end(state, record)
     for cb in callbacks:
         cb.on_train_end(state)
     return state
+
+
+def _track_best(config: TrainConfig, state: TrainState, record: dict[str, Any]) -> None:
+    """Update best metric/epoch/weights and the early-stopping counter after an epoch."""
+    key = config.monitor if config.monitor in record else config.monitor.replace("val_", "")
+    value = float(record[key])
+    if _improved(config, value, state.best_metric):
+        state.best_metric, state.best_epoch, state.bad_epochs = value, record["epoch"], 0
+        if config.keep == "best":
+            state.best_state = {k: v.detach().clone() for k, v in state.model.state_dict().items()}
+    else:
+        state.bad_epochs += 1
+        if config.patience is not None and state.bad_epochs >= config.patience:
+            state.stopped_early = True
 
 
 def final_weights(config: TrainConfig, state: TrainState) -> tuple[nn.Module, int]:

@@ -1,0 +1,261 @@
+"""Deciding whether a run may be resumed: the checkpoint versus this run's recipe, classes and data.
+
+A resumed run must be the run the user would have had, so anything that changes it is refused with a
+short diff (``ResumeError``, exit 6) unless ``force`` is given:
+
+* the **recipe**: every :class:`~imgclf.config.TrainConfig` field except the operational ones in
+  :data:`OPERATIONAL` (device, precision, memory layout, compilation, evaluation batch size,
+  determinism flag), which may change (bitwise equality with an uninterrupted run is then not promised);
+* ``epochs`` may be raised (train longer) or lowered to no fewer than the epochs done; the learning-rate
+  decay then stays the original run's (``lr / original epochs``), so the schedule continues smoothly;
+* the **class names** and the **dataset**: files added, removed, relabelled or changed in content.
+
+Architecture or class-count changes cannot be forced: the checkpoint's weights would not fit.
+
+Usage::
+
+    result = resume_run("malaria-run")                                      # the whole job, from run.json
+    plan = plan_resume(run_dir, config, dataset, force=False, log=print)   # before decoding
+    check_data(plan, dataset, decoded, force=False, log=print)            # after decoding
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from imgclf import architectures
+from imgclf.checkpoint import Checkpoint, latest_checkpoint
+from imgclf.config import TrainConfig
+from imgclf.data import Dataset, DecodedSplit
+from imgclf.errors import ResumeError, UsageError
+from imgclf.runfolder import read_record
+
+__all__ = [
+    "OPERATIONAL",
+    "ResumePlan",
+    "plan_resume",
+    "check_data",
+    "recipe_diff",
+    "file_table",
+    "files_diff",
+]
+
+OPERATIONAL = ("device", "precision", "channels_last", "compile", "eval_batch_size", "deterministic")
+MAX_NAMED = 3
+Log = Callable[[str], None]
+
+
+@dataclass
+class ResumePlan:
+    """What a resume starts from: the checkpoint, the run record and the config to continue with."""
+
+    checkpoint: Checkpoint
+    record: dict[str, Any]
+    config: TrainConfig
+    data_changed: bool = False
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "arch_args":
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def recipe_diff(old: TrainConfig, new: TrainConfig) -> tuple[list[str], list[str]]:
+    """``(recipe changes, operational changes)`` from ``old`` to ``new``, as ``"lr 0.1 → 0.05"`` lines.
+
+    ``decay`` is compared by its effective value (when either sets it) and ``epochs`` is left out (see
+    the module docs).
+    """
+    a, b = _flat(old.to_dict()), _flat(new.to_dict())
+    with contextlib.suppress(UsageError):  # compare what gets built: {} and the defaults are the same
+        a["arch_args"] = architectures.resolve_args(old.arch, old.arch_args)
+        b["arch_args"] = architectures.resolve_args(new.arch, new.arch_args)
+    if old.decay is not None or new.decay is not None:  # both None: derived from lr, reported as lr
+        a["decay"], b["decay"] = old.effective_decay, new.effective_decay
+    recipe, operational = [], []
+    for key in a:
+        if key == "epochs" or a[key] == b.get(key):
+            continue
+        line = f"{key} {a[key]!r} → {b.get(key)!r}".replace("'", "")
+        (operational if key in OPERATIONAL else recipe).append(line)
+    return recipe, operational
+
+
+def file_table(dataset: Dataset, decoded: dict[str, DecodedSplit] | None = None) -> dict[str, list]:
+    """Every file per split as ``[relative path, label]`` (plus its content digest once decoded)."""
+    out: dict[str, list] = {}
+    if decoded is None:
+        for split, samples in dataset.splits.items():
+            out[split] = [[os.path.relpath(s.path, dataset.root), s.label] for s in samples]
+        return out
+    for split, dec in decoded.items():
+        rows = zip(dec.paths, dec.labels.tolist(), dec.digests, strict=True)
+        out[split] = [[os.path.relpath(p, dataset.root), label, digest] for p, label, digest in rows]
+    return out
+
+
+def _listed(items: list[str]) -> str:
+    more = f", ... ({len(items) - MAX_NAMED} more)" if len(items) > MAX_NAMED else ""
+    return ", ".join(items[:MAX_NAMED]) + more
+
+
+def files_diff(old: dict[str, list], new: dict[str, list]) -> str | None:
+    """Describe how the dataset changed (``None`` if it did not), comparing what both tables hold.
+
+    Files are named by their path relative to the dataset folder (one file is in one split only).
+    """
+
+    def index(table: dict[str, list]) -> dict[str, list]:
+        return {row[0]: [split, *row[1:]] for split, rows in table.items() for row in rows}
+
+    a, b = index(old), index(new)
+    both = sorted(set(a) & set(b))
+    groups = {
+        "added": sorted(set(b) - set(a)),
+        "removed": sorted(set(a) - set(b)),
+        "moved to another split": [k for k in both if a[k][0] != b[k][0]],
+        "relabelled": [k for k in both if a[k][0] == b[k][0] and a[k][1] != b[k][1]],
+        # content digests exist only once decoded: compared where both tables have them
+        "changed content": [
+            k for k in both if a[k][:2] == b[k][:2] and len(a[k]) == len(b[k]) == 3 and a[k] != b[k]
+        ],
+    }
+    parts = [f"{len(names)} file(s) {what} ({_listed(names)})" for what, names in groups.items() if names]
+    return "dataset changed: " + ", ".join(parts) if parts else None
+
+
+def _refuse_or_warn(problems: list[str], force: bool, log: Log) -> None:
+    if not problems:
+        return
+    if not force:
+        raise ResumeError(
+            "resume refused: " + "; ".join(problems),
+            fix="resume with the original dataset and settings, or add --force to continue anyway "
+            "(the result will not equal an uninterrupted run)",
+        )
+    log("warning: resuming despite changes (--force): " + "; ".join(problems))
+
+
+def plan_resume(
+    run_dir: str | os.PathLike, config: TrainConfig, dataset: Dataset, *, force: bool, log: Log
+) -> ResumePlan:
+    """Find the checkpoint to resume and check the recipe, classes and file list against it.
+
+    Returns:
+        The plan, whose ``config`` is ``config`` with the original decay pinned if ``epochs`` changed.
+
+    Raises:
+        ResumeError: No usable checkpoint; or (without ``force``) the run changed, with the diff.
+        UsageError: ``epochs`` below the epochs already done.
+    """
+    record = read_record(run_dir)
+    ckpt = latest_checkpoint(run_dir, record.get("run_id"), log=log)
+    try:
+        saved = TrainConfig.from_dict(ckpt.state["config"])
+    except UsageError as exc:
+        raise ResumeError("the checkpoint's training config is invalid", received=str(exc)) from None
+    least = ckpt.epoch + (1 if ckpt.epoch_step else 0)  # an epoch in progress must be finished
+    if config.epochs < least:
+        raise UsageError(
+            "--epochs is below the epochs already trained",
+            received=f"--epochs {config.epochs}, checkpoint {ckpt.describe()}",
+            expected=f"at least {least}",
+            fix=f"use --epochs {saved.epochs} (the run's own) or more",
+        )
+    if config.epochs != saved.epochs and config.decay is None and saved.decay is None:
+        config = config.replace(decay=saved.effective_decay)  # the schedule the run was on
+        log(
+            f"note: training for {config.epochs} epochs instead of {saved.epochs}; the learning-rate "
+            f"decay stays {saved.effective_decay:g} (lr / {saved.epochs})"
+        )
+    problems, operational = recipe_diff(saved, config)
+    if problems:
+        problems = ["recipe changed: " + ", ".join(problems)]
+    if operational:
+        log(
+            "note: changed since the checkpoint: " + ", ".join(operational) + " (results may differ slightly)"
+        )
+    if list(ckpt.state["class_names"]) != dataset.class_names:
+        old, new = list(ckpt.state["class_names"]), dataset.class_names
+        gone, extra = [c for c in old if c not in new], [c for c in new if c not in old]
+        problems.append(f"classes changed: removed {gone or 'none'}, added {extra or 'none'}")
+    change = files_diff(record.get("files") or {}, file_table(dataset))
+    if change:
+        problems.append(change)
+    _refuse_or_warn(problems, force, log)
+    return ResumePlan(checkpoint=ckpt, record=record, config=config, data_changed=change is not None)
+
+
+def check_data(
+    plan: ResumePlan,
+    dataset: Dataset,
+    decoded: dict[str, DecodedSplit],
+    fingerprint: str,
+    *,
+    force: bool,
+    log: Log,
+) -> None:
+    """After decoding: refuse (unless ``force``) if any file's content changed since the checkpoint.
+
+    Raises:
+        ResumeError: With the files that changed.
+    """
+    if plan.data_changed or plan.checkpoint.state.get("data_fingerprint") in (None, fingerprint):
+        return  # unchanged, or already reported (and forced) from the file list
+    change = files_diff(plan.record.get("files") or {}, file_table(dataset, decoded))
+    _refuse_or_warn([change or "dataset changed (its fingerprint differs)"], force, log)
+
+
+def resume_run(
+    run_dir: str | os.PathLike,
+    *,
+    force: bool = False,
+    callbacks: Sequence[Any] = (),
+    log: Log = lambda _: None,
+    decode_progress: Callable[[str, int], Callable[[int], None] | None] | None = None,
+    **changes: Any,
+) -> Any:
+    """Continue the run in ``run_dir`` with the dataset, model path and recipe its ``run.json`` records.
+
+    Args:
+        run_dir: The run folder of an interrupted (or finished) training.
+        force: Continue despite a changed dataset or recipe (see :func:`train`).
+        callbacks, log, decode_progress: As for :func:`imgclf.pipeline.train`.
+        **changes: TrainConfig fields to change, e.g. ``epochs=40`` to train longer or ``device="cuda"``.
+
+    Raises:
+        ResumeError: If the folder is not a resumable run, or the run changed (without ``force``).
+
+    Returns:
+        The :class:`imgclf.pipeline.TrainResult`.
+    """
+    from imgclf.pipeline import train  # the pipeline imports this module: import it when called
+
+    record = read_record(run_dir)
+    try:
+        config = TrainConfig.from_dict(record["config"])
+    except (KeyError, UsageError) as exc:
+        raise ResumeError("the run record's config is invalid", received=str(exc)) from None
+    return train(
+        record["dataset"],
+        record["model"],
+        config.replace(**changes) if changes else config,
+        plot_path=record.get("plot"),
+        run_dir=run_dir,
+        skip_bad=bool(record.get("skip_bad")),
+        probes_from=int(record.get("probes_from") or 0),
+        callbacks=callbacks,
+        log=log,
+        decode_progress=decode_progress,
+        resume=True,
+        force=force,
+    )
