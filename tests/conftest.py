@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-import numpy as np
-import pytest
-from PIL import Image
+# One intra-op thread in the tests and in every subprocess they start: on a 2-core machine shared with
+# other work, two OpenMP threads can run a tiny model 100x slower, and the same thread count in parent
+# and child keeps float summation order (so bitwise comparisons) identical.
+os.environ["OMP_NUM_THREADS"] = "1"
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
 
 torch = pytest.importorskip("torch")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(1)
 
 
 def shape_image(kind: str, rng: np.random.Generator, size: int = 40) -> np.ndarray:

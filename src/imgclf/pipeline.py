@@ -214,6 +214,8 @@ def train(
             device=device,
             plan=plan,
             force=force,
+            cache_dir=cache_dir,
+            use_cache=use_cache,
         )
         return _train_locked(run, config, callbacks, log, decode_progress)
 
@@ -233,6 +235,8 @@ class _Run:
     device: torch.device
     plan: ResumePlan | None
     force: bool
+    cache_dir: str | os.PathLike | None = None
+    use_cache: bool = True
 
 
 def _train_locked(
@@ -250,7 +254,7 @@ def _train_locked(
     if run.plan is not None:  # before decoding: checkpoint weights that do not fit fail early
         restore(state, run.plan.checkpoint, log=log)
     decoded: dict[str, DecodedSplit] = {}
-    cache = open_cache(config.preprocess, cache_dir) if use_cache else None
+    cache = open_cache(config.preprocess, run.cache_dir) if run.use_cache else None
     for split, samples in ds.splits.items():
         progress = decode_progress(split, len(samples)) if decode_progress and samples else None
         # Decode every split before judging, so all bad files are reported in one error.
