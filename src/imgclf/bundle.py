@@ -242,8 +242,10 @@ def _check_probe_tensors(c: Container, m: Manifest) -> None:
     names = {p.image_tensor for p in m.probes} | {p.input_tensor for p in m.probes}
     stray = sorted(n for n in c.entries if not n.startswith("model.") and n not in names)
     missing = sorted(names - set(c.entries))
-    if stray or missing:
-        raise invalid(c.path, f"unexpected tensors {stray[:5]} / missing probe tensors {missing[:5]}")
+    if missing:
+        raise invalid(c.path, f"missing probe tensors {missing[:5]}")
+    if stray:
+        raise invalid(c.path, f"unexpected tensors {stray[:5]}", expected="model.* and probe.N[.input] only")
     size = (m.preprocess.height, m.preprocess.width, 3)
     for p in m.probes:
         image, arr = c.entries[p.image_tensor], c.entries[p.input_tensor]

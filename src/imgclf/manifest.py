@@ -295,9 +295,7 @@ def _validate_v1(path: str, m: dict[str, Any], version: int) -> Manifest:
         # Only registered names resolve: nothing is imported or looked up by a name from the file.
         args = architectures.resolve_args(arch["name"], arch["args"])
     except UsageError as exc:
-        raise invalid(
-            path, f"architecture: {exc.problem}", received=exc.received, expected=exc.expected
-        ) from None
+        raise invalid(path, exc.problem, received=exc.received, expected=exc.expected) from None
     names = _class_names(path, m["class_names"])
     pre = m["preprocess"]
     fields = set(PreprocessSpec().to_dict())
@@ -311,9 +309,7 @@ def _validate_v1(path: str, m: dict[str, Any], version: int) -> Manifest:
     try:
         spec = PreprocessSpec.from_dict(pre, where="preprocess")
     except UsageError as exc:
-        raise invalid(
-            path, f"preprocess: {exc.problem}", received=exc.received, expected=exc.expected
-        ) from None
+        raise invalid(path, exc.problem, received=exc.received, expected=exc.expected) from None
     rule = m["decode_rule"]
     if not _is_int(rule) or not 1 <= rule <= DECODE_RULE:
         raise invalid(
