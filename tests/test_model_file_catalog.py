@@ -556,7 +556,7 @@ def test_every_command_gives_exit_3_and_one_line_for_every_case(
     assert not (tmp_path / MARKER_NAME).exists()
 
 
-# --- A4, A5, A27: caps, timing and memory --------------------------------------------------------------------
+# --- A4, A5, A27: caps, timing and memory -------------------------------------------------------------------
 
 
 def test_a_huge_header_length_is_refused_before_any_allocation(tmp_path):
@@ -634,7 +634,7 @@ def test_an_empty_tensor_inside_another_tensor_is_an_overlap(good, tmp_path):
     _rejects(path, ("overlapping tensors",))
 
 
-# --- A19: no import by a name from the file ------------------------------------------------------------------
+# --- A19: no import by a name from the file -----------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -648,7 +648,7 @@ def test_architecture_names_import_nothing(name, good, tmp_path):
     assert set(sys.modules) - before == set()
 
 
-# --- A20-A22: code-carrying files, in a real process -----------------------------------------------------------
+# --- A20-A22: code-carrying files, in a real process --------------------------------------------------------
 
 
 @pytest.mark.parametrize("kind", ["pickle", "torch_zip", "torch_legacy"])
@@ -678,7 +678,7 @@ def test_pickle_payloads_never_run_in_a_real_process(kind, tmp_path):
     assert not marker.exists()
 
 
-# --- A25: odd but legal class names are kept, and escaped on output --------------------------------------------
+# --- A25: odd but legal class names are kept, and escaped on output -----------------------------------------
 
 
 def test_control_and_bidi_characters_in_class_names_load_and_are_escaped_by_inspect(good, tmp_path):
@@ -693,7 +693,7 @@ def test_control_and_bidi_characters_in_class_names_load_and_are_escaped_by_insp
     assert json.loads(out)["class_names"] == names
 
 
-# --- A28: not a regular file ---------------------------------------------------------------------------------
+# --- A28: not a regular file --------------------------------------------------------------------------------
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX special files")
@@ -768,7 +768,7 @@ def test_a_missing_file_is_one_clean_error(tmp_path):
     _rejects(tmp_path / "nope.imgclf", ("cannot open model file", "No such file"))
 
 
-# --- A30: awkward paths --------------------------------------------------------------------------------------
+# --- A30: awkward paths -------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
