@@ -108,6 +108,7 @@ class _Wrapper(nn.Module):
         return self.module(x)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # importing torch.compile's machinery
 @pytest.mark.parametrize("wrap", ["ddp_like", "data_parallel", "compiled", "compiled_ddp"])
 def test_weights_are_saved_without_wrapper_prefixes(wrap, tmp_path):
     clf = make_classifier(seed=2)

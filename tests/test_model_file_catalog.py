@@ -341,6 +341,12 @@ BYTES_CASES: list[tuple[str, str, Callable[[bytes], bytes], tuple[str, ...]]] = 
         lambda g: rebuild_without_metadata(g, {"format": "pt"}),
         ("metadata keys: format",),
     ),
+    (
+        "manifest_not_canonical",
+        "A16",
+        lambda g: with_manifest(g, json.dumps(manifest_of(g), indent=1, sort_keys=True)),
+        ("not in canonical form",),
+    ),
     ("manifest_not_json", "A18", lambda g: with_manifest(g, "{broken"), ("manifest is not valid JSON",)),
     ("manifest_array", "A18", lambda g: with_manifest(g, "[]"), ("manifest is not a JSON object",)),
     ("manifest_missing_key", "A18", _drop("probes"), ("missing: ['probes']",)),

@@ -273,7 +273,10 @@ def _provenance(path: str, prov: Any) -> dict[str, Any]:
     return prov
 
 
-def _validate_v1(path: str, m: dict[str, Any], version: int) -> Manifest:
+def _validate_v1(path: str, m: dict[str, Any], version: int, text: str | None) -> Manifest:
+    if text is not None and canonical_json(m) != text:
+        # imgclf writes canonical JSON only, so any other spelling means the text was edited.
+        raise invalid(path, "manifest is not in canonical form (file modified?)")
     missing, unknown = sorted(_FIELDS - set(m)), sorted(set(m) - _FIELDS)
     if missing or unknown:
         raise invalid(
@@ -338,8 +341,13 @@ def _validate_v1(path: str, m: dict[str, Any], version: int) -> Manifest:
 _READERS = {1: _validate_v1}
 
 
-def validate(path: str, m: Any) -> Manifest:
+def validate(path: str, m: Any, text: str | None = None) -> Manifest:
     """Validate a parsed manifest object: marker, version, bounds, digest of itself, every field.
+
+    Args:
+        path: The file, for error messages.
+        m: The parsed manifest.
+        text: The manifest text as stored, which must be the canonical JSON of ``m``.
 
     Raises:
         ModelFileError: Naming ``path`` and the failed check.
@@ -361,7 +369,7 @@ def validate(path: str, m: Any) -> Manifest:
         )
     if version not in _READERS:
         raise invalid(path, f"format version {version} does not exist", expected=f"1..{FORMAT_VERSION}")
-    return _READERS[version](path, m, version)
+    return _READERS[version](path, m, version, text)
 
 
 def parse(c: Container) -> Manifest:
@@ -377,4 +385,5 @@ def parse(c: Container) -> Manifest:
             f"without an imgclf manifest (metadata keys: {keys})",
             fix="this file was not written by imgclf; train one with `imgclf train`",
         )
-    return validate(c.path, strict_json(c.metadata[MANIFEST_KEY], "manifest", c.path))
+    text = c.metadata[MANIFEST_KEY]
+    return validate(c.path, strict_json(text, "manifest", c.path), text)
