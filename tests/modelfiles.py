@@ -18,7 +18,8 @@ from torch import nn
 from imgclf import architectures
 from imgclf.classifier import Classifier
 from imgclf.config import PreprocessSpec
-from imgclf.manifest import MANIFEST_KEY, canonical_json, manifest_digest, tensors_digest
+from imgclf.integrity import canonical_json, manifest_digest, tensors_digest
+from imgclf.manifest import MANIFEST_KEY
 
 CLASSES = ("ring", "square")
 DTYPE_NAMES = {

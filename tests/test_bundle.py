@@ -20,7 +20,8 @@ import imgclf
 from imgclf import architectures, bundle
 from imgclf.classifier import Classifier
 from imgclf.errors import ModelFileError, UsageError
-from imgclf.manifest import MAX_PROVENANCE_BYTES, canonical_json
+from imgclf.integrity import canonical_json
+from imgclf.manifest import MAX_PROVENANCE_BYTES
 from modelfiles import CLASSES, make_classifier, manifest_of, tensors_of
 
 

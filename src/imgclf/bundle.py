@@ -15,7 +15,6 @@ Usage::
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import platform
@@ -27,12 +26,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from imgclf import architectures, probes
+from imgclf import architectures, probes, weights
 from imgclf.classifier import Classifier
-from imgclf.container import DTYPES, Container, invalid, read_container
+from imgclf.container import Container, invalid, read_container
 from imgclf.errors import ModelFileError, UsageError
 from imgclf.files import atomic_write_bytes
 from imgclf.images import DECODE_RULE
+from imgclf.integrity import canonical_json, container_digest, manifest_digest, tensors_digest
 from imgclf.manifest import (
     FORMAT,
     FORMAT_VERSION,
@@ -40,11 +40,7 @@ from imgclf.manifest import (
     MAX_PROBES,
     MAX_PROVENANCE_BYTES,
     Manifest,
-    canonical_json,
-    container_digest,
-    manifest_digest,
     parse,
-    tensors_digest,
     validate,
 )
 
@@ -65,6 +61,8 @@ __all__ = [
     "versions",
 ]
 
+# The training pipeline calls this before evaluating; kept here so its import stays stable.
+_copy_to_cpu = weights.copy_to_cpu
 MAX_PROBE_BYTES = 8 * 1024 * 1024
 SYNTHETIC_PROBES = 4
 MAX_EXTRA_PROBES = MAX_PROBES - SYNTHETIC_PROBES
@@ -96,146 +94,6 @@ def _finite(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_finite(v) for v in obj]
     return obj
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain model inside DDP (``module``) and ``torch.compile`` (``_orig_mod``) wrappers."""
-    for attr in ("_orig_mod", "module"):
-        while hasattr(model, attr) and isinstance(getattr(model, attr), torch.nn.Module):
-            model = getattr(model, attr)
-    return model
-
-
-def _copy_to_cpu(model: torch.nn.Module) -> torch.nn.Module:
-    """A float32 CPU copy of ``model`` (used by the training pipeline before evaluation)."""
-    return copy.deepcopy(_unwrap(model)).to("cpu", torch.float32)
-
-
-def _dtype_name(t: torch.Tensor) -> str:
-    for name, (dtype, _) in DTYPES.items():
-        if t.dtype == dtype:
-            return name
-    raise UsageError(
-        "cannot save tensor dtype",
-        received=str(t.dtype),
-        expected="float or integer tensors",
-        fix="convert the model to float32",
-    )
-
-
-def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Contiguous CPU tensors, floats as float32, whatever device, precision or layout training used."""
-    out = {}
-    for key, value in _unwrap(model).state_dict().items():
-        value = value.detach().to("cpu")
-        if value.is_floating_point():
-            value = value.to(torch.float32)
-            if not bool(torch.isfinite(value).all()):
-                raise UsageError(
-                    "cannot save a model with NaN or infinite weights",
-                    received=f"tensor {key!r}",
-                    expected="finite weights",
-                    fix="training diverged: lower the learning rate or keep the best epoch (--keep best)",
-                )
-        out[f"model.{key}"] = value.contiguous()
-    return out
-
-
-def _compare(
-    expected: dict[str, tuple[tuple[int, ...], str]], got: dict[str, tuple[tuple[int, ...], str]]
-) -> list[str]:
-    """Differences between the architecture's tensors and the file's, as short phrases (capped)."""
-    missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
-    problems = []
-    if missing:
-        problems.append(
-            f"missing tensors {missing[:5]}{f' and {len(missing) - 5} more' if len(missing) > 5 else ''}"
-        )
-    if extra:
-        problems.append(
-            f"unexpected tensors {extra[:5]}{f' and {len(extra) - 5} more' if len(extra) > 5 else ''}"
-        )
-    for name in sorted(set(expected) & set(got)):
-        (want_shape, want_dtype), (got_shape, got_dtype) = expected[name], got[name]
-        if want_shape != got_shape:
-            problems.append(f"tensor {name!r} has shape {list(got_shape)}, expected {list(want_shape)}")
-        elif want_dtype != got_dtype:
-            problems.append(f"tensor {name!r} has dtype {got_dtype}, expected {want_dtype}")
-    return problems
-
-
-def _meta_model(arch: str, classes: int, size: tuple[int, int], args: dict[str, Any]) -> torch.nn.Module:
-    with torch.device("meta"):  # no memory, no initialisation: the weights come from the file
-        return architectures.build(arch, classes, size, args)
-
-
-def _signature(model: torch.nn.Module, prefix: str = "model.") -> dict[str, tuple[tuple[int, ...], str]]:
-    return {prefix + k: (tuple(v.shape), _dtype_name(v)) for k, v in model.state_dict().items()}
-
-
-def _class_count_hint(m: Manifest, got: dict[str, tuple[tuple[int, ...], str]]) -> int | None:
-    """If the file's tensors fit the architecture with another class count, return that count."""
-    want = _signature(_meta_model(m.arch, len(m.class_names), m.preprocess.size, m.arch_args))
-    for name, (shape, _) in got.items():
-        if name in want and want[name][0] != shape and want[name][0][:1] == (len(m.class_names),) and shape:
-            k = shape[0]
-            if 2 <= k <= architectures.MAX_CLASSES:
-                try:
-                    other = _signature(_meta_model(m.arch, k, m.preprocess.size, m.arch_args))
-                except UsageError:
-                    return None
-                return k if other == got else None
-    return None
-
-
-def _all_finite(t: torch.Tensor) -> bool:
-    # numpy is ~100x faster than torch.isfinite on these small dtype-views of byte buffers.
-    if t.dtype in (torch.float32, torch.float64, torch.float16):
-        return bool(np.isfinite(t.numpy()).all())
-    return bool(torch.isfinite(t).all())
-
-
-def _channels_last(t: torch.Tensor) -> torch.Tensor:
-    """A 4-D float32 weight in the channels-last layout the classifier runs in, copied by numpy.
-
-    torch's own layout copy is threaded and, on small VMs, waiting for its pool costs more than the
-    copy; numpy does it in one thread in well under a millisecond. Values are unchanged (a copy).
-    """
-    if t.dim() != 4 or t.dtype != torch.float32 or t.numel() == 0:
-        return t
-    return torch.from_numpy(np.ascontiguousarray(t.numpy().transpose(0, 2, 3, 1))).permute(0, 3, 1, 2)
-
-
-def _build(c: Container, m: Manifest) -> torch.nn.Module:
-    """Build the registered architecture on the meta device and load the file's weights strictly."""
-    try:
-        model = _meta_model(m.arch, len(m.class_names), m.preprocess.size, m.arch_args)
-    except UsageError as exc:
-        raise invalid(
-            c.path,
-            f"cannot build the architecture: {exc.problem}",
-            received=exc.received,
-            expected=exc.expected,
-        ) from None
-    got = {n: (e.shape, e.dtype) for n, e in c.entries.items() if n.startswith("model.")}
-    problems = _compare(_signature(model), got)
-    if problems:
-        k = _class_count_hint(m, got)
-        if k is not None:
-            raise invalid(c.path, f"class count mismatch: manifest {len(m.class_names)}, weights {k}")
-        raise invalid(c.path, "weights do not match the architecture: " + "; ".join(problems[:6]))
-    state = {}
-    for name in got:
-        t = c.take(name)
-        if t.is_floating_point() and not _all_finite(t):
-            raise invalid(
-                c.path,
-                f"tensor {name!r} contains NaN or infinite values",
-                fix="use an intact model file; retrain if the training diverged",
-            )
-        state[name[len("model.") :]] = _channels_last(t)
-    model.load_state_dict(state, strict=True, assign=True)
-    return model
 
 
 def _check_probe_tensors(c: Container, m: Manifest) -> None:
@@ -283,7 +141,7 @@ def load(path: str | os.PathLike, *, device: torch.device | str = "cpu") -> Clas
         ModelFileError: If the file is missing, foreign, corrupt, tampered with or inconsistent.
     """
     c, m = _open_validated(path)
-    model = _build(c, m)
+    model = weights.build_from(c, m)
     manifest = {k: v for k, v in m.raw.items() if k != "integrity"}
     return Classifier(
         model, m.class_names, m.preprocess, m.arch, m.arch_args, manifest=manifest, device=device
@@ -322,11 +180,12 @@ def serialize(classifier: Classifier, *, extra_probes: list[bytes] | None = None
         UsageError: If the model does not match its architecture, has non-finite weights, or its class
             names or settings cannot be stored.
     """
-    weights = _weights(classifier.model)
+    model_tensors = weights.from_model(classifier.model)
     spec = classifier.preprocess
     arch_args = architectures.resolve_args(classifier.arch, classifier.arch_args)
-    fresh = _meta_model(classifier.arch, len(classifier.class_names), spec.size, arch_args)
-    problems = _compare(_signature(fresh), {k: (tuple(v.shape), _dtype_name(v)) for k, v in weights.items()})
+    fresh = weights.meta_model(classifier.arch, len(classifier.class_names), spec.size, arch_args)
+    got = {k: (tuple(v.shape), weights.dtype_name(v)) for k, v in model_tensors.items()}
+    problems = weights.compare(weights.signature(fresh), got)
     if problems:
         raise UsageError(
             "cannot save: the model does not match its architecture",
@@ -335,11 +194,12 @@ def serialize(classifier: Classifier, *, extra_probes: list[bytes] | None = None
             fix="save the model built for these class names and architecture args",
         )
     # Probes run on a model rebuilt from exactly the tensors being saved: what load() will produce.
-    fresh.load_state_dict({k[len("model.") :]: v for k, v in weights.items()}, strict=True, assign=True)
+    state = {k[len("model.") :]: v for k, v in model_tensors.items()}
+    fresh.load_state_dict(state, strict=True, assign=True)
     rebuilt = Classifier(fresh, classifier.class_names, spec, classifier.arch, arch_args)
     images, kinds = _probe_images(extra_probes)
     records = probes.compute(rebuilt, images, kinds)
-    tensors = dict(weights)
+    tensors = dict(model_tensors)
     for i, r in enumerate(records):
         tensors[f"probe.{i}"] = torch.frombuffer(bytearray(r.encoded), dtype=torch.uint8)
         tensors[f"probe.{i}.input"] = probes.as_uint8_tensor(r.input)
@@ -359,7 +219,7 @@ def serialize(classifier: Classifier, *, extra_probes: list[bytes] | None = None
         ],
         "provenance": _fit_provenance(provenance),
     }
-    items = [(k, _dtype_name(v), tuple(v.shape), v.numpy().tobytes()) for k, v in tensors.items()]
+    items = [(k, weights.dtype_name(v), tuple(v.shape), v.numpy().tobytes()) for k, v in tensors.items()]
     manifest["integrity"] = {
         "tensors_sha256": tensors_digest(items),
         "manifest_sha256": manifest_digest(manifest),
@@ -417,7 +277,7 @@ def verify(path: str | os.PathLike, *, tolerance: float = PROBE_TOLERANCE) -> Ve
     c, m = _open_validated(path)
     report = VerifyReport(os.fspath(path))
     report.checks.append(("structure and digests", True, "header, manifest and tensor digests match"))
-    model = _build(c, m)
+    model = weights.build_from(c, m)
     detail = f"{m.arch}, {len(m.class_names)} classes, all weights finite"
     report.checks.append(("architecture and weights", True, detail))
     clf = Classifier(model, m.class_names, m.preprocess, m.arch, m.arch_args)

@@ -1,4 +1,4 @@
-"""The manifest: the JSON document under the ``imgclf`` metadata key, its schema, versions and digests.
+"""The manifest: the JSON document under the ``imgclf`` metadata key, its schema and its versions.
 
 Every field is checked for presence, type and bounds; unknown fields are refused (except inside
 ``provenance``, which is informational and never changes how the model is built or run). Each format
@@ -8,16 +8,12 @@ Usage::
 
     m = parse(container)                  # Manifest, or ModelFileError naming the file and the check
     m.arch, m.class_names, m.preprocess, m.probes
-    digest = manifest_digest(body)        # SHA-256 of the canonical JSON, without "integrity"
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +22,7 @@ from imgclf.config import PreprocessSpec
 from imgclf.container import Container, invalid, strict_json
 from imgclf.errors import ModelFileError, UsageError
 from imgclf.images import DECODE_RULE
+from imgclf.integrity import canonical_json, manifest_digest
 
 __all__ = [
     "FORMAT",
@@ -38,10 +35,6 @@ __all__ = [
     "Manifest",
     "parse",
     "validate",
-    "canonical_json",
-    "manifest_digest",
-    "tensors_digest",
-    "container_digest",
 ]
 
 FORMAT = "imgclf"
@@ -55,6 +48,9 @@ MAX_PROVENANCE_BYTES = 4 * 1024 * 1024
 PROBE_KINDS = ("synthetic", "validation")
 _TOP = ("format", "format_version", "architecture", "class_names", "preprocess", "decode_rule", "probes")
 _FIELDS = {*_TOP, "provenance", "integrity"}
+# Frozen with format version 1: a setting added to PreprocessSpec later must default to v1 behaviour,
+# and v1 files (which never carry it) must keep loading.
+_PREPROCESS_V1 = frozenset({"height", "width", "interpolation", "rescale", "mean", "std"})
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -94,32 +90,6 @@ class Manifest:
     provenance: dict[str, Any]
     integrity: dict[str, str]
     raw: dict[str, Any]
-
-
-def canonical_json(obj: Any) -> str:
-    """The one JSON serialisation digests are computed over (sorted keys, no spaces, ASCII)."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-
-
-def manifest_digest(body: dict[str, Any]) -> str:
-    """SHA-256 of the canonical JSON of the manifest without its ``integrity`` field."""
-    return hashlib.sha256(
-        canonical_json({k: v for k, v in body.items() if k != "integrity"}).encode()
-    ).hexdigest()
-
-
-def tensors_digest(items: Iterable[tuple[str, str, tuple[int, ...], memoryview | bytes]]) -> str:
-    """SHA-256 over (name, dtype, shape, byte count, bytes) of every tensor, in name order."""
-    h = hashlib.sha256()
-    for name, dtype, shape, data in sorted(items, key=lambda t: t[0]):
-        h.update(f"{name}\x00{dtype}\x00{list(shape)}\x00{len(data)}\x00".encode())
-        h.update(data)
-    return h.hexdigest()
-
-
-def container_digest(c: Container) -> str:
-    """:func:`tensors_digest` of every tensor in a container read with its data."""
-    return tensors_digest((e.name, e.dtype, e.shape, c.raw_bytes(e.name)) for e in c.entries.values())
 
 
 def _check_bounds(path: str, obj: Any) -> None:
@@ -301,7 +271,7 @@ def _validate_v1(path: str, m: dict[str, Any], version: int, text: str | None) -
         raise invalid(path, exc.problem, received=exc.received, expected=exc.expected) from None
     names = _class_names(path, m["class_names"])
     pre = m["preprocess"]
-    fields = set(PreprocessSpec().to_dict())
+    fields = _PREPROCESS_V1
     _need(
         path,
         isinstance(pre, dict) and set(pre) == fields,
