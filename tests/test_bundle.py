@@ -354,3 +354,31 @@ def test_classifier_from_load_carries_the_manifest_without_integrity(tmp_path):
     clf = imgclf.load(path)
     assert isinstance(clf, Classifier)
     assert "integrity" not in clf.manifest and clf.manifest["format_version"] == 1
+
+
+def test_the_digest_recipes_in_the_format_doc_work_without_imgclf():
+    """docs/format.md §5 tells third parties how to check both digests; keep that true."""
+    import hashlib
+    import re
+    import struct
+
+    raw = (Path(__file__).parent / "fixtures" / "golden_v1.imgclf").read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header, data = json.loads(raw[8 : 8 + n]), raw[8 + n :]
+    h = hashlib.sha256()
+    for name in sorted(k for k in header if k != "__metadata__"):
+        t = header[name]
+        b, e = t["data_offsets"]
+        h.update(f"{name}\0{t['dtype']}\0{t['shape']}\0{e - b}\0".encode())
+        h.update(data[b:e])
+    text = header["__metadata__"]["imgclf"]
+    manifest = json.loads(text)
+    assert h.hexdigest() == manifest["integrity"]["tensors_sha256"]
+    body = re.sub(
+        r',"integrity":\{"manifest_sha256":"[0-9a-f]{64}","tensors_sha256":"[0-9a-f]{64}"\}', "", text
+    )
+    assert (
+        body != text and hashlib.sha256(body.encode()).hexdigest() == manifest["integrity"]["manifest_sha256"]
+    )
+    doc = (Path(__file__).parents[1] / "docs" / "format.md").read_text(encoding="utf-8")
+    assert "h.update(f\"{name}\\0{t['dtype']}\\0{t['shape']}\\0{e - b}\\0\".encode())" in doc
