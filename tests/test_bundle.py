@@ -382,3 +382,32 @@ def test_the_digest_recipes_in_the_format_doc_work_without_imgclf():
     )
     doc = (Path(__file__).parents[1] / "docs" / "format.md").read_text(encoding="utf-8")
     assert "h.update(f\"{name}\\0{t['dtype']}\\0{t['shape']}\\0{e - b}\\0\".encode())" in doc
+
+
+def test_loading_writes_nothing_and_opens_no_network(tiny_model, monkeypatch):
+    """A32: load, verify and inspect work on a read-only filesystem with no network."""
+    import builtins
+    import os
+    import socket
+
+    real_open, real_os_open = builtins.open, os.open
+    writes = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+    def read_only_open(file, mode="r", *args, **kwargs):
+        assert not set(mode) & set("wax+"), f"opened {file!r} for writing"
+        return real_open(file, mode, *args, **kwargs)
+
+    def read_only_os_open(path, flags, *args, **kwargs):
+        assert not flags & writes, f"os.open({path!r}) for writing"
+        return real_os_open(path, flags, *args, **kwargs)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("network access")
+
+    monkeypatch.setattr(builtins, "open", read_only_open)
+    monkeypatch.setattr(os, "open", read_only_os_open)
+    monkeypatch.setattr(socket, "socket", no_network)
+    clf = imgclf.load(tiny_model.model_path)
+    assert imgclf.verify(tiny_model.model_path).ok
+    assert imgclf.inspect(tiny_model.model_path)["format_version"] == 1
+    assert clf.predict(np.zeros((8, 8, 3), dtype=np.uint8))[0].label in ("ring", "square")
