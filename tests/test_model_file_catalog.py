@@ -811,3 +811,12 @@ def test_manifest_span_helper_finds_the_manifest(good):
     start, end = manifest_span(good)
     assert good[start : start + 2] == b"{\\"
     assert good[end - 1 : end] == b"}"
+
+
+@pytest.mark.parametrize("length", [0x8B1F, 0x5A4D, 0x685A42])  # spell gzip's, MZ's and bzip2's magic
+def test_a_truncated_model_is_called_truncated_whatever_its_length_bytes_spell(length, tmp_path):
+    header = b'{"__metadata__":{"imgclf":"x"}' + b" " * (length - 30) + b"}"
+    path = tmp_path / "cut.imgclf"
+    path.write_bytes(join(header)[: 8 + length // 2])
+    message = _rejects(path, ("truncated: header says",))
+    assert "looks like" not in message

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from imgclf.errors import ModelFileError
-from imgclf.sniff import UNKNOWN, describe
+from imgclf.sniff import HEAD_BYTES, TAIL_BYTES, UNKNOWN, describe
 
 __all__ = [
     "TensorEntry",
@@ -195,13 +195,15 @@ def _foreign(path: str, fh: Any, head: bytes, check: str, fix: str) -> ModelFile
     """The error for a header that makes no sense, saying what the file looks like if we can tell."""
     try:
         fh.seek(0)
-        start = fh.read(4096)
+        start = fh.read(HEAD_BYTES)
         size = os.fstat(fh.fileno()).st_size
-        fh.seek(max(size - 65536, 0))
-        tail = fh.read(65536)
+        fh.seek(max(size - TAIL_BYTES, 0))
+        tail = fh.read(TAIL_BYTES)
     except OSError:
         start, tail = head, b""
-    guess = describe(start or head, tail, path)
+    # A header that opens like safetensors JSON means a damaged safetensors file, whatever the first bytes
+    # spell: a truncated model whose header is 35615 bytes long starts with gzip's magic, 1f 8b.
+    guess = UNKNOWN if start[8:10] == b'{"' else describe(start or head, tail, path)
     if guess != UNKNOWN:
         return invalid(
             path,
