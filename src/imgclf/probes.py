@@ -29,7 +29,15 @@ from imgclf.errors import ImageError
 from imgclf.images import preprocess_uint8, to_tensor
 from imgclf.manifest import Manifest
 
-__all__ = ["synthetic_images", "ProbeRecord", "compute", "input_digest", "run_checks", "TOLERANCE"]
+__all__ = [
+    "synthetic_images",
+    "ProbeRecord",
+    "compute",
+    "input_digest",
+    "run_checks",
+    "as_uint8_tensor",
+    "TOLERANCE",
+]
 
 TOLERANCE = 1e-4
 
