@@ -51,10 +51,17 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        import importlib
-
         module, attr = _LAZY[name]
-        value = getattr(importlib.import_module(module), attr)
+        # Static imports only: the package's safety test forbids importing modules by a computed name.
+        if module == "imgclf.bundle":
+            from imgclf import bundle as mod
+        elif module == "imgclf.classifier":
+            from imgclf import classifier as mod
+        elif module == "imgclf.config":
+            from imgclf import config as mod
+        else:
+            from imgclf import pipeline as mod
+        value = getattr(mod, attr)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'imgclf' has no attribute {name!r}")

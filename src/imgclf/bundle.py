@@ -1,8 +1,9 @@
-"""The model file: one safetensors file with a JSON manifest; save, load, verify and inspect it.
+"""The model file: save, load, verify and inspect one safetensors file with a JSON manifest.
 
 Loading is parse → validate everything → build from the registry → strict weight load. Nothing in a
 file can make imgclf run code: no pickle, no imports by name, only registered architectures. See
-``docs/format.md`` for the specification.
+``docs/format.md`` for the specification; :mod:`imgclf.container` reads the bytes, :mod:`imgclf.manifest`
+checks the manifest, :mod:`imgclf.probes` runs the self-checks.
 
 Usage::
 
@@ -14,9 +15,6 @@ Usage::
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import math
 import os
 import platform
@@ -28,19 +26,32 @@ from typing import Any
 import numpy as np
 import torch
 
-from imgclf import architectures
+from imgclf import architectures, probes, weights
 from imgclf.classifier import Classifier
-from imgclf.config import PreprocessSpec
-from imgclf.container import DTYPES, Container, read_container, strict_json
-from imgclf.errors import ImageError, ModelFileError, UsageError
+from imgclf.container import Container, invalid, read_container
+from imgclf.errors import ModelFileError, UsageError
 from imgclf.files import atomic_write_bytes
-from imgclf.images import DECODE_RULE, preprocess_uint8, to_tensor
+from imgclf.images import DECODE_RULE
+from imgclf.integrity import canonical_json, container_digest, manifest_digest, tensors_digest
+from imgclf.manifest import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST_KEY,
+    MAX_PROBES,
+    MAX_PROVENANCE_BYTES,
+    Manifest,
+    parse,
+    validate,
+)
 
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "MANIFEST_KEY",
+    "MAX_PROBE_BYTES",
+    "MAX_EXTRA_PROBES",
     "save",
+    "serialize",
     "load",
     "verify",
     "inspect",
@@ -50,38 +61,10 @@ __all__ = [
     "versions",
 ]
 
-FORMAT = "imgclf"
-FORMAT_VERSION = 1
-MANIFEST_KEY = "imgclf"
-PROBE_TOLERANCE = 1e-4
-MAX_CLASS_NAME = 1000
-_REQUIRED = {
-    "format",
-    "format_version",
-    "architecture",
-    "class_names",
-    "preprocess",
-    "decode_rule",
-    "probes",
-    "provenance",
-    "integrity",
-}
-
-
-def canonical_json(obj: Any) -> str:
-    """The one JSON serialisation digests are computed over (sorted keys, no spaces, ASCII)."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-
-
-def _finite(obj: Any) -> Any:
-    """Replace non-finite floats by ``None`` so provenance always serialises as strict JSON."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
+MAX_PROBE_BYTES = 8 * 1024 * 1024
+SYNTHETIC_PROBES = 4
+MAX_EXTRA_PROBES = MAX_PROBES - SYNTHETIC_PROBES
+PROBE_TOLERANCE = probes.TOLERANCE
 
 
 def versions() -> dict[str, str]:
@@ -100,305 +83,179 @@ def versions() -> dict[str, str]:
     }
 
 
-def tensors_digest(items: list[tuple[str, str, tuple[int, ...], memoryview | bytes]]) -> str:
-    """SHA-256 over (name, dtype, shape, bytes) of every tensor, in name order."""
-    h = hashlib.sha256()
-    for name, dtype, shape, data in sorted(items, key=lambda t: t[0]):
-        h.update(f"{name}\x00{dtype}\x00{list(shape)}\x00{len(data)}\x00".encode())
-        h.update(data)
-    return h.hexdigest()
+def _finite(obj: Any) -> Any:
+    """Replace non-finite floats by ``None`` so provenance always serialises as strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
-def _container_digest(c: Container) -> str:
-    view = memoryview(c.data) if c.data is not None else memoryview(b"")
-    return tensors_digest([(e.name, e.dtype, e.shape, view[e.begin : e.end]) for e in c.entries.values()])
+def _check_probe_tensors(c: Container, m: Manifest) -> None:
+    names = {p.image_tensor for p in m.probes} | {p.input_tensor for p in m.probes}
+    stray = sorted(n for n in c.entries if not n.startswith("model.") and n not in names)
+    missing = sorted(names - set(c.entries))
+    if missing:
+        raise invalid(c.path, f"missing probe tensors {missing[:5]}")
+    if stray:
+        raise invalid(c.path, f"unexpected tensors {stray[:5]}", expected="model.* and probe.N[.input] only")
+    size = (m.preprocess.height, m.preprocess.width, 3)
+    for p in m.probes:
+        image, arr = c.entries[p.image_tensor], c.entries[p.input_tensor]
+        if image.dtype != "U8" or len(image.shape) != 1 or not 0 < image.shape[0] <= MAX_PROBE_BYTES:
+            raise invalid(
+                c.path, f"probe tensor {image.name!r} must be 1-D uint8 bytes (1 to {MAX_PROBE_BYTES})"
+            )
+        if arr.dtype != "U8" or arr.shape != size:
+            raise invalid(
+                c.path,
+                f"probe tensor {arr.name!r} must be uint8 shaped {list(size)}, "
+                f"got {arr.dtype} {list(arr.shape)}",
+            )
 
 
-def make_probe_images() -> list[bytes]:
-    """Four small synthetic PNG probes (gradient, checkerboard, noise, disc) — no user data."""
-    from PIL import Image
-
-    rng = np.random.default_rng(20240607)
-    yy, xx = np.mgrid[0:90, 0:120]
-    gradient = np.stack([xx * 2, yy * 2, (xx + yy)], axis=2).astype(np.uint8)
-    checker = (((np.indices((48, 48)).sum(axis=0) // 6) % 2) * 255).astype(np.uint8)
-    noise = rng.integers(0, 256, size=(70, 70, 3), dtype=np.uint8)
-    dy, dx = np.mgrid[-64:64, -64:64]
-    disc = np.zeros((128, 128, 3), dtype=np.uint8)
-    inside = dy**2 + dx**2 < 50**2
-    disc[inside] = (230, 140, 170)
-    disc[(dy - 10) ** 2 + (dx + 15) ** 2 < 8**2] = (110, 40, 150)
-    out = []
-    for arr in (gradient, checker, noise, disc):
-        buf = io.BytesIO()
-        Image.fromarray(arr).save(buf, format="PNG")
-        out.append(buf.getvalue())
-    return out
-
-
-def _probe_tensor(encoded: bytes, spec: PreprocessSpec) -> tuple[np.ndarray, str]:
-    arr = preprocess_uint8(encoded, spec, name="probe image")
-    x = to_tensor(arr[None], spec).contiguous()
-    return arr, hashlib.sha256(x.numpy().tobytes()).hexdigest()
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    for attr in ("_orig_mod", "module"):
-        while hasattr(model, attr) and isinstance(getattr(model, attr), torch.nn.Module):
-            model = getattr(model, attr)
-    return model
-
-
-def save(classifier: Classifier, path: str | os.PathLike, *, extra_probes: list[bytes] | None = None) -> None:
-    """Write ``classifier`` to ``path`` atomically as one safetensors file with a manifest.
-
-    Weights are taken from the unwrapped model as contiguous float32 CPU tensors (integer buffers
-    keep their dtype), whatever device, precision or layout training used.
-
-    Args:
-        classifier: What to save.
-        path: Destination file (replaced only by a complete file).
-        extra_probes: Encoded images to store as self-check probes besides the synthetic ones
-            (e.g. a few validation images, when the user asks for them).
-    """
-    model = _unwrap(classifier.model)
-    tensors: dict[str, torch.Tensor] = {}
-    for key, value in model.state_dict().items():
-        value = value.detach().to("cpu")
-        if value.is_floating_point():
-            value = value.to(torch.float32)
-        tensors[f"model.{key}"] = value.contiguous()
-    spec = classifier.preprocess
-    probes = []
-    encoded_all = make_probe_images() + list(extra_probes or [])
-    arrays = []
-    for i, encoded in enumerate(encoded_all):
-        arr, digest = _probe_tensor(encoded, spec)
-        arrays.append(arr)
-        tensors[f"probe.{i}"] = torch.frombuffer(bytearray(encoded), dtype=torch.uint8).clone()
-        probes.append({"tensor": f"probe.{i}", "input_sha256": digest})
-    eval_clf = Classifier(
-        _copy_to_cpu(model), classifier.class_names, spec, classifier.arch, classifier.arch_args
-    )
-    probs = eval_clf.predict_proba_uint8(np.stack(arrays))
-    for probe, row in zip(probes, probs, strict=True):
-        probe["probabilities"] = [float(v) for v in row]
-    provenance = _finite(dict(classifier.manifest.get("provenance", {})))
-    provenance.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    provenance["versions"] = versions()
-    manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "architecture": {
-            "name": classifier.arch,
-            "args": architectures.resolve_args(classifier.arch, classifier.arch_args),
-        },
-        "class_names": list(classifier.class_names),
-        "preprocess": spec.to_dict(),
-        "decode_rule": DECODE_RULE,
-        "probes": probes,
-        "provenance": provenance,
-    }
-    items = [(k, _dtype_name(v), tuple(v.shape), v.numpy().tobytes()) for k, v in tensors.items()]
-    manifest["integrity"] = {
-        "tensors_sha256": tensors_digest(items),
-        "manifest_sha256": hashlib.sha256(canonical_json(manifest).encode()).hexdigest(),
-    }
-    from safetensors.torch import save as st_save
-
-    payload = st_save(tensors, metadata={MANIFEST_KEY: canonical_json(manifest)})
-    atomic_write_bytes(path, payload)
-
-
-def _copy_to_cpu(model: torch.nn.Module) -> torch.nn.Module:
-    import copy
-
-    return copy.deepcopy(model).to("cpu", torch.float32)
-
-
-def _dtype_name(t: torch.Tensor) -> str:
-    for name, (dtype, _) in DTYPES.items():
-        if t.dtype == dtype:
-            return name
-    raise UsageError(
-        "cannot save tensor dtype",
-        received=str(t.dtype),
-        expected="float or integer tensors",
-        fix="convert the model to float32",
-    )
-
-
-def _bad(path: str, check: str, fix: str = "use an intact model file written by imgclf") -> ModelFileError:
-    return ModelFileError(f"invalid model file {path!r}: {check}", fix=fix)
-
-
-def _manifest(c: Container) -> dict[str, Any]:
-    """Extract and validate the manifest (types, digest, version) — no model is built."""
-    path = c.path
-    if MANIFEST_KEY not in c.metadata:
-        raise _bad(
-            path,
-            "a plain safetensors file without an imgclf manifest",
-            fix="this file was not written by imgclf; train one with `imgclf train`",
-        )
-    m = strict_json(c.metadata[MANIFEST_KEY], "manifest", path)
-    if not isinstance(m, dict):
-        raise _bad(path, "manifest is not a JSON object")
-    if m.get("format") != FORMAT:
-        raise _bad(path, f"format marker is {str(m.get('format'))[:40]!r}, expected {FORMAT!r}")
-    version = m.get("format_version")
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise _bad(path, "format_version is missing or not an integer")
-    if version > FORMAT_VERSION:
-        raise _bad(
-            path,
-            f"made by a newer imgclf (format version {version}; this imgclf reads up to {FORMAT_VERSION})",
-            fix="upgrade imgclf: pip install -U imgclf",
-        )
-    if version < 1:
-        raise _bad(path, f"format version {version} does not exist")
-    missing = sorted(_REQUIRED - set(m))
-    unknown = sorted(set(m) - _REQUIRED)
-    if missing or unknown:
-        raise _bad(
-            path, f"manifest fields wrong (missing: {missing or 'none'}, unknown: {unknown or 'none'})"
-        )
-    integrity = m["integrity"]
-    if not (
-        isinstance(integrity, dict)
-        and set(integrity) == {"tensors_sha256", "manifest_sha256"}
-        and all(isinstance(v, str) for v in integrity.values())
-    ):
-        raise _bad(path, "integrity field is malformed")
-    body = {k: v for k, v in m.items() if k != "integrity"}
-    if hashlib.sha256(canonical_json(body).encode()).hexdigest() != integrity["manifest_sha256"]:
-        raise _bad(path, "integrity check failed: the manifest does not match its digest (file modified?)")
-    _check_fields(path, m)
-    return m
-
-
-def _check_fields(path: str, m: dict[str, Any]) -> None:
-    arch = m["architecture"]
-    if not (isinstance(arch, dict) and set(arch) == {"name", "args"} and isinstance(arch["args"], dict)):
-        raise _bad(path, "architecture must be {name, args}")
-    names = m["class_names"]
-    if not isinstance(names, list) or not 2 <= len(names) <= architectures.MAX_CLASSES:
-        raise _bad(path, "class_names must be a list of 2 or more names")
-    if not all(isinstance(n, str) and 0 < len(n) <= MAX_CLASS_NAME for n in names):
-        raise _bad(path, f"class_names must be non-empty strings of at most {MAX_CLASS_NAME} characters")
-    if len(set(names)) != len(names):
-        raise _bad(path, "class_names contains duplicates")
-    rule = m["decode_rule"]
-    if isinstance(rule, bool) or not isinstance(rule, int) or not 1 <= rule <= DECODE_RULE:
-        raise _bad(path, f"unknown decode rule {str(rule)[:20]}", fix="upgrade imgclf")
-    if not isinstance(m["provenance"], dict):
-        raise _bad(path, "provenance must be an object")
-    probes = m["probes"]
-    ok = isinstance(probes, list) and all(
-        isinstance(p, dict)
-        and set(p) == {"tensor", "input_sha256", "probabilities"}
-        and isinstance(p["tensor"], str)
-        and isinstance(p["input_sha256"], str)
-        and isinstance(p["probabilities"], list)
-        and len(p["probabilities"]) == len(names)
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in p["probabilities"])
-        for p in probes
-    )
-    if not ok:
-        raise _bad(path, "probes are malformed")
-
-
-def _open_validated(
-    path: str | os.PathLike,
-) -> tuple[Container, dict[str, Any], PreprocessSpec, dict[str, Any]]:
+def _open_validated(path: str | os.PathLike) -> tuple[Container, Manifest]:
     c = read_container(path)
-    m = _manifest(c)
-    if _container_digest(c) != m["integrity"]["tensors_sha256"]:
-        raise _bad(
+    m = parse(c)
+    if container_digest(c) != m.integrity["tensors_sha256"]:
+        raise invalid(
             c.path, "integrity check failed: tensor data does not match its digest (corrupt or modified)"
         )
-    try:
-        spec = PreprocessSpec.from_dict(m["preprocess"], where="preprocess")
-        args = architectures.resolve_args(m["architecture"]["name"], m["architecture"]["args"])
-    except UsageError as exc:
-        raise _bad(c.path, str(exc)) from None
-    probe_names = {p["tensor"] for p in m["probes"]}
-    stray = sorted(n for n in c.entries if not n.startswith("model.") and n not in probe_names)
-    missing = sorted(n for n in probe_names if n not in c.entries)
-    if stray or missing:
-        raise _bad(c.path, f"unexpected tensors {stray[:5]} / missing probe tensors {missing[:5]}")
-    for name in probe_names:
-        e = c.entries[name]
-        if e.dtype != "U8" or len(e.shape) != 1:
-            raise _bad(c.path, f"probe tensor {name!r} must be 1-D uint8")
-    return c, m, spec, args
-
-
-def _build(c: Container, m: dict[str, Any], spec: PreprocessSpec, args: dict[str, Any]) -> torch.nn.Module:
-    path = c.path
-    names = m["class_names"]
-    try:
-        with torch.device("meta"):
-            model = architectures.build(m["architecture"]["name"], len(names), spec.size, args)
-    except UsageError as exc:
-        raise _bad(path, f"cannot build the architecture: {exc}") from None
-    expected = {f"model.{k}": v for k, v in model.state_dict().items()}
-    present = {n for n in c.entries if n.startswith("model.")}
-    missing, extra = sorted(set(expected) - present), sorted(present - set(expected))
-    problems = []
-    if missing:
-        problems.append(f"missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-    if extra:
-        problems.append(f"unexpected tensors {extra[:5]}{' ...' if len(extra) > 5 else ''}")
-    for name in sorted(set(expected) & present):
-        want, got = expected[name], c.entries[name]
-        if tuple(want.shape) != got.shape:
-            if (
-                want.ndim >= 1
-                and len(got.shape) == want.ndim
-                and want.shape[0] == len(names)
-                and got.shape[0] != len(names)
-                and tuple(want.shape[1:]) == got.shape[1:]
-            ):
-                problems.append(f"class count mismatch: manifest {len(names)}, weights {got.shape[0]}")
-            else:
-                problems.append(f"tensor {name!r} shape {list(got.shape)}, expected {list(want.shape)}")
-        elif _dtype_name(want) != got.dtype:
-            problems.append(f"tensor {name!r} dtype {got.dtype}, expected {_dtype_name(want)}")
-    if problems:
-        raise _bad(path, "weights do not match the architecture: " + "; ".join(problems[:6]))
-    state = {}
-    for name in expected:
-        t = c.tensor(name)
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise _bad(path, f"tensor {name!r} contains NaN or infinite values")
-        state[name[len("model.") :]] = t
-    model.load_state_dict(state, strict=True, assign=True)
-    return model
+    _check_probe_tensors(c, m)
+    return c, m
 
 
 def load(path: str | os.PathLike, *, device: torch.device | str = "cpu") -> Classifier:
     """Load a model file: validate everything, build the registered architecture, load weights strictly.
 
+    Args:
+        path: The model file.
+        device: Where the returned classifier runs.
+
     Raises:
         ModelFileError: If the file is missing, foreign, corrupt, tampered with or inconsistent.
     """
-    c, m, spec, args = _open_validated(path)
-    model = _build(c, m, spec, args)
+    c, m = _open_validated(path)
+    model = weights.build_from(c, m)
+    manifest = {k: v for k, v in m.raw.items() if k != "integrity"}
     return Classifier(
-        model,
-        m["class_names"],
-        spec,
-        m["architecture"]["name"],
-        args,
-        manifest={k: v for k, v in m.items() if k not in ("integrity",)},
-        device=device,
+        model, m.class_names, m.preprocess, m.arch, m.arch_args, manifest=manifest, device=device
     )
+
+
+def _fit_provenance(provenance: dict[str, Any]) -> dict[str, Any]:
+    """Drop the oldest history records if provenance would exceed the format's cap (never the rest)."""
+    history = provenance.get("history")
+    if isinstance(history, list):
+        dropped = 0
+        while history and len(canonical_json(provenance)) > MAX_PROVENANCE_BYTES:
+            cut = max(1, len(history) // 10)
+            history, dropped = history[cut:], dropped + cut
+            provenance = {**provenance, "history": history, "history_omitted": dropped}
+    return provenance
+
+
+def _probe_images(extra: list[bytes] | None) -> tuple[list[bytes], list[str]]:
+    synthetic = probes.synthetic_images()
+    extra = [bytes(b) for b in extra or []]
+    if len(extra) > MAX_EXTRA_PROBES or any(not 0 < len(b) <= MAX_PROBE_BYTES for b in extra):
+        raise UsageError(
+            "too many or too large extra probe images",
+            received=f"{len(extra)} images, largest {max((len(b) for b in extra), default=0)} bytes",
+            expected=f"at most {MAX_EXTRA_PROBES} images of at most {MAX_PROBE_BYTES} bytes",
+            fix="ask for fewer probes (--probes-from N)",
+        )
+    return synthetic + extra, ["synthetic"] * len(synthetic) + ["validation"] * len(extra)
+
+
+def serialize(classifier: Classifier, *, extra_probes: list[bytes] | None = None) -> bytes:
+    """The model file's bytes (see :func:`save`); validated exactly as :func:`load` would.
+
+    Raises:
+        UsageError: If the model does not match its architecture, has non-finite weights, or its class
+            names or settings cannot be stored.
+    """
+    model_tensors = weights.from_model(classifier.model)
+    spec = classifier.preprocess
+    arch_args = architectures.resolve_args(classifier.arch, classifier.arch_args)
+    fresh = weights.meta_model(classifier.arch, len(classifier.class_names), spec.size, arch_args)
+    got = {k: (tuple(v.shape), weights.dtype_name(v)) for k, v in model_tensors.items()}
+    problems = weights.compare(weights.signature(fresh), got)
+    if problems:
+        raise UsageError(
+            "cannot save: the model does not match its architecture",
+            received="; ".join(problems[:4]),
+            expected=f"{classifier.arch} with {len(classifier.class_names)} classes",
+            fix="save the model built for these class names and architecture args",
+        )
+    # Probes run on a model rebuilt from exactly the tensors being saved: what load() will produce.
+    state = {k[len("model.") :]: v for k, v in model_tensors.items()}
+    fresh.load_state_dict(state, strict=True, assign=True)
+    rebuilt = Classifier(fresh, classifier.class_names, spec, classifier.arch, arch_args)
+    images, kinds = _probe_images(extra_probes)
+    records = probes.compute(rebuilt, images, kinds)
+    tensors = dict(model_tensors)
+    for i, r in enumerate(records):
+        tensors[f"probe.{i}"] = torch.frombuffer(bytearray(r.encoded), dtype=torch.uint8)
+        tensors[f"probe.{i}.input"] = probes.as_uint8_tensor(r.input)
+    provenance = _finite(dict(classifier.manifest.get("provenance", {})))
+    provenance.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    provenance["versions"] = versions()
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "architecture": {"name": classifier.arch, "args": arch_args},
+        "class_names": list(classifier.class_names),
+        "preprocess": spec.to_dict(),
+        "decode_rule": DECODE_RULE,
+        "probes": [
+            {"kind": r.kind, "input_sha256": r.input_sha256, "probabilities": r.probabilities}
+            for r in records
+        ],
+        "provenance": _fit_provenance(provenance),
+    }
+    items = [(k, weights.dtype_name(v), tuple(v.shape), v.numpy().tobytes()) for k, v in tensors.items()]
+    manifest["integrity"] = {
+        "tensors_sha256": tensors_digest(items),
+        "manifest_sha256": manifest_digest(manifest),
+    }
+    try:
+        validate("<being saved>", manifest)  # never write a file that load() would refuse
+    except ModelFileError as exc:
+        raise UsageError(
+            f"cannot save: {exc.problem.split(': ', 1)[-1]}", received=exc.received, expected=exc.expected
+        ) from None
+    from safetensors.torch import save as st_save
+
+    return st_save(tensors, metadata={MANIFEST_KEY: canonical_json(manifest)})
+
+
+def save(classifier: Classifier, path: str | os.PathLike, *, extra_probes: list[bytes] | None = None) -> None:
+    """Write ``classifier`` to ``path`` atomically as one safetensors file with a manifest.
+
+    Weights are taken from the unwrapped model (no ``module.``/``_orig_mod.`` prefixes) as contiguous
+    float32 CPU tensors (integer buffers keep their dtype), whatever device, precision or layout
+    training used. An existing file is only ever replaced by a complete one.
+
+    Args:
+        classifier: What to save.
+        path: Destination file.
+        extra_probes: Encoded images to store as self-check probes besides the synthetic ones
+            (e.g. a few validation images, when the user asks for them).
+
+    Raises:
+        UsageError: See :func:`serialize`.
+        StorageError: If the file cannot be written (folder missing or read-only, disk full).
+    """
+    atomic_write_bytes(path, serialize(classifier, extra_probes=extra_probes))
 
 
 @dataclass
 class VerifyReport:
-    """Outcome of :func:`verify`: one line per check and whether all passed."""
+    """Outcome of :func:`verify`: one ``(check, ok, detail)`` row per check, and whether all passed."""
 
     path: str
     checks: list[tuple[str, bool, str]] = field(default_factory=list)
@@ -410,71 +267,39 @@ class VerifyReport:
 
 
 def verify(path: str | os.PathLike, *, tolerance: float = PROBE_TOLERANCE) -> VerifyReport:
-    """Load the file and re-run its probe images; report preprocessing or output drift precisely.
+    """Load the file and re-run its probes; report preprocessing or model-output drift precisely.
 
     Raises:
         ModelFileError: If the file does not even load (see :func:`load`).
     """
-    c, m, spec, args = _open_validated(path)
+    c, m = _open_validated(path)
     report = VerifyReport(os.fspath(path))
     report.checks.append(("structure and digests", True, "header, manifest and tensor digests match"))
-    model = _build(c, m, spec, args)
-    report.checks.append(
-        (
-            "architecture and weights",
-            True,
-            f"{m['architecture']['name']}, {len(m['class_names'])} classes, all finite",
-        )
-    )
-    clf = Classifier(model, m["class_names"], spec, m["architecture"]["name"], args)
-    arrays = []
-    for i, probe in enumerate(m["probes"]):
-        encoded = c.tensor(probe["tensor"]).numpy().tobytes()
-        try:
-            arr, digest = _probe_tensor(encoded, spec)
-        except ImageError as exc:
-            report.checks.append(
-                (f"probe {i} preprocessing", False, f"probe no longer decodes: {exc.problem}")
-            )
-            return report
-        arrays.append(arr)
-        same = digest == probe["input_sha256"]
-        report.checks.append(
-            (
-                f"probe {i} preprocessing",
-                same,
-                "identical input tensor"
-                if same
-                else "preprocessed tensor differs from save time (Pillow or imgclf changed?)",
-            )
-        )
-    if arrays:
-        probs = clf.predict_proba_uint8(np.stack(arrays))
-        for i, (probe, row) in enumerate(zip(m["probes"], probs, strict=True)):
-            diff = float(np.max(np.abs(row - np.asarray(probe["probabilities"], dtype=np.float64))))
-            ok = diff <= tolerance
-            report.checks.append(
-                (f"probe {i} output", ok, f"max |Δp| = {diff:.3g} (tolerance {tolerance:g})")
-            )
+    model = weights.build_from(c, m)
+    detail = f"{m.arch}, {len(m.class_names)} classes, all weights finite"
+    report.checks.append(("architecture and weights", True, detail))
+    clf = Classifier(model, m.class_names, m.preprocess, m.arch, m.arch_args)
+    report.checks.extend(probes.run_checks(clf, m, c, tolerance=tolerance))
     return report
 
 
 def inspect(path: str | os.PathLike) -> dict[str, Any]:
-    """Summarise a model file without building the model (digests are checked).
+    """Summarise a model file without building the model (the digests are checked).
 
     Raises:
         ModelFileError: If the file is not a valid imgclf file.
     """
-    c, m, spec, args = _open_validated(path)
-    prov = m["provenance"]
+    c, m = _open_validated(path)
+    prov = m.provenance
+    model_entries = [e for n, e in c.entries.items() if n.startswith("model.")]
     return {
         "path": c.path,
-        "format": m["format"],
-        "format_version": m["format_version"],
-        "architecture": {"name": m["architecture"]["name"], "args": args},
-        "class_names": m["class_names"],
-        "preprocess": spec.to_dict(),
-        "decode_rule": m["decode_rule"],
+        "format": FORMAT,
+        "format_version": m.format_version,
+        "architecture": {"name": m.arch, "args": m.arch_args},
+        "class_names": m.class_names,
+        "preprocess": m.preprocess.to_dict(),
+        "decode_rule": m.decode_rule,
         "training": prov.get("training"),
         "metrics": prov.get("metrics"),
         "data": prov.get("data"),
@@ -482,9 +307,10 @@ def inspect(path: str | os.PathLike) -> dict[str, Any]:
         "created": prov.get("created"),
         "epoch": prov.get("epoch"),
         "device": prov.get("device"),
-        "probes": len(m["probes"]),
-        "integrity": m["integrity"],
-        "tensors": sum(1 for n in c.entries if n.startswith("model.")),
-        "parameters": sum(math.prod(e.shape) for n, e in c.entries.items() if n.startswith("model.")),
-        "file_bytes": 8 + c.header_bytes + (len(c.data) if c.data is not None else 0),
+        "probes": len(m.probes),
+        "probe_kinds": [p.kind for p in m.probes],
+        "integrity": m.integrity,
+        "tensors": len(model_entries),
+        "parameters": sum(math.prod(e.shape) for e in model_entries),
+        "file_bytes": c.file_bytes,
     }

@@ -69,6 +69,11 @@ def _spec_key(spec: PreprocessSpec) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
+def _open_pack(path: str | os.PathLike) -> np.memmap:
+    """Memory-map a pack read-only (``open_memmap`` parses the .npy header and never unpickles)."""
+    return np.lib.format.open_memmap(path, mode="r")
+
+
 def _file_key(path: str) -> str | None:
     try:
         st = os.stat(path)
@@ -164,7 +169,7 @@ class DecodeCache:
             return None
         pack = self.packs / f"{packs.pop()}.npy"
         try:
-            images = np.load(pack, mmap_mode="r", allow_pickle=False)
+            images = _open_pack(pack)
         except (OSError, ValueError):
             return None
         if images.shape[1:] != (self.spec.height, self.spec.width, 3) or images.dtype != np.uint8:
@@ -203,7 +208,7 @@ class DecodeCache:
                     index["entries"].pop(keys[i], None)
             self._collect(index, keep=pack_id)
             atomic_write_text(self.folder / "index.json", json.dumps(index, separators=(",", ":")))
-        images = np.load(self.packs / f"{pack_id}.npy", mmap_mode="r", allow_pickle=False)
+        images = _open_pack(self.packs / f"{pack_id}.npy")
         if len(good) < n:
             images = np.ascontiguousarray(images[good])
         bad_list = sorted((paths[i], why) for i, why in bad.items())
@@ -222,7 +227,7 @@ class DecodeCache:
             if hit[i]:
                 pack, src, digests[i] = entries[keys[i]]
                 if pack not in opened:
-                    opened[pack] = np.load(self.packs / f"{pack}.npy", mmap_mode="r", allow_pickle=False)
+                    opened[pack] = _open_pack(self.packs / f"{pack}.npy")
                 out[i] = opened[pack][src]
         opened.clear()
         todo = [i for i in range(n) if not hit[i] and i not in bad_hits]

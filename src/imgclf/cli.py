@@ -66,6 +66,18 @@ def _kv(text: str) -> tuple[str, object]:
         return key, value
 
 
+def _probe_count(text: str) -> int:
+    from imgclf.bundle import MAX_EXTRA_PROBES
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value <= MAX_EXTRA_PROBES:
+        raise argparse.ArgumentTypeError(f"expected 0 to {MAX_EXTRA_PROBES}, got {value}")
+    return value
+
+
 def _add_train(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     from imgclf import architectures
     from imgclf.config import INTERPOLATIONS
@@ -137,7 +149,7 @@ def _add_train(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     _add_cache_flags(r)
     r.add_argument(
         "--probes-from",
-        type=int,
+        type=_probe_count,
         metavar="N",
         help="also store N validation images as self-check probes (default: synthetic only)",
     )

@@ -364,6 +364,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _names(names: list[str], limit: int = 20) -> str:
+    """Class names for one line: the first ``limit``, then a count (a model may have 100 000 classes)."""
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names) - limit} more; --json lists all)" if len(names) > limit else "")
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     """``imgclf inspect``: the manifest, human-readable or ``--json``."""
     from imgclf.bundle import inspect
@@ -381,7 +387,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         f"(decode rule {info['decode_rule']})",
         f"architecture    {arch['name']} {json.dumps(arch['args'])}",
         f"parameters      {info['parameters']} in {info['tensors']} tensors",
-        f"classes         {len(info['class_names'])}: {', '.join(info['class_names'])}",
+        f"classes         {len(info['class_names'])}: {_names(info['class_names'])}",
         f"preprocessing   {pre['height']}x{pre['width']} {pre['interpolation']}, "
         f"rescale {pre['rescale']:.6g}, "
         f"mean {pre['mean']}, std {pre['std']}",
@@ -408,7 +414,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if info.get("versions"):
         lines.append("versions        " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
     lines.append(f"created         {info.get('created')}")
-    lines.append(f"probes          {info['probes']}")
+    kinds = info["probe_kinds"]
+    lines.append(
+        f"probes          {info['probes']} ({kinds.count('synthetic')} synthetic, "
+        f"{kinds.count('validation')} validation images)"
+    )
     lines.append(f"tensor digest   sha256:{info['integrity']['tensors_sha256']}")
     for line in lines:
         _out(safe_text(line))

@@ -1,15 +1,17 @@
-"""The safetensors container, read strictly with bounded memory, and a sniffer for foreign files.
+"""The safetensors container, read strictly with bounded memory; knows nothing about imgclf manifests.
 
-A safetensors file is ``u64 little-endian N`` + ``N`` bytes of JSON header + the tensor bytes. This
-reader checks, before allocating anything large: that the path is a regular file, that ``N`` fits the
-file and our cap, that the header is UTF-8 JSON with no duplicate keys, that every tensor has a known
-dtype, a sane name and shape, and that the tensors tile the data buffer exactly (no gaps, overlaps or
-trailing bytes). It never unpickles and never imports anything.
+A safetensors file is ``u64 little-endian N`` + ``N`` bytes of JSON header + the tensor bytes. Before
+allocating anything large this reader checks that the path is a regular file (opened without blocking,
+so a FIFO cannot hang it), that ``N`` fits the file and our cap, that the header is UTF-8 JSON with no
+duplicate keys and a bounded number of values, that every tensor has a known dtype, a sane name and
+shape, and that the tensors tile the data buffer exactly (no gaps, overlaps or trailing bytes). Each
+tensor is then read into its own buffer, so a loaded model never keeps the whole file alive. It never
+unpickles and never imports anything.
 
 Usage::
 
-    header, metadata = read_header("model.imgclf")
-    tensors = read_tensors("model.imgclf")      # {name: torch.Tensor}
+    c = read_container("model.imgclf")            # ModelFileError naming the file and the failed check
+    c.metadata["imgclf"]; c.tensor("model.head.weight")
 """
 
 from __future__ import annotations
@@ -19,28 +21,33 @@ import math
 import os
 import stat
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from imgclf.errors import ModelFileError
+from imgclf.sniff import HEAD_BYTES, TAIL_BYTES, UNKNOWN, describe
 
 __all__ = [
     "TensorEntry",
     "Container",
     "read_container",
     "sniff",
+    "strict_json",
+    "invalid",
     "DTYPES",
     "MAX_HEADER_BYTES",
     "MAX_FILE_BYTES",
-    "strict_json",
+    "MAX_JSON_VALUES",
 ]
 
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 MAX_FILE_BYTES = 16 * 1024**3
+MAX_JSON_VALUES = 2_000_000  # bounds the memory a hostile 16 MiB header can make json.loads allocate
 MAX_NAME = 512
 MAX_TENSORS = 100_000
+MAX_DIMS = 16
 DTYPES: dict[str, tuple[torch.dtype, int]] = {
     "F64": (torch.float64, 8),
     "F32": (torch.float32, 4),
@@ -53,11 +60,12 @@ DTYPES: dict[str, tuple[torch.dtype, int]] = {
     "U8": (torch.uint8, 1),
     "BOOL": (torch.bool, 1),
 }
+_FIX = "use an intact model file written by `imgclf train` or imgclf.save()"
 
 
 @dataclass(frozen=True)
 class TensorEntry:
-    """One tensor's header entry."""
+    """One tensor's header entry; ``begin``/``end`` are offsets into the data buffer."""
 
     name: str
     dtype: str
@@ -68,260 +76,296 @@ class TensorEntry:
 
 @dataclass
 class Container:
-    """A parsed safetensors file: its metadata, tensor entries and (optionally) the data buffer."""
+    """A parsed safetensors file: metadata, tensor entries and (if read) each tensor's raw bytes."""
 
     path: str
     metadata: dict[str, str]
     entries: dict[str, TensorEntry]
     header_bytes: int
-    data: bytearray | None = None
+    file_bytes: int
+    raw: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+
+    def raw_bytes(self, name: str) -> memoryview:
+        """The named tensor's bytes as stored (for digests)."""
+        return memoryview(_bytes_of(self.tensor(name)).numpy()).cast("B")
 
     def tensor(self, name: str) -> torch.Tensor:
-        """The named tensor, sharing memory with the data buffer where alignment allows."""
-        entry = self.entries[name]
-        dtype, size = DTYPES[entry.dtype]
-        count = (entry.end - entry.begin) // size
-        if self.data is None:
+        """The named tensor with its dtype and shape; it owns its buffer (no view of the whole file)."""
+        if self.raw is None:
             raise RuntimeError("container was read without its data")
-        if count == 0:
-            return torch.empty(entry.shape, dtype=dtype)
-        if entry.begin % size:
-            raw = torch.frombuffer(
-                self.data, dtype=torch.uint8, count=entry.end - entry.begin, offset=entry.begin
-            ).clone()
-            return raw.view(dtype).reshape(entry.shape)
-        return torch.frombuffer(self.data, dtype=dtype, count=count, offset=entry.begin).reshape(entry.shape)
+        t = self.raw[name]
+        if t.dtype == torch.bool and bool((_bytes_of(t) > 1).any()):
+            raise invalid(self.path, f"tensor {name!r} holds booleans other than 0 and 1")
+        return t
+
+    def take(self, name: str) -> torch.Tensor:
+        """Like :meth:`tensor`, then forget it, so the caller holds the only reference (memory stays ~1x)."""
+        t = self.tensor(name)
+        del self.raw[name]  # type: ignore[union-attr]
+        return t
 
 
-def _fail(
+def _bytes_of(t: torch.Tensor) -> torch.Tensor:
+    """A flat uint8 view of a contiguous tensor's memory (works for 0-d tensors and bfloat16)."""
+    return t.reshape(-1).view(torch.uint8)
+
+
+def invalid(
     path: str,
     check: str,
-    fix: str = "use a model file written by `imgclf train` or imgclf.save()",
+    *,
+    fix: str = _FIX,
     received: object | None = None,
     expected: object | None = None,
 ) -> ModelFileError:
+    """The one-line :class:`ModelFileError` for a failed check: ``invalid model file 'PATH': CHECK``."""
     return ModelFileError(
         f"invalid model file {path!r}: {check}", received=received, expected=expected, fix=fix
     )
 
 
 def strict_json(text: str, what: str, path: str) -> Any:
-    """Parse JSON rejecting duplicate keys and NaN/Infinity constants."""
+    """Parse JSON rejecting duplicate keys, NaN/Infinity constants, excessive size and nesting.
+
+    Raises:
+        ModelFileError: Naming ``what`` (e.g. "header", "manifest") and the problem.
+    """
+    values = text.count(",") + text.count("[") + text.count("{")
+    if values > MAX_JSON_VALUES:
+        raise invalid(path, f"{what} holds too many JSON values ({values} > {MAX_JSON_VALUES})")
 
     def no_dupes(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key, value in pairs:
             if key in out:
-                raise _fail(path, f"duplicate key {key[:80]!r} in {what}")
+                raise invalid(path, f"duplicate key {key[:80]!r} in {what}")
             out[key] = value
         return out
 
     def no_constants(name: str) -> Any:
-        raise _fail(path, f"{what} contains {name}, which is not valid JSON")
+        raise invalid(path, f"{what} contains {name}, which is not valid JSON")
 
     try:
         return json.loads(text, object_pairs_hook=no_dupes, parse_constant=no_constants)
     except ModelFileError:
         raise
-    except (ValueError, RecursionError) as exc:
-        raise _fail(path, f"{what} is not valid JSON ({str(exc)[:120]})") from None
-
-
-_MAGIC = [
-    (b"\x89HDF\r\n\x1a\n", "an HDF5 file (a Keras .h5 model?)"),
-    (b"PK\x03\x04", "a zip archive"),
-    (b"PK\x05\x06", "an empty zip archive"),
-    (b"7z\xbc\xaf\x27\x1c", "a 7z archive"),
-    (b"\x1f\x8b", "a gzip file"),
-    (b"\x89PNG", "a PNG image, not a model"),
-    (b"\xff\xd8\xff", "a JPEG image, not a model"),
-    (b"GIF8", "a GIF image, not a model"),
-    (b"\x93NUMPY", "a NumPy .npy array"),
-    (b"\x7fELF", "an executable (ELF) file"),
-    (b"ORT_", "an ONNX Runtime (.ort) model"),
-]
+    except RecursionError:
+        raise invalid(path, f"{what} JSON is nested too deeply") from None
+    except ValueError as exc:
+        raise invalid(path, f"{what} is not valid JSON ({str(exc)[:120]})") from None
 
 
 def sniff(head: bytes, path: str = "") -> str:
-    """Describe what a non-imgclf file looks like from its first bytes (and name)."""
-    for magic, what in _MAGIC:
-        if head.startswith(magic):
-            if magic == b"PK\x03\x04":
-                if b"data.pkl" in head[:200] or b"/data.pkl" in head or b"archive/" in head[:200]:
-                    return "a PyTorch torch.save archive (zip holding a pickle)"
-                if b"config.json" in head or b"metadata.json" in head or path.endswith(".keras"):
-                    return "a Keras .keras archive (zip)"
-                if b".npy" in head[:200]:
-                    return "a NumPy .npz archive (zip)"
-            return what
-    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
-        return "a Python pickle (loading it could run code; imgclf never unpickles)"
-    if len(head) > 262 and head[257:262] == b"ustar":
-        return "a tar archive (legacy torch.save?)"
-    if path.lower().endswith(".onnx") or (head[:1] == b"\x08" and b"pytorch" in head[:64].lower()):
-        return "an ONNX model"
-    if head[:1] == b"\x08" and len(head) > 2 and head[2:3] == b"\x12":
-        return "an ONNX model (protobuf)"
-    if head.lstrip()[:1] in (b"{", b"["):
-        return "a JSON or text file"
-    return "not a safetensors file"
+    """Describe what a non-imgclf file looks like from its first bytes (see :mod:`imgclf.sniff`)."""
+    return describe(head, b"", path)
 
 
-def _check_regular(path: str) -> int:
+def _open(path: str) -> tuple[int, int]:
+    """Open ``path`` for reading without blocking and check it is a regular file; return (fd, size)."""
+    flags = (
+        os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    )
     try:
-        st = os.stat(path)
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; we fstat the descriptor and refuse it.
+        fd = os.open(path, flags)
     except OSError as exc:
         raise ModelFileError(
             f"cannot open model file {path!r}",
             received=exc.strerror or str(exc),
             expected="an existing, readable file",
-            fix="check the path",
+            fix="check the path and the file's permissions",
         ) from None
-    if stat.S_ISDIR(st.st_mode):
-        raise _fail(path, "it is a folder", fix="pass the model file itself, e.g. model.imgclf")
-    if not stat.S_ISREG(st.st_mode):
-        raise _fail(path, "not a regular file (a device, FIFO or socket)", fix="pass a model file")
-    if st.st_size > MAX_FILE_BYTES:
-        raise _fail(path, "file too large", received=f"{st.st_size} bytes", expected=f"<= {MAX_FILE_BYTES}")
-    return st.st_size
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise invalid(path, "it is a folder", fix="pass the model file itself, e.g. model.imgclf")
+        if not stat.S_ISREG(st.st_mode):
+            raise invalid(path, "not a regular file (a device, FIFO or socket)", fix="pass a model file")
+        if st.st_size > MAX_FILE_BYTES:
+            raise invalid(
+                path, "file too large", received=f"{st.st_size} bytes", expected=f"<= {MAX_FILE_BYTES}"
+            )
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st.st_size
+
+
+def _foreign(path: str, fh: Any, head: bytes, check: str, fix: str) -> ModelFileError:
+    """The error for a header that makes no sense, saying what the file looks like if we can tell."""
+    try:
+        fh.seek(0)
+        start = fh.read(HEAD_BYTES)
+        size = os.fstat(fh.fileno()).st_size
+        fh.seek(max(size - TAIL_BYTES, 0))
+        tail = fh.read(TAIL_BYTES)
+    except OSError:
+        start, tail = head, b""
+    # A header that opens like safetensors JSON means a damaged safetensors file, whatever the first bytes
+    # spell: a truncated model whose header is 35615 bytes long starts with gzip's magic, 1f 8b.
+    guess = UNKNOWN if start[8:10] == b'{"' else describe(start or head, tail, path)
+    if guess != UNKNOWN:
+        return invalid(
+            path,
+            f"not an imgclf model file: it looks like {guess}",
+            fix="pass a model file written by imgclf",
+        )
+    return invalid(path, check, fix=fix)
+
+
+def _entry(path: str, name: str, spec: Any) -> TensorEntry:
+    if (
+        not name
+        or len(name) > MAX_NAME
+        or ".." in name
+        or "/" in name
+        or "\\" in name
+        or not name.isprintable()
+    ):
+        raise invalid(
+            path,
+            f"bad tensor name {name[:80]!r}",
+            expected=f"printable names of at most {MAX_NAME} characters without '/' or '..'",
+        )
+    if not isinstance(spec, dict) or set(spec) != {"dtype", "shape", "data_offsets"}:
+        raise invalid(
+            path, f"tensor {name!r} has a malformed entry", expected="keys dtype, shape, data_offsets"
+        )
+    dtype, shape, offsets = spec["dtype"], spec["shape"], spec["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise invalid(
+            path, f"tensor {name!r} has unknown dtype {str(dtype)[:20]!r}", expected=", ".join(DTYPES)
+        )
+    ints = isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
+    if not ints or len(shape) > MAX_DIMS or any(d < 0 for d in shape):
+        raise invalid(
+            path,
+            f"tensor {name!r} has a bad shape {str(shape)[:60]}",
+            expected=f"at most {MAX_DIMS} sizes >= 0",
+        )
+    if not (
+        isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+    ):
+        raise invalid(
+            path, f"tensor {name!r} has bad data_offsets {str(offsets)[:60]}", expected="[begin, end]"
+        )
+    begin, end = offsets
+    if begin < 0 or end < begin:
+        raise invalid(
+            path, f"tensor {name!r} has bad data_offsets [{begin}, {end}]", expected="0 <= begin <= end"
+        )
+    nbytes = math.prod(shape) * DTYPES[dtype][1]
+    if nbytes >= 2**63:
+        raise invalid(path, f"tensor {name!r} shape {str(shape)[:60]} overflows (would be {nbytes} bytes)")
+    if nbytes != end - begin:
+        raise invalid(
+            path,
+            f"tensor {name!r} size mismatch: shape {shape} x {dtype} needs {nbytes} bytes, "
+            f"offsets give {end - begin}",
+        )
+    return TensorEntry(name, dtype, tuple(shape), begin, end)
 
 
 def _entries(path: str, header: dict[str, Any], data_len: int) -> dict[str, TensorEntry]:
-    entries = {}
     if len(header) > MAX_TENSORS:
-        raise _fail(path, f"too many tensors ({len(header)})")
-    for name, spec in header.items():
-        if name == "__metadata__":
-            continue
-        if (
-            not name
-            or len(name) > MAX_NAME
-            or ".." in name
-            or "/" in name
-            or "\\" in name
-            or any(not ch.isprintable() for ch in name)
-        ):
-            raise _fail(
-                path, f"bad tensor name {name[:80]!r}", expected="printable names without '/' or '..'"
-            )
-        if not isinstance(spec, dict) or set(spec) != {"dtype", "shape", "data_offsets"}:
-            raise _fail(
-                path, f"tensor {name!r} has a malformed entry", expected="keys dtype, shape, data_offsets"
-            )
-        dtype, shape, offsets = spec["dtype"], spec["shape"], spec["data_offsets"]
-        if dtype not in DTYPES:
-            raise _fail(
-                path, f"tensor {name!r} has unknown dtype {str(dtype)[:20]!r}", expected=", ".join(DTYPES)
-            )
-        ints = isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
-        if not ints or len(shape) > 16 or any(d < 0 for d in shape):
-            raise _fail(path, f"tensor {name!r} has a bad shape {str(shape)[:60]}")
-        if not (
-            isinstance(offsets, list)
-            and len(offsets) == 2
-            and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
-        ):
-            raise _fail(path, f"tensor {name!r} has bad data_offsets {str(offsets)[:60]}")
-        begin, end = offsets
-        nbytes = math.prod(shape) * DTYPES[dtype][1]
-        if begin < 0 or end < begin or end > data_len:
-            raise _fail(
-                path,
-                f"tensor {name!r} offsets [{begin}, {end}] fall outside the data ({data_len} bytes)",
-                fix="the file is truncated or corrupt; use an intact copy",
-            )
-        if nbytes != end - begin:
-            raise _fail(
-                path,
-                f"tensor {name!r} size mismatch: shape {shape} x {dtype} needs {nbytes} bytes, "
-                f"offsets give {end - begin}",
-            )
-        entries[name] = TensorEntry(name, dtype, tuple(shape), begin, end)
+        raise invalid(path, f"too many tensors ({len(header)} > {MAX_TENSORS})")
+    entries = {name: _entry(path, name, spec) for name, spec in header.items() if name != "__metadata__"}
+    needed = max((e.end for e in entries.values()), default=0)
+    if needed > data_len:
+        raise invalid(
+            path,
+            f"truncated: the tensors need {needed} bytes of data, the file has {data_len}",
+            fix="the file is incomplete; copy it again",
+        )
     cursor = 0
+    # Sorting by (begin, end) puts an empty tensor before a real one at the same offset: empty tensors
+    # cover no bytes, so one sharing a boundary is harmless; anywhere else it shows up as an overlap.
     for entry in sorted(entries.values(), key=lambda e: (e.begin, e.end)):
         if entry.begin != cursor:
-            what = "overlap" if entry.begin < cursor else "a gap"
-            raise _fail(path, f"tensor data has {what} at byte {min(entry.begin, cursor)}")
+            what = "overlapping tensors" if entry.begin < cursor else "a gap"
+            raise invalid(
+                path, f"tensor data has {what} at byte {min(entry.begin, cursor)} (tensor {entry.name!r})"
+            )
         cursor = entry.end
     if cursor != data_len:
-        raise _fail(
+        raise invalid(
             path,
             f"{data_len - cursor} unexpected byte(s) after the last tensor",
-            fix="the file was modified; use an intact copy",
+            fix="the file was modified or has something appended; use an intact copy",
         )
     return entries
 
 
+def _read_data(path: str, fh: Any, entries: dict[str, TensorEntry]) -> dict[str, torch.Tensor]:
+    raw: dict[str, torch.Tensor] = {}
+    changed = "file changed size while being read"
+    for entry in sorted(entries.values(), key=lambda e: (e.begin, e.end)):
+        # Allocated with its real dtype: torch kernels run far slower on dtype views of byte buffers.
+        t = torch.empty(entry.shape, dtype=DTYPES[entry.dtype][0])
+        if t.numel():
+            buf = _bytes_of(t).numpy()
+            if fh.readinto(memoryview(buf)) != buf.size:
+                raise invalid(path, changed, fix="wait until it is fully written")
+        raw[entry.name] = t
+    if fh.read(1):
+        raise invalid(path, changed, fix="wait until it is fully written")
+    return raw
+
+
 def read_container(path: str | os.PathLike, *, with_data: bool = True) -> Container:
-    """Parse a safetensors file strictly; read the data buffer too unless ``with_data`` is false.
+    """Parse a safetensors file strictly; read every tensor too unless ``with_data`` is false.
 
     Raises:
         ModelFileError: Naming the file and the first failed check.
     """
     path = os.fspath(path)
-    size = _check_regular(path)
+    fd, size = _open(path)
     try:
-        with open(path, "rb") as fh:
+        with os.fdopen(fd, "rb") as fh:
             head = fh.read(8)
             if len(head) < 8:
-                raise _fail(
+                raise invalid(
                     path,
                     f"too short for a header ({len(head)} bytes)",
                     expected="at least 8 bytes (a safetensors file)",
                 )
             (n,) = struct.unpack("<Q", head)
             if n > MAX_HEADER_BYTES:
-                guess = sniff(head + fh.read(512), path)
-                what = f" — it looks like {guess}" if guess != "not a safetensors file" else ""
-                raise _fail(
-                    path,
-                    f"header length {n} exceeds the {MAX_HEADER_BYTES}-byte cap{what}",
-                    fix="pass a model file written by imgclf",
+                raise _foreign(
+                    path, fh, head, f"header length {n} exceeds the {MAX_HEADER_BYTES}-byte cap", _FIX
                 )
             if n < 2 or 8 + n > size:
-                guess = sniff(head + fh.read(512), path)
-                if guess != "not a safetensors file":
-                    raise _fail(
-                        path,
-                        f"not an imgclf model file: it looks like {guess}",
-                        fix="pass a model file written by imgclf",
-                    )
-                raise _fail(
+                raise _foreign(
                     path,
+                    fh,
+                    head,
                     f"truncated: header says {n} bytes, file has {size - 8} after the length field",
-                    fix="the file is incomplete; copy it again",
+                    "the file is incomplete; copy it again",
                 )
             raw = fh.read(n)
             if len(raw) != n:
-                raise _fail(path, f"truncated: header says {n} bytes, read {len(raw)}")
-            data_len = size - 8 - n
-            data = None
-            if with_data:
-                data = bytearray(data_len)
-                got = fh.readinto(data)
-                if got != data_len or fh.read(1):
-                    raise _fail(path, "file changed size while being read")
+                raise invalid(path, f"truncated: header says {n} bytes, read {len(raw)}")
+            if raw[:1] != b"{":
+                raise _foreign(path, fh, head, "header is not a JSON object (does not start with '{')", _FIX)
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise invalid(path, "header is not valid UTF-8") from None
+            header = strict_json(text, "header", path)
+            if not isinstance(header, dict):
+                raise invalid(path, "header is not a JSON object")
+            meta = header.get("__metadata__", {})
+            if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+                raise invalid(path, "__metadata__ is not a string-to-string mapping")
+            entries = _entries(path, header, size - 8 - n)
+            data = _read_data(path, fh, entries) if with_data else None
     except OSError as exc:
         raise ModelFileError(
             f"cannot read model file {path!r}",
             received=exc.strerror or str(exc),
             expected="a readable file",
-            fix="check the file's permissions",
+            fix="check the file and the disk",
         ) from None
-    if raw[:1] != b"{":
-        guess = sniff(head + raw[:512], path)
-        raise _fail(path, f"header is not a JSON object ({guess})")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise _fail(path, "header is not valid UTF-8") from None
-    header = strict_json(text, "header", path)
-    if not isinstance(header, dict):
-        raise _fail(path, "header is not a JSON object")
-    meta = header.get("__metadata__", {})
-    if not isinstance(meta, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in meta.items()
-    ):
-        raise _fail(path, "__metadata__ is not a string-to-string mapping")
-    entries = _entries(path, header, data_len)
-    return Container(path=path, metadata=meta, entries=entries, header_bytes=n, data=data)
+    return Container(path=path, metadata=meta, entries=entries, header_bytes=n, file_bytes=size, raw=data)

@@ -4,6 +4,9 @@ Data goes to a temporary file in the destination folder (same filesystem, so no 
 flushed, fsynced and renamed over the destination; the folder is then fsynced so the rename itself is
 durable. On any failure the temporary file is removed and the old destination is untouched.
 
+A process killed with SIGKILL mid-write cannot remove its temporary file; such files are named
+``.NAME.PID.HEX.imgclf-tmp`` and the next atomic write of ``NAME`` removes those whose process is gone.
+
 Usage::
 
     atomic_write_bytes("model.imgclf", payload)
@@ -17,7 +20,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import secrets
+import stat
 from collections.abc import Iterator
 from typing import IO
 
@@ -29,6 +34,7 @@ __all__ = [
     "atomic_write_text",
     "fsync_dir",
     "check_writable",
+    "remove_stale_temps",
     "TMP_SUFFIX",
 ]
 
@@ -59,6 +65,8 @@ def _storage_error(path: str, exc: OSError, action: str) -> StorageError:
         fix = "create the folder first"
     elif exc.errno == errno.EISDIR:
         fix = "give a file name, not a folder"
+    elif exc.errno == errno.EFBIG:
+        fix = "the file exceeds a size limit (ulimit -f or the filesystem's); write somewhere else"
     else:
         fix = "check the path and the disk"
     return StorageError(
@@ -66,17 +74,78 @@ def _storage_error(path: str, exc: OSError, action: str) -> StorageError:
     )
 
 
+def _pid_alive(pid: int) -> bool:
+    # On Windows os.kill(pid, 0) would send CTRL_C_EVENT, so there we never call it and keep the file.
+    if os.name == "nt" or pid <= 0 or pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):
+        return True  # exists but belongs to someone else, or we cannot tell: keep its file
+    return True
+
+
+def remove_stale_temps(target: str | os.PathLike) -> list[str]:
+    """Remove temporary files left next to ``target`` by writers that were killed; return their paths.
+
+    Only files named ``.NAME.PID.HEX.imgclf-tmp`` for this ``NAME`` whose ``PID`` no longer runs on this
+    machine are removed, so a concurrent writer's file is never touched.
+    """
+    path = os.path.abspath(os.fspath(target))
+    folder, name = os.path.split(path)
+    pattern = re.compile(re.escape(f".{name}.") + r"(\d+)\.[0-9a-f]+" + re.escape(TMP_SUFFIX))
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if match and not _pid_alive(int(match.group(1))):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+                removed.append(entry.path)
+    return removed
+
+
+def _destination(path: str | os.PathLike) -> str:
+    """The file to replace: a symlink's target (so the link keeps working); never a folder or device."""
+    target = os.fspath(path)
+    if os.path.islink(target):
+        target = os.path.realpath(target)
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        return target
+    except OSError as exc:
+        raise _storage_error(target, exc, "write file") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise _storage_error(target, IsADirectoryError(errno.EISDIR, "is a folder"), "write file")
+    if not stat.S_ISREG(st.st_mode):
+        raise StorageError(
+            "cannot write file",
+            received=f"{target} (an existing device, FIFO or socket)",
+            expected="a regular file path",
+            fix="write to a regular file; results on stdout can be redirected instead",
+        )
+    return target
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb", *, encoding: str | None = "utf-8") -> Iterator[IO]:
     """Open a temporary file next to ``path``; on clean exit, fsync it and rename it over ``path``.
 
+    Order, for durability: write, flush, fsync(file), rename, fsync(folder).
+
     Raises:
-        StorageError: If the folder is missing or unwritable, the disk is full, or ``path`` is a folder.
+        StorageError: If the folder is missing or unwritable, the disk is full, or ``path`` is a folder
+            or a device.
     """
-    target = os.fspath(path)
+    target = _destination(path)
     folder = os.path.dirname(os.path.abspath(target))
-    if os.path.isdir(target):
-        raise _storage_error(target, IsADirectoryError(errno.EISDIR, "is a folder"), "write file")
+    remove_stale_temps(target)
     tmp = os.path.join(
         folder, f".{os.path.basename(target)}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}"
     )

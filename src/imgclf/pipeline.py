@@ -48,6 +48,7 @@ from imgclf.interrupts import fit_with_checkpoints
 from imgclf.resume import ResumePlan, check_data, file_table, plan_resume
 from imgclf.runfolder import RunLock, check_free_space, estimate_bytes, start_fresh, write_record
 from imgclf.trainer import Callback, create_state, final_weights, resolve_device
+from imgclf.weights import copy_to_cpu
 
 __all__ = ["TrainResult", "train", "evaluate_dataset", "default_run_dir", "write_history"]
 
@@ -301,7 +302,7 @@ def _train_locked(
     )
     model, epoch = final_weights(config, state)
     classifier = Classifier(
-        bundle._copy_to_cpu(model), ds.class_names, config.preprocess, config.arch, config.arch_args
+        copy_to_cpu(model), ds.class_names, config.preprocess, config.arch, config.arch_args
     )
     eval_split = "testing" if len(decoded["testing"]) else "validation"
     evaluation = None

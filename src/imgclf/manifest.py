@@ -1,0 +1,359 @@
+"""The manifest: the JSON document under the ``imgclf`` metadata key, its schema and its versions.
+
+Every field is checked for presence, type and bounds; unknown fields are refused (except inside
+``provenance``, which is informational and never changes how the model is built or run). Each format
+version has its own reader, kept forever; see ``docs/format.md``.
+
+Usage::
+
+    m = parse(container)                  # Manifest, or ModelFileError naming the file and the check
+    m.arch, m.class_names, m.preprocess, m.probes
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from imgclf import architectures
+from imgclf.config import PreprocessSpec
+from imgclf.container import Container, invalid, strict_json
+from imgclf.errors import ModelFileError, UsageError
+from imgclf.images import DECODE_RULE
+from imgclf.integrity import canonical_json, manifest_digest
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "MANIFEST_KEY",
+    "MAX_PROBES",
+    "MAX_CLASS_NAME",
+    "MAX_PROVENANCE_BYTES",
+    "Probe",
+    "Manifest",
+    "parse",
+    "validate",
+]
+
+FORMAT = "imgclf"
+FORMAT_VERSION = 1
+MANIFEST_KEY = "imgclf"
+MAX_PROBES = 64
+MAX_CLASS_NAME = 1000
+MAX_STRING = 65536
+MAX_DEPTH = 32
+MAX_PROVENANCE_BYTES = 4 * 1024 * 1024
+PROBE_KINDS = ("synthetic", "validation")
+_TOP = ("format", "format_version", "architecture", "class_names", "preprocess", "decode_rule", "probes")
+_FIELDS = {*_TOP, "provenance", "integrity"}
+# Frozen with format version 1: a setting added to PreprocessSpec later must default to v1 behaviour,
+# and v1 files (which never carry it) must keep loading.
+_PREPROCESS_V1 = frozenset({"height", "width", "interpolation", "rescale", "mean", "std"})
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One self-check probe: tensors ``probe.N`` (encoded image) and ``probe.N.input`` (H, W, 3 uint8)."""
+
+    index: int
+    kind: str
+    input_sha256: str
+    probabilities: tuple[float, ...]
+
+    @property
+    def image_tensor(self) -> str:
+        """Name of the tensor holding the encoded image bytes."""
+        return f"probe.{self.index}"
+
+    @property
+    def input_tensor(self) -> str:
+        """Name of the tensor holding the preprocessed uint8 input as computed at save time."""
+        return f"probe.{self.index}.input"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A validated manifest (format version 1 in memory, whatever version the file had)."""
+
+    path: str
+    format_version: int
+    arch: str
+    arch_args: dict[str, Any]
+    class_names: list[str]
+    preprocess: PreprocessSpec
+    decode_rule: int
+    probes: list[Probe]
+    provenance: dict[str, Any]
+    integrity: dict[str, str]
+    raw: dict[str, Any]
+
+
+def _check_bounds(path: str, obj: Any) -> None:
+    """Walk the parsed JSON iteratively: depth, string length and valid Unicode (no lone surrogates)."""
+    stack = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise invalid(path, f"manifest is nested more than {MAX_DEPTH} levels deep")
+        if isinstance(value, dict):
+            stack.extend((k, depth + 1) for k in value)
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+        elif isinstance(value, str):
+            if len(value) > MAX_STRING:
+                raise invalid(
+                    path, f"manifest holds a string of {len(value)} characters (limit {MAX_STRING})"
+                )
+            if _SURROGATE.search(value):
+                raise invalid(path, f"manifest string {value[:40]!r} is not valid Unicode (lone surrogate)")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and math.isfinite(v))
+
+
+def _need(path: str, ok: bool, field: str, expected: str, value: Any) -> None:
+    if not ok:
+        raise invalid(
+            path, f"manifest field {field} is malformed", received=repr(value)[:100], expected=expected
+        )
+
+
+def _class_names(path: str, names: Any) -> list[str]:
+    _need(
+        path,
+        isinstance(names, list) and 2 <= len(names) <= architectures.MAX_CLASSES,
+        "class_names",
+        f"a list of 2 to {architectures.MAX_CLASSES} names",
+        names,
+    )
+    for i, name in enumerate(names):
+        ok = isinstance(name, str) and 0 < len(name) <= MAX_CLASS_NAME and "\x00" not in name
+        _need(
+            path,
+            ok,
+            f"class_names[{i}]",
+            f"a non-empty string of at most {MAX_CLASS_NAME} characters, no NUL",
+            name,
+        )
+    if len(set(names)) != len(names):
+        seen: set[str] = set()
+        dupes = sorted({n for n in names if n in seen or seen.add(n)})  # type: ignore[func-returns-value]
+        raise invalid(path, f"class_names has duplicates: {dupes[:5]}", fix="class names must be unique")
+    return list(names)
+
+
+def _probes(path: str, probes: Any, classes: int) -> list[Probe]:
+    _need(
+        path,
+        isinstance(probes, list) and 1 <= len(probes) <= MAX_PROBES,
+        "probes",
+        f"a list of 1 to {MAX_PROBES}",
+        probes,
+    )
+    out = []
+    for i, p in enumerate(probes):
+        field = f"probes[{i}]"
+        _need(
+            path,
+            isinstance(p, dict) and set(p) == {"kind", "input_sha256", "probabilities"},
+            field,
+            "an object with kind, input_sha256, probabilities",
+            p,
+        )
+        _need(path, p["kind"] in PROBE_KINDS, f"{field}.kind", " | ".join(PROBE_KINDS), p["kind"])
+        digest = p["input_sha256"]
+        _need(
+            path,
+            isinstance(digest, str) and bool(_HEX64.fullmatch(digest)),
+            f"{field}.input_sha256",
+            "64 hex digits",
+            digest,
+        )
+        probs = p["probabilities"]
+        ok = (
+            isinstance(probs, list)
+            and len(probs) == classes
+            and all(_is_num(v) and 0.0 <= v <= 1.0 for v in probs)
+            and abs(sum(probs) - 1.0) < 1e-3
+        )
+        _need(path, ok, f"{field}.probabilities", f"{classes} probabilities in [0, 1] summing to 1", probs)
+        out.append(Probe(i, p["kind"], digest, tuple(float(v) for v in probs)))
+    return out
+
+
+def _mapping(path: str, prov: dict[str, Any], key: str, values: Any, expected: str) -> None:
+    if key in prov:
+        v = prov[key]
+        _need(
+            path, isinstance(v, dict) and all(values(x) for x in v.values()), f"provenance.{key}", expected, v
+        )
+
+
+def _provenance(path: str, prov: Any) -> dict[str, Any]:
+    """Informational: unknown keys are kept, known keys must have the types imgclf writes."""
+    _need(path, isinstance(prov, dict), "provenance", "an object", prov)
+    size = len(canonical_json(prov))
+    if size > MAX_PROVENANCE_BYTES:
+        raise invalid(path, f"provenance is too large ({size} bytes > {MAX_PROVENANCE_BYTES})")
+    types = {
+        "created": (str,),
+        "device": (str,),
+        "epoch": (int, type(None)),
+        "epochs_run": (int,),
+        "seed": (int,),
+        "stopped_early": (bool,),
+        "training": (dict,),
+        "data": (dict,),
+        "history_omitted": (int,),
+    }
+    for key, allowed in types.items():
+        if key in prov:
+            v = prov[key]
+            ok = isinstance(v, allowed) and (not isinstance(v, bool) or bool in allowed)
+            _need(path, ok, f"provenance.{key}", " or ".join(t.__name__ for t in allowed), v)
+    _mapping(path, prov, "versions", lambda x: isinstance(x, str), "an object of version strings")
+    _mapping(path, prov, "metrics", lambda x: x is None or _is_num(x), "an object of numbers")
+    if "history" in prov:
+        h = prov["history"]
+        ok = isinstance(h, list) and all(
+            isinstance(r, dict) and all(x is None or _is_num(x) for x in r.values()) for r in h
+        )
+        _need(path, ok, "provenance.history", "a list of objects of numbers", h)
+    data = prov.get("data", {})
+    if "fingerprint" in data:
+        _need(
+            path,
+            isinstance(data["fingerprint"], str),
+            "provenance.data.fingerprint",
+            "a string",
+            data["fingerprint"],
+        )
+    if "counts" in data:
+        _need(path, isinstance(data["counts"], dict), "provenance.data.counts", "an object", data["counts"])
+    return prov
+
+
+def _validate_v1(path: str, m: dict[str, Any], version: int, text: str | None) -> Manifest:
+    if text is not None and canonical_json(m) != text:
+        # imgclf writes canonical JSON only, so any other spelling means the text was edited.
+        raise invalid(path, "manifest is not in canonical form (file modified?)")
+    missing, unknown = sorted(_FIELDS - set(m)), sorted(set(m) - _FIELDS)
+    if missing or unknown:
+        raise invalid(
+            path, f"manifest fields wrong (missing: {missing or 'none'}, unknown: {unknown[:5] or 'none'})"
+        )
+    integrity = m["integrity"]
+    ok = (
+        isinstance(integrity, dict)
+        and set(integrity) == {"tensors_sha256", "manifest_sha256"}
+        and all(isinstance(v, str) and _HEX64.fullmatch(v) for v in integrity.values())
+    )
+    _need(path, ok, "integrity", "tensors_sha256 and manifest_sha256, 64 hex digits each", integrity)
+    if manifest_digest(m) != integrity["manifest_sha256"]:
+        raise invalid(path, "integrity check failed: the manifest does not match its digest (file modified?)")
+    arch = m["architecture"]
+    ok = isinstance(arch, dict) and set(arch) == {"name", "args"} and isinstance(arch["args"], dict)
+    _need(path, ok, "architecture", "an object with name and args", arch)
+    try:
+        # Only registered names resolve: nothing is imported or looked up by a name from the file.
+        args = architectures.resolve_args(arch["name"], arch["args"])
+    except UsageError as exc:
+        raise invalid(path, exc.problem, received=exc.received, expected=exc.expected) from None
+    names = _class_names(path, m["class_names"])
+    pre = m["preprocess"]
+    fields = _PREPROCESS_V1
+    _need(
+        path,
+        isinstance(pre, dict) and set(pre) == fields,
+        "preprocess",
+        "keys " + ", ".join(sorted(fields)),
+        pre,
+    )
+    try:
+        spec = PreprocessSpec.from_dict(pre, where="preprocess")
+    except UsageError as exc:
+        raise invalid(path, exc.problem, received=exc.received, expected=exc.expected) from None
+    rule = m["decode_rule"]
+    if not _is_int(rule) or not 1 <= rule <= DECODE_RULE:
+        raise invalid(
+            path,
+            f"unknown decode rule {str(rule)[:20]}",
+            expected=f"1..{DECODE_RULE}",
+            fix="upgrade imgclf: pip install -U imgclf",
+        )
+    return Manifest(
+        path=path,
+        format_version=version,
+        arch=arch["name"],
+        arch_args=args,
+        class_names=names,
+        preprocess=spec,
+        decode_rule=rule,
+        probes=_probes(path, m["probes"], len(names)),
+        provenance=_provenance(path, m["provenance"]),
+        integrity=dict(integrity),
+        raw=m,
+    )
+
+
+# One reader per format version, kept forever. A new version adds an entry; older readers migrate to
+# the current in-memory Manifest so the rest of imgclf handles only one shape.
+_READERS = {1: _validate_v1}
+
+
+def validate(path: str, m: Any, text: str | None = None) -> Manifest:
+    """Validate a parsed manifest object: marker, version, bounds, digest of itself, every field.
+
+    Args:
+        path: The file, for error messages.
+        m: The parsed manifest.
+        text: The manifest text as stored, which must be the canonical JSON of ``m``.
+
+    Raises:
+        ModelFileError: Naming ``path`` and the failed check.
+    """
+    if not isinstance(m, dict):
+        raise invalid(path, "manifest is not a JSON object")
+    _check_bounds(path, m)
+    if m.get("format") != FORMAT:
+        raise invalid(path, f"format marker is {str(m.get('format'))[:40]!r}, expected {FORMAT!r}")
+    version = m.get("format_version")
+    if not _is_int(version):
+        raise invalid(path, "format_version is missing or not an integer", received=repr(version)[:40])
+    if version > FORMAT_VERSION:
+        raise invalid(
+            path,
+            f"made by a newer version of imgclf (format version {version}; "
+            f"this imgclf reads up to {FORMAT_VERSION})",
+            fix="upgrade imgclf: pip install -U imgclf",
+        )
+    if version not in _READERS:
+        raise invalid(path, f"format version {version} does not exist", expected=f"1..{FORMAT_VERSION}")
+    return _READERS[version](path, m, version, text)
+
+
+def parse(c: Container) -> Manifest:
+    """Extract the manifest from a container's metadata and validate it (no model is built).
+
+    Raises:
+        ModelFileError: If the manifest is absent, not JSON, from a newer imgclf, or invalid.
+    """
+    if MANIFEST_KEY not in c.metadata:
+        keys = ", ".join(sorted(c.metadata)[:5]) or "none"
+        raise ModelFileError(
+            f"invalid model file {c.path!r}: not an imgclf model file: it is a plain safetensors file "
+            f"without an imgclf manifest (metadata keys: {keys})",
+            fix="this file was not written by imgclf; train one with `imgclf train`",
+        )
+    text = c.metadata[MANIFEST_KEY]
+    return validate(c.path, strict_json(text, "manifest", c.path), text)
