@@ -90,7 +90,7 @@ def fit_rate(batch: int, precision: str, channels_last: bool, compile_: bool, st
     )
     state = create_state(cfg, 2)
     fit(cfg, state, synthetic_split(batch * steps))
-    seconds = sorted(r["seconds"] for r in state.history[1:])
+    seconds = sorted(r["seconds"] for r in state.timings[1:])
     return batch * steps / seconds[len(seconds) // 2]
 
 

@@ -85,7 +85,7 @@ def throughput(
     fit(cfg, state, synthetic(n))
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    steady = sorted(r["seconds"] for r in state.history[1:])
+    steady = sorted(r["seconds"] for r in state.timings[1:])
     images = (n // batch) * batch
     return images / steady[len(steady) // 2]
 

@@ -194,3 +194,21 @@ def test_default_cache_dir_honours_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert default_cache_dir() == tmp_path / "xdg" / "imgclf"
     assert data_mod.open_cache(SPEC).root == tmp_path / "xdg" / "imgclf"
+
+
+def test_parallel_decoding_in_worker_processes_equals_sequential(samples, monkeypatch):
+    Path(samples[4].path).write_bytes(b"GIF89a but not really")
+    paths = [s.path for s in samples]
+    seq = np.zeros((len(paths), 24, 24, 3), np.uint8)
+    par = np.zeros_like(seq)
+    seq_result = decode_into(paths, seq, spec=SPEC, workers=1)
+    monkeypatch.setattr(data_mod, "PARALLEL_MIN", 1)
+    monkeypatch.setattr(
+        data_mod, "_chunks", lambda n, workers: [range(a, min(a + 2, n)) for a in range(0, n, 2)]
+    )
+    seen: list[int] = []
+    par_result = decode_into(paths, par, seen.append, spec=SPEC, workers=2, rows=list(range(len(paths))))
+    assert par_result == seq_result
+    assert list(par_result[1]) == [4]
+    assert np.array_equal(par, seq) and par[4].sum() == 0 and par.any()
+    assert sum(seen) == len(paths) and len(seen) > 2

@@ -20,13 +20,17 @@ Usage::
 from __future__ import annotations
 
 import hashlib
+import mmap
+import multiprocessing
 import os
 import random
+import sys
+import threading
 import unicodedata
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -59,6 +63,7 @@ _SYSTEM_NAMES = {
     "__pycache__",
 }
 MAX_LISTED = 8
+PARALLEL_MIN = 256  # below this, starting worker processes costs more than it saves
 
 
 def is_hidden(name: str) -> bool:
@@ -277,12 +282,35 @@ def _decode_one(path: str, spec: PreprocessSpec) -> tuple[np.ndarray, str]:
     return preprocess_uint8(data, spec, name=path), digest
 
 
+# Pixels travel from forked workers through this shared anonymous mapping, not through pipes.
+_SHARED: np.ndarray | None = None
+_SHARED_LOCK = threading.Lock()
+
+
+def _decode_chunk(start: int, paths: Sequence[str], spec: PreprocessSpec) -> list[tuple[str, str | None]]:
+    """Decode ``paths`` into rows ``start...`` of ``_SHARED``; ``(digest, None)`` or ``("", reason)`` each."""
+    assert _SHARED is not None
+    out: list[tuple[str, str | None]] = []
+    for k, path in enumerate(paths):
+        try:
+            _SHARED[start + k], digest = _decode_one(path, spec)
+            out.append((digest, None))
+        except ImageError as exc:
+            out.append(("", exc.problem))
+    return out
+
+
 def default_workers() -> int:
-    """Number of decode threads: one per available CPU core."""
+    """Number of decode processes: one per available CPU core."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
         return max(1, os.cpu_count() or 1)
+
+
+def _chunks(n: int, workers: int) -> list[range]:
+    size = max(16, min(256, -(-n // (workers * 8))))
+    return [range(a, min(a + size, n)) for a in range(0, n, size)]
 
 
 def decode_into(
@@ -294,10 +322,10 @@ def decode_into(
     spec: PreprocessSpec,
     workers: int | None = None,
 ) -> tuple[list[str], dict[int, str]]:
-    """Decode ``paths[j]`` into ``out[rows[j]]`` (default ``out[j]``) in parallel threads.
+    """Decode ``paths[j]`` into ``out[rows[j]]`` (default ``out[j]``), one process per core.
 
-    Pillow releases the GIL while decoding and resizing, so threads use every core without the
-    start-up cost of processes.
+    Pillow holds the GIL while decoding PNGs, so threads do not scale; forked worker processes do.
+    Small jobs (fewer than ``PARALLEL_MIN`` images) and non-Linux systems decode in this process.
 
     Args:
         paths: Image files.
@@ -305,26 +333,54 @@ def decode_into(
         progress: Called with the number of images finished since the last call.
         rows: Target row of each path.
         spec: Preprocessing spec (must match ``out``'s height and width).
-        workers: Threads (default: one per core).
+        workers: Processes (default: one per core).
 
     Returns:
         ``(digests, failures)``: a content digest per path ("" for failures) and ``{j: reason}``.
     """
+    global _SHARED
     targets = list(range(len(paths))) if rows is None else list(rows)
     digests = [""] * len(paths)
     failures: dict[int, str] = {}
-
-    def work(j: int) -> None:
+    workers = workers or default_workers()
+    n = len(paths)
+    parallel = workers > 1 and n >= PARALLEL_MIN and sys.platform.startswith("linux")
+    size = n * spec.height * spec.width * 3
+    with _SHARED_LOCK:
+        buffer = mmap.mmap(-1, max(1, size))
         try:
-            out[targets[j]], digests[j] = _decode_one(paths[j], spec)
-        except ImageError as exc:
-            failures[j] = exc.problem
-        if progress is not None:
-            progress(1)
-
-    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
-        list(pool.map(work, range(len(paths))))
+            _SHARED = np.frombuffer(buffer, dtype=np.uint8, count=size).reshape(n, spec.height, spec.width, 3)
+            chunks = _chunks(n, workers)
+            args = ([c.start for c in chunks], [[paths[j] for j in c] for c in chunks], [spec] * len(chunks))
+            if parallel:
+                # fork: no re-import of the caller's __main__ (spawn/forkserver would need a main guard in
+                # every user script); the children only run Pillow and NumPy, never torch or CUDA.
+                with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+                    with warnings.catch_warnings():  # workers fork on submit; 3.12+ warns about threads
+                        warnings.simplefilter("ignore", DeprecationWarning)
+                        jobs = pool.map(_decode_chunk, *args)
+                    _collect(
+                        zip(chunks, jobs, strict=True), _SHARED, out, targets, digests, failures, progress
+                    )
+            else:
+                jobs = map(_decode_chunk, *args)
+                _collect(zip(chunks, jobs, strict=True), _SHARED, out, targets, digests, failures, progress)
+        finally:
+            _SHARED = None
+            buffer.close()
     return digests, failures
+
+
+def _collect(results, shared, out, targets, digests, failures, progress) -> None:
+    for chunk, decoded in results:
+        for j, (digest, problem) in zip(chunk, decoded, strict=True):
+            if problem is None:
+                out[targets[j]] = shared[j]
+                digests[j] = digest
+            else:
+                failures[j] = problem
+        if progress is not None:
+            progress(len(chunk))
 
 
 def load_split(

@@ -50,6 +50,7 @@ __all__ = [
     "describe_source",
     "read_bytes",
     "decode",
+    "decode_image",
     "resize",
     "preprocess_uint8",
     "to_tensor",
@@ -215,22 +216,22 @@ def _composite_on_black(rgba: np.ndarray) -> np.ndarray:
     return ((rgb * alpha * 2 + 255) // 510).astype(np.uint8)
 
 
-def _to_rgb_array(img: Image.Image) -> np.ndarray:
-    """Convert any Pillow mode to an (H, W, 3) uint8 RGB array by the documented rule."""
+def _to_rgb_image(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to an RGB image by the documented rule (NumPy only where Pillow differs)."""
     mode = img.mode
     if mode == "RGB":
-        return np.asarray(img, dtype=np.uint8)
+        return img
     if mode.startswith("I;16") or mode == "I":
         wide = np.asarray(img).astype(np.int64)
         gray = (np.clip(wide, 0, 65535) >> 8).astype(np.uint8)
-        return np.repeat(gray[..., None], 3, axis=2)
+        return Image.fromarray(np.repeat(gray[..., None], 3, axis=2))
     if mode == "F":
         gray = np.clip(np.rint(np.asarray(img, dtype=np.float64)), 0, 255).astype(np.uint8)
-        return np.repeat(gray[..., None], 3, axis=2)
+        return Image.fromarray(np.repeat(gray[..., None], 3, axis=2))
     has_alpha = mode in ("RGBA", "RGBa", "LA", "La", "PA") or (mode == "P" and "transparency" in img.info)
     if has_alpha:
-        return _composite_on_black(np.asarray(img.convert("RGBA"), dtype=np.uint8))
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+        return Image.fromarray(_composite_on_black(np.asarray(img.convert("RGBA"), dtype=np.uint8)))
+    return img.convert("RGB")
 
 
 def _array_to_rgb(arr: np.ndarray, channel_order: str) -> np.ndarray:
@@ -275,6 +276,24 @@ def decode(
 ) -> np.ndarray:
     """Decode any supported source to an oriented (H, W, 3) uint8 RGB array.
 
+    Same arguments and errors as :func:`decode_image`, which returns the RGB PIL image instead.
+    """
+    return np.asarray(
+        decode_image(source, channel_order=channel_order, max_pixels=max_pixels, draft=draft, name=name),
+        dtype=np.uint8,
+    )
+
+
+def decode_image(
+    source: ImageSource,
+    *,
+    channel_order: str = "rgb",
+    max_pixels: int = MAX_PIXELS,
+    draft: int | None = None,
+    name: str | None = None,
+) -> Image.Image:
+    """Decode any supported source to an oriented RGB PIL image (steps 1-4 of the pipeline).
+
     Args:
         source: A path, encoded bytes, a PIL image or a numpy array (H, W[, C]).
         channel_order: ``rgb`` or ``bgr``; ``bgr`` applies only to numpy arrays (OpenCV's order).
@@ -310,7 +329,7 @@ def decode(
                 expected=f"between 1 and {max_pixels} pixels",
                 fix="pass a non-empty image",
             )
-        return _array_to_rgb(source, channel_order)
+        return Image.fromarray(_array_to_rgb(source, channel_order))
     if channel_order == "bgr":
         raise UsageError(
             "channel_order='bgr' applies to numpy arrays only",
@@ -341,7 +360,7 @@ def decode(
             fix="pass one of the supported types",
         )
     try:
-        return _to_rgb_array(_orient(img, label))
+        return _to_rgb_image(_orient(img, label))
     except ImageError:
         raise
     except Exception as exc:  # noqa: BLE001 - conversion of untrusted pixels: map to a bad image
@@ -353,13 +372,12 @@ def decode(
         ) from None
 
 
-def resize(rgb: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """Resize an (H, W, 3) uint8 array to the spec's size with its Pillow filter."""
-    if rgb.shape[0] == spec.height and rgb.shape[1] == spec.width:
-        return np.ascontiguousarray(rgb)
-    img = Image.fromarray(np.ascontiguousarray(rgb))
-    out = img.resize((spec.width, spec.height), resample=_FILTERS[spec.interpolation])
-    return np.asarray(out, dtype=np.uint8)
+def resize(rgb: np.ndarray | Image.Image, spec: PreprocessSpec) -> np.ndarray:
+    """Resize an (H, W, 3) uint8 array or RGB image to the spec's size with its Pillow filter."""
+    img = rgb if isinstance(rgb, Image.Image) else Image.fromarray(np.ascontiguousarray(rgb))
+    if img.size != (spec.width, spec.height):
+        img = img.resize((spec.width, spec.height), resample=_FILTERS[spec.interpolation])
+    return np.asarray(img, dtype=np.uint8)
 
 
 def preprocess_uint8(
@@ -371,7 +389,7 @@ def preprocess_uint8(
     not used here: it only applies to encoded sources, so a path and the PIL image or array decoded
     from the same file would get different pixels.
     """
-    return resize(decode(source, channel_order=channel_order, name=name), spec)
+    return resize(decode_image(source, channel_order=channel_order, name=name), spec)
 
 
 def to_tensor(
