@@ -319,6 +319,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = debug or getattr(args, "debug", False)
+    if args.command in ("train", "predict", "evaluate", "verify", "demo"):
+        from imgclf.runtime import tune_allocator
+
+        tune_allocator()
 
     def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings API
         _err(f"warning: {message}")
