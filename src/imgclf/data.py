@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import random
 import unicodedata
-import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -265,9 +264,3 @@ def list_images(paths: Sequence[str | os.PathLike]) -> list[str]:
         else:
             out.append(p)
     return out
-
-
-def warn_all(messages: Sequence[str]) -> None:
-    """Emit each message as a :class:`UserWarning` (the CLI shows them on stderr)."""
-    for m in messages:
-        warnings.warn(m, stacklevel=2)
