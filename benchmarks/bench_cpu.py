@@ -30,7 +30,8 @@ from imgclf import architectures
 from imgclf.augment import affine_matrices, augment_batch, sample_params
 from imgclf.classifier import Classifier
 from imgclf.config import PreprocessSpec, TrainConfig
-from imgclf.data import DecodedSplit, load_split, open_cache, scan_dataset
+from imgclf.data import scan_dataset
+from imgclf.decoding import DecodedSplit, load_split, open_cache
 from imgclf.demo_data import write_demo_dataset
 from imgclf.images import to_tensor
 from imgclf.trainer import create_state, fit, resolve_precision

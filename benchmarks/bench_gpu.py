@@ -24,7 +24,8 @@ import torch
 from common import machine, table
 
 from imgclf.config import TrainConfig
-from imgclf.data import DecodedSplit, load_split, scan_dataset
+from imgclf.data import scan_dataset
+from imgclf.decoding import DecodedSplit, load_split
 from imgclf.demo_data import write_demo_dataset
 from imgclf.trainer import create_state, fit
 

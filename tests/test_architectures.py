@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from imgclf import architectures
-from imgclf.architectures import SameConv2d
+from imgclf import architectures, resnet
 from imgclf.errors import UsageError
+from imgclf.resnet import SameConv2d
 
 SEED_PARAMS_2 = 291_112  # the recipe's model.summary(): trainable parameters for 2 classes
 HEAD_IN = 256 * (64 // 4 // 8) ** 2  # 64 px -> two strided stages -> 16 px -> AvgPool(8) -> 2x2, 256 filters
@@ -253,8 +253,8 @@ def no_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("a layer was built before the size checks")
 
-    monkeypatch.setattr(architectures.PreActBottleneck, "__init__", refuse)
-    monkeypatch.setattr(architectures.SameConv2d, "__init__", refuse)
+    monkeypatch.setattr(resnet.PreActBottleneck, "__init__", refuse)
+    monkeypatch.setattr(resnet.SameConv2d, "__init__", refuse)
     monkeypatch.setattr(nn.Conv2d, "__init__", refuse)
 
 

@@ -14,10 +14,11 @@ import pytest
 import torch
 
 from conftest import make_dataset
-from imgclf import data as data_mod
+from imgclf import decoding
 from imgclf.cache import DecodeCache
 from imgclf.config import PreprocessSpec
-from imgclf.data import decode_into, load_split, open_cache, scan_dataset
+from imgclf.data import scan_dataset
+from imgclf.decoding import decode_into, load_split, open_cache
 from imgclf.errors import DatasetError
 from imgclf.images import preprocess_uint8
 
@@ -136,7 +137,8 @@ def test_size_bound_evicts_least_recently_used_packs(tmp_path):
 CONCURRENT = """
 import sys, numpy as np
 from imgclf.config import PreprocessSpec
-from imgclf.data import load_split, open_cache, scan_dataset
+from imgclf.data import scan_dataset
+from imgclf.decoding import load_split, open_cache
 spec = PreprocessSpec(height=24, width=24)
 split = scan_dataset(sys.argv[1], val_split=0.0, test_split=0.0).splits["training"]
 dec = load_split(split, spec, cache=open_cache(spec, sys.argv[2]))
@@ -193,7 +195,7 @@ def test_default_cache_dir_honours_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("IMGCLF_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert default_cache_dir() == tmp_path / "xdg" / "imgclf"
-    assert data_mod.open_cache(SPEC).root == tmp_path / "xdg" / "imgclf"
+    assert decoding.open_cache(SPEC).root == tmp_path / "xdg" / "imgclf"
 
 
 def test_parallel_decoding_in_worker_processes_equals_sequential(samples, monkeypatch):
@@ -202,9 +204,9 @@ def test_parallel_decoding_in_worker_processes_equals_sequential(samples, monkey
     seq = np.zeros((len(paths), 24, 24, 3), np.uint8)
     par = np.zeros_like(seq)
     seq_result = decode_into(paths, seq, spec=SPEC, workers=1)
-    monkeypatch.setattr(data_mod, "PARALLEL_MIN", 1)
+    monkeypatch.setattr(decoding, "PARALLEL_MIN", 1)
     monkeypatch.setattr(
-        data_mod, "_chunks", lambda n, workers: [range(a, min(a + 2, n)) for a in range(0, n, 2)]
+        decoding, "_chunks", lambda n, workers: [range(a, min(a + 2, n)) for a in range(0, n, 2)]
     )
     seen: list[int] = []
     par_result = decode_into(paths, par, seen.append, spec=SPEC, workers=2, rows=list(range(len(paths))))

@@ -19,7 +19,8 @@ from safetensors import safe_open
 
 from conftest import make_dataset, tiny_train_config
 from imgclf import checkpoint as ckpt
-from imgclf.data import load_split, scan_dataset
+from imgclf.data import scan_dataset
+from imgclf.decoding import load_split
 from imgclf.determinism import capture_rng, restore_rng
 from imgclf.errors import ResumeError
 from imgclf.trainer import create_state, fit

@@ -1,4 +1,4 @@
-"""Tests of imgclf.data: dataset layouts, splits, hidden entries, structural errors and the decode cache."""
+"""Tests of imgclf.data and imgclf.decoding: layouts, splits, hidden entries, structural errors, decoding."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from conftest import make_dataset, save_image, shape_image
-from imgclf import data, images
+from imgclf import data, decoding, images
 from imgclf.config import PreprocessSpec
 from imgclf.errors import DatasetError
 
@@ -158,7 +158,7 @@ def test_hidden_and_system_entries_are_neither_classes_nor_samples(tmp_path: Pat
     assert as_names(ds.splits["training"]) == sorted(
         [f"cat_{i:03d}.png" for i in range(3)] + [f"dog_{i:03d}.png" for i in range(3)]
     )
-    assert len(data.load_split(ds.splits["training"], SPEC, workers=1)) == 6
+    assert len(decoding.load_split(ds.splits["training"], SPEC, workers=1)) == 6
 
 
 # --- structural errors ---------------------------------------------------------------------------
@@ -246,7 +246,7 @@ def test_bad_files_are_all_reported_at_once(tmp_path: Path) -> None:
     (root / "b" / "cut.png").write_bytes(good[: len(good) // 2])
     ds = data.scan_dataset(root, val_split=0.0, test_split=0.0)
     with pytest.raises(DatasetError, match=r"^2 file\(s\) are not readable images: ") as info:
-        data.load_split(ds.splits["training"], SPEC, workers=2)
+        decoding.load_split(ds.splits["training"], SPEC, workers=2)
     msg = str(info.value)
     assert info.value.exit_code == 7
     assert "broken.png (not a supported image)" in msg and "cut.png (cannot decode image)" in msg
@@ -259,7 +259,7 @@ def test_skip_bad_keeps_the_good_files(tmp_path: Path) -> None:
     (root / "b" / "empty.png").write_bytes(b"")
     ds = data.scan_dataset(root, val_split=0.0, test_split=0.0)
     ticks: list[int] = []
-    dec = data.load_split(ds.splits["training"], SPEC, skip_bad=True, workers=2, progress=ticks.append)
+    dec = decoding.load_split(ds.splits["training"], SPEC, skip_bad=True, workers=2, progress=ticks.append)
     assert sum(ticks) == 8  # bad files count as done too
     assert len(dec) == 6 and dec.images.shape == (6, 24, 24, 3)
     assert sorted(os.path.basename(p) for p, _ in dec.skipped) == ["broken.png", "empty.png"]
@@ -299,7 +299,7 @@ def test_cache_and_prediction_paths_agree_bitwise(tmp_path: Path) -> None:
     paths = _every_kind(tmp_path / "kinds")
     assert {Image.open(p).mode for p in paths} >= {"RGB", "L", "RGBA", "P", "I;16", "CMYK"}
     samples = [data.Sample(str(p), i % 2) for i, p in enumerate(paths)]
-    dec = data.load_split(samples, SPEC, workers=3)
+    dec = decoding.load_split(samples, SPEC, workers=3)
     assert dec.images.shape == (len(paths), 24, 24, 3) and dec.images.dtype == np.uint8
     assert dec.paths == [str(p) for p in paths]
     for p, arr in zip(paths, dec.images, strict=True):
@@ -313,15 +313,15 @@ def test_decoding_does_not_depend_on_thread_count(tmp_path: Path) -> None:
     paths = _every_kind(tmp_path / "kinds")
     samples = [data.Sample(str(p), 0) for p in paths]
     ticks: list[int] = []
-    one = data.load_split(samples, SPEC, workers=1, progress=ticks.append)
-    many = data.load_split(samples, SPEC, workers=4)
+    one = decoding.load_split(samples, SPEC, workers=1, progress=ticks.append)
+    many = decoding.load_split(samples, SPEC, workers=4)
     np.testing.assert_array_equal(one.images, many.images)
     assert one.digests == many.digests and len(set(one.digests)) == len(paths)
     assert sum(ticks) == len(paths)
 
 
 def test_empty_split_decodes_to_an_empty_batch() -> None:
-    dec = data.load_split([], SPEC)
+    dec = decoding.load_split([], SPEC)
     assert dec.images.shape == (0, 24, 24, 3) and len(dec) == 0 and dec.labels.dtype == np.int64
 
 
@@ -342,31 +342,31 @@ def test_symlink_loops_do_not_hang_the_scan(tmp_path: Path) -> None:
 # --- duplicates and fingerprint ------------------------------------------------------------------
 
 
-def _decode_all(ds: data.Dataset) -> dict[str, data.DecodedSplit]:
-    return {split: data.load_split(samples, SPEC, workers=2) for split, samples in ds.splits.items()}
+def _decode_all(ds: data.Dataset) -> dict[str, decoding.DecodedSplit]:
+    return {split: decoding.load_split(samples, SPEC, workers=2) for split, samples in ds.splits.items()}
 
 
 def test_duplicate_report_flags_a_file_in_two_classes(tmp_path: Path) -> None:
     root = flat_dataset(tmp_path / "d", {"a": 3, "b": 3})
     ds = data.scan_dataset(root, val_split=0.0, test_split=0.0)
-    assert data.duplicate_report(_decode_all(ds)) is None
+    assert decoding.duplicate_report(_decode_all(ds)) is None
     shutil.copy(root / "a" / "a_000.png", root / "b" / "copy_of_a.png")
     ds = data.scan_dataset(root, val_split=0.0, test_split=0.0)
-    report = data.duplicate_report(_decode_all(ds))
+    report = decoding.duplicate_report(_decode_all(ds))
     assert report is not None and report.startswith("1 identical file(s) appear in more than one class")
 
 
 def test_fingerprint_tracks_content_and_nothing_else(tmp_path: Path) -> None:
     root = flat_dataset(tmp_path / "d", {"a": 3, "b": 3})
     ds = data.scan_dataset(root, val_split=0.0, test_split=0.0)
-    first = data.fingerprint(ds, _decode_all(ds))
+    first = decoding.fingerprint(ds, _decode_all(ds))
     assert len(first) == 64
-    assert data.fingerprint(ds, _decode_all(ds)) == first
+    assert decoding.fingerprint(ds, _decode_all(ds)) == first
     target = root / "b" / "b_001.png"
     os.utime(target, (1, 1))  # a touched file with the same bytes changes nothing
-    assert data.fingerprint(ds, _decode_all(ds)) == first
+    assert decoding.fingerprint(ds, _decode_all(ds)) == first
     write_png(target, seed=999)
-    changed = data.fingerprint(ds, _decode_all(ds))
+    changed = decoding.fingerprint(ds, _decode_all(ds))
     assert changed != first
 
 
@@ -376,7 +376,7 @@ def test_fingerprint_does_not_depend_on_where_the_dataset_lives(tmp_path: Path) 
     shutil.copytree(root, moved)
     ds1 = data.scan_dataset(root, val_split=0.0, test_split=0.0)
     ds2 = data.scan_dataset(moved, val_split=0.0, test_split=0.0)
-    assert data.fingerprint(ds1, _decode_all(ds1)) == data.fingerprint(ds2, _decode_all(ds2))
+    assert decoding.fingerprint(ds1, _decode_all(ds1)) == decoding.fingerprint(ds2, _decode_all(ds2))
 
 
 # --- list_images ---------------------------------------------------------------------------------
@@ -413,5 +413,5 @@ def test_list_images_keeps_missing_paths_for_a_per_file_error(tmp_path: Path) ->
 
 def test_bytes_digest_matches_file_content(tmp_path: Path) -> None:
     path = write_png(tmp_path / "a" / "x.png")
-    dec = data.load_split([data.Sample(str(path), 0)], SPEC)
+    dec = decoding.load_split([data.Sample(str(path), 0)], SPEC)
     assert dec.digests == [hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()]

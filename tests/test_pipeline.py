@@ -20,7 +20,8 @@ from PIL import Image
 
 import imgclf
 from conftest import MODES, make_dataset, save_image, shape_image, tiny_train_config
-from imgclf.data import load_split, scan_dataset
+from imgclf.data import scan_dataset
+from imgclf.decoding import load_split
 from imgclf.errors import DatasetError, StorageError, UsageError
 from imgclf.evaluate import format_report
 from imgclf.images import preprocess, to_tensor

@@ -94,7 +94,8 @@ def test_patience_stops_after_that_many_epochs_without_improvement(tiny_dataset,
 
 def test_the_early_stopping_counter_survives_a_resume(tiny_dataset, tmp_path, monkeypatch):
     """Stopped after epoch 3 (one bad epoch) and resumed: it still stops after epoch 4, as a straight run."""
-    from imgclf.data import load_split, scan_dataset
+    from imgclf.data import scan_dataset
+    from imgclf.decoding import load_split
     from imgclf.trainer import create_state
 
     config = tiny_train_config(epochs=6, patience=2)
@@ -149,7 +150,8 @@ def test_deterministic_on_the_cpu_changes_nothing_and_leaves_torch_as_it_was(tin
 
 def test_an_op_without_a_deterministic_kernel_is_a_one_line_usage_error_naming_it(tiny_dataset, monkeypatch):
     import imgclf.trainer
-    from imgclf.data import load_split, scan_dataset
+    from imgclf.data import scan_dataset
+    from imgclf.decoding import load_split
     from imgclf.trainer import create_state
 
     real = imgclf.trainer.augment_batch

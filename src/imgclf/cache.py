@@ -19,7 +19,7 @@ never touch Pillow again. Layout under the cache folder (``$IMGCLF_CACHE_DIR``, 
 
 Usage::
 
-    cache = DecodeCache(default_cache_dir(), spec, imgclf.data.decode_into)
+    cache = DecodeCache(default_cache_dir(), spec, imgclf.decoding.decode_into)
     images, kept, digests, bad = cache.fetch(paths)    # images: read-only memmap of the kept rows
 """
 
@@ -90,7 +90,7 @@ class DecodeCache:
         root: Cache folder (the spec's subfolder is created inside it).
         spec: Preprocessing spec whose output the cache holds.
         decoder: ``decoder(paths, out, progress, rows=rows, spec=spec) -> (digests, failures)``
-            decodes ``paths[j]`` into ``out[rows[j]]`` (see :func:`imgclf.data.decode_into`).
+            decodes ``paths[j]`` into ``out[rows[j]]`` (see :func:`imgclf.decoding.decode_into`).
         max_bytes: Size bound for this spec's packs; the least recently used are evicted beyond it.
     """
 

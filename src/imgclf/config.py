@@ -1,7 +1,8 @@
 """Frozen, validated settings: how images are preprocessed, augmented and trained on.
 
 Each dataclass round-trips through plain JSON-able dicts; ``from_dict`` rejects unknown keys and wrong
-types so a settings dict from a file can never smuggle in anything unexpected.
+types so a settings dict from a file can never smuggle in anything unexpected (the shared machinery is
+in :mod:`imgclf.settings`).
 
 Usage::
 
@@ -12,14 +13,11 @@ Usage::
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import types
-import typing
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from imgclf.errors import UsageError
+from imgclf.settings import Settings, check_number
 
 __all__ = ["PreprocessSpec", "AugmentSpec", "TrainConfig", "INTERPOLATIONS", "FILL_MODES"]
 
@@ -27,160 +25,9 @@ INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 FILL_MODES = ("nearest", "constant", "reflect")
 MAX_SIDE = 4096
 
-T = TypeVar("T", bound="_Settings")
-
-
-def _check_number(name: str, value: float, lo: float, hi: float) -> None:
-    if not (isinstance(value, (int, float)) and not isinstance(value, bool)) or not math.isfinite(value):
-        raise UsageError(
-            f"setting {name!r} is not a finite number",
-            received=repr(value),
-            expected=f"a number in [{lo}, {hi}]",
-            fix=f"set {name} to a number",
-        )
-    if not lo <= value <= hi:
-        raise UsageError(
-            f"setting {name!r} is out of range",
-            received=value,
-            expected=f"a number in [{lo}, {hi}]",
-            fix=f"choose {name} within the bounds",
-        )
-
-
-def _coerce(name: str, value: Any, hint: Any) -> Any:
-    """Check ``value`` against a (simple) type hint, converting JSON lists to tuples."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(name, value, option)
-            except UsageError as exc:
-                errors.append(exc)
-        raise errors[0]
-    if origin is tuple:
-        args = typing.get_args(hint)
-        if not isinstance(value, (list, tuple)):
-            raise UsageError(
-                f"setting {name!r} has the wrong type",
-                received=repr(value),
-                expected="a list",
-                fix=f"give {name} as a list",
-            )
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(name, v, args[0]) for v in value)
-        if len(value) != len(args):
-            raise UsageError(
-                f"setting {name!r} has the wrong length",
-                received=len(value),
-                expected=f"{len(args)} values",
-                fix=f"give {name} exactly {len(args)} values",
-            )
-        return tuple(_coerce(name, v, a) for v, a in zip(value, args, strict=True))
-    if origin is dict:
-        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-            raise UsageError(
-                f"setting {name!r} has the wrong type",
-                received=repr(value),
-                expected="a mapping with string keys",
-                fix=f"give {name} as a JSON object",
-            )
-        return dict(value)
-    if isinstance(hint, type) and issubclass(hint, _Settings):
-        if isinstance(value, hint):
-            return value
-        return hint.from_dict(value, where=name)
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UsageError(
-                f"setting {name!r} has the wrong type",
-                received=repr(value),
-                expected="a number",
-                fix=f"give {name} as a number",
-            )
-        return float(value)
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UsageError(
-                f"setting {name!r} has the wrong type",
-                received=repr(value),
-                expected="an integer",
-                fix=f"give {name} as a whole number",
-            )
-        return value
-    if hint in (bool, str):
-        if not isinstance(value, hint):
-            raise UsageError(
-                f"setting {name!r} has the wrong type",
-                received=repr(value),
-                expected=hint.__name__,
-                fix=f"give {name} as a {hint.__name__}",
-            )
-        return value
-    return value
-
-
-class _Settings:
-    """Shared to_dict/from_dict for the frozen settings dataclasses."""
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the settings as a JSON-able dict (tuples become lists)."""
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            v = getattr(self, f.name)
-            if isinstance(v, _Settings):
-                v = v.to_dict()
-            elif isinstance(v, tuple):
-                v = list(v)
-            elif isinstance(v, dict):
-                v = dict(v)
-            out[f.name] = v
-        return out
-
-    @classmethod
-    def from_dict(cls: type[T], data: Any, *, where: str | None = None) -> T:
-        """Build settings from a dict, rejecting unknown keys and wrong types, then validate.
-
-        Args:
-            data: A mapping as produced by :meth:`to_dict`; missing keys take their defaults.
-            where: Name of the enclosing setting, used in error messages.
-
-        Raises:
-            UsageError: On unknown keys, wrong types or out-of-range values.
-        """
-        label = where or cls.__name__
-        if not isinstance(data, dict):
-            raise UsageError(
-                f"{label} must be a mapping",
-                received=type(data).__name__,
-                expected="a JSON object",
-                fix="pass a dict of settings",
-            )
-        hints = typing.get_type_hints(cls)
-        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise UsageError(
-                f"unknown {label} setting(s)",
-                received=", ".join(map(str, unknown)),
-                expected="one of " + ", ".join(sorted(names)),
-                fix="remove or correct the misspelled keys",
-            )
-        kwargs = {k: _coerce(f"{label}.{k}", v, hints[k]) for k, v in data.items()}
-        return cls(**kwargs).validated()  # type: ignore[attr-defined]
-
-    def replace(self: T, **changes: Any) -> T:
-        """Return a copy with ``changes`` applied and validated."""
-        return dataclasses.replace(self, **changes).validated()  # type: ignore[type-var,attr-defined]
-
 
 @dataclass(frozen=True)
-class PreprocessSpec(_Settings):
+class PreprocessSpec(Settings):
     """How any image becomes the model's input tensor (stored in every model file).
 
     The pipeline is fixed (see :mod:`imgclf.images`): decode → EXIF orientation → RGB → resize to
@@ -221,7 +68,7 @@ class PreprocessSpec(_Settings):
                 expected=" | ".join(INTERPOLATIONS),
                 fix="pick one of the listed filters",
             )
-        _check_number("rescale", self.rescale, 1e-12, 1e6)
+        check_number("rescale", self.rescale, 1e-12, 1e6)
         for name in ("mean", "std"):
             v = getattr(self, name)
             if not isinstance(v, tuple) or len(v) != 3:
@@ -232,7 +79,7 @@ class PreprocessSpec(_Settings):
                     fix=f"give {name} one value per channel",
                 )
             for x in v:
-                _check_number(name, x, -1e6, 1e6)
+                check_number(name, x, -1e6, 1e6)
         if any(abs(s) < 1e-12 for s in self.std):
             raise UsageError(
                 "preprocess std contains zero",
@@ -249,7 +96,7 @@ class PreprocessSpec(_Settings):
 
 
 @dataclass(frozen=True)
-class AugmentSpec(_Settings):
+class AugmentSpec(Settings):
     """Random affine augmentation applied to whole training batches (Keras ImageDataGenerator terms).
 
     Attributes:
@@ -278,11 +125,11 @@ class AugmentSpec(_Settings):
 
     def validated(self) -> AugmentSpec:
         """Return self after checking every bound; raise :class:`UsageError` otherwise."""
-        _check_number("rotation", self.rotation, 0.0, 180.0)
-        _check_number("zoom", self.zoom, 0.0, 0.9)
-        _check_number("width_shift", self.width_shift, 0.0, 1.0)
-        _check_number("height_shift", self.height_shift, 0.0, 1.0)
-        _check_number("shear", self.shear, 0.0, 80.0)
+        check_number("rotation", self.rotation, 0.0, 180.0)
+        check_number("zoom", self.zoom, 0.0, 0.9)
+        check_number("width_shift", self.width_shift, 0.0, 1.0)
+        check_number("height_shift", self.height_shift, 0.0, 1.0)
+        check_number("shear", self.shear, 0.0, 80.0)
         if self.fill not in FILL_MODES:
             raise UsageError(
                 "unknown augmentation fill mode",
@@ -294,7 +141,7 @@ class AugmentSpec(_Settings):
 
 
 @dataclass(frozen=True)
-class TrainConfig(_Settings):
+class TrainConfig(Settings):
     """Everything that defines a training run. Defaults reproduce the DL4CV malaria recipe.
 
     Attributes:
@@ -363,13 +210,13 @@ class TrainConfig(_Settings):
                     expected=f"an integer in [{lo}, {hi}]",
                     fix=f"choose another {name}",
                 )
-        _check_number("lr", self.lr, 0.0, 100.0)
-        _check_number("momentum", self.momentum, 0.0, 0.9999)
+        check_number("lr", self.lr, 0.0, 100.0)
+        check_number("momentum", self.momentum, 0.0, 0.9999)
         if self.decay is not None:
-            _check_number("decay", self.decay, 0.0, 1e6)
-        _check_number("label_smoothing", self.label_smoothing, 0.0, 0.99)
-        _check_number("val_split", self.val_split, 0.0, 0.9)
-        _check_number("test_split", self.test_split, 0.0, 0.9)
+            check_number("decay", self.decay, 0.0, 1e6)
+        check_number("label_smoothing", self.label_smoothing, 0.0, 0.99)
+        check_number("val_split", self.val_split, 0.0, 0.9)
+        check_number("test_split", self.test_split, 0.0, 0.9)
         if self.val_split + self.test_split >= 0.95:
             raise UsageError(
                 "val_split + test_split leaves too little training data",

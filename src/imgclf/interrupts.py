@@ -32,7 +32,7 @@ from typing import Any
 
 from imgclf.checkpoint import Checkpoint, write_checkpoint
 from imgclf.config import TrainConfig
-from imgclf.data import DecodedSplit
+from imgclf.decoding import DecodedSplit
 from imgclf.errors import Interrupted
 from imgclf.trainer import Callback, TrainState, fit
 

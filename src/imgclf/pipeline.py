@@ -31,15 +31,14 @@ from imgclf import architectures, bundle
 from imgclf.checkpoint import restore
 from imgclf.classifier import Classifier
 from imgclf.config import TrainConfig
-from imgclf.data import (
-    Dataset,
+from imgclf.data import Dataset, scan_dataset
+from imgclf.decoding import (
     DecodedSplit,
     bad_files_error,
     duplicate_report,
     fingerprint,
     load_split,
     open_cache,
-    scan_dataset,
 )
 from imgclf.errors import DatasetError, ResumeError, StorageError, UsageError
 from imgclf.evaluate import Evaluation, evaluate_probabilities, format_report

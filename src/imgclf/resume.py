@@ -30,7 +30,8 @@ from typing import Any
 from imgclf import architectures
 from imgclf.checkpoint import Checkpoint, latest_checkpoint
 from imgclf.config import TrainConfig
-from imgclf.data import Dataset, DecodedSplit
+from imgclf.data import Dataset
+from imgclf.decoding import DecodedSplit
 from imgclf.errors import ResumeError, UsageError
 from imgclf.runfolder import read_record
 

@@ -30,7 +30,7 @@ from imgclf import architectures
 from imgclf.augment import affine_matrices, augment_batch, sample_params
 from imgclf.classifier import predict_logits
 from imgclf.config import TrainConfig
-from imgclf.data import DecodedSplit
+from imgclf.decoding import DecodedSplit
 from imgclf.determinism import deterministic_algorithms
 from imgclf.errors import UsageError
 from imgclf.images import to_tensor
