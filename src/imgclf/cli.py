@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from imgclf import __version__
-from imgclf.errors import EXIT_CODES, ImgclfError, UsageError, safe_text
+from imgclf.errors import EXIT_CODES, ImgclfError, safe_text
 
 __all__ = ["main", "build_parser"]
 
@@ -385,11 +385,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CODES["internal"]
     finally:
         warnings.showwarning = previous_showwarning  # main() may be called in-process: leave no global change
-
-
-def usage_error(message: str, received: object, expected: object, fix: str) -> UsageError:
-    """Shorthand for command handlers."""
-    return UsageError(message, received=received, expected=expected, fix=fix)
 
 
 if __name__ == "__main__":  # pragma: no cover

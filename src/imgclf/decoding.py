@@ -180,7 +180,7 @@ def load_split(
         samples: The split's samples.
         spec: Preprocessing spec (its size decides the array shape).
         skip_bad: Drop undecodable files (listed in ``skipped``) instead of raising.
-        workers: Decode threads (Pillow releases the GIL while decoding and resizing).
+        workers: Decode processes (see :func:`decode_into`; default one per core).
         progress: Called with the number of images finished since the last call.
         cache: Decode-once cache to read from and fill (see :mod:`imgclf.cache`); ``None`` decodes
             into memory.
