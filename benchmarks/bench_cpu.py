@@ -35,6 +35,7 @@ from imgclf.data import scan_dataset
 from imgclf.decoding import DecodedSplit, load_split, open_cache
 from imgclf.demo_data import write_demo_dataset
 from imgclf.images import to_tensor
+from imgclf.runtime import tune_allocator
 from imgclf.trainer import create_state, fit, resolve_precision
 
 SPEC = PreprocessSpec()
@@ -265,6 +266,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time torch.compile variants")
     parser.add_argument("--only", choices=("train", "cache", "predict"), help="run one section")
     args = parser.parse_args()
+    tune_allocator()  # as the imgclf command line does
     print(f"machine: {machine()}")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -19,6 +19,25 @@ torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
 
 
+def run_cli(*args: object) -> tuple[int, str, str]:
+    """Run ``imgclf.cli.main`` in-process: ``(exit code, stdout, stderr)``.
+
+    ``main`` returns the exit code; argparse's usage errors leave through ``SystemExit``: both normalised.
+    """
+    import contextlib
+    import io
+
+    from imgclf.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    return code, out.getvalue(), err.getvalue()
+
+
 def shape_image(kind: str, rng: np.random.Generator, size: int = 40) -> np.ndarray:
     """A bright square ('square') or a dark-centred ring ('ring') on black, with jitter and noise."""
     h = w = size + int(rng.integers(-6, 7))

@@ -214,3 +214,13 @@ def test_parallel_decoding_in_worker_processes_equals_sequential(samples, monkey
     assert list(par_result[1]) == [4]
     assert np.array_equal(par, seq) and par[4].sum() == 0 and par.any()
     assert sum(seen) == len(paths) and len(seen) > 2
+
+
+def test_the_size_bound_can_be_set_from_the_environment(monkeypatch, tmp_path):
+    from imgclf.errors import UsageError
+
+    monkeypatch.setenv("IMGCLF_CACHE_MAX_BYTES", "12345")
+    assert open_cache(SPEC, tmp_path).max_bytes == 12345
+    monkeypatch.setenv("IMGCLF_CACHE_MAX_BYTES", "lots")
+    with pytest.raises(UsageError, match="IMGCLF_CACHE_MAX_BYTES is not a positive integer"):
+        open_cache(SPEC, tmp_path)

@@ -28,15 +28,6 @@ from imgclf.trainer import create_state, fit
 INFO = {"run_id": "r1", "class_names": ["ring", "square"]}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """CPU kernels may split reductions by thread count: pin it (and 1 thread is fastest on 2 cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def splits(tmp_path_factory):
     root = make_dataset(tmp_path_factory.mktemp("ckpt") / "data", {"training": 12, "validation": 3})

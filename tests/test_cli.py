@@ -6,9 +6,7 @@ of a fresh process is the point.
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
 import re
 import shutil
@@ -22,7 +20,7 @@ import pytest
 from PIL import Image
 
 import imgclf
-from conftest import make_dataset
+from conftest import make_dataset, run_cli
 from imgclf.cli import main
 
 TINY = [
@@ -59,14 +57,6 @@ def run(capsys, *args) -> tuple[int, str, str]:
     return code, out, err
 
 
-def run_captured(*args) -> tuple[int, str, str]:
-    """Like :func:`run` for module-scoped fixtures, where capsys is not available."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = _main(*args)
-    return code, out.getvalue(), err.getvalue()
-
-
 def _one_error_line(err: str) -> str:
     lines = err.strip().splitlines()
     assert "Traceback" not in err
@@ -81,7 +71,7 @@ def trained(tmp_path_factory):
     base = tmp_path_factory.mktemp("cli")
     dataset = make_dataset(base / "data", {"training": 12, "validation": 4, "testing": 6})
     model = base / "tiny.imgclf"
-    code, out, err = run_captured("train", "--dataset", dataset, "--model", model, *TINY)
+    code, out, err = run_cli("train", "--dataset", dataset, "--model", model, *TINY)
     return dataset, model, code, out, err
 
 
@@ -580,7 +570,7 @@ def weird(tmp_path_factory):
     for split in ("training", "validation", "testing"):
         (root / split / "ring").rename(root / split / WEIRD)
     model = base / "weird.imgclf"
-    code, out, err = run_captured("train", "--dataset", root, "--model", model, *TINY)
+    code, out, err = run_cli("train", "--dataset", root, "--model", model, *TINY)
     assert code == 0, err
     return root, model, out
 

@@ -8,7 +8,6 @@ CLI commands that open model files (exit code 3, one stderr line, no traceback).
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -25,8 +24,8 @@ import pytest
 import torch
 
 import imgclf
+from conftest import run_cli
 from imgclf import bundle
-from imgclf.cli import main
 from imgclf.container import MAX_HEADER_BYTES
 from imgclf.errors import ModelFileError
 from modelfiles import (
@@ -507,16 +506,6 @@ def test_a_bad_model_file_is_one_clean_error(case, item, build, words, good, tmp
     assert not (tmp_path / MARKER_NAME).exists()
 
 
-def _run_cli(*args) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main([str(a) for a in args])
-        except SystemExit as exc:
-            code = exc.code
-    return code, out.getvalue(), err.getvalue()
-
-
 # Found only when the weights meet the freshly built architecture, which inspect never builds.
 BUILD_LEVEL = {
     "dtype_f16_for_f32",
@@ -549,7 +538,7 @@ def test_every_command_gives_exit_3_and_one_line_for_every_case(
         path = tmp_path / f"{case}.imgclf"
         path.write_bytes(build(good))
         start = time.perf_counter()
-        code, out, err = _run_cli(*_cli_args(command, path, tiny_model.dataset))
+        code, out, err = run_cli(*_cli_args(command, path, tiny_model.dataset))
         assert time.perf_counter() - start < 2.0, case
         if command == "inspect" and case in BUILD_LEVEL:
             assert code == 0, (case, err)
@@ -692,9 +681,9 @@ def test_control_and_bidi_characters_in_class_names_load_and_are_escaped_by_insp
     path = tmp_path / "names.imgclf"
     path.write_bytes(_set(("class_names",), names)(good))
     assert imgclf.load(path).class_names == names
-    code, out, _ = _run_cli("inspect", path)
+    code, out, _ = run_cli("inspect", path)
     assert code == 0 and "\x1b" not in out and "\u202e" not in out and "\\x1b[31m" in out
-    code, out, _ = _run_cli("inspect", path, "--json")
+    code, out, _ = run_cli("inspect", path, "--json")
     assert code == 0 and "\x1b" not in out and "\u202e" not in out
     assert json.loads(out)["class_names"] == names
 
@@ -784,11 +773,11 @@ def test_awkward_model_paths_work_in_the_api_and_the_cli(name, good, tmp_path, m
     monkeypatch.chdir(tmp_path)
     (tmp_path / name).write_bytes(good)
     assert imgclf.load(tmp_path / name).class_names == ["ring", "square"]
-    code, out, err = _run_cli("verify", "--", name)
+    code, out, err = run_cli("verify", "--", name)
     assert code == 0, err
-    code, out, err = _run_cli("inspect", "--json", "--", name)
+    code, out, err = run_cli("inspect", "--json", "--", name)
     assert code == 0 and json.loads(out)["class_names"] == ["ring", "square"]
-    code, out, err = _run_cli("predict", f"--model={name}", "--images", _write_image(tmp_path))
+    code, out, err = run_cli("predict", f"--model={name}", "--images", _write_image(tmp_path))
     assert code == 0, err
 
 
@@ -803,7 +792,7 @@ def _write_image(folder: Path) -> Path:
 def test_an_error_message_names_an_awkward_path_on_one_line(tmp_path):
     path = tmp_path / "bad\nname\x1b[31m.imgclf"
     path.write_bytes(b"")
-    code, _, err = _run_cli("inspect", path)
+    code, _, err = run_cli("inspect", path)
     assert code == 3 and len(err.strip().splitlines()) == 1 and "\x1b" not in err
 
 

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 import imgclf
-from conftest import make_dataset, save_image, shape_image, tiny_train_config
+from conftest import make_dataset, run_cli, save_image, shape_image, tiny_train_config
 from imgclf import checkpoint as ckpt
 from imgclf.cli import main
 from imgclf.errors import Interrupted, ResumeError, StorageError, UsageError
@@ -32,14 +32,6 @@ from imgclf.resume import resume_run
 from imgclf.trainer import Callback
 
 CONFIG = tiny_train_config(epochs=3, keep="best")  # tiny_dataset: 24 training images, 3 steps per epoch
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -292,36 +284,23 @@ def test_more_epochs_continue_the_same_schedule(interrupted, tmp_path):
     assert straight.history == result.history
 
 
-def _cli(*args) -> tuple[int, str, str]:
-    import contextlib
-    import io
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main([str(a) for a in args])
-        except SystemExit as exc:
-            code = exc.code
-    return code, out.getvalue(), err.getvalue()
-
-
 def test_cli_resume_needs_only_the_run_folder_and_refuses_changes_with_exit_6(interrupted, reference):
     data, model, run_dir = interrupted
-    code, out, err = _cli("train", "--resume", run_dir, "--lr", "0.01")
+    code, out, err = run_cli("train", "--resume", run_dir, "--lr", "0.01")
     assert code == 6 and out == ""
     assert err.strip().splitlines() == [err.strip()] and "recipe changed: lr 0.1 → 0.01" in err
-    code, out, err = _cli("train", "--resume", run_dir, "--run-dir", data)
+    code, out, err = run_cli("train", "--resume", run_dir, "--run-dir", data)
     assert code == 2 and "different folders" in err
-    code, out, err = _cli("train", "--resume", run_dir)
+    code, out, err = run_cli("train", "--resume", run_dir)
     assert code == 0, err
     assert "resuming in epoch 2 after step 1" in err and out.startswith(" " * 5)  # the report on stdout
     assert_same_run(model, run_dir, *reference[:2])
-    code, _, err = _cli("train", "--resume", run_dir.parent / "nowhere")
+    code, _, err = run_cli("train", "--resume", run_dir.parent / "nowhere")
     assert code == 6 and "does not exist" in err
 
 
 def test_cli_train_without_dataset_or_resume_is_a_usage_error():
-    code, _, err = _cli("train", "--model", "m.imgclf")
+    code, _, err = run_cli("train", "--model", "m.imgclf")
     assert code == 2 and "needs --dataset" in err
 
 

@@ -14,20 +14,11 @@ import sys
 from collections import namedtuple
 
 import pytest
-import torch
 
 from conftest import tiny_train_config
 from imgclf.errors import StorageError, UsageError
 from imgclf.pipeline import train
 from imgclf.runfolder import RunLock, estimate_bytes, read_record
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -22,14 +22,6 @@ from imgclf.pipeline import train
 from imgclf.trainer import fit
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _script(monkeypatch, losses, accuracies=None):
     """Make validation report ``losses`` (and ``accuracies``) epoch by epoch."""
     values = iter(zip(losses, accuracies or [0.5] * len(losses), strict=True))

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from imgclf.cache import DecodeCache, default_cache_dir
+from imgclf.cache import DEFAULT_MAX_BYTES, DecodeCache, default_cache_dir
 from imgclf.config import PreprocessSpec
 from imgclf.data import MAX_LISTED, Dataset, Sample
-from imgclf.errors import DatasetError, ImageError
+from imgclf.errors import DatasetError, ImageError, UsageError
 from imgclf.images import preprocess_uint8, read_bytes
 
 __all__ = [
@@ -211,8 +211,25 @@ def load_split(
 
 
 def open_cache(spec: PreprocessSpec, cache_dir: str | os.PathLike | None = None) -> DecodeCache:
-    """The decode-once cache for ``spec`` in ``cache_dir`` (default: ``cache.default_cache_dir()``)."""
-    return DecodeCache(cache_dir or default_cache_dir(), spec, decode_into)
+    """The decode-once cache for ``spec`` in ``cache_dir`` (default: ``cache.default_cache_dir()``).
+
+    ``$IMGCLF_CACHE_MAX_BYTES`` overrides the size bound (default 20 GiB per preprocessing spec).
+
+    Raises:
+        UsageError: If ``$IMGCLF_CACHE_MAX_BYTES`` is not a positive integer.
+    """
+    raw = os.environ.get("IMGCLF_CACHE_MAX_BYTES")
+    max_bytes = DEFAULT_MAX_BYTES
+    if raw is not None:
+        if not raw.strip().isdigit() or int(raw) < 1:
+            raise UsageError(
+                "IMGCLF_CACHE_MAX_BYTES is not a positive integer",
+                received=repr(raw),
+                expected="a number of bytes, e.g. 10000000000",
+                fix="fix or unset the variable",
+            )
+        max_bytes = int(raw)
+    return DecodeCache(cache_dir or default_cache_dir(), spec, decode_into, max_bytes=max_bytes)
 
 
 def bad_files_error(bad: Sequence[tuple[str, str]]) -> DatasetError:

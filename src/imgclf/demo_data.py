@@ -92,7 +92,7 @@ def _render(rng: np.random.Generator, parasitized: bool) -> tuple[np.ndarray, np
     diameter = 2.0 * r
     if parasitized:
         marks = [("ring" if rng.random() < 0.55 else "dot") for _ in range(int(rng.integers(1, 4)))]
-        size_range, colour_of = (0.08, 0.13), _stain_colour
+        size_range, colour_of = (0.11, 0.16), _stain_colour
     elif rng.random() < 0.3:
         marks = ["speck"] * int(rng.integers(1, 4))
         size_range, colour_of = (0.015, 0.03), lambda g: _debris_colour(g, base)
