@@ -122,7 +122,7 @@ def test_too_little_free_disk_is_reported_before_decoding_with_the_numbers(
 
 
 def test_the_estimate_counts_weights_momentum_and_best_weights_per_checkpoint():
-    config = tiny_train_config(arch="seed_resnet", arch_args={})
+    config = tiny_train_config(arch="seed_resnet", arch_args={}, keep="last")
     model_last, run_last = estimate_bytes(config, 2, 1000)
     model_best, run_best = estimate_bytes(config.replace(keep="best"), 2, 1000)
     params = 291_112  # seed_resnet with 2 classes (parameters; BN buffers come on top)

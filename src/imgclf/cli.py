@@ -180,7 +180,7 @@ def _add_checkpoint_flags(p: argparse.ArgumentParser) -> None:
     c.add_argument(
         "--keep",
         choices=("last", "best"),
-        help="weights to save in the model file: last epoch (default) or best epoch by --monitor",
+        help="weights in the model file: best epoch by --monitor (default) or last epoch (the recipe's)",
     )
     c.add_argument(
         "--monitor",

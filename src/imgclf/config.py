@@ -165,7 +165,9 @@ class TrainConfig(Settings):
         channels_last: Use the channels-last memory layout (faster convolutions on CPU and GPU).
         compile: Use ``torch.compile`` (slow first start, faster steps).
         eval_batch_size: Batch size for validation, testing and prediction.
-        keep: Which weights go into the model file: ``last`` epoch or ``best`` by ``monitor``.
+        keep: Which weights go into the model file: ``best`` epoch by ``monitor`` (default) or the
+            ``last`` one (the recipe's behaviour). With the recipe's lr 0.1 on a small dataset, a late
+            epoch can land on a spike whose batch-norm statistics lag the weights; best never saves it.
         monitor: ``val_loss`` or ``val_accuracy``; used by ``keep=best`` and ``patience``.
         patience: Stop after this many epochs without improvement of ``monitor`` (``None``: never).
         deterministic: Ask PyTorch for deterministic algorithms (GPU; CPU runs are deterministic).
@@ -189,7 +191,7 @@ class TrainConfig(Settings):
     channels_last: bool = True
     compile: bool = False
     eval_batch_size: int = 256
-    keep: str = "last"
+    keep: str = "best"
     monitor: str = "val_loss"
     patience: int | None = None
     deterministic: bool = False
