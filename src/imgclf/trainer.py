@@ -242,19 +242,13 @@ def _improved(config: TrainConfig, value: float, best: float | None) -> bool:
 
 
 def _evaluate(
-    model: nn.Module,
-    split: DecodedSplit,
-    config: TrainConfig,
-    device: torch.device,
-    dtype: torch.dtype | None,
+    model: nn.Module, split: DecodedSplit, config: TrainConfig, device: torch.device
 ) -> tuple[float, float]:
+    # Always float32, as prediction runs: a network trained under bf16 autocast can, after a bad swing,
+    # score 1.00 in bf16 and 0.52 in float32 (large residual-stream offsets rounded away), and the
+    # monitored metric must judge the model that will actually be saved and used.
     logits = predict_logits(
-        model,
-        split.images,
-        config.preprocess,
-        batch_size=config.eval_batch_size,
-        device=device,
-        autocast_dtype=dtype,
+        model, split.images, config.preprocess, batch_size=config.eval_batch_size, device=device
     )
     labels = torch.from_numpy(split.labels)
     loss = F.cross_entropy(logits, labels).item()
@@ -388,7 +382,7 @@ def _fit(
             "lr": lr,
         }
         if val is not None and len(val):
-            record["val_loss"], record["val_accuracy"] = _evaluate(net, val, config, device, dtype)
+            record["val_loss"], record["val_accuracy"] = _evaluate(net, val, config, device)
             model.train()
         state.history.append(record)
         state.timings.append({"epoch": epoch, "seconds": time.perf_counter() - started})
