@@ -102,36 +102,42 @@ def describe_source(source: object) -> str:
 def read_bytes(path: str | os.PathLike, max_bytes: int = MAX_FILE_BYTES) -> bytes:
     """Read an image file's bytes after checking it is a regular file within the size cap.
 
+    The file is opened once, non-blocking (a FIFO never hangs the caller), and checked with
+    ``fstat`` on that descriptor, so what is checked is what is read.
+
     Raises:
         ImageError: If the path is missing, not a regular file, unreadable or too large.
     """
     name = os.fspath(path)
     try:
-        st = os.stat(name)
+        fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except OSError as exc:
+        denied = isinstance(exc, PermissionError)
         raise ImageError(
-            "cannot open image",
+            "cannot read image" if denied else "cannot open image",
             received=f"{name} ({exc.strerror or exc})",
-            expected="an existing, readable image file",
-            fix="check the path",
+            expected="a readable file" if denied else "an existing, readable image file",
+            fix="check the file's permissions" if denied else "check the path",
         ) from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ImageError(
-            "not a regular file",
-            received=name,
-            expected="an image file",
-            fix="pass image files or folders of them",
-        )
-    if st.st_size > max_bytes:
-        raise ImageError(
-            "image file too large",
-            received=f"{name} ({st.st_size} bytes)",
-            expected=f"at most {max_bytes} bytes",
-            fix="shrink the image first",
-        )
     try:
-        with open(name, "rb") as fh:
-            data = fh.read(max_bytes + 1)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageError(
+                "not a regular file",
+                received=name,
+                expected="an image file",
+                fix="pass image files or folders of them",
+            )
+        if st.st_size > max_bytes:
+            raise _too_large(f"{name} ({st.st_size} bytes)", max_bytes)
+        # Read to the end (a file that grew since fstat is caught by the cap, never truncated).
+        parts, size = [], 0
+        while size <= max_bytes:
+            part = os.read(fd, max(st.st_size + 1 - size, 1 << 16))
+            if not part:
+                break
+            parts.append(part)
+            size += len(part)
     except OSError as exc:
         raise ImageError(
             "cannot read image",
@@ -139,14 +145,20 @@ def read_bytes(path: str | os.PathLike, max_bytes: int = MAX_FILE_BYTES) -> byte
             expected="a readable file",
             fix="check the file's permissions",
         ) from None
-    if len(data) > max_bytes:
-        raise ImageError(
-            "image file too large",
-            received=f"{name} (> {max_bytes} bytes)",
-            expected=f"at most {max_bytes} bytes",
-            fix="shrink the image first",
-        )
-    return data
+    finally:
+        os.close(fd)
+    if size > max_bytes:
+        raise _too_large(f"{name} (> {max_bytes} bytes)", max_bytes)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _too_large(received: str, max_bytes: int) -> ImageError:
+    return ImageError(
+        "image file too large",
+        received=received,
+        expected=f"at most {max_bytes} bytes",
+        fix="shrink the image first",
+    )
 
 
 def _open(data: bytes, label: str, max_pixels: int, draft: int | None) -> Image.Image:
