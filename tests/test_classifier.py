@@ -160,3 +160,54 @@ def test_bad_channel_order_is_a_usage_error_even_with_errors_return(clf, rgb_png
 def test_repr_names_architecture_classes_and_input(clf):
     text = repr(clf)
     assert "small_cnn" in text and "'ring'" in text and "32x32" in text
+
+
+def test_iter_predict_decodes_one_batch_at_a_time_and_matches_predict(clf, testing_paths, monkeypatch):
+    stacked: list[int] = []
+    original = Classifier._stack
+
+    def spy(self, images, channel_order, errors):
+        stacked.append(len(images))
+        return original(self, images, channel_order, errors)
+
+    monkeypatch.setattr(Classifier, "_stack", spy)
+    stream = clf.iter_predict(testing_paths, batch_size=5)
+    assert stacked == []  # lazy: nothing decoded before the first result is asked for
+    first = next(stream)
+    assert stacked == [5]
+    results = [first, *stream]
+    n = len(testing_paths)
+    assert stacked == [5] * (n // 5) + ([n % 5] if n % 5 else [])
+    whole = clf.predict(testing_paths, batch_size=len(testing_paths))
+    assert [r.source for r in results] == [w.source for w in whole]
+    assert [r.label for r in results] == [w.label for w in whole]
+    assert max(abs(r.confidence - w.confidence) for r, w in zip(results, whole, strict=True)) <= 1e-6
+
+
+@pytest.mark.parametrize("batch_size", [0, -3, 2.5, True])
+def test_bad_batch_size_is_a_usage_error(clf, rgb_png, batch_size):
+    with pytest.raises(UsageError, match="^batch_size must be a positive integer"):
+        clf.predict(rgb_png, batch_size=batch_size)
+
+
+def test_forward_passes_hold_a_bounded_number_of_pixels_whatever_the_input_size():
+    import torch
+
+    from imgclf.classifier import MAX_BATCH_PIXELS, predict_logits
+    from imgclf.config import PreprocessSpec
+
+    seen: list[tuple[int, ...]] = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x):
+            seen.append(tuple(x.shape))
+            return x.mean(dim=(2, 3))[:, :2]
+
+    for side, batch in [(64, 256), (512, 256), (2048, 256), (64, 7)]:
+        seen.clear()
+        spec = PreprocessSpec(height=side, width=side)
+        images = np.zeros((9, side, side, 3), dtype=np.uint8)
+        logits = predict_logits(Recorder(), images, spec, batch_size=batch)
+        assert logits.shape == (9, 2) and sum(s[0] for s in seen) == 9
+        assert max(s[0] for s in seen) == max(1, min(batch, 9, MAX_BATCH_PIXELS // (side * side)))
+        assert all(s[0] * side * side <= max(MAX_BATCH_PIXELS, side * side) for s in seen)

@@ -243,6 +243,54 @@ def test_predict_montage_of_16_samples_is_512_square(trained, tmp_path, capsys):
     assert "16 tiles" in err
 
 
+def test_predict_montage_shows_at_most_16_images_and_says_so(trained, testing_images, tmp_path, capsys):
+    _, model, *_ = trained
+    many = [*testing_images, *testing_images][:20]
+    assert len(many) == 20
+    montage = tmp_path / "montage.png"
+    code, out, err = run(capsys, "predict", "--model", model, "--images", *many, "--montage", montage)
+    assert code == 0 and len(out.splitlines()) == 20  # every image is still classified
+    with Image.open(montage) as img:
+        assert img.size == (512, 512)
+    assert "(16 tiles; the first 16 of 20 images, use --sample to pick)" in err
+
+
+def test_interrupted_predict_leaves_the_previous_output_file_and_no_temporary(
+    trained, testing_images, tmp_path, capsys, monkeypatch
+):
+    _, model, *_ = trained
+    out_csv = tmp_path / "preds.csv"
+    out_csv.write_text("previous results\n")
+    original = imgclf.Classifier.iter_predict
+
+    def interrupted(self, *args, **kwargs):
+        for i, p in enumerate(original(self, *args, **kwargs)):
+            if i == 2:
+                raise KeyboardInterrupt
+            yield p
+
+    monkeypatch.setattr(imgclf.Classifier, "iter_predict", interrupted)
+    code, out, _ = run(capsys, "predict", "--model", model, "--images", *testing_images, "--output", out_csv)
+    assert code == 130 and len(out.splitlines()) == 2  # what was classified was printed
+    assert out_csv.read_text() == "previous results\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["preds.csv"]
+
+
+def test_a_live_progress_bar_leaves_stdout_alone():
+    import io
+
+    from rich.console import Console
+
+    from imgclf.bars import bar
+
+    before = sys.stdout
+    progress = bar(Console(file=io.StringIO(), force_terminal=True), "classifying", 10)
+    try:
+        assert sys.stdout is before  # results printed meanwhile still go to stdout, not to the bar
+    finally:
+        progress.stop()
+
+
 @pytest.fixture
 def images_with_a_corrupt_one(trained, tmp_path) -> tuple[Path, Path, list[str]]:
     folder = tmp_path / "images"

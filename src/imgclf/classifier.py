@@ -11,7 +11,7 @@ Usage::
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +26,10 @@ from imgclf.images import ImageSource, describe_source, preprocess_uint8, to_ten
 __all__ = ["Classifier", "Prediction", "predict_logits"]
 
 _SINGLE = (str, os.PathLike, bytes, bytearray, memoryview, np.ndarray)
+
+# Input pixels per forward pass at most, so memory stays bounded whatever input size a model file
+# declares (256 images at the default 64x64; one at a time from about 1024x1024 up).
+MAX_BATCH_PIXELS = 256 * 64 * 64
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,7 @@ def predict_logits(
     """
     device = torch.device(device)
     n = len(images)
+    batch_size = max(1, min(batch_size, MAX_BATCH_PIXELS // (spec.height * spec.width)))
     out = []
     was_training = model.training
     model.eval()
@@ -184,6 +189,29 @@ class Classifier:
 
         Returns:
             One :class:`Prediction` per input, in input order.
+
+        Raises:
+            ImageError: If an image cannot be decoded and ``errors`` is ``raise``.
+            UsageError: If an argument is invalid.
+        """
+        return list(
+            self.iter_predict(
+                images, top_k=top_k, channel_order=channel_order, batch_size=batch_size, errors=errors
+            )
+        )
+
+    def iter_predict(
+        self,
+        images: ImageSource | Sequence[ImageSource],
+        *,
+        top_k: int = 1,
+        channel_order: str = "rgb",
+        batch_size: int = 64,
+        errors: str = "raise",
+    ) -> Iterator[Prediction]:
+        """Like :meth:`predict`, but yields results batch by batch, in input order.
+
+        Only one batch of decoded images is held at a time, so any number of images fits in memory.
         """
         if errors not in ("raise", "return"):
             raise UsageError(
@@ -199,24 +227,31 @@ class Classifier:
                 expected=">= 1",
                 fix="use top_k=1 or more",
             )
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise UsageError(
+                "batch_size must be a positive integer",
+                received=repr(batch_size),
+                expected=">= 1",
+                fix="use batch_size=64",
+            )
         items = [images] if isinstance(images, _SINGLE) or not isinstance(images, Sequence) else list(images)
-        arrays, failures = self._stack(items, channel_order, errors)
-        good = [i for i, f in enumerate(failures) if f is None]
-        probs = self.predict_proba_uint8(arrays[good], batch_size=batch_size) if good else None
-        results: list[Prediction] = []
-        row = 0
         k = min(top_k, self.num_classes)
-        for i, source in enumerate(items):
-            name = describe_source(source)
-            if failures[i] is not None:
-                results.append(Prediction(name, None, -1, float("nan"), error=failures[i]))
-                continue
-            p = probs[row]
-            row += 1
-            order = np.argsort(-p, kind="stable")
-            best = int(order[0])
-            results.append(
-                Prediction(
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            arrays, failures = self._stack(chunk, channel_order, errors)
+            good = [i for i, f in enumerate(failures) if f is None]
+            probs = self.predict_proba_uint8(arrays[good], batch_size=batch_size) if good else None
+            row = 0
+            for i, source in enumerate(chunk):
+                name = describe_source(source)
+                if failures[i] is not None:
+                    yield Prediction(name, None, -1, float("nan"), error=failures[i])
+                    continue
+                p = probs[row]
+                row += 1
+                order = np.argsort(-p, kind="stable")
+                best = int(order[0])
+                yield Prediction(
                     source=name,
                     label=self.class_names[best],
                     index=best,
@@ -224,5 +259,3 @@ class Classifier:
                     probabilities={c: float(v) for c, v in zip(self.class_names, p, strict=True)},
                     top_k=[(self.class_names[int(j)], float(p[j])) for j in order[:k]],
                 )
-            )
-        return results

@@ -59,7 +59,7 @@ class PreprocessSpec(Settings):
                     f"preprocess {name} is out of range",
                     received=repr(v),
                     expected=f"an integer in [1, {MAX_SIDE}]",
-                    fix=f"choose another {name}",
+                    fix=f"set {name} to an integer in [1, {MAX_SIDE}]",
                 )
         if self.interpolation not in INTERPOLATIONS:
             raise UsageError(
@@ -210,7 +210,7 @@ class TrainConfig(Settings):
                     f"setting {name!r} is out of range",
                     received=repr(v),
                     expected=f"an integer in [{lo}, {hi}]",
-                    fix=f"choose another {name}",
+                    fix=f"set {name} to an integer in [{lo}, {hi}]",
                 )
         check_number("lr", self.lr, 0.0, 100.0)
         check_number("momentum", self.momentum, 0.0, 0.9999)

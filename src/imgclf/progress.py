@@ -15,41 +15,13 @@ from collections.abc import Callable
 
 import torch
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import Progress
 
+from imgclf.bars import bar, stderr_console
 from imgclf.config import TrainConfig
 from imgclf.trainer import Callback, TrainState
 
 __all__ = ["stderr_console", "EpochProgress", "bar", "decode_bar_factory"]
-
-
-def stderr_console() -> Console:
-    """A rich console on stderr (stdout carries results only)."""
-    return Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-def bar(console: Console, description: str, total: int | None) -> Progress:
-    """A started progress bar with count, elapsed and remaining time."""
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
-    progress.add_task(description, total=total, info="")
-    progress.start()
-    return progress
 
 
 def decode_bar_factory(console: Console) -> Callable[[str, int], Callable[[int], None]]:

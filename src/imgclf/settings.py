@@ -43,7 +43,7 @@ def check_number(name: str, value: float, lo: float, hi: float) -> None:
             f"setting {name!r} is out of range",
             received=value,
             expected=f"a number in [{lo}, {hi}]",
-            fix=f"choose {name} within the bounds",
+            fix=f"set {name} within those bounds",
         )
 
 

@@ -37,7 +37,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         f"file            {info['path']} ({info['file_bytes']} bytes)",
         f"format          {info['format']} version {info['format_version']} "
         f"(decode rule {info['decode_rule']})",
-        f"architecture    {arch['name']} {json.dumps(arch['args'])}",
+        f"architecture    {arch['name']} {json.dumps(arch['args'], ensure_ascii=False)}",
         f"parameters      {info['parameters']} in {info['tensors']} tensors",
         f"classes         {len(info['class_names'])}: {_names(info['class_names'])}",
         f"preprocessing   {pre['height']}x{pre['width']} {pre['interpolation']}, "
@@ -61,7 +61,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         d = info["data"]
         lines.append(
             f"data            fingerprint {str(d.get('fingerprint'))[:16]}..., "
-            f"counts {json.dumps(d.get('counts'))}"
+            f"counts {json.dumps(d.get('counts'), ensure_ascii=False)}"
         )
     if info.get("versions"):
         lines.append("versions        " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))

@@ -11,8 +11,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
-import io
 import json
 import os
 import random
@@ -23,6 +23,8 @@ from imgclf.commands.output import stdout_line
 from imgclf.errors import PartialFailure, UsageError
 
 __all__ = ["cmd_predict"]
+
+MONTAGE_TILES = 16  # the recipe's 4 x 4 sheet
 
 
 def _pick_images(args: argparse.Namespace) -> list[str]:
@@ -56,12 +58,21 @@ def _check_output_format(path: str) -> None:
         )
 
 
-def _write_predictions(path: str, preds: list, class_names: list[str]) -> None:
-    from imgclf.files import atomic_write_text
+class _PredictionsFile:
+    """``--output`` rows (CSV or JSONL), one per image, written to ``fh`` as results arrive."""
 
-    if path.lower().endswith(".jsonl"):
-        lines = []
-        for p in preds:
+    def __init__(self, fh: Any, path: str, class_names: list[str]) -> None:
+        self.class_names = class_names
+        self.jsonl = path.lower().endswith(".jsonl")
+        self._fh = fh
+        if not self.jsonl:
+            fixed = {"path", "label", "confidence", "error"}
+            columns = [c if c not in fixed else f"prob:{c}" for c in class_names]
+            self._csv = csv.writer(fh, lineterminator="\n")
+            self._csv.writerow(["path", "label", "confidence", *columns, "error"])
+
+    def write(self, p: Any) -> None:
+        if self.jsonl:
             row: dict[str, Any] = {"path": p.source}
             if p.error is None:
                 row.update(label=p.label, confidence=p.confidence, probabilities=p.probabilities)
@@ -69,23 +80,12 @@ def _write_predictions(path: str, preds: list, class_names: list[str]) -> None:
                     row["top_k"] = [{"label": k, "probability": v} for k, v in p.top_k]
             else:
                 row["error"] = p.error
-            lines.append(json.dumps(row, ensure_ascii=False))
-        atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
-        return
-    _check_output_format(path)
-    fixed = {"path", "label", "confidence", "error"}
-    columns = [c if c not in fixed else f"prob:{c}" for c in class_names]
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["path", "label", "confidence", *columns, "error"])
-    for p in preds:
-        if p.error is None:
-            writer.writerow(
-                [p.source, p.label, repr(p.confidence), *[repr(p.probabilities[c]) for c in class_names], ""]
-            )
+            self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        elif p.error is None:
+            probs = [repr(p.probabilities[c]) for c in self.class_names]
+            self._csv.writerow([p.source, p.label, repr(p.confidence), *probs, ""])
         else:
-            writer.writerow([p.source, "", "", *[""] * len(class_names), p.error])
-    atomic_write_text(path, buf.getvalue())
+            self._csv.writerow([p.source, "", "", *[""] * len(self.class_names), p.error])
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -109,44 +109,69 @@ def cmd_predict(args: argparse.Namespace) -> int:
             check_writable(target)
     clf = load(args.model)
     paths = _pick_images(args)
-    preds = clf.predict(paths, top_k=args.top_k, batch_size=args.batch_size, errors="return")
-    failed = 0
-    for p in preds:
-        if p.error is not None:
-            failed += 1
-            print(f"imgclf: error: {safe_text(p.error)}", file=sys.stderr)
-            continue
-        extra = "".join(f"\t{safe_text(k)}:{v:.4f}" for k, v in p.top_k[1:])
-        stdout_line(f"{safe_text(p.source)}\t{safe_text(p.label)}\t{p.confidence:.4f}{extra}")
-    if args.output:
-        _write_predictions(args.output, preds, clf.class_names)
+    failed = total = 0
+    tiles: list[Any] = []
+    with contextlib.ExitStack() as stack:
+        out = None
+        if args.output:  # appears atomically once every image is done; an interrupted run leaves none
+            from imgclf.files import atomic_open
+
+            out = _PredictionsFile(
+                stack.enter_context(atomic_open(args.output, "w")), args.output, clf.class_names
+            )
+        # Results stream to stdout batch by batch; a bar is shown only when they go to a file or a pipe.
+        progress = None
+        if len(paths) > args.batch_size and sys.stderr.isatty() and not sys.stdout.isatty():
+            from imgclf.bars import bar, stderr_console
+
+            progress = bar(stderr_console(), "classifying", len(paths))
+            stack.callback(progress.stop)
+        for p in clf.iter_predict(paths, top_k=args.top_k, batch_size=args.batch_size, errors="return"):
+            total += 1
+            if out is not None:
+                out.write(p)
+            if progress is not None:
+                progress.update(progress.tasks[0].id, advance=1)
+            if p.error is not None:
+                failed += 1
+                print(f"imgclf: error: {safe_text(p.error)}", file=sys.stderr)
+                continue
+            extra = "".join(f"\t{safe_text(k)}:{v:.4f}" for k, v in p.top_k[1:])
+            stdout_line(f"{safe_text(p.source)}\t{safe_text(p.label)}\t{p.confidence:.4f}{extra}")
+            if args.montage and len(tiles) < MONTAGE_TILES:
+                tiles.append(_tile(p, clf.class_names))
     if args.montage:
-        _montage(args, preds, clf.class_names)
+        _montage(args, tiles, total - failed)
     if failed:
         raise PartialFailure(
-            f"{failed} of {len(preds)} image(s) could not be classified",
+            f"{failed} of {total} image(s) could not be classified",
             fix="see the errors above; the other images were classified",
         )
     return 0
 
 
-def _montage(args: argparse.Namespace, preds: list, class_names: list[str]) -> None:
+def _tile(p: Any, class_names: list[str]) -> Any:
+    from imgclf.reports import class_colors, montage_tile
+
+    return montage_tile(p.source, f"{p.label} {p.confidence:.0%}", class_colors(len(class_names))[p.index])
+
+
+def _montage(args: argparse.Namespace, tiles: list, classified: int) -> None:
     import io as _io
 
     from imgclf.files import atomic_write_bytes
-    from imgclf.reports import build_montage, class_colors, montage_tile
+    from imgclf.reports import build_montage
 
-    colors = class_colors(len(class_names))
-    tiles = [
-        montage_tile(p.source, f"{p.label} {p.confidence:.0%}", colors[p.index])
-        for p in preds
-        if p.error is None
-    ]
     sheet = build_montage(tiles)
     buf = _io.BytesIO()
     sheet.save(buf, format="PNG")
     atomic_write_bytes(args.montage, buf.getvalue())
-    print(f"imgclf: wrote montage {args.montage} ({len(tiles)} tiles)", file=sys.stderr)
+    more = (
+        f"; the first {len(tiles)} of {classified} images, use --sample to pick"
+        if classified > len(tiles)
+        else ""
+    )
+    print(f"imgclf: wrote montage {args.montage} ({len(tiles)} tiles{more})", file=sys.stderr)
     if args.show:
         if (
             os.environ.get("DISPLAY")
