@@ -186,8 +186,9 @@ def test_iter_predict_decodes_one_batch_at_a_time_and_matches_predict(clf, testi
 
 @pytest.mark.parametrize("batch_size", [0, -3, 2.5, True])
 def test_bad_batch_size_is_a_usage_error(clf, rgb_png, batch_size):
-    with pytest.raises(UsageError, match="^batch_size must be a positive integer"):
-        clf.predict(rgb_png, batch_size=batch_size)
+    for method in (clf.predict, clf.predict_proba):
+        with pytest.raises(UsageError, match="^batch_size must be a positive integer"):
+            method(rgb_png, batch_size=batch_size)
 
 
 def test_forward_passes_hold_a_bounded_number_of_pixels_whatever_the_input_size():

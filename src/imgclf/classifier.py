@@ -90,6 +90,17 @@ def predict_logits(
     return torch.cat(out).cpu()
 
 
+def _check_batch_size(batch_size: object) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UsageError(
+            "batch_size must be a positive integer",
+            received=repr(batch_size),
+            expected=">= 1",
+            fix="use batch_size=64",
+        )
+    return batch_size
+
+
 class Classifier:
     """A model plus its class names and preprocessing: the object ``imgclf.load`` returns.
 
@@ -165,8 +176,14 @@ class Classifier:
             ImageError: If any image cannot be decoded.
         """
         items = [images] if isinstance(images, _SINGLE) or not isinstance(images, Sequence) else list(images)
-        arrays, _ = self._stack(items, channel_order, "raise")
-        return self.predict_proba_uint8(arrays, batch_size=batch_size)
+        step = _check_batch_size(batch_size)
+        parts = [
+            self.predict_proba_uint8(
+                self._stack(items[i : i + step], channel_order, "raise")[0], batch_size=step
+            )
+            for i in range(0, len(items), step)
+        ]  # one batch of decoded images at a time
+        return np.concatenate(parts) if parts else np.zeros((0, self.num_classes), dtype=np.float32)
 
     def predict(
         self,
@@ -227,13 +244,7 @@ class Classifier:
                 expected=">= 1",
                 fix="use top_k=1 or more",
             )
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise UsageError(
-                "batch_size must be a positive integer",
-                received=repr(batch_size),
-                expected=">= 1",
-                fix="use batch_size=64",
-            )
+        _check_batch_size(batch_size)
         items = [images] if isinstance(images, _SINGLE) or not isinstance(images, Sequence) else list(images)
         k = min(top_k, self.num_classes)
         for start in range(0, len(items), batch_size):
