@@ -153,12 +153,12 @@ def test_unusable_output_paths_are_reported_before_decoding(what, tiny_dataset, 
 
 def test_a_read_only_run_folder_is_reported_before_decoding(tiny_dataset, tmp_path, monkeypatch, no_decoding):
     """Permission bits do not stop root, so the run folder gets a real write test (faked failing here)."""
-    import imgclf.pipeline
+    import imgclf.runfolder
 
     def refuse(path, data):
         raise StorageError("cannot write file", received=f"{path} (Read-only file system)")
 
-    monkeypatch.setattr(imgclf.pipeline, "atomic_write_bytes", refuse)
+    monkeypatch.setattr(imgclf.runfolder, "atomic_write_bytes", refuse)
     with pytest.raises(StorageError, match="Read-only"):
         train(tiny_dataset, tmp_path / "m.imgclf", tiny_train_config())
 

@@ -26,19 +26,28 @@ Usage::
 
 from __future__ import annotations
 
-import io
 import os
-import stat
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from imgclf.config import PreprocessSpec
 from imgclf.errors import ImageError, UsageError
+from imgclf.imagefile import (
+    ALLOWED_FORMATS,
+    IMAGE_EXTENSIONS,
+    MAX_FILE_BYTES,
+    MAX_PIXELS,
+    array_to_rgb,
+    describe_source,
+    open_image,
+    orient,
+    read_bytes,
+    to_rgb_image,
+)
 
 __all__ = [
     "ImageSource",
@@ -59,12 +68,6 @@ __all__ = [
 
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray
 
-ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".png", ".jpg", ".jpeg", ".jpe", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-)
-MAX_PIXELS = 64_000_000
-MAX_FILE_BYTES = 256 * 1024 * 1024
 DECODE_RULE = 1
 
 _FILTERS = {
@@ -75,207 +78,6 @@ _FILTERS = {
     "box": Image.Resampling.BOX,
     "hamming": Image.Resampling.HAMMING,
 }
-_ORIENT = {
-    2: (Image.Transpose.FLIP_LEFT_RIGHT,),
-    3: (Image.Transpose.ROTATE_180,),
-    4: (Image.Transpose.FLIP_TOP_BOTTOM,),
-    5: (Image.Transpose.TRANSPOSE,),
-    6: (Image.Transpose.ROTATE_270,),
-    7: (Image.Transpose.TRANSVERSE,),
-    8: (Image.Transpose.ROTATE_90,),
-}
-
-
-def describe_source(source: object) -> str:
-    """Short human description of an image source, for error messages."""
-    if isinstance(source, (str, os.PathLike)):
-        return os.fspath(source)
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return f"<{len(source)} bytes>"
-    if isinstance(source, np.ndarray):
-        return f"<array shape={tuple(source.shape)} dtype={source.dtype}>"
-    if isinstance(source, Image.Image):
-        return f"<PIL image mode={source.mode} size={source.size}>"
-    return f"<{type(source).__name__}>"
-
-
-def read_bytes(path: str | os.PathLike, max_bytes: int = MAX_FILE_BYTES) -> bytes:
-    """Read an image file's bytes after checking it is a regular file within the size cap.
-
-    The file is opened once, non-blocking (a FIFO never hangs the caller), and checked with
-    ``fstat`` on that descriptor, so what is checked is what is read.
-
-    Raises:
-        ImageError: If the path is missing, not a regular file, unreadable or too large.
-    """
-    name = os.fspath(path)
-    try:
-        fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    except OSError as exc:
-        denied = isinstance(exc, PermissionError)
-        raise ImageError(
-            "cannot read image" if denied else "cannot open image",
-            received=f"{name} ({exc.strerror or exc})",
-            expected="a readable file" if denied else "an existing, readable image file",
-            fix="check the file's permissions" if denied else "check the path",
-        ) from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ImageError(
-                "not a regular file",
-                received=name,
-                expected="an image file",
-                fix="pass image files or folders of them",
-            )
-        if st.st_size > max_bytes:
-            raise _too_large(f"{name} ({st.st_size} bytes)", max_bytes)
-        # Read to the end (a file that grew since fstat is caught by the cap, never truncated).
-        parts, size = [], 0
-        while size <= max_bytes:
-            part = os.read(fd, max(st.st_size + 1 - size, 1 << 16))
-            if not part:
-                break
-            parts.append(part)
-            size += len(part)
-    except OSError as exc:
-        raise ImageError(
-            "cannot read image",
-            received=f"{name} ({exc.strerror or exc})",
-            expected="a readable file",
-            fix="check the file's permissions",
-        ) from None
-    finally:
-        os.close(fd)
-    if size > max_bytes:
-        raise _too_large(f"{name} (> {max_bytes} bytes)", max_bytes)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
-def _too_large(received: str, max_bytes: int) -> ImageError:
-    return ImageError(
-        "image file too large",
-        received=received,
-        expected=f"at most {max_bytes} bytes",
-        fix="shrink the image first",
-    )
-
-
-def _open(data: bytes, label: str, max_pixels: int, draft: int | None) -> Image.Image:
-    """Open and fully decode the first frame of ``data``, enforcing the allowlist and pixel cap."""
-    try:
-        img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-    except UnidentifiedImageError:
-        raise ImageError(
-            "not a supported image",
-            received=label,
-            expected="a PNG, JPEG, BMP, GIF, TIFF or WebP image",
-            fix="convert the file to PNG or JPEG, or remove it",
-        ) from None
-    except Image.DecompressionBombError:
-        raise ImageError(
-            "image too large",
-            received=label,
-            expected=f"at most {max_pixels} pixels",
-            fix="downscale the image before classifying it",
-        ) from None
-    except Exception as exc:  # noqa: BLE001 - untrusted bytes: every decoder failure is a bad image
-        raise ImageError(
-            "cannot decode image",
-            received=f"{label} ({type(exc).__name__}: {exc})",
-            expected="a valid image file",
-            fix="re-export or remove the file",
-        ) from None
-    w, h = img.size
-    if w < 1 or h < 1 or w * h > max_pixels:
-        raise ImageError(
-            "image too large" if w * h > max_pixels else "image has no pixels",
-            received=f"{label} ({w}x{h} = {w * h} pixels)",
-            expected=f"between 1 and {max_pixels} pixels",
-            fix="downscale or replace the image",
-        )
-    try:
-        if draft and img.format == "JPEG" and min(w, h) >= 2 * draft:
-            img.draft(None, (draft, draft))
-        img.load()
-    except Exception as exc:  # noqa: BLE001 - see above
-        raise ImageError(
-            "cannot decode image",
-            received=f"{label} ({type(exc).__name__}: {exc})",
-            expected="a complete, valid image file",
-            fix="re-export the file (it may be truncated or corrupt) or remove it",
-        ) from None
-    return img
-
-
-def _orient(img: Image.Image, label: str) -> Image.Image:
-    """Apply the EXIF orientation tag; a malformed EXIF block is ignored with a warning."""
-    try:
-        orientation = img.getexif().get(0x0112, 1)
-    except Exception:  # noqa: BLE001 - malformed EXIF must not make an image unusable
-        warnings.warn(f"{label}: unreadable EXIF data ignored (no rotation applied)", stacklevel=3)
-        return img
-    ops = _ORIENT.get(orientation) if isinstance(orientation, int) else None
-    for op in ops or ():
-        img = img.transpose(op)
-    return img
-
-
-def _composite_on_black(rgba: np.ndarray) -> np.ndarray:
-    """Composite an (H, W, 4) uint8 array on black: ``round(c * a / 255)``."""
-    rgb = rgba[..., :3].astype(np.uint32)
-    alpha = rgba[..., 3:4].astype(np.uint32)
-    return ((rgb * alpha * 2 + 255) // 510).astype(np.uint8)
-
-
-def _to_rgb_image(img: Image.Image) -> Image.Image:
-    """Convert any Pillow mode to an RGB image by the documented rule (NumPy only where Pillow differs)."""
-    mode = img.mode
-    if mode == "RGB":
-        return img
-    if mode.startswith("I;16") or mode == "I":
-        wide = np.asarray(img).astype(np.int64)
-        gray = (np.clip(wide, 0, 65535) >> 8).astype(np.uint8)
-        return Image.fromarray(np.repeat(gray[..., None], 3, axis=2))
-    if mode == "F":
-        gray = np.clip(np.rint(np.asarray(img, dtype=np.float64)), 0, 255).astype(np.uint8)
-        return Image.fromarray(np.repeat(gray[..., None], 3, axis=2))
-    has_alpha = mode in ("RGBA", "RGBa", "LA", "La", "PA") or (mode == "P" and "transparency" in img.info)
-    if has_alpha:
-        return Image.fromarray(_composite_on_black(np.asarray(img.convert("RGBA"), dtype=np.uint8)))
-    return img.convert("RGB")
-
-
-def _array_to_rgb(arr: np.ndarray, channel_order: str) -> np.ndarray:
-    """Validate a caller's numpy array and return (H, W, 3) uint8 RGB."""
-    label = describe_source(arr)
-    if arr.dtype == np.bool_:
-        arr = arr.astype(np.uint8) * 255
-    elif arr.dtype == np.uint16:
-        arr = (arr >> 8).astype(np.uint8)
-    elif arr.dtype != np.uint8:
-        raise ImageError(
-            "unsupported array dtype",
-            received=label,
-            expected="uint8 (or uint16, bool)",
-            fix="convert first, e.g. np.clip(x * 255, 0, 255).astype(np.uint8)",
-        )
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[..., 0]
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=2)
-    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
-        raise ImageError(
-            "unsupported array shape",
-            received=label,
-            expected="(H, W), (H, W, 1), (H, W, 3) or (H, W, 4)",
-            fix="pass one image as a height x width x channels array",
-        )
-    if channel_order == "bgr":
-        arr = np.concatenate([arr[..., 2::-1], arr[..., 3:]], axis=2)
-    if arr.shape[2] == 4:
-        arr = _composite_on_black(arr)
-    return np.ascontiguousarray(arr)
 
 
 def decode(
@@ -341,7 +143,7 @@ def decode_image(
                 expected=f"between 1 and {max_pixels} pixels",
                 fix="pass a non-empty image",
             )
-        return Image.fromarray(_array_to_rgb(source, channel_order))
+        return Image.fromarray(array_to_rgb(source, channel_order))
     if channel_order == "bgr":
         raise UsageError(
             "channel_order='bgr' applies to numpy arrays only",
@@ -361,9 +163,9 @@ def decode_image(
             )
         img = source
     elif isinstance(source, (bytes, bytearray, memoryview)):
-        img = _open(bytes(source), label, max_pixels, draft)
+        img = open_image(bytes(source), label, max_pixels, draft)
     elif isinstance(source, (str, os.PathLike)):
-        img = _open(read_bytes(source), label, max_pixels, draft)
+        img = open_image(read_bytes(source), label, max_pixels, draft)
     else:
         raise UsageError(
             "unsupported image source",
@@ -372,7 +174,7 @@ def decode_image(
             fix="pass one of the supported types",
         )
     try:
-        return _to_rgb_image(_orient(img, label))
+        return to_rgb_image(orient(img, label))
     except ImageError:
         raise
     except Exception as exc:  # noqa: BLE001 - conversion of untrusted pixels: map to a bad image

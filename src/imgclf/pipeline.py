@@ -14,15 +14,12 @@ Usage::
 
 from __future__ import annotations
 
-import csv
 import importlib.util
-import io
 import json
 import os
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,12 +37,21 @@ from imgclf.decoding import (
     load_split,
     open_cache,
 )
-from imgclf.errors import DatasetError, ResumeError, StorageError, UsageError
+from imgclf.errors import DatasetError, ResumeError, UsageError
 from imgclf.evaluate import Evaluation, evaluate_probabilities, format_report
-from imgclf.files import atomic_write_bytes, atomic_write_text, check_writable
+from imgclf.files import atomic_write_text, check_writable
 from imgclf.interrupts import fit_with_checkpoints
+from imgclf.reports import write_history
 from imgclf.resume import ResumePlan, check_data, file_table, plan_resume
-from imgclf.runfolder import RunLock, check_free_space, estimate_bytes, start_fresh, write_record
+from imgclf.runfolder import (
+    RunLock,
+    check_free_space,
+    default_run_dir,
+    estimate_bytes,
+    make_run_dir,
+    start_fresh,
+    write_record,
+)
 from imgclf.trainer import Callback, create_state, final_weights, resolve_device
 from imgclf.weights import copy_to_cpu
 
@@ -69,50 +75,6 @@ class TrainResult:
     run_dir: str
     epoch: int
     outputs: dict[str, str] = field(default_factory=dict)
-
-
-def default_run_dir(model_path: str | os.PathLike) -> str:
-    """The run folder next to the model file: ``malaria.imgclf`` → ``malaria-run/``."""
-    p = Path(model_path)
-    return str(p.with_name(p.stem + "-run"))
-
-
-def write_history(
-    history: Sequence[dict[str, float]],
-    json_path: str,
-    csv_path: str,
-    timings: Sequence[dict[str, float]] = (),
-) -> None:
-    """Write per-epoch history as JSON (a list of records) and CSV (one row per epoch).
-
-    The JSON holds only the deterministic history (equal between a resumed and an uninterrupted run);
-    the CSV adds each epoch's wall-clock ``seconds`` from ``timings``, for people.
-    """
-    atomic_write_text(json_path, json.dumps(list(history), indent=2) + "\n")
-    keys = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
-    seconds = {t["epoch"]: t["seconds"] for t in timings}
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({**row, "seconds": seconds.get(row["epoch"], "")} for row in history)
-    atomic_write_text(csv_path, buf.getvalue())
-
-
-def _make_run_dir(run_dir: str) -> None:
-    try:
-        os.makedirs(run_dir, exist_ok=True)
-    except OSError as exc:
-        raise StorageError(
-            "cannot create the run folder",
-            received=f"{run_dir} ({exc.strerror or exc})",
-            expected="a folder you can write to",
-            fix="use --run-dir elsewhere",
-        ) from None
-    check_writable(os.path.join(run_dir, "probe"), "run folder")
-    # A real write, not just permission bits: catches read-only mounts and root on them.
-    probe = os.path.join(run_dir, f".write-test-{os.getpid()}")
-    atomic_write_bytes(probe, b"")
-    os.unlink(probe)
 
 
 def _check_architecture(config: TrainConfig) -> None:
@@ -192,7 +154,7 @@ def train(
         )
     device = resolve_device(config.device)
     ds = scan_dataset(dataset, val_split=config.val_split, test_split=config.test_split, seed=config.seed)
-    _make_run_dir(run_dir)
+    make_run_dir(run_dir)
     with RunLock(run_dir, log=log):
         plan = None
         if resume:

@@ -12,7 +12,9 @@ Usage::
 
 from __future__ import annotations
 
+import csv
 import io
+import json
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -20,10 +22,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from imgclf.files import atomic_write_bytes
+from imgclf.files import atomic_write_bytes, atomic_write_text
 from imgclf.images import ImageSource, decode
 
-__all__ = ["plot_history", "plot_confusion", "build_montage", "montage_tile", "class_colors"]
+__all__ = ["plot_history", "plot_confusion", "build_montage", "montage_tile", "class_colors", "write_history"]
 
 TILE = 128
 COLUMNS = 4
@@ -154,3 +156,24 @@ def build_montage(tiles: Sequence[Image.Image], columns: int = COLUMNS, size: in
     for i, tile in enumerate(tiles):
         sheet.paste(tile, ((i % columns) * size, (i // columns) * size))
     return sheet
+
+
+def write_history(
+    history: Sequence[dict[str, float]],
+    json_path: str,
+    csv_path: str,
+    timings: Sequence[dict[str, float]] = (),
+) -> None:
+    """Write per-epoch history as JSON (a list of records) and CSV (one row per epoch).
+
+    The JSON holds only the deterministic history (equal between a resumed and an uninterrupted run);
+    the CSV adds each epoch's wall-clock ``seconds`` from ``timings``, for people.
+    """
+    atomic_write_text(json_path, json.dumps(list(history), indent=2) + "\n")
+    keys = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
+    seconds = {t["epoch"]: t["seconds"] for t in timings}
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({**row, "seconds": seconds.get(row["epoch"], "")} for row in history)
+    atomic_write_text(csv_path, buf.getvalue())

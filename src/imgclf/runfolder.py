@@ -25,6 +25,7 @@ import socket
 import sys
 from collections.abc import Callable
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,7 +34,7 @@ from imgclf import architectures
 from imgclf.checkpoint import CHECKPOINT_DIR, KEEP_NEWEST, list_checkpoints
 from imgclf.config import TrainConfig
 from imgclf.errors import ResumeError, StorageError, UsageError
-from imgclf.files import TMP_SUFFIX, atomic_write_text
+from imgclf.files import TMP_SUFFIX, atomic_write_bytes, atomic_write_text, check_writable
 
 try:  # POSIX; elsewhere the lock falls back to checking the recorded PID
     import fcntl
@@ -42,6 +43,8 @@ except ImportError:  # pragma: no cover - Windows
 
 __all__ = [
     "RunLock",
+    "default_run_dir",
+    "make_run_dir",
     "RUN_FILE",
     "LOCK_FILE",
     "read_record",
@@ -286,3 +289,27 @@ def check_free_space(model_path: str, run_dir: str, model_bytes: int, run_bytes:
                 expected=f"at least {_mb(need)} ({' + '.join(parts)} and reports)",
                 fix="free some space, or put --model / --run-dir on another disk",
             )
+
+
+def default_run_dir(model_path: str | os.PathLike) -> str:
+    """The run folder next to the model file: ``malaria.imgclf`` → ``malaria-run/``."""
+    p = Path(model_path)
+    return str(p.with_name(p.stem + "-run"))
+
+
+def make_run_dir(run_dir: str) -> None:
+    """Create ``run_dir`` if needed and prove it writable with a real write (read-only mounts, root)."""
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(
+            "cannot create the run folder",
+            received=f"{run_dir} ({exc.strerror or exc})",
+            expected="a folder you can write to",
+            fix="use --run-dir elsewhere",
+        ) from None
+    check_writable(os.path.join(run_dir, "probe"), "run folder")
+    # A real write, not just permission bits: catches read-only mounts and root on them.
+    probe = os.path.join(run_dir, f".write-test-{os.getpid()}")
+    atomic_write_bytes(probe, b"")
+    os.unlink(probe)

@@ -1,0 +1,246 @@
+"""Steps 1-4 of the preprocessing path: read a file, decode it safely, orient it, convert it to RGB.
+
+Internal to :mod:`imgclf.images`, which documents the whole rule and is the public entry point: the
+bounded read (regular files within ``MAX_FILE_BYTES``; a FIFO never blocks), the decode restricted to
+``ALLOWED_FORMATS`` with the pixel cap checked before any pixel is decoded, the EXIF orientation and
+the one RGB conversion rule.
+
+Usage::
+
+    img = open_image(read_bytes("cell.png"), "cell.png", MAX_PIXELS, None)
+    rgb = to_rgb_image(orient(img, "cell.png"))
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import warnings
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from imgclf.errors import ImageError
+
+__all__ = [
+    "ALLOWED_FORMATS",
+    "IMAGE_EXTENSIONS",
+    "MAX_PIXELS",
+    "MAX_FILE_BYTES",
+    "read_bytes",
+    "open_image",
+    "orient",
+    "to_rgb_image",
+    "array_to_rgb",
+    "describe_source",
+]
+
+ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".png", ".jpg", ".jpeg", ".jpe", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+)
+MAX_PIXELS = 64_000_000
+MAX_FILE_BYTES = 256 * 1024 * 1024
+
+_ORIENT = {
+    2: (Image.Transpose.FLIP_LEFT_RIGHT,),
+    3: (Image.Transpose.ROTATE_180,),
+    4: (Image.Transpose.FLIP_TOP_BOTTOM,),
+    5: (Image.Transpose.TRANSPOSE,),
+    6: (Image.Transpose.ROTATE_270,),
+    7: (Image.Transpose.TRANSVERSE,),
+    8: (Image.Transpose.ROTATE_90,),
+}
+
+
+def describe_source(source: object) -> str:
+    """Short human description of an image source, for error messages."""
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"<{len(source)} bytes>"
+    if isinstance(source, np.ndarray):
+        return f"<array shape={tuple(source.shape)} dtype={source.dtype}>"
+    if isinstance(source, Image.Image):
+        return f"<PIL image mode={source.mode} size={source.size}>"
+    return f"<{type(source).__name__}>"
+
+
+def read_bytes(path: str | os.PathLike, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """Read an image file's bytes after checking it is a regular file within the size cap.
+
+    The file is opened once, non-blocking (a FIFO never hangs the caller), and checked with
+    ``fstat`` on that descriptor, so what is checked is what is read.
+
+    Raises:
+        ImageError: If the path is missing, not a regular file, unreadable or too large.
+    """
+    name = os.fspath(path)
+    try:
+        fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as exc:
+        denied = isinstance(exc, PermissionError)
+        raise ImageError(
+            "cannot read image" if denied else "cannot open image",
+            received=f"{name} ({exc.strerror or exc})",
+            expected="a readable file" if denied else "an existing, readable image file",
+            fix="check the file's permissions" if denied else "check the path",
+        ) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageError(
+                "not a regular file",
+                received=name,
+                expected="an image file",
+                fix="pass image files or folders of them",
+            )
+        if st.st_size > max_bytes:
+            raise _too_large(f"{name} ({st.st_size} bytes)", max_bytes)
+        # Read to the end (a file that grew since fstat is caught by the cap, never truncated).
+        parts, size = [], 0
+        while size <= max_bytes:
+            part = os.read(fd, max(st.st_size + 1 - size, 1 << 16))
+            if not part:
+                break
+            parts.append(part)
+            size += len(part)
+    except OSError as exc:
+        raise ImageError(
+            "cannot read image",
+            received=f"{name} ({exc.strerror or exc})",
+            expected="a readable file",
+            fix="check the file's permissions",
+        ) from None
+    finally:
+        os.close(fd)
+    if size > max_bytes:
+        raise _too_large(f"{name} (> {max_bytes} bytes)", max_bytes)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _too_large(received: str, max_bytes: int) -> ImageError:
+    return ImageError(
+        "image file too large",
+        received=received,
+        expected=f"at most {max_bytes} bytes",
+        fix="shrink the image first",
+    )
+
+
+def open_image(data: bytes, label: str, max_pixels: int, draft: int | None) -> Image.Image:
+    """Open and fully decode the first frame of ``data``, enforcing the allowlist and pixel cap."""
+    try:
+        img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except UnidentifiedImageError:
+        raise ImageError(
+            "not a supported image",
+            received=label,
+            expected="a PNG, JPEG, BMP, GIF, TIFF or WebP image",
+            fix="convert the file to PNG or JPEG, or remove it",
+        ) from None
+    except Image.DecompressionBombError:
+        raise ImageError(
+            "image too large",
+            received=label,
+            expected=f"at most {max_pixels} pixels",
+            fix="downscale the image before classifying it",
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - untrusted bytes: every decoder failure is a bad image
+        raise ImageError(
+            "cannot decode image",
+            received=f"{label} ({type(exc).__name__}: {exc})",
+            expected="a valid image file",
+            fix="re-export or remove the file",
+        ) from None
+    w, h = img.size
+    if w < 1 or h < 1 or w * h > max_pixels:
+        raise ImageError(
+            "image too large" if w * h > max_pixels else "image has no pixels",
+            received=f"{label} ({w}x{h} = {w * h} pixels)",
+            expected=f"between 1 and {max_pixels} pixels",
+            fix="downscale or replace the image",
+        )
+    try:
+        if draft and img.format == "JPEG" and min(w, h) >= 2 * draft:
+            img.draft(None, (draft, draft))
+        img.load()
+    except Exception as exc:  # noqa: BLE001 - see above
+        raise ImageError(
+            "cannot decode image",
+            received=f"{label} ({type(exc).__name__}: {exc})",
+            expected="a complete, valid image file",
+            fix="re-export the file (it may be truncated or corrupt) or remove it",
+        ) from None
+    return img
+
+
+def orient(img: Image.Image, label: str) -> Image.Image:
+    """Apply the EXIF orientation tag; a malformed EXIF block is ignored with a warning."""
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - malformed EXIF must not make an image unusable
+        warnings.warn(f"{label}: unreadable EXIF data ignored (no rotation applied)", stacklevel=3)
+        return img
+    ops = _ORIENT.get(orientation) if isinstance(orientation, int) else None
+    for op in ops or ():
+        img = img.transpose(op)
+    return img
+
+
+def _composite_on_black(rgba: np.ndarray) -> np.ndarray:
+    """Composite an (H, W, 4) uint8 array on black: ``round(c * a / 255)``."""
+    rgb = rgba[..., :3].astype(np.uint32)
+    alpha = rgba[..., 3:4].astype(np.uint32)
+    return ((rgb * alpha * 2 + 255) // 510).astype(np.uint8)
+
+
+def to_rgb_image(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to an RGB image by the documented rule (NumPy only where Pillow differs)."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode.startswith("I;16") or mode == "I":
+        wide = np.asarray(img).astype(np.int64)
+        gray = (np.clip(wide, 0, 65535) >> 8).astype(np.uint8)
+        return Image.fromarray(np.repeat(gray[..., None], 3, axis=2))
+    if mode == "F":
+        gray = np.clip(np.rint(np.asarray(img, dtype=np.float64)), 0, 255).astype(np.uint8)
+        return Image.fromarray(np.repeat(gray[..., None], 3, axis=2))
+    has_alpha = mode in ("RGBA", "RGBa", "LA", "La", "PA") or (mode == "P" and "transparency" in img.info)
+    if has_alpha:
+        return Image.fromarray(_composite_on_black(np.asarray(img.convert("RGBA"), dtype=np.uint8)))
+    return img.convert("RGB")
+
+
+def array_to_rgb(arr: np.ndarray, channel_order: str) -> np.ndarray:
+    """Validate a caller's numpy array and return (H, W, 3) uint8 RGB."""
+    label = describe_source(arr)
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8) * 255
+    elif arr.dtype == np.uint16:
+        arr = (arr >> 8).astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        raise ImageError(
+            "unsupported array dtype",
+            received=label,
+            expected="uint8 (or uint16, bool)",
+            fix="convert first, e.g. np.clip(x * 255, 0, 255).astype(np.uint8)",
+        )
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise ImageError(
+            "unsupported array shape",
+            received=label,
+            expected="(H, W), (H, W, 1), (H, W, 3) or (H, W, 4)",
+            fix="pass one image as a height x width x channels array",
+        )
+    if channel_order == "bgr":
+        arr = np.concatenate([arr[..., 2::-1], arr[..., 3:]], axis=2)
+    if arr.shape[2] == 4:
+        arr = _composite_on_black(arr)
+    return np.ascontiguousarray(arr)
