@@ -150,7 +150,7 @@ watched = ("matplotlib", "imgclf.trainer", "imgclf.pipeline", "imgclf.augment", 
 seen = {}
 def note(stage):
     seen[stage] = sorted(m for m in watched if m in sys.modules)
-model, images, montage = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+model, images, montage, dataset = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
 import imgclf
 note("import imgclf")
 clf = imgclf.load(model)
@@ -163,14 +163,25 @@ out = io.StringIO()
 with contextlib.redirect_stdout(out):
     code = main(["predict", "--model", model, "--images", *images, "--montage", montage])
 note("imgclf predict --montage (CLI)")
+with contextlib.redirect_stdout(io.StringIO()):
+    assert main(["evaluate", "--model", model, "--dataset", dataset, "--no-cache"]) == 0
+note("imgclf evaluate (CLI)")
 print(json.dumps({"seen": seen, "code": code, "lines": len(out.getvalue().splitlines())}))
 """
 
 
-def test_predict_paths_import_no_plotting_or_training_code(tiny_model, tmp_path):
+def test_predict_and_evaluate_paths_import_no_plotting_or_training_code(tiny_model, tmp_path):
     images = sorted(str(p) for p in (tiny_model.dataset / "testing").rglob("*.png"))[:4]
     montage = tmp_path / "montage.png"
-    argv = [sys.executable, "-c", CHILD, str(tiny_model.model_path), json.dumps(images), str(montage)]
+    argv = [
+        sys.executable,
+        "-c",
+        CHILD,
+        str(tiny_model.model_path),
+        json.dumps(images),
+        str(montage),
+        str(tiny_model.dataset),
+    ]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     child = json.loads(proc.stdout)
@@ -180,5 +191,6 @@ def test_predict_paths_import_no_plotting_or_training_code(tiny_model, tmp_path)
         "imgclf.load": [],
         "predict": [],
         "imgclf predict --montage (CLI)": [],
+        "imgclf evaluate (CLI)": [],
     }
     assert Image.open(montage).size == (512, 128)

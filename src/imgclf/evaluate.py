@@ -1,23 +1,30 @@
-"""Classification metrics: the report scikit-learn's ``classification_report`` gives, and more.
+"""Classification metrics (the report scikit-learn's ``classification_report`` gives, and more), and
+the evaluation of a loaded model on a dataset folder.
 
 Usage::
 
     report = classification_report(y_true, y_pred, ["Parasitized", "Uninfected"])
     print(format_report(report))
     cm = confusion_matrix(y_true, y_pred, 2)
+    evaluation = evaluate_dataset(imgclf.load("malaria.imgclf"), "malaria")   # a model on a folder
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from imgclf.errors import UsageError
+from imgclf.errors import DatasetError, UsageError
+
+if TYPE_CHECKING:
+    from imgclf.classifier import Classifier
 
 __all__ = [
+    "evaluate_dataset",
     "classification_report",
     "format_report",
     "confusion_matrix",
@@ -173,3 +180,57 @@ def evaluate_probabilities(
         class_names=names,
         misclassified=wrong,
     )
+
+
+def evaluate_dataset(
+    classifier: Classifier,
+    dataset: str | os.PathLike,
+    *,
+    split: str = "testing",
+    skip_bad: bool = False,
+    batch_size: int = 256,
+    log: Callable[[str], None] = lambda _: None,
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+) -> Evaluation:
+    """Evaluate a loaded classifier on a dataset folder's split (or a flat folder of class folders).
+
+    Class folders are matched to the model's classes by name; a folder the model does not know is an
+    error, a model class with no folder simply has no support.
+
+    Raises:
+        DatasetError: Unknown classes, empty split, undecodable files (without ``skip_bad``).
+    """
+    from imgclf.data import scan_dataset
+    from imgclf.decoding import load_split, open_cache
+
+    ds = scan_dataset(dataset, val_split=0.0, test_split=0.0)
+    if ds.layout == "flat":
+        samples = ds.splits["training"]
+    else:
+        samples = ds.splits.get(split) or []
+        if not samples:
+            raise DatasetError(
+                f"dataset has no {split!r} images",
+                received=ds.root,
+                expected=f"a {split} folder with class folders",
+                fix="pass --split or another folder",
+            )
+    unknown = [c for c in ds.class_names if c not in classifier.class_names]
+    if unknown:
+        raise DatasetError(
+            "dataset has classes the model does not know",
+            received=", ".join(unknown),
+            expected="a subset of " + ", ".join(classifier.class_names),
+            fix="evaluate on a dataset with the model's classes",
+        )
+    remap = {i: classifier.class_names.index(c) for i, c in enumerate(ds.class_names)}
+    cache = open_cache(classifier.preprocess, cache_dir) if use_cache else None
+    dec = load_split(samples, classifier.preprocess, skip_bad=skip_bad, cache=cache)
+    for path, why in dec.skipped:
+        log(f"warning: skipped {path}: {why}")
+    labels = dec.labels.copy()
+    for i, j in remap.items():
+        labels[dec.labels == i] = j
+    probs = classifier.predict_proba_uint8(dec.images, batch_size=batch_size)
+    return evaluate_probabilities(probs, labels, dec.paths, classifier.class_names)

@@ -38,7 +38,7 @@ from imgclf.decoding import (
     open_cache,
 )
 from imgclf.errors import DatasetError, ResumeError, UsageError
-from imgclf.evaluate import Evaluation, evaluate_probabilities, format_report
+from imgclf.evaluate import Evaluation, evaluate_dataset, evaluate_probabilities, format_report
 from imgclf.files import atomic_write_text, check_writable
 from imgclf.interrupts import fit_with_checkpoints
 from imgclf.reports import write_history
@@ -355,54 +355,3 @@ def _probe_bytes(split: DecodedSplit | None, count: int) -> list[bytes]:
         with open(path, "rb") as fh:
             out.append(fh.read())
     return out
-
-
-def evaluate_dataset(
-    classifier: Classifier,
-    dataset: str | os.PathLike,
-    *,
-    split: str = "testing",
-    skip_bad: bool = False,
-    batch_size: int = 256,
-    log: Log = _quiet,
-    cache_dir: str | os.PathLike | None = None,
-    use_cache: bool = True,
-) -> Evaluation:
-    """Evaluate a loaded classifier on a dataset folder's split (or a flat folder of class folders).
-
-    Class folders are matched to the model's classes by name; a folder the model does not know is an
-    error, a model class with no folder simply has no support.
-
-    Raises:
-        DatasetError: Unknown classes, empty split, undecodable files (without ``skip_bad``).
-    """
-    ds = scan_dataset(dataset, val_split=0.0, test_split=0.0)
-    if ds.layout == "flat":
-        samples = ds.splits["training"]
-    else:
-        samples = ds.splits.get(split) or []
-        if not samples:
-            raise DatasetError(
-                f"dataset has no {split!r} images",
-                received=ds.root,
-                expected=f"a {split} folder with class folders",
-                fix="pass --split or another folder",
-            )
-    unknown = [c for c in ds.class_names if c not in classifier.class_names]
-    if unknown:
-        raise DatasetError(
-            "dataset has classes the model does not know",
-            received=", ".join(unknown),
-            expected="a subset of " + ", ".join(classifier.class_names),
-            fix="evaluate on a dataset with the model's classes",
-        )
-    remap = {i: classifier.class_names.index(c) for i, c in enumerate(ds.class_names)}
-    cache = open_cache(classifier.preprocess, cache_dir) if use_cache else None
-    dec = load_split(samples, classifier.preprocess, skip_bad=skip_bad, cache=cache)
-    for path, why in dec.skipped:
-        log(f"warning: skipped {path}: {why}")
-    labels = dec.labels.copy()
-    for i, j in remap.items():
-        labels[dec.labels == i] = j
-    probs = classifier.predict_proba_uint8(dec.images, batch_size=batch_size)
-    return evaluate_probabilities(probs, labels, dec.paths, classifier.class_names)

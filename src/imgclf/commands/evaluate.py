@@ -22,8 +22,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """``imgclf evaluate``: classification report on stdout (text or ``--json``)."""
     from imgclf.bundle import load
     from imgclf.errors import safe_text
+    from imgclf.evaluate import evaluate_dataset
     from imgclf.files import atomic_write_text
-    from imgclf.pipeline import evaluate_dataset
 
     for target in (args.output, args.confusion_plot):
         if target:
