@@ -331,6 +331,36 @@ def test_predict_partial_failure_exit_status_in_a_fresh_process(trained, images_
     assert str(bad) in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_a_reader_that_goes_away_ends_predict_quietly_in_a_fresh_process(trained, testing_images):
+    _, model, *_ = trained
+    argv = [sys.executable, "-m", "imgclf", "predict", "--model", str(model), "--images", *testing_images]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # like `imgclf predict ... | head -0`
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0 and "Traceback" not in err and "error" not in err
+
+
+def test_the_console_script_entry_flushes_results_and_keeps_the_exit_code(trained, testing_images, tmp_path):
+    _, model, *_ = trained
+    code = "import sys; from imgclf.cli import run; sys.argv[0] = 'imgclf'; run()"
+    ok = subprocess.run(
+        [sys.executable, "-c", code, "predict", "--model", str(model), "--images", *testing_images],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert ok.returncode == 0 and len(ok.stdout.splitlines()) == len(testing_images)
+    missing = subprocess.run(
+        [sys.executable, "-c", code, "inspect", str(tmp_path / "nope.imgclf")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert missing.returncode == 3 and missing.stderr.startswith("imgclf: error: ")
+
+
 # --- dataset errors through train ---------------------------------------------------------------------------
 
 
