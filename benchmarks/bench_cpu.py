@@ -35,6 +35,7 @@ from imgclf.data import scan_dataset
 from imgclf.decoding import DecodedSplit, load_split, open_cache
 from imgclf.demo_data import write_demo_dataset
 from imgclf.images import to_tensor
+from imgclf.optim import KerasSGD
 from imgclf.runtime import tune_allocator
 from imgclf.trainer import create_state, fit, resolve_precision
 
@@ -54,7 +55,7 @@ def bare_loop_rate(batch: int, precision: str, channels_last: bool, compile_: bo
     model = architectures.build("seed_resnet", 2, (64, 64))
     memory = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    opt = KerasSGD([{"params": model.parameters()}], lr=0.01, momentum=0.9)
     net = torch.compile(model) if compile_ else model
     dtype = resolve_precision(precision, torch.device("cpu"))
     split = synthetic_split(batch * steps)

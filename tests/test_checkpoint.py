@@ -69,7 +69,7 @@ def _same_state(a, b) -> None:
     assert torch.equal(a.order_gen.get_state(), b.order_gen.get_state())
     assert torch.equal(a.aug_gen.get_state(), b.aug_gen.get_state())
     for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True):
-        assert torch.equal(a.optimizer.state[p]["momentum_buffer"], b.optimizer.state[q]["momentum_buffer"])
+        assert torch.equal(a.optimizer.state[p]["velocity"], b.optimizer.state[q]["velocity"])
     assert a.best_state.keys() == b.best_state.keys()
     assert all(torch.equal(a.best_state[k], b.best_state[k]) for k in a.best_state)
 
@@ -131,7 +131,7 @@ def test_a_checkpoint_is_plain_safetensors_with_json_state_and_no_pickle(splits,
         meta = f.metadata()
     assert {"gen.order", "gen.aug", "rng.torch"} <= names
     assert any(n.startswith("model.") for n in names) and any(n.startswith("best.") for n in names)
-    assert any(n.startswith("optimizer.") and n.endswith(".momentum_buffer") for n in names)
+    assert any(n.startswith("optimizer.") and n.endswith(".velocity") for n in names)
     body = json.loads(meta[ckpt.STATE_KEY])
     assert body["format"] == "imgclf-checkpoint" and body["epoch"] == 1 and body["epoch_step"] == 0
     assert body["config"] == CONFIG.to_dict() and body["class_names"] == ["ring", "square"]

@@ -38,6 +38,7 @@ from imgclf.config import TrainConfig
 from imgclf.determinism import capture_rng, restore_rng
 from imgclf.errors import ResumeError
 from imgclf.files import atomic_write_bytes
+from imgclf.optim import KerasSGD
 from imgclf.trainer import PartialEpoch, TrainState
 
 __all__ = [
@@ -359,10 +360,7 @@ def restore(state: TrainState, ckpt: Checkpoint, *, log: Log) -> None:
         )
 
 
-def _restore_optimizer(
-    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], extra: dict[str, Any]
-) -> None:
-    params = [p for group in optimizer.param_groups for p in group["params"]]
+def _restore_optimizer(optimizer: KerasSGD, tensors: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
     saved: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
         if name.startswith("optimizer."):
@@ -370,15 +368,5 @@ def _restore_optimizer(
             saved.setdefault(int(index), {})[key] = value
     for index, values in extra.items():
         saved.setdefault(int(index), {}).update(values)
-    bad = [i for i in saved if not 0 <= i < len(params)]
-    if bad:
-        raise IndexError(f"optimizer state for parameter {bad[0]}, the model has {len(params)}")
     # Keep the fresh optimizer's hyper-parameters (this run's recipe); take only the per-parameter state.
-    sd = optimizer.state_dict()
-    sd["state"] = saved
-    optimizer.load_state_dict(sd)
-    for p in params:
-        for key, value in optimizer.state.get(p, {}).items():
-            if isinstance(value, torch.Tensor) and value.shape == p.shape:
-                # Same memory layout as the parameter (channels-last), as in the uninterrupted run.
-                optimizer.state[p][key] = torch.empty_like(p).copy_(value)
+    optimizer.load_state(saved)

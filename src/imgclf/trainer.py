@@ -34,6 +34,7 @@ from imgclf.decoding import DecodedSplit
 from imgclf.determinism import deterministic_algorithms
 from imgclf.errors import UsageError
 from imgclf.images import to_tensor
+from imgclf.optim import KerasSGD
 
 __all__ = [
     "TrainState",
@@ -70,7 +71,7 @@ class TrainState:
 
     Attributes:
         model: The network (unwrapped, never compiled).
-        optimizer: SGD with Keras-style L2 groups.
+        optimizer: Keras-style SGD (:class:`imgclf.optim.KerasSGD`) with L2 groups.
         epoch: Epochs completed.
         step: Optimizer steps completed (drives the time decay).
         order_gen: Generator for each epoch's sample order, in its state at the start of the current
@@ -89,7 +90,7 @@ class TrainState:
     """
 
     model: nn.Module
-    optimizer: torch.optim.Optimizer
+    optimizer: KerasSGD
     epoch: int = 0
     step: int = 0
     order_gen: torch.Generator = field(default_factory=torch.Generator)
@@ -200,7 +201,7 @@ def create_state(config: TrainConfig, num_classes: int, device: torch.device | N
         for coef, params in architectures.l2_groups(model)
         if params
     ]
-    optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+    optimizer = KerasSGD(groups, lr=config.lr, momentum=config.momentum)
     return TrainState(
         model=model,
         optimizer=optimizer,
