@@ -23,63 +23,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from common import machine, median_time, table
+from common import bare_loop_rate, machine, median_time, synthetic_split, table
 from PIL import Image
 
 from imgclf import architectures
-from imgclf.augment import affine_matrices, augment_batch, sample_params
 from imgclf.classifier import Classifier
 from imgclf.config import PreprocessSpec, TrainConfig
 from imgclf.data import scan_dataset
-from imgclf.decoding import DecodedSplit, load_split, open_cache
+from imgclf.decoding import load_split, open_cache
 from imgclf.demo_data import write_demo_dataset
-from imgclf.images import to_tensor
-from imgclf.optim import KerasSGD
 from imgclf.runtime import tune_allocator
-from imgclf.trainer import create_state, fit, resolve_precision
+from imgclf.trainer import create_state, fit
 
 SPEC = PreprocessSpec()
-
-
-def synthetic_split(n: int) -> DecodedSplit:
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, size=(n, 64, 64, 3), dtype=np.uint8)
-    labels = rng.integers(0, 2, size=n).astype(np.int64)
-    return DecodedSplit(images, labels, [f"x{i}" for i in range(n)], [""] * n)
-
-
-def bare_loop_rate(batch: int, precision: str, channels_last: bool, compile_: bool, steps: int) -> float:
-    """Images/s of a plain PyTorch loop doing exactly the same work as one imgclf training step."""
-    torch.manual_seed(0)
-    model = architectures.build("seed_resnet", 2, (64, 64))
-    memory = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory)
-    opt = KerasSGD([{"params": model.parameters()}], lr=0.01, momentum=0.9)
-    net = torch.compile(model) if compile_ else model
-    dtype = resolve_precision(precision, torch.device("cpu"))
-    split = synthetic_split(batch * steps)
-    x_all, y_all = torch.from_numpy(split.images), torch.from_numpy(split.labels)
-    aug = TrainConfig().augment
-    gen = torch.Generator().manual_seed(0)
-
-    def step(i: int) -> None:
-        idx = torch.arange(i * batch, (i + 1) * batch)
-        mats = affine_matrices(sample_params(batch, aug, gen), 64, 64).float()
-        x = augment_batch(to_tensor(x_all[idx], SPEC), aug, mats).contiguous(memory_format=memory)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
-            out = net(x)
-        loss = F.cross_entropy(out.float(), y_all[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    for i in range(3):
-        step(i % steps)
-    start = time.perf_counter()
-    for i in range(steps):
-        step(i)
-    return batch * steps / (time.perf_counter() - start)
 
 
 def fit_rate(batch: int, precision: str, channels_last: bool, compile_: bool, steps: int) -> float:
@@ -104,7 +60,7 @@ def bench_training(args: argparse.Namespace) -> None:
     for batch, precision, cl in variants:
         for compile_ in [False, True] if args.compile else [False]:
             steps = max(4, 352 // batch)
-            bare = bare_loop_rate(batch, precision, cl, compile_, steps)
+            bare = bare_loop_rate("cpu", batch, precision, cl, compile_, steps)
             ours = fit_rate(batch, precision, cl, compile_, steps)
             rows.append(
                 [
