@@ -194,3 +194,20 @@ def test_predict_and_evaluate_paths_import_no_plotting_or_training_code(tiny_mod
         "imgclf evaluate (CLI)": [],
     }
     assert Image.open(montage).size == (512, 128)
+
+
+def test_huge_early_validation_losses_are_named_instead_of_flattening_the_other_curves(tmp_path):
+    from imgclf.reports import loss_ceiling
+
+    history = [
+        {"epoch": 1, "loss": 2.4, "accuracy": 0.5, "val_loss": 605.0, "val_accuracy": 0.45},
+        {"epoch": 2, "loss": 0.4, "accuracy": 0.8, "val_loss": float("nan"), "val_accuracy": 0.45},
+        {"epoch": 3, "loss": 0.2, "accuracy": 0.9, "val_loss": 2.0, "val_accuracy": 0.9},
+        {"epoch": 4, "loss": float("inf"), "accuracy": 0.9, "val_loss": 0.1, "val_accuracy": 0.95},
+    ]
+    top, clipped = loss_ceiling(history)
+    assert top == pytest.approx(2.64)  # 1.1 x the largest finite training loss
+    assert [e for e, _ in clipped] == [1, 2]  # 605 and NaN are off the chart; 2.0 and 0.1 are on it
+    assert loss_ceiling([{"epoch": 1, "loss": 0.1, "val_loss": 0.3}]) == (1.05, [])  # accuracies fit whole
+    plot_history(history, tmp_path / "plot.png")
+    assert _png(tmp_path / "plot.png").size == (800, 600)

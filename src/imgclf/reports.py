@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -25,7 +26,15 @@ from PIL import Image, ImageDraw, ImageFont
 from imgclf.files import atomic_write_bytes, atomic_write_text
 from imgclf.images import ImageSource, decode
 
-__all__ = ["plot_history", "plot_confusion", "build_montage", "montage_tile", "class_colors", "write_history"]
+__all__ = [
+    "plot_history",
+    "loss_ceiling",
+    "plot_confusion",
+    "build_montage",
+    "montage_tile",
+    "class_colors",
+    "write_history",
+]
 
 TILE = 128
 COLUMNS = 4
@@ -84,6 +93,20 @@ def plot_history(
             values = [r.get(key) for r in history]
             if any(v is not None for v in values):
                 ax.plot(epochs, [np.nan if v is None else v for v in values], label=label)
+        top, clipped = loss_ceiling(history)
+        if clipped:
+            ax.set_ylim(-0.05, top)
+            epochs_text = ", ".join(str(e) for e, _ in clipped[:8]) + (", ..." if len(clipped) > 8 else "")
+            highest = max(v for _, v in clipped)
+            ax.text(
+                0.99,
+                0.98,
+                f"val_loss above the chart at epoch {epochs_text} (up to {highest:.3g})",
+                transform=ax.transAxes,
+                ha="right",
+                va="top",
+                fontsize=9,
+            )
         ax.set_title(title)
         ax.set_xlabel("Epoch #")
         ax.set_ylabel("Loss/Accuracy")
@@ -91,6 +114,24 @@ def plot_history(
         fig.tight_layout()
         _save_figure(fig, path)
         plt.close(fig)
+
+
+def loss_ceiling(history: Sequence[dict[str, float]]) -> tuple[float, list[tuple[int, float]]]:
+    """``(top, clipped)``: the plot's upper limit and the ``(epoch, val_loss)`` points above it.
+
+    Early in training a batch-normalised network's validation loss can be hundreds (running statistics
+    lag the weights); drawn to scale, that flattens the other three curves into a line at zero. So the
+    axis stops just above the largest training loss (at least 1.05, to show accuracies whole) and the
+    validation losses beyond it are named on the chart instead.
+    """
+    train = [float(r["loss"]) for r in history if r.get("loss") is not None and math.isfinite(r["loss"])]
+    top = max(1.05, 1.1 * max(train, default=1.0))
+    clipped = [
+        (int(r["epoch"]), float(r["val_loss"]))
+        for r in history
+        if r.get("val_loss") is not None and not float(r["val_loss"]) <= top
+    ]
+    return top, clipped
 
 
 def plot_confusion(confusion: np.ndarray, class_names: Sequence[str], path: str | os.PathLike) -> None:
