@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imgclf.errors import UsageError
-from imgclf.settings import Settings, check_number
+from imgclf.settings import Settings, check_integer, check_number
 
 __all__ = ["PreprocessSpec", "AugmentSpec", "TrainConfig", "INTERPOLATIONS", "FILL_MODES"]
 
@@ -53,14 +53,7 @@ class PreprocessSpec(Settings):
     def validated(self) -> PreprocessSpec:
         """Return self after checking every bound; raise :class:`UsageError` otherwise."""
         for name in ("height", "width"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_SIDE:
-                raise UsageError(
-                    f"preprocess {name} is out of range",
-                    received=repr(v),
-                    expected=f"an integer in [1, {MAX_SIDE}]",
-                    fix=f"set {name} to an integer in [1, {MAX_SIDE}]",
-                )
+            check_integer(name, getattr(self, name), 1, MAX_SIDE, label=f"preprocess {name}")
         if self.interpolation not in INTERPOLATIONS:
             raise UsageError(
                 "unknown interpolation",
@@ -204,14 +197,7 @@ class TrainConfig(Settings):
             ("eval_batch_size", 1, 1_000_000),
             ("seed", 0, 2**63 - 1),
         ):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-                raise UsageError(
-                    f"setting {name!r} is out of range",
-                    received=repr(v),
-                    expected=f"an integer in [{lo}, {hi}]",
-                    fix=f"set {name} to an integer in [{lo}, {hi}]",
-                )
+            check_integer(name, getattr(self, name), lo, hi)
         check_number("lr", self.lr, 0.0, 100.0)
         check_number("momentum", self.momentum, 0.0, 0.9999)
         if self.decay is not None:

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from imgclf.errors import UsageError
 
-__all__ = ["Settings", "check_number"]
+__all__ = ["Settings", "check_number", "check_integer"]
 
 T = TypeVar("T", bound="Settings")
 
@@ -44,6 +44,20 @@ def check_number(name: str, value: float, lo: float, hi: float) -> None:
             received=value,
             expected=f"a number in [{lo}, {hi}]",
             fix=f"set {name} within those bounds",
+        )
+
+
+def check_integer(name: str, value: object, lo: int, hi: int, *, label: str | None = None) -> None:
+    """Raise :class:`UsageError` unless ``value`` is an integer (not a bool) in ``[lo, hi]``.
+
+    ``label`` names the setting in the message (default ``setting 'NAME'``).
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise UsageError(
+            f"{label or f'setting {name!r}'} is out of range",
+            received=repr(value),
+            expected=f"an integer in [{lo}, {hi}]",
+            fix=f"set {name} to an integer in [{lo}, {hi}]",
         )
 
 
