@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from imgclf.errors import ModelFileError
+from imgclf.files import open_for_reading
 from imgclf.sniff import HEAD_BYTES, TAIL_BYTES, UNKNOWN, describe
 
 __all__ = [
@@ -162,12 +163,8 @@ def sniff(head: bytes, path: str = "") -> str:
 
 def _open(path: str) -> tuple[int, int]:
     """Open ``path`` for reading without blocking and check it is a regular file; return (fd, size)."""
-    flags = (
-        os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
-    )
     try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer; we fstat the descriptor and refuse it.
-        fd = os.open(path, flags)
+        fd, st = open_for_reading(path)  # a FIFO is opened without waiting for a writer, then refused
     except OSError as exc:
         raise ModelFileError(
             f"cannot open model file {path!r}",
@@ -176,7 +173,6 @@ def _open(path: str) -> tuple[int, int]:
             fix="check the path and the file's permissions",
         ) from None
     try:
-        st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
             raise invalid(path, "it is a folder", fix="pass the model file itself, e.g. model.imgclf")
         if not stat.S_ISREG(st.st_mode):

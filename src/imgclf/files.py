@@ -34,11 +34,32 @@ __all__ = [
     "atomic_write_text",
     "fsync_dir",
     "check_writable",
+    "open_for_reading",
     "remove_stale_temps",
     "TMP_SUFFIX",
 ]
 
 TMP_SUFFIX = ".imgclf-tmp"
+_READ_FLAGS = (
+    os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+)
+
+
+def open_for_reading(path: str) -> tuple[int, os.stat_result]:
+    """Open ``path`` read-only and ``fstat`` the descriptor; the caller checks the mode and closes it.
+
+    Non-blocking, so a FIFO never waits for a writer; checking the descriptor rather than the path
+    means what is checked is what gets read.
+
+    Raises:
+        OSError: From ``open`` or ``fstat`` (the descriptor is closed then).
+    """
+    fd = os.open(path, _READ_FLAGS)
+    try:
+        return fd, os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def fsync_dir(folder: str) -> None:

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from imgclf.errors import ImageError
+from imgclf.files import open_for_reading
 
 __all__ = [
     "ALLOWED_FORMATS",
@@ -29,6 +30,7 @@ __all__ = [
     "MAX_PIXELS",
     "MAX_FILE_BYTES",
     "read_bytes",
+    "check_pixels",
     "open_image",
     "orient",
     "to_rgb_image",
@@ -71,14 +73,14 @@ def read_bytes(path: str | os.PathLike, max_bytes: int = MAX_FILE_BYTES) -> byte
     """Read an image file's bytes after checking it is a regular file within the size cap.
 
     The file is opened once, non-blocking (a FIFO never hangs the caller), and checked with
-    ``fstat`` on that descriptor, so what is checked is what is read.
+    ``fstat`` on that descriptor (:func:`imgclf.files.open_for_reading`).
 
     Raises:
         ImageError: If the path is missing, not a regular file, unreadable or too large.
     """
     name = os.fspath(path)
     try:
-        fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        fd, st = open_for_reading(name)
     except OSError as exc:
         denied = isinstance(exc, PermissionError)
         raise ImageError(
@@ -88,7 +90,6 @@ def read_bytes(path: str | os.PathLike, max_bytes: int = MAX_FILE_BYTES) -> byte
             fix="check the file's permissions" if denied else "check the path",
         ) from None
     try:
-        st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise ImageError(
                 "not a regular file",
@@ -129,6 +130,21 @@ def _too_large(received: str, max_bytes: int) -> ImageError:
     )
 
 
+def check_pixels(label: str, width: int, height: int, max_pixels: int) -> None:
+    """The pixel cap and the empty-image check, for every kind of source.
+
+    Raises:
+        ImageError: ``image too large`` or ``image has no pixels``.
+    """
+    if width < 1 or height < 1 or width * height > max_pixels:
+        raise ImageError(
+            "image too large" if width * height > max_pixels else "image has no pixels",
+            received=f"{label} ({width}x{height} = {width * height} pixels)",
+            expected=f"between 1 and {max_pixels} pixels",
+            fix="downscale or replace the image",
+        )
+
+
 def open_image(data: bytes, label: str, max_pixels: int, draft: int | None) -> Image.Image:
     """Open and fully decode the first frame of ``data``, enforcing the allowlist and pixel cap."""
     try:
@@ -155,13 +171,7 @@ def open_image(data: bytes, label: str, max_pixels: int, draft: int | None) -> I
             fix="re-export or remove the file",
         ) from None
     w, h = img.size
-    if w < 1 or h < 1 or w * h > max_pixels:
-        raise ImageError(
-            "image too large" if w * h > max_pixels else "image has no pixels",
-            received=f"{label} ({w}x{h} = {w * h} pixels)",
-            expected=f"between 1 and {max_pixels} pixels",
-            fix="downscale or replace the image",
-        )
+    check_pixels(label, w, h, max_pixels)
     try:
         if draft and img.format == "JPEG" and min(w, h) >= 2 * draft:
             img.draft(None, (draft, draft))

@@ -42,6 +42,7 @@ from imgclf.imagefile import (
     MAX_FILE_BYTES,
     MAX_PIXELS,
     array_to_rgb,
+    check_pixels,
     describe_source,
     open_image,
     orient,
@@ -129,20 +130,8 @@ def decode_image(
             fix="use channel_order='bgr' for OpenCV arrays, 'rgb' otherwise",
         )
     if isinstance(source, np.ndarray):
-        if source.ndim >= 2 and source.shape[0] * source.shape[1] > max_pixels:
-            raise ImageError(
-                "image too large",
-                received=describe_source(source),
-                expected=f"at most {max_pixels} pixels",
-                fix="downscale the image first",
-            )
-        if source.ndim >= 2 and min(source.shape[0], source.shape[1]) < 1:
-            raise ImageError(
-                "image has no pixels",
-                received=describe_source(source),
-                expected=f"between 1 and {max_pixels} pixels",
-                fix="pass a non-empty image",
-            )
+        if source.ndim >= 2:
+            check_pixels(describe_source(source), source.shape[1], source.shape[0], max_pixels)
         return Image.fromarray(array_to_rgb(source, channel_order))
     if channel_order == "bgr":
         raise UsageError(
@@ -153,14 +142,7 @@ def decode_image(
         )
     label = name or describe_source(source)
     if isinstance(source, Image.Image):
-        w, h = source.size
-        if w * h > max_pixels or w < 1 or h < 1:
-            raise ImageError(
-                "image too large" if w * h > max_pixels else "image has no pixels",
-                received=f"{label}",
-                expected=f"between 1 and {max_pixels} pixels",
-                fix="downscale or replace the image",
-            )
+        check_pixels(label, *source.size, max_pixels)
         img = source
     elif isinstance(source, (bytes, bytearray, memoryview)):
         img = open_image(bytes(source), label, max_pixels, draft)
