@@ -90,6 +90,11 @@ def predict_logits(
     return torch.cat(out).cpu()
 
 
+def _as_list(images: ImageSource | Sequence[ImageSource]) -> list[ImageSource]:
+    """One image (path, bytes, PIL image, array) or a sequence of them, as a list."""
+    return [images] if isinstance(images, _SINGLE) or not isinstance(images, Sequence) else list(images)
+
+
 def _check_batch_size(batch_size: object) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(
@@ -175,7 +180,7 @@ class Classifier:
         Raises:
             ImageError: If any image cannot be decoded.
         """
-        items = [images] if isinstance(images, _SINGLE) or not isinstance(images, Sequence) else list(images)
+        items = _as_list(images)
         step = _check_batch_size(batch_size)
         parts = [
             self.predict_proba_uint8(
@@ -245,7 +250,7 @@ class Classifier:
                 fix="use top_k=1 or more",
             )
         _check_batch_size(batch_size)
-        items = [images] if isinstance(images, _SINGLE) or not isinstance(images, Sequence) else list(images)
+        items = _as_list(images)
         k = min(top_k, self.num_classes)
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]

@@ -36,29 +36,27 @@ def _config_from_args(args: argparse.Namespace, start: dict[str, Any] | None = N
                 fix="check the file",
             ) from None
     cfg = TrainConfig.from_dict(base)
-    direct = {
-        "arch": "arch",
-        "epochs": "epochs",
-        "batch_size": "batch_size",
-        "lr": "lr",
-        "momentum": "momentum",
-        "decay": "decay",
-        "seed": "seed",
-        "label_smoothing": "label_smoothing",
-        "val_split": "val_split",
-        "test_split": "test_split",
-        "device": "device",
-        "precision": "precision",
-        "compile": "compile",
-        "channels_last": "channels_last",
-        "eval_batch_size": "eval_batch_size",
-        "keep": "keep",
-        "monitor": "monitor",
-        "patience": "patience",
-    }
-    changes = {
-        field: getattr(args, name) for name, field in direct.items() if getattr(args, name) is not None
-    }
+    direct = (
+        "arch",
+        "epochs",
+        "batch_size",
+        "lr",
+        "momentum",
+        "decay",
+        "seed",
+        "label_smoothing",
+        "val_split",
+        "test_split",
+        "device",
+        "precision",
+        "compile",
+        "channels_last",
+        "eval_batch_size",
+        "keep",
+        "monitor",
+        "patience",
+    )  # flags named as the TrainConfig fields they set
+    changes = {name: getattr(args, name) for name in direct if getattr(args, name) is not None}
     if args.deterministic:
         changes["deterministic"] = True
     if args.arch_arg:
