@@ -138,7 +138,10 @@ def load(path: str | os.PathLike, *, device: torch.device | str = "cpu") -> Clas
     Raises:
         ModelFileError: If the file is missing, foreign, corrupt, tampered with or inconsistent.
     """
-    c, m = _open_validated(path)
+    return _classifier(*_open_validated(path), device=device)
+
+
+def _classifier(c: Container, m: Manifest, device: torch.device | str = "cpu") -> Classifier:
     model = weights.build_from(c, m)
     manifest = {k: v for k, v in m.raw.items() if k != "integrity"}
     return Classifier(
@@ -275,10 +278,9 @@ def verify(path: str | os.PathLike, *, tolerance: float = PROBE_TOLERANCE) -> Ve
     c, m = _open_validated(path)
     report = VerifyReport(os.fspath(path))
     report.checks.append(("structure and digests", True, "header, manifest and tensor digests match"))
-    model = weights.build_from(c, m)
+    clf = _classifier(c, m)
     detail = f"{m.arch}, {len(m.class_names)} classes, all weights finite"
     report.checks.append(("architecture and weights", True, detail))
-    clf = Classifier(model, m.class_names, m.preprocess, m.arch, m.arch_args)
     report.checks.extend(probes.run_checks(clf, m, c, tolerance=tolerance))
     return report
 
