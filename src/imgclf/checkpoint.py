@@ -3,12 +3,13 @@
 A checkpoint lives in ``RUN/checkpoints/`` and is named after where the run stands:
 ``epoch-0007.safetensors`` after epoch 7, ``epoch-0008-step-0012.safetensors`` after 12 steps of epoch 8
 (written when a signal interrupts an epoch). Tensors: ``model.*`` (weights and buffers), ``best.*`` (the
-best epoch's weights, with ``keep=best``), ``optimizer.<i>.<key>`` (momentum buffers), ``gen.order`` /
-``gen.aug`` (the data-order and augmentation generators at the epoch's start), ``rng.*`` (torch CPU/CUDA
-random states) and ``epoch.*`` (an interrupted epoch's running sums). Everything else — epoch, step,
-history, best metric, early-stop counter, Python/NumPy random states, training config, class names,
-architecture, data fingerprint, versions — is JSON in the metadata key ``imgclf.checkpoint``. A SHA-256
-over that JSON and every tensor (metadata key ``imgclf.sha256``) catches a damaged file. No pickle.
+best epoch's weights, with ``keep=best``), ``optimizer.<i>.velocity`` (the optimizer's velocities),
+``gen.order`` / ``gen.aug`` (the data-order and augmentation generators at the epoch's start),
+``rng.*`` (torch CPU/CUDA random states) and ``epoch.*`` (an interrupted epoch's running sums).
+Everything else — epoch, step, history, best metric, early-stop counter, Python/NumPy random states,
+training config, class names, architecture, data fingerprint, versions — is JSON in the metadata key
+``imgclf.checkpoint``. A SHA-256 over that JSON and every tensor (metadata key ``imgclf.sha256``)
+catches a damaged file. No pickle.
 
 Every file is written atomically; after each write only the newest two and the best epoch's checkpoint
 are kept, so a damaged newest file still leaves the one before it.
@@ -167,13 +168,9 @@ def encode(state: TrainState, config: TrainConfig, info: dict[str, Any]) -> byte
     tensors = {f"model.{k}": _cpu(v) for k, v in state.model.state_dict().items()}
     if state.best_state is not None:
         tensors.update({f"best.{k}": _cpu(v) for k, v in state.best_state.items()})
-    extra: dict[str, dict[str, Any]] = {}
     for index, values in state.optimizer.state_dict()["state"].items():
-        for key, value in values.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"optimizer.{index}.{key}"] = _cpu(value)
-            else:
-                extra.setdefault(str(index), {})[key] = value
+        for key, value in values.items():  # KerasSGD keeps tensors only (its velocities)
+            tensors[f"optimizer.{index}.{key}"] = _cpu(value)
     tensors["gen.order"] = state.order_gen.get_state()
     tensors["gen.aug"] = state.aug_gen.get_state()
     rng_data, rng_tensors = capture_rng()
@@ -196,7 +193,7 @@ def encode(state: TrainState, config: TrainConfig, info: dict[str, Any]) -> byte
         "bad_epochs": state.bad_epochs,
         "stopped_early": state.stopped_early,
         "config": config.to_dict(),
-        "optimizer": extra,
+        "optimizer": {},  # per-parameter state that is not a tensor: none (kept for the format)
         "rng": rng_data,
         "versions": versions(),
     }
