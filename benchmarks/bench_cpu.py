@@ -23,35 +23,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import bare_loop_rate, machine, median_time, synthetic_split, table
+from common import bare_loop_rate, fit_rate, machine, median_time, table
 from PIL import Image
 
 from imgclf import architectures
 from imgclf.classifier import Classifier
-from imgclf.config import PreprocessSpec, TrainConfig
+from imgclf.config import PreprocessSpec
 from imgclf.data import scan_dataset
 from imgclf.decoding import load_split, open_cache
 from imgclf.demo_data import write_demo_dataset
 from imgclf.runtime import tune_allocator
-from imgclf.trainer import create_state, fit
 
 SPEC = PreprocessSpec()
-
-
-def fit_rate(batch: int, precision: str, channels_last: bool, compile_: bool, steps: int) -> float:
-    """Images/s of imgclf's own training loop (median epoch after a warm-up epoch; no validation)."""
-    cfg = TrainConfig(
-        epochs=3,
-        batch_size=batch,
-        precision=precision,
-        channels_last=channels_last,
-        compile=compile_,
-        device="cpu",
-    )
-    state = create_state(cfg, 2)
-    fit(cfg, state, synthetic_split(batch * steps))
-    seconds = sorted(r["seconds"] for r in state.timings[1:])
-    return batch * steps / seconds[len(seconds) // 2]
 
 
 def bench_training(args: argparse.Namespace) -> None:
@@ -61,7 +44,7 @@ def bench_training(args: argparse.Namespace) -> None:
         for compile_ in [False, True] if args.compile else [False]:
             steps = max(4, 352 // batch)
             bare = bare_loop_rate("cpu", batch, precision, cl, compile_, steps)
-            ours = fit_rate(batch, precision, cl, compile_, steps)
+            ours = fit_rate("cpu", batch, precision, cl, compile_, batch * steps)
             rows.append(
                 [
                     batch,

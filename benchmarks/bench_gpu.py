@@ -19,8 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-from common import bare_loop_rate, machine, synthetic_split, table
+from common import bare_loop_rate, fit_rate, machine, table
 
 from imgclf.config import TrainConfig
 from imgclf.data import scan_dataset
@@ -60,26 +59,6 @@ def correctness(device: str, smoke: bool) -> list[list[object]]:
     ]
 
 
-def throughput(
-    device: str, batch: int, precision: str, channels_last: bool, compile_: bool, n: int, epochs: int
-) -> float:
-    cfg = TrainConfig(
-        epochs=epochs,
-        batch_size=batch,
-        device=device,
-        precision=precision,
-        channels_last=channels_last,
-        compile=compile_,
-    )
-    state = create_state(cfg, 2)
-    fit(cfg, state, synthetic_split(n))
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    steady = sorted(r["seconds"] for r in state.timings[1:])
-    images = (n // batch) * batch
-    return images / steady[len(steady) // 2]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda")
@@ -100,7 +79,7 @@ def main() -> None:
         variants = [(64, "fp32", False, False), (64, "bf16", True, False)]
     rows = []
     for batch, precision, cl, comp in variants:
-        rate = throughput(args.device, batch, precision, cl, comp, n, epochs)
+        rate = fit_rate(args.device, batch, precision, cl, comp, n, epochs)
         bare = bare_loop_rate(args.device, batch, precision, cl, comp, steps=max(4, min(n // batch, 64)))
         rows.append(
             [

@@ -2,7 +2,7 @@
 
 Usage::
 
-    from common import bare_loop_rate, machine, median_time, table
+    from common import bare_loop_rate, fit_rate, machine, median_time, table
     print(machine())
     print(bare_loop_rate("cpu", 32, "bf16", channels_last=True, compile_=False, steps=11))
 """
@@ -77,6 +77,31 @@ def synthetic_split(n: int):  # noqa: ANN201 - DecodedSplit, imported lazily
 
     images, labels = synthetic_images(n)
     return DecodedSplit(images, labels, [f"x{i}" for i in range(n)], [""] * n)
+
+
+def fit_rate(
+    device: str, batch: int, precision: str, channels_last: bool, compile_: bool, n: int, epochs: int = 3
+) -> float:
+    """Images/s of imgclf's own ``fit`` on ``n`` synthetic images: median epoch after the first (warm-up)."""
+    import torch
+
+    from imgclf.config import TrainConfig
+    from imgclf.trainer import create_state, fit
+
+    cfg = TrainConfig(
+        epochs=epochs,
+        batch_size=batch,
+        device=device,
+        precision=precision,
+        channels_last=channels_last,
+        compile=compile_,
+    )
+    state = create_state(cfg, 2)
+    fit(cfg, state, synthetic_split(n))
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    steady = sorted(r["seconds"] for r in state.timings[1:])
+    return (n // batch) * batch / steady[len(steady) // 2]
 
 
 def bare_loop_rate(
