@@ -24,7 +24,17 @@ from torch import nn
 from imgclf.config import MAX_SIDE
 from imgclf.errors import UsageError
 
-__all__ = ["ArchInfo", "register", "names", "info", "resolve_args", "build", "l2_groups", "check_widths"]
+__all__ = [
+    "ArchInfo",
+    "register",
+    "names",
+    "info",
+    "resolve_args",
+    "build",
+    "build_meta",
+    "l2_groups",
+    "check_widths",
+]
 
 MAX_WIDTH = 4096
 MAX_BLOCKS = 256
@@ -164,6 +174,18 @@ def build(
         )
     full = resolve_args(name, args)
     return info(name).builder(num_classes, size, **full)
+
+
+def build_meta(
+    name: str, num_classes: int, input_size: tuple[int, int] = (64, 64), args: dict[str, Any] | None = None
+) -> nn.Module:
+    """:func:`build` on the meta device: shapes only, no memory, no initialisation.
+
+    Used to check architecture args early, to size checkpoints and to check a model file's tensors
+    against the architecture before anything is allocated.
+    """
+    with torch.device("meta"):
+        return build(name, num_classes, input_size, args)
 
 
 def l2_groups(model: nn.Module) -> list[tuple[float, list[nn.Parameter]]]:

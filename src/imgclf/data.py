@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from imgclf.errors import DatasetError
+from imgclf.errors import DatasetError, listed
 from imgclf.images import is_image_name
 
 __all__ = ["Sample", "Dataset", "scan_dataset", "list_images", "SPLITS"]
@@ -51,7 +51,6 @@ _SYSTEM_NAMES = {
     "lost+found",
     "__pycache__",
 }
-MAX_LISTED = 8
 
 
 def is_hidden(name: str) -> bool:
@@ -150,10 +149,8 @@ def _near_duplicates(names: list[str]) -> list[str]:
 
 
 def _problems_error(problems: list[str], root: str) -> DatasetError:
-    shown = "; ".join(problems[:MAX_LISTED])
-    more = f"; and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
     return DatasetError(
-        f"dataset {root!r} has {len(problems)} problem(s): {shown}{more}",
+        f"dataset {root!r} has {len(problems)} problem(s): {listed(problems)}",
         fix="fix the folders listed (layout: ROOT/training/<class>/*.png or ROOT/<class>/*.png)",
     )
 

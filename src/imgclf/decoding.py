@@ -26,8 +26,8 @@ import numpy as np
 
 from imgclf.cache import DEFAULT_MAX_BYTES, DecodeCache, default_cache_dir
 from imgclf.config import PreprocessSpec
-from imgclf.data import MAX_LISTED, Dataset, Sample
-from imgclf.errors import DatasetError, ImageError, UsageError
+from imgclf.data import Dataset, Sample
+from imgclf.errors import DatasetError, ImageError, UsageError, listed
 from imgclf.images import preprocess_uint8, read_bytes
 
 __all__ = [
@@ -38,6 +38,8 @@ __all__ = [
     "bad_files_error",
     "duplicate_report",
     "fingerprint",
+    "table_fingerprint",
+    "file_table",
     "default_workers",
 ]
 
@@ -234,10 +236,8 @@ def open_cache(spec: PreprocessSpec, cache_dir: str | os.PathLike | None = None)
 
 def bad_files_error(bad: Sequence[tuple[str, str]]) -> DatasetError:
     """One error listing every undecodable file ``(path, why)`` (the first few by name)."""
-    listed = "; ".join(f"{p} ({why})" for p, why in bad[:MAX_LISTED])
-    more = f"; and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
     return DatasetError(
-        f"{len(bad)} file(s) are not readable images: {listed}{more}",
+        f"{len(bad)} file(s) are not readable images: {listed([f'{p} ({why})' for p, why in bad])}",
         fix="remove or replace them, or pass --skip-bad to train without them",
     )
 
@@ -256,11 +256,27 @@ def duplicate_report(splits: dict[str, DecodedSplit]) -> str | None:
 
 def fingerprint(dataset: Dataset, splits: dict[str, DecodedSplit]) -> str:
     """SHA-256 over class names and every (split, relative path, label, content digest)."""
+    return table_fingerprint(dataset.class_names, file_table(dataset, splits))
+
+
+def table_fingerprint(class_names: Sequence[str], table: dict[str, list]) -> str:
+    """:func:`fingerprint` of a decoded :func:`file_table` (rows ``[relative path, label, digest]``)."""
     h = hashlib.sha256()
-    h.update("\x00".join(dataset.class_names).encode("utf-8", "surrogateescape"))
-    for split in sorted(splits):
-        dec = splits[split]
-        for path, label, digest in zip(dec.paths, dec.labels.tolist(), dec.digests, strict=True):
-            rel = os.path.relpath(path, dataset.root)
+    h.update("\x00".join(class_names).encode("utf-8", "surrogateescape"))
+    for split in sorted(table):
+        for rel, label, digest in table[split]:
             h.update(f"\x01{split}\x00{rel}\x00{label}\x00{digest}".encode("utf-8", "surrogateescape"))
     return h.hexdigest()
+
+
+def file_table(dataset: Dataset, decoded: dict[str, DecodedSplit] | None = None) -> dict[str, list]:
+    """Every file per split as ``[relative path, label]`` (plus its content digest once decoded)."""
+    out: dict[str, list] = {}
+    if decoded is None:
+        for split, samples in dataset.splits.items():
+            out[split] = [[os.path.relpath(s.path, dataset.root), s.label] for s in samples]
+        return out
+    for split, dec in decoded.items():
+        rows = zip(dec.paths, dec.labels.tolist(), dec.digests, strict=True)
+        out[split] = [[os.path.relpath(p, dataset.root), label, digest] for p, label, digest in rows]
+    return out

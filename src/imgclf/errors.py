@@ -39,7 +39,11 @@ __all__ = [
     "PartialFailure",
     "EXIT_CODES",
     "safe_text",
+    "listed",
+    "MAX_LISTED",
 ]
+
+MAX_LISTED = 8
 
 
 def _clip(text: object, limit: int = 300) -> str:
@@ -52,6 +56,12 @@ def _clip(text: object, limit: int = 300) -> str:
 def safe_text(text: object) -> str:
     """Escape control characters (ANSI sequences, newlines, RTL overrides) for terminal output."""
     return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in str(text))
+
+
+def listed(items: list[str], limit: int = MAX_LISTED) -> str:
+    """The first ``limit`` items joined by ``; `` and, if there are more, how many: ``a; b; and 3 more``."""
+    more = f"; and {len(items) - limit} more" if len(items) > limit else ""
+    return "; ".join(items[:limit]) + more
 
 
 class ImgclfError(Exception):

@@ -14,7 +14,6 @@ Usage::
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import secrets
@@ -33,22 +32,24 @@ from imgclf.decoding import (
     DecodedSplit,
     bad_files_error,
     duplicate_report,
-    fingerprint,
+    file_table,
     load_split,
     open_cache,
+    table_fingerprint,
 )
-from imgclf.errors import DatasetError, ResumeError, UsageError
+from imgclf.errors import DatasetError
 from imgclf.evaluate import Evaluation, evaluate_dataset, evaluate_probabilities, format_report
 from imgclf.files import atomic_write_text, check_writable
 from imgclf.interrupts import fit_with_checkpoints
-from imgclf.reports import write_history
-from imgclf.resume import ResumePlan, check_data, file_table, plan_resume
+from imgclf.reports import have_matplotlib, require_matplotlib, write_history
+from imgclf.resume import ResumePlan, check_data, plan_resume
 from imgclf.runfolder import (
     RunLock,
     check_free_space,
     default_run_dir,
     estimate_bytes,
     make_run_dir,
+    require_run_dir,
     start_fresh,
     write_record,
 )
@@ -75,12 +76,6 @@ class TrainResult:
     run_dir: str
     epoch: int
     outputs: dict[str, str] = field(default_factory=dict)
-
-
-def _check_architecture(config: TrainConfig) -> None:
-    """Build the architecture on the meta device (no memory, no init): bad arch args fail before decoding."""
-    with torch.device("meta"):
-        architectures.build(config.arch, 2, config.preprocess.size, config.arch_args)
 
 
 def train(
@@ -129,29 +124,19 @@ def train(
         Interrupted: On SIGINT/SIGTERM, after writing a checkpoint (exit code 130/143).
     """
     config = (config or TrainConfig()).validated()
-    _check_architecture(config)
+    # Bad architecture args fail here, before any decoding (a meta build allocates nothing).
+    architectures.build_meta(config.arch, 2, config.preprocess.size, config.arch_args)
     model_path = os.fspath(model_path)
     run_dir = os.fspath(run_dir) if run_dir else default_run_dir(model_path)
     check_writable(model_path, "model file")
-    can_plot = importlib.util.find_spec("matplotlib") is not None
+    can_plot = have_matplotlib()
     if plot_path:
         check_writable(plot_path, "plot")
-        if not can_plot:
-            raise UsageError(
-                "a training plot needs matplotlib",
-                received="matplotlib is not installed",
-                expected="matplotlib (an optional dependency)",
-                fix="pip install 'imgclf[plots]', or train without --plot",
-            )
+        require_matplotlib("a training plot", "pip install 'imgclf[plots]', or train without --plot")
     explicit_plot = os.path.abspath(plot_path) if plot_path else None
     plot_path = os.fspath(plot_path) if plot_path else os.path.join(run_dir, "plot.png")
-    if resume and not os.path.isdir(run_dir):
-        raise ResumeError(
-            "nothing to resume: the run folder does not exist",
-            received=run_dir,
-            expected="the run folder of an earlier training (default MODEL-run/)",
-            fix="check the --resume path",
-        )
+    if resume:  # before anything creates the folder
+        require_run_dir(run_dir)
     device = resolve_device(config.device)
     ds = scan_dataset(dataset, val_split=config.val_split, test_split=config.test_split, seed=config.seed)
     make_run_dir(run_dir)
@@ -236,10 +221,11 @@ def _train_locked(
     dupes = duplicate_report(decoded)
     if dupes:
         log(f"warning: {dupes}")
-    data_fingerprint = fingerprint(ds, decoded)
+    files = file_table(ds, decoded)
+    data_fingerprint = table_fingerprint(ds.class_names, files)
     if run.plan is not None:
         check_data(run.plan, ds, decoded, data_fingerprint, force=run.force, log=log)
-    record = _run_record(run, config, ds, decoded, data_fingerprint)
+    record = _run_record(run, config, ds, files, data_fingerprint)
     write_record(run_dir, record)
     info = {
         "run_id": record["run_id"],
@@ -328,7 +314,7 @@ def _train_locked(
 
 
 def _run_record(
-    run: _Run, config: TrainConfig, ds: Dataset, decoded: dict[str, DecodedSplit], data_fingerprint: str
+    run: _Run, config: TrainConfig, ds: Dataset, files: dict[str, list], data_fingerprint: str
 ) -> dict[str, Any]:
     """``run.json``: everything ``imgclf train --resume RUN`` needs, and the files to diff against."""
     return {
@@ -343,7 +329,7 @@ def _run_record(
         "class_names": ds.class_names,
         "data_fingerprint": data_fingerprint,
         "versions": bundle.versions(),
-        "files": file_table(ds, decoded),
+        "files": files,
     }
 
 

@@ -6,13 +6,15 @@ predict path stays light.
 Usage::
 
     plot_history(history, "plot.png")
-    montage = build_montage(tiles, labels, class_names)    # PIL image, 4 tiles per row
-    montage.save("montage.png")
+    colors = class_colors(len(class_names))
+    sheet = build_montage([montage_tile(path, label, colors[i]) for path, label, i in results])
+    save_png(sheet, "montage.png")                              # 4 tiles of 128 x 128 per row
 """
 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 import math
@@ -23,6 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from imgclf.errors import UsageError
 from imgclf.files import atomic_write_bytes, atomic_write_text
 from imgclf.images import ImageSource, decode
 
@@ -34,6 +37,9 @@ __all__ = [
     "montage_tile",
     "class_colors",
     "write_history",
+    "save_png",
+    "have_matplotlib",
+    "require_matplotlib",
 ]
 
 TILE = 128
@@ -64,9 +70,36 @@ def class_colors(num_classes: int) -> list[tuple[int, int, int]]:
     return out
 
 
+def have_matplotlib() -> bool:
+    """True if matplotlib (an optional dependency, needed for plots only) is installed; imports nothing."""
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def require_matplotlib(what: str, fix: str) -> None:
+    """Fail before any work when a plot was asked for and matplotlib is missing.
+
+    Raises:
+        UsageError: ``{what} needs matplotlib``.
+    """
+    if not have_matplotlib():
+        raise UsageError(
+            f"{what} needs matplotlib",
+            received="matplotlib is not installed",
+            expected="matplotlib (an optional dependency)",
+            fix=fix,
+        )
+
+
 def _save_figure(fig: Any, path: str | os.PathLike) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def save_png(image: Image.Image, path: str | os.PathLike) -> None:
+    """Write a PIL image as PNG, atomically."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue())
 
 

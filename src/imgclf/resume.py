@@ -31,7 +31,7 @@ from imgclf import architectures
 from imgclf.checkpoint import Checkpoint, latest_checkpoint
 from imgclf.config import TrainConfig
 from imgclf.data import Dataset
-from imgclf.decoding import DecodedSplit
+from imgclf.decoding import DecodedSplit, file_table
 from imgclf.errors import ResumeError, UsageError
 from imgclf.runfolder import read_record
 
@@ -89,19 +89,6 @@ def recipe_diff(old: TrainConfig, new: TrainConfig) -> tuple[list[str], list[str
         line = f"{key} {a[key]!r} → {b.get(key)!r}".replace("'", "")
         (operational if key in OPERATIONAL else recipe).append(line)
     return recipe, operational
-
-
-def file_table(dataset: Dataset, decoded: dict[str, DecodedSplit] | None = None) -> dict[str, list]:
-    """Every file per split as ``[relative path, label]`` (plus its content digest once decoded)."""
-    out: dict[str, list] = {}
-    if decoded is None:
-        for split, samples in dataset.splits.items():
-            out[split] = [[os.path.relpath(s.path, dataset.root), s.label] for s in samples]
-        return out
-    for split, dec in decoded.items():
-        rows = zip(dec.paths, dec.labels.tolist(), dec.digests, strict=True)
-        out[split] = [[os.path.relpath(p, dataset.root), label, digest] for p, label, digest in rows]
-    return out
 
 
 def _listed(items: list[str]) -> str:

@@ -28,8 +28,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from imgclf import architectures
 from imgclf.checkpoint import CHECKPOINT_DIR, KEEP_NEWEST, list_checkpoints
 from imgclf.config import TrainConfig
@@ -47,6 +45,7 @@ __all__ = [
     "make_run_dir",
     "RUN_FILE",
     "LOCK_FILE",
+    "require_run_dir",
     "read_record",
     "write_record",
     "start_fresh",
@@ -171,13 +170,12 @@ def _remove_temp_files(run_dir: str) -> None:
                         os.unlink(os.path.join(folder, name))
 
 
-def read_record(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """The run's ``run.json`` as a dict.
+def require_run_dir(run_dir: str | os.PathLike) -> None:
+    """Refuse to resume from a run folder that does not exist.
 
     Raises:
-        ResumeError: If the folder or its record is missing or unreadable (not a resumable run).
+        ResumeError: Naming the folder.
     """
-    path = os.path.join(os.fspath(run_dir), RUN_FILE)
     if not os.path.isdir(run_dir):
         raise ResumeError(
             "nothing to resume: the run folder does not exist",
@@ -185,6 +183,16 @@ def read_record(run_dir: str | os.PathLike) -> dict[str, Any]:
             expected="the run folder of an earlier training (default MODEL-run/)",
             fix="check the --resume path",
         )
+
+
+def read_record(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The run's ``run.json`` as a dict.
+
+    Raises:
+        ResumeError: If the folder or its record is missing or unreadable (not a resumable run).
+    """
+    path = os.path.join(os.fspath(run_dir), RUN_FILE)
+    require_run_dir(run_dir)
     try:
         with open(path, encoding="utf-8") as fh:
             record = json.load(fh)
@@ -251,13 +259,12 @@ def estimate_bytes(config: TrainConfig, num_classes: int, n_files: int) -> tuple
     """Disk space the run needs: ``(model file, run folder)`` in bytes, with some margin.
 
     The run folder holds up to ``KEEP_NEWEST + 1`` checkpoints plus one being written; each has the
-    weights, the momentum buffers and (``keep=best``) the best weights.
+    weights, the optimizer's velocities and (``keep=best``) the best weights.
     """
-    with torch.device("meta"):
-        model = architectures.build(config.arch, num_classes, config.preprocess.size, config.arch_args)
+    model = architectures.build_meta(config.arch, num_classes, config.preprocess.size, config.arch_args)
     weights = sum(t.numel() * 4 for t in model.state_dict().values())  # saved as float32
-    momentum = sum(p.numel() * 4 for p in model.parameters())
-    checkpoint = weights + momentum + (weights if config.keep == "best" else 0) + (256 << 10)
+    velocity = sum(p.numel() * 4 for p in model.parameters())
+    checkpoint = weights + velocity + (weights if config.keep == "best" else 0) + (256 << 10)
     model_file = weights + (1 << 20)
     run = (KEEP_NEWEST + 2) * checkpoint + (4 << 20) + 300 * n_files
     return int(model_file * 1.1), int(run * 1.1)

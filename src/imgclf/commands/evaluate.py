@@ -13,7 +13,6 @@ import json
 import sys
 
 from imgclf.commands.output import report_text, stdout_line
-from imgclf.errors import UsageError
 
 __all__ = ["cmd_evaluate"]
 
@@ -31,15 +30,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
             check_writable(target)
     if args.confusion_plot:
-        import importlib.util
+        from imgclf.reports import require_matplotlib
 
-        if importlib.util.find_spec("matplotlib") is None:
-            raise UsageError(
-                "--confusion-plot needs matplotlib",
-                received="matplotlib is not installed",
-                expected="matplotlib (an optional dependency)",
-                fix="pip install 'imgclf[plots]', or drop --confusion-plot",
-            )
+        require_matplotlib("--confusion-plot", "pip install 'imgclf[plots]', or drop --confusion-plot")
     clf = load(args.model)
     ev = evaluate_dataset(
         clf,

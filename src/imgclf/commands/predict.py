@@ -157,15 +157,10 @@ def _tile(p: Any, class_names: list[str]) -> Any:
 
 
 def _montage(args: argparse.Namespace, tiles: list, classified: int) -> None:
-    import io as _io
-
-    from imgclf.files import atomic_write_bytes
-    from imgclf.reports import build_montage
+    from imgclf.reports import build_montage, save_png
 
     sheet = build_montage(tiles)
-    buf = _io.BytesIO()
-    sheet.save(buf, format="PNG")
-    atomic_write_bytes(args.montage, buf.getvalue())
+    save_png(sheet, args.montage)
     more = (
         f"; the first {len(tiles)} of {classified} images, use --sample to pick"
         if classified > len(tiles)
