@@ -19,6 +19,9 @@ torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
 
 
+SEED_PARAMS_2 = 291_112  # the recipe's model.summary(): seed_resnet's trainable parameters for 2 classes
+
+
 def run_cli(*args: object) -> tuple[int, str, str]:
     """Run ``imgclf.cli.main`` in-process: ``(exit code, stdout, stderr)``.
 
@@ -96,23 +99,12 @@ def tiny_dataset(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def tiny_config():
-    """A fast recipe for tests: small_cnn at 32x32, 2 epochs, fp32."""
-    from imgclf.config import PreprocessSpec, TrainConfig
-
-    return TrainConfig(
-        arch="small_cnn",
-        arch_args={"widths": [8, 16]},
-        epochs=2,
-        batch_size=8,
-        preprocess=PreprocessSpec(height=32, width=32),
-        precision="fp32",
-        device="cpu",
-        seed=1,
-    )
+    """A fast recipe for tests (:func:`tiny_train_config`)."""
+    return tiny_train_config()
 
 
 def tiny_train_config(**changes):
-    """The ``tiny_config`` recipe as a plain function, for module- and session-scoped fixtures."""
+    """A fast recipe for tests: small_cnn at 32x32, 2 epochs, fp32 (also for scoped fixtures)."""
     from imgclf.config import PreprocessSpec, TrainConfig
 
     cfg = TrainConfig(

@@ -8,8 +8,10 @@ is about instead of stopping at the integrity check.
 from __future__ import annotations
 
 import json
+import os
 import struct
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -57,6 +59,25 @@ def make_classifier(
                 m.bias.uniform_(-0.1, 0.1)
                 m.num_batches_tracked.fill_(7)
     return Classifier(model, classes, PreprocessSpec(height=size, width=size), arch, args)
+
+
+def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    """The same names, and bitwise-equal tensors of the same dtype under each."""
+    assert a.keys() == b.keys(), sorted(set(a) ^ set(b))
+    for key in a:
+        assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+
+
+def flip(blob: bytes, index: int, mask: int = 0x01) -> bytes:
+    """``blob`` with the bits of ``mask`` flipped in byte ``index`` (negative counts from the end)."""
+    out = bytearray(blob)
+    out[index] ^= mask
+    return bytes(out)
+
+
+def flip_file(path: str | os.PathLike, index: int, mask: int = 0x01) -> None:
+    """Flip bits of one byte of a file in place (see :func:`flip`)."""
+    Path(path).write_bytes(flip(Path(path).read_bytes(), index, mask))
 
 
 def split(blob: bytes) -> tuple[dict[str, Any], bytes]:

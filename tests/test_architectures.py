@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import SEED_PARAMS_2
 from imgclf import architectures, resnet
 from imgclf.errors import UsageError
 from imgclf.resnet import SameConv2d
 
-SEED_PARAMS_2 = 291_112  # the recipe's model.summary(): trainable parameters for 2 classes
 HEAD_IN = 256 * (64 // 4 // 8) ** 2  # 64 px -> two strided stages -> 16 px -> AvgPool(8) -> 2x2, 256 filters
 
 

@@ -24,6 +24,7 @@ from imgclf.decoding import load_split
 from imgclf.determinism import capture_rng, restore_rng
 from imgclf.errors import ResumeError
 from imgclf.trainer import create_state, fit
+from modelfiles import assert_same_tensors, flip_file
 
 INFO = {"run_id": "r1", "class_names": ["ring", "square"]}
 
@@ -56,8 +57,7 @@ def _stopper(at: int):
 
 
 def _same_state(a, b) -> None:
-    for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
-        assert ka == kb and torch.equal(va, vb), ka
+    assert_same_tensors(a.model.state_dict(), b.model.state_dict())
     assert a.history == b.history
     assert (a.epoch, a.step, a.best_epoch, a.best_metric, a.bad_epochs) == (
         b.epoch,
@@ -70,13 +70,11 @@ def _same_state(a, b) -> None:
     assert torch.equal(a.aug_gen.get_state(), b.aug_gen.get_state())
     for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True):
         assert torch.equal(a.optimizer.state[p]["velocity"], b.optimizer.state[q]["velocity"])
-    assert a.best_state.keys() == b.best_state.keys()
-    assert all(torch.equal(a.best_state[k], b.best_state[k]) for k in a.best_state)
+    assert_same_tensors(a.best_state, b.best_state)
 
 
 @pytest.fixture(scope="module")
 def reference(splits):
-    torch.set_num_threads(1)
     return fit(CONFIG, create_state(CONFIG, 2), *splits)
 
 
@@ -181,16 +179,10 @@ def test_only_the_newest_two_and_the_best_checkpoint_are_kept(splits, tmp_path, 
     ]
 
 
-def _flip_byte(path: str, offset_from_end: int = 10) -> None:
-    data = bytearray(Path(path).read_bytes())
-    data[-offset_from_end] ^= 0x01
-    Path(path).write_bytes(bytes(data))
-
-
 @pytest.mark.parametrize(
     "damage, why",
     [
-        (lambda p: _flip_byte(p), "integrity check failed"),
+        (lambda p: flip_file(p, -10), "integrity check failed"),
         (lambda p: Path(p).write_bytes(Path(p).read_bytes()[:-100]), "not a readable checkpoint"),
         (lambda p: Path(p).write_bytes(Path(p).read_bytes()[:50]), "truncated"),
         (lambda p: Path(p).write_bytes(b""), "too short"),
@@ -218,7 +210,7 @@ def test_no_checkpoint_or_none_usable_is_a_resume_error_never_a_fresh_start(spli
         ckpt.latest_checkpoint(tmp_path, "r1", log=print)
     paths = _epochs(tmp_path, splits, 2)
     for p in paths:
-        _flip_byte(p)
+        flip_file(p, -10)
     with pytest.raises(ResumeError, match="no usable checkpoint among 2") as info:
         ckpt.latest_checkpoint(tmp_path, "r1", log=lambda _: None)
     assert info.value.exit_code == 6

@@ -21,7 +21,7 @@ from PIL import Image
 
 import imgclf
 from conftest import make_dataset, run_cli
-from imgclf.cli import main
+from modelfiles import flip
 
 TINY = [
     "--arch",
@@ -41,20 +41,6 @@ TINY = [
 ]
 CLASSES = ["ring", "square"]
 WEIRD = "bad\x1b[31mname"
-
-
-def _main(*args) -> int:
-    """main() returns the exit code; argparse's usage errors leave through SystemExit: normalise both."""
-    try:
-        return main([str(a) for a in args])
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 1
-
-
-def run(capsys, *args) -> tuple[int, str, str]:
-    code = _main(*args)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _one_error_line(err: str) -> str:
@@ -130,10 +116,10 @@ def test_train_records_the_recipe_flags_in_the_model(trained):
 LINE = re.compile(r"^(?P<path>[^\t]+)\t(?P<label>[^\t]+)\t(?P<conf>\d\.\d{4})$")
 
 
-def test_predict_stdout_is_one_tab_separated_line_per_image(trained, testing_images, capsys):
+def test_predict_stdout_is_one_tab_separated_line_per_image(trained, testing_images):
     _, model, *_ = trained
     folder = trained[0] / "testing"
-    code, out, err = run(capsys, "predict", "--model", model, "--images", folder, "--top-k", "1")
+    code, out, err = run_cli("predict", "--model", model, "--images", folder, "--top-k", "1")
     assert code == 0 and err == ""
     lines = out.splitlines()
     assert len(lines) == len(testing_images)
@@ -151,10 +137,10 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return list(reader)
 
 
-def test_predict_writes_csv_rows_with_probabilities(trained, testing_images, tmp_path, capsys):
+def test_predict_writes_csv_rows_with_probabilities(trained, testing_images, tmp_path):
     _, model, *_ = trained
     out_csv = tmp_path / "preds.csv"
-    code, _, _ = run(capsys, "predict", "--model", model, "--images", *testing_images, "--output", out_csv)
+    code, _, _ = run_cli("predict", "--model", model, "--images", *testing_images, "--output", out_csv)
     assert code == 0
     rows = _read_csv(out_csv)
     assert [r["path"] for r in rows] == testing_images
@@ -168,11 +154,11 @@ def test_predict_writes_csv_rows_with_probabilities(trained, testing_images, tmp
         assert p.tolist() == probs.tolist()  # exact: the file keeps every digit
 
 
-def test_predict_writes_jsonl_rows(trained, testing_images, tmp_path, capsys):
+def test_predict_writes_jsonl_rows(trained, testing_images, tmp_path):
     _, model, *_ = trained
     out_jsonl = tmp_path / "preds.jsonl"
     folder = trained[0] / "testing"
-    code, _, _ = run(capsys, "predict", "--model", model, "--images", folder, "--output", out_jsonl)
+    code, _, _ = run_cli("predict", "--model", model, "--images", folder, "--output", out_jsonl)
     assert code == 0
     rows = [json.loads(line) for line in out_jsonl.read_text(encoding="utf-8").splitlines()]
     assert [r["path"] for r in rows] == testing_images
@@ -184,12 +170,12 @@ def test_predict_writes_jsonl_rows(trained, testing_images, tmp_path, capsys):
         assert r["confidence"] == r["probabilities"][r["label"]]
 
 
-def test_predict_top_k_2_lists_the_runner_up(trained, tmp_path, capsys):
+def test_predict_top_k_2_lists_the_runner_up(trained, tmp_path):
     _, model, *_ = trained
     out_jsonl = tmp_path / "preds.jsonl"
     folder = trained[0] / "testing"
-    code, out, _ = run(
-        capsys, "predict", "--model", model, "--images", folder, "--top-k", "2", "--output", out_jsonl
+    code, out, _ = run_cli(
+        "predict", "--model", model, "--images", folder, "--top-k", "2", "--output", out_jsonl
     )
     assert code == 0
     for line in out.splitlines():
@@ -204,28 +190,27 @@ def test_predict_top_k_2_lists_the_runner_up(trained, tmp_path, capsys):
         assert top[0]["probability"] == r["confidence"]
 
 
-def _predicted_paths(capsys, model, images, *extra) -> list[str]:
-    code, out, _ = run(capsys, "predict", "--model", model, "--images", *images, *extra)
+def _predicted_paths(model, images, *extra) -> list[str]:
+    code, out, _ = run_cli("predict", "--model", model, "--images", *images, *extra)
     assert code == 0
     return [line.split("\t")[0] for line in out.splitlines()]
 
 
-def test_predict_sample_is_seeded(trained, testing_images, capsys):
+def test_predict_sample_is_seeded(trained, testing_images):
     _, model, *_ = trained
     folder = [trained[0] / "testing"]
-    first = _predicted_paths(capsys, model, folder, "--sample", "3", "--seed", "1")
+    first = _predicted_paths(model, folder, "--sample", "3", "--seed", "1")
     assert len(first) == len(set(first)) == 3 and set(first) <= set(testing_images)
-    assert _predicted_paths(capsys, model, folder, "--sample", "3", "--seed", "1") == first
-    others = [_predicted_paths(capsys, model, folder, "--sample", "3", "--seed", str(s)) for s in range(2, 6)]
+    assert _predicted_paths(model, folder, "--sample", "3", "--seed", "1") == first
+    others = [_predicted_paths(model, folder, "--sample", "3", "--seed", str(s)) for s in range(2, 6)]
     assert any(o != first for o in others)  # the seed is really used
-    assert len(_predicted_paths(capsys, model, folder, "--sample", "100")) == len(testing_images)
+    assert len(_predicted_paths(model, folder, "--sample", "100")) == len(testing_images)
 
 
-def test_predict_montage_of_16_samples_is_512_square(trained, tmp_path, capsys):
+def test_predict_montage_of_16_samples_is_512_square(trained, tmp_path):
     dataset, model, *_ = trained
     montage = tmp_path / "montage.png"
-    code, out, err = run(
-        capsys,
+    code, out, err = run_cli(
         "predict",
         "--model",
         model,
@@ -243,12 +228,12 @@ def test_predict_montage_of_16_samples_is_512_square(trained, tmp_path, capsys):
     assert "16 tiles" in err
 
 
-def test_predict_montage_shows_at_most_16_images_and_says_so(trained, testing_images, tmp_path, capsys):
+def test_predict_montage_shows_at_most_16_images_and_says_so(trained, testing_images, tmp_path):
     _, model, *_ = trained
     many = [*testing_images, *testing_images][:20]
     assert len(many) == 20
     montage = tmp_path / "montage.png"
-    code, out, err = run(capsys, "predict", "--model", model, "--images", *many, "--montage", montage)
+    code, out, err = run_cli("predict", "--model", model, "--images", *many, "--montage", montage)
     assert code == 0 and len(out.splitlines()) == 20  # every image is still classified
     with Image.open(montage) as img:
         assert img.size == (512, 512)
@@ -256,7 +241,7 @@ def test_predict_montage_shows_at_most_16_images_and_says_so(trained, testing_im
 
 
 def test_interrupted_predict_leaves_the_previous_output_file_and_no_temporary(
-    trained, testing_images, tmp_path, capsys, monkeypatch
+    trained, testing_images, tmp_path, monkeypatch
 ):
     _, model, *_ = trained
     out_csv = tmp_path / "preds.csv"
@@ -270,7 +255,7 @@ def test_interrupted_predict_leaves_the_previous_output_file_and_no_temporary(
             yield p
 
     monkeypatch.setattr(imgclf.Classifier, "iter_predict", interrupted)
-    code, out, _ = run(capsys, "predict", "--model", model, "--images", *testing_images, "--output", out_csv)
+    code, out, _ = run_cli("predict", "--model", model, "--images", *testing_images, "--output", out_csv)
     assert code == 130 and len(out.splitlines()) == 2  # what was classified was printed
     assert out_csv.read_text() == "previous results\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["preds.csv"]
@@ -302,12 +287,12 @@ def images_with_a_corrupt_one(trained, tmp_path) -> tuple[Path, Path, list[str]]
 
 
 def test_predict_with_a_corrupt_image_classifies_the_others_and_exits_4(
-    trained, images_with_a_corrupt_one, tmp_path, capsys
+    trained, images_with_a_corrupt_one, tmp_path
 ):
     _, model, *_ = trained
     folder, bad, good = images_with_a_corrupt_one
     out_csv = tmp_path / "preds.csv"
-    code, out, err = run(capsys, "predict", "--model", model, "--images", folder, "--output", out_csv)
+    code, out, err = run_cli("predict", "--model", model, "--images", folder, "--output", out_csv)
     assert code == 4
     assert "Traceback" not in err
     assert all(line.startswith("imgclf: ") for line in err.splitlines())
@@ -395,10 +380,10 @@ def _classes_differ(tmp: Path) -> tuple[Path, str]:
 
 
 @pytest.mark.parametrize("build", [_missing, _a_file, _empty, _one_class, _empty_class, _classes_differ])
-def test_dataset_errors_exit_7_with_one_line(build, tmp_path, capsys):
+def test_dataset_errors_exit_7_with_one_line(build, tmp_path):
     dataset, mention = build(tmp_path)
     model = tmp_path / "m.imgclf"
-    code, out, err = run(capsys, "train", "--dataset", dataset, "--model", model, *TINY)
+    code, out, err = run_cli("train", "--dataset", dataset, "--model", model, *TINY)
     assert code == 7
     line = _one_error_line(err)
     assert mention in line
@@ -414,9 +399,9 @@ def dataset_with_a_corrupt_image(trained, tmp_path) -> tuple[Path, Path]:
     return root, bad
 
 
-def test_a_corrupt_training_image_is_listed_before_training(dataset_with_a_corrupt_image, tmp_path, capsys):
+def test_a_corrupt_training_image_is_listed_before_training(dataset_with_a_corrupt_image, tmp_path):
     root, bad = dataset_with_a_corrupt_image
-    code, out, err = run(capsys, "train", "--dataset", root, "--model", tmp_path / "m.imgclf", *TINY)
+    code, out, err = run_cli("train", "--dataset", root, "--model", tmp_path / "m.imgclf", *TINY)
     assert code == 7 and out == ""
     errors = [line for line in err.splitlines() if "error" in line]
     assert len(errors) == 1 and errors[0].startswith("imgclf: error: ") and str(bad) in errors[0]
@@ -425,12 +410,10 @@ def test_a_corrupt_training_image_is_listed_before_training(dataset_with_a_corru
     assert not (tmp_path / "m.imgclf").exists()
 
 
-def test_skip_bad_trains_without_the_corrupt_image_and_says_so(
-    dataset_with_a_corrupt_image, tmp_path, capsys
-):
+def test_skip_bad_trains_without_the_corrupt_image_and_says_so(dataset_with_a_corrupt_image, tmp_path):
     root, bad = dataset_with_a_corrupt_image
     model = tmp_path / "m.imgclf"
-    code, out, err = run(capsys, "train", "--dataset", root, "--model", model, *TINY, "--skip-bad")
+    code, out, err = run_cli("train", "--dataset", root, "--model", model, *TINY, "--skip-bad")
     assert code == 0, err
     assert any("skipped" in line and str(bad) in line for line in err.splitlines())
     assert str(bad) not in out
@@ -452,34 +435,34 @@ def test_skip_bad_trains_without_the_corrupt_image_and_says_so(
         [],
     ],
 )
-def test_argparse_usage_errors_exit_2_with_usage_on_stderr(args, capsys):
-    code, out, err = run(capsys, *args)
+def test_argparse_usage_errors_exit_2_with_usage_on_stderr(args):
+    code, out, err = run_cli(*args)
     assert code == 2
     assert out == "" and "usage: imgclf" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("extra", [["--size", "0"], ["--epochs", "0"], ["--arch-arg", "widths=oops"]])
-def test_bad_setting_values_exit_2_with_one_line(extra, trained, tmp_path, capsys):
+def test_bad_setting_values_exit_2_with_one_line(extra, trained, tmp_path):
     model = tmp_path / "m.imgclf"
-    code, out, err = run(capsys, "train", "--dataset", trained[0], "--model", model, *TINY, *extra)
+    code, out, err = run_cli("train", "--dataset", trained[0], "--model", model, *TINY, *extra)
     assert code == 2
     _one_error_line(err)
     assert out == "" and not model.exists()
 
 
 @pytest.mark.parametrize("args", [["--top-k", "0"], ["--sample", "0"], ["--output", "preds.txt"]])
-def test_bad_predict_values_exit_2(args, trained, tmp_path, capsys, monkeypatch):
+def test_bad_predict_values_exit_2(args, trained, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, out, err = run(capsys, "predict", "--model", trained[1], "--images", trained[0] / "testing", *args)
+    code, out, err = run_cli("predict", "--model", trained[1], "--images", trained[0] / "testing", *args)
     assert code == 2
     _one_error_line(err)
     assert out == ""  # refused before classifying anything
     assert not (tmp_path / "preds.txt").exists()
 
 
-def test_train_into_a_missing_folder_exits_5_before_training(trained, tmp_path, capsys):
+def test_train_into_a_missing_folder_exits_5_before_training(trained, tmp_path):
     model = tmp_path / "no" / "m.imgclf"
-    code, _, err = run(capsys, "train", "--dataset", trained[0], "--model", model, *TINY)
+    code, _, err = run_cli("train", "--dataset", trained[0], "--model", model, *TINY)
     assert code == 5
     assert "does not exist" in _one_error_line(err)
 
@@ -495,7 +478,7 @@ def _model_args(command: str, model: Path, dataset: Path) -> list:
 
 @pytest.mark.parametrize("command", ["predict", "evaluate", "inspect", "verify"])
 @pytest.mark.parametrize("kind", ["missing", "text", "folder", "truncated"])
-def test_bad_model_path_exits_3_with_one_line(command, kind, trained, tmp_path, capsys):
+def test_bad_model_path_exits_3_with_one_line(command, kind, trained, tmp_path):
     model = tmp_path / "model.imgclf"
     if kind == "text":
         model.write_text("not a model at all\n")
@@ -503,52 +486,50 @@ def test_bad_model_path_exits_3_with_one_line(command, kind, trained, tmp_path, 
         model.mkdir()
     elif kind == "truncated":
         model.write_bytes(trained[1].read_bytes()[:-100])
-    code, out, err = run(capsys, *_model_args(command, model, trained[0]))
+    code, out, err = run_cli(*_model_args(command, model, trained[0]))
     assert code == 3
     assert str(model) in _one_error_line(err)
     assert out == ""
 
 
-def test_a_tampered_model_fails_verification_with_exit_3(trained, tmp_path, capsys):
+def test_a_tampered_model_fails_verification_with_exit_3(trained, tmp_path):
     model = tmp_path / "tampered.imgclf"
-    data = bytearray(trained[1].read_bytes())
-    data[-5] ^= 0x01  # one bit of weight data
-    model.write_bytes(bytes(data))
-    code, _, err = run(capsys, "verify", model)
+    model.write_bytes(flip(trained[1].read_bytes(), -5))  # one bit of weight data
+    code, _, err = run_cli("verify", model)
     assert code == 3
     assert "integrity" in _one_error_line(err)
 
 
 @pytest.mark.parametrize("where", ["before", "after"])
-def test_debug_shows_the_traceback(where, tmp_path, capsys):
+def test_debug_shows_the_traceback(where, tmp_path):
     args = ["inspect", tmp_path / "missing.imgclf"]
     args = ["--debug", *args] if where == "before" else [*args, "--debug"]
-    code, _, err = run(capsys, *args)
+    code, _, err = run_cli(*args)
     assert code == 3
     assert "Traceback (most recent call last)" in err
     assert err.strip().splitlines()[-1].startswith("imgclf: error: ")
 
 
-def test_without_debug_there_is_no_traceback(tmp_path, capsys):
-    code, _, err = run(capsys, "inspect", tmp_path / "missing.imgclf")
+def test_without_debug_there_is_no_traceback(tmp_path):
+    code, _, err = run_cli("inspect", tmp_path / "missing.imgclf")
     assert code == 3
     _one_error_line(err)
 
 
-def test_main_leaves_warnings_showwarning_as_it_was(trained, capsys):
+def test_main_leaves_warnings_showwarning_as_it_was(trained):
     before = warnings.showwarning
-    run(capsys, "inspect", trained[1])
-    run(capsys, "inspect", "missing.imgclf")
+    run_cli("inspect", trained[1])
+    run_cli("inspect", "missing.imgclf")
     assert warnings.showwarning is before
 
 
 # --- evaluate, inspect, verify -----------------------------------------------------------------------------
 
 
-def test_evaluate_reproduces_the_training_report(trained, capsys):
+def test_evaluate_reproduces_the_training_report(trained):
     dataset, model, *_ = trained
     run_dir = model.with_name("tiny-run")
-    code, out, err = run(capsys, "evaluate", "--model", model, "--dataset", dataset)
+    code, out, err = run_cli("evaluate", "--model", model, "--dataset", dataset)
     assert code == 0, err
     assert out == (run_dir / "report.txt").read_text()
     accuracy_line = next(line for line in out.splitlines() if line.strip().startswith("accuracy"))
@@ -557,12 +538,10 @@ def test_evaluate_reproduces_the_training_report(trained, capsys):
     assert accuracy == round(training_report["report"]["accuracy"], 4)
 
 
-def test_evaluate_json_parses_and_equals_the_training_report_json(trained, tmp_path, capsys):
+def test_evaluate_json_parses_and_equals_the_training_report_json(trained, tmp_path):
     dataset, model, *_ = trained
     out_json = tmp_path / "eval.json"
-    code, out, _ = run(
-        capsys, "evaluate", "--model", model, "--dataset", dataset, "--json", "--output", out_json
-    )
+    code, out, _ = run_cli("evaluate", "--model", model, "--dataset", dataset, "--json", "--output", out_json)
     assert code == 0
     result = json.loads(out)
     training = json.loads(model.with_name("tiny-run").joinpath("report.json").read_text())
@@ -571,54 +550,52 @@ def test_evaluate_json_parses_and_equals_the_training_report_json(trained, tmp_p
     assert json.loads(out_json.read_text()) == result
 
 
-def test_evaluate_with_a_class_the_model_does_not_know_exits_7(trained, tmp_path, capsys):
+def test_evaluate_with_a_class_the_model_does_not_know_exits_7(trained, tmp_path):
     dataset = make_dataset(tmp_path / "other", {"": 2}, classes=("ring", "triangle"))
-    code, out, err = run(capsys, "evaluate", "--model", trained[1], "--dataset", dataset)
+    code, out, err = run_cli("evaluate", "--model", trained[1], "--dataset", dataset)
     assert code == 7 and out == ""
     assert "triangle" in _one_error_line(err)
 
 
-def test_evaluate_confusion_plot(trained, tmp_path, capsys):
+def test_evaluate_confusion_plot(trained, tmp_path):
     plot = tmp_path / "cm.png"
-    code, _, _ = run(
-        capsys, "evaluate", "--model", trained[1], "--dataset", trained[0], "--confusion-plot", plot
-    )
+    code, _, _ = run_cli("evaluate", "--model", trained[1], "--dataset", trained[0], "--confusion-plot", plot)
     assert code == 0
     with Image.open(plot) as img:
         assert img.format == "PNG"
 
 
-def test_evaluate_checks_its_outputs_before_evaluating(trained, tmp_path, capsys, monkeypatch):
+def test_evaluate_checks_its_outputs_before_evaluating(trained, tmp_path, monkeypatch):
     dataset, model, *_ = trained
     for flag in ("--output", "--confusion-plot"):
-        code, out, err = run(
-            capsys, "evaluate", "--model", model, "--dataset", dataset, flag, tmp_path / "missing" / "x"
+        code, out, err = run_cli(
+            "evaluate", "--model", model, "--dataset", dataset, flag, tmp_path / "missing" / "x"
         )
         assert code == 5 and out == ""
         _one_error_line(err)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # the optional plotting dependency is absent
-    code, out, err = run(
-        capsys, "evaluate", "--model", model, "--dataset", dataset, "--confusion-plot", tmp_path / "cm.png"
+    code, out, err = run_cli(
+        "evaluate", "--model", model, "--dataset", dataset, "--confusion-plot", tmp_path / "cm.png"
     )
     assert code == 2 and out == ""
     assert "matplotlib" in _one_error_line(err)
 
 
-def test_train_without_matplotlib_still_succeeds(trained, tmp_path, capsys, monkeypatch):
+def test_train_without_matplotlib_still_succeeds(trained, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     model = tmp_path / "m.imgclf"
-    code, out, err = run(capsys, "train", "--dataset", trained[0], "--model", model, *TINY)
+    code, out, err = run_cli("train", "--dataset", trained[0], "--model", model, *TINY)
     assert code == 0, err
     assert "matplotlib" in err and out.startswith(" " * 14 + "precision")
     assert model.is_file() and not (tmp_path / "m-run" / "plot.png").exists()
 
 
-def test_inspect_text_and_json(trained, capsys):
+def test_inspect_text_and_json(trained):
     _, model, *_ = trained
-    code, out, _ = run(capsys, "inspect", model)
+    code, out, _ = run_cli("inspect", model)
     assert code == 0
     assert "classes         2: ring, square" in out and "small_cnn" in out and "32x32" in out
-    code, out, _ = run(capsys, "inspect", model, "--json")
+    code, out, _ = run_cli("inspect", model, "--json")
     assert code == 0
     info = json.loads(out)
     assert info["class_names"] == CLASSES
@@ -627,8 +604,8 @@ def test_inspect_text_and_json(trained, capsys):
     assert info["format_version"] == 1 and info["format"] == "imgclf"
 
 
-def test_verify_passes_on_a_fresh_model(trained, capsys):
-    code, out, err = run(capsys, "verify", trained[1])
+def test_verify_passes_on_a_fresh_model(trained):
+    code, out, err = run_cli("verify", trained[1])
     assert code == 0, err
     lines = out.splitlines()
     assert lines[-1].startswith("verified")
@@ -653,7 +630,7 @@ def weird(tmp_path_factory):
     return root, model, out
 
 
-def test_control_characters_in_class_names_are_escaped_on_the_terminal(weird, tmp_path, capsys):
+def test_control_characters_in_class_names_are_escaped_on_the_terminal(weird):
     root, model, train_out = weird
     assert imgclf.inspect(model)["class_names"] == [WEIRD, "square"]
     outputs = {"train": train_out}
@@ -662,7 +639,7 @@ def test_control_characters_in_class_names_are_escaped_on_the_terminal(weird, tm
         "evaluate": ["evaluate", "--model", model, "--dataset", root],
         "inspect": ["inspect", model],
     }.items():
-        code, out, err = run(capsys, *args)
+        code, out, err = run_cli(*args)
         assert code == 0, err
         outputs[name] = out + err
     for name, text in outputs.items():
@@ -670,15 +647,15 @@ def test_control_characters_in_class_names_are_escaped_on_the_terminal(weird, tm
     assert "bad\\x1b[31mname" in outputs["predict"] and "bad\\x1b[31mname" in outputs["inspect"]
 
 
-def test_control_characters_in_class_names_keep_json_valid(weird, tmp_path, capsys):
+def test_control_characters_in_class_names_keep_json_valid(weird, tmp_path):
     root, model, _ = weird
     jsonl = tmp_path / "preds.jsonl"
-    code, _, _ = run(capsys, "predict", "--model", model, "--images", root / "testing", "--output", jsonl)
+    code, _, _ = run_cli("predict", "--model", model, "--images", root / "testing", "--output", jsonl)
     assert code == 0
     assert "\x1b" not in jsonl.read_text(encoding="utf-8")
     for r in map(json.loads, jsonl.read_text(encoding="utf-8").splitlines()):
         assert list(r["probabilities"]) == [WEIRD, "square"] and r["label"] in (WEIRD, "square")
     for args in (["inspect", model, "--json"], ["evaluate", "--model", model, "--dataset", root, "--json"]):
-        code, out, _ = run(capsys, *args)
+        code, out, _ = run_cli(*args)
         assert code == 0 and "\x1b" not in out
         assert json.loads(out)["class_names"] == [WEIRD, "square"]

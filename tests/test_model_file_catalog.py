@@ -32,6 +32,7 @@ from modelfiles import (
     data_offset,
     edit_manifest,
     edit_tensors,
+    flip,
     join,
     make_classifier,
     manifest_of,
@@ -58,12 +59,6 @@ class Payload:
 @pytest.fixture(scope="module")
 def good() -> bytes:
     return bundle.serialize(make_classifier())
-
-
-def _flip(blob: bytes, index: int, mask: int = 0x01) -> bytes:
-    out = bytearray(blob)
-    out[index] ^= mask
-    return bytes(out)
 
 
 def _header_case(text: str) -> Callable[[bytes], bytes]:
@@ -296,11 +291,11 @@ BYTES_CASES: list[tuple[str, str, Callable[[bytes], bytes], tuple[str, ...]]] = 
         ("'model.features.0.weight' has shape [4, 3, 5, 5], expected [4, 3, 3, 3]",),
     ),
     ("class_count_mismatch", "A14", _class_count, ("class count mismatch: manifest 3, weights 2",)),
-    ("flipped_data_byte", "A15", lambda g: _flip(g, len(g) - 3), ("integrity check failed: tensor data",)),
+    ("flipped_data_byte", "A15", lambda g: flip(g, len(g) - 3), ("integrity check failed: tensor data",)),
     (
         "flipped_weight_byte",
         "A15",
-        lambda g: _flip(g, data_offset(g) + 40, 0x10),
+        lambda g: flip(g, data_offset(g) + 40, 0x10),
         ("integrity check failed",),
     ),
     (
@@ -635,12 +630,31 @@ def test_an_empty_tensor_inside_another_tensor_is_an_overlap(good, tmp_path):
 @pytest.mark.parametrize(
     "name", ["os.system", "torchvision.models.resnet18", "../x", "subprocess", "imgclf.cli"]
 )
-def test_architecture_names_import_nothing(name, good, tmp_path):
+def test_architecture_names_import_nothing(name, good, tmp_path, monkeypatch):
+    import builtins
+    import importlib
+
     path = tmp_path / "arch.imgclf"
     path.write_bytes(_set(("architecture", "name"), name)(good))
-    before = set(sys.modules)
+    # The names are mostly loaded already, so watch the import machinery itself, not sys.modules.
+    parts = name.split(".")
+    named = {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+    requested: list[str] = []
+    real_import, real_import_module = builtins.__import__, importlib.import_module
+
+    def spy_import(module, *args, **kwargs):
+        requested.append(module)
+        return real_import(module, *args, **kwargs)
+
+    def spy_import_module(module, *args, **kwargs):
+        requested.append(module)
+        return real_import_module(module, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", spy_import)
+    monkeypatch.setattr(importlib, "import_module", spy_import_module)
     _rejects(path, ("unknown architecture",))
-    assert set(sys.modules) - before == set()
+    monkeypatch.undo()
+    assert named.isdisjoint(requested), sorted(named & set(requested))
 
 
 # --- A20-A22: code-carrying files, in a real process --------------------------------------------------------

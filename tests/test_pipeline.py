@@ -73,10 +73,6 @@ def trained(tmp_path_factory):
     return root, model_path, result, extras
 
 
-def test_tiny_train_config_is_the_tiny_config_fixture(tiny_config):
-    assert tiny_train_config() == tiny_config
-
-
 def test_training_evaluates_the_testing_split(trained):
     root, model_path, result, extras = trained
     ev = result.evaluation

@@ -15,7 +15,7 @@ from collections import namedtuple
 
 import pytest
 
-from conftest import tiny_train_config
+from conftest import SEED_PARAMS_2, tiny_train_config
 from imgclf.errors import StorageError, UsageError
 from imgclf.pipeline import train
 from imgclf.runfolder import RunLock, estimate_bytes, read_record
@@ -125,14 +125,30 @@ def test_the_estimate_counts_weights_momentum_and_best_weights_per_checkpoint():
     config = tiny_train_config(arch="seed_resnet", arch_args={}, keep="last")
     model_last, run_last = estimate_bytes(config, 2, 1000)
     model_best, run_best = estimate_bytes(config.replace(keep="best"), 2, 1000)
-    params = 291_112  # seed_resnet with 2 classes (parameters; BN buffers come on top)
+    params = SEED_PARAMS_2  # parameters; BN buffers come on top
     assert 4 * params < model_last < 4 * params + 2_000_000  # weights + probes and manifest
     assert run_last > 4 * (2 * 4 * params) and run_best > run_last + 4 * 4 * params
 
 
-def test_enough_free_disk_passes(tiny_dataset, tmp_path, monkeypatch):
-    monkeypatch.setattr("shutil.disk_usage", _disk(10**9))
-    train(tiny_dataset, tmp_path / "m.imgclf", tiny_train_config(epochs=1))
+def test_enough_free_disk_passes_the_check_and_decoding_starts(tiny_dataset, tmp_path, monkeypatch):
+    asked: list[str] = []
+    free = _disk(10**9)
+
+    def disk_usage(path):
+        asked.append(str(path))
+        return free(path)
+
+    class Started(Exception):
+        pass
+
+    def started(*args, **kwargs):
+        raise Started
+
+    monkeypatch.setattr("shutil.disk_usage", disk_usage)
+    monkeypatch.setattr("imgclf.pipeline.load_split", started)  # past the start-up checks: stop here
+    with pytest.raises(Started):
+        train(tiny_dataset, tmp_path / "m.imgclf", tiny_train_config(epochs=1))
+    assert asked  # the free space was really looked up
 
 
 @pytest.mark.parametrize("what", ["run-dir-is-a-file", "plot-folder-missing", "model-is-a-folder"])
@@ -173,9 +189,7 @@ def test_the_run_record_says_what_to_resume_from(tiny_model):
     assert rel.startswith("training/") and label in (0, 1) and len(digest) == 32
 
 
-def test_a_new_run_into_a_folder_with_an_unfinished_run_is_refused_unless_forced(
-    tiny_dataset, tmp_path, monkeypatch
-):
+def test_a_new_run_into_a_folder_with_an_unfinished_run_is_refused_unless_forced(tiny_dataset, tmp_path):
     train(tiny_dataset, tmp_path / "m.imgclf", tiny_train_config(epochs=1))
     record = read_record(tmp_path / "m-run")
     (tmp_path / "m-run" / "run.json").write_text(json.dumps({**record, "status": "training"}))

@@ -193,7 +193,7 @@ def test_a_full_disk_keeps_the_original_and_removes_the_temp(where, payloads, tm
 
 
 @POSIX
-def test_a_real_file_size_limit_during_save_is_a_storage_error(payloads, tmp_path):
+def test_a_real_file_size_limit_during_save_is_a_storage_error(tmp_path):
     """RLIMIT_FSIZE makes the kernel refuse the write (EFBIG), as a full quota would."""
     pytest.importorskip("resource")
     dest = tmp_path / "model.imgclf"
@@ -226,7 +226,7 @@ def test_a_real_file_size_limit_during_save_is_a_storage_error(payloads, tmp_pat
 # --- unusable destinations ------------------------------------------------------------------------------
 
 
-def test_a_missing_folder_is_a_clear_storage_error(payloads, tmp_path):
+def test_a_missing_folder_is_a_clear_storage_error(tmp_path):
     with pytest.raises(StorageError, match="create the folder first"):
         imgclf.save(make_classifier(), tmp_path / "missing" / "model.imgclf")
 
@@ -285,9 +285,7 @@ def test_a_symlinked_destination_keeps_the_link_and_updates_its_target(payloads,
 # --- durability order -----------------------------------------------------------------------------------
 
 
-def test_fsync_of_the_file_comes_before_the_rename_and_fsync_of_the_folder_after(
-    payloads, tmp_path, monkeypatch
-):
+def test_fsync_of_the_file_comes_before_the_rename_and_fsync_of_the_folder_after(tmp_path, monkeypatch):
     events: list[tuple[str, str]] = []
     real_fsync, real_replace = os.fsync, os.replace
 
@@ -309,7 +307,7 @@ def test_fsync_of_the_file_comes_before_the_rename_and_fsync_of_the_folder_after
         assert events == [("fsync", "file"), ("rename", "True"), ("fsync", "folder")]
 
 
-def test_the_temp_file_is_created_in_the_destination_folder(payloads, tmp_path, monkeypatch):
+def test_the_temp_file_is_created_in_the_destination_folder(tmp_path, monkeypatch):
     """D5: same folder, same filesystem, so the rename never crosses devices (no EXDEV)."""
     opened: list[str] = []
     real_open = open
