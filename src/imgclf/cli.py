@@ -13,6 +13,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -395,14 +396,9 @@ def run() -> None:
     file it wrote is closed and fsynced, worker processes are joined, locks are released.
     """
     code = main()
-    try:
-        sys.stdout.flush()
-    except (BrokenPipeError, ValueError):  # reader gone, or stdout closed: nothing left to deliver
-        pass
-    try:
-        sys.stderr.flush()
-    except (BrokenPipeError, ValueError):
-        pass
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(BrokenPipeError, ValueError):  # reader gone, or closed: nothing to deliver
+            stream.flush()
     os._exit(code)
 
 
