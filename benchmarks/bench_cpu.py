@@ -26,13 +26,13 @@ import torch
 from common import bare_loop_rate, fit_rate, machine, median_time, table
 from PIL import Image
 
-from imgclf import architectures
 from imgclf.classifier import Classifier
+from imgclf.cli.allocator import tune_allocator
 from imgclf.config import PreprocessSpec
-from imgclf.data import scan_dataset
-from imgclf.decoding import load_split, open_cache
-from imgclf.demo_data import write_demo_dataset
-from imgclf.runtime import tune_allocator
+from imgclf.data.decode import load_split, open_cache
+from imgclf.data.folders import scan_dataset
+from imgclf.data.synthetic import write_demo_dataset
+from imgclf.models import registry
 
 SPEC = PreprocessSpec()
 
@@ -112,7 +112,7 @@ def bench_cache(work: Path) -> None:
 def bench_predict(demo: Path, work: Path) -> Path:
     torch.manual_seed(0)
     clf = Classifier(
-        architectures.build("seed_resnet", 2, (64, 64)),
+        registry.build("seed_resnet", 2, (64, 64)),
         ["Parasitized", "Uninfected"],
         SPEC,
         "seed_resnet",

@@ -22,10 +22,10 @@ from pathlib import Path
 from common import bare_loop_rate, fit_rate, machine, table
 
 from imgclf.config import TrainConfig
-from imgclf.data import scan_dataset
-from imgclf.decoding import load_split
-from imgclf.demo_data import write_demo_dataset
-from imgclf.trainer import create_state, fit
+from imgclf.data.decode import load_split
+from imgclf.data.folders import scan_dataset
+from imgclf.data.synthetic import write_demo_dataset
+from imgclf.training.loop import create_state, fit
 
 
 def correctness(device: str, smoke: bool) -> list[list[object]]:

@@ -16,14 +16,14 @@ from pathlib import Path
 import torch
 
 import imgclf
-from imgclf import architectures
 from imgclf.classifier import Classifier
 from imgclf.config import PreprocessSpec
+from imgclf.models import registry
 
 
 def main() -> None:
     torch.manual_seed(0)
-    model = architectures.build("seed_resnet", 2, (64, 64))
+    model = registry.build("seed_resnet", 2, (64, 64))
     clf = Classifier(model, ["Parasitized", "Uninfected"], PreprocessSpec(), "seed_resnet", {})
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "seed.imgclf"

@@ -72,8 +72,8 @@ def synthetic_images(n: int) -> tuple[object, object]:
 
 
 def synthetic_split(n: int):  # noqa: ANN201 - DecodedSplit, imported lazily
-    """A :class:`imgclf.decoding.DecodedSplit` of :func:`synthetic_images`."""
-    from imgclf.decoding import DecodedSplit
+    """A :class:`imgclf.data.decode.DecodedSplit` of :func:`synthetic_images`."""
+    from imgclf.data.decode import DecodedSplit
 
     images, labels = synthetic_images(n)
     return DecodedSplit(images, labels, [f"x{i}" for i in range(n)], [""] * n)
@@ -86,7 +86,7 @@ def fit_rate(
     import torch
 
     from imgclf.config import TrainConfig
-    from imgclf.trainer import create_state, fit
+    from imgclf.training.loop import create_state, fit
 
     cfg = TrainConfig(
         epochs=epochs,
@@ -115,18 +115,18 @@ def bare_loop_rate(
     import torch
     import torch.nn.functional as F
 
-    from imgclf import architectures
-    from imgclf.augment import affine_matrices, augment_batch, sample_params
     from imgclf.config import PreprocessSpec, TrainConfig
-    from imgclf.images import to_tensor
-    from imgclf.optim import KerasSGD
-    from imgclf.trainer import resolve_device, resolve_precision
+    from imgclf.images.preprocess import to_tensor
+    from imgclf.models import registry
+    from imgclf.training.augment import affine_matrices, augment_batch, sample_params
+    from imgclf.training.loop import resolve_device, resolve_precision
+    from imgclf.training.optim import KerasSGD
 
     dev = resolve_device(device)
     spec, aug = PreprocessSpec(), TrainConfig().augment
     torch.manual_seed(0)
     memory = torch.channels_last if channels_last else torch.contiguous_format
-    model = architectures.build("seed_resnet", 2, (64, 64)).to(dev, memory_format=memory)
+    model = registry.build("seed_resnet", 2, (64, 64)).to(dev, memory_format=memory)
     opt = KerasSGD([{"params": model.parameters()}], lr=0.01, momentum=0.9)
     net = torch.compile(model) if compile_ else model
     dtype = resolve_precision(precision, dev)

@@ -23,14 +23,14 @@ SEED_PARAMS_2 = 291_112  # the recipe's model.summary(): seed_resnet's trainable
 
 
 def run_cli(*args: object) -> tuple[int, str, str]:
-    """Run ``imgclf.cli.main`` in-process: ``(exit code, stdout, stderr)``.
+    """Run ``imgclf.cli.main.main`` in-process: ``(exit code, stdout, stderr)``.
 
     ``main`` returns the exit code; argparse's usage errors leave through ``SystemExit``: both normalised.
     """
     import contextlib
     import io
 
-    from imgclf.cli import main
+    from imgclf.cli.main import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -129,7 +129,7 @@ def tiny_model(tmp_path_factory):
     """
     from types import SimpleNamespace
 
-    from imgclf.pipeline import train
+    from imgclf.training.pipeline import train
 
     base = tmp_path_factory.mktemp("tiny_model")
     dataset = make_dataset(base / "data", {"training": 12, "validation": 4, "testing": 6})

@@ -17,11 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from imgclf import architectures
 from imgclf.classifier import Classifier
 from imgclf.config import PreprocessSpec
-from imgclf.integrity import canonical_json, manifest_digest, tensors_digest
-from imgclf.manifest import MANIFEST_KEY
+from imgclf.modelfile.digests import canonical_json, manifest_digest, tensors_digest
+from imgclf.modelfile.manifest import MANIFEST_KEY
+from imgclf.models import registry
 
 CLASSES = ("ring", "square")
 DTYPE_NAMES = {
@@ -49,7 +49,7 @@ def make_classifier(
     """A randomly initialised classifier (no training: fast), with non-trivial batch-norm statistics."""
     torch.manual_seed(seed)
     args = {"widths": [4, 8]} if args is None and arch == "small_cnn" else dict(args or {})
-    model = architectures.build(arch, len(classes), (size, size), args)
+    model = registry.build(arch, len(classes), (size, size), args)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):

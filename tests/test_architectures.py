@@ -1,4 +1,4 @@
-"""Tests of imgclf.architectures: the seed ResNet's shape and numbers, TF padding, L2 groups, the registry."""
+"""Tests of models.registry: the seed ResNet's shape and numbers, TF padding, L2 groups, the registry."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import SEED_PARAMS_2
-from imgclf import architectures, resnet
 from imgclf.errors import UsageError
-from imgclf.resnet import SameConv2d
+from imgclf.models import registry, seed_resnet
+from imgclf.models.seed_resnet import SameConv2d
 
 HEAD_IN = 256 * (64 // 4 // 8) ** 2  # 64 px -> two strided stages -> 16 px -> AvgPool(8) -> 2x2, 256 filters
 
@@ -26,7 +26,7 @@ def trainable(model: nn.Module) -> int:
 @pytest.fixture(scope="module")
 def seed_model() -> nn.Module:
     torch.manual_seed(0)
-    return architectures.build("seed_resnet", num_classes=2, input_size=(64, 64))
+    return registry.build("seed_resnet", num_classes=2, input_size=(64, 64))
 
 
 def _usage(fn, *args, **kwargs) -> str:
@@ -46,13 +46,13 @@ def test_seed_resnet_has_the_recipes_parameter_count(seed_model: nn.Module) -> N
 
 @pytest.mark.parametrize("classes,expected", [(3, 292_137), (10, 299_312)])
 def test_only_the_dense_layer_grows_with_the_class_count(classes: int, expected: int) -> None:
-    model = architectures.build("seed_resnet", classes)
+    model = registry.build("seed_resnet", classes)
     assert trainable(model) == expected == SEED_PARAMS_2 + (classes - 2) * (HEAD_IN + 1)
 
 
 @pytest.mark.parametrize("stem,size", [("cifar", (64, 64)), ("tiny_imagenet", (64, 64)), ("cifar", (32, 48))])
 def test_output_shape(stem: str, size: tuple[int, int]) -> None:
-    model = architectures.build("seed_resnet", 3, input_size=size, args={"stem": stem}).eval()
+    model = registry.build("seed_resnet", 3, input_size=size, args={"stem": stem}).eval()
     with torch.no_grad():
         out = model(torch.rand(1, 3, *size))
     assert out.shape == (1, 3)
@@ -60,7 +60,7 @@ def test_output_shape(stem: str, size: tuple[int, int]) -> None:
 
 
 def test_tiny_imagenet_stem_layers() -> None:
-    model = architectures.build("seed_resnet", 2, args={"stem": "tiny_imagenet"})
+    model = registry.build("seed_resnet", 2, args={"stem": "tiny_imagenet"})
     kinds = [type(m) for m in model.stem]
     assert kinds == [SameConv2d, nn.BatchNorm2d, nn.ReLU, nn.ZeroPad2d, nn.MaxPool2d]
     assert model.stem[0].kernel_size == (5, 5)
@@ -111,7 +111,7 @@ def test_batch_norm_settings(seed_model: nn.Module) -> None:
     for bn in norms:
         assert bn.eps == 2e-5
         assert bn.momentum == pytest.approx(0.1)  # Keras momentum 0.9 keeps 90 % of the old statistic
-    custom = architectures.build("seed_resnet", 2, args={"bn_momentum": 0.99, "bn_eps": 1e-3})
+    custom = registry.build("seed_resnet", 2, args={"bn_momentum": 0.99, "bn_eps": 1e-3})
     bn = custom.input_bn
     assert bn.momentum == pytest.approx(0.01) and bn.eps == 1e-3
 
@@ -130,7 +130,7 @@ def test_no_conv_has_a_bias_and_weights_are_glorot(seed_model: nn.Module) -> Non
 
 def _coefficients(model: nn.Module) -> dict[int, float]:
     seen: dict[int, float] = {}
-    for coef, params in architectures.l2_groups(model):
+    for coef, params in registry.l2_groups(model):
         for p in params:
             assert id(p) not in seen, "a parameter is in two groups"
             seen[id(p)] = coef
@@ -140,7 +140,7 @@ def _coefficients(model: nn.Module) -> dict[int, float]:
 
 @pytest.mark.parametrize("stem", ["cifar", "tiny_imagenet"])
 def test_l2_groups_follow_the_recipe(stem: str) -> None:
-    model = architectures.build("seed_resnet", 2, args={"stem": stem})
+    model = registry.build("seed_resnet", 2, args={"stem": stem})
     coef = _coefficients(model)
     stem_convs = [m for m in model.stem.modules() if isinstance(m, nn.Conv2d)]
     block_convs = [m for m in model.blocks.modules() if isinstance(m, nn.Conv2d)]
@@ -154,14 +154,14 @@ def test_l2_groups_follow_the_recipe(stem: str) -> None:
 
 
 def test_l2_coefficients_come_from_the_args() -> None:
-    model = architectures.build("seed_resnet", 2, args={"reg": 0.01, "module_reg": 0.0})
-    groups = {c: len(ps) for c, ps in architectures.l2_groups(model) if ps}
+    model = registry.build("seed_resnet", 2, args={"reg": 0.01, "module_reg": 0.0})
+    groups = {c: len(ps) for c, ps in registry.l2_groups(model) if ps}
     assert groups[0.01] == 2
     assert 0.0 in groups and 1e-4 not in groups
 
 
 def test_small_cnn_builds_runs_and_groups() -> None:
-    model = architectures.build("small_cnn", 4, input_size=(32, 24), args={"widths": [8, 16]}).eval()
+    model = registry.build("small_cnn", 4, input_size=(32, 24), args={"widths": [8, 16]}).eval()
     with torch.no_grad():
         assert model(torch.rand(3, 3, 32, 24)).shape == (3, 4)
     coef = _coefficients(model)
@@ -179,9 +179,9 @@ def test_default_l2_groups_for_models_without_them() -> None:
 
 
 def test_registered_names_and_args_are_json_data() -> None:
-    assert {"seed_resnet", "small_cnn"} <= set(architectures.names())
-    assert architectures.names() == sorted(architectures.names())
-    args = architectures.resolve_args("seed_resnet", {"stages": (1, 1, 1), "reg": 0})
+    assert {"seed_resnet", "small_cnn"} <= set(registry.names())
+    assert registry.names() == sorted(registry.names())
+    args = registry.resolve_args("seed_resnet", {"stages": (1, 1, 1), "reg": 0})
     assert args == {
         "stages": [1, 1, 1],
         "filters": [32, 64, 128, 256],
@@ -193,7 +193,7 @@ def test_registered_names_and_args_are_json_data() -> None:
     }
     assert isinstance(args["reg"], float)
     assert json.loads(json.dumps(args)) == args
-    model = architectures.build("seed_resnet", 2, args=args)
+    model = registry.build("seed_resnet", 2, args=args)
     assert len(model.blocks) == 3
 
 
@@ -213,12 +213,12 @@ def test_registered_names_and_args_are_json_data() -> None:
 )
 def test_unknown_architecture_is_rejected_without_importing(name: object) -> None:
     before = set(sys.modules)
-    msg = _usage(architectures.build, name, 2)
+    msg = _usage(registry.build, name, 2)
     assert msg.startswith("unknown architecture; received ")
     assert "seed_resnet" in msg and "small_cnn" in msg  # the message lists what is available
     assert set(sys.modules) == before
-    _usage(architectures.resolve_args, name, {})
-    _usage(architectures.info, name)
+    _usage(registry.resolve_args, name, {})
+    _usage(registry.info, name)
 
 
 @pytest.mark.parametrize(
@@ -242,8 +242,8 @@ def test_unknown_architecture_is_rejected_without_importing(name: object) -> Non
     ],
 )
 def test_bad_builder_args_are_rejected(name: str, args: dict, problem: str) -> None:
-    assert _usage(architectures.resolve_args, name, args).startswith(problem)
-    assert _usage(architectures.build, name, 2, (64, 64), args).startswith(problem)
+    assert _usage(registry.resolve_args, name, args).startswith(problem)
+    assert _usage(registry.build, name, 2, (64, 64), args).startswith(problem)
 
 
 @pytest.fixture
@@ -253,8 +253,8 @@ def no_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("a layer was built before the size checks")
 
-    monkeypatch.setattr(resnet.PreActBottleneck, "__init__", refuse)
-    monkeypatch.setattr(resnet.SameConv2d, "__init__", refuse)
+    monkeypatch.setattr(seed_resnet.PreActBottleneck, "__init__", refuse)
+    monkeypatch.setattr(seed_resnet.SameConv2d, "__init__", refuse)
     monkeypatch.setattr(nn.Conv2d, "__init__", refuse)
 
 
@@ -279,27 +279,27 @@ def test_absurd_sizes_are_rejected_before_allocating(
     no_blocks: None, name: str, args: dict, problem: str
 ) -> None:
     start = time.perf_counter()
-    assert _usage(architectures.build, name, 2, (64, 64), args).startswith(problem)
+    assert _usage(registry.build, name, 2, (64, 64), args).startswith(problem)
     assert time.perf_counter() - start < 1.0
 
 
 @pytest.mark.parametrize("classes", [1, 0, -3, True, 2.0, "2", 10**6])
 def test_class_count_is_checked(no_blocks: None, classes: object) -> None:
-    assert _usage(architectures.build, "small_cnn", classes).startswith("number of classes out of range")
+    assert _usage(registry.build, "small_cnn", classes).startswith("number of classes out of range")
 
 
 @pytest.mark.parametrize("size", [(10**6, 10**6), (0, 64), (64.0, 64), (True, 64), (64,), "64", None])
 def test_input_size_is_checked(no_blocks: None, size: object) -> None:
-    assert _usage(architectures.build, "seed_resnet", 2, size).startswith("input size out of range")
+    assert _usage(registry.build, "seed_resnet", 2, size).startswith("input size out of range")
 
 
 def test_args_must_be_a_mapping(no_blocks: None) -> None:
-    assert _usage(architectures.build, "seed_resnet", 2, (64, 64), [("reg", 0.1)]).startswith(
+    assert _usage(registry.build, "seed_resnet", 2, (64, 64), [("reg", 0.1)]).startswith(
         "architecture arguments must be a mapping"
     )
 
 
 def test_input_too_small_for_the_seed_resnet() -> None:
-    msg = _usage(architectures.build, "seed_resnet", 2, (16, 16))
+    msg = _usage(registry.build, "seed_resnet", 2, (16, 16))
     assert msg.startswith("input too small for seed_resnet; received 16x16")
-    assert architectures.build("seed_resnet", 2, (32, 32)).head.in_features == 256
+    assert registry.build("seed_resnet", 2, (32, 32)).head.in_features == 256

@@ -1,4 +1,4 @@
-"""Tests of imgclf.augment: identity, flips, rotation direction, seeding, fill modes, shape/dtype/device."""
+"""Tests of training.augment: identity, flips, rotation direction, seeding, fill modes, shape/dtype/device."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from imgclf.augment import affine_matrices, augment_batch, sample_params
 from imgclf.config import AugmentSpec
+from imgclf.training.augment import affine_matrices, augment_batch, sample_params
 
 STILL = AugmentSpec(
     rotation=0.0,

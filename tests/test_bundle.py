@@ -16,11 +16,12 @@ import torch
 from torch import nn
 
 import imgclf
-from imgclf import architectures, bundle
+from imgclf import modelfile
 from imgclf.classifier import Classifier
 from imgclf.errors import ModelFileError, UsageError
-from imgclf.integrity import canonical_json
-from imgclf.manifest import MAX_PROVENANCE_BYTES
+from imgclf.modelfile.digests import canonical_json
+from imgclf.modelfile.manifest import MAX_PROVENANCE_BYTES
+from imgclf.models import registry
 from modelfiles import CLASSES, assert_same_tensors, make_classifier, manifest_of, split, tensors_of
 
 
@@ -88,7 +89,7 @@ def test_any_safetensors_reader_opens_the_file(tmp_path):
 def test_saving_twice_gives_the_same_bytes():
     clf = make_classifier()
     clf.manifest["provenance"] = {"created": "2024-01-01T00:00:00+00:00"}
-    assert bundle.serialize(clf) == bundle.serialize(clf)
+    assert modelfile.serialize(clf) == modelfile.serialize(clf)
 
 
 # --- what gets saved: unwrapped, float32, contiguous, CPU ---------------------------------------------------
@@ -181,7 +182,7 @@ def test_save_refuses_class_names_no_reader_could_use(names, words, tmp_path):
 
 def test_save_refuses_too_many_or_too_large_extra_probes(tmp_path):
     clf = make_classifier()
-    png = bundle.probes.synthetic_images()[0]
+    png = modelfile.probes.synthetic_images()[0]
     with pytest.raises(UsageError, match="at most 60 images"):
         imgclf.save(clf, tmp_path / "m.imgclf", extra_probes=[png] * 61)
     with pytest.raises(UsageError, match="extra probe"):
@@ -217,7 +218,7 @@ def test_inspect_reports_every_field_without_building_the_model(tiny_model, monk
     def refuse(*args, **kwargs):
         raise AssertionError("inspect must not build the model")
 
-    monkeypatch.setattr(architectures, "build", refuse)
+    monkeypatch.setattr(registry, "build", refuse)
     info = imgclf.inspect(tiny_model.model_path)
     assert info["format"] == "imgclf" and info["format_version"] == 1
     assert info["architecture"] == {"name": "small_cnn", "args": {"widths": [8, 16], "reg": 0.0001}}
@@ -239,10 +240,10 @@ def test_inspect_reports_every_field_without_building_the_model(tiny_model, monk
 
 
 def test_inspect_cli_human_and_json(tiny_model, capsys, monkeypatch):
-    from imgclf.cli import main
+    from imgclf.cli.main import main
 
     monkeypatch.setattr(
-        architectures, "build", lambda *a, **k: (_ for _ in ()).throw(AssertionError("built"))
+        registry, "build", lambda *a, **k: (_ for _ in ()).throw(AssertionError("built"))
     )
     assert main(["inspect", str(tiny_model.model_path)]) == 0
     out = capsys.readouterr().out
@@ -265,7 +266,7 @@ def test_inspect_cli_human_and_json(tiny_model, capsys, monkeypatch):
 
 
 def test_inspect_lists_at_most_20_class_names_on_a_line(tmp_path, capsys):
-    from imgclf.cli import main
+    from imgclf.cli.main import main
 
     names = tuple(f"class{i:03d}" for i in range(150))
     path = tmp_path / "many.imgclf"
@@ -312,7 +313,7 @@ def test_peak_memory_of_loading_a_100_mb_model_stays_near_the_file_size(tmp_path
     assert size > 60e6
     script = textwrap.dedent(
         f"""
-        import gc, imgclf, imgclf.bundle, torch
+        import gc, imgclf, imgclf.modelfile, torch
         def status(key):
             for line in open("/proc/self/status"):
                 if line.startswith(key):

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 from conftest import make_dataset
-from imgclf import decoding
-from imgclf.cache import DecodeCache
 from imgclf.config import PreprocessSpec
-from imgclf.data import scan_dataset
-from imgclf.decoding import decode_into, load_split, open_cache
+from imgclf.data import decode
+from imgclf.data.cache import DecodeCache
+from imgclf.data.decode import decode_into, load_split, open_cache
+from imgclf.data.folders import scan_dataset
 from imgclf.errors import DatasetError
-from imgclf.images import preprocess_uint8
+from imgclf.images.preprocess import preprocess_uint8
 from modelfiles import assert_same_tensors
 
 SPEC = PreprocessSpec(height=24, width=24)
@@ -137,8 +137,8 @@ def test_size_bound_evicts_least_recently_used_packs(tmp_path):
 CONCURRENT = """
 import sys, numpy as np
 from imgclf.config import PreprocessSpec
-from imgclf.data import scan_dataset
-from imgclf.decoding import load_split, open_cache
+from imgclf.data.folders import scan_dataset
+from imgclf.data.decode import load_split, open_cache
 spec = PreprocessSpec(height=24, width=24)
 split = scan_dataset(sys.argv[1], val_split=0.0, test_split=0.0).splits["training"]
 dec = load_split(split, spec, cache=open_cache(spec, sys.argv[2]))
@@ -164,7 +164,7 @@ def test_concurrent_runs_share_the_cache_safely(tmp_path):
 
 
 def test_streaming_from_a_memory_map_trains_identically(tmp_path, tiny_config, monkeypatch):
-    from imgclf import trainer
+    from imgclf.training import loop
 
     root = make_dataset(tmp_path / "data", {"training": 8})
     split = scan_dataset(root, val_split=0.0, test_split=0.0).splits["training"]
@@ -177,25 +177,25 @@ def test_streaming_from_a_memory_map_trains_identically(tmp_path, tiny_config, m
     assert isinstance(mapped.images, np.memmap)
 
     def run(stage):
-        monkeypatch.setattr(trainer, "stage_images", stage)
-        state = trainer.create_state(tiny_config, 2)
-        trainer.fit(tiny_config, state, mapped)
+        monkeypatch.setattr(loop, "stage_images", stage)
+        state = loop.create_state(tiny_config, 2)
+        loop.fit(tiny_config, state, mapped)
         return state.model.state_dict()
 
-    resident = run(trainer.stage_images)
+    resident = run(loop.stage_images)
     streamed = run(lambda images, device, share=0.5: None)
     assert_same_tensors(resident, streamed)
 
 
 def test_default_cache_dir_honours_the_environment(monkeypatch, tmp_path):
-    from imgclf.cache import default_cache_dir
+    from imgclf.data.cache import default_cache_dir
 
     monkeypatch.setenv("IMGCLF_CACHE_DIR", str(tmp_path / "x"))
     assert default_cache_dir() == tmp_path / "x"
     monkeypatch.delenv("IMGCLF_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert default_cache_dir() == tmp_path / "xdg" / "imgclf"
-    assert decoding.open_cache(SPEC).root == tmp_path / "xdg" / "imgclf"
+    assert decode.open_cache(SPEC).root == tmp_path / "xdg" / "imgclf"
 
 
 def test_parallel_decoding_in_worker_processes_equals_sequential(samples, monkeypatch):
@@ -204,9 +204,9 @@ def test_parallel_decoding_in_worker_processes_equals_sequential(samples, monkey
     seq = np.zeros((len(paths), 24, 24, 3), np.uint8)
     par = np.zeros_like(seq)
     seq_result = decode_into(paths, seq, spec=SPEC, workers=1)
-    monkeypatch.setattr(decoding, "PARALLEL_MIN", 1)
+    monkeypatch.setattr(decode, "PARALLEL_MIN", 1)
     monkeypatch.setattr(
-        decoding, "_chunks", lambda n, workers: [range(a, min(a + 2, n)) for a in range(0, n, 2)]
+        decode, "_chunks", lambda n, workers: [range(a, min(a + 2, n)) for a in range(0, n, 2)]
     )
     seen: list[int] = []
     par_result = decode_into(paths, par, seen.append, spec=SPEC, workers=2, rows=list(range(len(paths))))

@@ -1,4 +1,4 @@
-"""Tests of imgclf.checkpoint: the file format, exact restore at every stop point, damage and fallback.
+"""Tests of training.checkpoint: the file format, exact restore at every stop point, damage and fallback.
 
 In-process and fast: ``fit`` is stopped through ``should_stop`` at each possible point, the state is
 written, read back into a fresh ``create_state`` and trained on; the end must be bitwise the
@@ -18,12 +18,12 @@ import torch
 from safetensors import safe_open
 
 from conftest import make_dataset, tiny_train_config
-from imgclf import checkpoint as ckpt
-from imgclf.data import scan_dataset
-from imgclf.decoding import load_split
-from imgclf.determinism import capture_rng, restore_rng
+from imgclf.data.decode import load_split
+from imgclf.data.folders import scan_dataset
 from imgclf.errors import ResumeError
-from imgclf.trainer import create_state, fit
+from imgclf.training import checkpoint as ckpt
+from imgclf.training.determinism import capture_rng, restore_rng
+from imgclf.training.loop import create_state, fit
 from modelfiles import assert_same_tensors, flip_file
 
 INFO = {"run_id": "r1", "class_names": ["ring", "square"]}
@@ -165,7 +165,7 @@ def _epochs(tmp_path: Path, splits, count: int) -> list[str]:
 
 def test_only_the_newest_two_and_the_best_checkpoint_are_kept(splits, tmp_path, monkeypatch):
     losses = iter([0.5, 0.2, 0.4, 0.3, 0.35])  # best: epoch 2
-    monkeypatch.setattr("imgclf.trainer._evaluate", lambda *a: (next(losses), 0.5))
+    monkeypatch.setattr("imgclf.training.loop._evaluate", lambda *a: (next(losses), 0.5))
     _epochs(tmp_path, splits, 5)
     assert sorted(os.listdir(tmp_path / "checkpoints")) == [
         "epoch-0002.safetensors",

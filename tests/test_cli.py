@@ -1,6 +1,6 @@
 """Tests of the imgclf command line: outputs, exit codes, one-line errors, stdout/stderr discipline.
 
-Commands run in-process through ``imgclf.cli.main`` (fast); a real subprocess is used where the exit status
+Commands run in-process through ``cli.main.main`` (fast); a real subprocess is used where the exit status
 of a fresh process is the point.
 """
 
@@ -266,7 +266,7 @@ def test_a_live_progress_bar_leaves_stdout_alone():
 
     from rich.console import Console
 
-    from imgclf.bars import bar
+    from imgclf.progress import bar
 
     before = sys.stdout
     progress = bar(Console(file=io.StringIO(), force_terminal=True), "classifying", 10)
@@ -327,7 +327,7 @@ def test_a_reader_that_goes_away_ends_predict_quietly_in_a_fresh_process(trained
 
 def test_the_console_script_entry_flushes_results_and_keeps_the_exit_code(trained, testing_images, tmp_path):
     _, model, *_ = trained
-    code = "import sys; from imgclf.cli import run; sys.argv[0] = 'imgclf'; run()"
+    code = "import sys; from imgclf.cli.main import run; sys.argv[0] = 'imgclf'; run()"
     ok = subprocess.run(
         [sys.executable, "-c", code, "predict", "--model", str(model), "--images", *testing_images],
         capture_output=True,

@@ -1,4 +1,4 @@
-"""Tests of imgclf.data and imgclf.decoding: layouts, splits, hidden entries, structural errors, decoding."""
+"""Tests of data.folders and data.decode: layouts, splits, hidden entries, structural errors, decoding."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ import torch
 from PIL import Image
 
 from conftest import make_dataset, save_image, shape_image
-from imgclf import data, decoding, images
 from imgclf.config import PreprocessSpec
+from imgclf.data import decode, folders
 from imgclf.errors import DatasetError
+from imgclf.images import preprocess
 
 SPEC = PreprocessSpec(height=24, width=24)
 
@@ -36,7 +37,7 @@ def flat_dataset(root: Path, counts: dict[str, int]) -> Path:
     return root
 
 
-def as_names(samples: list[data.Sample]) -> list[str]:
+def as_names(samples: list[folders.Sample]) -> list[str]:
     return sorted(os.path.basename(s.path) for s in samples)
 
 
@@ -44,7 +45,7 @@ def as_names(samples: list[data.Sample]) -> list[str]:
 
 
 def test_split_layout_uses_the_folders_as_given(tiny_dataset: Path) -> None:
-    ds = data.scan_dataset(tiny_dataset)
+    ds = folders.scan_dataset(tiny_dataset)
     assert ds.layout == "splits"
     assert ds.class_names == ["ring", "square"]
     assert ds.counts() == {
@@ -60,7 +61,7 @@ def test_split_layout_uses_the_folders_as_given(tiny_dataset: Path) -> None:
 
 def test_short_split_aliases_are_understood(tmp_path: Path) -> None:
     root = make_dataset(tmp_path / "d", {"train": 5, "val": 2, "test": 3})
-    ds = data.scan_dataset(root)
+    ds = folders.scan_dataset(root)
     assert ds.layout == "splits"
     assert ds.counts() == {
         "training": {"ring": 5, "square": 5},
@@ -71,7 +72,7 @@ def test_short_split_aliases_are_understood(tmp_path: Path) -> None:
 
 def test_missing_validation_is_carved_from_training(tmp_path: Path) -> None:
     root = make_dataset(tmp_path / "d", {"training": 10, "testing": 3})
-    ds = data.scan_dataset(root, val_split=0.2, test_split=0.5, seed=3)
+    ds = folders.scan_dataset(root, val_split=0.2, test_split=0.5, seed=3)
     assert ds.counts() == {
         "training": {"ring": 8, "square": 8},
         "validation": {"ring": 2, "square": 2},
@@ -86,7 +87,7 @@ def test_missing_validation_is_carved_from_training(tmp_path: Path) -> None:
 
 def test_missing_validation_with_zero_fraction_stays_empty(tmp_path: Path) -> None:
     root = make_dataset(tmp_path / "d", {"training": 4, "testing": 2})
-    ds = data.scan_dataset(root, val_split=0.0)
+    ds = folders.scan_dataset(root, val_split=0.0)
     assert ds.splits["validation"] == []
     assert len(ds.splits["training"]) == 8
 
@@ -101,14 +102,14 @@ def _expected_counts(n: int, val: float, test: float) -> tuple[int, int, int]:
 def test_flat_layout_is_split_stratified_per_class(tmp_path: Path) -> None:
     counts = {"apple": 20, "banana": 7, "cherry": 1, "date": 2}
     root = flat_dataset(tmp_path / "flat", counts)
-    ds = data.scan_dataset(root, val_split=0.2, test_split=0.3, seed=5)
+    ds = folders.scan_dataset(root, val_split=0.2, test_split=0.3, seed=5)
     assert ds.layout == "flat"
     assert ds.class_names == sorted(counts)
     for cls, n in counts.items():
-        got = tuple(ds.counts()[split][cls] for split in data.SPLITS)
+        got = tuple(ds.counts()[split][cls] for split in folders.SPLITS)
         assert got == _expected_counts(n, 0.2, 0.3), cls
         assert ds.counts()["training"][cls] >= 1
-    every = [s.path for split in data.SPLITS for s in ds.splits[split]]
+    every = [s.path for split in folders.SPLITS for s in ds.splits[split]]
     assert sorted(every) == sorted(str(p) for p in root.rglob("*.png"))  # each file exactly once
     assert any("'cherry' has a single training image" in w for w in ds.warnings)
 
@@ -117,9 +118,9 @@ def test_large_fractions_never_empty_a_class_in_training(tmp_path: Path) -> None
     counts = {"one": 1, "two": 2, "three": 3, "five": 5}
     root = flat_dataset(tmp_path / "flat", counts)
     for seed in range(3):
-        ds = data.scan_dataset(root, val_split=0.5, test_split=0.4, seed=seed)
+        ds = folders.scan_dataset(root, val_split=0.5, test_split=0.4, seed=seed)
         for cls, n in counts.items():
-            got = tuple(ds.counts()[split][cls] for split in data.SPLITS)
+            got = tuple(ds.counts()[split][cls] for split in folders.SPLITS)
             assert got == _expected_counts(n, 0.5, 0.4), (cls, got)
             assert got[0] >= 1 and sum(got) == n
     assert _expected_counts(2, 0.5, 0.4) == (1, 1, 0)  # the cap binds: round(0.8) = 1 test image is dropped
@@ -127,9 +128,9 @@ def test_large_fractions_never_empty_a_class_in_training(tmp_path: Path) -> None
 
 def test_flat_split_is_seeded(tmp_path: Path) -> None:
     root = flat_dataset(tmp_path / "flat", {"a": 30, "b": 30})
-    first = data.scan_dataset(root, seed=7)
-    again = data.scan_dataset(root, seed=7)
-    other = data.scan_dataset(root, seed=8)
+    first = folders.scan_dataset(root, seed=7)
+    again = folders.scan_dataset(root, seed=7)
+    other = folders.scan_dataset(root, seed=8)
     assert first.splits == again.splits
     assert as_names(first.splits["testing"]) != as_names(other.splits["testing"])
     assert first.counts() == other.counts()
@@ -137,7 +138,7 @@ def test_flat_split_is_seeded(tmp_path: Path) -> None:
 
 def test_class_order_is_sorted_folder_names(tmp_path: Path) -> None:
     root = flat_dataset(tmp_path / "flat", {"zebra": 2, "Apple": 2, "mango": 2, "10": 2, "9": 2})
-    ds = data.scan_dataset(root, val_split=0.0, test_split=0.0)
+    ds = folders.scan_dataset(root, val_split=0.0, test_split=0.0)
     assert ds.class_names == ["10", "9", "Apple", "mango", "zebra"]
     for s in ds.splits["training"]:
         assert Path(s.path).parent.name == ds.class_names[s.label]
@@ -153,12 +154,12 @@ def test_hidden_and_system_entries_are_neither_classes_nor_samples(tmp_path: Pat
     for junk in ("Thumbs.db", ".DS_Store", "desktop.ini"):
         (root / junk).write_bytes(b"junk")
         (root / "dog" / junk).write_bytes(b"junk")
-    ds = data.scan_dataset(root, val_split=0.0, test_split=0.0)
+    ds = folders.scan_dataset(root, val_split=0.0, test_split=0.0)
     assert ds.class_names == ["cat", "dog"]
     assert as_names(ds.splits["training"]) == sorted(
         [f"cat_{i:03d}.png" for i in range(3)] + [f"dog_{i:03d}.png" for i in range(3)]
     )
-    assert len(decoding.load_split(ds.splits["training"], SPEC, workers=1)) == 6
+    assert len(decode.load_split(ds.splits["training"], SPEC, workers=1)) == 6
 
 
 # --- structural errors ---------------------------------------------------------------------------
@@ -166,7 +167,7 @@ def test_hidden_and_system_entries_are_neither_classes_nor_samples(tmp_path: Pat
 
 def _scan_error(root: Path, **kw: object) -> DatasetError:
     with pytest.raises(DatasetError) as info:
-        data.scan_dataset(root, **kw)
+        folders.scan_dataset(root, **kw)
     assert info.value.exit_code == 7
     return info.value
 
@@ -202,7 +203,7 @@ def test_empty_class_folder_is_named(tmp_path: Path) -> None:
     (root / "hidden_only").mkdir()
     (root / "hidden_only" / ".DS_Store").write_bytes(b"x")
     with pytest.raises(DatasetError, match=r"class folder .*empty_one.* is empty") as info:
-        data.scan_dataset(root)
+        folders.scan_dataset(root)
     assert "has 2 problem(s)" in str(info.value)
     assert re.search(r"class folder .*hidden_only.* is empty", str(info.value))
 
@@ -244,9 +245,9 @@ def test_bad_files_are_all_reported_at_once(tmp_path: Path) -> None:
     (root / "a" / "broken.png").write_bytes(b"not an image at all")
     good = (root / "b" / "b_000.png").read_bytes()
     (root / "b" / "cut.png").write_bytes(good[: len(good) // 2])
-    ds = data.scan_dataset(root, val_split=0.0, test_split=0.0)
+    ds = folders.scan_dataset(root, val_split=0.0, test_split=0.0)
     with pytest.raises(DatasetError, match=r"^2 file\(s\) are not readable images: ") as info:
-        decoding.load_split(ds.splits["training"], SPEC, workers=2)
+        decode.load_split(ds.splits["training"], SPEC, workers=2)
     msg = str(info.value)
     assert info.value.exit_code == 7
     assert "broken.png (not a supported image)" in msg and "cut.png (cannot decode image)" in msg
@@ -257,9 +258,9 @@ def test_skip_bad_keeps_the_good_files(tmp_path: Path) -> None:
     root = flat_dataset(tmp_path / "d", {"a": 3, "b": 3})
     (root / "a" / "broken.png").write_bytes(b"nope")
     (root / "b" / "empty.png").write_bytes(b"")
-    ds = data.scan_dataset(root, val_split=0.0, test_split=0.0)
+    ds = folders.scan_dataset(root, val_split=0.0, test_split=0.0)
     ticks: list[int] = []
-    dec = decoding.load_split(ds.splits["training"], SPEC, skip_bad=True, workers=2, progress=ticks.append)
+    dec = decode.load_split(ds.splits["training"], SPEC, skip_bad=True, workers=2, progress=ticks.append)
     assert sum(ticks) == 8  # bad files count as done too
     assert len(dec) == 6 and dec.images.shape == (6, 24, 24, 3)
     assert sorted(os.path.basename(p) for p, _ in dec.skipped) == ["broken.png", "empty.png"]
@@ -267,7 +268,7 @@ def test_skip_bad_keeps_the_good_files(tmp_path: Path) -> None:
     assert not any(p.endswith(("broken.png", "empty.png")) for p in dec.paths)
     for path, label, arr in zip(dec.paths, dec.labels.tolist(), dec.images, strict=True):
         assert Path(path).parent.name == ds.class_names[label]
-        np.testing.assert_array_equal(arr, images.preprocess_uint8(path, SPEC))
+        np.testing.assert_array_equal(arr, preprocess.preprocess_uint8(path, SPEC))
 
 
 def _every_kind(folder: Path) -> list[Path]:
@@ -298,30 +299,30 @@ def _every_kind(folder: Path) -> list[Path]:
 def test_cache_and_prediction_paths_agree_bitwise(tmp_path: Path) -> None:
     paths = _every_kind(tmp_path / "kinds")
     assert {Image.open(p).mode for p in paths} >= {"RGB", "L", "RGBA", "P", "I;16", "CMYK"}
-    samples = [data.Sample(str(p), i % 2) for i, p in enumerate(paths)]
-    dec = decoding.load_split(samples, SPEC, workers=3)
+    samples = [folders.Sample(str(p), i % 2) for i, p in enumerate(paths)]
+    dec = decode.load_split(samples, SPEC, workers=3)
     assert dec.images.shape == (len(paths), 24, 24, 3) and dec.images.dtype == np.uint8
     assert dec.paths == [str(p) for p in paths]
     for p, arr in zip(paths, dec.images, strict=True):
-        np.testing.assert_array_equal(arr, images.preprocess_uint8(p, SPEC), err_msg=p.name)
+        np.testing.assert_array_equal(arr, preprocess.preprocess_uint8(p, SPEC), err_msg=p.name)
         with Image.open(p) as opened:
-            np.testing.assert_array_equal(arr, images.preprocess_uint8(opened, SPEC), err_msg=p.name)
-    assert torch.equal(images.to_tensor(dec.images, SPEC), images.preprocess(paths, SPEC))
+            np.testing.assert_array_equal(arr, preprocess.preprocess_uint8(opened, SPEC), err_msg=p.name)
+    assert torch.equal(preprocess.to_tensor(dec.images, SPEC), preprocess.preprocess(paths, SPEC))
 
 
 def test_decoding_does_not_depend_on_thread_count(tmp_path: Path) -> None:
     paths = _every_kind(tmp_path / "kinds")
-    samples = [data.Sample(str(p), 0) for p in paths]
+    samples = [folders.Sample(str(p), 0) for p in paths]
     ticks: list[int] = []
-    one = decoding.load_split(samples, SPEC, workers=1, progress=ticks.append)
-    many = decoding.load_split(samples, SPEC, workers=4)
+    one = decode.load_split(samples, SPEC, workers=1, progress=ticks.append)
+    many = decode.load_split(samples, SPEC, workers=4)
     np.testing.assert_array_equal(one.images, many.images)
     assert one.digests == many.digests and len(set(one.digests)) == len(paths)
     assert sum(ticks) == len(paths)
 
 
 def test_empty_split_decodes_to_an_empty_batch() -> None:
-    dec = decoding.load_split([], SPEC)
+    dec = decode.load_split([], SPEC)
     assert dec.images.shape == (0, 24, 24, 3) and len(dec) == 0 and dec.labels.dtype == np.int64
 
 
@@ -333,40 +334,40 @@ def test_symlink_loops_do_not_hang_the_scan(tmp_path: Path) -> None:
     os.symlink(root, root / "b" / "up")  # a folder that contains the whole dataset
     os.symlink("self.png", root / "b" / "self.png")  # a link to itself
     start = time.perf_counter()
-    ds = data.scan_dataset(root, val_split=0.0, test_split=0.0)
+    ds = folders.scan_dataset(root, val_split=0.0, test_split=0.0)
     assert time.perf_counter() - start < 5
     assert as_names(ds.splits["training"]) == ["a_000.png", "a_001.png", "b_000.png", "b_001.png"]
-    assert data.list_images([root]) == sorted(data.list_images([root]))
+    assert folders.list_images([root]) == sorted(folders.list_images([root]))
 
 
 # --- duplicates and fingerprint ------------------------------------------------------------------
 
 
-def _decode_all(ds: data.Dataset) -> dict[str, decoding.DecodedSplit]:
-    return {split: decoding.load_split(samples, SPEC, workers=2) for split, samples in ds.splits.items()}
+def _decode_all(ds: folders.Dataset) -> dict[str, decode.DecodedSplit]:
+    return {split: decode.load_split(samples, SPEC, workers=2) for split, samples in ds.splits.items()}
 
 
 def test_duplicate_report_flags_a_file_in_two_classes(tmp_path: Path) -> None:
     root = flat_dataset(tmp_path / "d", {"a": 3, "b": 3})
-    ds = data.scan_dataset(root, val_split=0.0, test_split=0.0)
-    assert decoding.duplicate_report(_decode_all(ds)) is None
+    ds = folders.scan_dataset(root, val_split=0.0, test_split=0.0)
+    assert decode.duplicate_report(_decode_all(ds)) is None
     shutil.copy(root / "a" / "a_000.png", root / "b" / "copy_of_a.png")
-    ds = data.scan_dataset(root, val_split=0.0, test_split=0.0)
-    report = decoding.duplicate_report(_decode_all(ds))
+    ds = folders.scan_dataset(root, val_split=0.0, test_split=0.0)
+    report = decode.duplicate_report(_decode_all(ds))
     assert report is not None and report.startswith("1 identical file(s) appear in more than one class")
 
 
 def test_fingerprint_tracks_content_and_nothing_else(tmp_path: Path) -> None:
     root = flat_dataset(tmp_path / "d", {"a": 3, "b": 3})
-    ds = data.scan_dataset(root, val_split=0.0, test_split=0.0)
-    first = decoding.fingerprint(ds, _decode_all(ds))
+    ds = folders.scan_dataset(root, val_split=0.0, test_split=0.0)
+    first = decode.fingerprint(ds, _decode_all(ds))
     assert len(first) == 64
-    assert decoding.fingerprint(ds, _decode_all(ds)) == first
+    assert decode.fingerprint(ds, _decode_all(ds)) == first
     target = root / "b" / "b_001.png"
     os.utime(target, (1, 1))  # a touched file with the same bytes changes nothing
-    assert decoding.fingerprint(ds, _decode_all(ds)) == first
+    assert decode.fingerprint(ds, _decode_all(ds)) == first
     write_png(target, seed=999)
-    changed = decoding.fingerprint(ds, _decode_all(ds))
+    changed = decode.fingerprint(ds, _decode_all(ds))
     assert changed != first
 
 
@@ -374,9 +375,9 @@ def test_fingerprint_does_not_depend_on_where_the_dataset_lives(tmp_path: Path) 
     root = flat_dataset(tmp_path / "d", {"a": 2, "b": 2})
     moved = tmp_path / "elsewhere" / "d"
     shutil.copytree(root, moved)
-    ds1 = data.scan_dataset(root, val_split=0.0, test_split=0.0)
-    ds2 = data.scan_dataset(moved, val_split=0.0, test_split=0.0)
-    assert decoding.fingerprint(ds1, _decode_all(ds1)) == decoding.fingerprint(ds2, _decode_all(ds2))
+    ds1 = folders.scan_dataset(root, val_split=0.0, test_split=0.0)
+    ds2 = folders.scan_dataset(moved, val_split=0.0, test_split=0.0)
+    assert decode.fingerprint(ds1, _decode_all(ds1)) == decode.fingerprint(ds2, _decode_all(ds2))
 
 
 # --- list_images ---------------------------------------------------------------------------------
@@ -395,7 +396,7 @@ def test_list_images_expands_folders_and_keeps_files(tmp_path: Path) -> None:
     explicit_txt = tmp_path / "readme.txt"
     explicit_txt.write_text("kept because named")
     single = write_png(tmp_path / "z.png")
-    got = data.list_images([single, folder, str(explicit_txt)])
+    got = folders.list_images([single, folder, str(explicit_txt)])
     assert got == [
         str(single),
         str(folder / "a.JPG"),
@@ -407,11 +408,11 @@ def test_list_images_expands_folders_and_keeps_files(tmp_path: Path) -> None:
 
 def test_list_images_keeps_missing_paths_for_a_per_file_error(tmp_path: Path) -> None:
     missing = tmp_path / "missing.png"
-    assert data.list_images([missing]) == [str(missing)]
-    assert data.list_images([]) == []
+    assert folders.list_images([missing]) == [str(missing)]
+    assert folders.list_images([]) == []
 
 
 def test_bytes_digest_matches_file_content(tmp_path: Path) -> None:
     path = write_png(tmp_path / "a" / "x.png")
-    dec = decoding.load_split([data.Sample(str(path), 0)], SPEC)
+    dec = decode.load_split([folders.Sample(str(path), 0)], SPEC)
     assert dec.digests == [hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()]

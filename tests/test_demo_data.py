@@ -1,4 +1,4 @@
-"""Tests of imgclf.demo_data: counts, determinism, file kinds, class separability, refusal rules."""
+"""Tests of imgclf.data.synthetic: counts, determinism, file kinds, class separability, refusal rules."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from imgclf.demo_data import BASE_COUNTS, CLASSES, SPLITS, write_demo_dataset
+from imgclf.data.synthetic import BASE_COUNTS, CLASSES, SPLITS, write_demo_dataset
 from imgclf.errors import UsageError
 
 SCALE_1 = {

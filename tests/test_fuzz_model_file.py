@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import imgclf
-from imgclf import bundle
+from imgclf import modelfile
 from imgclf.errors import ModelFileError
 from modelfiles import data_offset, edit_manifest, make_classifier, manifest_span, rebuild, tensors_of
 
@@ -59,7 +59,7 @@ ODD_VALUES: list[object] = [
 @pytest.fixture(scope="module")
 def original() -> tuple[bytes, np.ndarray]:
     clf = make_classifier(seed=21, size=16)
-    blob = bundle.serialize(clf)
+    blob = modelfile.serialize(clf)
     return blob, clf.predict_proba(IMAGES)
 
 

@@ -2,7 +2,7 @@
 
 ``tests/fixtures/golden_v1.imgclf`` was written once by ``tests/fixtures/make_golden_v1.py`` and is never
 regenerated. If this test fails, the reader broke compatibility: fix the reader or add a migration in
-``imgclf.manifest`` — do not rewrite the file. ``golden_images`` is part of the fixture: keep it as is.
+``modelfile.manifest`` — do not rewrite the file. ``golden_images`` is part of the fixture: keep it as is.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 import imgclf
-from imgclf.cli import main
+from imgclf.cli.main import main
 
 FIXTURES = Path(__file__).parent / "fixtures"
 GOLDEN = FIXTURES / "golden_v1.imgclf"

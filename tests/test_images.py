@@ -1,4 +1,4 @@
-"""Tests of imgclf.images: every source kind and Pillow mode, EXIF orientation, limits and rejections."""
+"""Tests of images.preprocess: every source kind and Pillow mode, EXIF orientation, limits and rejections."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-from imgclf import images
 from imgclf.config import INTERPOLATIONS, PreprocessSpec
 from imgclf.errors import ImageError, UsageError
+from imgclf.images import preprocess as images
 
 SPEC = PreprocessSpec(height=16, width=16)
 

@@ -25,9 +25,9 @@ import torch
 
 import imgclf
 from conftest import run_cli
-from imgclf import bundle
-from imgclf.container import MAX_HEADER_BYTES
+from imgclf import modelfile
 from imgclf.errors import ModelFileError
+from imgclf.modelfile.format import MAX_HEADER_BYTES
 from modelfiles import (
     data_offset,
     edit_manifest,
@@ -58,7 +58,7 @@ class Payload:
 
 @pytest.fixture(scope="module")
 def good() -> bytes:
-    return bundle.serialize(make_classifier())
+    return modelfile.serialize(make_classifier())
 
 
 def _header_case(text: str) -> Callable[[bytes], bytes]:
@@ -596,7 +596,7 @@ def test_a_header_at_the_cap_with_too_many_values_is_refused(tmp_path):
 def test_an_empty_tensor_sharing_an_offset_is_harmless_to_the_reader_and_refused_as_a_model_tensor(
     good, tmp_path
 ):
-    from imgclf.container import read_container
+    from imgclf.modelfile.format import read_container
 
     header, data = split(good)
     first = _first_tensor(header)
@@ -628,7 +628,7 @@ def test_an_empty_tensor_inside_another_tensor_is_an_overlap(good, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name", ["os.system", "torchvision.models.resnet18", "../x", "subprocess", "imgclf.cli"]
+    "name", ["os.system", "torchvision.models.resnet18", "../x", "subprocess", "imgclf.cli.main"]
 )
 def test_architecture_names_import_nothing(name, good, tmp_path, monkeypatch):
     import builtins

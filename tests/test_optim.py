@@ -1,4 +1,4 @@
-"""Tests of imgclf.optim: Keras' momentum rule (not PyTorch's), L2, state round trips, no dynamo."""
+"""Tests of imgclf.training.optim: Keras' momentum rule (not PyTorch's), L2, state round trips, no dynamo."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from imgclf.optim import KerasSGD
+from imgclf.training.optim import KerasSGD
 
 
 def _scalar_run(lrs: list[float], momentum: float = 0.9, weight_decay: float = 0.0) -> list[float]:
@@ -102,7 +102,7 @@ def test_zero_grad_drops_or_zeroes_gradients():
 
 def test_creating_a_training_state_does_not_import_dynamo():
     code = (
-        "import sys; from imgclf.config import TrainConfig; from imgclf.trainer import create_state; "
+        "import sys; from imgclf.config import TrainConfig; from imgclf.training.loop import create_state; "
         "create_state(TrainConfig(arch='small_cnn'), 2); print('torch._dynamo' in sys.modules)"
     )
     argv = [sys.executable, "-c", code]

@@ -1,4 +1,4 @@
-"""Tests of imgclf.pipeline: train → save → load in a fresh process gives the evaluation's exact numbers.
+"""Tests of training.pipeline: train → save → load in a fresh process gives the evaluation's exact numbers.
 
 The headline: probabilities printed by a separate process that loads the saved file equal (``==``) the
 training process's predictions and the training-time evaluation; and every test image's preprocessed
@@ -20,12 +20,12 @@ from PIL import Image
 
 import imgclf
 from conftest import MODES, make_dataset, save_image, shape_image, tiny_train_config
-from imgclf.data import scan_dataset
-from imgclf.decoding import load_split
+from imgclf.data.decode import load_split
+from imgclf.data.folders import scan_dataset
 from imgclf.errors import DatasetError, StorageError, UsageError
-from imgclf.evaluate import format_report
-from imgclf.images import preprocess, to_tensor
-from imgclf.pipeline import evaluate_dataset, train
+from imgclf.evaluation import format_report
+from imgclf.images.preprocess import preprocess, to_tensor
+from imgclf.training.pipeline import evaluate_dataset, train
 
 CLASSES = ("blank", "ring", "square")  # sorted: model indices 0, 1, 2
 
@@ -223,7 +223,7 @@ def test_train_refuses_an_unwritable_model_folder_before_training(tiny_dataset, 
 
 
 def test_imgclf_train_stays_the_function_after_importing_the_pipeline():
-    code = "import imgclf.pipeline, imgclf.trainer, imgclf; print(callable(imgclf.train))"
+    code = "import imgclf.training.pipeline, imgclf.training.loop, imgclf; print(callable(imgclf.train))"
     proc = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from imgclf.errors import StorageError
-from imgclf.images import decode
+from imgclf.images.preprocess import decode
 from imgclf.reports import TILE, build_montage, class_colors, montage_tile, plot_confusion, plot_history
 
 
@@ -146,7 +146,7 @@ def test_plot_confusion_takes_class_names_literally(tmp_path):
 
 CHILD = """
 import contextlib, io, json, sys
-watched = ("matplotlib", "imgclf.trainer", "imgclf.pipeline", "imgclf.augment", "imgclf.progress")
+watched = ("matplotlib", "imgclf.training")
 seen = {}
 def note(stage):
     seen[stage] = sorted(m for m in watched if m in sys.modules)
@@ -158,7 +158,7 @@ note("imgclf.load")
 clf.predict(images, top_k=2)
 clf.predict_proba(images)
 note("predict")
-from imgclf.cli import main
+from imgclf.cli.main import main
 out = io.StringIO()
 with contextlib.redirect_stdout(out):
     code = main(["predict", "--model", model, "--images", *images, "--montage", montage])

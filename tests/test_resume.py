@@ -22,12 +22,12 @@ import pytest
 
 import imgclf
 from conftest import make_dataset, run_cli, save_image, shape_image, tiny_train_config
-from imgclf import checkpoint as ckpt
 from imgclf.errors import Interrupted, ResumeError, StorageError, UsageError
-from imgclf.files import TMP_SUFFIX
-from imgclf.pipeline import train
-from imgclf.resume import resume_run
-from imgclf.trainer import Callback
+from imgclf.fileio import TMP_SUFFIX
+from imgclf.training import checkpoint as ckpt
+from imgclf.training.loop import Callback
+from imgclf.training.pipeline import train
+from imgclf.training.resume import resume_run
 from modelfiles import assert_same_tensors, flip_file
 
 CONFIG = tiny_train_config(epochs=3, keep="best")  # tiny_dataset: 24 training images, 3 steps per epoch
@@ -138,7 +138,7 @@ def test_a_second_ctrl_c_during_the_checkpoint_write_leaves_no_partial_file(
 
     def write_then_interrupt(path, data):
         if "step" in os.path.basename(path):  # the interruption's own checkpoint: Ctrl-C again mid-write
-            from imgclf.files import atomic_open
+            from imgclf.fileio import atomic_open
 
             with atomic_open(path, "wb") as fh:
                 fh.write(data[: len(data) // 2])
@@ -175,7 +175,7 @@ def test_a_full_disk_mid_run_costs_one_epoch_at_most(dataset, reference, tmp_pat
     """ENOSPC while writing epoch 2's checkpoint: exit 5, epoch 1's checkpoint intact, no temp file."""
     import errno
 
-    from imgclf.files import atomic_open
+    from imgclf.fileio import atomic_open
 
     real = ckpt.atomic_write_bytes
 
@@ -311,9 +311,9 @@ CHILD = r"""
 import os, sys, time
 import torch
 torch.set_num_threads(1)
-import imgclf.interrupts as interrupts
-import imgclf.progress as progress
-from imgclf.cli import main
+import imgclf.training.interrupts as interrupts
+import imgclf.training.progress as progress
+from imgclf.cli.main import main
 
 kind, _, where = os.environ.get("PAUSE_AT", "").partition(":")
 

@@ -1,4 +1,4 @@
-"""Tests of imgclf.runfolder through the pipeline: the lock, the fail-early checks, the run record.
+"""Tests of imgclf.training.runfolder through the pipeline: the lock, the fail-early checks, the run record.
 
 Everything here must fail *before* the first image is decoded: ``load_split`` is replaced by a function
 that fails the test, so a check that comes too late shows up as that failure.
@@ -17,8 +17,8 @@ import pytest
 
 from conftest import SEED_PARAMS_2, tiny_train_config
 from imgclf.errors import StorageError, UsageError
-from imgclf.pipeline import train
-from imgclf.runfolder import RunLock, estimate_bytes, read_record
+from imgclf.training.pipeline import train
+from imgclf.training.runfolder import RunLock, estimate_bytes, read_record
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def no_decoding(monkeypatch):
     def fail(*args, **kwargs):
         pytest.fail("decoding started before the start-up checks failed")
 
-    monkeypatch.setattr("imgclf.pipeline.load_split", fail)
+    monkeypatch.setattr("imgclf.training.pipeline.load_split", fail)
 
 
 def test_a_second_training_into_a_locked_run_folder_is_refused_naming_the_pid(
@@ -45,7 +45,7 @@ def test_a_second_training_into_a_locked_run_folder_is_refused_naming_the_pid(
 
 HOLD = """
 import sys, time
-from imgclf.runfolder import RunLock
+from imgclf.training.runfolder import RunLock
 with RunLock(sys.argv[1], log=print):
     print("locked", flush=True)
     time.sleep(60)
@@ -71,7 +71,7 @@ def test_a_lock_held_by_another_live_process_is_refused(tmp_path):
 
 def test_without_flock_the_recorded_pid_decides(tmp_path, monkeypatch):
     """Where flock is unavailable (some network filesystems), a live PID refuses and a dead one is stale."""
-    monkeypatch.setattr("imgclf.runfolder.fcntl", None)
+    monkeypatch.setattr("imgclf.training.runfolder.fcntl", None)
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
@@ -89,7 +89,7 @@ def test_without_flock_the_recorded_pid_decides(tmp_path, monkeypatch):
 
 
 def test_the_lock_is_released_when_training_fails(tiny_dataset, tmp_path, monkeypatch):
-    monkeypatch.setattr("imgclf.pipeline.fit_with_checkpoints", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr("imgclf.training.pipeline.fit_with_checkpoints", lambda *a, **k: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         train(tiny_dataset, tmp_path / "m.imgclf", tiny_train_config())
     assert not (tmp_path / "m-run" / "lock").exists()
@@ -145,7 +145,7 @@ def test_enough_free_disk_passes_the_check_and_decoding_starts(tiny_dataset, tmp
         raise Started
 
     monkeypatch.setattr("shutil.disk_usage", disk_usage)
-    monkeypatch.setattr("imgclf.pipeline.load_split", started)  # past the start-up checks: stop here
+    monkeypatch.setattr("imgclf.training.pipeline.load_split", started)  # past the start-up checks: stop here
     with pytest.raises(Started):
         train(tiny_dataset, tmp_path / "m.imgclf", tiny_train_config(epochs=1))
     assert asked  # the free space was really looked up
@@ -169,12 +169,12 @@ def test_unusable_output_paths_are_reported_before_decoding(what, tiny_dataset, 
 
 def test_a_read_only_run_folder_is_reported_before_decoding(tiny_dataset, tmp_path, monkeypatch, no_decoding):
     """Permission bits do not stop root, so the run folder gets a real write test (faked failing here)."""
-    import imgclf.runfolder
+    import imgclf.training.runfolder
 
     def refuse(path, data):
         raise StorageError("cannot write file", received=f"{path} (Read-only file system)")
 
-    monkeypatch.setattr(imgclf.runfolder, "atomic_write_bytes", refuse)
+    monkeypatch.setattr(imgclf.training.runfolder, "atomic_write_bytes", refuse)
     with pytest.raises(StorageError, match="Read-only"):
         train(tiny_dataset, tmp_path / "m.imgclf", tiny_train_config())
 

@@ -1,4 +1,4 @@
-"""Tests of imgclf.trainer through the pipeline: keep-best, early stopping, determinism, history.
+"""Tests of imgclf.training.loop through the pipeline: keep-best, early stopping, determinism, history.
 
 The validation metric is scripted (``trainer._evaluate`` monkeypatched) where the test must know which
 epoch is best; everything else is real training of the tiny recipe.
@@ -15,17 +15,17 @@ from safetensors.torch import load_file
 
 import imgclf
 from conftest import tiny_train_config
-from imgclf import checkpoint as ckpt
-from imgclf.determinism import nondeterministic_op_error
 from imgclf.errors import UsageError
-from imgclf.pipeline import train
-from imgclf.trainer import fit
+from imgclf.training import checkpoint as ckpt
+from imgclf.training.determinism import nondeterministic_op_error
+from imgclf.training.loop import fit
+from imgclf.training.pipeline import train
 
 
 def _script(monkeypatch, losses, accuracies=None):
     """Make validation report ``losses`` (and ``accuracies``) epoch by epoch."""
     values = iter(zip(losses, accuracies or [0.5] * len(losses), strict=True))
-    monkeypatch.setattr("imgclf.trainer._evaluate", lambda *args: next(values))
+    monkeypatch.setattr("imgclf.training.loop._evaluate", lambda *args: next(values))
 
 
 def _weights(path) -> dict[str, torch.Tensor]:
@@ -86,9 +86,9 @@ def test_patience_stops_after_that_many_epochs_without_improvement(tiny_dataset,
 
 def test_the_early_stopping_counter_survives_a_resume(tiny_dataset, tmp_path, monkeypatch):
     """Stopped after epoch 3 (one bad epoch) and resumed: it still stops after epoch 4, as a straight run."""
-    from imgclf.data import scan_dataset
-    from imgclf.decoding import load_split
-    from imgclf.trainer import create_state
+    from imgclf.data.decode import load_split
+    from imgclf.data.folders import scan_dataset
+    from imgclf.training.loop import create_state
 
     config = tiny_train_config(epochs=6, patience=2)
     split = load_split(scan_dataset(tiny_dataset).splits["training"], config.preprocess)
@@ -141,18 +141,18 @@ def test_deterministic_on_the_cpu_changes_nothing_and_leaves_torch_as_it_was(tin
 
 
 def test_an_op_without_a_deterministic_kernel_is_a_one_line_usage_error_naming_it(tiny_dataset, monkeypatch):
-    import imgclf.trainer
-    from imgclf.data import scan_dataset
-    from imgclf.decoding import load_split
-    from imgclf.trainer import create_state
+    import imgclf.training.loop
+    from imgclf.data.decode import load_split
+    from imgclf.data.folders import scan_dataset
+    from imgclf.training.loop import create_state
 
-    real = imgclf.trainer.augment_batch
+    real = imgclf.training.loop.augment_batch
 
     def augment_with_put(x, spec, mats):
         torch.zeros(4).put_(torch.tensor([0, 0]), torch.ones(2))  # no deterministic CPU kernel
         return real(x, spec, mats)
 
-    monkeypatch.setattr("imgclf.trainer.augment_batch", augment_with_put)
+    monkeypatch.setattr("imgclf.training.loop.augment_batch", augment_with_put)
     config = tiny_train_config(epochs=1)
     split = load_split(scan_dataset(tiny_dataset).splits["training"], config.preprocess)
     fit(config, create_state(config, 2), split)  # fine without --deterministic

@@ -12,9 +12,10 @@ from PIL import Image
 
 import imgclf
 from conftest import make_dataset, run_cli, tiny_train_config
-from imgclf import images, probes
-from imgclf.cli import main
-from imgclf.pipeline import train
+from imgclf.cli.main import main
+from imgclf.images import preprocess
+from imgclf.modelfile import probes
+from imgclf.training.pipeline import train
 from modelfiles import edit_manifest, edit_tensors, make_classifier, manifest_of, tensors_of
 
 
@@ -42,7 +43,7 @@ def test_a_fresh_file_passes_every_check(model_file):
 
 def test_a_changed_resize_filter_is_reported_as_preprocessing_drift(model_file, monkeypatch):
     """Simulates a Pillow upgrade that changes bilinear resizing: the model itself is fine."""
-    monkeypatch.setitem(images._FILTERS, "bilinear", Image.Resampling.NEAREST)
+    monkeypatch.setitem(preprocess._FILTERS, "bilinear", Image.Resampling.NEAREST)
     report = imgclf.verify(model_file)
     assert not report.ok
     rows = _rows(report)

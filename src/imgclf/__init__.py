@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from imgclf._version import __version__
 
 __all__ = [
     "__version__",
@@ -30,37 +30,37 @@ __all__ = [
 ]
 
 _LAZY = {
-    "load": ("imgclf.bundle", "load"),
-    "save": ("imgclf.bundle", "save"),
-    "verify": ("imgclf.bundle", "verify"),
-    "inspect": ("imgclf.bundle", "inspect"),
+    "load": ("imgclf.modelfile", "load"),
+    "save": ("imgclf.modelfile", "save"),
+    "verify": ("imgclf.modelfile", "verify"),
+    "inspect": ("imgclf.modelfile", "inspect"),
     "Classifier": ("imgclf.classifier", "Classifier"),
     "Prediction": ("imgclf.classifier", "Prediction"),
     "TrainConfig": ("imgclf.config", "TrainConfig"),
     "PreprocessSpec": ("imgclf.config", "PreprocessSpec"),
     "AugmentSpec": ("imgclf.config", "AugmentSpec"),
-    "train": ("imgclf.pipeline", "train"),
+    "train": ("imgclf.training.pipeline", "train"),
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from imgclf.bundle import inspect, load, save, verify
     from imgclf.classifier import Classifier, Prediction
     from imgclf.config import AugmentSpec, PreprocessSpec, TrainConfig
-    from imgclf.pipeline import train
+    from imgclf.modelfile import inspect, load, save, verify
+    from imgclf.training.pipeline import train
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         module, attr = _LAZY[name]
         # Static imports only: the package's safety test forbids importing modules by a computed name.
-        if module == "imgclf.bundle":
-            from imgclf import bundle as mod
+        if module == "imgclf.modelfile":
+            from imgclf import modelfile as mod
         elif module == "imgclf.classifier":
             from imgclf import classifier as mod
         elif module == "imgclf.config":
             from imgclf import config as mod
         else:
-            from imgclf import pipeline as mod
+            from imgclf.training import pipeline as mod
         value = getattr(mod, attr)
         globals()[name] = value
         return value

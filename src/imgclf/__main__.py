@@ -1,5 +1,5 @@
-"""``python -m imgclf`` runs the command line (see :mod:`imgclf.cli`)."""
+"""``python -m imgclf`` runs the command line (see :mod:`imgclf.cli.main`)."""
 
-from imgclf.cli import run
+from imgclf.cli.main import run
 
 run()

@@ -21,7 +21,7 @@ from torch import nn
 
 from imgclf.config import PreprocessSpec
 from imgclf.errors import ImageError, UsageError
-from imgclf.images import ImageSource, describe_source, preprocess_uint8, to_tensor
+from imgclf.images.preprocess import ImageSource, describe_source, preprocess_uint8, to_tensor
 
 __all__ = ["Classifier", "Prediction", "predict_logits"]
 

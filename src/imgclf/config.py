@@ -2,7 +2,7 @@
 
 Each dataclass round-trips through plain JSON-able dicts; ``from_dict`` rejects unknown keys and wrong
 types so a settings dict from a file can never smuggle in anything unexpected (the shared machinery is
-in :mod:`imgclf.settings`).
+in :mod:`imgclf._settings`).
 
 Usage::
 
@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from imgclf._settings import Settings, check_integer, check_number
 from imgclf.errors import UsageError
-from imgclf.settings import Settings, check_integer, check_number
 
 __all__ = ["PreprocessSpec", "AugmentSpec", "TrainConfig", "INTERPOLATIONS", "FILL_MODES"]
 
@@ -30,7 +30,7 @@ MAX_SIDE = 4096
 class PreprocessSpec(Settings):
     """How any image becomes the model's input tensor (stored in every model file).
 
-    The pipeline is fixed (see :mod:`imgclf.images`): decode → EXIF orientation → RGB → resize to
+    The pipeline is fixed (see :mod:`imgclf.images.preprocess`): decode → EXIF orientation → RGB → resize to
     ``height`` × ``width`` with ``interpolation`` → ``(pixel * rescale - mean) / std``.
 
     Attributes:
@@ -138,7 +138,7 @@ class TrainConfig(Settings):
     """Everything that defines a training run. Defaults reproduce the DL4CV malaria recipe.
 
     Attributes:
-        arch: Registered architecture name (see ``imgclf.architectures``).
+        arch: Registered architecture name (see ``imgclf.models.registry``).
         arch_args: Builder arguments overriding the architecture's defaults.
         epochs: Number of passes over the training split.
         batch_size: Images per optimizer step (each epoch runs ``max(1, N // batch_size)`` steps, as

@@ -201,8 +201,8 @@ def evaluate_dataset(
     Raises:
         DatasetError: Unknown classes, empty split, undecodable files (without ``skip_bad``).
     """
-    from imgclf.data import scan_dataset
-    from imgclf.decoding import load_split, open_cache
+    from imgclf.data.decode import load_split, open_cache
+    from imgclf.data.folders import scan_dataset
 
     ds = scan_dataset(dataset, val_split=0.0, test_split=0.0)
     if ds.layout == "flat":

@@ -26,8 +26,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from imgclf.errors import UsageError
-from imgclf.files import atomic_write_bytes, atomic_write_text
-from imgclf.images import ImageSource, decode
+from imgclf.fileio import atomic_write_bytes, atomic_write_text
+from imgclf.images.preprocess import ImageSource, decode
 
 __all__ = [
     "plot_history",

@@ -6,7 +6,7 @@ batch prediction about 2x faster on the 2-core test machines (see docs/performan
 
 Usage::
 
-    from imgclf.runtime import tune_allocator
+    from imgclf.cli.allocator import tune_allocator
     tune_allocator()          # once, early; a no-op where glibc is not the allocator
 """
 

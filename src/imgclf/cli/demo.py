@@ -2,7 +2,7 @@
 
 Usage::
 
-    from imgclf.cli import build_parser
+    from imgclf.cli.main import build_parser
     cmd_demo(build_parser().parse_args(["demo", "--out", "demo-output", "--epochs", "2"]))
 """
 
@@ -14,8 +14,8 @@ import os
 import subprocess
 import sys
 
-from imgclf.commands.output import stdout_line
-from imgclf.commands.train import cmd_train
+from imgclf.cli.output import stdout_line
+from imgclf.cli.train import cmd_train
 from imgclf.errors import ImgclfError
 
 __all__ = ["cmd_demo", "cmd_demo_data", "build_train_args"]
@@ -23,7 +23,7 @@ __all__ = ["cmd_demo", "cmd_demo_data", "build_train_args"]
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
     """``imgclf demo-data``: write the synthetic dataset and print its counts."""
-    from imgclf.demo_data import write_demo_dataset
+    from imgclf.data.synthetic import write_demo_dataset
 
     counts = write_demo_dataset(args.out, scale=args.scale, seed=args.seed)
     stdout_line(json.dumps(counts))
@@ -32,8 +32,8 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """``imgclf demo``: data → train → (new process) predict montage + evaluate."""
-    from imgclf.demo_data import write_demo_dataset
-    from imgclf.progress import stderr_console
+    from imgclf.data.synthetic import write_demo_dataset
+    from imgclf.training.progress import stderr_console
 
     console = stderr_console()
     data = os.path.join(args.out, "data")
@@ -87,7 +87,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_train_args(dataset: str, model: str, demo_args: argparse.Namespace) -> argparse.Namespace:
     """A ``train`` namespace for the demo with every recipe default."""
-    from imgclf.cli import build_parser
+    from imgclf.cli.main import build_parser
 
     argv = [
         "train",

@@ -2,7 +2,7 @@
 
 Usage::
 
-    from imgclf.cli import build_parser
+    from imgclf.cli.main import build_parser
     cmd_evaluate(build_parser().parse_args(["evaluate", "--model", "m.imgclf", "--dataset", "data"]))
 """
 
@@ -12,21 +12,21 @@ import argparse
 import json
 import sys
 
-from imgclf.commands.output import report_text, stdout_line
+from imgclf.cli.output import report_text, stdout_line
 
 __all__ = ["cmd_evaluate"]
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``imgclf evaluate``: classification report on stdout (text or ``--json``)."""
-    from imgclf.bundle import load
     from imgclf.errors import safe_text
-    from imgclf.evaluate import evaluate_dataset
-    from imgclf.files import atomic_write_text
+    from imgclf.evaluation import evaluate_dataset
+    from imgclf.fileio import atomic_write_text
+    from imgclf.modelfile import load
 
     for target in (args.output, args.confusion_plot):
         if target:
-            from imgclf.files import check_writable
+            from imgclf.fileio import check_writable
 
             check_writable(target)
     if args.confusion_plot:

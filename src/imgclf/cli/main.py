@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Sequence
 from types import ModuleType
 
-from imgclf import __version__
+from imgclf._version import __version__
 from imgclf.errors import EXIT_CODES, ImgclfError, safe_text
 
 __all__ = ["main", "run", "build_parser"]
@@ -69,7 +69,7 @@ def _kv(text: str) -> tuple[str, object]:
 
 
 def _probe_count(text: str) -> int:
-    from imgclf.bundle import MAX_EXTRA_PROBES
+    from imgclf.modelfile import MAX_EXTRA_PROBES
 
     try:
         value = int(text)
@@ -81,8 +81,8 @@ def _probe_count(text: str) -> int:
 
 
 def _add_train(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from imgclf import architectures
     from imgclf.config import INTERPOLATIONS
+    from imgclf.models import registry
 
     p = sub.add_parser(
         "train",
@@ -100,7 +100,7 @@ def _add_train(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("--plot", "-p", help="training-curve plot (default RUN_DIR/plot.png)")
     p.add_argument("--config", help="JSON file with TrainConfig settings; flags override it")
     g = p.add_argument_group("recipe")
-    g.add_argument("--arch", choices=architectures.names(), help="architecture (default seed_resnet)")
+    g.add_argument("--arch", choices=registry.names(), help="architecture (default seed_resnet)")
     g.add_argument(
         "--arch-arg",
         action="append",
@@ -307,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Command -> its module in imgclf.commands. Only that module is imported, so `imgclf predict` never
+# Command -> its module in imgclf.cli. Only that module is imported, so `imgclf predict` never
 # loads the train command's module (nor anything it imports).
 COMMAND_MODULES = {
     "train": "train",
@@ -323,15 +323,15 @@ COMMAND_MODULES = {
 def _command_module(name: str) -> ModuleType:
     # Static imports only: the package's safety test forbids importing modules by a computed name.
     if name == "train":
-        from imgclf.commands import train as module
+        from imgclf.cli import train as module
     elif name == "predict":
-        from imgclf.commands import predict as module
+        from imgclf.cli import predict as module
     elif name == "evaluate":
-        from imgclf.commands import evaluate as module
+        from imgclf.cli import evaluate as module
     elif name == "model":
-        from imgclf.commands import model as module
+        from imgclf.cli import model as module
     elif name == "demo":
-        from imgclf.commands import demo as module
+        from imgclf.cli import demo as module
     else:  # pragma: no cover - COMMAND_MODULES names only the modules above
         raise ValueError(f"no command module {name!r}")
     return module
@@ -351,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     debug = debug or getattr(args, "debug", False)
     if args.command in ("train", "predict", "evaluate", "verify", "demo"):
-        from imgclf.runtime import tune_allocator
+        from imgclf.cli.allocator import tune_allocator
 
         tune_allocator()
 

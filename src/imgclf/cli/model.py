@@ -2,7 +2,7 @@
 
 Usage::
 
-    from imgclf.cli import build_parser
+    from imgclf.cli.main import build_parser
     cmd_verify(build_parser().parse_args(["verify", "model.imgclf"]))
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from imgclf.commands.output import stdout_line
+from imgclf.cli.output import stdout_line
 
 __all__ = ["cmd_inspect", "cmd_verify"]
 
@@ -24,8 +24,8 @@ def _names(names: list[str], limit: int = 20) -> str:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """``imgclf inspect``: the manifest, human-readable or ``--json``."""
-    from imgclf.bundle import inspect
     from imgclf.errors import safe_text
+    from imgclf.modelfile import inspect
 
     info = inspect(args.model)
     if args.json:
@@ -79,8 +79,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """``imgclf verify``: one line per check; exit 0 if all pass, 3 otherwise."""
-    from imgclf.bundle import verify
     from imgclf.errors import ModelFileError
+    from imgclf.modelfile import verify
 
     report = verify(args.model)
     for name, ok, detail in report.checks:

@@ -4,7 +4,7 @@ Imports no training or plotting code (``tests/test_reports.py`` checks it).
 
 Usage::
 
-    from imgclf.cli import build_parser
+    from imgclf.cli.main import build_parser
     cmd_predict(build_parser().parse_args(["predict", "--model", "m.imgclf", "--images", "cells/"]))
 """
 
@@ -19,7 +19,7 @@ import random
 import sys
 from typing import Any
 
-from imgclf.commands.output import stdout_line
+from imgclf.cli.output import stdout_line
 from imgclf.errors import PartialFailure, UsageError
 
 __all__ = ["cmd_predict"]
@@ -28,7 +28,7 @@ MONTAGE_TILES = 16  # the recipe's 4 x 4 sheet
 
 
 def _pick_images(args: argparse.Namespace) -> list[str]:
-    from imgclf.data import list_images
+    from imgclf.data.folders import list_images
 
     paths = list_images(args.images)
     if not paths:
@@ -90,8 +90,8 @@ class _PredictionsFile:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """``imgclf predict``: one line per image on stdout; per-image errors on stderr; exit 4 if any failed."""
-    from imgclf.bundle import load
     from imgclf.errors import safe_text
+    from imgclf.modelfile import load
 
     if args.top_k < 1 or args.batch_size < 1:
         raise UsageError(
@@ -104,7 +104,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         _check_output_format(args.output)  # before any work, not after classifying everything
     for target in (args.output, args.montage):
         if target:
-            from imgclf.files import check_writable
+            from imgclf.fileio import check_writable
 
             check_writable(target)
     clf = load(args.model)
@@ -114,7 +114,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         out = None
         if args.output:  # appears atomically once every image is done; an interrupted run leaves none
-            from imgclf.files import atomic_open
+            from imgclf.fileio import atomic_open
 
             out = _PredictionsFile(
                 stack.enter_context(atomic_open(args.output, "w")), args.output, clf.class_names
@@ -122,7 +122,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         # Results stream to stdout batch by batch; a bar is shown only when they go to a file or a pipe.
         progress = None
         if len(paths) > args.batch_size and sys.stderr.isatty() and not sys.stdout.isatty():
-            from imgclf.bars import bar, stderr_console
+            from imgclf.progress import bar, stderr_console
 
             progress = bar(stderr_console(), "classifying", len(paths))
             stack.callback(progress.stop)

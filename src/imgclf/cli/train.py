@@ -2,7 +2,7 @@
 
 Usage::
 
-    from imgclf.cli import build_parser
+    from imgclf.cli.main import build_parser
     cmd_train(build_parser().parse_args(["train", "--dataset", "data", "--model", "m.imgclf"]))
 """
 
@@ -13,7 +13,7 @@ import json
 import os
 from typing import Any
 
-from imgclf.commands.output import report_text, stdout_line
+from imgclf.cli.output import report_text, stdout_line
 from imgclf.errors import UsageError
 
 __all__ = ["cmd_train"]
@@ -86,8 +86,8 @@ def _config_from_args(args: argparse.Namespace, start: dict[str, Any] | None = N
 def cmd_train(args: argparse.Namespace) -> int:
     """``imgclf train``: train (or ``--resume``), save, report; prints the classification report on stdout."""
     from imgclf.errors import safe_text
-    from imgclf.pipeline import train
-    from imgclf.progress import EpochProgress, decode_bar_factory, stderr_console
+    from imgclf.training.pipeline import train
+    from imgclf.training.progress import EpochProgress, decode_bar_factory, stderr_console
 
     dataset, model, plot, config, run_dir = _train_inputs(args)
     console = stderr_console()
@@ -133,7 +133,7 @@ def _train_inputs(args: argparse.Namespace) -> tuple[str, str, str | None, Any, 
                 fix="add the missing flag(s); see imgclf train --help",
             )
         return args.dataset, args.model, args.plot, _config_from_args(args), args.run_dir
-    from imgclf.runfolder import read_record
+    from imgclf.training.runfolder import read_record
 
     if args.run_dir and os.path.abspath(args.run_dir) != os.path.abspath(args.resume):
         raise UsageError(

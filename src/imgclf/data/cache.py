@@ -1,6 +1,6 @@
 """Decode-once cache: preprocessed uint8 images kept on disk and reused across epochs and runs.
 
-Each image is decoded and resized once through :mod:`imgclf.images`; later runs on unchanged files
+Each image is decoded and resized once through :mod:`imgclf.images.preprocess`; later runs on unchanged files
 never touch Pillow again. Layout under the cache folder (``$IMGCLF_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/imgclf`` or ``~/.cache/imgclf``)::
 
@@ -19,7 +19,7 @@ never touch Pillow again. Layout under the cache folder (``$IMGCLF_CACHE_DIR``, 
 
 Usage::
 
-    cache = DecodeCache(default_cache_dir(), spec, imgclf.decoding.decode_into)
+    cache = DecodeCache(default_cache_dir(), spec, imgclf.data.decode.decode_into)
     images, kept, digests, bad = cache.fetch(paths)    # images: read-only memmap of the kept rows
 """
 
@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from imgclf.config import PreprocessSpec
-from imgclf.files import atomic_write_text
-from imgclf.images import DECODE_RULE
+from imgclf.fileio import atomic_write_text
+from imgclf.images.preprocess import DECODE_RULE
 
 __all__ = ["DecodeCache", "default_cache_dir", "DEFAULT_MAX_BYTES"]
 
@@ -90,7 +90,7 @@ class DecodeCache:
         root: Cache folder (the spec's subfolder is created inside it).
         spec: Preprocessing spec whose output the cache holds.
         decoder: ``decoder(paths, out, progress, rows=rows, spec=spec) -> (digests, failures)``
-            decodes ``paths[j]`` into ``out[rows[j]]`` (see :func:`imgclf.decoding.decode_into`).
+            decodes ``paths[j]`` into ``out[rows[j]]`` (see :func:`imgclf.data.decode.decode_into`).
         max_bytes: Size bound for this spec's packs; the least recently used are evicted beyond it.
     """
 

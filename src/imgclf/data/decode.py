@@ -2,7 +2,7 @@
 
 Decoding runs in forked worker processes that write pixels into one shared anonymous mapping (Pillow
 holds the GIL while decoding PNGs, so threads do not scale). Every undecodable file is reported at once,
-before training; the decode-once cache (:mod:`imgclf.cache`) is filled through :func:`decode_into`.
+before training; the decode-once cache (:mod:`imgclf.data.cache`) is filled through :func:`decode_into`.
 
 Usage::
 
@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from imgclf.cache import DEFAULT_MAX_BYTES, DecodeCache, default_cache_dir
 from imgclf.config import PreprocessSpec
-from imgclf.data import Dataset, Sample
+from imgclf.data.cache import DEFAULT_MAX_BYTES, DecodeCache, default_cache_dir
+from imgclf.data.folders import Dataset, Sample
 from imgclf.errors import DatasetError, ImageError, UsageError, listed
-from imgclf.images import preprocess_uint8, read_bytes
+from imgclf.images.preprocess import preprocess_uint8, read_bytes
 
 __all__ = [
     "DecodedSplit",
@@ -48,7 +48,7 @@ PARALLEL_MIN = 256  # below this, starting worker processes costs more than it s
 
 @dataclass
 class DecodedSplit:
-    """Decoded, resized images of one split, ready for :func:`imgclf.images.to_tensor`."""
+    """Decoded, resized images of one split, ready for :func:`imgclf.images.preprocess.to_tensor`."""
 
     images: np.ndarray  # (N, H, W, 3) uint8
     labels: np.ndarray  # (N,) int64
@@ -184,7 +184,7 @@ def load_split(
         skip_bad: Drop undecodable files (listed in ``skipped``) instead of raising.
         workers: Decode processes (see :func:`decode_into`; default one per core).
         progress: Called with the number of images finished since the last call.
-        cache: Decode-once cache to read from and fill (see :mod:`imgclf.cache`); ``None`` decodes
+        cache: Decode-once cache to read from and fill (see :mod:`imgclf.data.cache`); ``None`` decodes
             into memory.
 
     Raises:

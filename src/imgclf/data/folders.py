@@ -9,7 +9,7 @@ Two layouts are understood:
 
 Class order is the sorted class-folder names. Hidden and system entries (``.git``, ``__MACOSX``,
 ``.DS_Store``, ``Thumbs.db``, ...) are neither classes nor samples. Every structural problem is reported
-at once, before any image is decoded; decoding the samples is :mod:`imgclf.decoding`'s job.
+at once, before any image is decoded; decoding the samples is :mod:`imgclf.data.decode`'s job.
 
 Usage::
 
@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from imgclf.errors import DatasetError, listed
-from imgclf.images import is_image_name
+from imgclf.images.preprocess import is_image_name
 
 __all__ = ["Sample", "Dataset", "scan_dataset", "list_images", "SPLITS"]
 

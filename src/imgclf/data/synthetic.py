@@ -2,11 +2,11 @@
 
 Each image is one pinkish cell on black; ``Parasitized`` cells carry 1-3 purple ring or dot stains,
 ``Uninfected`` cells are clean or hold faint pale debris. A share of the files are JPEG, grayscale,
-RGBA and palette PNGs so the demo also exercises every decoding path of :mod:`imgclf.images`.
+RGBA and palette PNGs so the demo also exercises every decoding path of :mod:`imgclf.images.preprocess`.
 
 Usage::
 
-    from imgclf.demo_data import write_demo_dataset
+    from imgclf.data.synthetic import write_demo_dataset
     counts = write_demo_dataset("demo", scale=1.0, seed=42)   # demo/{training,validation,testing}/...
 """
 

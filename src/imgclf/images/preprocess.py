@@ -20,7 +20,7 @@ Pipeline (decode rule version ``DECODE_RULE``):
 
 Usage::
 
-    from imgclf.images import preprocess
+    from imgclf.images.preprocess import preprocess
     x = preprocess(["a.png", "b.jpg"], spec)          # float32 tensor (2, 3, H, W)
 """
 
@@ -36,7 +36,7 @@ from PIL import Image
 
 from imgclf.config import PreprocessSpec
 from imgclf.errors import ImageError, UsageError
-from imgclf.imagefile import (
+from imgclf.images.read import (
     ALLOWED_FORMATS,
     IMAGE_EXTENSIONS,
     MAX_FILE_BYTES,

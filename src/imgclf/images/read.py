@@ -1,6 +1,6 @@
 """Steps 1-4 of the preprocessing path: read a file, decode it safely, orient it, convert it to RGB.
 
-Internal to :mod:`imgclf.images`, which documents the whole rule and is the public entry point: the
+Internal to :mod:`imgclf.images.preprocess`, which documents the whole rule and is the public entry point: the
 bounded read (regular files within ``MAX_FILE_BYTES``; a FIFO never blocks), the decode restricted to
 ``ALLOWED_FORMATS`` with the pixel cap checked before any pixel is decoded, the EXIF orientation and
 the one RGB conversion rule.
@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from imgclf.errors import ImageError
-from imgclf.files import open_for_reading
+from imgclf.fileio import open_for_reading
 
 __all__ = [
     "ALLOWED_FORMATS",
@@ -73,7 +73,7 @@ def read_bytes(path: str | os.PathLike, max_bytes: int = MAX_FILE_BYTES) -> byte
     """Read an image file's bytes after checking it is a regular file within the size cap.
 
     The file is opened once, non-blocking (a FIFO never hangs the caller), and checked with
-    ``fstat`` on that descriptor (:func:`imgclf.files.open_for_reading`).
+    ``fstat`` on that descriptor (:func:`imgclf.fileio.open_for_reading`).
 
     Raises:
         ImageError: If the path is missing, not a regular file, unreadable or too large.

@@ -2,8 +2,9 @@
 
 Loading is parse → validate everything → build from the registry → strict weight load. Nothing in a
 file can make imgclf run code: no pickle, no imports by name, only registered architectures. See
-``docs/format.md`` for the specification; :mod:`imgclf.container` reads the bytes, :mod:`imgclf.manifest`
-checks the manifest, :mod:`imgclf.probes` runs the self-checks.
+``docs/format.md`` for the specification; :mod:`imgclf.modelfile.format` reads the bytes,
+:mod:`imgclf.modelfile.manifest`
+checks the manifest, :mod:`imgclf.modelfile.probes` runs the self-checks.
 
 Usage::
 
@@ -17,23 +18,21 @@ from __future__ import annotations
 
 import math
 import os
-import platform
-import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-import numpy as np
 import torch
 
-from imgclf import architectures, probes, weights
+from imgclf._version import versions
 from imgclf.classifier import Classifier
-from imgclf.container import Container, invalid, read_container
 from imgclf.errors import ModelFileError, UsageError
-from imgclf.files import atomic_write_bytes
-from imgclf.images import DECODE_RULE
-from imgclf.integrity import canonical_json, container_digest, manifest_digest, tensors_digest
-from imgclf.manifest import (
+from imgclf.fileio import atomic_write_bytes
+from imgclf.images.preprocess import DECODE_RULE
+from imgclf.modelfile import probes, weights
+from imgclf.modelfile.digests import canonical_json, container_digest, manifest_digest, tensors_digest
+from imgclf.modelfile.format import Container, invalid, read_container
+from imgclf.modelfile.manifest import (
     FORMAT,
     FORMAT_VERSION,
     MANIFEST_KEY,
@@ -43,6 +42,7 @@ from imgclf.manifest import (
     parse,
     validate,
 )
+from imgclf.models import registry
 
 __all__ = [
     "FORMAT",
@@ -58,29 +58,12 @@ __all__ = [
     "VerifyReport",
     "canonical_json",
     "tensors_digest",
-    "versions",
 ]
 
 MAX_PROBE_BYTES = 8 * 1024 * 1024
 SYNTHETIC_PROBES = 4
 MAX_EXTRA_PROBES = MAX_PROBES - SYNTHETIC_PROBES
 PROBE_TOLERANCE = probes.TOLERANCE
-
-
-def versions() -> dict[str, str]:
-    """Versions of everything that can change a model's outputs."""
-    import PIL
-
-    from imgclf import __version__
-
-    return {
-        "imgclf": __version__,
-        "torch": torch.__version__,
-        "pillow": PIL.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "platform": sys.platform,
-    }
 
 
 def _finite(obj: Any) -> Any:
@@ -183,7 +166,7 @@ def serialize(classifier: Classifier, *, extra_probes: list[bytes] | None = None
     """
     model_tensors = weights.from_model(classifier.model)
     spec = classifier.preprocess
-    arch_args = architectures.resolve_args(classifier.arch, classifier.arch_args)
+    arch_args = registry.resolve_args(classifier.arch, classifier.arch_args)
     fresh = weights.meta_model(classifier.arch, len(classifier.class_names), spec.size, arch_args)
     got = {k: (tuple(v.shape), weights.dtype_name(v)) for k, v in model_tensors.items()}
     problems = weights.compare(weights.signature(fresh), got)

@@ -17,7 +17,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from imgclf.container import Container
+from imgclf.modelfile.format import Container
 
 __all__ = ["canonical_json", "manifest_digest", "tensors_digest", "container_digest"]
 

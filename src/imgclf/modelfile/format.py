@@ -27,8 +27,8 @@ from typing import Any
 import torch
 
 from imgclf.errors import ModelFileError
-from imgclf.files import open_for_reading
-from imgclf.sniff import HEAD_BYTES, TAIL_BYTES, UNKNOWN, describe
+from imgclf.fileio import open_for_reading
+from imgclf.modelfile.foreign import HEAD_BYTES, TAIL_BYTES, UNKNOWN, describe
 
 __all__ = [
     "TensorEntry",
@@ -157,7 +157,7 @@ def strict_json(text: str, what: str, path: str) -> Any:
 
 
 def sniff(head: bytes, path: str = "") -> str:
-    """Describe what a non-imgclf file looks like from its first bytes (see :mod:`imgclf.sniff`)."""
+    """Describe what a non-imgclf file looks like from its first bytes (:mod:`.foreign`)."""
     return describe(head, b"", path)
 
 

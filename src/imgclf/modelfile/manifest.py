@@ -17,12 +17,12 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from imgclf import architectures
 from imgclf.config import PreprocessSpec
-from imgclf.container import Container, invalid, strict_json
 from imgclf.errors import ModelFileError, UsageError
-from imgclf.images import DECODE_RULE
-from imgclf.integrity import canonical_json, manifest_digest
+from imgclf.images.preprocess import DECODE_RULE
+from imgclf.modelfile.digests import canonical_json, manifest_digest
+from imgclf.modelfile.format import Container, invalid, strict_json
+from imgclf.models import registry
 
 __all__ = [
     "FORMAT",
@@ -131,9 +131,9 @@ def _need(path: str, ok: bool, field: str, expected: str, value: Any) -> None:
 def _class_names(path: str, names: Any) -> list[str]:
     _need(
         path,
-        isinstance(names, list) and 2 <= len(names) <= architectures.MAX_CLASSES,
+        isinstance(names, list) and 2 <= len(names) <= registry.MAX_CLASSES,
         "class_names",
-        f"a list of 2 to {architectures.MAX_CLASSES} names",
+        f"a list of 2 to {registry.MAX_CLASSES} names",
         names,
     )
     for i, name in enumerate(names):
@@ -266,7 +266,7 @@ def _validate_v1(path: str, m: dict[str, Any], version: int, text: str | None) -
     _need(path, ok, "architecture", "an object with name and args", arch)
     try:
         # Only registered names resolve: nothing is imported or looked up by a name from the file.
-        args = architectures.resolve_args(arch["name"], arch["args"])
+        args = registry.resolve_args(arch["name"], arch["args"])
     except UsageError as exc:
         raise invalid(path, exc.problem, received=exc.received, expected=exc.expected) from None
     names = _class_names(path, m["class_names"])

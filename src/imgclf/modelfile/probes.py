@@ -24,10 +24,10 @@ import torch
 
 from imgclf.classifier import Classifier
 from imgclf.config import PreprocessSpec
-from imgclf.container import Container
 from imgclf.errors import ImageError
-from imgclf.images import preprocess_uint8, to_tensor
-from imgclf.manifest import Manifest
+from imgclf.images.preprocess import preprocess_uint8, to_tensor
+from imgclf.modelfile.format import Container
+from imgclf.modelfile.manifest import Manifest
 
 __all__ = [
     "synthetic_images",
@@ -106,7 +106,7 @@ def _pixel_drift(now: np.ndarray, then: np.ndarray) -> str:
 def run_checks(
     classifier: Classifier, manifest: Manifest, container: Container, *, tolerance: float = TOLERANCE
 ) -> list[tuple[str, bool, str]]:
-    """Re-run every probe; return ``(check, ok, detail)`` rows for :class:`imgclf.bundle.VerifyReport`.
+    """Re-run every probe; return ``(check, ok, detail)`` rows for :class:`imgclf.modelfile.VerifyReport`.
 
     Per probe: ``preprocessing`` compares today's input from the stored bytes with the stored input;
     ``output`` runs the model on the *stored* input (so it isolates the model from preprocessing); when

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from imgclf import architectures
-from imgclf.container import DTYPES, Container, invalid
 from imgclf.errors import UsageError
-from imgclf.manifest import Manifest
+from imgclf.modelfile.format import DTYPES, Container, invalid
+from imgclf.modelfile.manifest import Manifest
+from imgclf.models import registry
 
 __all__ = [
     "unwrap",
@@ -108,7 +108,7 @@ def compare(expected: Signature, got: Signature) -> list[str]:
 
 def meta_model(arch: str, classes: int, size: tuple[int, int], args: dict[str, Any]) -> torch.nn.Module:
     """The architecture on the meta device: the weights come from the file."""
-    return architectures.build_meta(arch, classes, size, args)
+    return registry.build_meta(arch, classes, size, args)
 
 
 def signature(model: torch.nn.Module, prefix: str = "model.") -> Signature:
@@ -121,7 +121,7 @@ def _class_count_hint(m: Manifest, got: Signature) -> int | None:
     for name, (shape, _) in got.items():
         if name in want and want[name][0] != shape and want[name][0][:1] == (len(m.class_names),) and shape:
             k = shape[0]
-            if 2 <= k <= architectures.MAX_CLASSES:
+            if 2 <= k <= registry.MAX_CLASSES:
                 try:
                     other = signature(meta_model(m.arch, k, m.preprocess.size, m.arch_args))
                 except UsageError:

@@ -1,13 +1,14 @@
 """Architecture registry: a name maps to a builder; model files store the name and the builder args.
 
-Nothing is ever imported by a name read from a file: only names registered here can be built. Two
-builders are registered: ``small_cnn`` (below) and ``seed_resnet`` (:mod:`imgclf.resnet`, imported last).
+Nothing is ever imported by a name read from a file: only names registered here can be built. This module
+imports no model (so there is no cycle): each architecture module registers itself, and the package
+:mod:`imgclf.models` imports them all, so any ``from imgclf.models import registry`` sees every builder.
 
 Usage::
 
-    from imgclf import architectures
-    model = architectures.build("seed_resnet", num_classes=2, input_size=(64, 64))
-    args = architectures.resolve_args("small_cnn", {"widths": [8, 16, 32]})
+    from imgclf.models import registry
+    model = registry.build("seed_resnet", num_classes=2, input_size=(64, 64))
+    args = registry.resolve_args("small_cnn", {"widths": [8, 16, 32]})
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from imgclf.config import MAX_SIDE
@@ -223,52 +223,3 @@ def check_widths(name: str, values: list[int], count: int | None = None) -> None
             expected=f"values in [1, {MAX_WIDTH}]",
             fix=f"choose smaller {name}",
         )
-
-
-class SmallCNN(nn.Module):
-    """A small plain CNN for quick runs: (conv3x3-BN-ReLU-maxpool) per width, global pool, dense."""
-
-    def __init__(self, num_classes: int, input_size: tuple[int, int], widths: list[int], reg: float) -> None:
-        super().__init__()
-        check_widths("widths", widths)
-        if len(widths) > 16 or reg < 0:
-            raise UsageError(
-                "small_cnn settings out of range",
-                received=f"widths={widths}, reg={reg}",
-                expected="at most 16 widths, reg >= 0",
-                fix="use the defaults",
-            )
-        self.reg = reg
-        layers: list[nn.Module] = []
-        cin = 3
-        for width in widths:
-            layers += [nn.Conv2d(cin, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
-            layers.append(nn.MaxPool2d(2, ceil_mode=True))
-            cin = width
-        self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(cin, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x)
-        return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
-
-    def l2_groups(self) -> list[tuple[float, list[nn.Parameter]]]:
-        """All conv and dense kernels at ``reg``; biases and batch-norm parameters at 0."""
-        kernels = [m.weight for m in self.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-        ids = {id(p) for p in kernels}
-        return [(self.reg, kernels), (0.0, [p for p in self.parameters() if id(p) not in ids])]
-
-
-@register(
-    "small_cnn",
-    defaults={"widths": [16, 32, 64], "reg": 0.0001},
-    description="small plain CNN (3 conv blocks) for quick experiments",
-)
-def small_cnn(num_classes: int, input_size: tuple[int, int], **args: Any) -> nn.Module:
-    """A few conv-BN-ReLU-pool blocks and a linear head; fast enough for tests and smoke runs."""
-    return SmallCNN(num_classes, input_size, **args)
-
-
-# Builders that live in their own modules register themselves on import; imported last, once the
-# registry above exists (imgclf.resnet imports register from here).
-from imgclf import resnet  # noqa: E402, F401

@@ -1,12 +1,12 @@
 """The DL4CV pre-activation bottleneck ResNet (``seed_resnet``), ported from Keras layer for layer.
 
 TensorFlow's ``padding="same"``, Keras' batch-norm momentum and its per-layer L2 terms are reproduced, so
-the malaria recipe trains as the original did. Importing :mod:`imgclf.architectures` registers it.
+the malaria recipe trains as the original did. Importing :mod:`imgclf.models.registry` registers it.
 
 Usage::
 
-    from imgclf import architectures
-    model = architectures.build("seed_resnet", num_classes=2, input_size=(64, 64))  # a SeedResNet
+    from imgclf.models import registry
+    model = registry.build("seed_resnet", num_classes=2, input_size=(64, 64))  # a SeedResNet
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from imgclf.architectures import MAX_BLOCKS, check_widths, register
 from imgclf.errors import UsageError
+from imgclf.models.registry import MAX_BLOCKS, check_widths, register
 
 __all__ = ["SameConv2d", "PreActBottleneck", "SeedResNet", "seed_resnet"]
 

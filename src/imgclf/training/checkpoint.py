@@ -8,7 +8,7 @@ best epoch's weights, with ``keep=best``), ``optimizer.<i>.velocity`` (the optim
 ``rng.*`` (torch CPU/CUDA random states) and ``epoch.*`` (an interrupted epoch's running sums).
 Everything else — epoch, step, history, best metric, early-stop counter, Python/NumPy random states,
 training config, class names, architecture, data fingerprint, versions — is JSON in the metadata key
-``imgclf.checkpoint``. A SHA-256 over that JSON and every tensor (metadata key ``imgclf.sha256``)
+``imgclf.training.checkpoint``. A SHA-256 over that JSON and every tensor (metadata key ``imgclf.sha256``)
 catches a damaged file. No pickle.
 
 Every file is written atomically; after each write only the newest two and the best epoch's checkpoint
@@ -35,12 +35,13 @@ from typing import Any
 
 import torch
 
+from imgclf._version import versions
 from imgclf.config import TrainConfig
-from imgclf.determinism import capture_rng, restore_rng
 from imgclf.errors import ResumeError
-from imgclf.files import atomic_write_bytes
-from imgclf.optim import KerasSGD
-from imgclf.trainer import PartialEpoch, TrainState
+from imgclf.fileio import atomic_write_bytes
+from imgclf.training.determinism import capture_rng, restore_rng
+from imgclf.training.loop import PartialEpoch, TrainState
+from imgclf.training.optim import KerasSGD
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -58,7 +59,7 @@ __all__ = [
 CHECKPOINT_DIR = "checkpoints"
 FORMAT = "imgclf-checkpoint"
 FORMAT_VERSION = 1
-STATE_KEY = "imgclf.checkpoint"
+STATE_KEY = "imgclf.training.checkpoint"
 DIGEST_KEY = "imgclf.sha256"
 KEEP_NEWEST = 2
 _NAME = re.compile(r"^epoch-(\d{4,})(?:-step-(\d{4,}))?\.safetensors$")
@@ -163,7 +164,6 @@ def encode(state: TrainState, config: TrainConfig, info: dict[str, Any]) -> byte
     """Serialise ``state`` (plus the run-level ``info``: run_id, class_names, ...) to safetensors bytes."""
     from safetensors.torch import save as st_save
 
-    from imgclf.bundle import versions
 
     tensors = {f"model.{k}": _cpu(v) for k, v in state.model.state_dict().items()}
     if state.best_state is not None:
@@ -320,7 +320,7 @@ def latest_checkpoint(run_dir: str | os.PathLike, run_id: str | None, *, log: Lo
 
 
 def restore(state: TrainState, ckpt: Checkpoint, *, log: Log) -> None:
-    """Load ``ckpt`` into ``state`` (fresh from :func:`imgclf.trainer.create_state` with the same recipe).
+    """Load ``ckpt`` into ``state`` (fresh from :func:`.loop.create_state`, same recipe).
 
     Raises:
         ResumeError: If the checkpoint's weights or optimizer state do not fit this model.

@@ -30,11 +30,11 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
-from imgclf.checkpoint import Checkpoint, write_checkpoint
 from imgclf.config import TrainConfig
-from imgclf.decoding import DecodedSplit
+from imgclf.data.decode import DecodedSplit
 from imgclf.errors import Interrupted
-from imgclf.trainer import Callback, TrainState, fit
+from imgclf.training.checkpoint import Checkpoint, write_checkpoint
+from imgclf.training.loop import Callback, TrainState, fit
 
 __all__ = ["GracefulInterrupt", "CheckpointWriter", "fit_with_checkpoints", "EXIT_CODES"]
 
@@ -133,7 +133,7 @@ def fit_with_checkpoints(
     resumed: Checkpoint | None = None,
     callbacks: Sequence[Callback] = (),
 ) -> TrainState:
-    """:func:`~imgclf.trainer.fit` with a checkpoint after every epoch and on SIGINT/SIGTERM.
+    """:func:`~imgclf.training.loop.fit` with a checkpoint after every epoch and on SIGINT/SIGTERM.
 
     Args:
         config, state, train, val, callbacks: As for ``fit``.

@@ -1,7 +1,7 @@
 """The training loop: data resident on the device, batched augmentation, Keras-style SGD time decay.
 
 ``fit`` never prints; progress goes to callbacks (the CLI draws a progress bar with one). Everything a
-run depends on lives in :class:`TrainState`, so a checkpoint of it (:mod:`imgclf.checkpoint`) resumes the
+run depends on lives in :class:`TrainState`, so a checkpoint of it (:mod:`.checkpoint`) resumes the
 run exactly, even from the middle of an epoch: each epoch draws its sample order and augmentation
 parameters up front from two generators, so "generator states at the epoch's start + steps done" is the
 whole position. History records hold only deterministic numbers; wall-clock times go to ``timings``.
@@ -26,15 +26,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from imgclf import architectures
-from imgclf.augment import affine_matrices, augment_batch, sample_params
 from imgclf.classifier import predict_logits
 from imgclf.config import TrainConfig
-from imgclf.decoding import DecodedSplit
-from imgclf.determinism import deterministic_algorithms
+from imgclf.data.decode import DecodedSplit
 from imgclf.errors import UsageError
-from imgclf.images import to_tensor
-from imgclf.optim import KerasSGD
+from imgclf.images.preprocess import to_tensor
+from imgclf.models import registry
+from imgclf.training.augment import affine_matrices, augment_batch, sample_params
+from imgclf.training.determinism import deterministic_algorithms
+from imgclf.training.optim import KerasSGD
 
 __all__ = [
     "TrainState",
@@ -71,7 +71,7 @@ class TrainState:
 
     Attributes:
         model: The network (unwrapped, never compiled).
-        optimizer: Keras-style SGD (:class:`imgclf.optim.KerasSGD`) with L2 groups.
+        optimizer: Keras-style SGD (:class:`imgclf.training.optim.KerasSGD`) with L2 groups.
         epoch: Epochs completed.
         step: Optimizer steps completed (drives the time decay).
         order_gen: Generator for each epoch's sample order, in its state at the start of the current
@@ -192,13 +192,13 @@ def create_state(config: TrainConfig, num_classes: int, device: torch.device | N
     device = device or resolve_device(config.device)
     init_seed, order_seed, aug_seed = _seeds(config.seed)
     torch.manual_seed(init_seed)
-    model = architectures.build(config.arch, num_classes, config.preprocess.size, config.arch_args)
+    model = registry.build(config.arch, num_classes, config.preprocess.size, config.arch_args)
     model = model.to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     groups = [
         {"params": params, "weight_decay": 2.0 * coef}  # d/dw of Keras' coef * w**2
-        for coef, params in architectures.l2_groups(model)
+        for coef, params in registry.l2_groups(model)
         if params
     ]
     optimizer = KerasSGD(groups, lr=config.lr, momentum=config.momentum)

@@ -1,15 +1,15 @@
 """The whole job in one call: scan → decode once → train → evaluate → save → report.
 
 The CLI's ``train`` and ``evaluate`` commands are thin wrappers over these functions. Training owns a
-run folder (:mod:`imgclf.runfolder`): it is locked, checked for space before decoding, gets a
-checkpoint after every epoch (:mod:`imgclf.checkpoint`), and a SIGINT/SIGTERM ends the run with a
+run folder (:mod:`imgclf.training.runfolder`): it is locked, checked for space before decoding, gets a
+checkpoint after every epoch (:mod:`imgclf.training.checkpoint`), and a SIGINT/SIGTERM ends the run with a
 checkpoint and :class:`~imgclf.errors.Interrupted` (exit 130/143) instead of losing it.
 
 Usage::
 
     result = imgclf.train("dataset", "malaria.imgclf", TrainConfig(epochs=25), plot_path="plot.png")
     print(result.evaluation.accuracy)
-    result = imgclf.resume.resume_run("malaria-run")      # after a crash, Ctrl-C or kill: continue exactly
+    result = imgclf.resume_run("malaria-run")      # after a crash, Ctrl-C or kill: continue exactly
 """
 
 from __future__ import annotations
@@ -23,12 +23,11 @@ from typing import Any
 
 import torch
 
-from imgclf import architectures, bundle
-from imgclf.checkpoint import restore
+from imgclf import modelfile
+from imgclf._version import versions
 from imgclf.classifier import Classifier
 from imgclf.config import TrainConfig
-from imgclf.data import Dataset, scan_dataset
-from imgclf.decoding import (
+from imgclf.data.decode import (
     DecodedSplit,
     bad_files_error,
     duplicate_report,
@@ -37,13 +36,18 @@ from imgclf.decoding import (
     open_cache,
     table_fingerprint,
 )
+from imgclf.data.folders import Dataset, scan_dataset
 from imgclf.errors import DatasetError
-from imgclf.evaluate import Evaluation, evaluate_dataset, evaluate_probabilities, format_report
-from imgclf.files import atomic_write_text, check_writable
-from imgclf.interrupts import fit_with_checkpoints
+from imgclf.evaluation import Evaluation, evaluate_dataset, evaluate_probabilities, format_report
+from imgclf.fileio import atomic_write_text, check_writable
+from imgclf.modelfile.weights import copy_to_cpu
+from imgclf.models import registry
 from imgclf.reports import have_matplotlib, require_matplotlib, write_history
-from imgclf.resume import ResumePlan, check_data, plan_resume
-from imgclf.runfolder import (
+from imgclf.training.checkpoint import restore
+from imgclf.training.interrupts import fit_with_checkpoints
+from imgclf.training.loop import Callback, create_state, final_weights, resolve_device
+from imgclf.training.resume import ResumePlan, check_data, plan_resume
+from imgclf.training.runfolder import (
     RunLock,
     check_free_space,
     default_run_dir,
@@ -53,8 +57,6 @@ from imgclf.runfolder import (
     start_fresh,
     write_record,
 )
-from imgclf.trainer import Callback, create_state, final_weights, resolve_device
-from imgclf.weights import copy_to_cpu
 
 __all__ = ["TrainResult", "train", "evaluate_dataset", "default_run_dir", "write_history"]
 
@@ -113,7 +115,7 @@ def train(
         log: Receives one-line human messages (warnings, notes).
         decode_progress: ``decode_progress(split, total)`` returns a per-image progress callback.
         resume: Continue the run in ``run_dir`` from its newest intact checkpoint; ``config`` must
-            match the run's recipe (see :mod:`imgclf.resume`, whose ``resume_run`` fills it in).
+            match the run's recipe (see :mod:`imgclf.training.resume`, whose ``resume_run`` fills it in).
         force: With ``resume``, continue despite a changed recipe or dataset (with a warning); without,
             start over in a run folder that holds an unfinished run (its checkpoints are deleted).
 
@@ -125,7 +127,7 @@ def train(
     """
     config = (config or TrainConfig()).validated()
     # Bad architecture args fail here, before any decoding (a meta build allocates nothing).
-    architectures.build_meta(config.arch, 2, config.preprocess.size, config.arch_args)
+    registry.build_meta(config.arch, 2, config.preprocess.size, config.arch_args)
     model_path = os.fspath(model_path)
     run_dir = os.fspath(run_dir) if run_dir else default_run_dir(model_path)
     check_writable(model_path, "model file")
@@ -232,7 +234,7 @@ def _train_locked(
         "class_names": ds.class_names,
         "architecture": {
             "name": config.arch,
-            "args": architectures.resolve_args(config.arch, config.arch_args),
+            "args": registry.resolve_args(config.arch, config.arch_args),
         },
         "data_fingerprint": data_fingerprint,
         "device": str(device),
@@ -285,7 +287,7 @@ def _train_locked(
         "history": state.history,
     }
     extra = _probe_bytes(decoded.get("validation"), run.probes_from)
-    bundle.save(classifier, model_path, extra_probes=extra)
+    modelfile.save(classifier, model_path, extra_probes=extra)
     outputs = {"model": model_path, "plot": plot_path} if can_plot else {"model": model_path}
     outputs["history_json"] = os.path.join(run_dir, "history.json")
     outputs["history_csv"] = os.path.join(run_dir, "history.csv")
@@ -328,7 +330,7 @@ def _run_record(
         "config": config.to_dict(),
         "class_names": ds.class_names,
         "data_fingerprint": data_fingerprint,
-        "versions": bundle.versions(),
+        "versions": versions(),
         "files": files,
     }
 

@@ -17,9 +17,9 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
-from imgclf.bars import bar, stderr_console
 from imgclf.config import TrainConfig
-from imgclf.trainer import Callback, TrainState
+from imgclf.progress import bar, stderr_console
+from imgclf.training.loop import Callback, TrainState
 
 __all__ = ["stderr_console", "EpochProgress", "bar", "decode_bar_factory"]
 

@@ -27,13 +27,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from imgclf import architectures
-from imgclf.checkpoint import Checkpoint, latest_checkpoint
 from imgclf.config import TrainConfig
-from imgclf.data import Dataset
-from imgclf.decoding import DecodedSplit, file_table
+from imgclf.data.decode import DecodedSplit, file_table
+from imgclf.data.folders import Dataset
 from imgclf.errors import ResumeError, UsageError
-from imgclf.runfolder import read_record
+from imgclf.models import registry
+from imgclf.training.checkpoint import Checkpoint, latest_checkpoint
+from imgclf.training.runfolder import read_record
 
 __all__ = [
     "OPERATIONAL",
@@ -78,8 +78,8 @@ def recipe_diff(old: TrainConfig, new: TrainConfig) -> tuple[list[str], list[str
     """
     a, b = _flat(old.to_dict()), _flat(new.to_dict())
     with contextlib.suppress(UsageError):  # compare what gets built: {} and the defaults are the same
-        a["arch_args"] = architectures.resolve_args(old.arch, old.arch_args)
-        b["arch_args"] = architectures.resolve_args(new.arch, new.arch_args)
+        a["arch_args"] = registry.resolve_args(old.arch, old.arch_args)
+        b["arch_args"] = registry.resolve_args(new.arch, new.arch_args)
     if old.decay is not None or new.decay is not None:  # both None: derived from lr, reported as lr
         a["decay"], b["decay"] = old.effective_decay, new.effective_decay
     recipe, operational = [], []
@@ -217,16 +217,16 @@ def resume_run(
     Args:
         run_dir: The run folder of an interrupted (or finished) training.
         force: Continue despite a changed dataset or recipe (see :func:`train`).
-        callbacks, log, decode_progress: As for :func:`imgclf.pipeline.train`.
+        callbacks, log, decode_progress: As for :func:`imgclf.training.pipeline.train`.
         **changes: TrainConfig fields to change, e.g. ``epochs=40`` to train longer or ``device="cuda"``.
 
     Raises:
         ResumeError: If the folder is not a resumable run, or the run changed (without ``force``).
 
     Returns:
-        The :class:`imgclf.pipeline.TrainResult`.
+        The :class:`imgclf.training.pipeline.TrainResult`.
     """
-    from imgclf.pipeline import train  # the pipeline imports this module: import it when called
+    from imgclf.training.pipeline import train  # the pipeline imports this module: import it when called
 
     record = read_record(run_dir)
     try:

@@ -28,11 +28,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from imgclf import architectures
-from imgclf.checkpoint import CHECKPOINT_DIR, KEEP_NEWEST, list_checkpoints
 from imgclf.config import TrainConfig
 from imgclf.errors import ResumeError, StorageError, UsageError
-from imgclf.files import TMP_SUFFIX, atomic_write_bytes, atomic_write_text, check_writable
+from imgclf.fileio import TMP_SUFFIX, atomic_write_bytes, atomic_write_text, check_writable
+from imgclf.models import registry
+from imgclf.training.checkpoint import CHECKPOINT_DIR, KEEP_NEWEST, list_checkpoints
 
 try:  # POSIX; elsewhere the lock falls back to checking the recorded PID
     import fcntl
@@ -261,7 +261,7 @@ def estimate_bytes(config: TrainConfig, num_classes: int, n_files: int) -> tuple
     The run folder holds up to ``KEEP_NEWEST + 1`` checkpoints plus one being written; each has the
     weights, the optimizer's velocities and (``keep=best``) the best weights.
     """
-    model = architectures.build_meta(config.arch, num_classes, config.preprocess.size, config.arch_args)
+    model = registry.build_meta(config.arch, num_classes, config.preprocess.size, config.arch_args)
     weights = sum(t.numel() * 4 for t in model.state_dict().values())  # saved as float32
     velocity = sum(p.numel() * 4 for p in model.parameters())
     checkpoint = weights + velocity + (weights if config.keep == "best" else 0) + (256 << 10)

@@ -1,0 +1,11 @@
+"""Network architectures: a registry of names (``registry``) and one module per architecture.
+
+Importing this package registers every architecture; the registry itself imports none of them.
+
+Usage::
+
+    from imgclf.models import registry
+    print(registry.names())  # ['seed_resnet', 'small_cnn']
+"""
+
+from imgclf.models import seed_resnet, small_cnn  # noqa: F401  (imported to register the builders)
