@@ -192,23 +192,54 @@ def evaluate_dataset(
     log: Callable[[str], None] = lambda _: None,
     cache_dir: str | os.PathLike | None = None,
     use_cache: bool = True,
+    progress: Callable[[str, int], Callable[[int], None] | None] | None = None,
 ) -> Evaluation:
-    """Evaluate a loaded classifier on a dataset folder's split (or a flat folder of class folders).
+    """Evaluate a loaded classifier on a dataset folder's split.
 
-    Class folders are matched to the model's classes by name; a folder the model does not know is an
-    error, a model class with no folder simply has no support.
+    A flat folder of class folders (``ROOT/<class>/*.png``) is split again exactly as training split
+    it (the seed, fractions and data fingerprint are in the model file), so ``split="testing"`` scores
+    the images the model did not train on; ``split="all"`` scores every image (for a folder the model
+    never saw). Class folders are matched to the model's classes by name; a folder the model does not
+    know is an error, a model class with no folder simply has no support.
+
+    Args:
+        classifier: The loaded model.
+        dataset: Folder with split folders or class folders.
+        split: ``"testing"`` (default), ``"validation"``, ``"training"`` or ``"all"``.
+        skip_bad: Skip undecodable files (logged) instead of failing.
+        batch_size: Images per forward pass.
+        log: Receives one-line warnings.
+        cache_dir: Decode-once cache folder (default ``$IMGCLF_CACHE_DIR`` or ``~/.cache/imgclf``).
+        use_cache: Read and fill the decode-once cache.
+        progress: ``progress(what, total)`` returns a per-image callback (decoding, then classifying).
 
     Raises:
-        DatasetError: Unknown classes, empty split, undecodable files (without ``skip_bad``).
+        DatasetError: Unknown classes, empty split, undecodable files (without ``skip_bad``), or a flat
+            folder whose recorded split cannot be reproduced (other files than the model trained on).
     """
-    from imgclf.data.decode import load_split, open_cache
+    from imgclf.data.decode import bad_files_error, load_split, open_cache
     from imgclf.data.folders import scan_dataset
+    from imgclf.data.heldout import ALL, heldout_split
+
+    cache = open_cache(classifier.preprocess, cache_dir) if use_cache else None
+
+    def decode(samples: list, what: str) -> Any:
+        bar = progress(f"decoding {what}", len(samples)) if progress and samples else None
+        return load_split(samples, classifier.preprocess, skip_bad=True, cache=cache, progress=bar)
 
     ds = scan_dataset(dataset, val_split=0.0, test_split=0.0)
-    if ds.layout == "flat":
-        samples = ds.splits["training"]
+    if ds.layout == "flat" and split != ALL:
+        ds, decoded = heldout_split(
+            classifier.manifest,
+            dataset,
+            split,
+            lambda splits: {s: decode(samples, s) for s, samples in splits.items()},
+        )
+        dec = decoded[split]
+        _check_classes(ds.class_names, classifier.class_names)
     else:
-        samples = ds.splits.get(split) or []
+        # split=0 scans put a flat folder's every image in "training"
+        samples = [s for part in ds.splits.values() for s in part] if split == ALL else ds.splits.get(split)
         if not samples:
             raise DatasetError(
                 f"dataset has no {split!r} images",
@@ -216,21 +247,44 @@ def evaluate_dataset(
                 expected=f"a {split} folder with class folders",
                 fix="pass --split or another folder",
             )
-    unknown = [c for c in ds.class_names if c not in classifier.class_names]
+        _check_classes(ds.class_names, classifier.class_names)
+        dec = decode(samples, split)
+    if dec.skipped and not skip_bad:
+        raise bad_files_error(dec.skipped)
+    for path, why in dec.skipped:
+        log(f"warning: skipped {path}: {why}")
+    remap = {i: classifier.class_names.index(c) for i, c in enumerate(ds.class_names)}
+    labels = dec.labels.copy()
+    for i, j in remap.items():
+        labels[dec.labels == i] = j
+    bar = progress("classifying", len(dec)) if progress and len(dec) else None
+    probs = _predict_in_chunks(classifier, dec.images, batch_size, bar)
+    return evaluate_probabilities(probs, labels, dec.paths, classifier.class_names)
+
+
+def _check_classes(found: list[str], known: list[str]) -> None:
+    unknown = [c for c in found if c not in known]
     if unknown:
         raise DatasetError(
             "dataset has classes the model does not know",
             received=", ".join(unknown),
-            expected="a subset of " + ", ".join(classifier.class_names),
+            expected="a subset of " + ", ".join(known),
             fix="evaluate on a dataset with the model's classes",
         )
-    remap = {i: classifier.class_names.index(c) for i, c in enumerate(ds.class_names)}
-    cache = open_cache(classifier.preprocess, cache_dir) if use_cache else None
-    dec = load_split(samples, classifier.preprocess, skip_bad=skip_bad, cache=cache)
-    for path, why in dec.skipped:
-        log(f"warning: skipped {path}: {why}")
-    labels = dec.labels.copy()
-    for i, j in remap.items():
-        labels[dec.labels == i] = j
-    probs = classifier.predict_proba_uint8(dec.images, batch_size=batch_size)
-    return evaluate_probabilities(probs, labels, dec.paths, classifier.class_names)
+
+
+def _predict_in_chunks(
+    classifier: Classifier, images: np.ndarray, batch_size: int, bar: Callable[[int], None] | None
+) -> np.ndarray:
+    """Probabilities for ``images``, a chunk of batches at a time so a progress bar can advance."""
+    if bar is None or len(images) <= batch_size:
+        probs = classifier.predict_proba_uint8(images, batch_size=batch_size)
+        if bar is not None:
+            bar(len(images))
+        return probs
+    parts = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        parts.append(classifier.predict_proba_uint8(chunk, batch_size=batch_size))
+        bar(len(parts[-1]))
+    return np.concatenate(parts)
