@@ -82,7 +82,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     console.print(
         "[2/3] training the recipe (seed_resnet, 64x64, SGD with time decay, augmentation)", markup=False
     )
-    code = train_and_report(data, model, config, plot_path=os.path.join(args.out, "plot.png"))
+    # The demo owns its output folder: a second `make demo` replaces the previous demo model.
+    code = train_and_report(data, model, config, plot_path=os.path.join(args.out, "plot.png"), force=True)
     if code:
         return code
     console.print(

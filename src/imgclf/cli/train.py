@@ -167,9 +167,11 @@ def _add_run_folder_flags(c: argparse._ActionsContainer) -> None:
     )
     c.add_argument(
         "--force",
+        "--exist-ok",
         action="store_true",
         help="with --resume: continue although the dataset or recipe changed (warns; no exact resume); "
-        "without: start over in a run folder holding an unfinished run (deletes its checkpoints)",
+        "without: replace an existing model file and start over in a run folder holding an unfinished "
+        "run (deletes its checkpoints)",
     )
 
 

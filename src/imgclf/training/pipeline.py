@@ -53,6 +53,7 @@ from imgclf.training.runfolder import (
     default_run_dir,
     estimate_bytes,
     make_run_dir,
+    refuse_overwrite,
     require_run_dir,
     start_fresh,
     write_record,
@@ -117,11 +118,13 @@ def train(
         resume: Continue the run in ``run_dir`` from its newest intact checkpoint; ``config`` must
             match the run's recipe (see :mod:`imgclf.training.resume`, whose ``resume_run`` fills it in).
         force: With ``resume``, continue despite a changed recipe or dataset (with a warning); without,
-            start over in a run folder that holds an unfinished run (its checkpoints are deleted).
+            replace an existing model file and start over in a run folder that holds an unfinished run
+            (its checkpoints are deleted).
 
     Raises:
         DatasetError, StorageError, UsageError: Before any training if inputs or outputs are unusable
-            (StorageError also if another training holds the run folder, or the disk is too full).
+            (StorageError also if another training holds the run folder, or the disk is too full;
+            UsageError also if ``model_path`` exists and ``force`` is false).
         ResumeError: If ``resume`` finds no usable checkpoint or (without ``force``) a changed run.
         Interrupted: On SIGINT/SIGTERM, after writing a checkpoint (exit code 130/143).
     """
@@ -139,6 +142,8 @@ def train(
     plot_path = os.fspath(plot_path) if plot_path else os.path.join(run_dir, "plot.png")
     if resume:  # before anything creates the folder
         require_run_dir(run_dir)
+    else:
+        refuse_overwrite(model_path, force=force)
     device = resolve_device(config.device)
     ds = scan_dataset(dataset, val_split=config.val_split, test_split=config.test_split, seed=config.seed)
     make_run_dir(run_dir)
