@@ -34,6 +34,7 @@ __all__ = [
     "ImageError",
     "StorageError",
     "ResumeError",
+    "RunFinished",
     "DatasetError",
     "Interrupted",
     "PartialFailure",
@@ -136,6 +137,15 @@ class ResumeError(ImgclfError):
     """A checkpoint cannot be resumed for this run (exit code 6)."""
 
     exit_code = 6
+
+
+class RunFinished(ResumeError):
+    """``resume`` on a run that already trained every epoch asked for: nothing to do (exit code 0).
+
+    The CLI prints it as a note and changes nothing; pass more epochs to train longer.
+    """
+
+    exit_code = 0
 
 
 class DatasetError(ImgclfError, ValueError):

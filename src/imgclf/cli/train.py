@@ -227,7 +227,21 @@ def _set_path(settings: dict[str, Any], path: tuple[str, ...], value: Any) -> No
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``imgclf train``: train (or ``--resume``), save, report; prints the classification report on stdout."""
+    from imgclf.errors import RunFinished
+
     dataset, model, plot, config, run_dir = _train_inputs(args)
+    try:
+        return _train(args, dataset, model, plot, config, run_dir)
+    except RunFinished as done:  # not an error: say so, change nothing, exit 0
+        from imgclf.cli.common import err
+
+        err(f"note: {done}")
+        return done.exit_code
+
+
+def _train(
+    args: argparse.Namespace, dataset: str, model: str, plot: str | None, config: Any, run_dir: str | None
+) -> int:
     return train_and_report(
         dataset,
         model,
