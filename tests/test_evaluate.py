@@ -246,3 +246,23 @@ def test_evaluate_progress_counts_decoding_and_classifying(flat_model):
 
     evaluate_dataset(imgclf.load(model), data, split="all", progress=factory, batch_size=8)
     assert seen == {"decoding all": [20, 20], "classifying": [20, 20]}
+
+
+def _evaluation(pred, labels):
+    probs = np.eye(2)[np.asarray(pred)]
+    paths = [f"{i}.png" for i in range(len(pred))]
+    return evaluate_probabilities(probs, np.asarray(labels), paths, ["a", "b"])
+
+
+def test_usefulness_warnings_name_one_class_models_and_chance_level():
+    from imgclf.evaluation import usefulness_warnings
+
+    one_class = usefulness_warnings(_evaluation([0] * 20, [0] * 10 + [1] * 10), "testing")
+    assert one_class[0] == "the saved model predicts 'a' for 20 of 20 testing images"
+    assert "accuracy 0.5000 is at chance level" in one_class[1]
+    assert usefulness_warnings(_evaluation([0] * 10 + [1] * 10, [0] * 10 + [1] * 10), "testing") == []
+    wrong = usefulness_warnings(_evaluation([1] * 10 + [0] * 10, [0] * 10 + [1] * 10), "validation")
+    assert wrong == [
+        "the saved model's validation accuracy 0.0000 is at chance level (always answering the most common "
+        "class scores 0.5000)"
+    ]

@@ -245,3 +245,12 @@ def test_an_explicit_plot_without_matplotlib_is_refused_before_training(tiny_dat
     with pytest.raises(UsageError, match="matplotlib"):
         train(tiny_dataset, tmp_path / "m.imgclf", tiny_train_config(), plot_path=tmp_path / "plot.png")
     assert list(tmp_path.iterdir()) == [tiny_dataset]
+
+
+def test_a_useless_saved_model_is_warned_about_naming_the_saved_epoch(tiny_dataset, tmp_path):
+    notes: list[str] = []
+    # lr 1e-9: the weights stay at their initialisation, which answers one class for everything
+    train(tiny_dataset, tmp_path / "m.imgclf", tiny_train_config(epochs=1, lr=1e-9), log=notes.append)
+    assert "note: the model file holds epoch 1 of 1 (--keep best by val_loss)" in notes
+    warned = [n for n in notes if n.startswith("warning: the saved model predicts")]
+    assert len(warned) == 1 and "for 12 of 12 testing images" in warned[0] and "saved epoch 1" in warned[0]

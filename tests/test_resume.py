@@ -299,7 +299,8 @@ def test_resume_of_a_finished_run_changes_nothing_and_more_epochs_continue(datas
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files}
     code, out, err = run_cli("train", "--resume", run_dir)
     assert code == 0 and out == ""
-    assert "note: the run in" in err and "is finished (1 of 1 epochs" in err and "--epochs N with N > 1" in err
+    assert "note: the run in" in err and "is finished (1 of 1 epochs" in err
+    assert "--epochs N with N > 1" in err
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files} == before
     with pytest.raises(ResumeError, match="is finished"):
         resume_run(run_dir)

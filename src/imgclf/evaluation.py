@@ -30,7 +30,10 @@ __all__ = [
     "confusion_matrix",
     "Evaluation",
     "evaluate_probabilities",
+    "usefulness_warnings",
 ]
+
+ONE_CLASS_SHARE = 0.95  # "predicts one class for (nearly) all images": this share of them or more
 
 
 def confusion_matrix(
@@ -182,6 +185,38 @@ def evaluate_probabilities(
     )
 
 
+def usefulness_warnings(evaluation: Evaluation, split: str) -> list[str]:
+    """Warnings when a model is useless on ``split``: one class for (nearly) every image, or no better
+    than always answering the most common true class (chance level).
+
+    Args:
+        evaluation: The model's evaluation on the split.
+        split: Its name, for the message.
+
+    Returns:
+        Zero, one or two one-line warnings.
+    """
+    n = len(evaluation.labels)
+    if n < 2 or len(evaluation.class_names) < 2:
+        return []
+    pred = evaluation.probabilities.argmax(axis=1)
+    top = int(np.bincount(pred, minlength=len(evaluation.class_names)).argmax())
+    share = float((pred == top).mean())
+    out = []
+    if share >= ONE_CLASS_SHARE:
+        out.append(
+            f"the saved model predicts {evaluation.class_names[top]!r} for {int((pred == top).sum())} of "
+            f"{n} {split} images"
+        )
+    baseline = float(np.bincount(evaluation.labels).max() / n)
+    if evaluation.accuracy <= baseline:
+        out.append(
+            f"the saved model's {split} accuracy {evaluation.accuracy:.4f} is at chance level (always "
+            f"answering the most common class scores {baseline:.4f})"
+        )
+    return out
+
+
 def evaluate_dataset(
     classifier: Classifier,
     dataset: str | os.PathLike,
@@ -228,6 +263,7 @@ def evaluate_dataset(
         return load_split(samples, classifier.preprocess, skip_bad=True, cache=cache, progress=bar)
 
     ds = scan_dataset(dataset, val_split=0.0, test_split=0.0)
+    _check_classes(ds.class_names, classifier.class_names)
     if ds.layout == "flat" and split != ALL:
         ds, decoded = heldout_split(
             classifier.manifest,
@@ -236,7 +272,6 @@ def evaluate_dataset(
             lambda splits: {s: decode(samples, s) for s, samples in splits.items()},
         )
         dec = decoded[split]
-        _check_classes(ds.class_names, classifier.class_names)
     else:
         # split=0 scans put a flat folder's every image in "training"
         samples = [s for part in ds.splits.values() for s in part] if split == ALL else ds.splits.get(split)
@@ -247,7 +282,6 @@ def evaluate_dataset(
                 expected=f"a {split} folder with class folders",
                 fix="pass --split or another folder",
             )
-        _check_classes(ds.class_names, classifier.class_names)
         dec = decode(samples, split)
     if dec.skipped and not skip_bad:
         raise bad_files_error(dec.skipped)

@@ -38,7 +38,13 @@ from imgclf.data.decode import (
 )
 from imgclf.data.folders import Dataset, scan_dataset
 from imgclf.errors import DatasetError
-from imgclf.evaluation import Evaluation, evaluate_dataset, evaluate_probabilities, format_report
+from imgclf.evaluation import (
+    Evaluation,
+    evaluate_dataset,
+    evaluate_probabilities,
+    format_report,
+    usefulness_warnings,
+)
 from imgclf.fileio import atomic_write_text, check_writable
 from imgclf.modelfile.weights import copy_to_cpu
 from imgclf.models import registry
@@ -264,6 +270,7 @@ def _train_locked(
         dec = decoded[eval_split]
         probs = classifier.predict_proba_uint8(dec.images, batch_size=config.eval_batch_size)
         evaluation = evaluate_probabilities(probs, dec.labels, dec.paths, ds.class_names)
+    _judge(config, state, epoch, evaluation, eval_split, log)
     # The metrics of the epoch whose weights are saved (with keep=best, not necessarily the last).
     saved = [r for r in state.history if r["epoch"] == epoch] or state.history[-1:] or [{}]
     metrics: dict[str, Any] = {k: v for k, v in saved[0].items() if k != "epoch"}
@@ -318,6 +325,20 @@ def _train_locked(
         epoch=epoch,
         outputs=outputs,
     )
+
+
+def _judge(
+    config: TrainConfig, state: Any, epoch: int, evaluation: Evaluation | None, split: str, log: Log
+) -> None:
+    """Say which epoch goes into the file, and warn when the saved model is useless (one class, chance)."""
+    how = f"--keep best by {config.monitor}" if config.keep == "best" else "--keep last"
+    log(f"note: the model file holds epoch {epoch} of {state.epoch} ({how})")
+    problems = usefulness_warnings(evaluation, split) if evaluation is not None else []
+    if problems:
+        log(
+            f"warning: {'; '.join(problems)}: the model is not useful yet (saved epoch {epoch}); "
+            "train longer (--epochs) or check the data and the recipe"
+        )
 
 
 def _run_record(
