@@ -477,6 +477,13 @@ def test_bad_predict_values_exit_2(args, trained, tmp_path, monkeypatch):
     assert not (tmp_path / "preds.txt").exists()
 
 
+def test_a_missing_images_path_is_a_usage_error_with_one_line(trained, tmp_path):
+    good = trained[0] / "testing"
+    code, out, err = run_cli("predict", "-m", trained[1], "--images", good, tmp_path / "nope.png")
+    assert code == 2 and out == ""
+    assert "--images names 1 path(s) that do not exist" in _one_error_line(err) and "nope.png" in err
+
+
 def test_train_into_a_missing_folder_exits_5_before_training(trained, tmp_path):
     model = tmp_path / "no" / "m.imgclf"
     code, _, err = run_cli("train", "--dataset", trained[0], "--model", model, *TINY)

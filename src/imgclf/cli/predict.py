@@ -51,6 +51,14 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
 def _pick_images(args: argparse.Namespace) -> list[str]:
     from imgclf.data.folders import list_images
 
+    missing = [p for p in args.images if not os.path.exists(p)]
+    if missing:  # a mistyped path is a usage error, not an image that failed to decode
+        raise UsageError(
+            f"--images names {len(missing)} path(s) that do not exist",
+            received=", ".join(missing[:3]) + (f", ... ({len(missing) - 3} more)" if len(missing) > 3 else ""),
+            expected="existing image files or folders",
+            fix="check the --images paths",
+        )
     paths = list_images(args.images)
     if not paths:
         raise UsageError(
