@@ -55,7 +55,7 @@ def _pick_images(args: argparse.Namespace) -> list[str]:
     if missing:  # a mistyped path is a usage error, not an image that failed to decode
         raise UsageError(
             f"--images names {len(missing)} path(s) that do not exist",
-            received=", ".join(missing[:3]) + (f", ... ({len(missing) - 3} more)" if len(missing) > 3 else ""),
+            received=", ".join(missing[:3]) + (f", ... ({len(missing) - 3} more)" * (len(missing) > 3)),
             expected="existing image files or folders",
             fix="check the --images paths",
         )
