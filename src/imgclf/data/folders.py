@@ -109,10 +109,14 @@ def _subdirs(folder: str) -> list[str]:
     return [e for e in entries if not is_hidden(e) and os.path.isdir(os.path.join(folder, e))]
 
 
-def _class_files(folder: str, problems: list[str]) -> dict[str, list[str]]:
+def _class_files(folder: str, problems: list[str], others: list[str] | None = None) -> dict[str, list[str]]:
+    """Image files per class folder; files without an image extension go to ``others`` (not samples)."""
     classes = {}
     for name in _subdirs(folder):
-        files = _walk_files(os.path.join(folder, name))
+        found = _walk_files(os.path.join(folder, name))
+        files = [f for f in found if is_image_name(f)]
+        if others is not None:
+            others += [f for f in found if not is_image_name(f)]
         if not files:
             problems.append(f"class folder {os.path.join(folder, name)!r} is empty")
         classes[name] = files
@@ -189,6 +193,7 @@ def scan_dataset(
         )
     problems: list[str] = []
     notes: list[str] = []
+    others: list[str] = []  # readme.txt, Thumbs.db renamed, ...: skipped, named in one note
     split_dirs = {_ALIASES[d.lower()]: d for d in subdirs if d.lower() in _ALIASES}
     if split_dirs:
         layout = "splits"
@@ -202,7 +207,7 @@ def scan_dataset(
                 expected="a 'training' (or 'train') folder",
                 fix="rename or add the training folder",
             )
-        per_split = {s: _class_files(os.path.join(root, d), problems) for s, d in split_dirs.items()}
+        per_split = {s: _class_files(os.path.join(root, d), problems, others) for s, d in split_dirs.items()}
         class_names = sorted(per_split["training"])
         for split, classes in per_split.items():
             missing = sorted(set(class_names) - set(classes))
@@ -225,13 +230,19 @@ def scan_dataset(
             notes.append(f"split {', '.join(carve)} out of training ({shares})")
     else:
         layout = "flat"
-        classes = _class_files(root, problems)
+        classes = _class_files(root, problems, others)
         class_names = sorted(classes)
         files = _stratified(classes, {"validation": val_split, "testing": test_split}, seed)
     if len(class_names) < 2:
         problems.insert(0, f"found {len(class_names)} class folder(s) {class_names}; need at least 2")
     if problems:
         raise _problems_error(problems, root)
+    if others:
+        shown = ", ".join(os.path.relpath(p, root) for p in others[:3])
+        notes.append(
+            f"skipped {len(others)} file(s) without an image extension ({shown}"
+            f"{', ...' if len(others) > 3 else ''})"
+        )
     for dupe in _near_duplicates(class_names):
         notes.append(f"class names differ only by case or Unicode form: {dupe}")
     index = {name: i for i, name in enumerate(class_names)}
