@@ -628,6 +628,16 @@ def test_inspect_text_and_json(trained):
     assert info["format_version"] == 1 and info["format"] == "imgclf"
 
 
+def test_inspect_on_a_training_checkpoint_says_what_it_is_and_how_to_get_a_model(trained):
+    run_dir = trained[1].with_name("tiny-run")
+    checkpoint = sorted((run_dir / "checkpoints").glob("*.safetensors"))[-1]
+    code, out, err = run_cli("inspect", checkpoint)
+    assert code == 3 and out == ""
+    line = _one_error_line(err)
+    assert "it is an imgclf training checkpoint" in line and "not written by imgclf" not in line
+    assert f"imgclf train --resume {run_dir}" in line
+
+
 def test_verify_passes_on_a_fresh_model(trained):
     code, out, err = run_cli("verify", trained[1])
     assert code == 0, err

@@ -39,6 +39,7 @@ from imgclf._version import versions
 from imgclf.config import TrainConfig
 from imgclf.errors import ResumeError
 from imgclf.fileio import atomic_write_bytes
+from imgclf.modelfile.foreign import CHECKPOINT_KEY
 from imgclf.training.determinism import capture_rng, restore_rng
 from imgclf.training.loop import PartialEpoch, TrainState
 from imgclf.training.optim import KerasSGD
@@ -59,7 +60,7 @@ __all__ = [
 CHECKPOINT_DIR = "checkpoints"
 FORMAT = "imgclf-checkpoint"
 FORMAT_VERSION = 1
-STATE_KEY = "imgclf.training.checkpoint"
+STATE_KEY = CHECKPOINT_KEY  # inspect/load recognise checkpoints by it (imgclf.modelfile.foreign)
 DIGEST_KEY = "imgclf.sha256"
 KEEP_NEWEST = 2
 _NAME = re.compile(r"^epoch-(\d{4,})(?:-step-(\d{4,}))?\.safetensors$")
