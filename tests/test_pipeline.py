@@ -254,3 +254,42 @@ def test_a_useless_saved_model_is_warned_about_naming_the_saved_epoch(tiny_datas
     assert "note: the model file holds epoch 1 of 1 (--keep best by val_loss)" in notes
     warned = [n for n in notes if n.startswith("warning: the saved model predicts")]
     assert len(warned) == 1 and "for 12 of 12 testing images" in warned[0] and "saved epoch 1" in warned[0]
+
+
+def test_the_library_shows_progress_on_a_terminal_by_default_and_not_when_off(tiny_dataset, tmp_path, capsys):
+    import sys
+
+    class Terminal:  # stderr as a terminal: progress is on by default, as Keras' fit shows it
+        def __init__(self, stream):
+            self.stream = stream
+
+        def isatty(self):
+            return True
+
+        def __getattr__(self, name):
+            return getattr(self.stream, name)
+
+    seen: list[int] = []
+
+    class Count(imgclf.Callback):
+        def on_epoch_end(self, state, record):
+            seen.append(int(record["epoch"]))
+
+    real = sys.stderr
+    sys.stderr = Terminal(real)
+    try:
+        imgclf.train(tiny_dataset, tmp_path / "a.imgclf", tiny_train_config(epochs=1), callbacks=[Count()])
+    finally:
+        sys.stderr = real
+    out, err = capsys.readouterr()
+    assert out == "" and seen == [1]
+    assert "epoch   1/1  loss" in err and "note: the model file holds epoch 1" in err
+    imgclf.train(tiny_dataset, tmp_path / "b.imgclf", tiny_train_config(epochs=1), progress=False)
+    assert capsys.readouterr() == ("", "")
+
+
+def test_train_result_repr_is_one_short_line(tiny_model):
+    text = repr(tiny_model.result)
+    assert len(text) < 300 and "\n" not in text
+    assert text.startswith("TrainResult(model_path=") and "epoch=" in text and "accuracy=" in text
+    assert imgclf.EpochProgress.__mro__[1] is imgclf.Callback

@@ -27,6 +27,8 @@ __all__ = [
     "PreprocessSpec",
     "AugmentSpec",
     "train",
+    "Callback",
+    "EpochProgress",
 ]
 
 _LAZY = {
@@ -40,13 +42,17 @@ _LAZY = {
     "PreprocessSpec": ("imgclf.config", "PreprocessSpec"),
     "AugmentSpec": ("imgclf.config", "AugmentSpec"),
     "train": ("imgclf.training.pipeline", "train"),
+    "Callback": ("imgclf.training.loop", "Callback"),  # training hooks: imgclf.train(callbacks=[...])
+    "EpochProgress": ("imgclf.training.progress", "EpochProgress"),  # the stderr progress display
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from imgclf.classifier import Classifier, Prediction
     from imgclf.config import AugmentSpec, PreprocessSpec, TrainConfig
     from imgclf.modelfile import inspect, load, save, verify
+    from imgclf.training.loop import Callback
     from imgclf.training.pipeline import train
+    from imgclf.training.progress import EpochProgress
 
 
 def __getattr__(name: str) -> Any:
@@ -59,6 +65,10 @@ def __getattr__(name: str) -> Any:
             from imgclf import classifier as mod
         elif module == "imgclf.config":
             from imgclf import config as mod
+        elif module == "imgclf.training.loop":
+            from imgclf.training import loop as mod
+        elif module == "imgclf.training.progress":
+            from imgclf.training import progress as mod
         else:
             from imgclf.training import pipeline as mod
         value = getattr(mod, attr)

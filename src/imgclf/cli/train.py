@@ -281,6 +281,7 @@ def train_and_report(dataset: str, model: str, config: Any, **options: Any) -> i
         callbacks=[EpochProgress(console)],
         log=lambda m: console.print(safe_text(m), markup=False),
         decode_progress=decode_bar_factory(console),
+        progress=False,  # the bars above are the progress display
         **options,
     )
     if result.evaluation is not None:

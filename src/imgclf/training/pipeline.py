@@ -86,6 +86,34 @@ class TrainResult:
     epoch: int
     outputs: dict[str, str] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        # The dataclass default printed the whole history, probabilities and paths (20 KB and more).
+        score = f", accuracy={self.evaluation.accuracy:.4f}" if self.evaluation is not None else ""
+        return (
+            f"TrainResult(model_path={self.model_path!r}, epoch={self.epoch} of {len(self.history)}"
+            f"{score}, run_dir={self.run_dir!r})"
+        )
+
+
+def _with_progress(
+    progress: bool | None, callbacks: Sequence[Callback], log: Log, decode_progress: Any
+) -> tuple[Sequence[Callback], Log, Any]:
+    """Add the stderr progress display (bars, epoch lines, notes) when ``progress`` asks for it.
+
+    ``None`` means: when stderr is a terminal (as Keras' ``fit`` shows progress by default).
+    """
+    import sys
+
+    if progress is False or (progress is None and not sys.stderr.isatty()):
+        return callbacks, log, decode_progress
+    from imgclf.errors import safe_text
+    from imgclf.training.progress import EpochProgress, decode_bar_factory, stderr_console
+
+    console = stderr_console()
+    if log is _quiet:
+        log = lambda m: console.print(safe_text(m), markup=False)  # noqa: E731 - a one-line adapter
+    return [*callbacks, EpochProgress(console)], log, decode_progress or decode_bar_factory(console)
+
 
 def train(
     dataset: str | os.PathLike,
@@ -103,6 +131,7 @@ def train(
     decode_progress: Callable[[str, int], Callable[[int], None] | None] | None = None,
     resume: bool = False,
     force: bool = False,
+    progress: bool | None = None,
 ) -> TrainResult:
     """Train a classifier on a dataset folder and save it as one model file.
 
@@ -126,6 +155,8 @@ def train(
         force: With ``resume``, continue despite a changed recipe or dataset (with a warning); without,
             replace an existing model file and start over in a run folder that holds an unfinished run
             (its checkpoints are deleted).
+        progress: Show progress on stderr (decoding bars, a bar per epoch, one line per epoch, notes
+            and warnings); ``None`` (default): when stderr is a terminal; ``False``: never.
 
     Raises:
         DatasetError, StorageError, UsageError: Before any training if inputs or outputs are unusable
@@ -135,6 +166,7 @@ def train(
         Interrupted: On SIGINT/SIGTERM, after writing a checkpoint (exit code 130/143).
     """
     config = (config or TrainConfig()).validated()
+    callbacks, log, decode_progress = _with_progress(progress, callbacks, log, decode_progress)
     # Bad architecture args fail here, before any decoding (a meta build allocates nothing).
     registry.build_meta(config.arch, 2, config.preprocess.size, config.arch_args)
     model_path = os.fspath(model_path)

@@ -227,8 +227,9 @@ def resume_run(
     *,
     force: bool = False,
     callbacks: Sequence[Any] = (),
-    log: Log = lambda _: None,
+    log: Log | None = None,
     decode_progress: Callable[[str, int], Callable[[int], None] | None] | None = None,
+    progress: bool | None = None,
     **changes: Any,
 ) -> Any:
     """Continue the run in ``run_dir`` with the dataset, model path and recipe its ``run.json`` records.
@@ -236,7 +237,7 @@ def resume_run(
     Args:
         run_dir: The run folder of an interrupted (or finished) training.
         force: Continue despite a changed dataset or recipe (see :func:`train`).
-        callbacks, log, decode_progress: As for :func:`imgclf.training.pipeline.train`.
+        callbacks, log, decode_progress, progress: As for :func:`imgclf.training.pipeline.train`.
         **changes: TrainConfig fields to change, e.g. ``epochs=40`` to train longer or ``device="cuda"``.
 
     Raises:
@@ -245,7 +246,7 @@ def resume_run(
     Returns:
         The :class:`imgclf.training.pipeline.TrainResult`.
     """
-    from imgclf.training.pipeline import train  # the pipeline imports this module: import it when called
+    from imgclf.training.pipeline import _quiet, train  # the pipeline imports this module: import here
 
     record = read_record(run_dir)
     try:
@@ -261,8 +262,9 @@ def resume_run(
         skip_bad=bool(record.get("skip_bad")),
         probes_from=int(record.get("probes_from") or 0),
         callbacks=callbacks,
-        log=log,
+        log=log or _quiet,
         decode_progress=decode_progress,
         resume=True,
         force=force,
+        progress=progress,
     )
