@@ -188,65 +188,6 @@ def test_evaluate_probabilities_all_correct_lists_nothing():
     assert ev.misclassified == [] and ev.accuracy == 1.0
 
 
-# --- evaluating a flat folder: the held-out split the model did not train on (issue: first hour, item 1)
-
-
-@pytest.fixture(scope="module")
-def flat_model(tmp_path_factory):
-    """A tiny model trained on a flat folder (10 images per class, split 70/10/20 for it)."""
-    from conftest import make_dataset, tiny_train_config
-    from imgclf.training.pipeline import train
-
-    base = tmp_path_factory.mktemp("flat")
-    data = make_dataset(base / "flat", {"": 10})
-    model = base / "flat.imgclf"
-    result = train(data, model, tiny_train_config(epochs=1))
-    return data, model, result
-
-
-def test_evaluate_on_a_flat_folder_scores_only_the_held_out_testing_split(flat_model):
-    import imgclf
-    from imgclf.evaluation import evaluate_dataset
-
-    data, model, result = flat_model
-    ev = evaluate_dataset(imgclf.load(model), data)
-    assert sorted(ev.paths) == sorted(result.evaluation.paths)  # the split training scored, not all 20
-    assert len(ev.paths) == 4
-    assert ev.report == result.evaluation.report
-    val = evaluate_dataset(imgclf.load(model), data, split="validation")
-    assert len(val.paths) == 2 and not set(val.paths) & set(ev.paths)
-    assert len(evaluate_dataset(imgclf.load(model), data, split="all").paths) == 20
-
-
-def test_evaluate_refuses_a_flat_folder_whose_split_cannot_be_reproduced(flat_model, tmp_path):
-    import shutil
-
-    import imgclf
-    from imgclf.errors import DatasetError
-    from imgclf.evaluation import evaluate_dataset
-
-    data, model, _ = flat_model
-    changed = shutil.copytree(data, tmp_path / "changed")
-    (changed / "ring" / "ring_000.png").unlink()
-    with pytest.raises(DatasetError, match="did not train on: its files differ.*--split all"):
-        evaluate_dataset(imgclf.load(model), changed)
-    assert len(evaluate_dataset(imgclf.load(model), changed, split="all").paths) == 19
-
-
-def test_evaluate_progress_counts_decoding_and_classifying(flat_model):
-    import imgclf
-    from imgclf.evaluation import evaluate_dataset
-
-    data, model, _ = flat_model
-    seen: dict[str, list[int]] = {}
-
-    def factory(what, total):
-        seen[what] = [total, 0]
-        return lambda n: seen[what].__setitem__(1, seen[what][1] + n)
-
-    evaluate_dataset(imgclf.load(model), data, split="all", progress=factory, batch_size=8)
-    assert seen == {"decoding all": [20, 20], "classifying": [20, 20]}
-
 
 def _evaluation(pred, labels):
     probs = np.eye(2)[np.asarray(pred)]
