@@ -6,6 +6,7 @@ import io
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -211,3 +212,11 @@ def test_huge_early_validation_losses_are_named_instead_of_flattening_the_other_
     assert loss_ceiling([{"epoch": 1, "loss": 0.1, "val_loss": 0.3}]) == (1.05, [])  # accuracies fit whole
     plot_history(history, tmp_path / "plot.png")
     assert _png(tmp_path / "plot.png").size == (800, 600)
+
+
+def test_matplotlib_is_a_normal_dependency_so_plain_pip_install_can_plot():
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    assert any(d.split(">")[0].split("=")[0].strip() == "matplotlib" for d in project["dependencies"])
+    assert project["optional-dependencies"]["plots"] == []  # the old extra still installs

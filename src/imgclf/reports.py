@@ -71,7 +71,7 @@ def class_colors(num_classes: int) -> list[tuple[int, int, int]]:
 
 
 def have_matplotlib() -> bool:
-    """True if matplotlib (an optional dependency, needed for plots only) is installed; imports nothing."""
+    """True if matplotlib (a dependency, imported for plots only) is installed; imports nothing."""
     return importlib.util.find_spec("matplotlib") is not None
 
 
@@ -85,7 +85,7 @@ def require_matplotlib(what: str, fix: str) -> None:
         raise UsageError(
             f"{what} needs matplotlib",
             received="matplotlib is not installed",
-            expected="matplotlib (an optional dependency)",
+            expected="matplotlib (a dependency of imgclf, missing from this environment)",
             fix=fix,
         )
 

@@ -70,7 +70,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.confusion_plot:
         from imgclf.reports import require_matplotlib
 
-        require_matplotlib("--confusion-plot", "pip install 'imgclf[plots]', or drop --confusion-plot")
+        require_matplotlib("--confusion-plot", "pip install matplotlib, or drop --confusion-plot")
     clf = load(args.model)
     ev = evaluate_dataset(
         clf,

@@ -175,7 +175,7 @@ def train(
     can_plot = have_matplotlib()
     if plot_path:
         check_writable(plot_path, "plot")
-        require_matplotlib("a training plot", "pip install 'imgclf[plots]', or train without --plot")
+        require_matplotlib("a training plot", "pip install matplotlib, or train without --plot")
     explicit_plot = os.path.abspath(plot_path) if plot_path else None
     plot_path = os.fspath(plot_path) if plot_path else os.path.join(run_dir, "plot.png")
     if resume:  # before anything creates the folder
@@ -346,7 +346,7 @@ def _train_locked(
 
         plot_history(state.history, plot_path)
     else:
-        log("warning: no training plot: matplotlib is not installed (pip install 'imgclf[plots]')")
+        log("warning: no training plot: matplotlib is not installed (pip install matplotlib)")
     write_record(run_dir, {**record, "status": "finished"})
     return TrainResult(
         classifier=classifier,
