@@ -458,6 +458,17 @@ def test_mistyped_and_abbreviated_flags_get_a_suggestion_not_a_guess(args, sugge
         f"see imgclf {args[0]} --help\n"
 
 
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_a_mistyped_required_flag_gets_a_suggestion_too(command):
+    other = ["--images", "x"] if command == "predict" else ["--dataset", "d"]
+    code, out, err = run_cli(command, "--mdoel", "m.imgclf", *other)
+    assert code == 2 and out == ""
+    assert err == (
+        f"imgclf {command}: error: the following arguments are required: --model/-m (unrecognized --mdoel: "
+        f"did you mean --model?); see imgclf {command} --help\n"
+    )
+
+
 @pytest.mark.parametrize("extra", [["--size", "0"], ["--epochs", "0"], ["--arch-arg", "widths=oops"]])
 def test_bad_setting_values_exit_2_with_one_line(extra, trained, tmp_path):
     model = tmp_path / "m.imgclf"
