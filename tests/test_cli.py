@@ -657,6 +657,34 @@ def test_verify_passes_on_a_fresh_model(trained):
     assert all(line.startswith("ok") for line in lines[:-1]) and len(lines) > 3
 
 
+def test_one_convention_model_and_output_flags_with_the_old_spellings_kept(trained, tmp_path):
+    model = trained[1]
+    for command in ("inspect", "verify"):
+        by_flag, by_position = run_cli(command, "--model", model), run_cli(command, model)
+        assert by_flag[0] == 0 and by_flag == by_position
+        assert run_cli(command, "-m", model) == by_flag
+        code, out, err = run_cli(command)
+        assert code == 2 and out == "" and f"imgclf {command} needs one model file" in _one_error_line(err)
+    code, out, _ = run_cli("demo-data", "--output", tmp_path / "a", "--scale", "0.01")
+    assert code == 0 and (tmp_path / "a" / "training").is_dir()
+    assert run_cli("demo-data", tmp_path / "b", "--scale", "0.01")[0] == 0  # positional kept
+    from imgclf.cli.main import parse
+
+    assert parse(["demo", "--out", "x"]).out == parse(["demo", "-o", "x"]).out == "x"
+    assert "{training,validation,testing,all}" in run_cli("evaluate", "--help")[1]
+
+
+def test_verify_and_predict_json_put_machine_readable_results_on_stdout(trained, testing_images):
+    code, out, _ = run_cli("verify", "--model", trained[1], "--json")
+    report = json.loads(out)
+    assert code == 0 and report["ok"] is True and report["path"] == str(trained[1])
+    assert all(c["ok"] for c in report["checks"]) and {"check", "ok", "detail"} == set(report["checks"][0])
+    code, out, _ = run_cli("predict", "--model", trained[1], "--images", *testing_images[:3], "--json")
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [r["path"] for r in rows] == testing_images[:3]
+    assert all(r["label"] in CLASSES and set(r["probabilities"]) == set(CLASSES) for r in rows)
+
+
 # --- control characters in class names -------------------------------------------------------------------
 
 

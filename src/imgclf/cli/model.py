@@ -25,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         description="Print a model file's manifest without building the model.",
     )
     p.set_defaults(func=cmd_inspect)
-    p.add_argument("model", help="model file")
+    _add_model_arg(p)
     p.add_argument("--json", action="store_true", help="machine-readable JSON")
 
     p = sub.add_parser(
@@ -37,7 +37,29 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         "time; report any drift in preprocessing or outputs. Exit 0 if all checks pass, else 3.",
     )
     p.set_defaults(func=cmd_verify)
-    p.add_argument("model", help="model file")
+    _add_model_arg(p)
+    p.add_argument("--json", action="store_true", help="the checks as JSON on stdout")
+
+
+def _add_model_arg(p: argparse.ArgumentParser) -> None:
+    """``--model/-m FILE`` as in predict and evaluate; a positional ``MODEL`` is still accepted."""
+    p.add_argument("model_file", nargs="?", metavar="MODEL", help="model file (same as --model)")
+    p.add_argument("--model", "-m", dest="model", metavar="FILE", help="model file")
+
+
+def _model_path(args: argparse.Namespace) -> str:
+    """The one model file named by ``--model`` or the positional ``MODEL``."""
+    from imgclf.errors import UsageError
+
+    given = [m for m in (args.model, args.model_file) if m]
+    if len(given) != 1 or not given[0]:
+        raise UsageError(
+            f"imgclf {args.command} needs one model file",
+            received=" and ".join(given) or "none",
+            expected="--model FILE (or the file as the only argument)",
+            fix=f"e.g. imgclf {args.command} --model model.imgclf",
+        )
+    return given[0]
 
 
 def _names(names: list[str], limit: int = 20) -> str:
@@ -51,7 +73,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from imgclf.errors import safe_text
     from imgclf.modelfile import inspect
 
-    info = inspect(args.model)
+    info = inspect(_model_path(args))
     if args.json:
         stdout_line(json.dumps(info, indent=2))
         return 0
@@ -106,14 +128,20 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from imgclf.errors import ModelFileError
     from imgclf.modelfile import verify
 
-    report = verify(args.model)
-    for name, ok, detail in report.checks:
-        stdout_line(f"{'ok  ' if ok else 'FAIL'}  {name}: {detail}")
+    path = _model_path(args)
+    report = verify(path)
+    if args.json:
+        checks = [{"check": name, "ok": ok, "detail": detail} for name, ok, detail in report.checks]
+        stdout_line(json.dumps({"path": path, "ok": report.ok, "checks": checks}, indent=2))
+    else:
+        for name, ok, detail in report.checks:
+            stdout_line(f"{'ok  ' if ok else 'FAIL'}  {name}: {detail}")
     if not report.ok:
         failed = [name for name, ok, _ in report.checks if not ok]
         raise ModelFileError(
-            f"model file {args.model!r} failed verification: {', '.join(failed)}",
+            f"model file {path!r} failed verification: {', '.join(failed)}",
             fix="the environment changed (Pillow/torch) or the file was modified; see above",
         )
-    stdout_line("verified: the model behaves exactly as when it was saved")
+    if not args.json:
+        stdout_line("verified: the model behaves exactly as when it was saved")
     return 0

@@ -44,6 +44,9 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("--montage", metavar="PNG", help="write a labelled montage (4 tiles of 128x128 per row)")
     p.add_argument("--show", action="store_true", help="open the montage when a display exists")
     p.add_argument("--output", "-o", metavar="FILE", help="write predictions to .csv or .jsonl")
+    p.add_argument(
+        "--json", action="store_true", help="stdout: one JSON object per image (JSON Lines), as in .jsonl"
+    )
     p.add_argument("--top-k", type=int, default=1, help="list the K most probable classes (default 1)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
 
@@ -87,6 +90,18 @@ def _check_output_format(path: str) -> None:
         )
 
 
+def json_row(p: Any) -> str:
+    """One prediction as a JSON object on one line (the .jsonl row, and ``--json``'s stdout line)."""
+    row: dict[str, Any] = {"path": p.source}
+    if p.error is None:
+        row.update(label=p.label, confidence=p.confidence, probabilities=p.probabilities)
+        if len(p.top_k) > 1:
+            row["top_k"] = [{"label": k, "probability": v} for k, v in p.top_k]
+    else:
+        row["error"] = p.error
+    return json.dumps(row, ensure_ascii=False)
+
+
 class _PredictionsFile:
     """``--output`` rows (CSV or JSONL), one per image, written to ``fh`` as results arrive."""
 
@@ -102,14 +117,7 @@ class _PredictionsFile:
 
     def write(self, p: Any) -> None:
         if self.jsonl:
-            row: dict[str, Any] = {"path": p.source}
-            if p.error is None:
-                row.update(label=p.label, confidence=p.confidence, probabilities=p.probabilities)
-                if len(p.top_k) > 1:
-                    row["top_k"] = [{"label": k, "probability": v} for k, v in p.top_k]
-            else:
-                row["error"] = p.error
-            self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            self._fh.write(json_row(p) + "\n")
         elif p.error is None:
             probs = [repr(p.probabilities[c]) for c in self.class_names]
             self._csv.writerow([p.source, p.label, repr(p.confidence), *probs, ""])
@@ -161,12 +169,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 out.write(p)
             if progress is not None:
                 progress.update(progress.tasks[0].id, advance=1)
+            if args.json:
+                stdout_line(json_row(p))
             if p.error is not None:
                 failed += 1
                 print(f"imgclf: error: {safe_text(p.error)}", file=sys.stderr)
                 continue
-            extra = "".join(f"\t{safe_text(k)}:{v:.4f}" for k, v in p.top_k[1:])
-            stdout_line(f"{safe_text(p.source)}\t{safe_text(p.label)}\t{p.confidence:.4f}{extra}")
+            if not args.json:
+                extra = "".join(f"\t{safe_text(k)}:{v:.4f}" for k, v in p.top_k[1:])
+                stdout_line(f"{safe_text(p.source)}\t{safe_text(p.label)}\t{p.confidence:.4f}{extra}")
             if args.montage and len(tiles) < MONTAGE_TILES:
                 tiles.append(_tile(p, clf.class_names))
     if args.montage:
