@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from imgclf.cli.common import EPILOG, add_cache_flags
@@ -91,5 +92,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.confusion_plot:
         from imgclf.reports import plot_confusion
 
-        plot_confusion(ev.confusion, ev.class_names, args.confusion_plot)
+        name = os.path.basename(args.model)
+        title = f"{name} on {args.split}: accuracy {ev.accuracy:.4f} ({len(ev.paths)} images)"
+        plot_confusion(ev.confusion, ev.class_names, args.confusion_plot, title=title)
     return 0

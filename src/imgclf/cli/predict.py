@@ -193,7 +193,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def _tile(p: Any, class_names: list[str]) -> Any:
     from imgclf.reports import class_colors, montage_tile
 
-    return montage_tile(p.source, f"{p.label} {p.confidence:.0%}", class_colors(len(class_names))[p.index])
+    # An image in a class folder (a dataset's testing/<class>/x.png) has a known true class.
+    true = os.path.basename(os.path.dirname(os.path.abspath(str(p.source))))
+    wrong = true if true in class_names and true != p.label else None
+    color = class_colors(len(class_names))[p.index]
+    return montage_tile(p.source, f"{p.label} {p.confidence:.0%}", color, true_if_wrong=wrong)
 
 
 def _montage(args: argparse.Namespace, tiles: list, classified: int) -> None:

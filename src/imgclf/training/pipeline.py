@@ -344,7 +344,7 @@ def _train_locked(
     if can_plot:
         from imgclf.reports import plot_history
 
-        plot_history(state.history, plot_path)
+        plot_history(state.history, plot_path, saved_epoch=epoch)
     else:
         log("warning: no training plot: matplotlib is not installed (pip install matplotlib)")
     write_record(run_dir, {**record, "status": "finished"})
