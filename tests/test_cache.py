@@ -224,3 +224,30 @@ def test_the_size_bound_can_be_set_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("IMGCLF_CACHE_MAX_BYTES", "lots")
     with pytest.raises(UsageError, match="IMGCLF_CACHE_MAX_BYTES is not a positive integer"):
         open_cache(SPEC, tmp_path)
+
+
+def test_cache_info_and_clear_from_the_command_line(samples, tmp_path):
+    from conftest import run_cli
+
+    cache_dir = tmp_path / "c"
+    load_split(samples, SPEC, cache=DecodeCache(cache_dir, SPEC, decode_into))
+    (cache_dir / "notes-of-another-program.txt").write_text("not ours")
+    code, out, _ = run_cli("cache", "info", "--cache-dir", cache_dir, "--json")
+    info = json.loads(out)
+    assert code == 0 and info["path"] == str(cache_dir) and info["bytes"] > 18 * 24 * 24 * 3
+    assert info["specs"] == 1 and info["files"] >= 2
+    code, out, _ = run_cli("cache", "info", "--cache-dir", cache_dir)
+    assert out.startswith(f"{cache_dir}: ") and "imgclf cache clear" in out
+    code, out, _ = run_cli("cache", "clear", "--cache-dir", cache_dir)
+    assert code == 0 and out.startswith(f"cleared {cache_dir}: freed ")
+    assert json.loads(run_cli("cache", "info", "--cache-dir", cache_dir, "--json")[1])["bytes"] == 0
+    assert sorted(p.name for p in cache_dir.iterdir()) == ["notes-of-another-program.txt"]
+    calls: list[int] = []
+    again = load_split(samples, SPEC, cache=DecodeCache(cache_dir, SPEC, _counting(calls)))
+    assert len(again) == 18 and sum(calls) == 18  # decoded afresh after the clear
+
+
+def test_make_clean_says_where_the_cache_is():
+    makefile = (Path(__file__).parents[1] / "Makefile").read_text()
+    clean = makefile.split("\nclean:", 1)[1]
+    assert "IMGCLF_CACHE_DIR" in clean and "imgclf cache clear" in clean
