@@ -251,3 +251,27 @@ def test_make_clean_says_where_the_cache_is():
     makefile = (Path(__file__).parents[1] / "Makefile").read_text()
     clean = makefile.split("\nclean:", 1)[1]
     assert "IMGCLF_CACHE_DIR" in clean and "imgclf cache clear" in clean
+
+
+def test_without_fcntl_the_cache_fails_with_one_clear_line_not_an_import_error(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from conftest import run_cli
+    from imgclf.data import cache
+    from imgclf.errors import UsageError
+
+    lines = [
+        "import sys",
+        "sys.modules['fcntl'] = None",
+        "import imgclf.data.cache",
+        "import imgclf.data.decode",
+    ]
+    code = "\n".join([*lines, "print(1)"])
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert child.stdout.strip() == "1", child.stderr  # importing works where fcntl is missing
+    monkeypatch.setattr(cache, "fcntl", None)
+    with pytest.raises(UsageError, match=r"needs POSIX file locks.*--no-cache"):
+        open_cache(SPEC, tmp_path)
+    code, out, err = run_cli("cache", "clear", "--cache-dir", tmp_path)
+    assert code == 2 and out == "" and len(err.splitlines()) == 1 and "needs POSIX file locks" in err

@@ -26,7 +26,6 @@ Usage::
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -38,10 +37,16 @@ from pathlib import Path
 import numpy as np
 
 from imgclf.config import PreprocessSpec
+from imgclf.errors import UsageError
 from imgclf.fileio import atomic_write_text
 from imgclf.images.preprocess import DECODE_RULE
 
 __all__ = ["DecodeCache", "default_cache_dir", "DEFAULT_MAX_BYTES"]
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; the cache refuses with a clear message (require_file_locks)
+    fcntl = None  # type: ignore[assignment]
 
 CACHE_VERSION = 1
 DEFAULT_MAX_BYTES = 20 * 1024**3
@@ -58,6 +63,23 @@ def default_cache_dir() -> Path:
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "imgclf"
+
+
+def require_file_locks() -> None:
+    """Fail clearly where the cache cannot lock its index (no ``fcntl``: Windows).
+
+    Raises:
+        UsageError: Naming the platform and the way around it (``--no-cache``).
+    """
+    if fcntl is None:
+        import sys
+
+        raise UsageError(
+            "the decode-once cache needs POSIX file locks (fcntl), which this platform lacks",
+            received=f"platform {sys.platform}",
+            expected="Linux or macOS",
+            fix="pass --no-cache (Python: use_cache=False) to decode into memory only",
+        )
 
 
 def _spec_key(spec: PreprocessSpec) -> str:
@@ -101,6 +123,7 @@ class DecodeCache:
         decoder: Decoder,
         max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
+        require_file_locks()
         self.root = Path(root)
         self.spec = spec
         self.decoder = decoder
@@ -305,6 +328,7 @@ def clear_cache(root: str | os.PathLike | None = None) -> int:
     """
     import shutil
 
+    require_file_locks()
     base = Path(root) if root else default_cache_dir()
     freed = int(cache_usage(base)["bytes"])  # type: ignore[call-overload]
     for version in sorted(base.glob("v[0-9]*")):
