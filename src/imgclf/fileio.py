@@ -28,17 +28,6 @@ from typing import IO
 
 from imgclf.errors import StorageError
 
-__all__ = [
-    "atomic_open",
-    "atomic_write_bytes",
-    "atomic_write_text",
-    "fsync_dir",
-    "check_writable",
-    "open_for_reading",
-    "remove_stale_temps",
-    "TMP_SUFFIX",
-]
-
 TMP_SUFFIX = ".imgclf-tmp"
 _READ_FLAGS = (
     os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)

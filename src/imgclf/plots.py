@@ -13,10 +13,8 @@ Usage::
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import io
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -26,21 +24,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from imgclf.errors import UsageError
-from imgclf.fileio import atomic_write_bytes, atomic_write_text
+from imgclf.fileio import atomic_write_bytes
 from imgclf.images.preprocess import ImageSource, decode
-
-__all__ = [
-    "plot_history",
-    "loss_ceiling",
-    "plot_confusion",
-    "build_montage",
-    "montage_tile",
-    "class_colors",
-    "write_history",
-    "save_png",
-    "have_matplotlib",
-    "require_matplotlib",
-]
 
 TILE = 128
 COLUMNS = 4
@@ -230,24 +215,3 @@ def build_montage(tiles: Sequence[Image.Image], columns: int = COLUMNS, size: in
     for i, tile in enumerate(tiles):
         sheet.paste(tile, ((i % columns) * size, (i // columns) * size))
     return sheet
-
-
-def write_history(
-    history: Sequence[dict[str, float]],
-    json_path: str,
-    csv_path: str,
-    timings: Sequence[dict[str, float]] = (),
-) -> None:
-    """Write per-epoch history as JSON (a list of records) and CSV (one row per epoch).
-
-    The JSON holds only the deterministic history (equal between a resumed and an uninterrupted run);
-    the CSV adds each epoch's wall-clock ``seconds`` from ``timings``, for people.
-    """
-    atomic_write_text(json_path, json.dumps(list(history), indent=2) + "\n")
-    keys = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
-    seconds = {t["epoch"]: t["seconds"] for t in timings}
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({**row, "seconds": seconds.get(row["epoch"], "")} for row in history)
-    atomic_write_text(csv_path, buf.getvalue())

@@ -19,8 +19,6 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-__all__ = ["stderr_console", "bar"]
-
 
 def stderr_console() -> Console:
     """A rich console on stderr (stdout carries results only)."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_dataset
+from helpers import assert_same_tensors, make_dataset
 from imgclf.config import PreprocessSpec
 from imgclf.data import decode
 from imgclf.data.cache import DecodeCache
@@ -20,7 +20,6 @@ from imgclf.data.decode import decode_into, load_split, open_cache
 from imgclf.data.folders import scan_dataset
 from imgclf.errors import DatasetError
 from imgclf.images.preprocess import preprocess_uint8
-from modelfiles import assert_same_tensors
 
 SPEC = PreprocessSpec(height=24, width=24)
 

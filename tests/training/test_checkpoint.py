@@ -2,7 +2,7 @@
 
 In-process and fast: ``fit`` is stopped through ``should_stop`` at each possible point, the state is
 written, read back into a fresh ``create_state`` and trained on; the end must be bitwise the
-uninterrupted run's. (Real processes killed with signals: tests/test_resume.py.)
+uninterrupted run's. (Real processes killed with signals: tests/training/test_resume.py.)
 """
 
 from __future__ import annotations
@@ -17,14 +17,13 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from conftest import make_dataset, tiny_train_config
+from helpers import assert_same_tensors, flip_file, make_dataset, tiny_train_config
 from imgclf.data.decode import load_split
 from imgclf.data.folders import scan_dataset
 from imgclf.errors import ResumeError
 from imgclf.training import checkpoint as ckpt
 from imgclf.training.determinism import capture_rng, restore_rng
 from imgclf.training.loop import create_state, fit
-from modelfiles import assert_same_tensors, flip_file
 
 INFO = {"run_id": "r1", "class_names": ["ring", "square"]}
 

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 import imgclf
-from conftest import tiny_train_config
+from helpers import tiny_train_config
 from imgclf.errors import UsageError
 from imgclf.training import checkpoint as ckpt
 from imgclf.training.determinism import nondeterministic_op_error

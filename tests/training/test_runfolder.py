@@ -15,7 +15,7 @@ from collections import namedtuple
 
 import pytest
 
-from conftest import SEED_PARAMS_2, tiny_train_config
+from helpers import SEED_PARAMS_2, tiny_train_config
 from imgclf.errors import StorageError, UsageError
 from imgclf.training.pipeline import train
 from imgclf.training.runfolder import RunLock, estimate_bytes, read_record

@@ -33,7 +33,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """``imgclf demo``: data → train → (new process) predict montage + evaluate."""
     from imgclf.data.synthetic import write_demo_dataset
-    from imgclf.training.progress import stderr_console
+    from imgclf.progress import stderr_console
 
     console = stderr_console()
     data = os.path.join(args.out, "data")

@@ -86,8 +86,9 @@ def _config_from_args(args: argparse.Namespace, start: dict[str, Any] | None = N
 def cmd_train(args: argparse.Namespace) -> int:
     """``imgclf train``: train (or ``--resume``), save, report; prints the classification report on stdout."""
     from imgclf.errors import safe_text
+    from imgclf.progress import stderr_console
     from imgclf.training.pipeline import train
-    from imgclf.training.progress import EpochProgress, decode_bar_factory, stderr_console
+    from imgclf.training.progress import EpochProgress, decode_bar_factory
 
     dataset, model, plot, config, run_dir = _train_inputs(args)
     console = stderr_console()

@@ -29,8 +29,6 @@ from dataclasses import dataclass, field
 from imgclf.errors import DatasetError, listed
 from imgclf.images.preprocess import is_image_name
 
-__all__ = ["Sample", "Dataset", "scan_dataset", "list_images", "SPLITS"]
-
 SPLITS = ("training", "validation", "testing")
 _ALIASES = {
     "training": "training",

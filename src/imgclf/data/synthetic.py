@@ -23,8 +23,6 @@ from PIL import Image
 
 from imgclf.errors import UsageError
 
-__all__ = ["SPLITS", "CLASSES", "BASE_COUNTS", "write_demo_dataset"]
-
 SPLITS: tuple[str, ...] = ("training", "validation", "testing")
 CLASSES: tuple[str, ...] = ("Parasitized", "Uninfected")
 BASE_COUNTS: dict[str, dict[str, int]] = {

@@ -44,26 +44,9 @@ from imgclf.modelfile.manifest import (
 )
 from imgclf.models import registry
 
-__all__ = [
-    "FORMAT",
-    "FORMAT_VERSION",
-    "MANIFEST_KEY",
-    "MAX_PROBE_BYTES",
-    "MAX_EXTRA_PROBES",
-    "save",
-    "serialize",
-    "load",
-    "verify",
-    "inspect",
-    "VerifyReport",
-    "canonical_json",
-    "tensors_digest",
-]
-
 MAX_PROBE_BYTES = 8 * 1024 * 1024
 SYNTHETIC_PROBES = 4
 MAX_EXTRA_PROBES = MAX_PROBES - SYNTHETIC_PROBES
-PROBE_TOLERANCE = probes.TOLERANCE
 
 
 def _finite(obj: Any) -> Any:
@@ -252,7 +235,7 @@ class VerifyReport:
         return all(ok for _, ok, _ in self.checks)
 
 
-def verify(path: str | os.PathLike, *, tolerance: float = PROBE_TOLERANCE) -> VerifyReport:
+def verify(path: str | os.PathLike, *, tolerance: float = probes.TOLERANCE) -> VerifyReport:
     """Load the file and re-run its probes; report preprocessing or model-output drift precisely.
 
     Raises:

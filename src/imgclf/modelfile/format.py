@@ -30,19 +30,6 @@ from imgclf.errors import ModelFileError
 from imgclf.fileio import open_for_reading
 from imgclf.modelfile.foreign import HEAD_BYTES, TAIL_BYTES, UNKNOWN, describe
 
-__all__ = [
-    "TensorEntry",
-    "Container",
-    "read_container",
-    "sniff",
-    "strict_json",
-    "invalid",
-    "DTYPES",
-    "MAX_HEADER_BYTES",
-    "MAX_FILE_BYTES",
-    "MAX_JSON_VALUES",
-]
-
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 MAX_FILE_BYTES = 16 * 1024**3
 MAX_JSON_VALUES = 2_000_000  # bounds the memory a hostile 16 MiB header can make json.loads allocate

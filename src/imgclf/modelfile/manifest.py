@@ -24,19 +24,6 @@ from imgclf.modelfile.digests import canonical_json, manifest_digest
 from imgclf.modelfile.format import Container, invalid, strict_json
 from imgclf.models import registry
 
-__all__ = [
-    "FORMAT",
-    "FORMAT_VERSION",
-    "MANIFEST_KEY",
-    "MAX_PROBES",
-    "MAX_CLASS_NAME",
-    "MAX_PROVENANCE_BYTES",
-    "Probe",
-    "Manifest",
-    "parse",
-    "validate",
-]
-
 FORMAT = "imgclf"
 FORMAT_VERSION = 1
 MANIFEST_KEY = "imgclf"

@@ -20,8 +20,6 @@ from torch import nn
 from imgclf.errors import UsageError
 from imgclf.models.registry import MAX_BLOCKS, check_widths, register
 
-__all__ = ["SameConv2d", "PreActBottleneck", "SeedResNet", "seed_resnet"]
-
 
 def _bn(channels: int, eps: float, momentum: float) -> nn.BatchNorm2d:
     # Keras' momentum m keeps m of the old statistic; PyTorch's momentum is the share of the new one.

@@ -43,19 +43,6 @@ from imgclf.training.determinism import capture_rng, restore_rng
 from imgclf.training.loop import PartialEpoch, TrainState
 from imgclf.training.optim import KerasSGD
 
-__all__ = [
-    "CHECKPOINT_DIR",
-    "Checkpoint",
-    "CheckpointDamaged",
-    "checkpoint_name",
-    "list_checkpoints",
-    "encode",
-    "write_checkpoint",
-    "read_checkpoint",
-    "latest_checkpoint",
-    "restore",
-]
-
 CHECKPOINT_DIR = "checkpoints"
 FORMAT = "imgclf-checkpoint"
 FORMAT_VERSION = 1

@@ -28,8 +28,6 @@ import torch
 
 from imgclf.errors import UsageError
 
-__all__ = ["deterministic_algorithms", "nondeterministic_op_error", "capture_rng", "restore_rng"]
-
 
 def nondeterministic_op_error(exc: BaseException, device: torch.device | str) -> UsageError | None:
     """Turn PyTorch's "X does not have a deterministic implementation" error into a one-line UsageError.

@@ -36,19 +36,6 @@ from imgclf.training.augment import affine_matrices, augment_batch, sample_param
 from imgclf.training.determinism import deterministic_algorithms
 from imgclf.training.optim import KerasSGD
 
-__all__ = [
-    "TrainState",
-    "PartialEpoch",
-    "Callback",
-    "create_state",
-    "fit",
-    "resolve_device",
-    "resolve_precision",
-    "cpu_has_native_bf16",
-    "steps_per_epoch",
-    "lr_at",
-]
-
 
 @dataclass
 class PartialEpoch:

@@ -38,11 +38,12 @@ from imgclf.data.decode import (
 )
 from imgclf.data.folders import Dataset, scan_dataset
 from imgclf.errors import DatasetError
-from imgclf.evaluation import Evaluation, evaluate_dataset, evaluate_probabilities, format_report
+from imgclf.evaluation import Evaluation, evaluate_probabilities
 from imgclf.fileio import atomic_write_text, check_writable
 from imgclf.modelfile.weights import copy_to_cpu
 from imgclf.models import registry
-from imgclf.reports import have_matplotlib, require_matplotlib, write_history
+from imgclf.plots import have_matplotlib, require_matplotlib
+from imgclf.reports import format_report, write_history
 from imgclf.training.checkpoint import restore
 from imgclf.training.interrupts import fit_with_checkpoints
 from imgclf.training.loop import Callback, create_state, final_weights, resolve_device
@@ -57,8 +58,6 @@ from imgclf.training.runfolder import (
     start_fresh,
     write_record,
 )
-
-__all__ = ["TrainResult", "train", "evaluate_dataset", "default_run_dir", "write_history"]
 
 Log = Callable[[str], None]
 
@@ -298,7 +297,7 @@ def _train_locked(
         atomic_write_text(outputs["report_txt"], format_report(evaluation.report))
         atomic_write_text(outputs["report_json"], json.dumps(evaluation.to_dict(), indent=2) + "\n")
     if can_plot:
-        from imgclf.reports import plot_history
+        from imgclf.plots import plot_history
 
         plot_history(state.history, plot_path)
     else:

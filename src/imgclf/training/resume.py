@@ -35,16 +35,6 @@ from imgclf.models import registry
 from imgclf.training.checkpoint import Checkpoint, latest_checkpoint
 from imgclf.training.runfolder import read_record
 
-__all__ = [
-    "OPERATIONAL",
-    "ResumePlan",
-    "plan_resume",
-    "check_data",
-    "recipe_diff",
-    "file_table",
-    "files_diff",
-]
-
 OPERATIONAL = ("device", "precision", "channels_last", "compile", "eval_batch_size", "deterministic")
 MAX_NAMED = 3
 Log = Callable[[str], None]

@@ -39,20 +39,6 @@ try:  # POSIX; elsewhere the lock falls back to checking the recorded PID
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = [
-    "RunLock",
-    "default_run_dir",
-    "make_run_dir",
-    "RUN_FILE",
-    "LOCK_FILE",
-    "require_run_dir",
-    "read_record",
-    "write_record",
-    "start_fresh",
-    "estimate_bytes",
-    "check_free_space",
-]
-
 RUN_FILE = "run.json"
 LOCK_FILE = "lock"
 RUN_FORMAT = "imgclf-run"
