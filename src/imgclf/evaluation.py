@@ -11,13 +11,14 @@ Usage::
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from imgclf.errors import DatasetError, UsageError
+from imgclf.progress import Log, quiet
 
 if TYPE_CHECKING:
     from imgclf.classifier import Classifier
@@ -157,7 +158,7 @@ def evaluate_dataset(
     split: str = "testing",
     skip_bad: bool = False,
     batch_size: int = 256,
-    log: Callable[[str], None] = lambda _: None,
+    log: Log = quiet,
     cache_dir: str | os.PathLike | None = None,
     use_cache: bool = True,
 ) -> Evaluation:

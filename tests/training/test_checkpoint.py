@@ -22,8 +22,10 @@ from imgclf.data.decode import load_split
 from imgclf.data.folders import scan_dataset
 from imgclf.errors import ResumeError
 from imgclf.training import checkpoint as ckpt
+from imgclf.training import loop
 from imgclf.training.determinism import capture_rng, restore_rng
-from imgclf.training.loop import create_state, fit
+from imgclf.training.loop import fit
+from imgclf.training.state import create_state
 
 INFO = {"run_id": "r1", "class_names": ["ring", "square"]}
 
@@ -164,7 +166,7 @@ def _epochs(tmp_path: Path, splits, count: int) -> list[str]:
 
 def test_only_the_newest_two_and_the_best_checkpoint_are_kept(splits, tmp_path, monkeypatch):
     losses = iter([0.5, 0.2, 0.4, 0.3, 0.35])  # best: epoch 2
-    monkeypatch.setattr("imgclf.training.loop._evaluate", lambda *a: (next(losses), 0.5))
+    monkeypatch.setattr(loop, "_evaluate", lambda *a: (next(losses), 0.5))
     _epochs(tmp_path, splits, 5)
     assert sorted(os.listdir(tmp_path / "checkpoints")) == [
         "epoch-0002.safetensors",

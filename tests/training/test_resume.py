@@ -34,8 +34,7 @@ from imgclf.errors import Interrupted, ResumeError, StorageError, UsageError
 from imgclf.fileio import TMP_SUFFIX
 from imgclf.training import checkpoint as ckpt
 from imgclf.training.loop import Callback
-from imgclf.training.pipeline import train
-from imgclf.training.resume import resume_run
+from imgclf.training.pipeline import resume_run, train
 
 CONFIG = tiny_train_config(epochs=3, keep="best")  # tiny_dataset: 24 training images, 3 steps per epoch
 

@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -39,9 +38,10 @@ from imgclf._version import versions
 from imgclf.config import TrainConfig
 from imgclf.errors import ResumeError
 from imgclf.fileio import atomic_write_bytes
+from imgclf.progress import Log
 from imgclf.training.determinism import capture_rng, restore_rng
-from imgclf.training.loop import PartialEpoch, TrainState
 from imgclf.training.optim import KerasSGD
+from imgclf.training.state import PartialEpoch, TrainState
 
 CHECKPOINT_DIR = "checkpoints"
 FORMAT = "imgclf-checkpoint"
@@ -68,7 +68,6 @@ _REQUIRED = {
     "versions": dict,
 }
 
-Log = Callable[[str], None]
 
 
 class CheckpointDamaged(ValueError):
@@ -307,7 +306,7 @@ def latest_checkpoint(run_dir: str | os.PathLike, run_id: str | None, *, log: Lo
 
 
 def restore(state: TrainState, ckpt: Checkpoint, *, log: Log) -> None:
-    """Load ``ckpt`` into ``state`` (fresh from :func:`.loop.create_state`, same recipe).
+    """Load ``ckpt`` into ``state`` (fresh from :func:`.state.create_state`, same recipe).
 
     Raises:
         ResumeError: If the checkpoint's weights or optimizer state do not fit this model.

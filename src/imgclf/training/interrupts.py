@@ -34,7 +34,8 @@ from imgclf.config import TrainConfig
 from imgclf.data.decode import DecodedSplit
 from imgclf.errors import Interrupted
 from imgclf.training.checkpoint import Checkpoint, write_checkpoint
-from imgclf.training.loop import Callback, TrainState, fit
+from imgclf.training.loop import Callback, fit
+from imgclf.training.state import TrainState
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 _NAMES = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}

@@ -19,7 +19,8 @@ from rich.progress import Progress
 
 from imgclf.config import TrainConfig
 from imgclf.progress import bar
-from imgclf.training.loop import Callback, TrainState
+from imgclf.training.loop import Callback
+from imgclf.training.state import TrainState
 
 
 def decode_bar_factory(console: Console) -> Callable[[str, int], Callable[[int], None]]:
