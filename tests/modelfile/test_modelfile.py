@@ -21,7 +21,7 @@ from imgclf import modelfile
 from imgclf.classifier import Classifier
 from imgclf.errors import ModelFileError, UsageError
 from imgclf.modelfile.digests import canonical_json
-from imgclf.modelfile.manifest import MAX_PROVENANCE_BYTES
+from imgclf.modelfile.provenance import MAX_PROVENANCE_BYTES
 from imgclf.models import registry
 
 

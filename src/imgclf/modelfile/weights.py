@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from imgclf.errors import UsageError
-from imgclf.modelfile.format import DTYPES, Container, invalid
+from imgclf.modelfile.checks import invalid
+from imgclf.modelfile.format import DTYPES, Container
 from imgclf.modelfile.manifest import Manifest
 from imgclf.models import registry
 

@@ -30,10 +30,10 @@ from imgclf.errors import ResumeError, UsageError
 from imgclf.evaluation import Evaluation
 from imgclf.models import registry
 from imgclf.progress import Log, quiet
-from imgclf.training.checkpoint import restore
 from imgclf.training.device import resolve_device
 from imgclf.training.interrupts import fit_with_checkpoints
 from imgclf.training.loop import Callback
+from imgclf.training.restore import restore
 from imgclf.training.resume import plan_resume
 from imgclf.training.runfolder import (
     RunLock,

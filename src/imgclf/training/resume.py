@@ -34,7 +34,8 @@ from imgclf.data.folders import Dataset
 from imgclf.errors import ResumeError, UsageError
 from imgclf.models import registry
 from imgclf.progress import Log
-from imgclf.training.checkpoint import Checkpoint, latest_checkpoint
+from imgclf.training.checkpoint import Checkpoint
+from imgclf.training.restore import latest_checkpoint
 from imgclf.training.runfolder import read_record
 
 OPERATIONAL = ("device", "precision", "channels_last", "compile", "eval_batch_size", "deterministic")
