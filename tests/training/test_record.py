@@ -79,7 +79,7 @@ def test_the_documents_agree_on_the_facts_they_share():
     assert run["class_names"] == info["class_names"] == ["ring", "square"]
     assert run["data_fingerprint"] == info["data_fingerprint"] == prov["data"]["fingerprint"]
     assert run["config"] == prov["training"] == tiny_train_config().to_dict()
-    assert info["architecture"] == {"name": "small_cnn", "args": {"widths": [8, 16], "reg": 0.0001}}  # resolved
+    assert info["architecture"] == {"name": "small_cnn", "args": {"widths": [8, 16], "reg": 0.0001}}
     assert prov["resumed_from"] == "epoch-0001.safetensors" and prov["stopped_early"] is True
     assert prov["data"]["counts"] == {"training": {"ring": 1, "square": 0}}
 
