@@ -1,10 +1,9 @@
 """Classification metrics (the report scikit-learn's ``classification_report`` gives, and more), and
-the evaluation of a loaded model on a dataset folder.
+the evaluation of a loaded model on a dataset folder. The text report is :mod:`imgclf.reports`.
 
 Usage::
 
     report = classification_report(y_true, y_pred, ["Parasitized", "Uninfected"])
-    print(format_report(report))
     cm = confusion_matrix(y_true, y_pred, 2)
     evaluation = evaluate_dataset(imgclf.load("malaria.imgclf"), "malaria")   # a model on a folder
 """
@@ -19,19 +18,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from imgclf.errors import DatasetError, UsageError
+from imgclf.progress import Log, quiet
 
 if TYPE_CHECKING:
     from imgclf.classifier import Classifier
-
-__all__ = [
-    "evaluate_dataset",
-    "classification_report",
-    "format_report",
-    "confusion_matrix",
-    "Evaluation",
-    "evaluate_probabilities",
-    "usefulness_warnings",
-]
 
 ONE_CLASS_SHARE = 0.95  # "predicts one class for (nearly) all images": this share of them or more
 
@@ -113,27 +103,6 @@ def classification_report(
         "support": int(total),
     }
     return report
-
-
-def format_report(report: dict[str, Any], digits: int = 4) -> str:
-    """Render a report as text, character for character scikit-learn's layout."""
-    rows = [k for k in report if k not in ("accuracy", "macro avg", "weighted avg")]
-    width = max([len(r) for r in rows] + [len("weighted avg"), digits])
-    keys = ("precision", "recall", "f1-score")
-    head = f"{'':>{width}s} " + "".join(f" {h:>9}" for h in (*keys, "support"))
-    lines = [head, ""]
-
-    def row(name: str, r: dict[str, Any]) -> str:
-        return f"{name:>{width}s} " + "".join(f" {r[k]:>9.{digits}f}" for k in keys) + f" {r['support']:>9}"
-
-    lines += [row(name, report[name]) for name in rows]
-    lines.append("")
-    total = report["macro avg"]["support"]
-    lines.append(
-        f"{'accuracy':>{width}s} " + f" {'':>9}" * 2 + f" {report['accuracy']:>9.{digits}f}" + f" {total:>9}"
-    )
-    lines += [row(avg, report[avg]) for avg in ("macro avg", "weighted avg")]
-    return "\n".join(lines) + "\n"
 
 
 @dataclass
@@ -224,7 +193,7 @@ def evaluate_dataset(
     split: str = "testing",
     skip_bad: bool = False,
     batch_size: int = 256,
-    log: Callable[[str], None] = lambda _: None,
+    log: Log = quiet,
     cache_dir: str | os.PathLike | None = None,
     use_cache: bool = True,
     progress: Callable[[str, int], Callable[[int], None] | None] | None = None,

@@ -191,7 +191,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _tile(p: Any, class_names: list[str]) -> Any:
-    from imgclf.reports import class_colors, montage_tile
+    from imgclf.plots import class_colors, montage_tile
 
     # An image in a class folder (a dataset's testing/<class>/x.png) has a known true class.
     true = os.path.basename(os.path.dirname(os.path.abspath(str(p.source))))
@@ -201,7 +201,7 @@ def _tile(p: Any, class_names: list[str]) -> Any:
 
 
 def _montage(args: argparse.Namespace, tiles: list, classified: int) -> None:
-    from imgclf.reports import build_montage, save_png
+    from imgclf.plots import build_montage, save_png
 
     sheet = build_montage(tiles)
     save_png(sheet, args.montage)

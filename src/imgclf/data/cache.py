@@ -41,8 +41,6 @@ from imgclf.errors import UsageError
 from imgclf.fileio import atomic_write_text
 from imgclf.images.preprocess import DECODE_RULE
 
-__all__ = ["DecodeCache", "default_cache_dir", "DEFAULT_MAX_BYTES"]
-
 try:
     import fcntl
 except ImportError:  # Windows: no flock; the cache refuses with a clear message (require_file_locks)

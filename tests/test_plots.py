@@ -1,4 +1,4 @@
-"""Tests of imgclf.reports: montage geometry and labels, colours, plots; no plotting on the predict path."""
+"""Tests of imgclf.plots: montage geometry and labels, colours, plots; no plotting on the predict path."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from PIL import Image
 
 from imgclf.errors import StorageError
 from imgclf.images.preprocess import decode
-from imgclf.reports import TILE, build_montage, class_colors, montage_tile, plot_confusion, plot_history
+from imgclf.plots import TILE, build_montage, class_colors, montage_tile, plot_confusion, plot_history
 
 
 def _solid(color: tuple[int, int, int], size: int = TILE) -> Image.Image:
@@ -147,10 +147,11 @@ def test_plot_confusion_takes_class_names_literally(tmp_path):
 
 CHILD = """
 import contextlib, io, json, sys
-watched = ("matplotlib", "imgclf.training")
+# Prefixes, not module lists: any module under imgclf.training (present or future) counts.
+watched = ("matplotlib", "imgclf.training", "imgclf.serving", "imgclf.interop")
 seen = {}
 def note(stage):
-    seen[stage] = sorted(m for m in watched if m in sys.modules)
+    seen[stage] = sorted(w for w in watched if any(m == w or m.startswith(w + ".") for m in sys.modules))
 model, images, montage, dataset = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
 import imgclf
 note("import imgclf")
@@ -198,7 +199,7 @@ def test_predict_and_evaluate_paths_import_no_plotting_or_training_code(tiny_mod
 
 
 def test_huge_early_validation_losses_are_named_instead_of_flattening_the_other_curves(tmp_path):
-    from imgclf.reports import loss_ceiling
+    from imgclf.plots import loss_ceiling
 
     history = [
         {"epoch": 1, "loss": 2.4, "accuracy": 0.5, "val_loss": 605.0, "val_accuracy": 0.45},
@@ -235,7 +236,7 @@ def _legend_and_curves(fig):
 
 
 def test_plot_history_legend_sits_where_no_curve_is_and_the_saved_epoch_is_marked(tmp_path):
-    from imgclf.reports import history_figure
+    from imgclf.plots import history_figure
 
     history = [
         {"epoch": e, "loss": 0.7 - 0.05 * e, "accuracy": 0.5 + 0.04 * e, "val_loss": 0.69 - 0.04 * e,
@@ -264,7 +265,7 @@ def test_plot_history_legend_sits_where_no_curve_is_and_the_saved_epoch_is_marke
 def test_plot_history_has_no_legend_entry_for_a_curve_not_drawn():
     import matplotlib.pyplot as plt
 
-    from imgclf.reports import history_figure
+    from imgclf.plots import history_figure
 
     no_val = [{"epoch": e, "loss": 0.5, "accuracy": 0.7, "lr": 0.1} for e in (1, 2, 3)]
     fig = history_figure(no_val, "t")
@@ -280,7 +281,7 @@ def test_plot_history_has_no_legend_entry_for_a_curve_not_drawn():
 def test_confusion_plot_has_a_title_and_unrotated_labels_when_they_fit():
     import matplotlib.pyplot as plt
 
-    from imgclf.reports import confusion_figure
+    from imgclf.plots import confusion_figure
 
     names = ["Parasitized", "Uninfected"]
     title = "malaria.imgclf on testing: accuracy 0.9200 (100 images)"
@@ -299,7 +300,7 @@ def test_confusion_plot_has_a_title_and_unrotated_labels_when_they_fit():
 
 
 def test_montage_tile_of_a_wrong_prediction_has_a_red_border_and_the_true_class(gray_image):
-    from imgclf.reports import WRONG, montage_tile
+    from imgclf.plots import WRONG, montage_tile
 
     right = np.asarray(montage_tile(gray_image, "ring 90%", (0, 255, 0)))
     wrong = np.asarray(montage_tile(gray_image, "ring 90%", (0, 255, 0), true_if_wrong="square"))

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_dataset, save_image, shape_image
+from helpers import make_dataset, save_image, shape_image
 from imgclf.config import PreprocessSpec
 from imgclf.data import decode, folders
 from imgclf.errors import DatasetError
@@ -432,7 +432,7 @@ def test_files_without_an_image_extension_are_skipped_with_one_note(tiny_dataset
 
 
 def test_a_broken_file_with_an_image_extension_still_stops_training(tiny_dataset: Path, tmp_path) -> None:
-    from conftest import tiny_train_config
+    from helpers import tiny_train_config
     from imgclf.training.pipeline import train
 
     (tiny_dataset / "training" / "ring" / "readme.txt").write_text("not an image, skipped")
