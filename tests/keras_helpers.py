@@ -1,0 +1,59 @@
+"""Helpers for the import-keras tests: the committed Keras fixtures and their references, a CLI runner.
+
+The fixtures in ``tests/fixtures/keras`` were written once by real Keras (``make_fixtures.py`` there);
+each ``<model>.json`` holds the probabilities Keras computed on ``input*.png`` through its own pipeline
+(``load_img`` nearest resize, rescale 1/255, ``model.predict``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imgclf.errors import ImgclfError
+
+KERAS_DIR = Path(__file__).parent / "fixtures" / "keras"
+TOLERANCE = 1e-5
+
+
+def references() -> list[dict[str, Any]]:
+    """Every fixture's reference record (model file name, classes, inputs, probabilities per variant)."""
+    return [json.loads(p.read_text()) for p in sorted(KERAS_DIR.glob("*.json"))]
+
+
+def reference(model_name: str) -> dict[str, Any]:
+    return json.loads((KERAS_DIR / f"{model_name}.json").read_text())
+
+
+def inputs(ref: dict[str, Any]) -> list[str]:
+    return [str(KERAS_DIR / name) for name in ref["inputs"]]
+
+
+def max_delta(probs: np.ndarray, ref: dict[str, Any], variant: str = "rgb") -> float:
+    return float(np.abs(probs - np.asarray(ref["probabilities"][variant])).max())
+
+
+def run_import(*argv: object) -> tuple[int, str, str]:
+    """``imgclf import-keras ARGV`` in-process: ``(exit code, stdout, stderr)``."""
+    from imgclf.cli import import_keras
+
+    parser = argparse.ArgumentParser(prog="imgclf")
+    sub = parser.add_subparsers(dest="command")
+    import_keras.add_parser(sub, argparse.ArgumentParser(add_help=False))
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            args = parser.parse_args(["import-keras", *map(str, argv)])
+            code = args.func(args)
+        except ImgclfError as exc:
+            print(f"imgclf: error: {exc}", file=err)
+            code = exc.exit_code
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    return code, out.getvalue(), err.getvalue()
