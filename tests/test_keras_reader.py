@@ -188,6 +188,13 @@ def test_other_backend_and_bad_weights(tmp_path) -> None:
     assert_refused(path, "bias has shape [5]")
 
 
+def test_weights_are_read_within_a_total_cap(tmp_path, monkeypatch) -> None:
+    from imgclf.interop import keras_reader
+
+    monkeypatch.setattr(keras_reader, "MAX_WEIGHT_BYTES", 20_000)  # lenet's dense kernel alone is 18 KiB
+    assert_refused(Path(shutil.copy(KERAS2, tmp_path / "big.h5")), "exceed the size limit")
+
+
 def test_not_a_file_and_missing_file(tmp_path) -> None:
     (tmp_path / "dir.h5").mkdir()
     assert_refused(tmp_path / "dir.h5", "not a regular file")

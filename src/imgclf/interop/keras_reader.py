@@ -22,7 +22,6 @@ import json
 import os
 import re
 import stat
-import zipfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,26 +29,17 @@ import numpy as np
 
 from imgclf.errors import ModelFileError, UsageError
 from imgclf.fileio import open_for_reading
+from imgclf.interop.keras_zip import read_zip, refused
 
 MAX_FILE_BYTES = 1 << 30
 MAX_CONFIG_BYTES = 16 << 20
-MAX_ZIP_ENTRIES = 64
+MAX_WEIGHT_BYTES = 1 << 30  # all weight arrays read, by their declared (uncompressed) size
 MAX_LAYER_NAMES = 4096
 MAX_ARRAY_DIMS = 4
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK\x03\x04"
 # Keras 3's .keras weights file stores each layer's variables by position, in creation order.
 VAR_ROLES = {"Conv2D": ("kernel", "bias"), "Dense": ("kernel", "bias")}
-
-
-def refused(path: str, problem: str, received: object = None, fix: str | None = None) -> ModelFileError:
-    """The one error a broken or hostile Keras file raises (exit code 3)."""
-    return ModelFileError(
-        f"cannot import {os.path.basename(path)!r}: {problem}",
-        received=received,
-        expected="a Keras .h5 or .keras model file written by model.save()",
-        fix=fix or "save the model again with Keras (model.save('model.keras')) and import that file",
-    )
 
 
 def _read_bounded(path: str) -> bytes:
@@ -112,6 +102,7 @@ class KerasSource:
     keras_version: str | None
     config: dict[str, Any]
     h5: Any
+    read_bytes: int = 0
 
     def weights(self, layers: list[tuple[str, str, dict[str, Any]]]) -> dict[str, dict[str, np.ndarray]]:
         """Weight arrays per layer, by role (``kernel``, ``bias``, ``gamma``, ``beta``, ``moving_mean`` ...).
@@ -134,8 +125,9 @@ def _array(src: KerasSource, ds: Any, name: str) -> np.ndarray:
 
     if not isinstance(ds, h5py.Dataset) or ds.dtype.kind != "f" or ds.ndim > MAX_ARRAY_DIMS:
         raise refused(src.path, f"weight {name!r} is not a float array", getattr(ds, "dtype", type(ds)))
-    if ds.size * ds.dtype.itemsize > MAX_FILE_BYTES:
-        raise refused(src.path, f"weight {name!r} is larger than the file limit", list(ds.shape))
+    src.read_bytes += ds.size * ds.dtype.itemsize  # declared sizes: a compressed array cannot balloon
+    if src.read_bytes > MAX_WEIGHT_BYTES:
+        raise refused(src.path, f"the weights up to {name!r} exceed the size limit", src.read_bytes)
     return np.asarray(ds[()], dtype=np.float32)
 
 
@@ -210,55 +202,6 @@ def _weights_keras3(
     return out
 
 
-def _safe_member(name: str) -> bool:
-    parts = name.replace("\\", "/").split("/")
-    return not (name.startswith("/") or "\\" in name or ".." in parts or ":" in name or "\0" in name)
-
-
-def _read_zip(path: str, data: bytes) -> tuple[bytes, bytes, bytes]:
-    """``config.json``, ``metadata.json`` (may be empty) and ``model.weights.h5`` from a .keras zip."""
-    try:
-        zf = zipfile.ZipFile(io.BytesIO(data))
-        infos = zf.infolist()
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise refused(path, "not a readable zip archive", str(exc)[:100]) from None
-    if len(infos) > MAX_ZIP_ENTRIES:
-        raise refused(path, "too many zip entries", len(infos))
-    for info in infos:
-        if not _safe_member(info.filename):
-            raise refused(path, "zip entry with an unsafe name", repr(info.filename)[:100])
-        if info.flag_bits & 1 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-            raise refused(path, "encrypted or unusually compressed zip entry", info.filename)
-        if info.file_size > MAX_FILE_BYTES:
-            raise refused(
-                path, "zip entry declares a size over the limit", f"{info.filename}: {info.file_size}"
-            )
-    names = {i.filename for i in infos}
-    if not {"config.json", "model.weights.h5"} <= names:
-        raise refused(path, "zip without config.json and model.weights.h5", sorted(names)[:5])
-
-    def member(name: str, cap: int) -> bytes:
-        if name not in names:
-            return b""
-        info = zf.getinfo(name)
-        if info.file_size > cap:
-            raise refused(path, f"{name} is too large", f"{info.file_size} bytes")
-        try:
-            with zf.open(info) as f:
-                blob = f.read(cap + 1)
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError, RuntimeError) as exc:
-            raise refused(path, f"cannot read {name} from the zip", str(exc)[:100]) from None
-        if len(blob) > cap or len(blob) != info.file_size:
-            raise refused(path, f"{name} is not the size the zip declares", f"{len(blob)} bytes")
-        return blob
-
-    return (
-        member("config.json", MAX_CONFIG_BYTES),
-        member("metadata.json", MAX_CONFIG_BYTES),
-        member("model.weights.h5", MAX_FILE_BYTES),
-    )
-
-
 def _open_h5(path: str, blob: bytes) -> Any:
     try:
         import h5py
@@ -288,7 +231,7 @@ def read_keras(path: str | os.PathLike) -> KerasSource:
     data = _read_bounded(path)
     digest = hashlib.sha256(data).hexdigest()
     if data.startswith(ZIP_MAGIC):
-        config_text, meta_text, blob = _read_zip(path, data)
+        config_text, meta_text, blob = read_zip(path, data, MAX_CONFIG_BYTES, MAX_FILE_BYTES)
         meta = _strict_json(path, meta_text, "metadata.json") if meta_text else {}
         version = meta.get("keras_version") if isinstance(meta, dict) else None
         config = _strict_json(path, config_text, "config.json")
