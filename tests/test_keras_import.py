@@ -12,7 +12,7 @@ import pytest
 
 import imgclf
 from conftest import run_cli
-from imgclf.errors import UsageError
+from imgclf.errors import ModelFileError, UsageError
 from imgclf.interop import keras_graph as interop_graph
 from imgclf.interop import keras_import
 from imgclf.interop.keras_import import import_keras
@@ -119,6 +119,12 @@ def test_wrong_class_count_is_a_usage_error(tmp_path) -> None:
     assert not out.exists()
     with pytest.raises(UsageError, match="class names do not match"):
         import_keras(KERAS_DIR / "lenet_keras2.h5", ["a", "b", "c", "d"])
+
+
+@pytest.mark.parametrize("name", ["lenet_keras2.h5", "zoo_keras3.keras"])
+def test_loading_a_keras_file_points_to_import_keras(name: str) -> None:
+    with pytest.raises(ModelFileError, match="imgclf import-keras"):
+        imgclf.load(KERAS_DIR / name)
 
 
 def test_no_tensorflow_or_keras_is_imported() -> None:
