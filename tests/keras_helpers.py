@@ -7,16 +7,11 @@ each ``<model>.json`` holds the probabilities Keras computed on ``input*.png`` t
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import io
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from imgclf.errors import ImgclfError
 
 KERAS_DIR = Path(__file__).parent / "fixtures" / "keras"
 TOLERANCE = 1e-5
@@ -40,20 +35,7 @@ def max_delta(probs: np.ndarray, ref: dict[str, Any], variant: str = "rgb") -> f
 
 
 def run_import(*argv: object) -> tuple[int, str, str]:
-    """``imgclf import-keras ARGV`` in-process: ``(exit code, stdout, stderr)``."""
-    from imgclf.cli import import_keras
+    """``imgclf import-keras ARGV`` through the real command line: ``(exit code, stdout, stderr)``."""
+    from conftest import run_cli
 
-    parser = argparse.ArgumentParser(prog="imgclf")
-    sub = parser.add_subparsers(dest="command")
-    import_keras.add_parser(sub, argparse.ArgumentParser(add_help=False))
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            args = parser.parse_args(["import-keras", *map(str, argv)])
-            code = args.func(args)
-        except ImgclfError as exc:
-            print(f"imgclf: error: {exc}", file=err)
-            code = exc.exit_code
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
+    return run_cli("import-keras", *argv)

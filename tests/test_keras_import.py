@@ -74,6 +74,10 @@ def test_cli_import_then_verify_and_predict(tmp_path) -> None:
         "layout": "keras", "layers": about["layers"],
     }  # fmt: skip
     assert "nearest" in clf.manifest["provenance"]["preprocessing"]
+    code, stdout, _ = run_cli("inspect", out)
+    assert code == 0
+    assert f"imported from   {ref['model']} (Keras {ref['keras']}, keras, sha256:{digest})" in stdout
+    assert f'"layers": "<{about["layers"]} layers; --json lists them>"' in stdout
     preds = tmp_path / "preds.jsonl"
     code, _, stderr = run_cli("predict", "--model", out, "--images", *inputs(ref), "--output", preds)
     assert code == 0, stderr

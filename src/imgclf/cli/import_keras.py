@@ -17,7 +17,7 @@ import json
 import os
 
 EPILOG = """exit codes: 0 ok, 2 usage (class names, options), 3 the Keras file is broken, hostile or uses
-something imgclf does not import (nothing is written), 5 the output cannot be written"""
+something imgclf does not import (nothing is written), 5 the output cannot be written, 7 bad --classes-from"""
 
 
 def _scale(text: str) -> float:
