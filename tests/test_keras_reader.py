@@ -222,42 +222,53 @@ def test_keras2_split_attributes(tmp_path) -> None:
     assert max_delta(probs, ref) <= TOLERANCE
 
 
-def _handmade_keras2(path: Path, kernel: np.ndarray, bias: np.ndarray) -> None:
-    """A Keras 2 layout written by h5py alone: Input 4x4x3 -> Flatten -> Dense(2, softmax)."""
-    layers = [
-        {"class_name": "InputLayer", "config": {"batch_input_shape": [None, 4, 4, 3], "name": "input_1"},
-         "name": "input_1", "inbound_nodes": []},
-        {"class_name": "Flatten", "config": {"name": "flatten_1"}, "name": "flatten_1",
-         "inbound_nodes": [[["input_1", 0, 0, {}]]]},
-        {"class_name": "Dense", "config": {"name": "dense_1", "units": 2, "activation": "softmax"},
-         "name": "dense_1", "inbound_nodes": [[["flatten_1", 0, 0, {}]]]},
-    ]  # fmt: skip
-    config = {"class_name": "Functional", "config": {"name": "m", "layers": layers,
-              "input_layers": [["input_1", 0, 0]], "output_layers": [["dense_1", 0, 0]]}}  # fmt: skip
+def _handmade_keras2(path: Path, kernel: np.ndarray, bias: np.ndarray, sequential: bool) -> None:
+    """A Keras 2 layout written by h5py alone: Input 4x4x3 -> Flatten -> Dense(2, softmax).
+
+    ``sequential``: an old-style Sequential config (no InputLayer; the first layer has
+    ``batch_input_shape``); otherwise a functional one with Keras 2's ``inbound_nodes`` lists.
+    """
+    flatten = {"class_name": "Flatten", "config": {"name": "flatten_1"}, "name": "flatten_1"}
+    dense = {"class_name": "Dense", "config": {"name": "dense_1", "units": 2, "activation": "softmax"},
+             "name": "dense_1"}  # fmt: skip
+    if sequential:
+        flatten["config"]["batch_input_shape"] = [None, 4, 4, 3]
+        config = {"class_name": "Sequential", "config": {"name": "s", "layers": [flatten, dense]}}
+        names = [b"flatten_1", b"dense_1"]
+    else:
+        shape = {"batch_input_shape": [None, 4, 4, 3], "name": "input_1"}
+        inp = {"class_name": "InputLayer", "config": shape, "name": "input_1", "inbound_nodes": []}
+        flatten["inbound_nodes"] = [[["input_1", 0, 0, {}]]]
+        dense["inbound_nodes"] = [[["flatten_1", 0, 0, {}]]]
+        config = {"class_name": "Functional", "config": {"name": "m", "layers": [inp, flatten, dense],
+                  "input_layers": [["input_1", 0, 0]], "output_layers": [["dense_1", 0, 0]]}}  # fmt: skip
+        names = [b"input_1", b"flatten_1", b"dense_1"]
     with h5py.File(path, "w") as f:
-        f.attrs["model_config"] = json.dumps(config)
-        f.attrs["keras_version"] = "2.4.0"
-        f.attrs["backend"] = "tensorflow"
+        f.attrs["model_config"] = json.dumps(config).encode()  # older Keras 2 wrote bytes
+        f.attrs["keras_version"] = b"2.2.4"
+        f.attrs["backend"] = b"tensorflow"
         g = f.create_group("model_weights")
-        g.attrs["layer_names"] = np.array([b"input_1", b"flatten_1", b"dense_1"])
-        for name in ("input_1", "flatten_1"):
-            g.create_group(name).attrs["weight_names"] = np.array([], dtype="S")
+        g.attrs["layer_names"] = np.array(names)
+        for name in names[:-1]:
+            g.create_group(name.decode()).attrs["weight_names"] = np.array([], dtype="S")
         d = g.create_group("dense_1")
         d.attrs["weight_names"] = np.array([b"dense_1/kernel:0", b"dense_1/bias:0"])
         d["dense_1/kernel:0"], d["dense_1/bias:0"] = kernel, bias
 
 
-def test_h5py_built_keras2_file_matches_numpy(tmp_path) -> None:
+@pytest.mark.parametrize("sequential", [False, True], ids=["functional", "sequential"])
+def test_h5py_built_keras2_file_matches_numpy(tmp_path, sequential: bool) -> None:
     rng = np.random.default_rng(0)
     kernel, bias = rng.normal(0, 0.05, (48, 2)).astype(np.float32), np.array([0.1, -0.2], np.float32)
     path = tmp_path / "handmade.h5"
-    _handmade_keras2(path, kernel, bias)
+    _handmade_keras2(path, kernel, bias, sequential)
     image = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
     logits = (image.astype(np.float32) / 255).reshape(-1) @ kernel + bias  # Keras: flatten H, W, C
     want = np.exp(logits) / np.exp(logits).sum()
     out = tmp_path / "m.imgclf"
-    code, _, stderr = run_import(path, "--classes", "x,y", "--out", out)
+    code, stdout, stderr = run_import(path, "--classes", "x,y", "--out", out)
     assert code == 0, stderr
+    assert "Keras 2.2.4" in stdout
     got = imgclf.load(out).predict_proba(image)[0]
     assert np.abs(got - want).max() < 1e-6
 
