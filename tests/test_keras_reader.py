@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
+import stat
 import struct
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -80,6 +83,32 @@ def test_zip_with_parent_directory_entry(tmp_path) -> None:
     members["../../evil.txt"] = b"overwrite me"
     assert_refused(write_zip(tmp_path / "evil.keras", members), "unsafe name", "../../evil.txt")
     assert not (tmp_path.parent / "evil.txt").exists()
+
+
+def _symlink_entry(zf: zipfile.ZipFile) -> None:
+    info = zipfile.ZipInfo("link")
+    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+    zf.writestr(info, "/etc/passwd")
+
+
+@pytest.mark.parametrize(
+    "add,needle",
+    [
+        (lambda zf: zf.writestr("/etc/x", b"x"), "unsafe name"),
+        (lambda zf: zf.writestr("C:\\x", b"x"), "unsafe name"),
+        (_symlink_entry, "symbolic link"),
+        (lambda zf: zf.writestr("config.json", b"{}"), "duplicate entry names"),
+        (lambda zf: [zf.writestr(f"assets/{i}", b"") for i in range(10_000)], "too many zip entries"),
+    ],
+    ids=["absolute", "drive", "symlink", "duplicate", "10000-entries"],
+)
+def test_zip_entries_from_the_catalog(tmp_path, add, needle) -> None:
+    path = write_zip(tmp_path / "odd.keras", zip_members(KERAS3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate name
+        with zipfile.ZipFile(path, "a") as zf:
+            add(zf)
+    assert_refused(path, needle)
 
 
 def _zip_declaring(members: list[tuple[str, bytes, int | None]]) -> bytes:
@@ -198,6 +227,10 @@ def test_weights_are_read_within_a_total_cap(tmp_path, monkeypatch) -> None:
 def test_not_a_file_and_missing_file(tmp_path) -> None:
     (tmp_path / "dir.h5").mkdir()
     assert_refused(tmp_path / "dir.h5", "not a regular file")
+    os.mkfifo(tmp_path / "fifo.h5")  # no writer: a blocking open would hang
+    assert_refused(tmp_path / "fifo.h5", "not a regular file")
+    code, _, stderr = run_import("/dev/zero", "--classes", "a,b", "--out", tmp_path / "z.imgclf")
+    assert code == 3 and "not a regular file" in stderr
     code, _, stderr = run_import(tmp_path / "missing.h5", "--classes", "a,b", "--out", tmp_path / "o.imgclf")
     assert code == 3 and "cannot open" in stderr
 

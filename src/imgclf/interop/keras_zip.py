@@ -1,8 +1,9 @@
 """Keras 3's ``.keras`` archive: a zip of ``config.json``, ``metadata.json`` and ``model.weights.h5``.
 
-Every entry is checked before anything is read: names (no absolute paths, ``..``, backslashes or drive
-letters: nothing is ever extracted, but such an archive was made to attack someone), encryption and
-compression method, declared sizes; members are then read with a cap and must have the declared size.
+Every entry is checked before anything is read: at most 64 entries, unique names, no symbolic links,
+no absolute paths, ``..``, backslashes or drive letters (nothing is ever extracted, but such an archive
+was made to attack someone), no encryption, stored or deflated only, declared sizes within the caps;
+members are then read with a cap and must have the declared size.
 
 Usage::
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import zipfile
 
 from imgclf.errors import ModelFileError
@@ -49,7 +51,11 @@ def read_zip(path: str, data: bytes, max_config: int, max_weights: int) -> tuple
         raise refused(path, "not a readable zip archive", str(exc)[:100]) from None
     if len(infos) > MAX_ZIP_ENTRIES:
         raise refused(path, "too many zip entries", len(infos))
+    if len({i.filename for i in infos}) != len(infos):
+        raise refused(path, "zip with duplicate entry names", sorted(i.filename for i in infos)[:5])
     for info in infos:
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise refused(path, "zip entry that is a symbolic link", repr(info.filename)[:100])
         if not _safe_member(info.filename):
             raise refused(path, "zip entry with an unsafe name", repr(info.filename)[:100])
         if info.flag_bits & 1 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
