@@ -255,18 +255,21 @@ def test_keras2_split_attributes(tmp_path) -> None:
     assert max_delta(probs, ref) <= TOLERANCE
 
 
-def _handmade_keras2(path: Path, kernel: np.ndarray, bias: np.ndarray, sequential: bool) -> None:
+def _handmade_keras2(path: Path, kernel: np.ndarray, bias: np.ndarray, kind: str) -> None:
     """A Keras 2 layout written by h5py alone: Input 4x4x3 -> Flatten -> Dense(2, softmax).
 
-    ``sequential``: an old-style Sequential config (no InputLayer; the first layer has
-    ``batch_input_shape``); otherwise a functional one with Keras 2's ``inbound_nodes`` lists.
+    ``kind``: ``sequential``, an old-style Sequential config (no InputLayer; the first layer has
+    ``batch_input_shape``), ``sequential-list`` the same as Keras before 2.2 wrote it (the config is
+    the list of layers); otherwise a functional one with Keras 2's ``inbound_nodes`` lists.
     """
     flatten = {"class_name": "Flatten", "config": {"name": "flatten_1"}, "name": "flatten_1"}
     dense = {"class_name": "Dense", "config": {"name": "dense_1", "units": 2, "activation": "softmax"},
              "name": "dense_1"}  # fmt: skip
-    if sequential:
+    if kind.startswith("sequential"):
         flatten["config"]["batch_input_shape"] = [None, 4, 4, 3]
         config = {"class_name": "Sequential", "config": {"name": "s", "layers": [flatten, dense]}}
+        if kind == "sequential-list":
+            config["config"] = [flatten, dense]
         names = [b"flatten_1", b"dense_1"]
     else:
         shape = {"batch_input_shape": [None, 4, 4, 3], "name": "input_1"}
@@ -289,12 +292,12 @@ def _handmade_keras2(path: Path, kernel: np.ndarray, bias: np.ndarray, sequentia
         d["dense_1/kernel:0"], d["dense_1/bias:0"] = kernel, bias
 
 
-@pytest.mark.parametrize("sequential", [False, True], ids=["functional", "sequential"])
-def test_h5py_built_keras2_file_matches_numpy(tmp_path, sequential: bool) -> None:
+@pytest.mark.parametrize("kind", ["functional", "sequential", "sequential-list"])
+def test_h5py_built_keras2_file_matches_numpy(tmp_path, kind: str) -> None:
     rng = np.random.default_rng(0)
     kernel, bias = rng.normal(0, 0.05, (48, 2)).astype(np.float32), np.array([0.1, -0.2], np.float32)
     path = tmp_path / "handmade.h5"
-    _handmade_keras2(path, kernel, bias, sequential)
+    _handmade_keras2(path, kernel, bias, kind)
     image = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
     logits = (image.astype(np.float32) / 255).reshape(-1) @ kernel + bias  # Keras: flatten H, W, C
     want = np.exp(logits) / np.exp(logits).sum()

@@ -221,6 +221,25 @@ def _open_h5(path: str, blob: bytes) -> Any:
         raise refused(path, "damaged or truncated HDF5 file", f"{type(exc).__name__}: {exc}"[:150]) from None
 
 
+def _h5_config(path: str, h5: Any) -> tuple[Any, str | None]:
+    """The model config and Keras version from a ``.h5`` file's root attributes."""
+    try:
+        text = _text_attr(h5.attrs.get("model_config"))
+        version = _text_attr(h5.attrs.get("keras_version"))
+        backend = _text_attr(h5.attrs.get("backend"))
+    except Exception as exc:  # noqa: BLE001 - damaged attribute storage
+        raise refused(path, "cannot read the file's attributes", f"{type(exc).__name__}: {exc}") from None
+    if text is None:
+        raise refused(
+            path,
+            "no model_config: a weights-only file has no architecture",
+            fix="save the whole model (model.save('model.h5'), not save_weights) and import that",
+        )
+    if backend not in (None, "tensorflow"):
+        raise refused(path, "saved with another Keras backend", repr(backend), "save it with TensorFlow")
+    return _strict_json(path, text, "model_config"), version
+
+
 def read_keras(path: str | os.PathLike) -> KerasSource:
     """Read a Keras ``.h5`` or ``.keras`` file (see the module docstring for what is checked).
 
@@ -239,22 +258,15 @@ def read_keras(path: str | os.PathLike) -> KerasSource:
     elif data.startswith(HDF5_MAGIC):
         h5, layout = _open_h5(path, data), "h5"
         try:
-            text = _text_attr(h5.attrs.get("model_config"))
-            version = _text_attr(h5.attrs.get("keras_version"))
-            backend = _text_attr(h5.attrs.get("backend"))
-        except Exception as exc:  # noqa: BLE001 - damaged attribute storage
-            raise refused(path, "cannot read the file's attributes", f"{type(exc).__name__}: {exc}") from None
-        if text is None:
-            raise refused(
-                path,
-                "no model_config: a weights-only file has no architecture",
-                fix="save the whole model (model.save('model.h5'), not save_weights) and import that",
-            )
-        if backend not in (None, "tensorflow"):
-            raise refused(path, "saved with another Keras backend", repr(backend), "save it with TensorFlow")
-        config = _strict_json(path, text, "model_config")
+            config, version = _h5_config(path, h5)
+        except ModelFileError:
+            h5.close()
+            raise
     else:
         raise refused(path, "neither an HDF5 file nor a zip archive (a pickle renamed?)", repr(data[:8]))
+    if isinstance(config, dict) and isinstance(config.get("config"), list):
+        config = {**config, "config": {"layers": config["config"]}}  # Sequential before Keras 2.2
     if not isinstance(config, dict) or not isinstance(config.get("config"), dict):
+        h5.close()
         raise refused(path, "the model config is not an object with a config")
     return KerasSource(path, layout, digest, version if isinstance(version, str) else None, config, h5)
