@@ -4,6 +4,7 @@ conversion pitfall, handled the wrong way, breaks that parity (so the parity tes
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 
 import h5py
@@ -129,6 +130,21 @@ def test_wrong_class_count_is_a_usage_error(tmp_path) -> None:
 def test_loading_a_keras_file_points_to_import_keras(name: str) -> None:
     with pytest.raises(ModelFileError, match="imgclf import-keras"):
         imgclf.load(KERAS_DIR / name)
+
+
+@pytest.mark.parametrize("argv", [["import-keras", "--help"], ["import-keras", "m.h5"]])
+def test_help_and_usage_errors_import_neither_torch_nor_h5py(argv) -> None:
+    code = (
+        "import sys\n"
+        "from imgclf.cli.main import main\n"
+        "try:\n"
+        f"    print(main({json.dumps(argv)}))\n"
+        "except SystemExit as exc:\n"
+        "    print(exc.code)\n"
+        "print(sorted({'torch', 'h5py'} & set(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
+    assert out.split("\n")[-2:] == ["[]", ""]
 
 
 def test_no_tensorflow_or_keras_is_imported() -> None:
