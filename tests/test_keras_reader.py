@@ -215,6 +215,18 @@ def test_other_backend_and_bad_weights(tmp_path) -> None:
         del f["model_weights/dense_2/dense_2/bias:0"]
         f["model_weights/dense_2/dense_2/bias:0"] = np.zeros(5, np.float32)
     assert_refused(path, "bias has shape [5]")
+    path.unlink()
+    path = Path(shutil.copy(KERAS2, tmp_path / "axes.h5"))
+    with h5py.File(path, "r+") as f:
+        conv = next(n for n in f["model_weights"].attrs["layer_names"] if n.startswith("conv2d"))
+        del f[f"model_weights/{conv}/{conv}/kernel:0"]
+        f[f"model_weights/{conv}/{conv}/kernel:0"] = np.zeros((5, 5, 18), np.float32)  # 3 axes, not 4
+    assert_refused(path, "weights of the wrong shape")
+    path.unlink()
+    path = Path(shutil.copy(KERAS2, tmp_path / "missing.h5"))
+    with h5py.File(path, "r+") as f:
+        del f["model_weights/dense_1/dense_1/kernel:0"]
+    assert_refused(path, "cannot read the weights")
 
 
 def test_weights_are_read_within_a_total_cap(tmp_path, monkeypatch) -> None:

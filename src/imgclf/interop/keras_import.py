@@ -92,6 +92,9 @@ def convert_weights(
             raise refused(
                 path, f"layer {name!r} has no {exc.args[0]!r} weight", sorted(roles or {})
             ) from None
+        except ValueError:  # a kernel with the wrong number of axes
+            shapes = {k: list(v.shape) for k, v in (roles or {}).items()}
+            raise refused(path, f"layer {name!r} has weights of the wrong shape", shapes) from None
         for key, value in converted.items():
             full = f"layers.{i}.{key}"
             if full not in want or tuple(want[full].shape) != value.shape:
@@ -126,7 +129,7 @@ def _spec(size: tuple[int, int], interpolation: str, scale: float, mean: tuple[f
     return PreprocessSpec(size[0], size[1], interpolation, scale, shifted, (1.0, 1.0, 1.0)).validated()
 
 
-def _build(path: str, graph: Graph, classes: int, size: tuple[int, int], args: dict) -> torch.nn.Module:
+def _build(path: str, classes: int, size: tuple[int, int], args: dict) -> torch.nn.Module:
     try:
         return registry.build(ARCH, classes, size, args)
     except UsageError as exc:
@@ -191,7 +194,7 @@ def _import(
             expected=f"{shapes[-1][0]} names, in the model's output order",
             fix="give --classes with one name per output, or --classes-from the training folder",
         )
-    model = _build(path, graph, len(class_names), graph.input_size, args)
+    model = _build(path, len(class_names), graph.input_size, args)
     _check_bn_axes(path, graph, shapes)
     every = _all_layers(source.config)
     arrays = source.weights(every)
