@@ -3,9 +3,11 @@ split attributes and a file built by h5py alone (checked against numpy) are read
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import random
 import shutil
 import stat
 import struct
@@ -19,7 +21,7 @@ import numpy as np
 import pytest
 
 import imgclf
-from imgclf.errors import ModelFileError
+from imgclf.errors import ImgclfError, ModelFileError
 from imgclf.interop.keras_import import import_keras
 from keras_helpers import KERAS_DIR, TOLERANCE, inputs, max_delta, reference, run_import
 
@@ -336,3 +338,39 @@ def test_weights_file_that_is_not_hdf5(tmp_path) -> None:
     members = zip_members(KERAS3)
     members["model.weights.h5"] = io.BytesIO(b"not hdf5 at all").getvalue()
     assert_refused(write_zip(tmp_path / "bad-weights.keras", members), "not an HDF5 file")
+
+
+def _json_paths(obj: object, prefix: tuple = ()):
+    yield prefix
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _json_paths(v, (*prefix, k))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _json_paths(v, (*prefix, i))
+
+
+def test_mangled_configs_never_cause_an_internal_error(tmp_path) -> None:
+    """Random values at random places of a real config: imported, or refused with our errors only."""
+    members = zip_members(KERAS_DIR / "zoo_keras3.keras")
+    base = json.loads(members["config.json"])
+    places = [p for p in _json_paths(base) if p]
+    values = [None, 0, -1, 2**40, 1.5, 1e308, "", "same", "relu", [], [1, 2], [None, None], {}, {"a": 1}]
+    rng = random.Random(0)
+    outcomes = set()
+    for _ in range(80):
+        config = json.loads(json.dumps(base))
+        for _ in range(rng.randint(1, 3)):
+            *parents, last = rng.choice(places)
+            node = config
+            with contextlib.suppress(KeyError, IndexError, TypeError):
+                for key in parents:
+                    node = node[key]
+                node[last] = rng.choice(values)
+        path = write_zip(tmp_path / "mangled.keras", {**members, "config.json": json.dumps(config).encode()})
+        try:
+            import_keras(path, ["a", "b", "c"])
+            outcomes.add("imported")
+        except ImgclfError as exc:
+            outcomes.add(type(exc).__name__)
+    assert {"imported", "ModelFileError"} <= outcomes
