@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from imgclf.errors import ModelFileError
-from imgclf.interop.keras_reader import refused
+from imgclf.interop.keras_zip import refused
 from imgclf.models.graph_schema import ACTIVATIONS
 
 SUPPORTED = (
@@ -46,7 +46,7 @@ class KerasLayer:
 
 @dataclass
 class Graph:
-    """The translated graph: records, their Keras layer names, the config's input size, BN axes."""
+    """The translated graph: the records, the Keras layers they came from (same order), the input size."""
 
     layers: list[dict[str, Any]]
     keras_names: list[str]

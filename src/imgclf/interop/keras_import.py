@@ -26,7 +26,8 @@ from imgclf.classifier import Classifier
 from imgclf.config import PreprocessSpec
 from imgclf.errors import UsageError
 from imgclf.interop.keras_graph import Graph, translate
-from imgclf.interop.keras_reader import KerasSource, read_keras, refused
+from imgclf.interop.keras_reader import KerasSource, read_keras
+from imgclf.interop.keras_zip import refused
 from imgclf.models import registry
 from imgclf.models.graph_schema import check_graph, infer_shapes
 
