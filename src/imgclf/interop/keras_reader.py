@@ -4,14 +4,16 @@ Never TensorFlow or Keras, never pickle or eval: a ``.h5`` (Keras 2 / tf.keras a
 writer) is opened with h5py, a ``.keras`` (Keras 3) with ``zipfile`` (``config.json``,
 ``metadata.json``, ``model.weights.h5``), both from one bounded in-memory read, so the digest names
 exactly the bytes parsed. The format is told by the first bytes, not the name. Every size is checked
-before it is read: the file, each zip member (declared and actual), the config text, each weight array.
+before it is read: the file, each zip member (declared and actual), the config text, each weight
+array and their total.
 Anything unexpected raises :class:`~imgclf.errors.ModelFileError` (exit 3).
 
 Usage::
 
     src = read_keras("malaria.h5")
     src.config["class_name"], src.keras_version, src.sha256
-    arrays = src.weights(layer_names, class_names, flags)   # {layer name: {"kernel": ndarray, ...}}
+    arrays = src.weights([(name, class_name, config), ...])   # {layer name: {"kernel": ndarray, ...}}
+    src.h5.close()
 """
 
 from __future__ import annotations
