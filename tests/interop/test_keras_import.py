@@ -10,9 +10,10 @@ import sys
 import h5py
 import numpy as np
 import pytest
+from keras_helpers import KERAS_DIR, TOLERANCE, inputs, max_delta, reference, references, run_import
 
 import imgclf
-from conftest import run_cli
+from helpers import run_cli
 from imgclf.errors import ModelFileError, UsageError
 from imgclf.interop import keras_graph as interop_graph
 from imgclf.interop import keras_import
@@ -20,7 +21,6 @@ from imgclf.interop.keras_import import import_keras
 from imgclf.modelfile import verify
 from imgclf.models import keras_graph as model_graph
 from imgclf.models import registry
-from keras_helpers import KERAS_DIR, TOLERANCE, inputs, max_delta, reference, references, run_import
 
 REFS = references()
 IDS = [r["model"] for r in REFS]

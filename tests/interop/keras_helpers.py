@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-KERAS_DIR = Path(__file__).parent / "fixtures" / "keras"
+KERAS_DIR = Path(__file__).parents[1] / "fixtures" / "keras"
 TOLERANCE = 1e-5
 
 
@@ -36,6 +36,6 @@ def max_delta(probs: np.ndarray, ref: dict[str, Any], variant: str = "rgb") -> f
 
 def run_import(*argv: object) -> tuple[int, str, str]:
     """``imgclf import-keras ARGV`` through the real command line: ``(exit code, stdout, stderr)``."""
-    from conftest import run_cli
+    from helpers import run_cli
 
     return run_cli("import-keras", *argv)

@@ -19,11 +19,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from keras_helpers import KERAS_DIR, TOLERANCE, inputs, max_delta, reference, run_import
 
 import imgclf
 from imgclf.errors import ImgclfError, ModelFileError
 from imgclf.interop.keras_import import import_keras
-from keras_helpers import KERAS_DIR, TOLERANCE, inputs, max_delta, reference, run_import
 
 KERAS3 = KERAS_DIR / "zoo_keras3.keras"
 KERAS2 = KERAS_DIR / "lenet_keras2.h5"
