@@ -304,6 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output folder (new or empty)")
     p.add_argument("--scale", type=float, default=1.0, help="size multiplier (default 1)")
     p.add_argument("--seed", type=int, default=42, help="seed (default 42)")
+
+    from imgclf.cli import serve
+
+    serve.add_parser(sub, common)
     return parser
 
 
@@ -317,6 +321,7 @@ COMMAND_MODULES = {
     "verify": "model",
     "demo": "demo",
     "demo-data": "demo",
+    "serve": "serve",
 }
 
 
@@ -332,6 +337,8 @@ def _command_module(name: str) -> ModuleType:
         from imgclf.cli import model as module
     elif name == "demo":
         from imgclf.cli import demo as module
+    elif name == "serve":
+        from imgclf.cli import serve as module
     else:  # pragma: no cover - COMMAND_MODULES names only the modules above
         raise ValueError(f"no command module {name!r}")
     return module
@@ -339,7 +346,7 @@ def _command_module(name: str) -> ModuleType:
 
 def _run(args: argparse.Namespace) -> int:
     module = _command_module(COMMAND_MODULES[args.command])
-    handler = getattr(module, "cmd_" + args.command.replace("-", "_"))
+    handler = getattr(module, "cmd_" + args.command.replace("-", "_"), None) or args.func
     return handler(args)
 
 

@@ -1,0 +1,12 @@
+"""``imgclf serve``: an HTTP inference server (v1 JSON API, Open Inference Protocol v2) and a web page.
+
+Built on FastAPI + uvicorn (the ``serve`` extra). It uses :mod:`imgclf.modelfile` and
+:mod:`imgclf.classifier` only, never training code, and classifies through ``Classifier.predict`` so
+its answers are the ones ``imgclf predict`` gives.
+
+Usage::
+
+    from imgclf.serving.models import ModelStore
+    from imgclf.serving.app import ServeSettings, create_app
+    app = create_app(ModelStore.open({"malaria": "malaria.imgclf"}), ServeSettings())
+"""
