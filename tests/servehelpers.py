@@ -1,0 +1,110 @@
+"""Helpers for the ``imgclf serve`` tests: small model files, encoded images, a server subprocess.
+
+Usage::
+
+    path = write_model(tmp_path / "m.imgclf")
+    with ServerProcess([path]) as server:
+        httpx.post(server.url + "/v1/predict", content=png(...))
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from modelfiles import make_classifier
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+START_TIMEOUT_S = 60
+
+
+def write_model(
+    path: Path, classes: tuple[str, ...] = ("ring", "square"), *, seed: int = 0, size: int = 16
+) -> Path:
+    """Save a small untrained small_cnn model (with probes) to ``path``."""
+    from imgclf.modelfile import save
+
+    save(make_classifier(classes, size=size, seed=seed), path)
+    return path
+
+
+def png(seed: int, size: int = 24, mode: str = "RGB", fmt: str = "PNG") -> bytes:
+    """A small random image, encoded."""
+    arr = np.random.default_rng(seed).integers(0, 256, (size, size + 3, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).convert(mode).save(buf, fmt)
+    return buf.getvalue()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on (now)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli_env() -> dict[str, str]:
+    """The environment for a subprocess that runs this checkout's imgclf."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+class ServerProcess:
+    """``python -m imgclf serve ARGS`` on a free loopback port; ready once ``/v2/health/ready`` is 200."""
+
+    def __init__(self, args: list[object], *, ready: bool = True) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "imgclf", "serve", *map(str, args), "--port", str(self.port)]
+        self.proc = subprocess.Popen(
+            cmd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        if ready:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        import httpx
+
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited {self.proc.returncode}: {self.proc.stderr.read()}")
+            try:
+                if httpx.get(self.url + "/v2/health/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("server did not become ready")
+
+    def rss_bytes(self) -> int:
+        """The server's resident memory now (Linux /proc)."""
+        fields = Path(f"/proc/{self.proc.pid}/statm").read_text().split()
+        return int(fields[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def stop(self, timeout: float = 30) -> tuple[int, str]:
+        """SIGTERM, wait; ``(exit code, stderr)``."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, err = self.proc.communicate()
+        return self.proc.returncode, err
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
