@@ -127,7 +127,9 @@ async function classify(files) {
         method: "POST",
         body: form,
       });
-      part.forEach((file, i) => results.prepend(resultTile(file, body.predictions[i], model.class_names)));
+      const tiles = document.createDocumentFragment();
+      part.forEach((file, i) => tiles.append(resultTile(file, body.predictions[i], model.class_names)));
+      results.append(tiles);
     }
     setStatus("Done: " + images.length + " image(s) classified with " + model.name + ".");
   } catch (err) {
