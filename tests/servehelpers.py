@@ -9,12 +9,14 @@ Usage::
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -66,8 +68,10 @@ class ServerProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "imgclf", "serve", *map(str, args), "--port", str(self.port)]
+        # The log goes to a file: a pipe nobody reads fills up and blocks the server mid-test.
+        self._log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
-            cmd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            cmd, env=cli_env(), stdout=subprocess.DEVNULL, stderr=self._log, text=True
         )
         if ready:
             self.wait_ready()
@@ -78,7 +82,7 @@ class ServerProcess:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"server exited {self.proc.returncode}: {self.proc.stderr.read()}")
+                raise AssertionError(f"server exited {self.proc.returncode}: {self.log()}")
             try:
                 if httpx.get(self.url + "/v2/health/ready", timeout=1).status_code == 200:
                     return
@@ -92,19 +96,61 @@ class ServerProcess:
         fields = Path(f"/proc/{self.proc.pid}/statm").read_text().split()
         return int(fields[1]) * os.sysconf("SC_PAGE_SIZE")
 
+    def log(self) -> str:
+        """What the server wrote to stderr so far."""
+        self._log.seek(0)
+        return self._log.read()
+
     def stop(self, timeout: float = 30) -> tuple[int, str]:
         """SIGTERM, wait; ``(exit code, stderr)``."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            _, err = self.proc.communicate(timeout=timeout)
+            self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            _, err = self.proc.communicate()
-        return self.proc.returncode, err
+            self.proc.wait()
+        return self.proc.returncode, self.log()
 
     def __enter__(self) -> ServerProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@functools.cache
+def big_png(size: int = 1500) -> bytes:
+    """A large image that compresses to ~10 kB but takes ~0.1-0.2 s to decode and resize: a slow request."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    arr = np.stack([xx % 256, yy % 256, (xx + yy) % 256], axis=2).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def metric(base_url: str, name: str) -> float:
+    """The value of one unlabelled sample (or the sum over labels) in ``/metrics``."""
+    import httpx
+
+    total = 0.0
+    for line in httpx.get(base_url + "/metrics", timeout=30).text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def wait_until(check, timeout: float = 30, interval: float = 0.05) -> None:
+    """Poll ``check()`` until true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s: {check}")
+        time.sleep(interval)
+
+
+def raw_socket(port: int, head: str, body: bytes = b"") -> socket.socket:
+    """Open a connection and send ``head`` (request line + headers, no blank line) and ``body``."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    s.sendall(head.replace("\n", "\r\n").encode() + b"\r\n\r\n" + body)
+    return s
