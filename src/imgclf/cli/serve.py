@@ -13,6 +13,8 @@ import os
 import stat
 import sys
 
+from imgclf.cli.common import EPILOG
+
 MAX_KEY_BYTES = 4096
 
 DESCRIPTION = """Serve one or more model files over HTTP. Each model is named by its file stem, or by NAME in
@@ -63,7 +65,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         parents=[common],
         help="serve model files over HTTP (web page, JSON API, KServe v2 protocol)",
         description=DESCRIPTION,
-        epilog=SIGNALS_EPILOG,
+        epilog=SIGNALS_EPILOG + "\n\n" + EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("models", nargs="+", metavar="MODEL", help="model file, or NAME=PATH (repeatable)")
