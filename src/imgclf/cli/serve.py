@@ -14,6 +14,9 @@ import stat
 import sys
 
 from imgclf.cli.common import EPILOG
+from imgclf.serving.settings import MB, ServeSettings
+
+DEFAULTS = ServeSettings()
 
 MAX_KEY_BYTES = 4096
 
@@ -79,37 +82,37 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         "--max-body-mb",
         metavar="MB",
         type=_positive(float),
-        default=20.0,
-        help="largest request body in MB; larger is refused with 413 before it is read (default 20)",
+        default=DEFAULTS.max_body_bytes / MB,
+        help="largest request body in MB; larger is refused with 413 before it is read (default %(default)g)",
     )
     p.add_argument(
         "--max-images-per-request",
         metavar="N",
         type=_positive(int),
-        default=64,
-        help="most images in one request; more is a 413 (default 64)",
+        default=DEFAULTS.max_images,
+        help="most images in one request; more is a 413 (default %(default)s)",
     )
     p.add_argument(
         "--timeout-s",
         metavar="S",
         type=_positive(float),
-        default=30.0,
+        default=DEFAULTS.timeout_s,
         help="deadline per request: 504 (408 while the body is still arriving), its work dropped;"
-        " also the shutdown grace period (default 30)",
+        " also the shutdown grace period (default %(default)g)",
     )
     p.add_argument(
         "--max-queue",
         type=_positive(int),
-        default=1024,
+        default=DEFAULTS.max_queue,
         metavar="N",
-        help="most images waiting for inference; beyond it 503 with Retry-After (default 1024)",
+        help="most images waiting for inference; beyond it 503 with Retry-After (default %(default)s)",
     )
     p.add_argument(
         "--batch-delay-ms",
         type=_non_negative,
-        default=0.0,
+        default=DEFAULTS.batch_delay_ms,
         metavar="D",
-        help="wait up to D ms to gather concurrent requests into one batch (default 0: each request"
+        help="wait up to D ms to gather concurrent requests into one batch (default %(default)g: each request"
         " is its own batch, bitwise equal to imgclf predict; see docs/performance.md)",
     )
     p.add_argument(
@@ -176,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
     from imgclf.errors import UsageError
 
     try:
-        from imgclf.serving.app import ServeSettings, create_app
+        from imgclf.serving.app import create_app
         from imgclf.serving.models import ModelStore, parse_model_arg
         from imgclf.serving.server import serve
     except ImportError as exc:
@@ -209,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
         )
     store = ModelStore.open(paths)  # ModelFileError: the CLI's one-line error, exit 3
     settings = ServeSettings(
-        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        max_body_bytes=int(args.max_body_mb * MB),
         max_images=args.max_images_per_request,
         timeout_s=args.timeout_s,
         max_queue=args.max_queue,

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -30,22 +29,11 @@ from imgclf.serving.guard import Guard
 from imgclf.serving.inputs import HTTPProblem, from_error, parse_top_k, problem, read_images
 from imgclf.serving.metrics import Metrics
 from imgclf.serving.models import ModelStore, ServedModel
+from imgclf.serving.settings import ServeSettings
 
 log = logging.getLogger("imgclf.serve")
 
 STATIC = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
-
-
-@dataclass(frozen=True)
-class ServeSettings:
-    """The limits of one server (``imgclf serve`` flags); each default is the flag's default."""
-
-    max_body_bytes: int = 20 * 1024 * 1024
-    max_images: int = 64
-    timeout_s: float = 30.0
-    max_queue: int = 1024
-    batch_delay_ms: float = 0.0
-    api_key: bytes | None = None
 
 
 class ServerState:
