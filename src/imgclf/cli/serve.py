@@ -219,8 +219,14 @@ def run(args: argparse.Namespace) -> int:
         batch_delay_ms=args.batch_delay_ms,
         api_key=key,
     )
+    import torch
+
+    # All inference runs on one worker thread with this many intra-op threads, fixed for the process.
     print(
-        f"imgclf: serving {', '.join(paths)} on http://{args.host}:{args.port}/", file=sys.stderr, flush=True
+        f"imgclf: serving {', '.join(paths)} on http://{args.host}:{args.port}/ "
+        f"(inference: one worker thread, {torch.get_num_threads()} torch thread(s))",
+        file=sys.stderr,
+        flush=True,
     )
     serve(create_app(store, settings), host=args.host, port=args.port, grace_s=args.timeout_s)
     return 0
