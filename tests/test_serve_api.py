@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import base64
-import struct
 import warnings
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +19,7 @@ from conftest import run_cli  # noqa: E402
 from imgclf.modelfile import load  # noqa: E402
 from imgclf.serving.app import ServeSettings, create_app  # noqa: E402
 from imgclf.serving.models import ModelStore  # noqa: E402
-from servehelpers import png, write_model  # noqa: E402
+from servehelpers import bomb_png, png, write_model  # noqa: E402
 
 XSS = "<img src=x onerror=alert(1)>"
 TEXT_ONLY_FORM = b'--y\r\nContent-Disposition: form-data; name="a"\r\n\r\nv\r\n--y--\r\n'
@@ -49,21 +47,6 @@ def client(store: ModelStore, **settings) -> TestClient:
 def api(store):
     with client(store) as c:
         yield c
-
-
-def bomb_png(width: int = 50_000, height: int = 50_000) -> bytes:
-    """A tiny PNG whose header claims ``width`` x ``height`` pixels."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 16))
-        + chunk(b"IEND", b"")
-    )
 
 
 # --- v1 predict: the three body kinds, parity with Classifier.predict ---------------------------------

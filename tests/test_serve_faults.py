@@ -13,8 +13,7 @@ import pytest
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 
-from servehelpers import ServerProcess, big_png, metric, png, raw_socket, wait_until, write_model  # noqa: E402
-from test_serve_api import bomb_png  # noqa: E402
+from servehelpers import ServerProcess, big_png, bomb_png, metric, png, raw_socket, wait_until, write_model  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
