@@ -26,6 +26,10 @@ from imgclf.serving.inputs import HTTPProblem
 
 log = logging.getLogger("imgclf.serve")
 
+# uvicorn's default (5 s) closed pooled client connections under load (a busy 2-core machine) just as
+# a client reused them; 15 s keeps them, and an idle connection costs the server little.
+KEEP_ALIVE_S = 15
+
 
 class _Server(uvicorn.Server):
     """uvicorn's server with draining on SIGTERM and reloading on SIGHUP."""
@@ -93,6 +97,7 @@ def serve(app: Any, *, host: str, port: int, grace_s: float) -> None:
         log_config=None,
         access_log=False,  # the Guard writes one line per request, with its request ID
         timeout_graceful_shutdown=int(max(1, grace_s)),
+        timeout_keep_alive=KEEP_ALIVE_S,
         lifespan="on",
         server_header=False,
     )
