@@ -7,6 +7,7 @@ its answers are the ones ``imgclf predict`` gives.
 Usage::
 
     from imgclf.serving.models import ModelStore
-    from imgclf.serving.app import ServeSettings, create_app
+    from imgclf.serving.app import create_app
+    from imgclf.serving.settings import ServeSettings
     app = create_app(ModelStore.open({"malaria": "malaria.imgclf"}), ServeSettings())
 """
