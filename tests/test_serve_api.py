@@ -447,3 +447,35 @@ def test_read_api_key_takes_the_first_line(tmp_path):
     f = tmp_path / "key"
     f.write_text("  abc123  \nignored\n")
     assert read_api_key(str(f)) == b"abc123"
+
+
+LAYERING_CHECK = """
+import sys
+import imgclf
+imgclf.load(sys.argv[1]).predict(sys.argv[2])
+web_stack = ("fastapi", "uvicorn", "starlette", "prometheus_client")
+web = sorted(m for m in sys.modules if m.split(".")[0] in web_stack or m.startswith("imgclf.serving"))
+assert not web, web
+import imgclf.serving.app, imgclf.serving.server, imgclf.serving.v2
+wrong = sorted(m for m in sys.modules if m.startswith(("imgclf.training", "imgclf.cli")))
+assert not wrong, wrong
+print("ok")
+"""
+
+
+def test_predict_imports_no_server_and_the_server_no_training_or_cli(model_files, tmp_path):
+    import subprocess
+    import sys
+
+    from servehelpers import cli_env
+
+    image = tmp_path / "a.png"
+    image.write_bytes(png(1))
+    proc = subprocess.run(
+        [sys.executable, "-c", LAYERING_CHECK, str(model_files["cells"]), str(image)],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
