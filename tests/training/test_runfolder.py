@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -15,8 +16,9 @@ from collections import namedtuple
 
 import pytest
 
-from conftest import SEED_PARAMS_2, tiny_train_config
+from helpers import SEED_PARAMS_2, tiny_train_config
 from imgclf.errors import StorageError, UsageError
+from imgclf.training import pipeline, runfolder, steps
 from imgclf.training.pipeline import train
 from imgclf.training.runfolder import RunLock, estimate_bytes, read_record
 
@@ -26,7 +28,7 @@ def no_decoding(monkeypatch):
     def fail(*args, **kwargs):
         pytest.fail("decoding started before the start-up checks failed")
 
-    monkeypatch.setattr("imgclf.training.pipeline.load_split", fail)
+    monkeypatch.setattr(steps, "load_split", fail)
 
 
 def test_a_second_training_into_a_locked_run_folder_is_refused_naming_the_pid(
@@ -71,7 +73,7 @@ def test_a_lock_held_by_another_live_process_is_refused(tmp_path):
 
 def test_without_flock_the_recorded_pid_decides(tmp_path, monkeypatch):
     """Where flock is unavailable (some network filesystems), a live PID refuses and a dead one is stale."""
-    monkeypatch.setattr("imgclf.training.runfolder.fcntl", None)
+    monkeypatch.setattr(runfolder, "fcntl", None)
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
@@ -89,7 +91,7 @@ def test_without_flock_the_recorded_pid_decides(tmp_path, monkeypatch):
 
 
 def test_the_lock_is_released_when_training_fails(tiny_dataset, tmp_path, monkeypatch):
-    monkeypatch.setattr("imgclf.training.pipeline.fit_with_checkpoints", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(pipeline, "fit_with_checkpoints", lambda *a, **k: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         train(tiny_dataset, tmp_path / "m.imgclf", tiny_train_config())
     assert not (tmp_path / "m-run" / "lock").exists()
@@ -113,7 +115,7 @@ def _disk(free: int):
 def test_too_little_free_disk_is_reported_before_decoding_with_the_numbers(
     tiny_dataset, tmp_path, monkeypatch, no_decoding
 ):
-    monkeypatch.setattr("shutil.disk_usage", _disk(1_000_000))
+    monkeypatch.setattr(shutil, "disk_usage", _disk(1_000_000))
     with pytest.raises(StorageError, match="not enough free disk space") as info:
         train(tiny_dataset, tmp_path / "m.imgclf", tiny_train_config(arch="seed_resnet", arch_args={}))
     message = str(info.value)
@@ -144,8 +146,8 @@ def test_enough_free_disk_passes_the_check_and_decoding_starts(tiny_dataset, tmp
     def started(*args, **kwargs):
         raise Started
 
-    monkeypatch.setattr("shutil.disk_usage", disk_usage)
-    monkeypatch.setattr("imgclf.training.pipeline.load_split", started)  # past the start-up checks: stop here
+    monkeypatch.setattr(shutil, "disk_usage", disk_usage)
+    monkeypatch.setattr(steps, "load_split", started)  # past the start-up checks: stop here
     with pytest.raises(Started):
         train(tiny_dataset, tmp_path / "m.imgclf", tiny_train_config(epochs=1))
     assert asked  # the free space was really looked up
@@ -169,12 +171,10 @@ def test_unusable_output_paths_are_reported_before_decoding(what, tiny_dataset, 
 
 def test_a_read_only_run_folder_is_reported_before_decoding(tiny_dataset, tmp_path, monkeypatch, no_decoding):
     """Permission bits do not stop root, so the run folder gets a real write test (faked failing here)."""
-    import imgclf.training.runfolder
-
     def refuse(path, data):
         raise StorageError("cannot write file", received=f"{path} (Read-only file system)")
 
-    monkeypatch.setattr(imgclf.training.runfolder, "atomic_write_bytes", refuse)
+    monkeypatch.setattr(runfolder, "atomic_write_bytes", refuse)
     with pytest.raises(StorageError, match="Read-only"):
         train(tiny_dataset, tmp_path / "m.imgclf", tiny_train_config())
 

@@ -16,7 +16,7 @@ import numpy as np
 import imgclf
 from imgclf.cli.main import main
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 GOLDEN = FIXTURES / "golden_v1.imgclf"
 EXPECTED = FIXTURES / "golden_v1_expected.json"
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import SEED_PARAMS_2
+from helpers import SEED_PARAMS_2
 from imgclf.errors import UsageError
 from imgclf.models import registry, seed_resnet
 from imgclf.models.seed_resnet import SameConv2d

@@ -16,13 +16,13 @@ import torch
 from torch import nn
 
 import imgclf
+from helpers import CLASSES, assert_same_tensors, make_classifier, manifest_of, split, tensors_of
 from imgclf import modelfile
 from imgclf.classifier import Classifier
 from imgclf.errors import ModelFileError, UsageError
 from imgclf.modelfile.digests import canonical_json
-from imgclf.modelfile.manifest import MAX_PROVENANCE_BYTES
+from imgclf.modelfile.provenance import MAX_PROVENANCE_BYTES
 from imgclf.models import registry
-from modelfiles import CLASSES, assert_same_tensors, make_classifier, manifest_of, split, tensors_of
 
 
 def _images(n: int = 20, seed: int = 3) -> list[np.ndarray]:
@@ -359,7 +359,7 @@ def test_the_digest_recipes_in_the_format_doc_work_without_imgclf():
     import re
     import struct
 
-    raw = (Path(__file__).parent / "fixtures" / "golden_v1.imgclf").read_bytes()
+    raw = (Path(__file__).parents[1] / "fixtures" / "golden_v1.imgclf").read_bytes()
     n = struct.unpack("<Q", raw[:8])[0]
     header, data = json.loads(raw[8 : 8 + n]), raw[8 + n :]
     h = hashlib.sha256()
@@ -377,7 +377,7 @@ def test_the_digest_recipes_in_the_format_doc_work_without_imgclf():
     assert (
         body != text and hashlib.sha256(body.encode()).hexdigest() == manifest["integrity"]["manifest_sha256"]
     )
-    doc = (Path(__file__).parents[1] / "docs" / "format.md").read_text(encoding="utf-8")
+    doc = (Path(__file__).parents[2] / "docs" / "format.md").read_text(encoding="utf-8")
     assert "h.update(f\"{name}\\0{t['dtype']}\\0{t['shape']}\\0{e - b}\\0\".encode())" in doc
 
 

@@ -21,14 +21,20 @@ from pathlib import Path
 import pytest
 
 import imgclf
-from conftest import make_dataset, run_cli, save_image, shape_image, tiny_train_config
+from helpers import (
+    assert_same_tensors,
+    flip_file,
+    make_dataset,
+    run_cli,
+    save_image,
+    shape_image,
+    tiny_train_config,
+)
 from imgclf.errors import Interrupted, ResumeError, StorageError, UsageError
 from imgclf.fileio import TMP_SUFFIX
 from imgclf.training import checkpoint as ckpt
 from imgclf.training.loop import Callback
-from imgclf.training.pipeline import train
-from imgclf.training.resume import resume_run
-from modelfiles import assert_same_tensors, flip_file
+from imgclf.training.pipeline import resume_run, train
 
 CONFIG = tiny_train_config(epochs=3, keep="best")  # tiny_dataset: 24 training images, 3 steps per epoch
 

@@ -14,9 +14,10 @@ import torch
 from safetensors.torch import load_file
 
 import imgclf
-from conftest import tiny_train_config
+from helpers import tiny_train_config
 from imgclf.errors import UsageError
 from imgclf.training import checkpoint as ckpt
+from imgclf.training import loop, restore
 from imgclf.training.determinism import nondeterministic_op_error
 from imgclf.training.loop import fit
 from imgclf.training.pipeline import train
@@ -25,7 +26,7 @@ from imgclf.training.pipeline import train
 def _script(monkeypatch, losses, accuracies=None):
     """Make validation report ``losses`` (and ``accuracies``) epoch by epoch."""
     values = iter(zip(losses, accuracies or [0.5] * len(losses), strict=True))
-    monkeypatch.setattr("imgclf.training.loop._evaluate", lambda *args: next(values))
+    monkeypatch.setattr(loop, "_evaluate", lambda *args: next(values))
 
 
 def _weights(path) -> dict[str, torch.Tensor]:
@@ -88,7 +89,7 @@ def test_the_early_stopping_counter_survives_a_resume(tiny_dataset, tmp_path, mo
     """Stopped after epoch 3 (one bad epoch) and resumed: it still stops after epoch 4, as a straight run."""
     from imgclf.data.decode import load_split
     from imgclf.data.folders import scan_dataset
-    from imgclf.training.loop import create_state
+    from imgclf.training.state import create_state
 
     config = tiny_train_config(epochs=6, patience=2)
     split = load_split(scan_dataset(tiny_dataset).splits["training"], config.preprocess)
@@ -98,7 +99,7 @@ def test_the_early_stopping_counter_survives_a_resume(tiny_dataset, tmp_path, mo
     assert (state.epoch, state.best_epoch, state.bad_epochs, state.interrupted) == (3, 2, 1, True)
     path = ckpt.write_checkpoint(tmp_path, state, config, {"run_id": "r", "class_names": ["a", "b"]})
     resumed = create_state(config, 2)
-    ckpt.restore(resumed, ckpt.read_checkpoint(path), log=pytest.fail)
+    restore.restore(resumed, ckpt.read_checkpoint(path), log=pytest.fail)
     assert (resumed.best_epoch, resumed.best_metric, resumed.bad_epochs) == (2, 0.3, 1)
     resumed = fit(config, resumed, split, split)
     assert resumed.stopped_early and resumed.epoch == 4 and len(resumed.history) == 4
@@ -141,18 +142,17 @@ def test_deterministic_on_the_cpu_changes_nothing_and_leaves_torch_as_it_was(tin
 
 
 def test_an_op_without_a_deterministic_kernel_is_a_one_line_usage_error_naming_it(tiny_dataset, monkeypatch):
-    import imgclf.training.loop
     from imgclf.data.decode import load_split
     from imgclf.data.folders import scan_dataset
-    from imgclf.training.loop import create_state
+    from imgclf.training.state import create_state
 
-    real = imgclf.training.loop.augment_batch
+    real = loop.augment_batch
 
     def augment_with_put(x, spec, mats):
         torch.zeros(4).put_(torch.tensor([0, 0]), torch.ones(2))  # no deterministic CPU kernel
         return real(x, spec, mats)
 
-    monkeypatch.setattr("imgclf.training.loop.augment_batch", augment_with_put)
+    monkeypatch.setattr(loop, "augment_batch", augment_with_put)
     config = tiny_train_config(epochs=1)
     split = load_split(scan_dataset(tiny_dataset).splits["training"], config.preprocess)
     fit(config, create_state(config, 2), split)  # fine without --deterministic

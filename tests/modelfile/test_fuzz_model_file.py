@@ -21,9 +21,9 @@ import pytest
 import torch
 
 import imgclf
+from helpers import data_offset, edit_manifest, make_classifier, manifest_span, rebuild, tensors_of
 from imgclf import modelfile
 from imgclf.errors import ModelFileError
-from modelfiles import data_offset, edit_manifest, make_classifier, manifest_span, rebuild, tensors_of
 
 DEFAULT_CASES = 500
 SLOW_CASES = 4000

@@ -1,4 +1,4 @@
-"""Tests of imgclf.reports: montage geometry and labels, colours, plots; no plotting on the predict path."""
+"""Tests of imgclf.plots: montage geometry and labels, colours, plots; no plotting on the predict path."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from PIL import Image
 
 from imgclf.errors import StorageError
 from imgclf.images.preprocess import decode
-from imgclf.reports import TILE, build_montage, class_colors, montage_tile, plot_confusion, plot_history
+from imgclf.plots import TILE, build_montage, class_colors, montage_tile, plot_confusion, plot_history
 
 
 def _solid(color: tuple[int, int, int], size: int = TILE) -> Image.Image:
@@ -146,10 +146,11 @@ def test_plot_confusion_takes_class_names_literally(tmp_path):
 
 CHILD = """
 import contextlib, io, json, sys
-watched = ("matplotlib", "imgclf.training")
+# Prefixes, not module lists: any module under imgclf.training (present or future) counts.
+watched = ("matplotlib", "imgclf.training", "imgclf.serving", "imgclf.interop")
 seen = {}
 def note(stage):
-    seen[stage] = sorted(m for m in watched if m in sys.modules)
+    seen[stage] = sorted(w for w in watched if any(m == w or m.startswith(w + ".") for m in sys.modules))
 model, images, montage, dataset = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
 import imgclf
 note("import imgclf")
@@ -197,7 +198,7 @@ def test_predict_and_evaluate_paths_import_no_plotting_or_training_code(tiny_mod
 
 
 def test_huge_early_validation_losses_are_named_instead_of_flattening_the_other_curves(tmp_path):
-    from imgclf.reports import loss_ceiling
+    from imgclf.plots import loss_ceiling
 
     history = [
         {"epoch": 1, "loss": 2.4, "accuracy": 0.5, "val_loss": 605.0, "val_accuracy": 0.45},

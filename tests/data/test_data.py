@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_dataset, save_image, shape_image
+from helpers import make_dataset, save_image, shape_image
 from imgclf.config import PreprocessSpec
 from imgclf.data import decode, folders
 from imgclf.errors import DatasetError

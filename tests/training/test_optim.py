@@ -102,7 +102,7 @@ def test_zero_grad_drops_or_zeroes_gradients():
 
 def test_creating_a_training_state_does_not_import_dynamo():
     code = (
-        "import sys; from imgclf.config import TrainConfig; from imgclf.training.loop import create_state; "
+        "import sys; from imgclf.config import TrainConfig; from imgclf.training.state import create_state; "
         "create_state(TrainConfig(arch='small_cnn'), 2); print('torch._dynamo' in sys.modules)"
     )
     argv = [sys.executable, "-c", code]

@@ -20,8 +20,7 @@ import pytest
 from PIL import Image
 
 import imgclf
-from conftest import make_dataset, run_cli
-from modelfiles import flip
+from helpers import flip, make_dataset, run_cli
 
 TINY = [
     "--arch",

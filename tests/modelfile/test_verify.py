@@ -11,12 +11,20 @@ import pytest
 from PIL import Image
 
 import imgclf
-from conftest import make_dataset, run_cli, tiny_train_config
+from helpers import (
+    edit_manifest,
+    edit_tensors,
+    make_classifier,
+    make_dataset,
+    manifest_of,
+    run_cli,
+    tensors_of,
+    tiny_train_config,
+)
 from imgclf.cli.main import main
 from imgclf.images import preprocess
 from imgclf.modelfile import probes
 from imgclf.training.pipeline import train
-from modelfiles import edit_manifest, edit_tensors, make_classifier, manifest_of, tensors_of
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tests of imgclf.evaluation: the report, its text and the confusion matrix equal scikit-learn's exactly."""
+"""Tests of imgclf.evaluation and reports.format_report: numbers and text equal scikit-learn's exactly."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from imgclf.errors import UsageError
-from imgclf.evaluation import classification_report, confusion_matrix, evaluate_probabilities, format_report
+from imgclf.evaluation import classification_report, confusion_matrix, evaluate_probabilities
+from imgclf.reports import format_report
 
 sk_metrics = pytest.importorskip("sklearn.metrics")
 

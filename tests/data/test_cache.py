@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_dataset
+from helpers import assert_same_tensors, make_dataset
 from imgclf.config import PreprocessSpec
 from imgclf.data import decode
 from imgclf.data.cache import DecodeCache
@@ -20,7 +20,6 @@ from imgclf.data.decode import decode_into, load_split, open_cache
 from imgclf.data.folders import scan_dataset
 from imgclf.errors import DatasetError
 from imgclf.images.preprocess import preprocess_uint8
-from modelfiles import assert_same_tensors
 
 SPEC = PreprocessSpec(height=24, width=24)
 
@@ -164,7 +163,7 @@ def test_concurrent_runs_share_the_cache_safely(tmp_path):
 
 
 def test_streaming_from_a_memory_map_trains_identically(tmp_path, tiny_config, monkeypatch):
-    from imgclf.training import loop
+    from imgclf.training import loop, state
 
     root = make_dataset(tmp_path / "data", {"training": 8})
     split = scan_dataset(root, val_split=0.0, test_split=0.0).splits["training"]
@@ -178,9 +177,9 @@ def test_streaming_from_a_memory_map_trains_identically(tmp_path, tiny_config, m
 
     def run(stage):
         monkeypatch.setattr(loop, "stage_images", stage)
-        state = loop.create_state(tiny_config, 2)
-        loop.fit(tiny_config, state, mapped)
-        return state.model.state_dict()
+        run_state = state.create_state(tiny_config, 2)
+        loop.fit(tiny_config, run_state, mapped)
+        return run_state.model.state_dict()
 
     resident = run(loop.stage_images)
     streamed = run(lambda images, device, share=0.5: None)

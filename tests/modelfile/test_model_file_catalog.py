@@ -24,11 +24,7 @@ import pytest
 import torch
 
 import imgclf
-from conftest import run_cli
-from imgclf import modelfile
-from imgclf.errors import ModelFileError
-from imgclf.modelfile.format import MAX_HEADER_BYTES
-from modelfiles import (
+from helpers import (
     data_offset,
     edit_manifest,
     edit_tensors,
@@ -38,10 +34,14 @@ from modelfiles import (
     manifest_of,
     manifest_span,
     rebuild,
+    run_cli,
     split,
     tensors_of,
     with_manifest,
 )
+from imgclf import modelfile
+from imgclf.errors import ModelFileError
+from imgclf.modelfile.format import MAX_HEADER_BYTES
 
 MARKER_NAME = "imgclf-pickle-ran.marker"
 

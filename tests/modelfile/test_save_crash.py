@@ -22,12 +22,12 @@ from pathlib import Path
 import pytest
 
 import imgclf
+from helpers import make_classifier
 from imgclf import fileio, modelfile
 from imgclf.errors import StorageError
-from modelfiles import make_classifier
 
 POSIX = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and fork")
-TESTS = Path(__file__).parent
+TESTS = Path(__file__).parents[1]  # tests/: where helpers.py lives
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,7 @@ def test_kill_9_during_a_real_save_in_a_fresh_process(payloads, tmp_path):
         import sys
         sys.path.insert(0, {str(TESTS)!r})
         import imgclf
-        from modelfiles import make_classifier
+        from helpers import make_classifier
         models = [make_classifier(seed=s) for s in (1, 2)]
         print("ready", flush=True)
         k = 0
@@ -204,7 +204,7 @@ def test_a_real_file_size_limit_during_save_is_a_storage_error(tmp_path):
         sys.path.insert(0, {str(TESTS)!r})
         import imgclf
         from imgclf.errors import ImgclfError
-        from modelfiles import make_classifier
+        from helpers import make_classifier
         clf = make_classifier()
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)     # get EFBIG instead of being killed
         resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))

@@ -19,13 +19,14 @@ import torch
 from PIL import Image
 
 import imgclf
-from conftest import MODES, make_dataset, save_image, shape_image, tiny_train_config
+from helpers import MODES, make_dataset, save_image, shape_image, tiny_train_config
 from imgclf.data.decode import load_split
 from imgclf.data.folders import scan_dataset
 from imgclf.errors import DatasetError, StorageError, UsageError
-from imgclf.evaluation import format_report
+from imgclf.evaluation import evaluate_dataset
 from imgclf.images.preprocess import preprocess, to_tensor
-from imgclf.training.pipeline import evaluate_dataset, train
+from imgclf.reports import format_report
+from imgclf.training.pipeline import train
 
 CLASSES = ("blank", "ring", "square")  # sorted: model indices 0, 1, 2
 
