@@ -15,11 +15,12 @@ pytest.importorskip("multipart")
 with warnings.catch_warnings():  # Starlette's notice about httpx2; the client works the same
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient  # noqa: E402
-from conftest import run_cli  # noqa: E402
+from servehelpers import bomb_png, png, write_model  # noqa: E402
+
+from helpers import run_cli  # noqa: E402
 from imgclf.modelfile import load  # noqa: E402
 from imgclf.serving.app import ServeSettings, create_app  # noqa: E402
 from imgclf.serving.models import ModelStore  # noqa: E402
-from servehelpers import bomb_png, png, write_model  # noqa: E402
 
 XSS = "<img src=x onerror=alert(1)>"
 TEXT_ONLY_FORM = b'--y\r\nContent-Disposition: form-data; name="a"\r\n\r\nv\r\n--y--\r\n'

@@ -11,9 +11,10 @@ import pytest
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 
-from conftest import make_dataset  # noqa: E402
-from imgclf.modelfile import load  # noqa: E402
 from servehelpers import ServerProcess, cli_env, write_model  # noqa: E402
+
+from helpers import make_dataset  # noqa: E402
+from imgclf.modelfile import load  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 XSS = "<img src=x onerror=alert(1)>"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-DOCS_SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "serve.png"
+DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "serve.png"
 
 
 @pytest.fixture(scope="module")
