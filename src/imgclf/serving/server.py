@@ -26,8 +26,8 @@ from imgclf.serving.inputs import HTTPProblem
 
 log = logging.getLogger("imgclf.serve")
 
-# uvicorn's default (5 s) closed pooled client connections under load (a busy 2-core machine) just as
-# a client reused them; 15 s keeps them, and an idle connection costs the server little.
+# uvicorn's default is 5 s; under load (a busy 2-core machine) a benchmark client hit a connection reset,
+# most likely a pooled connection closed as it was reused. 15 s keeps them; an idle one costs little.
 KEEP_ALIVE_S = 15
 
 
