@@ -310,3 +310,22 @@ def test_montage_tile_of_a_wrong_prediction_has_a_red_border_and_the_true_class(
     assert not (np.concatenate([right[:, -1], right[-1]]) == WRONG).all(axis=1).any()
     bottom = wrong[100:124, 8:60]
     assert (bottom == WRONG).all(axis=2).sum() > 20  # "true: square" drawn in red near the bottom
+
+
+def test_predict_montage_marks_a_wrong_prediction_of_an_image_in_a_class_folder(gray_image, tmp_path):
+    from types import SimpleNamespace
+
+    from imgclf.cli.predict import _tile
+    from imgclf.plots import WRONG
+
+    path = tmp_path / "ring" / "a.png"
+    path.parent.mkdir()
+    Image.fromarray(gray_image).save(path)
+    names = ["ring", "square"]
+
+    def tile(label: str, index: int) -> np.ndarray:
+        prediction = SimpleNamespace(source=str(path), label=label, confidence=0.9, index=index)
+        return np.asarray(_tile(prediction, names))
+
+    assert (tile("square", 1)[:, 0] == WRONG).all()  # true class ring (its folder), predicted square
+    assert not (tile("ring", 0)[:, 0] == WRONG).all(axis=1).any()  # right: no border
