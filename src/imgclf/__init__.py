@@ -5,7 +5,7 @@
 Usage::
 
     import imgclf
-    clf = imgclf.load("model.imgclf")
+    clf = imgclf.load("model.imgclf")                # or an .onnx from `imgclf export`: no torch needed
     print(clf.predict(["cell.png"])[0].label)
 """
 
@@ -30,10 +30,10 @@ __all__ = [
 ]
 
 _LAZY = {
-    "load": ("imgclf.modelfile", "load"),
+    "load": ("imgclf.interop.files", "load"),  # .imgclf or .onnx, told apart by the file's first bytes
     "save": ("imgclf.modelfile", "save"),
-    "verify": ("imgclf.modelfile", "verify"),
-    "inspect": ("imgclf.modelfile", "inspect"),
+    "verify": ("imgclf.interop.files", "verify"),
+    "inspect": ("imgclf.interop.files", "inspect"),
     "Classifier": ("imgclf.classifier", "Classifier"),
     "Prediction": ("imgclf.classifier", "Prediction"),
     "TrainConfig": ("imgclf.config", "TrainConfig"),
@@ -45,7 +45,8 @@ _LAZY = {
 if TYPE_CHECKING:  # pragma: no cover
     from imgclf.classifier import Classifier, Prediction
     from imgclf.config import AugmentSpec, PreprocessSpec, TrainConfig
-    from imgclf.modelfile import inspect, load, save, verify
+    from imgclf.interop.files import inspect, load, verify
+    from imgclf.modelfile import save
     from imgclf.training.pipeline import train
 
 
@@ -53,7 +54,9 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         module, attr = _LAZY[name]
         # Static imports only: the package's safety test forbids importing modules by a computed name.
-        if module == "imgclf.modelfile":
+        if module == "imgclf.interop.files":
+            from imgclf.interop import files as mod
+        elif module == "imgclf.modelfile":
             from imgclf import modelfile as mod
         elif module == "imgclf.classifier":
             from imgclf import classifier as mod

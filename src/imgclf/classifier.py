@@ -13,15 +13,17 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from imgclf.config import PreprocessSpec
 from imgclf.errors import ImageError, UsageError
 from imgclf.images.preprocess import ImageSource, describe_source, preprocess_uint8, to_tensor
+
+if TYPE_CHECKING:  # torch is imported where the network runs: an ONNX classifier subclass needs none
+    import torch
+    from torch import nn
 
 __all__ = ["Classifier", "Prediction", "predict_logits"]
 
@@ -68,6 +70,8 @@ def predict_logits(
 
     Shared by training-time evaluation and prediction so both see identical input tensors.
     """
+    import torch
+
     device = torch.device(device)
     n = len(images)
     batch_size = max(1, min(batch_size, MAX_BATCH_PIXELS // (spec.height * spec.width)))
@@ -128,6 +132,8 @@ class Classifier:
         manifest: dict[str, Any] | None = None,
         device: torch.device | str = "cpu",
     ) -> None:
+        import torch
+
         self.class_names = list(class_names)
         self.preprocess = preprocess
         self.arch = arch
@@ -150,6 +156,8 @@ class Classifier:
 
     def predict_proba_uint8(self, images: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
         """Probabilities (N, C) for already-preprocessed uint8 images (N, H, W, 3)."""
+        import torch
+
         logits = predict_logits(
             self.model, images, self.preprocess, batch_size=batch_size, device=self.device
         )

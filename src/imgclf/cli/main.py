@@ -28,7 +28,8 @@ from imgclf.errors import EXIT_CODES, ImgclfError, safe_text
 __all__ = ["main", "run", "build_parser"]
 
 EPILOG = """exit codes: 0 ok, 1 internal error, 2 usage, 3 invalid model file, 4 invalid image (or some images
-failed), 5 I/O or disk, 6 resume refused, 7 invalid dataset, 130 interrupted (Ctrl-C), 143 terminated"""
+failed), 5 I/O or disk, 6 resume refused, 7 invalid dataset, 8 export failed, 130 interrupted (Ctrl-C),
+143 terminated"""
 
 TRAIN_EPILOG = """checkpoints and resuming:
   After every epoch a checkpoint goes to RUN/checkpoints/ (the newest two and the best epoch's are kept).
