@@ -91,7 +91,7 @@ class _PredictionsFile:
 def cmd_predict(args: argparse.Namespace) -> int:
     """``imgclf predict``: one line per image on stdout; per-image errors on stderr; exit 4 if any failed."""
     from imgclf.errors import safe_text
-    from imgclf.modelfile import load
+    from imgclf.interop.files import load  # .imgclf or .onnx (onnxruntime, no torch)
 
     if args.top_k < 1 or args.batch_size < 1:
         raise UsageError(

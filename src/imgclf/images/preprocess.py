@@ -20,7 +20,7 @@ Pipeline (decode rule version ``DECODE_RULE``):
 
 Steps 1-5 and :func:`to_array` (step 6 in NumPy) need no torch, so an ONNX model runs without it; this
 module imports torch only inside :func:`to_tensor` and :func:`preprocess`, whose values are bitwise
-those of :func:`to_array` (``tests/interop/test_numpy_path.py``).
+those of :func:`to_array` (``tests/test_onnx_runtime.py``).
 
 Usage::
 
