@@ -83,8 +83,13 @@ def _probe_count(text: str) -> int:
 
 def _add_train(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     from imgclf.config import INTERPOLATIONS
-    from imgclf.models import registry
 
+    try:
+        from imgclf.models import registry
+
+        arch_names = registry.names()
+    except ImportError:  # no torch: the ONNX commands still work; train fails when it starts
+        arch_names = None
     p = sub.add_parser(
         "train",
         parents=[common],
@@ -101,7 +106,7 @@ def _add_train(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("--plot", "-p", help="training-curve plot (default RUN_DIR/plot.png)")
     p.add_argument("--config", help="JSON file with TrainConfig settings; flags override it")
     g = p.add_argument_group("recipe")
-    g.add_argument("--arch", choices=registry.names(), help="architecture (default seed_resnet)")
+    g.add_argument("--arch", choices=arch_names, help="architecture (default seed_resnet)")
     g.add_argument(
         "--arch-arg",
         action="append",

@@ -71,7 +71,6 @@ __all__ = [
     "resize",
     "preprocess_uint8",
     "to_tensor",
-    "to_array",
     "preprocess",
 ]
 

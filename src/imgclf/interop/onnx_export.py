@@ -33,7 +33,7 @@ from imgclf._version import versions
 from imgclf.classifier import Classifier
 from imgclf.errors import ExportError, UsageError
 from imgclf.fileio import atomic_write_bytes, check_writable
-from imgclf.images.preprocess import DECODE_RULE, preprocess_uint8
+from imgclf.images.preprocess import DECODE_RULE, is_image_name, preprocess_uint8
 from imgclf.interop.onnx_meta import (
     INPUT_NAME,
     ONNX_FORMAT,
@@ -128,6 +128,15 @@ def _graph_bytes(model: nn.Module, spec: Any, opset: int, exporter: str) -> byte
         return buf.getvalue()
 
 
+def _image_files(folder: str | os.PathLike) -> list[str]:
+    """Image files under ``folder`` (recursive, hidden entries skipped), sorted."""
+    out = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        out += [os.path.join(root, f) for f in files if not f.startswith(".") and is_image_name(f)]
+    return sorted(out)
+
+
 def _gate_inputs(
     source: Any, spec: Any, parity_images: str | os.PathLike | None
 ) -> tuple[np.ndarray, list[str]]:
@@ -146,9 +155,7 @@ def _gate_inputs(
             arrays.append(rng.integers(0, 256, size=(spec.height, spec.width, 3), dtype=np.uint8))
         names.append(f"generated input {i}")
     if parity_images is not None:
-        from imgclf.data.folders import list_images
-
-        paths = sorted(list_images([parity_images]))[:MAX_PARITY_IMAGES]
+        paths = _image_files(parity_images)[:MAX_PARITY_IMAGES]
         if not paths:
             raise UsageError(
                 "no images found for --parity-images",
