@@ -73,6 +73,8 @@ def test_the_onnx_classifier_keeps_the_classifier_interface(pair):
     assert got[1].error == want[1].error and got[1].label is None
     assert abs(got[0].confidence - want[0].confidence) <= 1e-5 and len(got[0].top_k) == 2
     assert len(list(clf.iter_predict([image] * 5, batch_size=2))) == 5
+    x = to_array(np.stack([image[:32, :30].repeat(2, axis=1)[:, :32]] * 3), clf.preprocess)
+    assert np.abs(clf.predict_proba_input(x) - torch_clf.predict_proba_input(x)).max() <= 1e-5
     assert clf.predict_proba([]).shape == (0, 2)
     with pytest.raises(ImageError):
         clf.predict([encoded])
@@ -137,4 +139,6 @@ def test_verify_passes_then_catches_modified_weights(pair, tmp_path):
     report = imgclf.verify(bad)
     failed = [name for name, ok, _ in report.checks if not ok]
     assert "graph" in failed and not report.ok
-    assert imgclf.inspect(pair.onnx)["onnx"]["parity"]["max_abs_diff"] <= 1e-5
+    info = imgclf.inspect(pair.onnx)
+    assert info["onnx"]["parity"]["max_abs_diff"] <= 1e-5
+    assert info["integrity"]["tensors_sha256"] == imgclf.inspect(pair.imgclf)["integrity"]["tensors_sha256"]

@@ -165,6 +165,19 @@ class Classifier:
             return np.zeros((0, self.num_classes), dtype=np.float32)
         return torch.softmax(logits, dim=1).numpy()
 
+    def predict_proba_input(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities (N, C) for an already-scaled float32 input (N, 3, H, W), e.g. from ``to_array``.
+
+        The seam for callers that preprocess themselves (a server's tensor protocol); an
+        ``OnnxClassifier`` answers the same call through onnxruntime.
+        """
+        import torch
+
+        with torch.inference_mode():
+            t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+            logits = self.model(t.contiguous(memory_format=torch.channels_last)).float()
+            return torch.softmax(logits, dim=1).cpu().numpy()
+
     def _stack(
         self, images: Sequence[ImageSource], channel_order: str, errors: str
     ) -> tuple[np.ndarray, list[str | None]]:

@@ -128,7 +128,7 @@ class OnnxClassifier(Classifier):
         self.arch_args = manifest.arch_args
         self.manifest = {k: v for k, v in manifest.raw.items() if k != "probes"}
         self.device = "cpu"
-        self.model = None
+        self.model = None  # no torch module: callers use predict_proba_input, not model(x)
 
     def __repr__(self) -> str:
         spec = self.preprocess
@@ -136,6 +136,10 @@ class OnnxClassifier(Classifier):
             f"OnnxClassifier(arch={self.arch!r}, classes={self.class_names!r}, "
             f"input={spec.height}x{spec.width}, interpolation={spec.interpolation!r}, file={self.path!r})"
         )
+
+    def predict_proba_input(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities (N, C) for an already-scaled float32 input (N, 3, H, W), via onnxruntime."""
+        return run_session(self.session, np.ascontiguousarray(x, dtype=np.float32))
 
     def predict_proba_uint8(self, images: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
         """Probabilities (N, C) for already-preprocessed uint8 images (N, H, W, 3), via onnxruntime."""
@@ -304,6 +308,11 @@ def inspect_onnx(path: str | os.PathLike) -> dict[str, Any]:
             "exporter": export.get("exporter"),
             "graph_sha256": raw.get("graph_sha256"),
             "parity": raw.get("parity"),
+        },
+        # As in the .imgclf's inspect: tensors_sha256 identifies the weights (those of the source file).
+        "integrity": {
+            "tensors_sha256": (raw.get("source") or {}).get("tensors_sha256"),
+            "graph_sha256": raw.get("graph_sha256"),
         },
         "tensors": len(model.graph.initializer),
         "parameters": sum(int(np.prod(t.dims)) for t in model.graph.initializer),
