@@ -8,10 +8,13 @@ One run, the same images for every figure: a seed_resnet model file (64x64, two 
 * batch throughput, decoding included (``clf.predict_proba(paths, batch_size=B)`` over 64 images), at
   batch 1 and 64, torch vs onnxruntime, each in its own fresh worker process (peak RSS of the worker).
 
+The parent process imports neither torch nor imgclf (set-up runs in a child), so each child's peak RSS
+(``wait4``; Linux counts what a child inherits at fork) is its own.
+
 Usage::
 
-    python benchmarks/bench_onnx.py                       # about a minute on 2 cores
-    python benchmarks/bench_onnx.py --model malaria.imgclf --repeat 5
+    python benchmarks/bench_onnx.py                       # a few minutes on 2 cores
+    python benchmarks/bench_onnx.py --model malaria.imgclf --repeat 5 --threads 1
 """
 
 from __future__ import annotations
@@ -29,27 +32,42 @@ from pathlib import Path
 THROUGHPUT_IMAGES = 64
 
 
-def _timed_child(argv: list[str]) -> tuple[float, int, str]:
-    """Like :func:`_run` but measuring the child's own peak RSS via ``wait4``."""
+def _child(argv: list[str]) -> str:
+    """Run ``argv`` in a fresh process; its stdout."""
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(argv)}\n{proc.stderr[-2000:]}")
+    return proc.stdout
+
+
+def _measured(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int, str]:
+    """Run ``argv`` in a fresh process: wall seconds, its peak RSS in MiB (``wait4``), its stdout."""
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     out = proc.stdout.read() if proc.stdout else ""
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise SystemExit(f"failed ({proc.returncode}): {' '.join(argv)}")
+    proc.returncode = code = os.waitstatus_to_exitcode(status)
+    if code:
+        raise SystemExit(f"failed ({code}): {' '.join(argv)}")
     return seconds, usage.ru_maxrss // 1024, out
 
 
-def worker(model: str, paths: list[str], batch: int, repeat: int) -> None:
+def worker(model: str, paths: list[str], batch: int, repeat: int, threads: int) -> None:
     """In a fresh process: load, warm up, then images/s of predict_proba over ``paths`` at ``batch``."""
     from imgclf.cli.allocator import tune_allocator
 
     tune_allocator()  # as the CLI does, for both runtimes
     import imgclf
 
-    clf = imgclf.load(model)
+    if model.endswith(".onnx"):
+        clf = imgclf.load(model, threads=threads or None)
+    else:
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        clf = imgclf.load(model)
     clf.predict_proba(paths[:batch], batch_size=batch)  # warm-up
     rates = []
     for _ in range(repeat):
@@ -59,7 +77,11 @@ def worker(model: str, paths: list[str], batch: int, repeat: int) -> None:
     print(json.dumps({"rate": statistics.median(rates), "torch": "torch" in sys.modules}))
 
 
-def _setup(folder: Path, model: str | None) -> tuple[Path, Path, list[str]]:
+def setup(folder: Path, model: str | None) -> None:
+    """In a child: demo images, the model file (random seed_resnet unless given), the .onnx; JSON out."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from common import machine
+
     import imgclf
     from imgclf.config import PreprocessSpec
     from imgclf.data.synthetic import write_demo_dataset
@@ -75,50 +97,47 @@ def _setup(folder: Path, model: str | None) -> tuple[Path, Path, list[str]]:
         imgclf.save(clf, model)
     start = time.perf_counter()
     result = export_onnx(model, folder / "model.onnx", parity_images=folder / "demo" / "testing")
+    seconds, parity = time.perf_counter() - start, result.parity
     print(
-        f"export + parity gate: {time.perf_counter() - start:.1f} s, {result.file_bytes} bytes, "
-        f"max |Δp| {result.parity['max_abs_diff']:.3g} on {result.parity['inputs']} inputs"
+        json.dumps(
+            {
+                "machine": machine(),
+                "model": model,
+                "onnx": str(folder / "model.onnx"),
+                "paths": paths,
+                "export": f"export + parity gate: {seconds:.1f} s, {result.file_bytes} bytes, "
+                f"max |Δp| {parity['max_abs_diff']:.3g} on {parity['inputs']} inputs",
+            }
+        )
     )
-    return Path(model), folder / "model.onnx", paths
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="an .imgclf model file (default: a random seed_resnet)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure (median; default 3)")
+    parser.add_argument("--threads", type=int, default=0, help="throughput threads (default: each runtime's)")
     parser.add_argument("--worker", nargs=3, metavar=("MODEL", "PATHS_JSON", "BATCH"), help=argparse.SUPPRESS)
+    parser.add_argument("--setup", metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker[0], json.loads(Path(args.worker[1]).read_text()), int(args.worker[2]), args.repeat)
+        paths = json.loads(Path(args.worker[1]).read_text())
+        worker(args.worker[0], paths, int(args.worker[2]), args.repeat, args.threads)
         return
-    sys.path.insert(0, str(Path(__file__).parent))
-    from common import machine
-
-    print(machine())
+    if args.setup:
+        setup(Path(args.setup), args.model)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        model, onnx_file, paths = _setup(folder, args.model)
-        paths = paths[:THROUGHPUT_IMAGES]
-        sixteen = paths[:16]
+        extra = ["--model", args.model] if args.model else []
+        info = json.loads(_child([sys.executable, __file__, "--setup", tmp, *extra]))
+        print(info["machine"])
+        print(info["export"])
+        paths = info["paths"][:THROUGHPUT_IMAGES]
         print("\nfresh process: imgclf predict of 16 images with --montage (median of runs; peak RSS)")
-        for name, path in (("imgclf", model), ("onnx", onnx_file)):
-            runs = [
-                _timed_child(
-                    [
-                        sys.executable,
-                        "-m",
-                        "imgclf",
-                        "predict",
-                        "--model",
-                        str(path),
-                        "--images",
-                        *sixteen,
-                        "--montage",
-                        str(folder / f"{name}.png"),
-                    ]
-                )
-                for _ in range(args.repeat)
-            ]
+        for name, path in (("imgclf", info["model"]), ("onnx", info["onnx"])):
+            argv = [sys.executable, "-m", "imgclf", "predict", "--model", path, "--images", *paths[:16]]
+            runs = [_measured([*argv, "--montage", str(folder / f"{name}.png")]) for _ in range(args.repeat)]
             secs = sorted(r[0] for r in runs)
             print(
                 f"  {name:7s} {statistics.median(secs):.2f} s (runs {', '.join(f'{s:.2f}' for s in secs)}), "
@@ -126,21 +145,19 @@ def main() -> None:
             )
         listing = folder / "paths.json"
         listing.write_text(json.dumps(paths))
-        print(f"\nthroughput, decoding included ({len(paths)} images; fresh worker per figure; peak RSS)")
+        threads = args.threads or "runtime default"
+        print(f"\nthroughput, decoding included ({len(paths)} images; threads: {threads}; fresh worker each)")
         for batch in (1, 64):
-            for name, path in (("torch", model), ("onnxruntime", onnx_file)):
-                secs, rss, out = _timed_child(
-                    [
-                        sys.executable,
-                        __file__,
-                        "--repeat",
-                        str(args.repeat),
-                        "--worker",
-                        str(path),
-                        str(listing),
-                        str(batch),
-                    ]
-                )
+            for name, path in (("torch", info["model"]), ("onnxruntime", info["onnx"])):
+                argv = [
+                    sys.executable,
+                    __file__,
+                    "--repeat",
+                    str(args.repeat),
+                    "--threads",
+                    str(args.threads),
+                ]
+                _, rss, out = _measured([*argv, "--worker", path, str(listing), str(batch)])
                 result = json.loads(out)
                 print(
                     f"  batch {batch:2d}  {name:11s} {result['rate']:7.1f} images/s  peak RSS {rss} MiB"

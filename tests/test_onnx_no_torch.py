@@ -82,3 +82,19 @@ def test_onnx_prediction_inspect_and_verify_work_without_torch(pair, tmp_path):
     assert code == 0 and out.endswith("when it was exported\n"), err
     code, out, err = result["imgclf_file"]  # the .imgclf needs torch: refused in one line, exit 3
     assert code == 3 and out == "" and "cannot read an .imgclf model file without PyTorch" in err
+
+
+def test_loading_a_model_file_imports_no_onnx_code(pair):
+    code = (
+        "import sys, imgclf; clf = imgclf.load(sys.argv[1]); clf.predict(sys.argv[2]); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('onnx', 'onnxruntime', 'onnxscript') "
+        "or m.startswith('imgclf.interop.onnx')))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(pair.imgclf), pair.paths[0]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"
