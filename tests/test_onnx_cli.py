@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import pickle
 
@@ -10,19 +9,16 @@ import pytest
 
 from conftest import run_cli
 from imgclf.cli import export as export_cmd
-from imgclf.errors import ExportError
 from imgclf.interop import onnx_export
 from modelfiles import make_classifier
 from onnxfiles import demo_images, without_metadata
 
 
 def export_cli(*argv: object) -> int:
-    """``imgclf export ...`` through the command module's own parser (as cli/main.py registers it)."""
-    common = argparse.ArgumentParser(add_help=False)
-    parser = argparse.ArgumentParser(prog="imgclf")
-    export_cmd.add_parser(parser.add_subparsers(dest="command", required=True), common)
-    args = parser.parse_args(["export", *map(str, argv)])
-    return args.func(args)
+    """``imgclf export ...`` in-process; stdout/stderr are left to capsys."""
+    from imgclf.cli.main import main
+
+    return main(["export", *map(str, argv)])
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +107,14 @@ def test_foreign_onnx_files_are_refused_with_one_line_and_exit_3(files, tmp_path
 def test_a_failed_gate_is_export_failed_and_leaves_no_file(files, tmp_path, monkeypatch):
     _, model, _ = files
     monkeypatch.setattr(onnx_export, "run_session", lambda session, x: x[:, 0, :2, 0] * 0 + 0.5)
-    with pytest.raises(ExportError) as info:
-        export_cli(model, "--out", tmp_path / "m.onnx")
-    assert info.value.exit_code == 8 and list(tmp_path.iterdir()) == []
+    code, out, err = run_cli("export", model, "--out", tmp_path / "m.onnx")
+    assert (code, out) == (8, "") and list(tmp_path.iterdir()) == []
+    assert err.count("\n") == 1 and "imgclf: error: export failed: the ONNX model disagrees" in err
+
+
+def test_export_usage_errors_are_one_line_exit_2(files, tmp_path):
+    _, model, _ = files
+    for argv in (("--opset", "99"), ("--format", "tflite"), ("--exporter", "tf")):
+        code, out, err = run_cli("export", model, "--out", tmp_path / "m.onnx", *argv)
+        assert (code, out) == (2, "") and err.count("\n") == 1, (argv, err)
+    assert list(tmp_path.iterdir()) == []

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from imgclf.cli.common import EPILOG
 from imgclf.cli.output import stdout_line
 
 EXPORT_FORMATS = ("onnx",)
@@ -25,6 +26,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         "export",
         parents=[common],
         help="export a model file to ONNX (kept only if it answers like the PyTorch model)",
+        epilog=EPILOG,
         description="Export MODEL to ONNX: eval mode, softmax inside the graph (outputs = the probabilities "
         "predict gives), dynamic batch, one self-contained file with the class names, preprocessing and "
         "probes in its metadata. Before the file is written onnxruntime must match PyTorch within 1e-5 on "
