@@ -76,6 +76,9 @@ def test_the_onnx_classifier_keeps_the_classifier_interface(pair):
     x = to_array(np.stack([image[:32, :30].repeat(2, axis=1)[:, :32]] * 3), clf.preprocess)
     assert np.abs(clf.predict_proba_input(x) - torch_clf.predict_proba_input(x)).max() <= 1e-5
     assert clf.predict_proba([]).shape == (0, 2)
+    assert imgclf.load(pair.onnx, device="cpu", threads=1).predict_proba(image).shape == (1, 2)
+    with pytest.raises(UsageError, match="an .onnx runs on the CPU only"):
+        imgclf.load(pair.onnx, device="cuda")
     with pytest.raises(ImageError):
         clf.predict([encoded])
 

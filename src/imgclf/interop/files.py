@@ -17,7 +17,7 @@ import os
 import struct
 from typing import Any
 
-from imgclf.errors import ModelFileError
+from imgclf.errors import ModelFileError, UsageError
 from imgclf.fileio import open_for_reading
 
 HEAD_BYTES = 16
@@ -75,21 +75,30 @@ def _modelfile(path: str | os.PathLike) -> Any:
     return modelfile
 
 
-def load(path: str | os.PathLike, **kwargs: Any) -> Any:
+def load(path: str | os.PathLike, *, device: Any = "cpu", threads: int | None = None) -> Any:
     """Load a model file of either kind: a :class:`imgclf.Classifier` (ONNX: an ``OnnxClassifier``).
 
     Args:
         path: An .imgclf file or an .onnx written by ``imgclf export``.
-        **kwargs: Passed to the loader (``device`` for .imgclf, ``threads`` for .onnx).
+        device: Where an .imgclf model runs (an .onnx runs on the CPU: ``cpu`` only).
+        threads: onnxruntime's intra-op threads for an .onnx (default: its own choice).
 
     Raises:
         ModelFileError: If the file is missing, foreign, corrupt or inconsistent.
+        UsageError: If ``device`` is not the CPU for an .onnx.
     """
     if file_kind(path) == "onnx":
         from imgclf.interop.onnx_runtime import load_onnx
 
-        return load_onnx(path, **kwargs)
-    return _modelfile(path).load(path, **kwargs)
+        if str(device) != "cpu":
+            raise UsageError(
+                "an .onnx runs on the CPU only",
+                received=f"device={device!r}",
+                expected="device='cpu'",
+                fix="load the .imgclf for other devices, or drop device=",
+            )
+        return load_onnx(path, threads=threads)
+    return _modelfile(path).load(path, device=device)
 
 
 def inspect(path: str | os.PathLike) -> dict[str, Any]:
