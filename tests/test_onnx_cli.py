@@ -9,7 +9,7 @@ import pytest
 
 from conftest import run_cli
 from imgclf.cli import export as export_cmd
-from imgclf.interop import onnx_export
+from imgclf.interop import onnx_export, onnx_parity
 from modelfiles import make_classifier
 from onnxfiles import demo_images, without_metadata
 
@@ -106,7 +106,7 @@ def test_foreign_onnx_files_are_refused_with_one_line_and_exit_3(files, tmp_path
 
 def test_a_failed_gate_is_export_failed_and_leaves_no_file(files, tmp_path, monkeypatch):
     _, model, _ = files
-    monkeypatch.setattr(onnx_export, "run_session", lambda session, x: x[:, 0, :2, 0] * 0 + 0.5)
+    monkeypatch.setattr(onnx_parity, "run_session", lambda session, x: x[:, 0, :2, 0] * 0 + 0.5)
     code, out, err = run_cli("export", model, "--out", tmp_path / "m.onnx")
     assert (code, out) == (8, "") and list(tmp_path.iterdir()) == []
     assert err.count("\n") == 1 and "imgclf: error: export failed: the ONNX model disagrees" in err

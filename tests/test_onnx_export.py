@@ -11,7 +11,7 @@ import pytest
 
 import imgclf
 from imgclf.errors import ExportError, UsageError
-from imgclf.interop import onnx_export
+from imgclf.interop import onnx_export, onnx_parity
 from imgclf.interop.onnx_meta import MANIFEST_KEY, PARITY_TOLERANCE
 from imgclf.models import registry
 from onnxfiles import export_pair
@@ -78,7 +78,7 @@ def test_the_file_is_one_checked_self_describing_onnx(pairs):
     assert {"imgclf", "torch", "onnx", "onnxruntime"} <= set(manifest["export"]["versions"])
     parity = manifest["parity"]
     assert parity == pair.result.parity
-    assert parity["inputs"] == 4 + onnx_export.GENERATED_INPUTS + len(pair.paths)
+    assert parity["inputs"] == 4 + onnx_parity.GENERATED_INPUTS + len(pair.paths)
     assert 0 <= parity["max_abs_diff"] <= PARITY_TOLERANCE and parity["batch_sizes"] == [1, 7]
     assert len(manifest["probes"]) == 4 and all(f"imgclf.probe.{i}.input" in meta for i in range(4))
 
@@ -106,9 +106,9 @@ def _first_batch_of_7_row_2(out):
 def test_the_gate_refuses_a_disagreeing_runtime_and_writes_nothing(
     pairs, tmp_path, monkeypatch, shift, message
 ):
-    real = onnx_export.run_session
+    real = onnx_parity.run_session
     _first_batch_of_7_row_2.calls = 0
-    monkeypatch.setattr(onnx_export, "run_session", lambda session, x: shift(real(session, x)))
+    monkeypatch.setattr(onnx_parity, "run_session", lambda session, x: shift(real(session, x)))
     out = tmp_path / "m.onnx"
     with pytest.raises(ExportError) as info:
         onnx_export.export_onnx(pairs["small_cnn"].imgclf, out)

@@ -3,8 +3,9 @@
 The network is exported in eval mode with the softmax inside the graph (its output is exactly what
 ``predict`` gives) and a dynamic batch dimension. Before the file is written, onnxruntime (CPU, default
 graph optimisations) runs the model file's probes, generated inputs and any ``parity_images`` at batch 1
-and at batch ``ODD_BATCH`` against the PyTorch model: every probability within ``PARITY_TOLERANCE`` and
-the same top-1 class, or :class:`imgclf.errors.ExportError` names the worst input and nothing is written.
+and 7 against the PyTorch model (:mod:`imgclf.interop.onnx_parity`): every probability within
+``PARITY_TOLERANCE`` and the same top-1 class, or :class:`imgclf.errors.ExportError` names the worst input
+and nothing is written.
 The manifest and the probes go into ``metadata_props`` (:mod:`imgclf.interop.onnx_meta`).
 
 Usage::
@@ -33,7 +34,7 @@ from imgclf._version import versions
 from imgclf.classifier import Classifier
 from imgclf.errors import ExportError, UsageError
 from imgclf.fileio import atomic_write_bytes, check_writable
-from imgclf.images.preprocess import DECODE_RULE, is_image_name, preprocess_uint8
+from imgclf.images.preprocess import DECODE_RULE
 from imgclf.interop.onnx_meta import (
     INPUT_NAME,
     ONNX_FORMAT,
@@ -43,15 +44,13 @@ from imgclf.interop.onnx_meta import (
     metadata_entries,
     parse_metadata,
 )
-from imgclf.interop.onnx_runtime import MAX_ONNX_BYTES, new_session, run_session
+from imgclf.interop.onnx_parity import gate_inputs, parity_check
+from imgclf.interop.onnx_runtime import MAX_ONNX_BYTES, new_session
 
 DEFAULT_OPSET = 18
 OPSETS = {"torchscript": (13, 20), "dynamo": (18, 23)}  # what each exporter writes and onnxruntime loads
 EXPORTERS = tuple(OPSETS)
 MAX_IR_VERSION = 10  # onnxruntime >= 1.18 reads IR 10; onnx's helper may stamp a newer one
-ODD_BATCH = 7
-GENERATED_INPUTS = 7
-MAX_PARITY_IMAGES = 256
 
 
 @dataclass(frozen=True)
@@ -126,93 +125,6 @@ def _graph_bytes(model: nn.Module, spec: Any, opset: int, exporter: str) -> byte
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
         )
         return buf.getvalue()
-
-
-def _image_files(folder: str | os.PathLike) -> list[str]:
-    """Image files under ``folder`` (recursive, hidden entries skipped), sorted."""
-    out = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        out += [os.path.join(root, f) for f in files if not f.startswith(".") and is_image_name(f)]
-    return sorted(out)
-
-
-def _gate_inputs(
-    source: Any, spec: Any, parity_images: str | os.PathLike | None
-) -> tuple[np.ndarray, list[str]]:
-    """Probes, seeded generated inputs and the user's images: uint8 (N, H, W, 3) and a name for each."""
-    arrays = [arr for _, arr in source.probes]
-    names = [f"probe {i} ({kind})" for i, kind in enumerate(source.probe_kinds)]
-    rng = np.random.default_rng(20261202)
-    for i in range(GENERATED_INPUTS):
-        if i % 2:  # smooth images as well as noise: both kinds of input a convolution can mishandle
-            base = rng.integers(0, 256, size=(4, 4, 3)).astype(np.float64)
-            img = np.kron(base, np.ones((-(-spec.height // 4), -(-spec.width // 4), 1)))[
-                : spec.height, : spec.width
-            ]
-            arrays.append(img.astype(np.uint8))
-        else:
-            arrays.append(rng.integers(0, 256, size=(spec.height, spec.width, 3), dtype=np.uint8))
-        names.append(f"generated input {i}")
-    if parity_images is not None:
-        paths = _image_files(parity_images)[:MAX_PARITY_IMAGES]
-        if not paths:
-            raise UsageError(
-                "no images found for --parity-images",
-                received=os.fspath(parity_images),
-                expected="a folder holding images",
-                fix="point --parity-images at a folder of images",
-            )
-        arrays += [preprocess_uint8(p, spec) for p in paths]
-        names += paths
-    return np.stack(arrays), names
-
-
-def parity_check(
-    session: Any, clf: Classifier, inputs: np.ndarray, names: list[str], tolerance: float = PARITY_TOLERANCE
-) -> dict[str, Any]:
-    """Compare onnxruntime with PyTorch on ``inputs`` at batch 1 and ``ODD_BATCH``; the figures.
-
-    Raises:
-        ExportError: If any probability differs by more than ``tolerance`` or any top-1 class differs.
-    """
-    from imgclf.images.preprocess import to_array
-
-    reference = clf.predict_proba_uint8(inputs).astype(np.float64)
-    n = len(inputs)
-    worst = (0.0, 0, 1)
-    flips: list[tuple[int, int]] = []
-    for batch in (1, ODD_BATCH):
-        for start in range(0, n, batch):
-            idx = [(start + j) % n for j in range(batch)]  # the last batch wraps: always full size
-            got = run_session(session, to_array(inputs[idx], clf.preprocess)).astype(np.float64)
-            for row, i in zip(got, idx, strict=True):
-                diff = float(np.max(np.abs(row - reference[i])))
-                if np.isnan(diff) or diff > worst[0]:
-                    worst = (diff, i, batch)
-                if int(np.argmax(row)) != int(np.argmax(reference[i])):
-                    flips.append((i, batch))
-    diff, i, batch = worst
-    if not diff <= tolerance or flips:
-        what = f"max |Δp| = {diff:.3g} on {names[i]} at batch {batch}"
-        if flips:
-            what += f"; top-1 class differs on {names[flips[0][0]]} at batch {flips[0][1]}"
-            what += f" ({len(flips)} case(s))" if len(flips) > 1 else ""
-        raise ExportError(
-            "export failed: the ONNX model disagrees with the PyTorch model",
-            received=what,
-            expected=f"max |Δp| <= {tolerance:g} and the same top-1 class on every input",
-            fix="try another --opset or --exporter; report it with the model file if it persists",
-        )
-    return {
-        "tolerance": tolerance,
-        "max_abs_diff": diff,
-        "worst_input": names[i],
-        "inputs": n,
-        "batch_sizes": [1, ODD_BATCH],
-        "top1_agree": True,
-        "runtime": "onnxruntime CPUExecutionProvider, default graph optimisations",
-    }
 
 
 @dataclass(frozen=True)
@@ -329,7 +241,7 @@ def export_onnx(
     check_writable(out_path)
     src = _read_source(model_path)
     spec = src.clf.preprocess
-    inputs, names = _gate_inputs(src, spec, parity_images)
+    inputs, names = gate_inputs([arr for _, arr in src.probes], src.probe_kinds, spec, parity_images)
     model = onnx.load_model_from_string(_graph_bytes(src.clf.model, spec, opset, exporter))
     model.ir_version = min(model.ir_version, MAX_IR_VERSION)
     model.producer_name, model.producer_version = "imgclf", versions()["imgclf"]
