@@ -19,13 +19,12 @@ import numpy as np
 
 from imgclf.config import PreprocessSpec
 from imgclf.errors import ImageError, UsageError
-from imgclf.images.preprocess import ImageSource, describe_source, preprocess_uint8, to_tensor
+from imgclf.images.preprocess import ImageSource, preprocess_uint8, to_tensor
+from imgclf.images.read import describe_source
 
 if TYPE_CHECKING:  # torch is imported where the network runs: an ONNX classifier subclass needs none
     import torch
     from torch import nn
-
-__all__ = ["Classifier", "Prediction", "predict_logits"]
 
 _SINGLE = (str, os.PathLike, bytes, bytearray, memoryview, np.ndarray)
 

@@ -20,7 +20,7 @@ Pipeline (decode rule version ``DECODE_RULE``):
 
 Steps 1-5 and :func:`to_array` (step 6 in NumPy) need no torch, so an ONNX model runs without it; this
 module imports torch only inside :func:`to_tensor` and :func:`preprocess`, whose values are bitwise
-those of :func:`to_array` (``tests/test_onnx_runtime.py``).
+those of :func:`to_array` (``tests/interop/test_onnx_runtime.py``).
 
 Usage::
 
@@ -41,9 +41,7 @@ from PIL import Image
 from imgclf.config import PreprocessSpec
 from imgclf.errors import ImageError, UsageError
 from imgclf.images.read import (
-    ALLOWED_FORMATS,
     IMAGE_EXTENSIONS,
-    MAX_FILE_BYTES,
     MAX_PIXELS,
     array_to_rgb,
     check_pixels,
@@ -56,23 +54,6 @@ from imgclf.images.read import (
 
 if TYPE_CHECKING:  # torch is imported where a tensor is made: the NumPy path must work without it
     import torch
-
-__all__ = [
-    "ImageSource",
-    "ALLOWED_FORMATS",
-    "IMAGE_EXTENSIONS",
-    "MAX_PIXELS",
-    "MAX_FILE_BYTES",
-    "DECODE_RULE",
-    "describe_source",
-    "read_bytes",
-    "decode",
-    "decode_image",
-    "resize",
-    "preprocess_uint8",
-    "to_tensor",
-    "preprocess",
-]
 
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray
 
