@@ -23,6 +23,7 @@ import torch
 import imgclf
 from imgclf.config import PreprocessSpec
 from imgclf.data.synthetic import write_demo_dataset
+from imgclf.errors import UsageError
 from imgclf.interop.onnx_export import export_onnx
 from imgclf.modelfile.format import read_container
 from imgclf.modelfile.manifest import parse
@@ -63,9 +64,12 @@ def main() -> None:
         folder = Path(tmp)
         write_demo_dataset(folder / "demo", scale=0.2, seed=11)
         images = sorted(str(p) for p in (folder / "demo").rglob("*") if p.is_file())
-        models = [Path(p) for p in sys.argv[1:]] or [
-            random_model(arch, folder / f"{arch}.imgclf") for arch in registry.names()
-        ]
+        models = [Path(p) for p in sys.argv[1:]]
+        for arch in registry.names() if not models else ():
+            try:
+                models.append(random_model(arch, folder / f"{arch}.imgclf"))
+            except UsageError as exc:  # e.g. keras_graph: its layers are data, pass an imported model file
+                print(f"{arch}: skipped, its default arguments build no network ({exc.problem})")
         print(f"{len(images)} demo images; onnxruntime CPU, default graph optimisations")
         for model in models:
             start = time.perf_counter()
