@@ -8,7 +8,7 @@ Usage::
 
     import imgclf
     result = imgclf.train("dataset", "model.imgclf", imgclf.TrainConfig(epochs=25))
-    clf = imgclf.load("model.imgclf")
+    clf = imgclf.load("model.imgclf")                # or an .onnx from `imgclf export`: no torch needed
     print(clf.predict(["cell.png"])[0].label)
 """
 
@@ -48,6 +48,7 @@ __all__ = [
     "ResumeError",
     "Interrupted",
     "PartialFailure",
+    "ExportError",
 ]
 
 # name -> the module that defines it (imported on first use of the name).
@@ -59,10 +60,10 @@ _HOME = {
     "TrainConfig": "imgclf.config",
     "PreprocessSpec": "imgclf.config",
     "AugmentSpec": "imgclf.config",
-    "load": "imgclf.modelfile",
+    "load": "imgclf.interop.files",  # .imgclf or .onnx, told apart by the file's first bytes
     "save": "imgclf.modelfile",
-    "verify": "imgclf.modelfile",
-    "inspect": "imgclf.modelfile",
+    "verify": "imgclf.interop.files",
+    "inspect": "imgclf.interop.files",
     "Classifier": "imgclf.classifier",
     "Prediction": "imgclf.classifier",
     "evaluate_dataset": "imgclf.evaluation",
@@ -76,6 +77,7 @@ _HOME = {
     "ResumeError": "imgclf.errors",
     "Interrupted": "imgclf.errors",
     "PartialFailure": "imgclf.errors",
+    "ExportError": "imgclf.errors",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -83,6 +85,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from imgclf.config import AugmentSpec, PreprocessSpec, TrainConfig
     from imgclf.errors import (
         DatasetError,
+        ExportError,
         ImageError,
         ImgclfError,
         Interrupted,
@@ -93,7 +96,8 @@ if TYPE_CHECKING:  # pragma: no cover
         UsageError,
     )
     from imgclf.evaluation import Evaluation, evaluate_dataset
-    from imgclf.modelfile import inspect, load, save, verify
+    from imgclf.interop.files import inspect, load, verify
+    from imgclf.modelfile import save
     from imgclf.training.loop import Callback
     from imgclf.training.pipeline import TrainResult, resume_run, train
 
@@ -109,6 +113,8 @@ def __getattr__(name: str) -> Any:
         from imgclf.training import loop as mod
     elif home == "imgclf.config":
         from imgclf import config as mod
+    elif home == "imgclf.interop.files":
+        from imgclf.interop import files as mod
     elif home == "imgclf.modelfile":
         from imgclf import modelfile as mod
     elif home == "imgclf.classifier":
