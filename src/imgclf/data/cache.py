@@ -149,7 +149,12 @@ class DecodeCache:
         entries, known_bad = index["entries"], index.get("bad", {})
         live = {p for p in {e[0] for e in entries.values()} if (self.packs / f"{p}.npy").exists()}
         hit = [k is not None and k in entries and entries[k][0] in live for k in keys]
-        bad_hits = {i: known_bad[k] for i, k in enumerate(keys) if k is not None and k in known_bad}
+        # A file refused for its size is tried again: the cap may differ between runs.
+        bad_hits = {
+            i: known_bad[k]
+            for i, k in enumerate(keys)
+            if k is not None and k in known_bad and known_bad[k] != "image too large"
+        }
         self.hits += sum(hit) + len(bad_hits)
         direct = self._direct(keys, hit, entries, bad_hits)
         if direct is not None:

@@ -40,6 +40,7 @@ from imgclf.data.folders import Dataset, scan_dataset
 from imgclf.errors import DatasetError
 from imgclf.evaluation import Evaluation, evaluate_dataset, evaluate_probabilities, format_report
 from imgclf.fileio import atomic_write_text, check_writable
+from imgclf.images.read import MAX_PIXELS, checked_max_pixels
 from imgclf.modelfile.weights import copy_to_cpu
 from imgclf.models import registry
 from imgclf.reports import have_matplotlib, require_matplotlib, write_history
@@ -96,6 +97,7 @@ def train(
     decode_progress: Callable[[str, int], Callable[[int], None] | None] | None = None,
     resume: bool = False,
     force: bool = False,
+    max_pixels: int = MAX_PIXELS,
 ) -> TrainResult:
     """Train a classifier on a dataset folder and save it as one model file.
 
@@ -118,6 +120,7 @@ def train(
             match the run's recipe (see :mod:`imgclf.training.resume`, whose ``resume_run`` fills it in).
         force: With ``resume``, continue despite a changed recipe or dataset (with a warning); without,
             start over in a run folder that holds an unfinished run (its checkpoints are deleted).
+        max_pixels: Refuse dataset images with more pixels (at most ``MAX_PIXELS``, the default).
 
     Raises:
         DatasetError, StorageError, UsageError: Before any training if inputs or outputs are unusable
@@ -126,6 +129,7 @@ def train(
         Interrupted: On SIGINT/SIGTERM, after writing a checkpoint (exit code 130/143).
     """
     config = (config or TrainConfig()).validated()
+    max_pixels = checked_max_pixels(max_pixels)
     # Bad architecture args fail here, before any decoding (a meta build allocates nothing).
     registry.build_meta(config.arch, 2, config.preprocess.size, config.arch_args)
     model_path = os.fspath(model_path)
@@ -165,6 +169,7 @@ def train(
             force=force,
             cache_dir=cache_dir,
             use_cache=use_cache,
+            max_pixels=max_pixels,
         )
         return _train_locked(run, config, callbacks, log, decode_progress)
 
@@ -186,6 +191,7 @@ class _Run:
     force: bool
     cache_dir: str | os.PathLike | None = None
     use_cache: bool = True
+    max_pixels: int = MAX_PIXELS
 
 
 def _train_locked(
@@ -203,11 +209,14 @@ def _train_locked(
     if run.plan is not None:  # before decoding: checkpoint weights that do not fit fail early
         restore(state, run.plan.checkpoint, log=log)
     decoded: dict[str, DecodedSplit] = {}
-    cache = open_cache(config.preprocess, run.cache_dir) if run.use_cache else None
+    cap = run.max_pixels
+    cache = open_cache(config.preprocess, run.cache_dir, max_pixels=cap) if run.use_cache else None
     for split, samples in ds.splits.items():
         progress = decode_progress(split, len(samples)) if decode_progress and samples else None
         # Decode every split before judging, so all bad files are reported in one error.
-        decoded[split] = load_split(samples, config.preprocess, skip_bad=True, progress=progress, cache=cache)
+        decoded[split] = load_split(
+            samples, config.preprocess, skip_bad=True, progress=progress, cache=cache, max_pixels=cap
+        )
     bad = [item for dec in decoded.values() for item in dec.skipped]
     if bad and not skip_bad:
         raise bad_files_error(bad)
