@@ -4,9 +4,6 @@ setting, text chunks are refused before being read, and warnings name their file
 from __future__ import annotations
 
 import io
-import struct
-import warnings
-import zlib
 from pathlib import Path
 
 import numpy as np

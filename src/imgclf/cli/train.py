@@ -9,7 +9,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from typing import Any
 
@@ -18,6 +17,8 @@ from imgclf.errors import UsageError
 
 __all__ = ["cmd_train"]
 
+MAX_CONFIG_BYTES = 1 << 20  # a TrainConfig is a few hundred bytes
+
 
 def _config_from_args(args: argparse.Namespace, start: dict[str, Any] | None = None) -> Any:
     """The TrainConfig: ``start`` (a resumed run's recipe, else the defaults), then --config, then flags."""
@@ -25,13 +26,14 @@ def _config_from_args(args: argparse.Namespace, start: dict[str, Any] | None = N
 
     base: dict[str, Any] = dict(start or {})
     if args.config:
+        from imgclf.fileio import os_reason, read_json
+
         try:
-            with open(args.config, encoding="utf-8") as fh:
-                base.update(json.load(fh))
-        except (OSError, json.JSONDecodeError, TypeError, ValueError) as exc:
+            base.update(read_json(args.config, MAX_CONFIG_BYTES, "--config"))
+        except (OSError, TypeError, ValueError) as exc:
             raise UsageError(
                 "cannot read --config",
-                received=f"{args.config} ({exc})",
+                received=f"{args.config} ({os_reason(exc) if isinstance(exc, OSError) else exc})",
                 expected="a JSON file of TrainConfig settings",
                 fix="check the file",
             ) from None

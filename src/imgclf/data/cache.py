@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from imgclf.config import PreprocessSpec
-from imgclf.fileio import atomic_write_text
+from imgclf.fileio import atomic_write_text, read_json
 from imgclf.images.preprocess import DECODE_RULE
 
 __all__ = ["DecodeCache", "default_cache_dir", "DEFAULT_MAX_BYTES"]
@@ -46,6 +46,7 @@ __all__ = ["DecodeCache", "default_cache_dir", "DEFAULT_MAX_BYTES"]
 CACHE_VERSION = 1
 DEFAULT_MAX_BYTES = 20 * 1024**3
 _STALE_SECONDS = 3600
+MAX_INDEX_BYTES = 1 << 30  # about 100 bytes per cached file
 
 # decoder(paths, out, progress, rows=..., spec=...) fills out[rows[j]] for paths[j]; -> (digests, {j: why}).
 Decoder = Callable[..., tuple[list[str], dict[int, str]]]
@@ -113,8 +114,7 @@ class DecodeCache:
     # -- index ---------------------------------------------------------------------------------------
     def _read_index(self) -> dict:
         try:
-            with open(self.folder / "index.json", encoding="utf-8") as fh:
-                index = json.load(fh)
+            index = read_json(self.folder / "index.json", MAX_INDEX_BYTES, "cache index")
             if index.get("version") == CACHE_VERSION and isinstance(index.get("entries"), dict):
                 return index
         except (OSError, ValueError):

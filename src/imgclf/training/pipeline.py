@@ -40,7 +40,7 @@ from imgclf.data.folders import Dataset, scan_dataset
 from imgclf.errors import DatasetError
 from imgclf.evaluation import Evaluation, evaluate_dataset, evaluate_probabilities, format_report
 from imgclf.fileio import atomic_write_text, check_writable
-from imgclf.images.read import MAX_PIXELS, checked_max_pixels
+from imgclf.images.read import MAX_PIXELS, checked_max_pixels, read_bytes
 from imgclf.modelfile.weights import copy_to_cpu
 from imgclf.models import registry
 from imgclf.reports import have_matplotlib, require_matplotlib, write_history
@@ -347,8 +347,4 @@ def _run_record(
 def _probe_bytes(split: DecodedSplit | None, count: int) -> list[bytes]:
     if not split or count <= 0:
         return []
-    out = []
-    for path in split.paths[:count]:
-        with open(path, "rb") as fh:
-            out.append(fh.read())
-    return out
+    return [read_bytes(path) for path in split.paths[:count]]

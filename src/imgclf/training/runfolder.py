@@ -30,7 +30,7 @@ from typing import Any
 
 from imgclf.config import TrainConfig
 from imgclf.errors import ResumeError, StorageError, UsageError
-from imgclf.fileio import TMP_SUFFIX, atomic_write_bytes, atomic_write_text, check_writable
+from imgclf.fileio import TMP_SUFFIX, atomic_write_bytes, atomic_write_text, check_writable, read_json
 from imgclf.models import registry
 from imgclf.training.checkpoint import CHECKPOINT_DIR, KEEP_NEWEST, list_checkpoints
 
@@ -56,6 +56,8 @@ __all__ = [
 RUN_FILE = "run.json"
 LOCK_FILE = "lock"
 RUN_FORMAT = "imgclf-run"
+MAX_LOCK_BYTES = 1 << 16  # PID, host and start time
+MAX_RECORD_BYTES = 1 << 28  # the file table: about 100 bytes per dataset file
 Log = Callable[[str], None]
 
 
@@ -90,8 +92,7 @@ class RunLock:
 
     def _holder(self) -> dict[str, Any] | None:
         try:
-            with open(self.path, encoding="utf-8") as fh:
-                info = json.load(fh)
+            info = read_json(self.path, MAX_LOCK_BYTES, "lock file")
             return info if isinstance(info, dict) else {}
         except FileNotFoundError:
             return None
@@ -194,8 +195,7 @@ def read_record(run_dir: str | os.PathLike) -> dict[str, Any]:
     path = os.path.join(os.fspath(run_dir), RUN_FILE)
     require_run_dir(run_dir)
     try:
-        with open(path, encoding="utf-8") as fh:
-            record = json.load(fh)
+        record = read_json(path, MAX_RECORD_BYTES, "run record")
     except FileNotFoundError:
         raise ResumeError(
             "not a run folder: run.json is missing",
