@@ -24,12 +24,10 @@ def main() -> None:
     print(f"{side} x {side} = {side * side / 1e6:.1f} MP; bytes per pixel above baseline")
     print(f"{'mode':10} {'preprocess':>10} {'decode':>8}")
     with tempfile.TemporaryDirectory() as tmp:
-        for mode in MODES:
-            folder = Path(tmp) / mode
-            folder.mkdir()
-            pre = peak_bytes_per_pixel(folder, mode, side, "preprocess")
-            full = peak_bytes_per_pixel(folder, mode, side, "decode")
-            print(f"{mode:10} {pre:10.1f} {full:8.1f}", flush=True)
+        pre = peak_bytes_per_pixel(Path(tmp) / "pre", MODES, side, "preprocess")
+        full = peak_bytes_per_pixel(Path(tmp) / "full", MODES, side, "decode")
+    for mode in MODES:
+        print(f"{mode:10} {pre[mode]:10.1f} {full[mode]:8.1f}")
 
 
 if __name__ == "__main__":
