@@ -37,6 +37,7 @@ __all__ = [
     "DatasetError",
     "Interrupted",
     "PartialFailure",
+    "Terminated",
     "EXIT_CODES",
     "safe_text",
     "listed",
@@ -150,6 +151,14 @@ class Interrupted(ImgclfError):
     def __init__(self, problem: str, *, exit_code: int = 130, fix: str | None = None) -> None:
         self.exit_code = exit_code
         super().__init__(problem, fix=fix)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised by the CLI's handler (exit code 143).
+
+    A ``KeyboardInterrupt``, so every cleanup that runs for Ctrl-C runs for it too, and no
+    ``except Exception`` (a decoder's "bad image") can swallow it.
+    """
 
 
 EXIT_CODES: dict[str, int] = {

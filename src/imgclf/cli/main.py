@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
+import threading
 import traceback
 import warnings
 from collections.abc import Sequence
@@ -25,7 +27,7 @@ from collections.abc import Sequence
 from imgclf._version import __version__
 from imgclf.cli import demo, evaluate, model, predict, train
 from imgclf.cli.common import EPILOG, Parser, err
-from imgclf.errors import EXIT_CODES, ImgclfError
+from imgclf.errors import EXIT_CODES, ImgclfError, Terminated
 
 # Each module registers its commands with add_parser(sub, common); the order is --help's order.
 COMMAND_MODULES = (train, predict, evaluate, model, demo)
@@ -79,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     previous_showwarning = warnings.showwarning
     warnings.showwarning = show
+    previous_sigterm = _catch_sigterm()
     try:
         return args.func(args)
     except ImgclfError as exc:
@@ -86,9 +89,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         err(f"error: {exc}")
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated): cleanups have run on the way out
         if debug:
             traceback.print_exc()
+        if isinstance(exc, Terminated):
+            err("terminated (SIGTERM)")
+            return EXIT_CODES["sigterm"]
         err("interrupted")
         return EXIT_CODES["sigint"]
     except BrokenPipeError:
@@ -105,6 +111,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CODES["internal"]
     finally:
         warnings.showwarning = previous_showwarning  # main() may be called in-process: leave no global change
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def _catch_sigterm() -> object:
+    """Make SIGTERM raise :class:`Terminated` (as Ctrl-C raises KeyboardInterrupt); return the old handler.
+
+    By default SIGTERM kills the process on the spot, leaving locks, cache and output temporaries behind.
+    Python installs handlers only in the main thread; elsewhere this does nothing (returns None).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 def run() -> None:

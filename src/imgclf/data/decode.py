@@ -11,11 +11,13 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import mmap
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import warnings
@@ -147,22 +149,44 @@ def decode_into(
                 [max_pixels] * len(chunks),
             )
             if parallel:
-                # fork: no re-import of the caller's __main__ (spawn/forkserver would need a main guard in
-                # every user script); the children only run Pillow and NumPy, never torch or CUDA.
-                with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-                    with warnings.catch_warnings():  # workers fork on submit; 3.12+ warns about threads
-                        warnings.simplefilter("ignore", DeprecationWarning)
-                        jobs = pool.map(_decode_chunk, *args)
-                    _collect(
-                        zip(chunks, jobs, strict=True), _SHARED, out, targets, digests, failures, progress
-                    )
+                _decode_parallel(workers, args, chunks, out, targets, digests, failures, progress)
             else:
                 jobs = map(_decode_chunk, *args)
                 _collect(zip(chunks, jobs, strict=True), _SHARED, out, targets, digests, failures, progress)
         finally:
             _SHARED = None
-            buffer.close()
+            # After Ctrl-C a traceback may still hold a view of the mapping: then it is unmapped once
+            # that view goes, instead of close() raising BufferError over the KeyboardInterrupt.
+            with contextlib.suppress(BufferError):
+                buffer.close()
     return digests, failures
+
+
+def _worker_signals() -> None:
+    """Workers leave SIGINT and SIGTERM to the parent, which stops them (no traceback per worker)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _decode_parallel(workers, args, chunks, out, targets, digests, failures, progress) -> None:
+    # fork: no re-import of the caller's __main__ (spawn/forkserver would need a main guard in every
+    # user script); the children only run Pillow and NumPy, never torch or CUDA.
+    pool = ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("fork"), initializer=_worker_signals
+    )
+    try:
+        with warnings.catch_warnings():  # workers fork on submit; 3.12+ warns about threads
+            warnings.simplefilter("ignore", DeprecationWarning)
+            jobs = pool.map(_decode_chunk, *args)
+        _collect(zip(chunks, jobs, strict=True), _SHARED, out, targets, digests, failures, progress)
+    except BaseException:
+        # Interrupted (or failed): stop the workers now rather than let them finish every queued chunk.
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            with contextlib.suppress(Exception):
+                process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def _collect(results, shared, out, targets, digests, failures, progress) -> None:
