@@ -49,6 +49,7 @@ from imgclf.images.read import (
     orientation,
     read_bytes,
     to_rgb_image,
+    warnings_named,
 )
 
 __all__ = [
@@ -144,6 +145,11 @@ def decode_image(
             fix="drop channel_order for files, bytes and PIL images",
         )
     label = name or describe_source(source)
+    with warnings_named(label):
+        return _decode_named(source, label, max_pixels, draft)
+
+
+def _decode_named(source: ImageSource, label: str, max_pixels: int, draft: int | None) -> Image.Image:
     if isinstance(source, Image.Image):
         check_pixels(label, *source.size, max_pixels)
         img = source

@@ -13,11 +13,13 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import stat
+import struct
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -32,6 +34,8 @@ __all__ = [
     "MAX_FILE_BYTES",
     "read_bytes",
     "check_pixels",
+    "check_png_chunks",
+    "warnings_named",
     "checked_max_pixels",
     "open_image",
     "orient",
@@ -164,8 +168,73 @@ def check_pixels(label: str, width: int, height: int, max_pixels: int) -> None:
         )
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_CHUNK = struct.Struct(">I4s")
+_PNG_IMAGE_DATA = (b"IDAT", b"fdAT")  # streamed through the decoder, never held whole
+_PNG_TEXT = (b"tEXt", b"zTXt", b"iTXt")
+MAX_PNG_TEXT_CHUNK = 1 << 20  # Pillow's own MAX_TEXT_CHUNK, applied before the chunk is read
+MAX_PNG_OTHER_CHUNK = 16 << 20  # ICC profiles, EXIF and unknown chunks: Pillow reads each in full
+MAX_PNG_CHUNKS = 1_000_000  # real encoders write at most thousands
+
+
+def check_png_chunks(data: bytes, label: str) -> None:
+    """Refuse a PNG whose metadata chunks are too large, by their headers alone.
+
+    Pillow reads every non-image chunk (text, ICC profile, unknown ones, also those after the image
+    data) into memory in full before judging it: a 250 MB ``tEXt`` cost 1.2 GB. Non-PNG data passes.
+
+    Raises:
+        ImageError: ``PNG chunk too large`` or ``PNG has too many chunks``.
+    """
+    if not data.startswith(_PNG_SIGNATURE):
+        return
+    pos, count = len(_PNG_SIGNATURE), 0
+    while pos + 8 <= len(data):
+        length, kind = _PNG_CHUNK.unpack_from(data, pos)
+        count += 1
+        if count > MAX_PNG_CHUNKS:
+            raise ImageError(
+                "PNG has too many chunks",
+                received=f"{label} (more than {MAX_PNG_CHUNKS})",
+                expected=f"at most {MAX_PNG_CHUNKS} chunks",
+                fix="re-save the image with a standard encoder",
+            )
+        cap = MAX_PNG_TEXT_CHUNK if kind in _PNG_TEXT else MAX_PNG_OTHER_CHUNK
+        if kind not in _PNG_IMAGE_DATA and length > cap:
+            raise ImageError(
+                "PNG chunk too large",
+                received=f"{label} ({kind.decode('latin-1')!r} chunk of {length} bytes)",
+                expected=f"metadata chunks of at most {cap} bytes",
+                fix="strip the metadata, e.g. re-save the image without text or profile",
+            )
+        if kind == b"IEND":
+            return
+        pos += 12 + length
+
+
+@contextlib.contextmanager
+def warnings_named(label: str) -> Iterator[None]:
+    """Re-issue every warning raised inside (Pillow's "Corrupt EXIF data"...) prefixed with ``label``.
+
+    Pillow's ``DecompressionBombWarning`` is dropped: the pixel cap (lower than Pillow's warning
+    threshold) refuses such images with an error that names the file.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            pending = list(caught)
+    for w in pending:
+        if issubclass(w.category, Image.DecompressionBombWarning):
+            continue
+        text = str(w.message)
+        warnings.warn(text if text.startswith(f"{label}: ") else f"{label}: {text}", w.category, stacklevel=3)
+
+
 def open_image(data: bytes, label: str, max_pixels: int, draft: int | None) -> Image.Image:
     """Open and fully decode the first frame of ``data``, enforcing the allowlist and pixel cap."""
+    check_png_chunks(data, label)
     try:
         img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except UnidentifiedImageError:
