@@ -20,6 +20,7 @@ Exit codes (also in the README):
 5     I/O or disk error (unwritable folder, disk full)
 6     resume refused: checkpoint does not match the run
 7     invalid dataset folder
+8     out of memory
 130   interrupted by SIGINT (Ctrl-C)
 143   interrupted by SIGTERM
 ====  ==========================================================
@@ -36,11 +37,13 @@ __all__ = [
     "ResumeError",
     "DatasetError",
     "Interrupted",
+    "OutOfMemory",
     "PartialFailure",
     "Terminated",
     "EXIT_CODES",
     "safe_text",
     "listed",
+    "limit_error",
     "MAX_LISTED",
 ]
 
@@ -145,6 +148,12 @@ class DatasetError(ImgclfError, ValueError):
     exit_code = 7
 
 
+class OutOfMemory(ImgclfError):
+    """The work needs more memory than the machine (or its limit) gives (exit code 8)."""
+
+    exit_code = 8
+
+
 class Interrupted(ImgclfError):
     """Work was interrupted by a signal; ``exit_code`` is 130 (SIGINT) or 143 (SIGTERM)."""
 
@@ -161,6 +170,34 @@ class Terminated(KeyboardInterrupt):
     """
 
 
+def limit_error(exc: BaseException) -> ImgclfError | None:
+    """The clear error for an exception that is a machine limit rather than a bug, else ``None``.
+
+    ``MemoryError`` and torch's allocator failures ("DefaultCPUAllocator: can't allocate memory",
+    "CUDA out of memory") become :class:`OutOfMemory` (exit 8); ``RecursionError`` (an input nested
+    too deeply for Python's parsers) becomes a :class:`UsageError` (exit 2).
+    """
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, RecursionError):
+        return UsageError(
+            "input nested too deeply to process",
+            received=text,
+            expected="input (JSON, arguments) nested at most a few dozen levels",
+            fix="simplify the input; run with --debug to see which",
+        )
+    lowered = str(exc).lower()
+    if isinstance(exc, MemoryError) or (
+        isinstance(exc, RuntimeError) and ("can't allocate memory" in lowered or "out of memory" in lowered)
+    ):
+        return OutOfMemory(
+            "out of memory",
+            received=text,
+            expected="work that fits in the memory available",
+            fix="use a smaller --batch-size or --size, a lower --max-pixels, or free memory",
+        )
+    return None
+
+
 EXIT_CODES: dict[str, int] = {
     "ok": 0,
     "internal": 1,
@@ -170,6 +207,7 @@ EXIT_CODES: dict[str, int] = {
     "storage": StorageError.exit_code,
     "resume": ResumeError.exit_code,
     "dataset": DatasetError.exit_code,
+    "memory": OutOfMemory.exit_code,
     "sigint": 130,
     "sigterm": 143,
 }

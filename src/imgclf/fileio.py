@@ -302,6 +302,17 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         fh.write(text)
 
 
+def _file_in_the_way(folder: str) -> str | None:
+    """The nearest existing ancestor of ``folder`` (itself included) if it is not a folder, else None."""
+    current = folder
+    while not os.path.lexists(current):
+        parent = os.path.dirname(current)
+        if parent == current:
+            return None
+        current = parent
+    return None if os.path.isdir(current) else current
+
+
 def check_writable(path: str | os.PathLike, what: str = "output file") -> None:
     """Fail early if ``path`` cannot be created: missing parent, unwritable folder, or a folder itself.
 
@@ -316,6 +327,14 @@ def check_writable(path: str | os.PathLike, what: str = "output file") -> None:
             received=target,
             expected="a file name",
             fix="add a file name, e.g. model.imgclf",
+        )
+    blocker = _file_in_the_way(folder)
+    if blocker is not None:
+        raise StorageError(
+            f"a parent of the {what} path is a file, not a folder",
+            received=f"{blocker} (in {target})",
+            expected="a path whose parents are folders",
+            fix=f"choose another path; {blocker} is an existing file and cannot hold the {what}",
         )
     if not os.path.isdir(folder):
         raise StorageError(

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from imgclf._version import __version__
 from imgclf.cli import demo, evaluate, model, predict, train
 from imgclf.cli.common import EPILOG, Parser, err
-from imgclf.errors import EXIT_CODES, ImgclfError, Terminated
+from imgclf.errors import EXIT_CODES, ImgclfError, Terminated, limit_error
 
 # Each module registers its commands with add_parser(sub, common); the order is --help's order.
 COMMAND_MODULES = (train, predict, evaluate, model, demo)
@@ -104,6 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - last resort: one line, traceback only with --debug
         if debug:
             traceback.print_exc()
+        limit = limit_error(exc)
+        if limit is not None:  # a machine limit, not a bug
+            err(f"error: {limit}")
+            return limit.exit_code
         err(
             f"internal error: {type(exc).__name__}: {exc} "
             "(run with --debug for the traceback; please report it)"

@@ -210,7 +210,8 @@ def create_state(config: TrainConfig, num_classes: int, device: torch.device | N
     )
 
 
-def _available_bytes(device: torch.device) -> int:
+def available_bytes(device: torch.device) -> int:
+    """Free memory on ``device`` (``MemAvailable`` for the CPU); a huge number when unknown."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
     try:
@@ -229,7 +230,7 @@ def stage_images(images: np.ndarray, device: torch.device, share: float = 0.5) -
     Returns ``None`` when it does not fit: ``fit`` then gathers each batch from ``images`` (typically a
     memory-mapped cache) instead, with identical results.
     """
-    if images.nbytes > share * _available_bytes(device):
+    if images.nbytes > share * available_bytes(device):
         return None
     if isinstance(images, np.memmap) or not images.flags.writeable:
         images = np.array(images)  # read the memory map into RAM once

@@ -46,14 +46,16 @@ from imgclf.models import registry
 from imgclf.reports import have_matplotlib, require_matplotlib, write_history
 from imgclf.training.checkpoint import restore
 from imgclf.training.interrupts import fit_with_checkpoints
-from imgclf.training.loop import Callback, create_state, final_weights, resolve_device
+from imgclf.training.loop import Callback, available_bytes, create_state, final_weights, resolve_device
 from imgclf.training.resume import ResumePlan, check_data, plan_resume
 from imgclf.training.runfolder import (
     RunLock,
     check_free_space,
+    check_memory_for_decoding,
     default_run_dir,
     estimate_bytes,
     make_run_dir,
+    remove_if_no_files,
     require_run_dir,
     start_fresh,
     write_record,
@@ -145,33 +147,42 @@ def train(
         require_run_dir(run_dir)
     device = resolve_device(config.device)
     ds = scan_dataset(dataset, val_split=config.val_split, test_split=config.test_split, seed=config.seed)
+    created = not os.path.lexists(run_dir)
     make_run_dir(run_dir)
-    with RunLock(run_dir, log=log):
-        plan = None
-        if resume:
-            plan = plan_resume(run_dir, config, ds, force=force, log=log)
-            config = plan.config
-        else:
-            start_fresh(run_dir, force=force, log=log)
-        n_files = sum(len(samples) for samples in ds.splits.values())
-        check_free_space(model_path, run_dir, *estimate_bytes(config, len(ds.class_names), n_files))
-        run = _Run(
-            dataset=ds,
-            model_path=model_path,
-            run_dir=run_dir,
-            plot_path=plot_path,
-            explicit_plot=explicit_plot,
-            can_plot=can_plot,
-            skip_bad=skip_bad,
-            probes_from=probes_from,
-            device=device,
-            plan=plan,
-            force=force,
-            cache_dir=cache_dir,
-            use_cache=use_cache,
-            max_pixels=max_pixels,
-        )
-        return _train_locked(run, config, callbacks, log, decode_progress)
+    try:
+        with RunLock(run_dir, log=log):
+            plan = None
+            if resume:
+                plan = plan_resume(run_dir, config, ds, force=force, log=log)
+                config = plan.config
+            else:
+                start_fresh(run_dir, force=force, log=log)
+            n_files = sum(len(samples) for samples in ds.splits.values())
+            check_free_space(model_path, run_dir, *estimate_bytes(config, len(ds.class_names), n_files))
+            if not use_cache:
+                sizes = [len(samples) for samples in ds.splits.values()]
+                check_memory_for_decoding(config, sizes, available_bytes(torch.device("cpu")))
+            run = _Run(
+                dataset=ds,
+                model_path=model_path,
+                run_dir=run_dir,
+                plot_path=plot_path,
+                explicit_plot=explicit_plot,
+                can_plot=can_plot,
+                skip_bad=skip_bad,
+                probes_from=probes_from,
+                device=device,
+                plan=plan,
+                force=force,
+                cache_dir=cache_dir,
+                use_cache=use_cache,
+                max_pixels=max_pixels,
+            )
+            return _train_locked(run, config, callbacks, log, decode_progress)
+    except BaseException:
+        if created:  # refused before training (bad files, disk space, a signal): leave no empty MODEL-run/
+            remove_if_no_files(run_dir)
+        raise
 
 
 @dataclass

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from imgclf.config import TrainConfig
-from imgclf.errors import ResumeError, StorageError, UsageError
+from imgclf.errors import OutOfMemory, ResumeError, StorageError, UsageError
 from imgclf.fileio import TMP_SUFFIX, atomic_write_bytes, atomic_write_text, check_writable, read_json
 from imgclf.models import registry
 from imgclf.training.checkpoint import CHECKPOINT_DIR, KEEP_NEWEST, list_checkpoints
@@ -302,6 +302,37 @@ def default_run_dir(model_path: str | os.PathLike) -> str:
     """The run folder next to the model file: ``malaria.imgclf`` → ``malaria-run/``."""
     p = Path(model_path)
     return str(p.with_name(p.stem + "-run"))
+
+
+def check_memory_for_decoding(config: TrainConfig, split_sizes: list[int], available: int) -> None:
+    """Fail before decoding if the decoded images cannot fit in memory (decoding without the cache).
+
+    Each split's images stay in memory as (N, H, W, 3) uint8, and the split being decoded also passes
+    through a shared buffer of the same size.
+
+    Raises:
+        OutOfMemory: With the needed and the available memory.
+    """
+    h, w = config.preprocess.height, config.preprocess.width
+    need = h * w * 3 * (sum(split_sizes) + max(split_sizes, default=0))
+    if need > available:
+        raise OutOfMemory(
+            "not enough memory for the decoded images",
+            received=f"{sum(split_sizes)} images of {h}x{w} need {_mb(need)}, {_mb(available)} available",
+            expected="decoded images that fit in memory",
+            fix="drop --no-cache (the cache streams from disk), or use a smaller --size",
+        )
+
+
+def remove_if_no_files(run_dir: str) -> None:
+    """Delete ``run_dir`` if it holds no file (only empty folders, if any); otherwise leave it alone."""
+    try:
+        for _, _, files in os.walk(run_dir):
+            if files:
+                return
+        shutil.rmtree(run_dir)
+    except OSError:
+        pass  # best effort: a leftover empty folder is harmless
 
 
 def make_run_dir(run_dir: str) -> None:
