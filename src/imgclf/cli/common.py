@@ -73,6 +73,22 @@ def key_value(text: str) -> tuple[str, object]:
         raise argparse.ArgumentTypeError(f"{key}: JSON value nested too deeply") from None
 
 
+def add_max_pixels_flag(group: argparse._ActionsContainer) -> None:
+    """``--max-pixels N``: refuse images with more pixels (bounds decoding memory; can only lower the cap)."""
+    group.add_argument(
+        "--max-pixels",
+        type=int,
+        metavar="N",
+        help="refuse images with more than N pixels before decoding them (default and upper bound: "
+        "imgclf's built-in cap; decoding costs about 10 bytes per pixel)",
+    )
+
+
+def max_pixels_option(args: argparse.Namespace) -> dict[str, int]:
+    """``{"max_pixels": N}`` when ``--max-pixels`` was given, else ``{}`` (the library's default)."""
+    return {} if getattr(args, "max_pixels", None) is None else {"max_pixels": args.max_pixels}
+
+
 def add_cache_flags(group: argparse._ActionsContainer) -> None:
     """``--cache-dir`` and ``--no-cache`` (train and evaluate decode through the cache)."""
     group.add_argument(
@@ -84,7 +100,12 @@ def add_cache_flags(group: argparse._ActionsContainer) -> None:
 
 
 def err(text: str) -> None:
-    """One line on stderr, control characters escaped."""
+    """One line on stderr, control characters escaped; never on stdout, even when stderr is closed."""
     from imgclf.errors import safe_text
 
-    print(f"imgclf: {safe_text(text)}", file=sys.stderr, flush=True)
+    if sys.stderr is None:  # print(file=None) would write to stdout
+        return
+    try:
+        print(f"imgclf: {safe_text(text)}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass  # stderr unwritable (2>/dev/full, closed): the exit code still tells

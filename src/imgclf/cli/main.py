@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from imgclf._version import __version__
 from imgclf.cli import demo, evaluate, model, predict, train
 from imgclf.cli.common import EPILOG, Parser, err
+from imgclf.cli.output import discard_stdout, stdout_error
 from imgclf.errors import EXIT_CODES, ImgclfError, Terminated, limit_error
 
 # Each module registers its commands with add_parser(sub, common); the order is --help's order.
@@ -99,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CODES["sigint"]
     except BrokenPipeError:
         # stdout closed early (e.g. piped into `head`): not an error worth a traceback.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        discard_stdout()
         return 0
     except Exception as exc:  # noqa: BLE001 - last resort: one line, traceback only with --debug
         if debug:
@@ -141,10 +142,19 @@ def run() -> None:
     interpreter teardown takes 0.3-1 s (measured) and does nothing a finished command needs — every
     file it wrote is closed and fsynced, worker processes are joined, locks are released.
     """
+    if sys.stderr is None:  # started with stderr closed (2>&-): messages go nowhere, never to stdout
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
     code = main()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(BrokenPipeError, ValueError):  # reader gone, or closed: nothing to deliver
-            stream.flush()
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except (BrokenPipeError, ValueError):  # reader gone, or closed: nothing to deliver
+        pass
+    except OSError as exc:  # e.g. > /dev/full: the results were lost, so the command failed
+        err(f"error: {stdout_error(exc)}")
+        code = code or stdout_error(exc).exit_code
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.flush()
     os._exit(code)
 
 

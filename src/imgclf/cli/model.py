@@ -103,12 +103,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """``imgclf verify``: one line per check; exit 0 if all pass, 3 otherwise."""
-    from imgclf.errors import ModelFileError
+    from imgclf.errors import ModelFileError, safe_text
     from imgclf.modelfile import verify
 
     report = verify(args.model)
     for name, ok, detail in report.checks:
-        stdout_line(f"{'ok  ' if ok else 'FAIL'}  {name}: {detail}")
+        stdout_line(safe_text(f"{'ok  ' if ok else 'FAIL'}  {name}: {detail}"))
     if not report.ok:
         failed = [name for name, ok, _ in report.checks if not ok]
         raise ModelFileError(

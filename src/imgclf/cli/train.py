@@ -16,7 +16,14 @@ import dataclasses
 import os
 from typing import Any
 
-from imgclf.cli.common import EPILOG, add_cache_flags, image_size, key_value
+from imgclf.cli.common import (
+    EPILOG,
+    add_cache_flags,
+    add_max_pixels_flag,
+    image_size,
+    key_value,
+    max_pixels_option,
+)
 from imgclf.cli.output import report_text, stdout_line
 from imgclf.errors import UsageError
 
@@ -143,6 +150,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     run = groups["run"]
     run.add_argument("--skip-bad", action="store_true", help="train without unreadable images (listed)")
     add_cache_flags(run)
+    add_max_pixels_flag(run)
     run.add_argument(
         "--probes-from",
         type=_probe_count,
@@ -240,6 +248,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         use_cache=not args.no_cache,
         resume=bool(args.resume),
         force=args.force,
+        **max_pixels_option(args),
     )
 
 
