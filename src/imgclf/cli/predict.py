@@ -101,7 +101,8 @@ class _PredictionsFile:
         if not self.jsonl:
             fixed = {"path", "label", "confidence", "error"}
             columns = [csv_cell(c) if c not in fixed else f"prob:{c}" for c in class_names]
-            self._csv = csv.writer(fh, lineterminator="\n")
+            # RFC 4180 line ends: the writer then quotes a CR or LF inside a cell instead of splitting the row.
+            self._csv = csv.writer(fh, lineterminator="\r\n")
             self._csv.writerow(["path", "label", "confidence", *columns, "error"])
 
     def write(self, p: Any) -> None:
