@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from helpers import run_cli
 from imgclf.errors import ResumeError, StorageError
 from imgclf.fileio import read_bounded, read_json
 from imgclf.training import checkpoint as ckpt

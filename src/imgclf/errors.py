@@ -28,25 +28,6 @@ Exit codes (also in the README):
 
 from __future__ import annotations
 
-__all__ = [
-    "ImgclfError",
-    "UsageError",
-    "ModelFileError",
-    "ImageError",
-    "StorageError",
-    "ResumeError",
-    "DatasetError",
-    "Interrupted",
-    "OutOfMemory",
-    "PartialFailure",
-    "Terminated",
-    "EXIT_CODES",
-    "safe_text",
-    "listed",
-    "limit_error",
-    "MAX_LISTED",
-]
-
 MAX_LISTED = 8
 
 

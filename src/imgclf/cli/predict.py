@@ -101,7 +101,7 @@ class _PredictionsFile:
         if not self.jsonl:
             fixed = {"path", "label", "confidence", "error"}
             columns = [csv_cell(c) if c not in fixed else f"prob:{c}" for c in class_names]
-            # RFC 4180 line ends: the writer then quotes a CR or LF inside a cell instead of splitting the row.
+            # RFC 4180 line ends: the writer then quotes a CR or LF in a cell instead of splitting the row.
             self._csv = csv.writer(fh, lineterminator="\r\n")
             self._csv.writerow(["path", "label", "confidence", *columns, "error"])
 
@@ -207,13 +207,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _tile(p: Any, class_names: list[str]) -> Any:
-    from imgclf.reports import class_colors, montage_tile
+    from imgclf.plots import class_colors, montage_tile
 
     return montage_tile(p.source, f"{p.label} {p.confidence:.0%}", class_colors(len(class_names))[p.index])
 
 
 def _montage(args: argparse.Namespace, tiles: list, classified: int) -> None:
-    from imgclf.reports import build_montage, save_png
+    from imgclf.plots import build_montage, save_png
 
     sheet = build_montage(tiles)
     save_png(sheet, args.montage)

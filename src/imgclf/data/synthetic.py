@@ -23,8 +23,6 @@ from PIL import Image
 
 from imgclf.errors import UsageError
 
-__all__ = ["SPLITS", "CLASSES", "BASE_COUNTS", "write_demo_dataset"]
-
 SPLITS: tuple[str, ...] = ("training", "validation", "testing")
 CLASSES: tuple[str, ...] = ("Parasitized", "Uninfected")
 BASE_COUNTS: dict[str, dict[str, int]] = {
@@ -152,6 +150,43 @@ def _encode(rgb: np.ndarray, alpha: np.ndarray, kind: str, rng: np.random.Genera
     img.save(path, format="PNG")
 
 
+def _prepare_output(root: Path, *, scale: float, seed: int, overwrite: bool) -> Path:
+    """Check the arguments and the output folder; with ``overwrite``, delete its split folders."""
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        raise UsageError(
+            "demo-data scale must be a positive number",
+            received=scale,
+            expected="a number > 0, e.g. 1.0",
+            fix="pass --scale 1",
+        )
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise UsageError(
+            "demo-data seed must be a non-negative integer",
+            received=seed,
+            expected="an integer >= 0",
+            fix="pass --seed 42",
+        )
+    if root.exists() and not root.is_dir():
+        raise UsageError(
+            "demo-data output is not a folder",
+            received=str(root),
+            expected="a new or empty folder",
+            fix="choose another path",
+        )
+    if root.is_dir() and any(root.iterdir()):
+        if not overwrite:
+            raise UsageError(
+                "demo-data output folder is not empty",
+                received=str(root),
+                expected="a new or empty folder",
+                fix="choose another folder or delete it",
+            )
+        for split in SPLITS:
+            if (root / split).is_dir():
+                shutil.rmtree(root / split)
+    return root
+
+
 def write_demo_dataset(
     out: str | os.PathLike,
     *,
@@ -176,40 +211,7 @@ def write_demo_dataset(
         UsageError: ``out`` is not empty (without ``overwrite``) or not a folder, or ``scale``/``seed``
             are out of range.
     """
-    root = Path(out)
-    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
-        raise UsageError(
-            "demo-data scale must be a positive number",
-            received=scale,
-            expected="a number > 0, e.g. 1.0",
-            fix="pass --scale 1",
-        )
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise UsageError(
-            "demo-data seed must be a non-negative integer",
-            received=seed,
-            expected="an integer >= 0",
-            fix="pass --seed 42",
-        )
-    if root.exists() and not root.is_dir():
-        raise UsageError(
-            "demo-data output is not a folder",
-            received=str(out),
-            expected="a new or empty folder",
-            fix="choose another path",
-        )
-    if root.is_dir() and any(root.iterdir()):
-        if not overwrite:
-            raise UsageError(
-                "demo-data output folder is not empty",
-                received=str(out),
-                expected="a new or empty folder",
-                fix="choose another folder or delete it",
-            )
-        for split in SPLITS:
-            if (root / split).is_dir():
-                shutil.rmtree(root / split)
-
+    root = _prepare_output(Path(out), scale=scale, seed=seed, overwrite=overwrite)
     counts: dict[str, dict[str, int]] = {}
     pending = 0
     for split_id, split in enumerate(SPLITS):

@@ -29,16 +29,6 @@ from imgclf.images.preprocess import preprocess_uint8, to_tensor
 from imgclf.modelfile.format import Container
 from imgclf.modelfile.manifest import Manifest
 
-__all__ = [
-    "synthetic_images",
-    "ProbeRecord",
-    "compute",
-    "input_digest",
-    "run_checks",
-    "as_uint8_tensor",
-    "TOLERANCE",
-]
-
 TOLERANCE = 1e-4
 
 

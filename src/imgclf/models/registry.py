@@ -25,18 +25,6 @@ from imgclf._settings import did_you_mean
 from imgclf.config import MAX_SIDE
 from imgclf.errors import UsageError
 
-__all__ = [
-    "ArchInfo",
-    "register",
-    "names",
-    "info",
-    "resolve_args",
-    "build",
-    "build_meta",
-    "l2_groups",
-    "check_widths",
-]
-
 MAX_WIDTH = 4096
 MAX_BLOCKS = 256
 MAX_CLASSES = 100_000
