@@ -83,7 +83,7 @@ def test_memory_for_decoding_is_estimated_before_training(tmp_path: Path, monkey
 
     data = make_dataset(tmp_path / "d", {"training": 3, "validation": 1, "testing": 1})
     monkeypatch.setattr(pipeline, "available_bytes", lambda device: 10_000)
-    monkeypatch.setattr(pipeline, "load_split", lambda *a, **k: pytest.fail("decoding started"))
+    monkeypatch.setattr(pipeline, "decode_splits", lambda *a, **k: pytest.fail("decoding started"))
     with pytest.raises(
         OutOfMemory, match=r"^not enough memory for the decoded images; received 10 images of 32x32"
     ):
@@ -171,7 +171,7 @@ def test_csv_output_neutralises_formulas_and_jsonl_stays_raw(tiny_model, tmp_pat
 
 def test_a_newline_in_a_class_name_stays_on_one_table_row() -> None:
     from imgclf.cli.output import report_text
-    from imgclf.evaluation import format_report
+    from imgclf.reports import format_report
 
     row = {"precision": 1.0, "recall": 0.5, "f1-score": 0.6667, "support": 2}
     report = {"ri\nng": row, "sq\x1b[31muare": row, "accuracy": 0.5, "macro avg": row, "weighted avg": row}
