@@ -87,7 +87,27 @@ def _render(rng: np.random.Generator, parasitized: bool) -> tuple[np.ndarray, np
     shade = 0.98 - 0.12 * np.clip(d, 0, 1) + 0.035 * blotch
     rgb = base * shade + 3.0 * rng.standard_normal(size=(3, h, w), dtype=np.float32)
 
-    diameter = 2.0 * r
+    _add_marks(rng, rgb, alpha, base, parasitized, (xx, yy), (cx, cy, a, b, theta), 2.0 * r)
+    return rgb, alpha
+
+
+def _add_marks(
+    rng: np.random.Generator,
+    rgb: np.ndarray,
+    alpha: np.ndarray,
+    base: np.ndarray,
+    parasitized: bool,
+    grid: tuple[np.ndarray, np.ndarray],
+    ellipse: tuple[float, float, float, float, float],
+    diameter: float,
+) -> None:
+    """Paint stains (parasitized) or, sometimes, pale debris specks into ``rgb`` in place.
+
+    ``ellipse`` is the cell's ``(cx, cy, a, b, theta)``; the random draws happen in the order the demo
+    data has always used, so the files stay byte-identical.
+    """
+    xx, yy = grid
+    cx, cy, a, b, theta = ellipse
     if parasitized:
         # Stains span 22-32 % of the cell: the recipe (SGD lr 0.1, 11 steps per epoch) swings hard in its
         # first epochs, and with smaller stains some seeds / float orders never recovered in 25 epochs.
@@ -113,7 +133,6 @@ def _render(rng: np.random.Generator, parasitized: bool) -> tuple[np.ndarray, np
             cover = _smooth((rs - dist) / 1.2 + 0.5)
         cover *= np.float32(rng.uniform(0.85, 1.0)) * alpha
         rgb += cover * (colour_of(rng) - rgb)
-    return rgb, alpha
 
 
 def _stain_colour(rng: np.random.Generator) -> np.ndarray:

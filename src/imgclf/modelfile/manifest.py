@@ -163,15 +163,8 @@ def _probes(path: str, probes: Any, classes: int) -> list[Probe]:
     return out
 
 
-def _validate_v1(path: str, m: dict[str, Any], version: int, text: str | None) -> Manifest:
-    if text is not None and canonical_json(m) != text:
-        # imgclf writes canonical JSON only, so any other spelling means the text was edited.
-        raise invalid(path, "manifest is not in canonical form (file modified?)")
-    missing, unknown = sorted(_FIELDS - set(m)), sorted(set(m) - _FIELDS)
-    if missing or unknown:
-        raise invalid(
-            path, f"manifest fields wrong (missing: {missing or 'none'}, unknown: {unknown[:5] or 'none'})"
-        )
+def _integrity(path: str, m: dict[str, Any]) -> dict[str, str]:
+    """The manifest's ``integrity`` block, well formed and matching the manifest's own digest."""
     integrity = m["integrity"]
     ok = (
         isinstance(integrity, dict)
@@ -181,6 +174,19 @@ def _validate_v1(path: str, m: dict[str, Any], version: int, text: str | None) -
     require(path, ok, "integrity", "tensors_sha256 and manifest_sha256, 64 hex digits each", integrity)
     if manifest_digest(m) != integrity["manifest_sha256"]:
         raise invalid(path, "integrity check failed: the manifest does not match its digest (file modified?)")
+    return integrity
+
+
+def _validate_v1(path: str, m: dict[str, Any], version: int, text: str | None) -> Manifest:
+    if text is not None and canonical_json(m) != text:
+        # imgclf writes canonical JSON only, so any other spelling means the text was edited.
+        raise invalid(path, "manifest is not in canonical form (file modified?)")
+    missing, unknown = sorted(_FIELDS - set(m)), sorted(set(m) - _FIELDS)
+    if missing or unknown:
+        raise invalid(
+            path, f"manifest fields wrong (missing: {missing or 'none'}, unknown: {unknown[:5] or 'none'})"
+        )
+    integrity = _integrity(path, m)
     arch = m["architecture"]
     ok = isinstance(arch, dict) and set(arch) == {"name", "args"} and isinstance(arch["args"], dict)
     require(path, ok, "architecture", "an object with name and args", arch)
