@@ -43,9 +43,8 @@ from imgclf.training.runfolder import (
     check_free_space,
     check_memory_for_decoding,
     estimate_bytes,
-    make_run_dir,
+    new_run_dir,
     read_record,
-    remove_if_no_files,
     start_fresh,
     write_record,
 )
@@ -128,47 +127,40 @@ def train(
     out = check_outputs(model_path, run_dir, plot_path, resume=resume)
     device = resolve_device(config.device)
     ds = scan_dataset(dataset, val_split=config.val_split, test_split=config.test_split, seed=config.seed)
-    created = not os.path.lexists(out.run_dir)
-    make_run_dir(out.run_dir)
-    try:
-        with RunLock(out.run_dir, log=log):
-            plan = plan_resume(out.run_dir, config, ds, force=force, log=log) if resume else None
-            if plan is None:
-                start_fresh(out.run_dir, force=force, log=log)
-            config = plan.config if plan is not None else config
-            n_files = sum(len(samples) for samples in ds.splits.values())
-            check_free_space(out.model, out.run_dir, *estimate_bytes(config, len(ds.class_names), n_files))
-            if not use_cache:
-                sizes = [len(samples) for samples in ds.splits.values()]
-                check_memory_for_decoding(config, sizes, available_bytes(torch.device("cpu")))
-            for note in ds.warnings:
-                log(f"warning: {note}")
-            state = create_state(config, len(ds.class_names), device)
-            if plan is not None:  # before decoding: checkpoint weights that do not fit fail early
-                restore(state, plan.checkpoint, log=log)
-            cache = open_cache(config.preprocess, cache_dir, max_pixels=max_pixels) if use_cache else None
-            decoded = decode_splits(
-                ds, config, cache, skip_bad=skip_bad, progress=decode_progress, log=log, max_pixels=max_pixels
-            )
-            record = start_record(ds, decoded, config, out, device, plan, skip_bad, probes_from, force, log)
-            state = fit_with_checkpoints(
-                config,
-                state,
-                decoded["training"],
-                decoded.get("validation"),
-                run_dir=out.run_dir,
-                info=record.checkpoint_info(),
-                resumed=plan.checkpoint if plan is not None else None,
-                callbacks=callbacks,
-            )
-            final = final_classifier(config, state, decoded, ds.class_names)
-            save_model(final, record, state, decoded.get("validation"), out.model)
-            outputs = write_reports(state, final.evaluation, out, log)
-            write_record(out.run_dir, record.run_json(status="finished"))
-    except BaseException:
-        if created:  # refused before training (bad files, disk space, a signal): leave no empty MODEL-run/
-            remove_if_no_files(out.run_dir)
-        raise
+    with new_run_dir(out.run_dir), RunLock(out.run_dir, log=log):
+        plan = plan_resume(out.run_dir, config, ds, force=force, log=log) if resume else None
+        if plan is None:
+            start_fresh(out.run_dir, force=force, log=log)
+        config = plan.config if plan is not None else config
+        n_files = sum(len(samples) for samples in ds.splits.values())
+        check_free_space(out.model, out.run_dir, *estimate_bytes(config, len(ds.class_names), n_files))
+        if not use_cache:
+            sizes = [len(samples) for samples in ds.splits.values()]
+            check_memory_for_decoding(config, sizes, available_bytes(torch.device("cpu")))
+        for note in ds.warnings:
+            log(f"warning: {note}")
+        state = create_state(config, len(ds.class_names), device)
+        if plan is not None:  # before decoding: checkpoint weights that do not fit fail early
+            restore(state, plan.checkpoint, log=log)
+        cache = open_cache(config.preprocess, cache_dir, max_pixels=max_pixels) if use_cache else None
+        decoded = decode_splits(
+            ds, config, cache, skip_bad=skip_bad, progress=decode_progress, log=log, max_pixels=max_pixels
+        )
+        record = start_record(ds, decoded, config, out, device, plan, skip_bad, probes_from, force, log)
+        state = fit_with_checkpoints(
+            config,
+            state,
+            decoded["training"],
+            decoded.get("validation"),
+            run_dir=out.run_dir,
+            info=record.checkpoint_info(),
+            resumed=plan.checkpoint if plan is not None else None,
+            callbacks=callbacks,
+        )
+        final = final_classifier(config, state, decoded, ds.class_names)
+        save_model(final, record, state, decoded.get("validation"), out.model)
+        outputs = write_reports(state, final.evaluation, out, log)
+        write_record(out.run_dir, record.run_json(status="finished"))
     return TrainResult(
         final.classifier, state.history, final.evaluation, out.model, out.run_dir, final.epoch, outputs
     )

@@ -23,6 +23,7 @@ import os
 import shutil
 import socket
 import sys
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -302,6 +303,20 @@ def check_memory_for_decoding(config: TrainConfig, split_sizes: list[int], avail
             expected="decoded images that fit in memory",
             fix="drop --no-cache (the cache streams from disk), or use a smaller --size",
         )
+
+
+@contextlib.contextmanager
+def new_run_dir(run_dir: str) -> Iterator[None]:
+    """:func:`make_run_dir`; if the block fails and the folder was created here, remove it again when it
+    holds no file (a refused dataset, disk or memory check, or a signal before training left nothing)."""
+    created = not os.path.lexists(run_dir)
+    make_run_dir(run_dir)
+    try:
+        yield
+    except BaseException:
+        if created:
+            remove_if_no_files(run_dir)
+        raise
 
 
 def remove_if_no_files(run_dir: str) -> None:
