@@ -269,6 +269,7 @@ def inspect(path: str | os.PathLike) -> dict[str, Any]:
         "data": prov.get("data"),
         "versions": prov.get("versions"),
         "created": prov.get("created"),
+        "imported_from": prov.get("imported_from"),
         "epoch": prov.get("epoch"),
         "device": prov.get("device"),
         "probes": len(m.probes),

@@ -139,7 +139,9 @@ def _foreign(path: str, fh: Any, head: bytes, check: str, fix: str) -> ModelFile
         return invalid(
             path,
             f"not an imgclf model file: it looks like {guess}",
-            fix="pass a model file written by imgclf",
+            fix="convert it first: imgclf import-keras FILE --classes A,B"
+            if "Keras" in guess
+            else "pass a model file written by imgclf",
         )
     return invalid(path, check, fix=fix)
 

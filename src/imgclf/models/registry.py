@@ -80,6 +80,8 @@ def _same_type(key: str, value: Any, default: Any) -> Any:
         value = float(value) if ok else value
     elif isinstance(default, str):
         ok = isinstance(value, str)
+    elif isinstance(default, list) and not default:
+        ok = isinstance(value, list)  # a list of records (keras_graph's layers): the builder checks each
     elif isinstance(default, (list, tuple)):
         ok = isinstance(value, (list, tuple)) and all(
             isinstance(v, int) and not isinstance(v, bool) for v in value
