@@ -49,6 +49,7 @@ __all__ = [
     "Interrupted",
     "PartialFailure",
     "ExportError",
+    "OutOfMemory",
 ]
 
 # name -> the module that defines it (imported on first use of the name).
@@ -78,6 +79,7 @@ _HOME = {
     "Interrupted": "imgclf.errors",
     "PartialFailure": "imgclf.errors",
     "ExportError": "imgclf.errors",
+    "OutOfMemory": "imgclf.errors",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -90,6 +92,7 @@ if TYPE_CHECKING:  # pragma: no cover
         ImgclfError,
         Interrupted,
         ModelFileError,
+        OutOfMemory,
         PartialFailure,
         ResumeError,
         StorageError,

@@ -20,7 +20,7 @@ import numpy as np
 from imgclf.config import PreprocessSpec
 from imgclf.errors import ImageError, UsageError
 from imgclf.images.preprocess import ImageSource, preprocess_uint8, to_tensor
-from imgclf.images.read import describe_source
+from imgclf.images.read import MAX_PIXELS, checked_max_pixels, describe_source
 
 if TYPE_CHECKING:  # torch is imported where the network runs: an ONNX classifier subclass needs none
     import torch
@@ -119,6 +119,9 @@ class Classifier:
         arch: Registered architecture name the model was built from.
         arch_args: Builder arguments for ``arch``.
         manifest: Provenance and other metadata read from (or to be written to) the model file.
+        device: Where the model runs.
+        max_pixels: Images with more pixels are refused before decoding (at most the library's
+            ``MAX_PIXELS``; a server lowers it to bound memory per request).
     """
 
     def __init__(
@@ -130,6 +133,7 @@ class Classifier:
         arch_args: dict[str, Any],
         manifest: dict[str, Any] | None = None,
         device: torch.device | str = "cpu",
+        max_pixels: int = MAX_PIXELS,
     ) -> None:
         import torch
 
@@ -139,6 +143,7 @@ class Classifier:
         self.arch_args = dict(arch_args)
         self.manifest = dict(manifest or {})
         self.device = torch.device(device)
+        self.max_pixels = checked_max_pixels(max_pixels)
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
 
     @property
@@ -185,7 +190,9 @@ class Classifier:
         failures: list[str | None] = [None] * len(images)
         for i, source in enumerate(images):
             try:
-                arrays[i] = preprocess_uint8(source, spec, channel_order=channel_order)
+                arrays[i] = preprocess_uint8(
+                    source, spec, channel_order=channel_order, max_pixels=self.max_pixels
+                )
             except ImageError as exc:
                 if errors == "raise":
                     raise

@@ -194,8 +194,9 @@ def evaluate_dataset(
             fix="evaluate on a dataset with the model's classes",
         )
     remap = {i: classifier.class_names.index(c) for i, c in enumerate(ds.class_names)}
-    cache = open_cache(classifier.preprocess, cache_dir) if use_cache else None
-    dec = load_split(samples, classifier.preprocess, skip_bad=skip_bad, cache=cache)
+    cap = classifier.max_pixels
+    cache = open_cache(classifier.preprocess, cache_dir, max_pixels=cap) if use_cache else None
+    dec = load_split(samples, classifier.preprocess, skip_bad=skip_bad, cache=cache, max_pixels=cap)
     for path, why in dec.skipped:
         log(f"warning: skipped {path}: {why}")
     labels = dec.labels.copy()

@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from imgclf.cli.common import EPILOG, add_cache_flags
+from imgclf.cli.common import EPILOG, add_cache_flags, add_max_pixels_flag, max_pixels_option
 from imgclf.cli.output import report_text, stdout_line
 
 
@@ -41,6 +41,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("--confusion-plot", metavar="PNG", help="write a confusion-matrix plot")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (listed)")
     add_cache_flags(p)
+    add_max_pixels_flag(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -60,7 +61,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from imgclf.plots import require_matplotlib
 
         require_matplotlib("--confusion-plot", "pip install 'imgclf[plots]', or drop --confusion-plot")
-    clf = load(args.model)
+    clf = load(args.model, **max_pixels_option(args))
     ev = evaluate_dataset(
         clf,
         args.dataset,

@@ -153,12 +153,12 @@ def _onnx_lines(info: dict) -> list[str]:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """``imgclf verify``: one line per check; exit 0 if all pass, 3 otherwise."""
-    from imgclf.errors import ModelFileError
+    from imgclf.errors import ModelFileError, safe_text
     from imgclf.interop.files import file_kind, verify  # .imgclf or .onnx
 
     report = verify(args.model)
     for name, ok, detail in report.checks:
-        stdout_line(f"{'ok  ' if ok else 'FAIL'}  {name}: {detail}")
+        stdout_line(safe_text(f"{'ok  ' if ok else 'FAIL'}  {name}: {detail}"))
     if not report.ok:
         failed = [name for name, ok, _ in report.checks if not ok]
         raise ModelFileError(

@@ -45,11 +45,13 @@ from imgclf.images.read import (
     MAX_PIXELS,
     array_to_rgb,
     check_pixels,
+    checked_max_pixels,
     describe_source,
     open_image,
-    orient,
+    orientation,
     read_bytes,
     to_rgb_image,
+    warnings_named,
 )
 
 if TYPE_CHECKING:  # torch is imported where a tensor is made: the NumPy path must work without it
@@ -100,7 +102,8 @@ def decode_image(
     Args:
         source: A path, encoded bytes, a PIL image or a numpy array (H, W[, C]).
         channel_order: ``rgb`` or ``bgr``; ``bgr`` applies only to numpy arrays (OpenCV's order).
-        max_pixels: Reject images with more pixels than this (checked before decoding).
+        max_pixels: Reject images with more pixels than this (checked before decoding); at most
+            ``MAX_PIXELS``, so a server can lower the cap but not raise it.
         draft: If set, large JPEGs may be decoded at a reduced scale no smaller than this many pixels
             per side (faster, but the pixels differ from a full decode: for thumbnails only, never
             for model inputs).
@@ -110,6 +113,7 @@ def decode_image(
         ImageError: If the source cannot be decoded or breaks a limit.
         UsageError: If ``channel_order`` is invalid or ``bgr`` is used with a non-array source.
     """
+    max_pixels = checked_max_pixels(max_pixels)
     if channel_order not in ("rgb", "bgr"):
         raise UsageError(
             "unknown channel_order",
@@ -129,6 +133,11 @@ def decode_image(
             fix="drop channel_order for files, bytes and PIL images",
         )
     label = name or describe_source(source)
+    with warnings_named(label):
+        return _decode_named(source, label, max_pixels, draft)
+
+
+def _decode_named(source: ImageSource, label: str, max_pixels: int, draft: int | None) -> Image.Image:
     if isinstance(source, Image.Image):
         check_pixels(label, *source.size, max_pixels)
         img = source
@@ -144,7 +153,12 @@ def decode_image(
             fix="pass one of the supported types",
         )
     try:
-        return to_rgb_image(orient(img, label))
+        ops = orientation(img, label)
+        rgb = to_rgb_image(img)
+        del img  # freed before a rotated copy is made (orienting commutes with converting)
+        for op in ops:
+            rgb = rgb.transpose(op)
+        return rgb
     except ImageError:
         raise
     except Exception as exc:  # noqa: BLE001 - conversion of untrusted pixels: map to a bad image
@@ -165,15 +179,21 @@ def resize(rgb: np.ndarray | Image.Image, spec: PreprocessSpec) -> np.ndarray:
 
 
 def preprocess_uint8(
-    source: ImageSource, spec: PreprocessSpec, *, channel_order: str = "rgb", name: str | None = None
+    source: ImageSource,
+    spec: PreprocessSpec,
+    *,
+    channel_order: str = "rgb",
+    name: str | None = None,
+    max_pixels: int = MAX_PIXELS,
 ) -> np.ndarray:
     """Decode, orient, convert and resize one image to a (height, width, 3) uint8 array.
 
     This is what the decode-once cache stores; :func:`to_tensor` finishes the job. JPEG draft mode is
     not used here: it only applies to encoded sources, so a path and the PIL image or array decoded
-    from the same file would get different pixels.
+    from the same file would get different pixels. ``max_pixels`` lowers the pixel cap (see
+    :func:`decode_image`).
     """
-    return resize(decode_image(source, channel_order=channel_order, name=name), spec)
+    return resize(decode_image(source, channel_order=channel_order, name=name, max_pixels=max_pixels), spec)
 
 
 def to_tensor(

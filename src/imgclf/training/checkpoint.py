@@ -37,13 +37,14 @@ import torch
 
 from imgclf._version import versions
 from imgclf.config import TrainConfig
-from imgclf.fileio import atomic_write_bytes
+from imgclf.fileio import atomic_write_bytes, os_reason, read_bounded
 from imgclf.training.determinism import capture_rng
 from imgclf.training.state import TrainState
 
 CHECKPOINT_DIR = "checkpoints"
 FORMAT = "imgclf-checkpoint"
 FORMAT_VERSION = 1
+MAX_CHECKPOINT_BYTES = 1 << 36  # weights plus optimizer state: generous, but a device or a FIFO is refused
 STATE_KEY = "imgclf.training.checkpoint"
 DIGEST_KEY = "imgclf.sha256"
 KEEP_NEWEST = 2
@@ -224,10 +225,9 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
     path = os.fspath(path)
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        data = read_bounded(path, MAX_CHECKPOINT_BYTES, "checkpoint")
     except OSError as exc:
-        raise CheckpointDamaged(f"cannot read it ({exc.strerror or exc})") from None
+        raise CheckpointDamaged(f"cannot read it ({os_reason(exc)})") from None
     if len(data) < 8:
         raise CheckpointDamaged(f"too short ({len(data)} bytes)")
     size = int.from_bytes(data[:8], "little")
@@ -243,7 +243,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointDamaged("integrity check failed (the file was modified or damaged)")
     try:
         state = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise CheckpointDamaged(f"its state is not JSON ({exc})") from None
     if not isinstance(state, dict):
         raise CheckpointDamaged("its state is not a JSON object")
