@@ -48,12 +48,12 @@ def test_predict_output_under_a_file_is_exit_5_without_mkdir_advice(tiny_model, 
 @pytest.mark.parametrize(
     "exc, code, start",
     [
-        (MemoryError(), 8, "imgclf: error: out of memory; received MemoryError"),
+        (MemoryError(), 9, "imgclf: error: out of memory; received MemoryError"),
         (
             RuntimeError(
                 "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried"
             ),
-            8,
+            9,
             "imgclf: error: out of memory; received RuntimeError",
         ),
         (RecursionError("maximum recursion depth exceeded"), 2, "imgclf: error: input nested too deeply"),
@@ -88,7 +88,7 @@ def test_memory_for_decoding_is_estimated_before_training(tmp_path: Path, monkey
         OutOfMemory, match=r"^not enough memory for the decoded images; received 10 images of 32x32"
     ):
         pipeline.train(data, tmp_path / "m.imgclf", tiny_train_config(), use_cache=False)
-    assert OutOfMemory.exit_code == 8
+    assert OutOfMemory.exit_code == 9
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
 
 

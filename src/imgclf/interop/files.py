@@ -75,18 +75,22 @@ def _modelfile(path: str | os.PathLike) -> Any:
     return modelfile
 
 
-def load(path: str | os.PathLike, *, device: Any = "cpu", threads: int | None = None) -> Any:
+def load(
+    path: str | os.PathLike, *, device: Any = "cpu", threads: int | None = None, max_pixels: int | None = None
+) -> Any:
     """Load a model file of either kind: a :class:`imgclf.Classifier` (ONNX: an ``OnnxClassifier``).
 
     Args:
         path: An .imgclf file or an .onnx written by ``imgclf export``.
         device: Where an .imgclf model runs (an .onnx runs on the CPU: ``cpu`` only).
         threads: onnxruntime's intra-op threads for an .onnx (default: its own choice).
+        max_pixels: Pixel cap for the images it classifies (default and maximum: the library's cap).
 
     Raises:
         ModelFileError: If the file is missing, foreign, corrupt or inconsistent.
         UsageError: If ``device`` is not the CPU for an .onnx.
     """
+    cap = {} if max_pixels is None else {"max_pixels": max_pixels}
     if file_kind(path) == "onnx":
         from imgclf.interop.onnx_runtime import load_onnx
 
@@ -97,8 +101,8 @@ def load(path: str | os.PathLike, *, device: Any = "cpu", threads: int | None = 
                 expected="device='cpu'",
                 fix="load the .imgclf for other devices, or drop device=",
             )
-        return load_onnx(path, threads=threads)
-    return _modelfile(path).load(path, device=device)
+        return load_onnx(path, threads=threads, **cap)
+    return _modelfile(path).load(path, device=device, **cap)
 
 
 def inspect(path: str | os.PathLike) -> dict[str, Any]:

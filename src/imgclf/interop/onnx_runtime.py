@@ -26,6 +26,7 @@ from imgclf.classifier import MAX_BATCH_PIXELS, Classifier
 from imgclf.errors import ImageError, ModelFileError
 from imgclf.fileio import open_for_reading
 from imgclf.images.preprocess import preprocess_uint8, to_array
+from imgclf.images.read import MAX_PIXELS, checked_max_pixels
 from imgclf.interop.onnx_meta import (
     ONNX_FORMAT,
     PARITY_TOLERANCE,
@@ -118,8 +119,11 @@ class OnnxClassifier(Classifier):
         path: The file it came from (for messages).
     """
 
-    def __init__(self, session: Any, manifest: OnnxManifest, path: str = "") -> None:  # noqa: D107
+    def __init__(  # noqa: D107
+        self, session: Any, manifest: OnnxManifest, path: str = "", *, max_pixels: int = MAX_PIXELS
+    ) -> None:
         # No super().__init__: that builds a torch module; everything the predict methods use is here.
+        self.max_pixels = checked_max_pixels(max_pixels)
         self.session = session
         self.path = path
         self.class_names = list(manifest.class_names)
@@ -178,7 +182,9 @@ def _open(
     return data, session, m, props
 
 
-def load_onnx(path: str | os.PathLike, *, threads: int | None = None) -> OnnxClassifier:
+def load_onnx(
+    path: str | os.PathLike, *, threads: int | None = None, max_pixels: int = MAX_PIXELS
+) -> OnnxClassifier:
     """Load an .onnx written by ``imgclf export`` (onnxruntime, no torch).
 
     Args:
@@ -189,7 +195,7 @@ def load_onnx(path: str | os.PathLike, *, threads: int | None = None) -> OnnxCla
         ModelFileError: If the file is unreadable, truncated, without imgclf metadata or inconsistent.
     """
     _, session, m, _ = _open(path, threads)
-    return OnnxClassifier(session, m, os.fspath(path))
+    return OnnxClassifier(session, m, os.fspath(path), max_pixels=max_pixels)
 
 
 @dataclass
