@@ -9,6 +9,7 @@ Usage::
     spec = PreprocessSpec(height=64, width=64, interpolation="nearest")
     assert PreprocessSpec.from_dict(spec.to_dict()) == spec
     cfg = TrainConfig(epochs=5).validated()
+    stable = TrainConfig.from_recipe("stable", epochs=30)   # a preset, then overrides
 """
 
 from __future__ import annotations
@@ -19,11 +20,25 @@ from typing import Any
 from imgclf._settings import Settings, check_integer, check_number
 from imgclf.errors import UsageError
 
-__all__ = ["PreprocessSpec", "AugmentSpec", "TrainConfig", "INTERPOLATIONS", "FILL_MODES"]
+__all__ = ["PreprocessSpec", "AugmentSpec", "TrainConfig", "INTERPOLATIONS", "FILL_MODES", "RECIPES"]
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 FILL_MODES = ("nearest", "constant", "reflect")
 MAX_SIDE = 4096
+SCHEDULES = ("time_decay", "cosine")
+# Presets: TrainConfig values that differ from the class defaults (which are the seed recipe). The measured
+# reasons for each stable value are in docs/performance.md ("Recipes").
+RECIPES: dict[str, dict[str, Any]] = {
+    "seed": {},
+    "stable": {
+        "lr": 0.05,
+        "schedule": "cosine",
+        "warmup": 1.0,
+        "nesterov": True,
+        "label_smoothing": 0.1,
+        "ema": 0.998,
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -164,6 +179,16 @@ class TrainConfig(Settings):
         monitor: ``val_loss`` or ``val_accuracy``; used by ``keep=best`` and ``patience``.
         patience: Stop after this many epochs without improvement of ``monitor`` (``None``: never).
         deterministic: Ask PyTorch for deterministic algorithms (GPU; CPU runs are deterministic).
+        recipe: The preset the settings started from (``seed`` | ``stable``, see :data:`RECIPES`); build
+            with :meth:`from_recipe` (or ``from_dict``), which fill unset fields from the preset.
+        schedule: ``time_decay`` (Keras, above) or ``cosine``: per step, linear warm-up from 0 over
+            ``warmup`` epochs, then cosine decay from ``lr`` towards 0 at the end of the last epoch.
+        warmup: Warm-up length in epochs (``cosine`` only).
+        nesterov: Nesterov momentum (Keras' form).
+        clip_norm: Clip the gradients' global L2 norm to this value (``None``: no clipping).
+        ema: Per-step decay of an exponential moving average of the weights (0: off). With it on,
+            validation, ``keep`` and the saved file use the averaged weights, with batch-norm statistics
+            recomputed for them on the (unaugmented) training images.
     """
 
     arch: str = "seed_resnet"
@@ -188,6 +213,24 @@ class TrainConfig(Settings):
     monitor: str = "val_loss"
     patience: int | None = None
     deterministic: bool = False
+    recipe: str = "seed"  # preset the settings started from: seed | stable
+    schedule: str = "time_decay"  # learning-rate schedule: time_decay | cosine (per-step warm-up + cosine)
+    warmup: float = 0.0  # cosine warm-up, in epochs
+    nesterov: bool = False  # Nesterov momentum
+    clip_norm: float | None = None  # clip the gradients' global L2 norm (None: off)
+    ema: float = 0.0  # weight EMA decay per step (0: off); BN statistics recomputed for the average
+
+    @classmethod
+    def from_recipe(cls, recipe: str, **overrides: Any) -> TrainConfig:
+        """The preset ``recipe`` (see :data:`RECIPES`) with ``overrides`` applied, validated."""
+        return cls.from_dict({**overrides, "recipe": recipe})
+
+    @classmethod
+    def from_dict(cls, data: Any, *, where: str | None = None) -> TrainConfig:
+        """As :meth:`Settings.from_dict`, but keys missing from ``data`` take its ``recipe``'s values."""
+        if isinstance(data, dict) and isinstance(data.get("recipe"), str):
+            data = {**RECIPES.get(data["recipe"], {}), **data}
+        return super().from_dict(data, where=where)
 
     def validated(self) -> TrainConfig:
         """Return self after checking every bound; raise :class:`UsageError` otherwise."""
@@ -253,9 +296,27 @@ class TrainConfig(Settings):
                 expected="auto | cpu | cuda | cuda:N",
                 fix="pick one of the listed devices",
             )
+        self._validate_recipe_fields()
         self.preprocess.validated()
         self.augment.validated()
         return self
+
+    def _validate_recipe_fields(self) -> None:
+        for name, value, allowed in (
+            ("recipe", self.recipe, tuple(RECIPES)),
+            ("schedule", self.schedule, SCHEDULES),
+        ):
+            if value not in allowed:
+                raise UsageError(
+                    f"unknown {name}",
+                    received=repr(value),
+                    expected=" | ".join(allowed),
+                    fix=f"pick one of the listed {name}s",
+                )
+        check_number("warmup", self.warmup, 0.0, 100_000.0)
+        check_number("ema", self.ema, 0.0, 0.999999)
+        if self.clip_norm is not None:
+            check_number("clip_norm", self.clip_norm, 1e-6, 1e6)
 
     @property
     def effective_decay(self) -> float:

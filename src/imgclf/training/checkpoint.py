@@ -5,7 +5,9 @@ A checkpoint lives in ``RUN/checkpoints/`` and is named after where the run stan
 (written when a signal interrupts an epoch). Tensors: ``model.*`` (weights and buffers), ``best.*`` (the
 best epoch's weights, with ``keep=best``), ``optimizer.<i>.velocity`` (the optimizer's velocities),
 ``gen.order`` / ``gen.aug`` (the data-order and augmentation generators at the epoch's start),
-``rng.*`` (torch CPU/CUDA random states) and ``epoch.*`` (an interrupted epoch's running sums).
+``rng.*`` (torch CPU/CUDA random states), ``epoch.*`` (an interrupted epoch's running sums) and, with a
+weight average (``ema`` > 0), ``ema.*`` (the average) and ``averaged.*`` (the last epoch's averaged
+weights with their recomputed batch-norm statistics).
 Everything else — epoch, step, history, best metric, early-stop counter, Python/NumPy random states,
 training config, class names, architecture, data fingerprint, versions — is JSON in the metadata key
 ``imgclf.training.checkpoint``. A SHA-256 over that JSON and every tensor (metadata key ``imgclf.sha256``)
@@ -171,6 +173,10 @@ def encode(state: TrainState, config: TrainConfig, info: dict[str, Any]) -> byte
     for index, values in state.optimizer.state_dict()["state"].items():
         for key, value in values.items():  # KerasSGD keeps tensors only (its velocities)
             tensors[f"optimizer.{index}.{key}"] = _cpu(value)
+    if state.ema is not None:
+        tensors.update({f"ema.{k}": _cpu(v) for k, v in state.ema.items()})
+    if state.averaged is not None:
+        tensors.update({f"averaged.{k}": _cpu(v) for k, v in state.averaged.items()})
     tensors["gen.order"] = state.order_gen.get_state()
     tensors["gen.aug"] = state.aug_gen.get_state()
     rng_data, rng_tensors = capture_rng()
@@ -330,6 +336,7 @@ def restore(state: TrainState, ckpt: Checkpoint, *, log: Log) -> None:
     try:
         state.model.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")}, strict=True)
         _restore_optimizer(state.optimizer, t, s["optimizer"])
+        _restore_average(state, t)
     except (RuntimeError, ValueError, KeyError, IndexError) as exc:
         raise ResumeError(
             "the checkpoint's weights do not fit the model",
@@ -339,6 +346,8 @@ def restore(state: TrainState, ckpt: Checkpoint, *, log: Log) -> None:
         ) from None
     best = {k[5:]: v.to(device) for k, v in t.items() if k.startswith("best.")}
     state.best_state = best or None
+    averaged = {k[9:]: v.to(device) for k, v in t.items() if k.startswith("averaged.")}
+    state.averaged = averaged or None
     state.epoch, state.step = int(s["epoch"]), int(s["step"])
     state.history, state.timings = list(s["history"]), list(s["timings"])
     state.best_metric, state.best_epoch = s.get("best_metric"), s.get("best_epoch")
@@ -355,6 +364,22 @@ def restore(state: TrainState, ckpt: Checkpoint, *, log: Log) -> None:
             f"warning: the checkpoint was written with torch {saved_torch}, this is torch "
             f"{torch.__version__}: the run continues, but need not match an uninterrupted run bit for bit"
         )
+
+
+def _restore_average(state: TrainState, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy the saved weight average into ``state.ema`` (each in its parameter's memory layout).
+
+    A checkpoint without one (a forced resume that turned ``ema`` on) starts the average afresh.
+    """
+    saved = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+    if state.ema is None or not saved:
+        return
+    if set(saved) != set(state.ema):
+        raise ValueError(f"weight average for {sorted(set(saved) ^ set(state.ema))[:3]} does not fit")
+    for name, value in saved.items():
+        if value.shape != state.ema[name].shape:
+            raise ValueError(f"weight average {name} ({tuple(value.shape)}) does not fit")
+        state.ema[name].copy_(value)
 
 
 def _restore_optimizer(optimizer: KerasSGD, tensors: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:

@@ -1,5 +1,8 @@
 """The training loop: data resident on the device, batched augmentation, Keras-style SGD time decay.
 
+The ``stable`` recipe's parts also live here: a per-step cosine schedule with warm-up (:func:`lr_at`),
+gradient clipping, and a weight average (:mod:`.ema`) that validation and the saved file use.
+
 ``fit`` never prints; progress goes to callbacks (the CLI draws a progress bar with one). Everything a
 run depends on lives in :class:`TrainState`, so a checkpoint of it (:mod:`.checkpoint`) resumes the
 run exactly, even from the middle of an epoch: each epoch draws its sample order and augmentation
@@ -15,9 +18,10 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +38,7 @@ from imgclf.images.preprocess import to_tensor
 from imgclf.models import registry
 from imgclf.training.augment import affine_matrices, augment_batch, sample_params
 from imgclf.training.determinism import deterministic_algorithms
+from imgclf.training.ema import averaged_weights, start_average, update_average
 from imgclf.training.optim import KerasSGD
 
 __all__ = [
@@ -87,6 +92,9 @@ class TrainState:
         stopped_early: True if patience ran out.
         in_epoch: Progress inside an unfinished epoch (after an interruption), else ``None``.
         interrupted: True if ``fit`` returned because ``should_stop`` said so.
+        ema: The weight average by parameter name (``config.ema > 0``), else ``None``.
+        averaged: With ``ema``: the last epoch's averaged weights and recomputed batch-norm statistics
+            (what ``keep=last`` saves), else ``None``.
     """
 
     model: nn.Module
@@ -104,6 +112,8 @@ class TrainState:
     stopped_early: bool = False
     in_epoch: PartialEpoch | None = None
     interrupted: bool = False
+    ema: dict[str, torch.Tensor] | None = None
+    averaged: dict[str, torch.Tensor] | None = None
 
 
 class Callback:
@@ -177,9 +187,21 @@ def steps_per_epoch(n: int, batch_size: int) -> tuple[int, int]:
     return max(1, n // batch), batch
 
 
-def lr_at(config: TrainConfig, step: int) -> float:
-    """Keras time decay: ``lr / (1 + decay * step)`` with ``step`` counted from 0."""
-    return config.lr / (1.0 + config.effective_decay * step)
+def lr_at(config: TrainConfig, step: int, steps: int = 1) -> float:
+    """The learning rate of optimizer step ``step`` (counted from 0) with ``steps`` steps per epoch.
+
+    ``time_decay`` (Keras): ``lr / (1 + decay * step)``. ``cosine``: with ``W = round(warmup * steps)``
+    warm-up steps and ``T = epochs * steps`` in all, ``lr * (step + 1) / W`` while ``step < W``, then
+    ``lr * (1 + cos(pi * p)) / 2`` with ``p = min(1, (step - W) / (T - W))``.
+    """
+    if config.schedule == "time_decay":
+        return config.lr / (1.0 + config.effective_decay * step)
+    total = config.epochs * steps
+    warm = min(round(config.warmup * steps), total)
+    if step < warm:
+        return config.lr * (step + 1) / warm
+    progress = min(1.0, (step - warm) / max(1, total - warm))
+    return config.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def _seeds(seed: int) -> tuple[int, int, int]:
@@ -201,12 +223,13 @@ def create_state(config: TrainConfig, num_classes: int, device: torch.device | N
         for coef, params in registry.l2_groups(model)
         if params
     ]
-    optimizer = KerasSGD(groups, lr=config.lr, momentum=config.momentum)
+    optimizer = KerasSGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
     return TrainState(
         model=model,
         optimizer=optimizer,
         order_gen=torch.Generator().manual_seed(order_seed),
         aug_gen=torch.Generator().manual_seed(aug_seed),
+        ema=start_average(model) if config.ema else None,
     )
 
 
@@ -332,6 +355,8 @@ def _fit(
         loss = F.cross_entropy(logits.float(), yb, label_smoothing=config.label_smoothing)
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if config.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm, foreach=True)
         state.optimizer.step()
         return loss.detach(), (logits.detach().argmax(1) == yb).sum()
 
@@ -355,9 +380,9 @@ def _fit(
         resumed, state.in_epoch = state.in_epoch, None
         loss_sum = resumed.loss_sum.to(device) if resumed else torch.zeros((), device=device)
         correct = resumed.correct.to(device) if resumed else torch.zeros((), device=device, dtype=torch.long)
-        lr = lr_at(config, state.step)
+        lr = lr_at(config, state.step, steps)
         for i in range(min(resumed.step, steps) if resumed else 0, steps):
-            lr = lr_at(config, state.step)
+            lr = lr_at(config, state.step, steps)
             for group in state.optimizer.param_groups:
                 group["lr"] = lr
             sl = slice(i * batch, (i + 1) * batch)
@@ -365,6 +390,8 @@ def _fit(
             loss_sum += loss
             correct += hits
             state.step += 1
+            if state.ema is not None:
+                update_average(state.ema, model, config.ema, state.step)
             shown = loss.item() if (i + 1) % report_every == 0 or i + 1 == steps else None
             for cb in callbacks:
                 cb.on_step_end(i + 1, steps, shown)
@@ -382,18 +409,43 @@ def _fit(
             "accuracy": correct.item() / (steps * batch),
             "lr": lr,
         }
-        if val is not None and len(val):
-            record["val_loss"], record["val_accuracy"] = _evaluate(net, val, config, device)
-            model.train()
+        with _judged_weights(config, state, train, memory):
+            if val is not None and len(val):
+                record["val_loss"], record["val_accuracy"] = _evaluate(net, val, config, device)
+                model.train()
+            _track_best(config, state, record)
         state.history.append(record)
         state.timings.append({"epoch": epoch, "seconds": time.perf_counter() - started})
         state.epoch = epoch
-        _track_best(config, state, record)
         for cb in callbacks:
             cb.on_epoch_end(state, record)
     for cb in callbacks:
         cb.on_train_end(state)
     return state
+
+
+@contextlib.contextmanager
+def _judged_weights(
+    config: TrainConfig, state: TrainState, train: DecodedSplit, memory: torch.memory_format
+) -> Iterator[None]:
+    """The weights an epoch is judged and kept by: the training weights, or (with EMA) the average.
+
+    With EMA, the averaged weights with their recomputed batch-norm statistics are also kept in
+    ``state.averaged``; the training weights are back, bit for bit, after the block.
+    """
+    if state.ema is None:
+        yield
+        return
+    with averaged_weights(
+        state.model,
+        state.ema,
+        train.images,
+        config.preprocess,
+        batch_size=config.eval_batch_size,
+        memory_format=memory,
+    ):
+        state.averaged = {k: v.detach().clone() for k, v in state.model.state_dict().items()}
+        yield
 
 
 def _track_best(config: TrainConfig, state: TrainState, record: dict[str, Any]) -> None:
@@ -415,4 +467,6 @@ def final_weights(config: TrainConfig, state: TrainState) -> tuple[nn.Module, in
     if config.keep == "best" and state.best_state is not None and state.best_epoch is not None:
         state.model.load_state_dict(state.best_state)
         return state.model, state.best_epoch
+    if state.averaged is not None:
+        state.model.load_state_dict(state.averaged)
     return state.model, state.epoch
