@@ -35,6 +35,8 @@ def _config_from_args(args: argparse.Namespace, start: dict[str, Any] | None = N
                 expected="a JSON file of TrainConfig settings",
                 fix="check the file",
             ) from None
+    if args.recipe:  # the preset fills every setting the start, --config and flags leave unset
+        base["recipe"] = args.recipe
     cfg = TrainConfig.from_dict(base)
     direct = (
         "arch",
@@ -55,6 +57,11 @@ def _config_from_args(args: argparse.Namespace, start: dict[str, Any] | None = N
         "keep",
         "monitor",
         "patience",
+        "schedule",
+        "warmup",
+        "nesterov",
+        "clip_norm",
+        "ema",
     )  # flags named as the TrainConfig fields they set
     changes = {name: getattr(args, name) for name in direct if getattr(args, name) is not None}
     if args.deterministic:

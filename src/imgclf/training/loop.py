@@ -191,7 +191,7 @@ def lr_at(config: TrainConfig, step: int, steps: int = 1) -> float:
     """The learning rate of optimizer step ``step`` (counted from 0) with ``steps`` steps per epoch.
 
     ``time_decay`` (Keras): ``lr / (1 + decay * step)``. ``cosine``: with ``W = round(warmup * steps)``
-    warm-up steps and ``T = epochs * steps`` in all, ``lr * (step + 1) / W`` while ``step < W``, then
+    warm-up steps and ``T = epochs * steps`` in all, ``lr * ((step + 1) / W)`` while ``step < W``, then
     ``lr * (1 + cos(pi * p)) / 2`` with ``p = min(1, (step - W) / (T - W))``.
     """
     if config.schedule == "time_decay":
@@ -199,7 +199,7 @@ def lr_at(config: TrainConfig, step: int, steps: int = 1) -> float:
     total = config.epochs * steps
     warm = min(round(config.warmup * steps), total)
     if step < warm:
-        return config.lr * (step + 1) / warm
+        return config.lr * ((step + 1) / warm)
     progress = min(1.0, (step - warm) / max(1, total - warm))
     return config.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
