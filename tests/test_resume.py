@@ -197,6 +197,24 @@ def test_a_full_disk_mid_run_costs_one_epoch_at_most(dataset, reference, tmp_pat
     assert_same_run(tmp_path / "m.imgclf", tmp_path / "m-run", *reference)
 
 
+def test_the_stable_recipe_interrupted_in_an_epoch_resumes_to_the_identical_file(dataset, tmp_path):
+    """The weight average and the averaged weights travel through the checkpoint; keep=last saves them."""
+    from imgclf.config import RECIPES
+
+    stable = CONFIG.replace(recipe="stable", **RECIPES["stable"], keep="last")
+    reference = tmp_path / "ref" / "m.imgclf"
+    reference.parent.mkdir()
+    train(dataset, reference, stable)
+    model = tmp_path / "m.imgclf"
+    with pytest.raises(Interrupted):
+        train(dataset, model, stable, callbacks=[SignalAt(2, 1)])
+    newest = ckpt.read_checkpoint(ckpt.list_checkpoints(tmp_path / "m-run")[0])
+    assert any(k.startswith("ema.") for k in newest.tensors)
+    resume_run(tmp_path / "m-run")
+    assert_same_run(model, tmp_path / "m-run", reference, reference.with_name("m-run"))
+    assert imgclf.load(model).manifest["provenance"]["training"]["recipe"] == "stable"
+
+
 @pytest.fixture
 def interrupted(dataset, tmp_path):
     """A private copy of the dataset and a run of it interrupted in epoch 2: (dataset, model, run dir)."""
