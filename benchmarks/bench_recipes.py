@@ -62,9 +62,9 @@ def datasets(scale: float) -> dict[str, dict[str, Any]]:
 
 def run_one(config: TrainConfig, splits: dict[str, Any], num_classes: int) -> dict[str, float]:
     """Train once; the test accuracy of the weights ``keep`` saves, last val accuracy, seconds."""
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     state = fit(config, create_state(config, num_classes), splits["training"], splits["validation"])
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     model, _ = final_weights(config, state)
     test = splits["testing"]
     logits = predict_logits(model, test.images, config.preprocess, batch_size=config.eval_batch_size)
@@ -74,6 +74,7 @@ def run_one(config: TrainConfig, splits: dict[str, Any], num_classes: int) -> di
         "test_accuracy": accuracy,
         "last_val_accuracy": state.history[-1]["val_accuracy"],
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "images_seen": steps * batch * state.epoch,
     }
 
@@ -102,7 +103,16 @@ def main() -> int:
     )
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--json", help="also write every run's numbers to this file")
+    p.add_argument("--table", nargs="*", help="only print the table of these --json files (merged)")
     args = p.parse_args()
+    if args.table:
+        merged: dict[str, dict[str, list[dict[str, float]]]] = {}
+        for path in args.table:
+            for ds_name, by_recipe in json.loads(Path(path).read_text()).items():
+                for label, runs in by_recipe.items():
+                    merged.setdefault(ds_name, {}).setdefault(label, []).extend(runs)
+        _report(merged, args)
+        return 0
     torch.set_num_threads(args.threads)
     print(machine())
     spec = PreprocessSpec(height=args.size, width=args.size)
@@ -138,7 +148,10 @@ def _report(results: dict[str, dict[str, list[dict[str, float]]]], args: argpars
         for label, runs in by_recipe.items():
             test = [r["test_accuracy"] for r in runs]
             val = [r["last_val_accuracy"] for r in runs]
-            per_k = 1000 * sum(r["seconds"] for r in runs) / sum(r["images_seen"] for r in runs)
+            seen = sum(r["images_seen"] for r in runs)
+            per_k = 1000 * sum(r["seconds"] for r in runs) / seen
+            cpu = [r["cpu_seconds"] for r in runs if "cpu_seconds" in r]
+            cpu_k = f"{1000 * sum(cpu) / seen:.1f}" if len(cpu) == len(runs) else "-"
             rows.append(
                 [
                     ds_name,
@@ -147,14 +160,16 @@ def _report(results: dict[str, dict[str, list[dict[str, float]]]], args: argpars
                     f"{min(test):.3f}",
                     f"{statistics.mean(val):.3f}",
                     f"{min(val):.3f}",
-                    f"{per_k:.2f}",
+                    f"{per_k:.1f}",
+                    cpu_k,
+                    str(len(runs)),
                 ]
             )
     table(
         f"seed_resnet, {args.size}x{args.size}, {args.epochs} epochs, {args.seeds} seeds, fp32, "
         f"{args.threads} thread(s)",
         ["dataset", "recipe", "test acc mean", "test acc worst", "last val acc mean", "last val acc worst",
-         "s per 1k images seen"],
+         "wall s per 1k images seen", "CPU s per 1k images seen", "runs"],
         rows,
     )
 

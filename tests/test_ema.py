@@ -12,7 +12,14 @@ from torch import nn
 from conftest import tiny_train_config
 from imgclf.config import PreprocessSpec
 from imgclf.images.preprocess import to_tensor
-from imgclf.training.ema import averaged_weights, ema_decay, recompute_bn, start_average, update_average
+from imgclf.training.ema import (
+    averaged_weights,
+    bn_images,
+    ema_decay,
+    recompute_bn,
+    start_average,
+    update_average,
+)
 from imgclf.training.loop import TrainState, final_weights
 from modelfiles import assert_same_tensors
 
@@ -31,6 +38,12 @@ def _images(n: int = 5) -> np.ndarray:
 def test_decay_ramps_up_then_holds():
     assert ema_decay(0.998, 1) == 2 / 11 and ema_decay(0.998, 90) == 91 / 100
     assert ema_decay(0.998, 10_000) == 0.998 and ema_decay(0.5, 20) == 0.5
+
+
+@pytest.mark.parametrize("n, step", [(10, 1), (64, 1), (127, 1), (128, 2), (200, 3), (256, 4), (10_000, 4)])
+def test_bn_statistics_come_from_every_kth_image(n, step):
+    images = np.arange(n).reshape(n, 1, 1, 1)
+    assert np.array_equal(bn_images(images), images[::step])
 
 
 def test_the_average_follows_the_hand_computation():

@@ -184,7 +184,7 @@ class TrainConfig(Settings):
         clip_norm: Clip the gradients' global L2 norm to this value (``None``: no clipping).
         ema: Per-step decay of an exponential moving average of the weights (0: off). With it on,
             validation, ``keep`` and the saved file use the averaged weights, with batch-norm statistics
-            recomputed for them on (a share of) the unaugmented training images.
+            recomputed for them on a share of the unaugmented training images (:mod:`.training.ema`).
     """
 
     arch: str = setting("seed_resnet", "registered architecture (an unknown name lists them)")

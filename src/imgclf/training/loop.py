@@ -38,7 +38,7 @@ from imgclf.images.preprocess import to_tensor
 from imgclf.models import registry
 from imgclf.training.augment import affine_matrices, augment_batch, sample_params
 from imgclf.training.determinism import deterministic_algorithms
-from imgclf.training.ema import averaged_weights, start_average, update_average
+from imgclf.training.ema import averaged_weights, bn_images, start_average, update_average
 from imgclf.training.optim import KerasSGD
 
 __all__ = [
@@ -439,9 +439,9 @@ def _judged_weights(
     with averaged_weights(
         state.model,
         state.ema,
-        train.images,
+        bn_images(train.images),
         config.preprocess,
-        batch_size=config.eval_batch_size,
+        batch_size=config.batch_size,
         memory_format=memory,
     ):
         state.averaged = {k: v.detach().clone() for k, v in state.model.state_dict().items()}
