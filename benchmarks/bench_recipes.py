@@ -90,6 +90,7 @@ def _variant(text: str) -> tuple[str, str, dict[str, Any]]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, default=5, help="seeds per recipe and dataset (default 5)")
+    p.add_argument("--first-seed", type=int, default=0, help="seeds run from this one (default 0)")
     p.add_argument("--epochs", type=int, default=8, help="epochs per run (default 8)")
     p.add_argument("--size", type=int, default=32, help="image side in pixels (default 32)")
     p.add_argument("--scale", type=float, default=1.0, help="multiplies every image count (default 1)")
@@ -129,7 +130,7 @@ def main() -> int:
             results[ds_name] = {}
             for label, (preset, values) in recipes.items():
                 runs = results[ds_name][label] = []
-                for seed in range(args.seeds):
+                for seed in range(args.first_seed, args.first_seed + args.seeds):
                     config = TrainConfig.from_recipe(
                         preset, epochs=args.epochs, seed=seed, preprocess=spec.to_dict(), device="cpu",
                         precision="fp32", **values,
