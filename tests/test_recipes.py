@@ -7,12 +7,14 @@ import math
 
 import pytest
 
-from conftest import make_dataset, run_cli, tiny_train_config
+from helpers import make_dataset, run_cli, tiny_train_config
 from imgclf.cli.main import build_parser
 from imgclf.cli.train import _config_from_args
 from imgclf.config import RECIPES, TrainConfig
 from imgclf.errors import UsageError
-from imgclf.training.loop import Callback, create_state, fit, lr_at
+from imgclf.training.loop import Callback, fit
+from imgclf.training.schedule import lr_at
+from imgclf.training.state import create_state
 
 STABLE = {"lr": 0.05, "schedule": "cosine", "warmup": 1.0, "nesterov": True, "label_smoothing": 0.1}
 STABLE["ema"] = 0.998

@@ -21,9 +21,8 @@ from torch import nn
 
 from imgclf.config import PreprocessSpec
 from imgclf.errors import ImageError, UsageError
-from imgclf.images.preprocess import ImageSource, describe_source, preprocess_uint8, to_tensor
-
-__all__ = ["Classifier", "Prediction", "predict_logits"]
+from imgclf.images.preprocess import ImageSource, preprocess_uint8, to_tensor
+from imgclf.images.read import describe_source
 
 _SINGLE = (str, os.PathLike, bytes, bytearray, memoryview, np.ndarray)
 

@@ -27,22 +27,6 @@ Exit codes (also in the README):
 
 from __future__ import annotations
 
-__all__ = [
-    "ImgclfError",
-    "UsageError",
-    "ModelFileError",
-    "ImageError",
-    "StorageError",
-    "ResumeError",
-    "DatasetError",
-    "Interrupted",
-    "PartialFailure",
-    "EXIT_CODES",
-    "safe_text",
-    "listed",
-    "MAX_LISTED",
-]
-
 MAX_LISTED = 8
 
 

@@ -63,6 +63,12 @@ def _recipe(training: dict) -> str:
     return name + (", changed: " + ", ".join(changed) if changed else "")
 
 
+def _short_args(args: dict) -> dict:
+    """Architecture args for one line: a list of layer records (keras_graph) shown as its length."""
+    records = {k for k, v in args.items() if isinstance(v, list) and v and isinstance(v[0], dict)}
+    return {k: f"<{len(v)} layers; --json lists them>" if k in records else v for k, v in args.items()}
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     """``imgclf inspect``: the manifest, human-readable or ``--json``."""
     from imgclf.errors import safe_text
@@ -78,7 +84,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         f"file            {info['path']} ({info['file_bytes']} bytes)",
         f"format          {info['format']} version {info['format_version']} "
         f"(decode rule {info['decode_rule']})",
-        f"architecture    {arch['name']} {json.dumps(arch['args'], ensure_ascii=False)}",
+        f"architecture    {arch['name']} {json.dumps(_short_args(arch['args']), ensure_ascii=False)}",
         f"parameters      {info['parameters']} in {info['tensors']} tensors",
         f"classes         {len(info['class_names'])}: {_names(info['class_names'])}",
         f"preprocessing   {pre['height']}x{pre['width']} {pre['interpolation']}, "
@@ -104,6 +110,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         lines.append(
             f"data            fingerprint {str(d.get('fingerprint'))[:16]}..., "
             f"counts {json.dumps(d.get('counts'), ensure_ascii=False)}"
+        )
+    if isinstance(info.get("imported_from"), dict):
+        src = info["imported_from"]
+        lines.append(
+            f"imported from   {src.get('file')} (Keras {src.get('keras_version')}, {src.get('layout')}, "
+            f"sha256:{src.get('sha256')})"
         )
     if info.get("versions"):
         lines.append("versions        " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))

@@ -172,13 +172,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _tile(p: Any, class_names: list[str]) -> Any:
-    from imgclf.reports import class_colors, montage_tile
+    from imgclf.plots import class_colors, montage_tile
 
     return montage_tile(p.source, f"{p.label} {p.confidence:.0%}", class_colors(len(class_names))[p.index])
 
 
 def _montage(args: argparse.Namespace, tiles: list, classified: int) -> None:
-    from imgclf.reports import build_montage, save_png
+    from imgclf.plots import build_montage, save_png
 
     sheet = build_montage(tiles)
     save_png(sheet, args.montage)

@@ -28,8 +28,6 @@ from PIL import Image
 
 from imgclf.errors import UsageError
 
-__all__ = ["SPLITS", "CLASSES", "KINDS", "BASE_COUNTS", "write_demo_dataset"]
-
 SPLITS: tuple[str, ...] = ("training", "validation", "testing")
 CLASSES: tuple[str, ...] = ("Parasitized", "Uninfected")
 KINDS: tuple[str, ...] = (*CLASSES, "Ring", "Dot")  # class names the generator can draw
@@ -60,8 +58,6 @@ def _render(
     rng: np.random.Generator, kind: str, look: tuple[float, float, float] = (3.0, 1.0, 1.0)
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw one cell; returns ``(rgb, alpha)``: float (3, H, W) colour of the cell alone and its coverage.
-
-    ``kind`` is one of :data:`KINDS`; ``look`` is ``(noise, stain_size, stain_strength)``.
 
     Channels come first because broadcasting over a trailing axis of 3 is several times slower in numpy.
     """
@@ -97,10 +93,34 @@ def _render(
     coarse = Image.fromarray(rng.normal(0.0, 1.0, size=(6, 6)).astype(np.float32))
     blotch = np.asarray(coarse.resize((w, h), Image.Resampling.BICUBIC), dtype=np.float32)
     shade = 0.98 - 0.12 * np.clip(d, 0, 1) + 0.035 * blotch
-    noise, stain_size, stain_strength = look
+    noise, stain_size, stain_strength = look  # a class from KINDS; look: noise, stain size and opacity
     rgb = base * shade + noise * rng.standard_normal(size=(3, h, w), dtype=np.float32)
 
-    diameter = 2.0 * r
+    _add_marks(
+        rng, rgb, alpha, base, kind, (xx, yy), (cx, cy, a, b, theta), (2.0 * r, stain_size, stain_strength)
+    )
+    return rgb, alpha
+
+
+def _add_marks(
+    rng: np.random.Generator,
+    rgb: np.ndarray,
+    alpha: np.ndarray,
+    base: np.ndarray,
+    kind: str,
+    grid: tuple[np.ndarray, np.ndarray],
+    ellipse: tuple[float, float, float, float, float],
+    stains: tuple[float, float, float],
+) -> None:
+    """Paint stains (parasitized) or, sometimes, pale debris specks into ``rgb`` in place.
+
+    ``ellipse`` is the cell's ``(cx, cy, a, b, theta)``; the random draws happen in the order the demo
+    data has always used, so the files stay byte-identical. ``stains`` is ``(cell diameter, stain size
+    factor, stain opacity factor)``; ``Ring`` and ``Dot`` cells draw only that kind of stain.
+    """
+    diameter, stain_size, stain_strength = stains
+    xx, yy = grid
+    cx, cy, a, b, theta = ellipse
     if kind != "Uninfected":
         # Stains span 22-32 % of the cell: the recipe (SGD lr 0.1, 11 steps per epoch) swings hard in its
         # first epochs, and with smaller stains some seeds / float orders never recovered in 25 epochs.
@@ -128,7 +148,6 @@ def _render(
             cover = _smooth((rs - dist) / 1.2 + 0.5)
         cover *= np.float32(rng.uniform(0.85, 1.0) * stain_strength) * alpha
         rgb += cover * (colour_of(rng) - rgb)
-    return rgb, alpha
 
 
 def _stain_colour(rng: np.random.Generator) -> np.ndarray:
@@ -165,6 +184,43 @@ def _encode(rgb: np.ndarray, alpha: np.ndarray, kind: str, rng: np.random.Genera
     img.save(path, format="PNG")
 
 
+def _prepare_output(root: Path, *, scale: float, seed: int, overwrite: bool) -> Path:
+    """Check the arguments and the output folder; with ``overwrite``, delete its split folders."""
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        raise UsageError(
+            "demo-data scale must be a positive number",
+            received=scale,
+            expected="a number > 0, e.g. 1.0",
+            fix="pass --scale 1",
+        )
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise UsageError(
+            "demo-data seed must be a non-negative integer",
+            received=seed,
+            expected="an integer >= 0",
+            fix="pass --seed 42",
+        )
+    if root.exists() and not root.is_dir():
+        raise UsageError(
+            "demo-data output is not a folder",
+            received=str(root),
+            expected="a new or empty folder",
+            fix="choose another path",
+        )
+    if root.is_dir() and any(root.iterdir()):
+        if not overwrite:
+            raise UsageError(
+                "demo-data output folder is not empty",
+                received=str(root),
+                expected="a new or empty folder",
+                fix="choose another folder or delete it",
+            )
+        for split in SPLITS:
+            if (root / split).is_dir():
+                shutil.rmtree(root / split)
+    return root
+
+
 def write_demo_dataset(
     out: str | os.PathLike,
     *,
@@ -199,40 +255,7 @@ def write_demo_dataset(
         UsageError: ``out`` is not empty (without ``overwrite``) or not a folder, or ``scale``/``seed``
             are out of range.
     """
-    root = Path(out)
-    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
-        raise UsageError(
-            "demo-data scale must be a positive number",
-            received=scale,
-            expected="a number > 0, e.g. 1.0",
-            fix="pass --scale 1",
-        )
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise UsageError(
-            "demo-data seed must be a non-negative integer",
-            received=seed,
-            expected="an integer >= 0",
-            fix="pass --seed 42",
-        )
-    if root.exists() and not root.is_dir():
-        raise UsageError(
-            "demo-data output is not a folder",
-            received=str(out),
-            expected="a new or empty folder",
-            fix="choose another path",
-        )
-    if root.is_dir() and any(root.iterdir()):
-        if not overwrite:
-            raise UsageError(
-                "demo-data output folder is not empty",
-                received=str(out),
-                expected="a new or empty folder",
-                fix="choose another folder or delete it",
-            )
-        for split in SPLITS:
-            if (root / split).is_dir():
-                shutil.rmtree(root / split)
-
+    root = _prepare_output(Path(out), scale=scale, seed=seed, overwrite=overwrite)
     _check_look(counts, noise, stain_size, stain_strength)
     plan = counts or {s: {c: _scaled(n, scale) for c, n in BASE_COUNTS[s].items()} for s in SPLITS}
     look = (float(noise), float(stain_size), float(stain_strength))

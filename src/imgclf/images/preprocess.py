@@ -37,9 +37,7 @@ from PIL import Image
 from imgclf.config import PreprocessSpec
 from imgclf.errors import ImageError, UsageError
 from imgclf.images.read import (
-    ALLOWED_FORMATS,
     IMAGE_EXTENSIONS,
-    MAX_FILE_BYTES,
     MAX_PIXELS,
     array_to_rgb,
     check_pixels,
@@ -49,23 +47,6 @@ from imgclf.images.read import (
     read_bytes,
     to_rgb_image,
 )
-
-__all__ = [
-    "ImageSource",
-    "ALLOWED_FORMATS",
-    "IMAGE_EXTENSIONS",
-    "MAX_PIXELS",
-    "MAX_FILE_BYTES",
-    "DECODE_RULE",
-    "describe_source",
-    "read_bytes",
-    "decode",
-    "decode_image",
-    "resize",
-    "preprocess_uint8",
-    "to_tensor",
-    "preprocess",
-]
 
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray
 
