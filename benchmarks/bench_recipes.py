@@ -32,7 +32,9 @@ from imgclf.config import PreprocessSpec, TrainConfig
 from imgclf.data.decode import load_split
 from imgclf.data.folders import scan_dataset
 from imgclf.data.synthetic import SPLITS, write_demo_dataset
-from imgclf.training.loop import create_state, final_weights, fit, steps_per_epoch
+from imgclf.training.loop import fit
+from imgclf.training.schedule import steps_per_epoch
+from imgclf.training.state import create_state, final_weights
 
 
 def _counts(per_class: dict[str, tuple[int, int, int]], scale: float) -> dict[str, dict[str, int]]:
