@@ -15,6 +15,7 @@ demo: $(STAMP)
 	$(VENV)/bin/imgclf demo --out demo-output
 
 test: $(STAMP)
+	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m pytest -q
 
