@@ -48,6 +48,23 @@ def _names(names: list[str], limit: int = 20) -> str:
     return shown + (f", ... ({len(names) - limit} more; --json lists all)" if len(names) > limit else "")
 
 
+# The settings a recipe preset sets (see imgclf.config.RECIPES), compared to name what a run changed.
+_RECIPE_KEYS = ("epochs", "batch_size", "lr", "momentum", "decay", "label_smoothing", "schedule", "warmup")
+_RECIPE_KEYS += ("nesterov", "clip_norm", "ema", "keep", "monitor", "patience")
+
+
+def _recipe(training: dict) -> str:
+    """``stable`` or ``stable, changed: lr 0.02, epochs 30``; files made before presets: ``seed``."""
+    from imgclf.config import RECIPES, TrainConfig
+
+    name = training.get("recipe", "seed")
+    if name not in RECIPES:
+        return str(name)
+    preset = TrainConfig.from_recipe(name).to_dict()
+    changed = [f"{k} {training[k]}" for k in _RECIPE_KEYS if k in training and training[k] != preset[k]]
+    return name + (", changed: " + ", ".join(changed) if changed else "")
+
+
 def _short_args(args: dict) -> dict:
     """Architecture args for one line: a list of layer records (keras_graph) shown as its length."""
     records = {k for k, v in args.items() if isinstance(v, list) and v and isinstance(v[0], dict)}
@@ -86,6 +103,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             f"training        {t.get('epochs')} epochs, batch {t.get('batch_size')}, lr {t.get('lr')}, "
             f"seed {t.get('seed')}; saved epoch {info.get('epoch')} on {info.get('device')}"
         )
+        lines.append(f"recipe          {_recipe(t)}")
     if info.get("metrics"):
         lines.append(_metrics_line(info["metrics"]))
     if info.get("data"):

@@ -213,6 +213,8 @@ def _config_from_args(args: argparse.Namespace, start: dict[str, Any] | None = N
                 expected="a JSON file of TrainConfig settings",
                 fix="check the file",
             ) from None
+    if getattr(args, "config.recipe", None):  # the preset fills what the start and --config leave unset
+        base["recipe"] = getattr(args, "config.recipe")
     settings = TrainConfig.from_dict(base).to_dict()
     for spec in recipe_flags():
         value = getattr(args, spec.dest)

@@ -5,7 +5,9 @@ A checkpoint lives in ``RUN/checkpoints/`` and is named after where the run stan
 (written when a signal interrupts an epoch). Tensors: ``model.*`` (weights and buffers), ``best.*`` (the
 best epoch's weights, with ``keep=best``), ``optimizer.<i>.velocity`` (the optimizer's velocities),
 ``gen.order`` / ``gen.aug`` (the data-order and augmentation generators at the epoch's start),
-``rng.*`` (torch CPU/CUDA random states) and ``epoch.*`` (an interrupted epoch's running sums).
+``rng.*`` (torch CPU/CUDA random states), ``epoch.*`` (an interrupted epoch's running sums) and, with a
+weight average (``ema`` > 0), ``ema.*`` (the average) and ``averaged.*`` (the last epoch's averaged
+weights with their recomputed batch-norm statistics).
 Everything else — epoch, step, history, best metric, early-stop counter, Python/NumPy random states,
 training config, class names, architecture, data fingerprint, versions — is JSON in the metadata key
 ``imgclf.training.checkpoint``. A SHA-256 over that JSON and every tensor (metadata key ``imgclf.sha256``)
@@ -156,6 +158,10 @@ def encode(state: TrainState, config: TrainConfig, info: dict[str, Any]) -> byte
     for index, values in state.optimizer.state_dict()["state"].items():
         for key, value in values.items():  # KerasSGD keeps tensors only (its velocities)
             tensors[f"optimizer.{index}.{key}"] = _cpu(value)
+    if state.ema is not None:
+        tensors.update({f"ema.{k}": _cpu(v) for k, v in state.ema.items()})
+    if state.averaged is not None:
+        tensors.update({f"averaged.{k}": _cpu(v) for k, v in state.averaged.items()})
     tensors["gen.order"] = state.order_gen.get_state()
     tensors["gen.aug"] = state.aug_gen.get_state()
     rng_data, rng_tensors = capture_rng()
