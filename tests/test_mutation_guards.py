@@ -1,0 +1,114 @@
+"""Tests that pin exact limits and checks where a plausible one-line bug used to pass the suite.
+
+Each test names the bug it catches. Found by injecting bugs by hand (issue 17) and by ``make mutation``
+(see docs/testing.md).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+import imgclf
+from imgclf.errors import ModelFileError
+from imgclf.modelfile import probes
+from modelfiles import data_offset, edit_manifest, flip, make_classifier, manifest_of, split, with_manifest
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "format.md"
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("guards") / "m.imgclf"
+    imgclf.save(make_classifier(seed=21, size=16), path)
+    return path
+
+
+# --- probe tolerance: the documented value, from both sides ---------------------------------------------
+
+
+def documented_tolerance() -> float:
+    """The probe tolerance as docs/format.md §6 states it."""
+    found = re.search(r"against\s+the tolerance \(([0-9.e-]+)\)", DOCS.read_text(encoding="utf-8"))
+    assert found, "docs/format.md no longer states the probe tolerance"
+    return float(found.group(1))
+
+
+def test_the_code_uses_the_documented_probe_tolerance():
+    assert probes.TOLERANCE == documented_tolerance() == 1e-4
+
+
+@pytest.mark.parametrize("factor, passes", [(0.9, True), (1.1, False)])
+def test_a_drift_just_below_the_tolerance_passes_just_above_fails(model_file, tmp_path, factor, passes):
+    """Catches a loosened (or tightened) default tolerance, e.g. 1e-4 -> 1e-2."""
+    drift = factor * documented_tolerance()
+
+    def edit(m):
+        p = m["probes"][0]["probabilities"]
+        p[0], p[1] = p[0] - drift, p[1] + drift
+
+    path = tmp_path / "drift.imgclf"
+    path.write_bytes(edit_manifest(model_file.read_bytes(), edit))
+    report = imgclf.verify(path)  # the default tolerance
+    assert report.ok is passes
+    output = {name: (ok, detail) for name, ok, detail in report.checks}["probe 0 (synthetic) output"]
+    assert output[0] is passes and f"max |Δp| = {drift:.3g} (tolerance 0.0001)" in output[1]
+
+
+# --- digests: the model-file tests alone notice a disabled check -----------------------------------------
+
+
+def _weight_byte(blob: bytes) -> int:
+    """Offset of the first byte (lowest mantissa bits, little-endian) of a float32 weight's data."""
+    header, _ = split(blob)
+    name = next(k for k, v in header.items() if k.startswith("model.") and v["dtype"] == "F32")
+    return data_offset(blob) + header[name]["data_offsets"][0]
+
+
+@pytest.mark.parametrize("action", ["load", "verify", "inspect"])
+def test_a_flipped_weight_bit_fails_the_tensor_digest(model_file, tmp_path, action):
+    """The weight stays finite and the right shape: only the tensor digest can tell."""
+    blob = model_file.read_bytes()
+    path = tmp_path / "flipped.imgclf"
+    path.write_bytes(flip(blob, _weight_byte(blob)))
+    with pytest.raises(ModelFileError, match="tensor data does not match its digest"):
+        getattr(imgclf, action)(path)
+
+
+def test_a_flipped_probe_byte_fails_the_tensor_digest(model_file, tmp_path):
+    blob = model_file.read_bytes()
+    header, _ = split(blob)
+    path = tmp_path / "probe_flipped.imgclf"
+    path.write_bytes(flip(blob, data_offset(blob) + header["probe.0.input"]["data_offsets"][0]))
+    with pytest.raises(ModelFileError, match="tensor data does not match its digest"):
+        imgclf.load(path)
+
+
+@pytest.mark.parametrize("action", ["load", "verify", "inspect"])
+def test_an_edited_manifest_without_a_new_digest_fails_the_manifest_digest(model_file, tmp_path, action):
+    """Still canonical JSON and still valid, so only the manifest digest can tell."""
+    blob = model_file.read_bytes()
+
+    def edit(m):
+        m["class_names"] = m["class_names"][::-1]
+
+    path = tmp_path / "edited.imgclf"
+    path.write_bytes(edit_manifest(blob, edit, resign=False))
+    with pytest.raises(ModelFileError, match="the manifest does not match its digest"):
+        getattr(imgclf, action)(path)
+    path.write_bytes(edit_manifest(blob, edit, resign=True))  # the same edit, re-signed, loads
+    assert getattr(imgclf, action)(path) is not None
+
+
+def test_a_digest_copied_from_another_file_fails(model_file, tmp_path):
+    other = tmp_path / "other.imgclf"
+    imgclf.save(make_classifier(seed=22, size=16), other)
+    blob = model_file.read_bytes()
+    mine = manifest_of(blob)
+    mine["integrity"]["tensors_sha256"] = manifest_of(other.read_bytes())["integrity"]["tensors_sha256"]
+    path = tmp_path / "swapped.imgclf"
+    path.write_bytes(with_manifest(blob, mine))  # manifest digest re-signed, tensor digest wrong
+    with pytest.raises(ModelFileError, match="tensor data does not match its digest"):
+        imgclf.load(path)
