@@ -9,11 +9,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 import imgclf
 from imgclf.errors import ModelFileError
+from imgclf.evaluation import evaluate_probabilities
 from imgclf.modelfile import probes
+from imgclf.training.optim import KerasSGD
 from modelfiles import data_offset, edit_manifest, flip, make_classifier, manifest_of, split, with_manifest
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "format.md"
@@ -112,3 +116,44 @@ def test_a_digest_copied_from_another_file_fails(model_file, tmp_path):
     path.write_bytes(with_manifest(blob, mine))  # manifest digest re-signed, tensor digest wrong
     with pytest.raises(ModelFileError, match="tensor data does not match its digest"):
         imgclf.load(path)
+
+
+# --- metrics: what an evaluation carries ------------------------------------------------------------------
+
+
+def test_an_evaluation_carries_its_inputs_and_serialises_every_field():
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]], dtype=np.float32)
+    labels = np.array([0, 1, 1])
+    ev = evaluate_probabilities(probs, labels, ["a.png", "b.png", "c.png"], ("cat", "dog"))
+    assert ev.probabilities is probs and ev.labels is labels and ev.paths == ["a.png", "b.png", "c.png"]
+    wrong = {"path": "c.png", "true": "dog", "predicted": "cat", "confidence": float(probs[2, 0])}
+    assert ev.to_dict() == {
+        "report": ev.report,
+        "confusion_matrix": [[1, 0], [1, 1]],
+        "class_names": ["cat", "dog"],
+        "misclassified": [wrong],
+    }
+
+
+def test_evaluating_no_images_gives_zero_support_not_an_error():
+    """What ``Classifier.predict_proba_uint8`` returns for no images: shape (0, C)."""
+    ev = evaluate_probabilities(np.zeros((0, 2), np.float32), np.zeros(0, np.int64), [], ["cat", "dog"])
+    assert ev.confusion.tolist() == [[0, 0], [0, 0]] and ev.misclassified == []
+    assert ev.report["cat"]["support"] == 0 and ev.report["accuracy"] == 0.0
+
+
+def test_more_paths_than_predictions_is_an_error():
+    with pytest.raises(ValueError):
+        evaluate_probabilities(np.eye(2, dtype=np.float32), np.array([1, 0]), ["a", "b", "c"], ["x", "y"])
+
+
+# --- optimizer --------------------------------------------------------------------------------------------
+
+
+def test_a_group_without_weight_decay_has_none():
+    w = torch.nn.Parameter(torch.tensor(2.0, dtype=torch.float64))
+    opt = KerasSGD([{"params": [w]}], lr=0.1, momentum=0.9)
+    assert opt.param_groups[0]["weight_decay"] == 0.0
+    w.backward(torch.ones((), dtype=torch.float64))
+    opt.step()
+    assert w.item() == pytest.approx(2.0 - 0.1, abs=1e-15)
