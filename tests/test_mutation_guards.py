@@ -15,7 +15,7 @@ import torch
 
 import imgclf
 from imgclf.errors import ModelFileError
-from imgclf.evaluation import evaluate_probabilities
+from imgclf.evaluation import confusion_matrix, evaluate_probabilities
 from imgclf.modelfile import probes
 from imgclf.training.optim import KerasSGD
 from modelfiles import data_offset, edit_manifest, flip, make_classifier, manifest_of, split, with_manifest
@@ -139,7 +139,19 @@ def test_evaluating_no_images_gives_zero_support_not_an_error():
     """What ``Classifier.predict_proba_uint8`` returns for no images: shape (0, C)."""
     ev = evaluate_probabilities(np.zeros((0, 2), np.float32), np.zeros(0, np.int64), [], ["cat", "dog"])
     assert ev.confusion.tolist() == [[0, 0], [0, 0]] and ev.misclassified == []
-    assert ev.report["cat"]["support"] == 0 and ev.report["accuracy"] == 0.0
+    zeros = {"precision": 0.0, "recall": 0.0, "f1-score": 0.0, "support": 0}
+    assert ev.report["accuracy"] == 0.0
+    assert ev.report["cat"] == ev.report["macro avg"] == ev.report["weighted avg"] == zeros
+
+
+def test_confusion_matrix_takes_empty_lists_and_column_vectors_like_sklearn():
+    from sklearn.metrics import confusion_matrix as sk_confusion_matrix
+
+    assert confusion_matrix([], [], 2).tolist() == [[0, 0], [0, 0]]
+    column, flat = np.array([[1], [0], [1]]), np.array([1, 1, 1])
+    expected = sk_confusion_matrix(column.ravel(), flat, labels=[0, 1]).tolist()
+    assert confusion_matrix(column, flat, 2).tolist() == expected == [[0, 1], [0, 2]]
+    assert confusion_matrix(flat, column, 2).tolist() == [[0, 0], [1, 2]]
 
 
 def test_more_paths_than_predictions_is_an_error():
