@@ -435,10 +435,27 @@ def test_skip_bad_trains_without_the_corrupt_image_and_says_so(dataset_with_a_co
         [],
     ],
 )
-def test_argparse_usage_errors_exit_2_with_usage_on_stderr(args):
+def test_argparse_usage_errors_exit_2_with_one_line_on_stderr(args):
     code, out, err = run_cli(*args)
     assert code == 2
-    assert out == "" and "usage: imgclf" in err and "Traceback" not in err
+    assert out == "" and "Traceback" not in err
+    assert err.count("\n") == 1 and err.startswith("imgclf") and ": error: " in err
+    assert err.rstrip().endswith("--help")
+
+
+@pytest.mark.parametrize(
+    "args,suggestion",
+    [
+        (["train", "--datset", "cells"], "(did you mean --dataset?)"),
+        (["train", "--dataset", "d", "--model", "m", "--epoch", "3"], "(did you mean --epochs?)"),
+        (["predict", "--model", "m", "--images", "x", "--top", "2"], "(did you mean --top-k?)"),
+    ],
+)
+def test_mistyped_and_abbreviated_flags_get_a_suggestion_not_a_guess(args, suggestion):
+    code, out, err = run_cli(*args)
+    assert code == 2 and out == ""
+    assert err == f"imgclf {args[0]}: error: unrecognized arguments: {args[-2]} {args[-1]} {suggestion}; " \
+        f"see imgclf {args[0]} --help\n"
 
 
 @pytest.mark.parametrize("extra", [["--size", "0"], ["--epochs", "0"], ["--arch-arg", "widths=oops"]])

@@ -174,7 +174,7 @@ def test_wrong_types_are_rejected(cls: type, data: object, problem: str) -> None
     ],
 )
 def test_preprocess_bounds(changes: dict, problem: str) -> None:
-    assert str(_usage(PreprocessSpec(**changes).validated)).startswith(problem)
+    assert str(_usage(PreprocessSpec, **changes)).startswith(problem)
     data = {k: list(v) if isinstance(v, tuple) else v for k, v in changes.items()}
     if "mean" in changes and len(changes["mean"]) != 3:
         problem = "setting 'PreprocessSpec.mean' has the wrong length"
@@ -182,7 +182,7 @@ def test_preprocess_bounds(changes: dict, problem: str) -> None:
 
 
 def test_preprocess_bounds_name_the_limits() -> None:
-    assert "expected an integer in [1, 4096]" in str(_usage(PreprocessSpec(height=10**6).validated))
+    assert "expected an integer in [1, 4096]" in str(_usage(PreprocessSpec, height=10**6))
     assert PreprocessSpec(height=4096, width=1).validated().size == (4096, 1)
 
 
@@ -198,7 +198,7 @@ def test_preprocess_bounds_name_the_limits() -> None:
     ],
 )
 def test_augment_bounds(changes: dict, problem: str) -> None:
-    assert str(_usage(AugmentSpec(**changes).validated)).startswith(problem)
+    assert str(_usage(AugmentSpec, **changes)).startswith(problem)
     assert str(_usage(AugmentSpec.from_dict, changes)).startswith(problem)
 
 
@@ -232,8 +232,8 @@ def test_train_config_bounds(changes: dict, problem: str) -> None:
 
 @pytest.mark.parametrize("changes", [{"patience": "3"}, {"patience": 2.5}, {"device": None}, {"device": 0}])
 def test_validated_raises_usage_errors_for_badly_typed_fields(changes: dict) -> None:
-    """Built directly (not via from_dict), wrong types still give a UsageError, not a TypeError."""
-    _usage(TrainConfig(**changes).validated)
+    """Built directly (not via from_dict), wrong types give a UsageError at construction, not a TypeError."""
+    _usage(TrainConfig, **changes)
 
 
 def test_replace_validates() -> None:
@@ -274,3 +274,29 @@ def test_defaults_reproduce_the_recipe() -> None:
     ranges = (aug.rotation, aug.zoom, aug.width_shift, aug.height_shift, aug.shear)
     assert ranges == (20.0, 0.05, 0.05, 0.05, 0.05)
     assert aug.horizontal_flip and not aug.vertical_flip and aug.fill == "nearest" and aug.enabled
+
+
+def test_an_invalid_config_cannot_be_built():
+    """Construction validates: no TrainConfig (or nested spec) with an out-of-range value ever exists."""
+    for build in (
+        lambda: TrainConfig(epochs=0),
+        lambda: TrainConfig(keep="first"),
+        lambda: PreprocessSpec(interpolation="cubic"),
+        lambda: AugmentSpec(fill="wrap"),
+        lambda: TRAIN.replace(lr=-1.0),
+        lambda: TrainConfig(preprocess={"height": 3}),
+    ):
+        _usage(build)
+
+
+def test_unknown_keys_and_choices_suggest_a_close_match():
+    assert "(did you mean 'epochs'?)" in str(_usage(TrainConfig.from_dict, {"epoch": 3}))
+    assert "(did you mean 'bilinear'?)" in str(_usage(PreprocessSpec, interpolation="bilinaer"))
+
+
+def test_unknown_architecture_suggests_a_close_match():
+    from imgclf.models import registry
+
+    err = _usage(registry.info, "seed_resent")
+    assert str(err).startswith("unknown architecture; received 'seed_resent'; expected one of ")
+    assert "(did you mean 'seed_resnet'?)" in str(err)

@@ -1,14 +1,17 @@
 """The machinery behind the settings dataclasses: dict round-trips with strict key and type checks.
 
 A frozen dataclass that derives from :class:`Settings` gets ``to_dict``, ``from_dict`` (unknown keys and
-wrong types rejected, JSON lists turned into tuples, nested settings built recursively) and ``replace``;
-it supplies ``validated()``, which checks its bounds (often with :func:`check_number`).
+wrong types rejected with "did you mean", JSON lists turned into tuples, nested settings built recursively)
+and ``replace``; it supplies ``validated()``, which checks its bounds (often with :func:`check_number`).
+Construction validates: ``Literal`` fields are checked against their choices (here, in one place), then
+``validated()`` runs, so an invalid settings object cannot exist. :func:`setting` declares a field with the
+help text the command line shows (the CLI builds its flags and "(default X)" from these fields).
 
 Usage::
 
     @dataclass(frozen=True)
     class Spec(Settings):
-        size: int = 64
+        size: int = setting(64, "image side in pixels")
         def validated(self) -> Spec:
             check_number("size", self.size, 1, 4096)
             return self
@@ -17,16 +20,62 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
 import math
 import types
 import typing
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from imgclf.errors import UsageError
 
-__all__ = ["Settings", "check_number", "check_integer"]
-
 T = TypeVar("T", bound="Settings")
+
+
+def setting(
+    default: Any = dataclasses.MISSING,
+    help: str = "",  # noqa: A002 - the argparse word
+    *,
+    factory: Any = dataclasses.MISSING,
+    flag: str | None = "",
+    label: str | None = None,
+    default_text: str | None = None,
+) -> Any:
+    """A dataclass field with the metadata the command line turns into a flag.
+
+    Args:
+        default: The default value (or use ``factory``).
+        help: One line of help; the CLI appends "(default X)" from the default itself.
+        factory: Default factory for mutable defaults.
+        flag: The flag name; ``""`` derives ``--field-name``; ``None`` means no flag of its own.
+        label: How error messages name the setting (default ``setting 'NAME'``).
+        default_text: What "(default X)" says when the default is computed elsewhere (e.g. ``None``).
+    """
+    meta = {"help": help, "flag": flag, "label": label, "default_text": default_text}
+    return dataclasses.field(default=default, default_factory=factory, metadata=meta)
+
+
+def choices_of(hint: Any) -> tuple[Any, ...] | None:
+    """The allowed values of a ``Literal[...]`` type hint (optionally ``| None``), else ``None``."""
+    if typing.get_origin(hint) is Literal:
+        return typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            if typing.get_origin(option) is Literal:
+                return typing.get_args(option)
+    return None
+
+
+@functools.cache
+def type_hints(cls: type) -> dict[str, Any]:
+    """The resolved type hints of a settings class (cached: they are needed at every construction)."""
+    return typing.get_type_hints(cls)
+
+
+def did_you_mean(word: str, candidates: typing.Iterable[str]) -> str:
+    """``" (did you mean 'x'?)"`` for the closest candidate, or ``""`` when none is close."""
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def check_number(name: str, value: float, lo: float, hi: float) -> None:
@@ -127,6 +176,8 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
                 fix=f"give {name} as a whole number",
             )
         return value
+    if choices_of(hint) is not None:  # the choice itself is checked at construction, in one place
+        hint = str
     if hint in (bool, str):
         if not isinstance(value, hint):
             raise UsageError(
@@ -140,7 +191,26 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
 
 
 class Settings:
-    """Shared to_dict/from_dict for the frozen settings dataclasses."""
+    """Shared to_dict/from_dict for the frozen settings dataclasses; construction validates."""
+
+    def __post_init__(self) -> None:
+        hints = type_hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            choices = choices_of(hints[f.name])
+            value = getattr(self, f.name)
+            if choices is not None and value not in choices and not (value is None and None in choices):
+                label = f.metadata.get("label") or f.name
+                raise UsageError(
+                    f"unknown {label}",
+                    received=repr(value)[:100],
+                    expected=" | ".join(map(str, choices)),
+                    fix="pick one of the listed values" + did_you_mean(str(value), map(str, choices)),
+                )
+        self.validated()  # type: ignore[attr-defined]
+
+    def validated(self: T) -> T:
+        """Return self after checking every bound (subclasses add their checks)."""
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """Return the settings as a JSON-able dict (tuples become lists)."""
@@ -175,19 +245,20 @@ class Settings:
                 expected="a JSON object",
                 fix="pass a dict of settings",
             )
-        hints = typing.get_type_hints(cls)
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(data) - names)
         if unknown:
+            suggestions = "".join(did_you_mean(str(k), names) for k in unknown)
             raise UsageError(
                 f"unknown {label} setting(s)",
                 received=", ".join(map(str, unknown)),
                 expected="one of " + ", ".join(sorted(names)),
-                fix="remove or correct the misspelled keys",
+                fix="remove or correct the misspelled keys" + suggestions,
             )
+        hints = type_hints(cls)
         kwargs = {k: _coerce(f"{label}.{k}", v, hints[k]) for k, v in data.items()}
-        return cls(**kwargs).validated()  # type: ignore[attr-defined]
+        return cls(**kwargs)
 
     def replace(self: T, **changes: Any) -> T:
         """Return a copy with ``changes`` applied and validated."""
-        return dataclasses.replace(self, **changes).validated()  # type: ignore[type-var,attr-defined]
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]

@@ -4,25 +4,32 @@ Each dataclass round-trips through plain JSON-able dicts; ``from_dict`` rejects 
 types so a settings dict from a file can never smuggle in anything unexpected (the shared machinery is
 in :mod:`imgclf._settings`).
 
+This module is the one source of truth for the recipe: every default is written once, here; the
+``imgclf train`` flags, their choices and the "(default X)" in ``--help`` are generated from these fields.
+
 Usage::
 
     spec = PreprocessSpec(height=64, width=64, interpolation="nearest")
     assert PreprocessSpec.from_dict(spec.to_dict()) == spec
-    cfg = TrainConfig(epochs=5).validated()
+    cfg = TrainConfig(epochs=5)  # validated on construction: an invalid config cannot exist
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+import typing
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from imgclf._settings import Settings, check_integer, check_number
+from imgclf._settings import Settings, check_integer, check_number, setting
 from imgclf.errors import UsageError
 
-__all__ = ["PreprocessSpec", "AugmentSpec", "TrainConfig", "INTERPOLATIONS", "FILL_MODES"]
-
-INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
-FILL_MODES = ("nearest", "constant", "reflect")
+Interpolation = Literal["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"]
+FillMode = Literal["nearest", "constant", "reflect"]
+Precision = Literal["auto", "fp32", "bf16"]
+Keep = Literal["best", "last"]
+Monitor = Literal["val_loss", "val_accuracy"]
+INTERPOLATIONS: tuple[str, ...] = typing.get_args(Interpolation)
+FILL_MODES: tuple[str, ...] = typing.get_args(FillMode)
 MAX_SIDE = 4096
 
 
@@ -43,24 +50,19 @@ class PreprocessSpec(Settings):
         std: Per-channel divisor applied after subtracting ``mean``.
     """
 
-    height: int = 64
-    width: int = 64
-    interpolation: str = "bilinear"
-    rescale: float = 1.0 / 255.0
-    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    height: int = setting(64, "input height in pixels", flag=None)
+    width: int = setting(64, "input width in pixels", flag=None)
+    interpolation: Interpolation = setting(
+        "bilinear", "resize filter (nearest = Keras flow_from_directory)", label="interpolation"
+    )
+    rescale: float = setting(1.0 / 255.0, "multiplier for 0-255 pixel values", default_text="1/255")
+    mean: tuple[float, float, float] = setting((0.0, 0.0, 0.0), "per-channel mean", flag=None)
+    std: tuple[float, float, float] = setting((1.0, 1.0, 1.0), "per-channel std", flag=None)
 
     def validated(self) -> PreprocessSpec:
         """Return self after checking every bound; raise :class:`UsageError` otherwise."""
         for name in ("height", "width"):
             check_integer(name, getattr(self, name), 1, MAX_SIDE, label=f"preprocess {name}")
-        if self.interpolation not in INTERPOLATIONS:
-            raise UsageError(
-                "unknown interpolation",
-                received=repr(self.interpolation),
-                expected=" | ".join(INTERPOLATIONS),
-                fix="pick one of the listed filters",
-            )
         check_number("rescale", self.rescale, 1e-12, 1e6)
         for name in ("mean", "std"):
             v = getattr(self, name)
@@ -106,15 +108,15 @@ class AugmentSpec(Settings):
         enabled: Turn augmentation off entirely.
     """
 
-    rotation: float = 20.0
-    zoom: float = 0.05
-    width_shift: float = 0.05
-    height_shift: float = 0.05
-    shear: float = 0.05
-    horizontal_flip: bool = True
-    vertical_flip: bool = False
-    fill: str = "nearest"
-    enabled: bool = True
+    rotation: float = setting(20.0, "max rotation in degrees")
+    zoom: float = setting(0.05, "zoom range")
+    width_shift: float = setting(0.05, "horizontal shift fraction (--shift sets both)")
+    height_shift: float = setting(0.05, "vertical shift fraction (--shift sets both)")
+    shear: float = setting(0.05, "shear in degrees, Keras' meaning")
+    horizontal_flip: bool = setting(True, "random horizontal flips", flag="--flip")
+    vertical_flip: bool = setting(False, "random vertical flips")
+    fill: FillMode = setting("nearest", "fill for pixels outside the image", label="augmentation fill mode")
+    enabled: bool = setting(True, "augmentation on or off", flag="--augment")
 
     def validated(self) -> AugmentSpec:
         """Return self after checking every bound; raise :class:`UsageError` otherwise."""
@@ -123,13 +125,6 @@ class AugmentSpec(Settings):
         check_number("width_shift", self.width_shift, 0.0, 1.0)
         check_number("height_shift", self.height_shift, 0.0, 1.0)
         check_number("shear", self.shear, 0.0, 80.0)
-        if self.fill not in FILL_MODES:
-            raise UsageError(
-                "unknown augmentation fill mode",
-                received=repr(self.fill),
-                expected=" | ".join(FILL_MODES),
-                fix="pick one of the listed fill modes",
-            )
         return self
 
 
@@ -166,28 +161,36 @@ class TrainConfig(Settings):
         deterministic: Ask PyTorch for deterministic algorithms (GPU; CPU runs are deterministic).
     """
 
-    arch: str = "seed_resnet"
-    arch_args: dict[str, Any] = field(default_factory=dict)
-    epochs: int = 25
-    batch_size: int = 32
-    lr: float = 0.1
-    momentum: float = 0.9
-    decay: float | None = None
-    seed: int = 42
-    label_smoothing: float = 0.0
-    preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
-    augment: AugmentSpec = field(default_factory=AugmentSpec)
-    val_split: float = 0.1
-    test_split: float = 0.2
-    device: str = "auto"
-    precision: str = "auto"
-    channels_last: bool = True
-    compile: bool = False
-    eval_batch_size: int = 256
-    keep: str = "best"
-    monitor: str = "val_loss"
-    patience: int | None = None
-    deterministic: bool = False
+    arch: str = setting("seed_resnet", "registered architecture (an unknown name lists them)")
+    arch_args: dict[str, Any] = setting(factory=dict, help="architecture arguments", flag=None)
+    epochs: int = setting(25, "epochs")
+    batch_size: int = setting(32, "batch size (images per optimizer step)")
+    lr: float = setting(0.1, "initial learning rate")
+    momentum: float = setting(0.9, "SGD momentum")
+    decay: float | None = setting(None, "Keras time decay per step", default_text="lr/epochs")
+    seed: int = setting(42, "random seed")
+    label_smoothing: float = setting(0.0, "cross-entropy label smoothing")
+    preprocess: PreprocessSpec = setting(factory=PreprocessSpec, help="preprocessing", flag=None)
+    augment: AugmentSpec = setting(factory=AugmentSpec, help="augmentation", flag=None)
+    val_split: float = setting(0.1, "validation share when there is no validation folder")
+    test_split: float = setting(0.2, "testing share when there is no testing folder")
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N")
+    precision: Precision = setting(
+        "auto", "auto: bf16 autocast where the hardware supports it natively", label="precision"
+    )
+    channels_last: bool = setting(True, "channels-last memory layout")
+    compile: bool = setting(False, "torch.compile (slow first start, faster steps)")
+    eval_batch_size: int = setting(256, "batch size for evaluation")
+    keep: Keep = setting(
+        "best", "weights saved: best epoch by --monitor, or last (the recipe's)", label="--keep value"
+    )
+    monitor: Monitor = setting("val_loss", "metric for --keep best and --patience", label="--monitor value")
+    patience: int | None = setting(
+        None, "stop after N epochs without improvement", default_text="never stop early"
+    )
+    deterministic: bool = setting(
+        False, "on a GPU, PyTorch's deterministic algorithms (CPU runs are deterministic anyway)"
+    )
 
     def validated(self) -> TrainConfig:
         """Return self after checking every bound; raise :class:`UsageError` otherwise."""
@@ -212,27 +215,6 @@ class TrainConfig(Settings):
                 expected="a sum below 0.95",
                 fix="lower --val-split or --test-split",
             )
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise UsageError(
-                "unknown precision",
-                received=repr(self.precision),
-                expected="auto | fp32 | bf16",
-                fix="pick one of the listed precisions",
-            )
-        if self.keep not in ("last", "best"):
-            raise UsageError(
-                "unknown --keep value",
-                received=repr(self.keep),
-                expected="last | best",
-                fix="use --keep best or --keep last",
-            )
-        if self.monitor not in ("val_loss", "val_accuracy"):
-            raise UsageError(
-                "unknown --monitor value",
-                received=repr(self.monitor),
-                expected="val_loss | val_accuracy",
-                fix="use one of the listed metrics",
-            )
         patience = self.patience
         if patience is not None and (
             isinstance(patience, bool) or not isinstance(patience, int) or patience < 1
@@ -253,8 +235,14 @@ class TrainConfig(Settings):
                 expected="auto | cpu | cuda | cuda:N",
                 fix="pick one of the listed devices",
             )
-        self.preprocess.validated()
-        self.augment.validated()
+        for name, kind in (("preprocess", PreprocessSpec), ("augment", AugmentSpec)):
+            if not isinstance(getattr(self, name), kind):
+                raise UsageError(
+                    f"setting {name!r} has the wrong type",
+                    received=type(getattr(self, name)).__name__,
+                    expected=kind.__name__,
+                    fix=f"build it with {kind.__name__}(...) or TrainConfig.from_dict",
+                )
         return self
 
     @property

@@ -1,9 +1,12 @@
 """``imgclf demo`` and ``imgclf demo-data``: the whole recipe on synthetic data, or just the data.
 
+The demo calls the library (:func:`imgclf.cli.train.train_and_report` → :func:`imgclf.train`) with the
+recipe's :class:`imgclf.TrainConfig`; it never builds an argument list to re-parse.
+
 Usage::
 
-    from imgclf.cli.main import build_parser
-    cmd_demo(build_parser().parse_args(["demo", "--out", "demo-output", "--epochs", "2"]))
+    from imgclf.cli.main import main
+    main(["demo", "--out", "demo-output", "--epochs", "2"])
 """
 
 from __future__ import annotations
@@ -14,11 +17,39 @@ import os
 import subprocess
 import sys
 
+from imgclf.cli.common import EPILOG
 from imgclf.cli.output import stdout_line
-from imgclf.cli.train import cmd_train
 from imgclf.errors import ImgclfError
 
-__all__ = ["cmd_demo", "cmd_demo_data", "build_train_args"]
+
+def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """Register ``imgclf demo`` and ``imgclf demo-data``."""
+    p = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="run the whole recipe on built-in demo data",
+        epilog=EPILOG,
+        description="Generate demo data, train the seed recipe, save, then in a second process "
+        "load the file, write a labelled montage and print the classification report.",
+    )
+    p.set_defaults(func=cmd_demo)
+    p.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
+    p.add_argument("--epochs", type=int, help="epochs (default: the recipe's, see imgclf train --help)")
+    p.add_argument("--scale", type=float, default=1.0, help="demo dataset size multiplier (default 1)")
+    p.add_argument("--seed", type=int, help="seed (default: the recipe's)")
+
+    p = sub.add_parser(
+        "demo-data",
+        parents=[common],
+        help="write the synthetic demo dataset",
+        epilog=EPILOG,
+        description="Write OUT/{training,validation,testing}/{Parasitized,Uninfected}/ with "
+        "synthetic cell images (175/185, 18/22, 50/50 at scale 1).",
+    )
+    p.set_defaults(func=cmd_demo_data)
+    p.add_argument("out", help="output folder (new or empty)")
+    p.add_argument("--scale", type=float, default=1.0, help="size multiplier (default 1)")
+    p.add_argument("--seed", type=int, default=42, help="seed (default 42)")
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
@@ -32,22 +63,26 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """``imgclf demo``: data → train → (new process) predict montage + evaluate."""
+    from imgclf.cli.train import train_and_report
+    from imgclf.config import TrainConfig
     from imgclf.data.synthetic import write_demo_dataset
     from imgclf.training.progress import stderr_console
 
+    config = TrainConfig()
+    changes = {name: getattr(args, name) for name in ("epochs", "seed") if getattr(args, name) is not None}
+    config = config.replace(**changes) if changes else config
     console = stderr_console()
     data = os.path.join(args.out, "data")
     model = os.path.join(args.out, "malaria.imgclf")
     if not os.path.isdir(os.path.join(data, "training")):
         console.print(f"[1/3] writing demo data to {data}", markup=False)
-        write_demo_dataset(data, scale=args.scale, seed=args.seed)
+        write_demo_dataset(data, scale=args.scale, seed=config.seed)
     else:
         console.print(f"[1/3] reusing demo data in {data}", markup=False)
     console.print(
         "[2/3] training the recipe (seed_resnet, 64x64, SGD with time decay, augmentation)", markup=False
     )
-    train_args = build_train_args(data, model, args)
-    code = cmd_train(train_args)
+    code = train_and_report(data, model, config, plot_path=os.path.join(args.out, "plot.png"))
     if code:
         return code
     console.print(
@@ -66,7 +101,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "--sample",
             "16",
             "--seed",
-            str(args.seed),
+            str(config.seed),
             "--montage",
             montage,
             "--output",
@@ -83,23 +118,3 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 fix="run the step by hand with --debug",
             )
     return 0
-
-
-def build_train_args(dataset: str, model: str, demo_args: argparse.Namespace) -> argparse.Namespace:
-    """A ``train`` namespace for the demo with every recipe default."""
-    from imgclf.cli.main import build_parser
-
-    argv = [
-        "train",
-        "--dataset",
-        dataset,
-        "--model",
-        model,
-        "--epochs",
-        str(demo_args.epochs),
-        "--seed",
-        str(demo_args.seed),
-        "--plot",
-        os.path.join(os.path.dirname(model), "plot.png"),
-    ]
-    return build_parser().parse_args(argv)

@@ -2,8 +2,8 @@
 
 Usage::
 
-    from imgclf.cli.main import build_parser
-    cmd_evaluate(build_parser().parse_args(["evaluate", "--model", "m.imgclf", "--dataset", "data"]))
+    from imgclf.cli.main import main
+    main(["evaluate", "--model", "m.imgclf", "--dataset", "data"])
 """
 
 from __future__ import annotations
@@ -12,9 +12,36 @@ import argparse
 import json
 import sys
 
+from imgclf.cli.common import EPILOG, add_cache_flags
 from imgclf.cli.output import report_text, stdout_line
 
-__all__ = ["cmd_evaluate"]
+
+def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """Register ``imgclf evaluate``."""
+    p = sub.add_parser(
+        "evaluate",
+        parents=[common],
+        help="evaluate a model file on a dataset",
+        epilog=EPILOG,
+        description="Print the classification report of MODEL on a dataset's testing split (or "
+        "on every image of a flat folder of class folders).",
+    )
+    p.set_defaults(func=cmd_evaluate)
+    p.add_argument("--model", "-m", required=True, help="model file")
+    p.add_argument("--dataset", "-d", required=True, help="dataset folder")
+    p.add_argument(
+        "--split",
+        default="testing",
+        choices=("training", "validation", "testing"),
+        help="which split to score (default testing)",
+    )
+    p.add_argument(
+        "--output", "-o", metavar="JSON", help="also write report, confusion matrix, misclassified"
+    )
+    p.add_argument("--confusion-plot", metavar="PNG", help="write a confusion-matrix plot")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (listed)")
+    add_cache_flags(p)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

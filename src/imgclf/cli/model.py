@@ -2,8 +2,8 @@
 
 Usage::
 
-    from imgclf.cli.main import build_parser
-    cmd_verify(build_parser().parse_args(["verify", "model.imgclf"]))
+    from imgclf.cli.main import main
+    main(["verify", "model.imgclf"])
 """
 
 from __future__ import annotations
@@ -11,9 +11,33 @@ from __future__ import annotations
 import argparse
 import json
 
+from imgclf.cli.common import EPILOG
 from imgclf.cli.output import stdout_line
 
-__all__ = ["cmd_inspect", "cmd_verify"]
+
+def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """Register ``imgclf inspect`` and ``imgclf verify``."""
+    p = sub.add_parser(
+        "inspect",
+        parents=[common],
+        help="show what a model file holds",
+        epilog=EPILOG,
+        description="Print a model file's manifest without building the model.",
+    )
+    p.set_defaults(func=cmd_inspect)
+    p.add_argument("model", help="model file")
+    p.add_argument("--json", action="store_true", help="machine-readable JSON")
+
+    p = sub.add_parser(
+        "verify",
+        parents=[common],
+        help="re-run a model file's self-check probes",
+        epilog=EPILOG,
+        description="Check digests, build the model and re-run the probe images stored at save "
+        "time; report any drift in preprocessing or outputs. Exit 0 if all checks pass, else 3.",
+    )
+    p.set_defaults(func=cmd_verify)
+    p.add_argument("model", help="model file")
 
 
 def _names(names: list[str], limit: int = 20) -> str:

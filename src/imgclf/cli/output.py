@@ -10,8 +10,6 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-__all__ = ["stdout_line", "report_text"]
-
 
 def stdout_line(text: str = "") -> None:
     """Write one result line to stdout and flush it (progress and errors go to stderr)."""

@@ -4,8 +4,8 @@ Imports no training or plotting code (``tests/test_reports.py`` checks it).
 
 Usage::
 
-    from imgclf.cli.main import build_parser
-    cmd_predict(build_parser().parse_args(["predict", "--model", "m.imgclf", "--images", "cells/"]))
+    from imgclf.cli.main import main
+    main(["predict", "--model", "m.imgclf", "--images", "cells/"])
 """
 
 from __future__ import annotations
@@ -19,12 +19,33 @@ import random
 import sys
 from typing import Any
 
+from imgclf.cli.common import EPILOG
 from imgclf.cli.output import stdout_line
 from imgclf.errors import PartialFailure, UsageError
 
-__all__ = ["cmd_predict"]
-
 MONTAGE_TILES = 16  # the recipe's 4 x 4 sheet
+
+
+def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """Register ``imgclf predict``."""
+    p = sub.add_parser(
+        "predict",
+        parents=[common],
+        help="classify images with a model file",
+        epilog=EPILOG,
+        description="Classify image files and folders (recursive). Labels and preprocessing come "
+        "from the model file. stdout: path, label, confidence per image (tab-separated).",
+    )
+    p.set_defaults(func=cmd_predict)
+    p.add_argument("--model", "-m", required=True, help="model file")
+    p.add_argument("--images", "-i", nargs="+", required=True, help="image files and/or folders")
+    p.add_argument("--sample", type=int, metavar="N", help="classify N images picked at random (seeded)")
+    p.add_argument("--seed", type=int, default=42, help="seed for --sample (default 42)")
+    p.add_argument("--montage", metavar="PNG", help="write a labelled montage (4 tiles of 128x128 per row)")
+    p.add_argument("--show", action="store_true", help="open the montage when a display exists")
+    p.add_argument("--output", "-o", metavar="FILE", help="write predictions to .csv or .jsonl")
+    p.add_argument("--top-k", type=int, default=1, help="list the K most probable classes (default 1)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
 
 
 def _pick_images(args: argparse.Namespace) -> list[str]:

@@ -1,26 +1,194 @@
-"""``imgclf train``: the recipe from flags (or a run folder's record when resuming), then the pipeline.
+"""``imgclf train``: its flags (generated from :class:`imgclf.TrainConfig`), then the pipeline.
+
+Every recipe flag, its type, its choices and the "(default X)" in ``--help`` come from the fields of
+``TrainConfig`` and its nested settings (:mod:`imgclf.config`), so a default is written once.
 
 Usage::
 
-    from imgclf.cli.main import build_parser
-    cmd_train(build_parser().parse_args(["train", "--dataset", "data", "--model", "m.imgclf"]))
+    from imgclf.cli.main import main
+    main(["train", "--dataset", "data", "--model", "m.imgclf", "--epochs", "5"])
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import os
 from typing import Any
 
+from imgclf.cli.common import EPILOG, add_cache_flags, image_size, key_value
 from imgclf.cli.output import report_text, stdout_line
 from imgclf.errors import UsageError
 
-__all__ = ["cmd_train"]
+TRAIN_EPILOG = """checkpoints and resuming:
+  After every epoch a checkpoint goes to RUN/checkpoints/ (the newest two and the best epoch's are kept).
+  Ctrl-C or SIGTERM finishes the current step, writes a checkpoint and exits 130 / 143; a second Ctrl-C
+  aborts at once (files are written atomically: nothing is corrupted). Then, or after a crash or kill -9:
+    imgclf train --resume malaria-run              # dataset, model and recipe come from malaria-run/run.json
+    imgclf train --resume malaria-run --epochs 40  # train longer (the learning-rate decay stays the run's)
+  On the CPU a resumed run ends bitwise identical to an uninterrupted one. A damaged newest checkpoint is
+  set aside with a warning and the one before it is used. A changed dataset, class set or recipe is refused
+  with a diff (exit 6); --force continues anyway. A run folder is locked by one training at a time (exit 5).
+  Free disk space for the model and the checkpoints is checked before the first epoch (exit 5)."""
+
+# Which group of --help a TrainConfig field's flag is listed in (the rest are "recipe").
+RUN_FIELDS = ("device", "precision", "channels_last", "compile", "eval_batch_size")
+CHECKPOINT_FIELDS = ("keep", "monitor", "patience", "deterministic")
+
+
+@dataclasses.dataclass(frozen=True)
+class RecipeFlag:
+    """A command-line flag generated from one settings field (``path`` is the field's place in the config)."""
+
+    flag: str
+    path: tuple[str, ...]
+    field: dataclasses.Field
+    hint: Any
+
+    @property
+    def dest(self) -> str:
+        return "config." + ".".join(self.path)
+
+
+def recipe_flags() -> list[RecipeFlag]:
+    """Every ``TrainConfig`` setting that has a flag of its own, nested settings included."""
+    from imgclf._settings import Settings, type_hints
+    from imgclf.config import TrainConfig
+
+    flags: list[RecipeFlag] = []
+
+    def walk(cls: type, path: tuple[str, ...]) -> None:
+        hints = type_hints(cls)
+        for f in dataclasses.fields(cls):
+            hint = hints[f.name]
+            if isinstance(hint, type) and issubclass(hint, Settings):
+                walk(hint, (*path, f.name))
+            elif f.metadata.get("flag") is not None:
+                flag = f.metadata["flag"] or "--" + f.name.replace("_", "-")
+                flags.append(RecipeFlag(flag, (*path, f.name), f, hint))
+
+    walk(TrainConfig, ())
+    return flags
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    if f.metadata.get("default_text"):
+        return f.metadata["default_text"]
+    if isinstance(f.default, bool):
+        return "on" if f.default else "off"
+    return str(f.default)
+
+
+def _add_recipe_flag(group: argparse._ActionsContainer, spec: RecipeFlag) -> None:
+    import typing
+
+    from imgclf._settings import choices_of
+
+    help_text = f"{spec.field.metadata.get('help', '')} (default {_default_text(spec.field)})"
+    kwargs: dict[str, Any] = {"dest": spec.dest, "default": None, "help": help_text}
+    choices = choices_of(spec.hint)
+    base = [a for a in typing.get_args(spec.hint) if a is not type(None)] or [spec.hint]
+    if choices is not None:
+        kwargs["choices"] = choices
+    elif base[0] is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    else:
+        kwargs["type"] = base[0]
+        kwargs["metavar"] = "N" if base[0] in (int, float) else "NAME"
+    group.add_argument(spec.flag, **kwargs)
+
+
+def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """Register ``imgclf train``."""
+    from imgclf.config import TrainConfig
+
+    p = sub.add_parser(
+        "train",
+        parents=[common],
+        help="train a classifier on a dataset folder, save one file",
+        description="Train on DATASET (ROOT/{training,validation,testing}/<class>/ or ROOT/<class>/)\n"
+        "and save one model file. The defaults reproduce the DL4CV malaria recipe (Keras-style SGD\n"
+        "with time decay, augmentation); every default shown comes from imgclf.TrainConfig.",
+        epilog=TRAIN_EPILOG + "\n\n" + EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.set_defaults(func=cmd_train)
+    p.add_argument("--dataset", "-d", help="dataset folder (required unless --resume)")
+    p.add_argument("--model", "-m", help="output model file, e.g. malaria.imgclf (required unless --resume)")
+    p.add_argument("--plot", "-p", help="training-curve plot (default RUN_DIR/plot.png)")
+    p.add_argument("--config", help="JSON file with TrainConfig settings; flags override it")
+    groups = {
+        "recipe": p.add_argument_group("recipe"),
+        "run": p.add_argument_group("run"),
+        "checkpoints": p.add_argument_group("checkpoints, resuming, best weights, determinism"),
+    }
+    recipe = groups["recipe"]
+    recipe.add_argument(
+        "--arch-arg",
+        action="append",
+        type=key_value,
+        default=[],
+        metavar="KEY=VALUE",
+        help="architecture argument, e.g. --arch-arg stem=tiny_imagenet (repeatable)",
+    )
+    defaults = TrainConfig()
+    size = f"{defaults.preprocess.height}x{defaults.preprocess.width}"
+    recipe.add_argument("--size", type=image_size, help=f"input size N or HxW (default {size})")
+    shift = defaults.augment.width_shift
+    recipe.add_argument("--shift", type=float, metavar="N", help=f"width and height shift (default {shift})")
+    for spec in recipe_flags():
+        name = spec.path[-1]
+        group = "run" if name in RUN_FIELDS else "checkpoints" if name in CHECKPOINT_FIELDS else "recipe"
+        _add_recipe_flag(groups[group], spec)
+    run = groups["run"]
+    run.add_argument("--skip-bad", action="store_true", help="train without unreadable images (listed)")
+    add_cache_flags(run)
+    run.add_argument(
+        "--probes-from",
+        type=_probe_count,
+        metavar="N",
+        help="also store N validation images as self-check probes (default: synthetic only)",
+    )
+    _add_run_folder_flags(groups["checkpoints"])
+
+
+def _add_run_folder_flags(c: argparse._ActionsContainer) -> None:
+    c.add_argument(
+        "--run-dir",
+        metavar="DIR",
+        help="run folder: lock, run.json, checkpoints/, history, reports (default MODEL-run/ beside MODEL)",
+    )
+    c.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue the run in DIR from its newest intact checkpoint; dataset, model and recipe come "
+        "from DIR/run.json (flags given must match the recipe, except --epochs and --device/--precision/"
+        "--eval-batch-size/--compile/--channels-last/--deterministic)",
+    )
+    c.add_argument(
+        "--force",
+        action="store_true",
+        help="with --resume: continue although the dataset or recipe changed (warns; no exact resume); "
+        "without: start over in a run folder holding an unfinished run (deletes its checkpoints)",
+    )
+
+
+def _probe_count(text: str) -> int:
+    from imgclf.modelfile import MAX_EXTRA_PROBES
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value <= MAX_EXTRA_PROBES:
+        raise argparse.ArgumentTypeError(f"expected 0 to {MAX_EXTRA_PROBES}, got {value}")
+    return value
 
 
 def _config_from_args(args: argparse.Namespace, start: dict[str, Any] | None = None) -> Any:
     """The TrainConfig: ``start`` (a resumed run's recipe, else the defaults), then --config, then flags."""
+    import json
+
     from imgclf.config import TrainConfig
 
     base: dict[str, Any] = dict(start or {})
@@ -35,63 +203,30 @@ def _config_from_args(args: argparse.Namespace, start: dict[str, Any] | None = N
                 expected="a JSON file of TrainConfig settings",
                 fix="check the file",
             ) from None
-    cfg = TrainConfig.from_dict(base)
-    direct = (
-        "arch",
-        "epochs",
-        "batch_size",
-        "lr",
-        "momentum",
-        "decay",
-        "seed",
-        "label_smoothing",
-        "val_split",
-        "test_split",
-        "device",
-        "precision",
-        "compile",
-        "channels_last",
-        "eval_batch_size",
-        "keep",
-        "monitor",
-        "patience",
-    )  # flags named as the TrainConfig fields they set
-    changes = {name: getattr(args, name) for name in direct if getattr(args, name) is not None}
-    if args.deterministic:
-        changes["deterministic"] = True
-    if args.arch_arg:
-        changes["arch_args"] = {**cfg.arch_args, **dict(args.arch_arg)}
-    pre: dict[str, Any] = {}
+    settings = TrainConfig.from_dict(base).to_dict()
+    for spec in recipe_flags():
+        value = getattr(args, spec.dest)
+        if value is not None:
+            _set_path(settings, spec.path, value)
     if args.size:
-        pre["height"], pre["width"] = args.size
-    if args.interpolation:
-        pre["interpolation"] = args.interpolation
-    if pre:
-        changes["preprocess"] = cfg.preprocess.replace(**pre)
-    aug: dict[str, Any] = {}
-    for name in ("rotation", "zoom", "shear"):
-        if getattr(args, name) is not None:
-            aug[name] = getattr(args, name)
+        settings["preprocess"]["height"], settings["preprocess"]["width"] = args.size
     if args.shift is not None:
-        aug["width_shift"] = aug["height_shift"] = args.shift
-    if args.no_flip:
-        aug["horizontal_flip"] = False
-    if args.no_augment:
-        aug["enabled"] = False
-    if aug:
-        changes["augment"] = cfg.augment.replace(**aug)
-    return cfg.replace(**changes) if changes else cfg
+        settings["augment"]["width_shift"] = settings["augment"]["height_shift"] = args.shift
+    if args.arch_arg:
+        settings["arch_args"] = {**settings["arch_args"], **dict(args.arch_arg)}
+    return TrainConfig.from_dict(settings)
+
+
+def _set_path(settings: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    for key in path[:-1]:
+        settings = settings[key]
+    settings[path[-1]] = value
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``imgclf train``: train (or ``--resume``), save, report; prints the classification report on stdout."""
-    from imgclf.errors import safe_text
-    from imgclf.training.pipeline import train
-    from imgclf.training.progress import EpochProgress, decode_bar_factory, stderr_console
-
     dataset, model, plot, config, run_dir = _train_inputs(args)
-    console = stderr_console()
-    result = train(
+    return train_and_report(
         dataset,
         model,
         config,
@@ -101,11 +236,36 @@ def cmd_train(args: argparse.Namespace) -> int:
         probes_from=args.probes_from,
         cache_dir=args.cache_dir,
         use_cache=not args.no_cache,
+        resume=bool(args.resume),
+        force=args.force,
+    )
+
+
+def train_and_report(dataset: str, model: str, config: Any, **options: Any) -> int:
+    """Train with progress on stderr, then print the classification report on stdout (train and demo).
+
+    Args:
+        dataset: Dataset folder.
+        model: Output model file.
+        config: The :class:`imgclf.TrainConfig`.
+        **options: Passed on to :func:`imgclf.train` (plot_path, run_dir, resume, ...).
+
+    Returns:
+        The exit code (0).
+    """
+    from imgclf.errors import safe_text
+    from imgclf.training.pipeline import train
+    from imgclf.training.progress import EpochProgress, decode_bar_factory, stderr_console
+
+    console = stderr_console()
+    result = train(
+        dataset,
+        model,
+        config,
         callbacks=[EpochProgress(console)],
         log=lambda m: console.print(safe_text(m), markup=False),
         decode_progress=decode_bar_factory(console),
-        resume=bool(args.resume),
-        force=args.force,
+        **options,
     )
     if result.evaluation is not None:
         stdout_line(report_text(result.evaluation.report))

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from imgclf._settings import did_you_mean
 from imgclf.config import MAX_SIDE
 from imgclf.errors import UsageError
 
@@ -76,7 +77,7 @@ def info(name: object) -> ArchInfo:
             "unknown architecture",
             received=repr(name)[:100],
             expected="one of " + ", ".join(names()),
-            fix="use a registered architecture name (imgclf train --help lists them)",
+            fix="use a registered architecture name" + did_you_mean(str(name), names()),
         )
     return _REGISTRY[name]
 
