@@ -18,7 +18,16 @@ from imgclf.errors import ModelFileError
 from imgclf.evaluation import confusion_matrix, evaluate_probabilities
 from imgclf.modelfile import probes
 from imgclf.training.optim import KerasSGD
-from modelfiles import data_offset, edit_manifest, flip, make_classifier, manifest_of, split, with_manifest
+from modelfiles import (
+    data_offset,
+    edit_manifest,
+    edit_tensors,
+    flip,
+    make_classifier,
+    manifest_of,
+    split,
+    with_manifest,
+)
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "format.md"
 
@@ -169,3 +178,25 @@ def test_a_group_without_weight_decay_has_none():
     w.backward(torch.ones((), dtype=torch.float64))
     opt.step()
     assert w.item() == pytest.approx(2.0 - 0.1, abs=1e-15)
+
+
+# --- probes: the size of a preprocessing drift ------------------------------------------------------------
+
+
+def test_preprocessing_drift_is_counted_and_sized_exactly(model_file, tmp_path):
+    """Three stored input values moved by 1, 1 and 5 levels (file re-signed): verify says exactly that."""
+
+    def edit(tensors):
+        stored = tensors["probe.0.input"].clone()
+        for (y, x, c), delta in zip([(0, 0, 0), (3, 4, 1), (7, 2, 2)], [1, 1, 5], strict=True):
+            value = int(stored[y, x, c])
+            stored[y, x, c] = value - delta if value >= delta else value + delta
+        tensors["probe.0.input"] = stored
+
+    path = tmp_path / "drifted_input.imgclf"
+    path.write_bytes(edit_tensors(model_file.read_bytes(), edit))
+    rows = {name: (ok, detail) for name, ok, detail in imgclf.verify(path).checks}
+    assert rows["probe 0 (synthetic) preprocessing"] == (
+        False,
+        "preprocessing changed (Pillow or imgclf?): 3 of 768 pixel values differ, by up to 5/255",
+    )

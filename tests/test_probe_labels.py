@@ -56,8 +56,14 @@ def test_a_fresh_file_passes_the_label_checks(unsorted_file):
     _, path = unsorted_file
     rows = _rows(imgclf.verify(path))
     labels = {k: v for k, v in rows.items() if k.endswith(" label")}
-    assert len(labels) == 4 and all(ok for ok, _ in labels.values())
-    assert all(detail.endswith("as at save time") for _, detail in labels.values())
+    tops = [int(np.argmax(r["probabilities"])) for r in manifest_of(path.read_bytes())["probes"]]
+    assert list(labels.values()) == [(True, f"class {t} {UNSORTED[t]!r} as at save time") for t in tops]
+
+
+def test_label_checks_pass_at_zero_tolerance_when_nothing_changed(unsorted_file):
+    """The saved class is compared with today's top-1 by ">=": equal values are no drift."""
+    _, path = unsorted_file
+    assert imgclf.verify(path, tolerance=0.0).ok
 
 
 def test_verify_notices_a_relabelled_file(unsorted_file, tmp_path):
@@ -74,6 +80,12 @@ def test_verify_notices_a_relabelled_file(unsorted_file, tmp_path):
     for i in range(4):
         ok, detail = rows[f"probe {i} (synthetic) label"]
         assert not ok and "but the probe was labelled" in detail and "class names reordered" in detail
+    # every probe's top-1 is 'apple' (index 1); sorted, index 1 is 'mango'
+    assert rows["probe 0 (synthetic) label"] == (
+        False,
+        "class 1 is named 'mango' in this file but the probe was labelled 'apple' at save time "
+        "(class names reordered or renamed?)",
+    )
 
 
 def test_verify_notices_a_probe_that_now_gets_another_class(unsorted_file, tmp_path):
@@ -86,8 +98,29 @@ def test_verify_notices_a_probe_that_now_gets_another_class(unsorted_file, tmp_p
 
     edited = tmp_path / "other_class.imgclf"
     edited.write_bytes(edit_manifest(path.read_bytes(), edit))
-    ok, detail = _rows(imgclf.verify(edited))["probe 1 (synthetic) label"]
-    assert not ok and "the top-1 class is now" in detail
+    top = int(np.argmax(manifest_of(path.read_bytes())["probes"][1]["probabilities"]))
+    saved = (top + 1) % 3
+    assert _rows(imgclf.verify(edited))["probe 1 (synthetic) label"] == (
+        False,
+        f"the top-1 class is now {top} {UNSORTED[top]!r}, at save time class {saved} {UNSORTED[saved]!r}",
+    )
+
+
+def test_both_label_problems_are_reported_together(unsorted_file, tmp_path):
+    _, path = unsorted_file
+
+    def edit(m):
+        m["probes"][0]["label"] = {"index": 2, "name": "kiwi"}
+
+    edited = tmp_path / "both.imgclf"
+    edited.write_bytes(edit_manifest(path.read_bytes(), edit))
+    top = int(np.argmax(manifest_of(path.read_bytes())["probes"][0]["probabilities"]))
+    assert _rows(imgclf.verify(edited))["probe 0 (synthetic) label"] == (
+        False,
+        f"the top-1 class is now {top} {UNSORTED[top]!r}, at save time class 2 'kiwi'; "
+        "class 2 is named 'mango' in this file but the probe was labelled 'kiwi' at save time "
+        "(class names reordered or renamed?)",
+    )
 
 
 def test_files_without_labels_still_load_and_verify_by_index(unsorted_file, tmp_path):
@@ -102,8 +135,11 @@ def test_files_without_labels_still_load_and_verify_by_index(unsorted_file, tmp_
     old.write_bytes(edit_manifest(path.read_bytes(), drop))
     report = imgclf.verify(old)
     assert report.ok
-    ok, detail = _rows(report)["probe 0 (synthetic) label"]
-    assert ok and "index only" in detail
+    top = int(np.argmax(manifest_of(path.read_bytes())["probes"][0]["probabilities"]))
+    assert _rows(report)["probe 0 (synthetic) label"] == (
+        True,
+        f"class {top} {UNSORTED[top]!r} as at save time (the file records no label name: index only)",
+    )
 
 
 def test_a_file_without_labels_still_fails_when_the_top1_index_moves(unsorted_file, tmp_path):
