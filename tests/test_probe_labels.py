@@ -193,3 +193,23 @@ def test_the_golden_v1_file_has_no_labels_and_its_label_checks_pass_by_index():
     assert all("label" not in record for record in manifest_of(GOLDEN.read_bytes())["probes"])
     labels = [(ok, detail) for name, ok, detail in imgclf.verify(GOLDEN).checks if name.endswith(" label")]
     assert len(labels) == 4 and all(ok and "index only" in detail for ok, detail in labels)
+
+
+def test_the_output_check_names_a_top1_change_only_when_there_is_one(unsorted_file, tmp_path):
+    """Every probe's top-1 here is class 1, so a check that compared with class 0 would say it changed."""
+    _, path = unsorted_file
+    rows = _rows(imgclf.verify(path))
+    for i in range(4):
+        assert rows[f"probe {i} (synthetic) output"] == (
+            True,
+            "model output on the stored input: max |Δp| = 0 (tolerance 0.0001)",
+        )
+
+    def swap(m):
+        p = m["probes"][2]["probabilities"]
+        p[1], p[2] = p[2], p[1]
+
+    edited = tmp_path / "swapped.imgclf"
+    edited.write_bytes(edit_manifest(path.read_bytes(), swap))
+    ok, detail = _rows(imgclf.verify(edited))["probe 2 (synthetic) output"]
+    assert not ok and detail.endswith(" (tolerance 0.0001); the top-1 class changed")
