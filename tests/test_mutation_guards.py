@@ -183,20 +183,36 @@ def test_a_group_without_weight_decay_has_none():
 # --- probes: the size of a preprocessing drift ------------------------------------------------------------
 
 
+def _drift_stored_input(tensors):
+    """Move three values of probe 0's stored input by 1, 1 and 5 levels."""
+    stored = tensors["probe.0.input"].clone()
+    for (y, x, c), delta in zip([(0, 0, 0), (3, 4, 1), (7, 2, 2)], [1, 1, 5], strict=True):
+        value = int(stored[y, x, c])
+        stored[y, x, c] = value - delta if value >= delta else value + delta
+    tensors["probe.0.input"] = stored
+
+
 def test_preprocessing_drift_is_counted_and_sized_exactly(model_file, tmp_path):
-    """Three stored input values moved by 1, 1 and 5 levels (file re-signed): verify says exactly that."""
-
-    def edit(tensors):
-        stored = tensors["probe.0.input"].clone()
-        for (y, x, c), delta in zip([(0, 0, 0), (3, 4, 1), (7, 2, 2)], [1, 1, 5], strict=True):
-            value = int(stored[y, x, c])
-            stored[y, x, c] = value - delta if value >= delta else value + delta
-        tensors["probe.0.input"] = stored
-
+    """The stored input moved (file re-signed): verify says by how much, and today's input is the original."""
     path = tmp_path / "drifted_input.imgclf"
-    path.write_bytes(edit_tensors(model_file.read_bytes(), edit))
+    path.write_bytes(edit_tensors(model_file.read_bytes(), _drift_stored_input))
     rows = {name: (ok, detail) for name, ok, detail in imgclf.verify(path).checks}
     assert rows["probe 0 (synthetic) preprocessing"] == (
         False,
         "preprocessing changed (Pillow or imgclf?): 3 of 768 pixel values differ, by up to 5/255",
     )
+    # today's input is the very input the probabilities were computed from: no end-to-end change
+    assert rows["probe 0 end to end"] == (True, "with today's preprocessing: max |Δp| = 0")
+
+
+def test_an_end_to_end_top1_change_is_called_out(model_file, tmp_path):
+    def swap(m):
+        p = m["probes"][0]["probabilities"]
+        p[0], p[1] = p[1], p[0]
+
+    blob = edit_manifest(edit_tensors(model_file.read_bytes(), _drift_stored_input), swap)
+    path = tmp_path / "drifted_and_swapped.imgclf"
+    path.write_bytes(blob)
+    rows = {name: (ok, detail) for name, ok, detail in imgclf.verify(path).checks}
+    ok, detail = rows["probe 0 end to end"]
+    assert not ok and detail.endswith("; the top-1 class changed")
