@@ -216,3 +216,29 @@ def test_an_end_to_end_top1_change_is_called_out(model_file, tmp_path):
     rows = {name: (ok, detail) for name, ok, detail in imgclf.verify(path).checks}
     ok, detail = rows["probe 0 end to end"]
     assert not ok and detail.endswith("; the top-1 class changed")
+
+
+# --- digests: the canonical JSON that both digests and the stored manifest text rest on --------------------
+
+
+def test_canonical_json_is_sorted_ascii_and_refuses_nan():
+    """docs/format.md §3: keys sorted, no spaces, ASCII only (\\uXXXX escapes), no NaN/Infinity."""
+    from imgclf.modelfile.digests import canonical_json
+
+    assert canonical_json({"b": [1, 2.5], "a": {"é": "→"}}) == '{"a":{"\\u00e9":"\\u2192"},"b":[1,2.5]}'
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError):
+            canonical_json({"x": bad})
+
+
+def test_a_manifest_stored_with_unsorted_keys_is_refused(model_file, tmp_path):
+    """Same content, same (valid) digests, keys in another order: not the canonical text, so refused."""
+    import json
+
+    blob = model_file.read_bytes()
+    manifest = manifest_of(blob)
+    unsorted = json.dumps(dict(reversed(list(manifest.items()))), separators=(",", ":"), ensure_ascii=True)
+    path = tmp_path / "unsorted.imgclf"
+    path.write_bytes(with_manifest(blob, unsorted))
+    with pytest.raises(ModelFileError, match="manifest is not in canonical form"):
+        imgclf.load(path)
