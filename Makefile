@@ -15,6 +15,7 @@ demo: $(STAMP)
 	$(VENV)/bin/imgclf demo --out demo-output
 
 test: $(STAMP)
+	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m pytest -q
 
@@ -26,8 +27,7 @@ bench: $(STAMP)
 
 # Mutation testing (docs/testing.md); not part of `make test`. MUTANTS narrows the run, e.g.
 # make mutation MUTANTS='imgclf.evaluation.*'
-MUTANTS ?= imgclf.images.* imgclf.modelfile.* imgclf.training.optim.* imgclf.training.loop.x_lr_at* \
-	imgclf.training.loop.x_steps_per_epoch* imgclf.evaluation.*
+MUTANTS ?= imgclf.images.* imgclf.modelfile.* imgclf.training.optim.* imgclf.training.schedule.* imgclf.evaluation.*
 mutation: $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,mutation]'
 	rm -rf mutants

@@ -25,7 +25,8 @@ from imgclf.config import TrainConfig
 from imgclf.data.decode import load_split
 from imgclf.data.folders import scan_dataset
 from imgclf.data.synthetic import write_demo_dataset
-from imgclf.training.loop import create_state, fit
+from imgclf.training.loop import fit
+from imgclf.training.state import create_state
 
 
 def correctness(device: str, smoke: bool) -> list[list[object]]:

@@ -86,7 +86,8 @@ def fit_rate(
     import torch
 
     from imgclf.config import TrainConfig
-    from imgclf.training.loop import create_state, fit
+    from imgclf.training.loop import fit
+    from imgclf.training.state import create_state
 
     cfg = TrainConfig(
         epochs=epochs,
@@ -119,7 +120,7 @@ def bare_loop_rate(
     from imgclf.images.preprocess import to_tensor
     from imgclf.models import registry
     from imgclf.training.augment import affine_matrices, augment_batch, sample_params
-    from imgclf.training.loop import resolve_device, resolve_precision
+    from imgclf.training.device import resolve_device, resolve_precision
     from imgclf.training.optim import KerasSGD
 
     dev = resolve_device(device)

@@ -14,11 +14,7 @@ import pytest
 import torch
 
 import imgclf
-from imgclf.errors import ModelFileError
-from imgclf.evaluation import confusion_matrix, evaluate_probabilities
-from imgclf.modelfile import probes
-from imgclf.training.optim import KerasSGD
-from modelfiles import (
+from helpers import (
     data_offset,
     edit_manifest,
     edit_tensors,
@@ -28,6 +24,10 @@ from modelfiles import (
     split,
     with_manifest,
 )
+from imgclf.errors import ModelFileError
+from imgclf.evaluation import confusion_matrix, evaluate_probabilities
+from imgclf.modelfile import probes
+from imgclf.training.optim import KerasSGD
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "format.md"
 

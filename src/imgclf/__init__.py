@@ -1,11 +1,14 @@
 """imgclf: train an image classifier from a folder, save one safe file, classify anywhere.
 
-``import imgclf`` is light: the training loop, plotting and reports are imported only when used.
+This module is the public API: the names in ``__all__`` are the supported ones (the README uses only
+these); everything else is internal and may move. ``import imgclf`` is light: each name is imported
+on first use, so loading and predicting never import training, plotting, server or ONNX code.
 
 Usage::
 
     import imgclf
-    clf = imgclf.load("model.imgclf")
+    result = imgclf.train("dataset", "model.imgclf", imgclf.TrainConfig(epochs=25))
+    clf = imgclf.load("model.imgclf")                # or an .onnx from `imgclf export`: no torch needed
     print(clf.predict(["cell.png"])[0].label)
 """
 
@@ -17,51 +20,113 @@ from imgclf._version import __version__
 
 __all__ = [
     "__version__",
+    # training
+    "train",
+    "resume_run",
+    "TrainConfig",
+    "PreprocessSpec",
+    "AugmentSpec",
+    "Callback",
+    "TrainResult",
+    # the model file
     "load",
     "save",
     "verify",
     "inspect",
+    # predicting and evaluating
     "Classifier",
     "Prediction",
-    "TrainConfig",
-    "PreprocessSpec",
-    "AugmentSpec",
-    "train",
+    "evaluate_dataset",
+    "Evaluation",
+    # errors
+    "ImgclfError",
+    "UsageError",
+    "DatasetError",
+    "ImageError",
+    "ModelFileError",
+    "StorageError",
+    "ResumeError",
+    "Interrupted",
+    "PartialFailure",
+    "ExportError",
 ]
 
-_LAZY = {
-    "load": ("imgclf.modelfile", "load"),
-    "save": ("imgclf.modelfile", "save"),
-    "verify": ("imgclf.modelfile", "verify"),
-    "inspect": ("imgclf.modelfile", "inspect"),
-    "Classifier": ("imgclf.classifier", "Classifier"),
-    "Prediction": ("imgclf.classifier", "Prediction"),
-    "TrainConfig": ("imgclf.config", "TrainConfig"),
-    "PreprocessSpec": ("imgclf.config", "PreprocessSpec"),
-    "AugmentSpec": ("imgclf.config", "AugmentSpec"),
-    "train": ("imgclf.training.pipeline", "train"),
+# name -> the module that defines it (imported on first use of the name).
+_HOME = {
+    "train": "imgclf.training.pipeline",
+    "resume_run": "imgclf.training.pipeline",
+    "TrainResult": "imgclf.training.pipeline",
+    "Callback": "imgclf.training.loop",
+    "TrainConfig": "imgclf.config",
+    "PreprocessSpec": "imgclf.config",
+    "AugmentSpec": "imgclf.config",
+    "load": "imgclf.interop.files",  # .imgclf or .onnx, told apart by the file's first bytes
+    "save": "imgclf.modelfile",
+    "verify": "imgclf.interop.files",
+    "inspect": "imgclf.interop.files",
+    "Classifier": "imgclf.classifier",
+    "Prediction": "imgclf.classifier",
+    "evaluate_dataset": "imgclf.evaluation",
+    "Evaluation": "imgclf.evaluation",
+    "ImgclfError": "imgclf.errors",
+    "UsageError": "imgclf.errors",
+    "DatasetError": "imgclf.errors",
+    "ImageError": "imgclf.errors",
+    "ModelFileError": "imgclf.errors",
+    "StorageError": "imgclf.errors",
+    "ResumeError": "imgclf.errors",
+    "Interrupted": "imgclf.errors",
+    "PartialFailure": "imgclf.errors",
+    "ExportError": "imgclf.errors",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from imgclf.classifier import Classifier, Prediction
     from imgclf.config import AugmentSpec, PreprocessSpec, TrainConfig
-    from imgclf.modelfile import inspect, load, save, verify
-    from imgclf.training.pipeline import train
+    from imgclf.errors import (
+        DatasetError,
+        ExportError,
+        ImageError,
+        ImgclfError,
+        Interrupted,
+        ModelFileError,
+        PartialFailure,
+        ResumeError,
+        StorageError,
+        UsageError,
+    )
+    from imgclf.evaluation import Evaluation, evaluate_dataset
+    from imgclf.interop.files import inspect, load, verify
+    from imgclf.modelfile import save
+    from imgclf.training.loop import Callback
+    from imgclf.training.pipeline import TrainResult, resume_run, train
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        module, attr = _LAZY[name]
-        # Static imports only: the package's safety test forbids importing modules by a computed name.
-        if module == "imgclf.modelfile":
-            from imgclf import modelfile as mod
-        elif module == "imgclf.classifier":
-            from imgclf import classifier as mod
-        elif module == "imgclf.config":
-            from imgclf import config as mod
-        else:
-            from imgclf.training import pipeline as mod
-        value = getattr(mod, attr)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'imgclf' has no attribute {name!r}")
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module 'imgclf' has no attribute {name!r}")
+    # Static imports only: the package's safety test forbids importing modules by a computed name.
+    if home == "imgclf.training.pipeline":
+        from imgclf.training import pipeline as mod
+    elif home == "imgclf.training.loop":
+        from imgclf.training import loop as mod
+    elif home == "imgclf.config":
+        from imgclf import config as mod
+    elif home == "imgclf.interop.files":
+        from imgclf.interop import files as mod
+    elif home == "imgclf.modelfile":
+        from imgclf import modelfile as mod
+    elif home == "imgclf.classifier":
+        from imgclf import classifier as mod
+    elif home == "imgclf.evaluation":
+        from imgclf import evaluation as mod
+    else:
+        from imgclf import errors as mod
+    value = getattr(mod, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

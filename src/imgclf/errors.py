@@ -20,28 +20,13 @@ Exit codes (also in the README):
 5     I/O or disk error (unwritable folder, disk full)
 6     resume refused: checkpoint does not match the run
 7     invalid dataset folder
+8     export failed (e.g. the ONNX model disagrees with the PyTorch one); no file written
 130   interrupted by SIGINT (Ctrl-C)
 143   interrupted by SIGTERM
 ====  ==========================================================
 """
 
 from __future__ import annotations
-
-__all__ = [
-    "ImgclfError",
-    "UsageError",
-    "ModelFileError",
-    "ImageError",
-    "StorageError",
-    "ResumeError",
-    "DatasetError",
-    "Interrupted",
-    "PartialFailure",
-    "EXIT_CODES",
-    "safe_text",
-    "listed",
-    "MAX_LISTED",
-]
 
 MAX_LISTED = 8
 
@@ -144,6 +129,12 @@ class DatasetError(ImgclfError, ValueError):
     exit_code = 7
 
 
+class ExportError(ImgclfError):
+    """An export was refused, e.g. its parity check failed; no file was written (exit code 8)."""
+
+    exit_code = 8
+
+
 class Interrupted(ImgclfError):
     """Work was interrupted by a signal; ``exit_code`` is 130 (SIGINT) or 143 (SIGTERM)."""
 
@@ -161,6 +152,7 @@ EXIT_CODES: dict[str, int] = {
     "storage": StorageError.exit_code,
     "resume": ResumeError.exit_code,
     "dataset": DatasetError.exit_code,
+    "export_failed": ExportError.exit_code,
     "sigint": 130,
     "sigterm": 143,
 }

@@ -1,10 +1,9 @@
 """Classification metrics (the report scikit-learn's ``classification_report`` gives, and more), and
-the evaluation of a loaded model on a dataset folder.
+the evaluation of a loaded model on a dataset folder. The text report is :mod:`imgclf.reports`.
 
 Usage::
 
     report = classification_report(y_true, y_pred, ["Parasitized", "Uninfected"])
-    print(format_report(report))
     cm = confusion_matrix(y_true, y_pred, 2)
     evaluation = evaluate_dataset(imgclf.load("malaria.imgclf"), "malaria")   # a model on a folder
 """
@@ -12,26 +11,17 @@ Usage::
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from imgclf.errors import DatasetError, UsageError
+from imgclf.progress import Log, quiet
 
 if TYPE_CHECKING:
     from imgclf.classifier import Classifier
-
-__all__ = [
-    "evaluate_dataset",
-    "classification_report",
-    "format_report",
-    "confusion_matrix",
-    "Evaluation",
-    "evaluate_probabilities",
-]
-
 
 def confusion_matrix(
     y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray, num_classes: int
@@ -112,27 +102,6 @@ def classification_report(
     return report
 
 
-def format_report(report: dict[str, Any], digits: int = 4) -> str:
-    """Render a report as text, character for character scikit-learn's layout."""
-    rows = [k for k in report if k not in ("accuracy", "macro avg", "weighted avg")]
-    width = max([len(r) for r in rows] + [len("weighted avg"), digits])
-    keys = ("precision", "recall", "f1-score")
-    head = f"{'':>{width}s} " + "".join(f" {h:>9}" for h in (*keys, "support"))
-    lines = [head, ""]
-
-    def row(name: str, r: dict[str, Any]) -> str:
-        return f"{name:>{width}s} " + "".join(f" {r[k]:>9.{digits}f}" for k in keys) + f" {r['support']:>9}"
-
-    lines += [row(name, report[name]) for name in rows]
-    lines.append("")
-    total = report["macro avg"]["support"]
-    lines.append(
-        f"{'accuracy':>{width}s} " + f" {'':>9}" * 2 + f" {report['accuracy']:>9.{digits}f}" + f" {total:>9}"
-    )
-    lines += [row(avg, report[avg]) for avg in ("macro avg", "weighted avg")]
-    return "\n".join(lines) + "\n"
-
-
 @dataclass
 class Evaluation:
     """Everything an evaluation produces."""
@@ -189,7 +158,7 @@ def evaluate_dataset(
     split: str = "testing",
     skip_bad: bool = False,
     batch_size: int = 256,
-    log: Callable[[str], None] = lambda _: None,
+    log: Log = quiet,
     cache_dir: str | os.PathLike | None = None,
     use_cache: bool = True,
 ) -> Evaluation:

@@ -28,17 +28,6 @@ from typing import IO
 
 from imgclf.errors import StorageError
 
-__all__ = [
-    "atomic_open",
-    "atomic_write_bytes",
-    "atomic_write_text",
-    "fsync_dir",
-    "check_writable",
-    "open_for_reading",
-    "remove_stale_temps",
-    "TMP_SUFFIX",
-]
-
 TMP_SUFFIX = ".imgclf-tmp"
 _READ_FLAGS = (
     os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -95,8 +84,14 @@ def _storage_error(path: str, exc: OSError, action: str) -> StorageError:
     )
 
 
-def _pid_alive(pid: int) -> bool:
-    # On Windows os.kill(pid, 0) would send CTRL_C_EVENT, so there we never call it and keep the file.
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` may still be running on this machine: ``False`` only when it certainly is not.
+
+    Used before taking over what a process left behind (a temporary file, a run folder's lock): "cannot
+    tell" counts as alive, so a live writer's file or lock is never taken. Our own PID, a PID that exists
+    under another user, and every PID on Windows (where ``os.kill(pid, 0)`` would send CTRL_C_EVENT)
+    count as alive.
+    """
     if os.name == "nt" or pid <= 0 or pid == os.getpid():
         return True
     try:
@@ -104,7 +99,7 @@ def _pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except (OSError, OverflowError):
-        return True  # exists but belongs to someone else, or we cannot tell: keep its file
+        return True  # exists but belongs to someone else, or we cannot tell
     return True
 
 
@@ -124,7 +119,7 @@ def remove_stale_temps(target: str | os.PathLike) -> list[str]:
         return removed
     for entry in entries:
         match = pattern.fullmatch(entry.name)
-        if match and not _pid_alive(int(match.group(1))):
+        if match and not pid_alive(int(match.group(1))):
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)
                 removed.append(entry.path)

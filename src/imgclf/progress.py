@@ -1,7 +1,13 @@
-"""Progress bars on stderr, with nothing but rich: light enough for the predict path.
+"""How imgclf tells people what is happening: one-line messages (``Log``) and progress bars on stderr.
+
+The library never prints and does not use :mod:`logging`: functions that have something to say
+(warnings about skipped files, notes about a resumed run) take a ``log`` callable, ``quiet`` by default;
+the CLI passes one that writes the line to stderr, so stdout carries results only. Progress bars need
+nothing but rich, imported when a bar is made: light enough for the predict path.
 
 Usage::
 
+    def train(..., log: Log = quiet): log("warning: skipped a.png: not an image")
     progress = bar(stderr_console(), "classifying", total=1000)
     progress.update(progress.tasks[0].id, advance=64)
     progress.stop()
@@ -9,21 +15,25 @@ Usage::
 
 from __future__ import annotations
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-__all__ = ["stderr_console", "bar"]
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
+
+Log = Callable[[str], None]
+"""Receives one human-readable line (``"warning: ..."``, ``"note: ..."``), without a newline."""
+
+
+def quiet(message: str) -> None:
+    """The default ``Log``: drop the message."""
 
 
 def stderr_console() -> Console:
     """A rich console on stderr (stdout carries results only)."""
+    from rich.console import Console
+
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -33,6 +43,15 @@ def bar(console: Console, description: str, total: int | None) -> Progress:
     stdout is never redirected: rich would otherwise route results printed while the bar is live
     into the bar's console, which is stderr.
     """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),

@@ -16,8 +16,6 @@ import ctypes
 import os
 import sys
 
-__all__ = ["tune_allocator"]
-
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _done = False

@@ -15,7 +15,8 @@ import sys
 from typing import NoReturn
 
 EPILOG = """exit codes: 0 ok, 1 internal error, 2 usage, 3 invalid model file, 4 invalid image (or some images
-failed), 5 I/O or disk, 6 resume refused, 7 invalid dataset, 130 interrupted (Ctrl-C), 143 terminated"""
+failed), 5 I/O or disk, 6 resume refused, 7 invalid dataset, 8 export failed, 130 interrupted (Ctrl-C),
+143 terminated"""
 
 
 class Parser(argparse.ArgumentParser):

@@ -66,7 +66,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from imgclf.cli.train import train_and_report
     from imgclf.config import TrainConfig
     from imgclf.data.synthetic import write_demo_dataset
-    from imgclf.training.progress import stderr_console
+    from imgclf.progress import stderr_console
 
     config = TrainConfig()
     changes = {name: getattr(args, name) for name in ("epochs", "seed") if getattr(args, name) is not None}

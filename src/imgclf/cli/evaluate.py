@@ -57,7 +57,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
             check_writable(target)
     if args.confusion_plot:
-        from imgclf.reports import require_matplotlib
+        from imgclf.plots import require_matplotlib
 
         require_matplotlib("--confusion-plot", "pip install 'imgclf[plots]', or drop --confusion-plot")
     clf = load(args.model)
@@ -77,7 +77,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.output:
         atomic_write_text(args.output, json.dumps(ev.to_dict(), indent=2) + "\n")
     if args.confusion_plot:
-        from imgclf.reports import plot_confusion
+        from imgclf.plots import plot_confusion
 
         plot_confusion(ev.confusion, ev.class_names, args.confusion_plot)
     return 0

@@ -23,14 +23,14 @@ import warnings
 from collections.abc import Sequence
 
 from imgclf._version import __version__
-from imgclf.cli import demo, evaluate, model, predict, train
+from imgclf.cli import demo, evaluate, export, import_keras, model, predict, serve, train
 from imgclf.cli.common import EPILOG, Parser, err
 from imgclf.errors import EXIT_CODES, ImgclfError
 
 # Each module registers its commands with add_parser(sub, common); the order is --help's order.
-COMMAND_MODULES = (train, predict, evaluate, model, demo)
+COMMAND_MODULES = (train, predict, evaluate, model, export, serve, import_keras, demo)
 # Commands that run models: the allocator tuning pays off there (see imgclf.cli.allocator).
-HEAVY_COMMANDS = ("train", "predict", "evaluate", "verify", "demo")
+HEAVY_COMMANDS = ("train", "predict", "evaluate", "verify", "demo", "serve", "export")
 
 
 def build_parser() -> Parser:

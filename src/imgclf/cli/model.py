@@ -22,7 +22,8 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         parents=[common],
         help="show what a model file holds",
         epilog=EPILOG,
-        description="Print a model file's manifest without building the model.",
+        description="Print a model file's manifest without building the model (an .onnx from "
+        "`imgclf export`: its metadata, graph and parity figures).",
     )
     p.set_defaults(func=cmd_inspect)
     p.add_argument("model", help="model file")
@@ -34,7 +35,8 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         help="re-run a model file's self-check probes",
         epilog=EPILOG,
         description="Check digests, build the model and re-run the probe images stored at save "
-        "time; report any drift in preprocessing or outputs. Exit 0 if all checks pass, else 3.",
+        "time; report any drift in preprocessing or outputs (an .onnx: onnx.checker, its graph digest "
+        "and its parity probes with this onnxruntime). Exit 0 if all checks pass, else 3.",
     )
     p.set_defaults(func=cmd_verify)
     p.add_argument("model", help="model file")
@@ -46,14 +48,24 @@ def _names(names: list[str], limit: int = 20) -> str:
     return shown + (f", ... ({len(names) - limit} more; --json lists all)" if len(names) > limit else "")
 
 
+def _short_args(args: dict) -> dict:
+    """Architecture args for one line: a list of layer records (keras_graph) shown as its length."""
+    records = {k for k, v in args.items() if isinstance(v, list) and v and isinstance(v[0], dict)}
+    return {k: f"<{len(v)} layers; --json lists them>" if k in records else v for k, v in args.items()}
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     """``imgclf inspect``: the manifest, human-readable or ``--json``."""
     from imgclf.errors import safe_text
-    from imgclf.modelfile import inspect
+    from imgclf.interop.files import inspect  # .imgclf or .onnx
 
     info = inspect(args.model)
     if args.json:
         stdout_line(json.dumps(info, indent=2))
+        return 0
+    if "onnx" in info:
+        for line in _onnx_lines(info):
+            stdout_line(safe_text(line))
         return 0
     arch = info["architecture"]
     pre = info["preprocess"]
@@ -61,7 +73,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         f"file            {info['path']} ({info['file_bytes']} bytes)",
         f"format          {info['format']} version {info['format_version']} "
         f"(decode rule {info['decode_rule']})",
-        f"architecture    {arch['name']} {json.dumps(arch['args'], ensure_ascii=False)}",
+        f"architecture    {arch['name']} {json.dumps(_short_args(arch['args']), ensure_ascii=False)}",
         f"parameters      {info['parameters']} in {info['tensors']} tensors",
         f"classes         {len(info['class_names'])}: {_names(info['class_names'])}",
         f"preprocessing   {pre['height']}x{pre['width']} {pre['interpolation']}, "
@@ -75,17 +87,18 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             f"seed {t.get('seed')}; saved epoch {info.get('epoch')} on {info.get('device')}"
         )
     if info.get("metrics"):
-        lines.append(
-            "metrics         "
-            + ", ".join(
-                f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in info["metrics"].items()
-            )
-        )
+        lines.append(_metrics_line(info["metrics"]))
     if info.get("data"):
         d = info["data"]
         lines.append(
             f"data            fingerprint {str(d.get('fingerprint'))[:16]}..., "
             f"counts {json.dumps(d.get('counts'), ensure_ascii=False)}"
+        )
+    if isinstance(info.get("imported_from"), dict):
+        src = info["imported_from"]
+        lines.append(
+            f"imported from   {src.get('file')} (Keras {src.get('keras_version')}, {src.get('layout')}, "
+            f"sha256:{src.get('sha256')})"
         )
     if info.get("versions"):
         lines.append("versions        " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
@@ -101,10 +114,47 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _metrics_line(metrics: dict) -> str:
+    return "metrics         " + ", ".join(
+        f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
+    )
+
+
+def _onnx_lines(info: dict) -> list[str]:
+    """``imgclf inspect`` of an .onnx: the metadata, the graph and the parity figures of the export."""
+    arch, pre, onnx, src = info["architecture"] or {}, info["preprocess"], info["onnx"], info["source"] or {}
+    parity = onnx.get("parity") or {}
+    size = f"{pre['height']}x{pre['width']} {pre['interpolation']}"
+    lines = [
+        f"file            {info['path']} ({info['file_bytes']} bytes)",
+        f"format          {info['format']} version {info['format_version']} "
+        f"(decode rule {info['decode_rule']})",
+        f"onnx            IR version {onnx['ir_version']}, opset {onnx['opset']}, "
+        f"exporter {onnx['exporter']}, {info['parameters']} values in {info['tensors']} initializers",
+        f"architecture    {arch.get('name')} {json.dumps(arch.get('args'), ensure_ascii=False)}",
+        f"classes         {len(info['class_names'])}: {_names(info['class_names'])}",
+        f"preprocessing   {size}, rescale {pre['rescale']:.6g}, mean {pre['mean']}, std {pre['std']}",
+        f"parity          max |Δp| {parity.get('max_abs_diff', float('nan')):.3g} on "
+        f"{parity.get('inputs')} inputs (worst: {parity.get('worst_input')}), "
+        f"tolerance {parity.get('tolerance')}, top-1 identical",
+        f"source          {src.get('file')} (tensors sha256:{str(src.get('tensors_sha256'))[:16]}...)",
+    ]
+    if info.get("metrics"):
+        lines.append(_metrics_line(info["metrics"]))
+    if info.get("versions"):
+        lines.append("exported with   " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
+    lines.append(f"exported        {info.get('created')}")
+    lines.append(
+        f"probes          {info['probes']} ({', '.join(sorted(set(info['probe_kinds']))) or 'none'})"
+    )
+    lines.append(f"graph digest    sha256:{onnx['graph_sha256']}")
+    return lines
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     """``imgclf verify``: one line per check; exit 0 if all pass, 3 otherwise."""
     from imgclf.errors import ModelFileError
-    from imgclf.modelfile import verify
+    from imgclf.interop.files import file_kind, verify  # .imgclf or .onnx
 
     report = verify(args.model)
     for name, ok, detail in report.checks:
@@ -115,5 +165,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
             f"model file {args.model!r} failed verification: {', '.join(failed)}",
             fix="the environment changed (Pillow/torch) or the file was modified; see above",
         )
-    stdout_line("verified: the model behaves exactly as when it was saved")
+    when = "exported" if file_kind(args.model) == "onnx" else "saved"
+    stdout_line(f"verified: the model behaves exactly as when it was {when}")
     return 0

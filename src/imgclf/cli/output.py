@@ -20,6 +20,6 @@ def stdout_line(text: str = "") -> None:
 def report_text(report: dict[str, Any]) -> str:
     """The classification report for stdout, control characters in class names escaped line by line."""
     from imgclf.errors import safe_text
-    from imgclf.evaluation import format_report
+    from imgclf.reports import format_report
 
     return "\n".join(safe_text(line) for line in format_report(report).rstrip("\n").split("\n"))

@@ -37,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         "from the model file. stdout: path, label, confidence per image (tab-separated).",
     )
     p.set_defaults(func=cmd_predict)
-    p.add_argument("--model", "-m", required=True, help="model file")
+    p.add_argument("--model", "-m", required=True, help="model file (.imgclf, or .onnx from imgclf export)")
     p.add_argument("--images", "-i", nargs="+", required=True, help="image files and/or folders")
     p.add_argument("--sample", type=int, metavar="N", help="classify N images picked at random (seeded)")
     p.add_argument("--seed", type=int, default=42, help="seed for --sample (default 42)")
@@ -112,7 +112,7 @@ class _PredictionsFile:
 def cmd_predict(args: argparse.Namespace) -> int:
     """``imgclf predict``: one line per image on stdout; per-image errors on stderr; exit 4 if any failed."""
     from imgclf.errors import safe_text
-    from imgclf.modelfile import load
+    from imgclf.interop.files import load  # .imgclf or .onnx (onnxruntime, no torch)
 
     if args.top_k < 1 or args.batch_size < 1:
         raise UsageError(
@@ -172,13 +172,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _tile(p: Any, class_names: list[str]) -> Any:
-    from imgclf.reports import class_colors, montage_tile
+    from imgclf.plots import class_colors, montage_tile
 
     return montage_tile(p.source, f"{p.label} {p.confidence:.0%}", class_colors(len(class_names))[p.index])
 
 
 def _montage(args: argparse.Namespace, tiles: list, classified: int) -> None:
-    from imgclf.reports import build_montage, save_png
+    from imgclf.plots import build_montage, save_png
 
     sheet = build_montage(tiles)
     save_png(sheet, args.montage)

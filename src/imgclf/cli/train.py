@@ -254,8 +254,9 @@ def train_and_report(dataset: str, model: str, config: Any, **options: Any) -> i
         The exit code (0).
     """
     from imgclf.errors import safe_text
+    from imgclf.progress import stderr_console
     from imgclf.training.pipeline import train
-    from imgclf.training.progress import EpochProgress, decode_bar_factory, stderr_console
+    from imgclf.training.progress import EpochProgress, decode_bar_factory
 
     console = stderr_console()
     result = train(

@@ -41,8 +41,6 @@ from imgclf.config import PreprocessSpec
 from imgclf.fileio import atomic_write_text
 from imgclf.images.preprocess import DECODE_RULE
 
-__all__ = ["DecodeCache", "default_cache_dir", "DEFAULT_MAX_BYTES"]
-
 CACHE_VERSION = 1
 DEFAULT_MAX_BYTES = 20 * 1024**3
 _STALE_SECONDS = 3600

@@ -28,20 +28,8 @@ from imgclf.config import PreprocessSpec
 from imgclf.data.cache import DEFAULT_MAX_BYTES, DecodeCache, default_cache_dir
 from imgclf.data.folders import Dataset, Sample
 from imgclf.errors import DatasetError, ImageError, UsageError, listed
-from imgclf.images.preprocess import preprocess_uint8, read_bytes
-
-__all__ = [
-    "DecodedSplit",
-    "load_split",
-    "decode_into",
-    "open_cache",
-    "bad_files_error",
-    "duplicate_report",
-    "fingerprint",
-    "table_fingerprint",
-    "file_table",
-    "default_workers",
-]
+from imgclf.images.preprocess import preprocess_uint8
+from imgclf.images.read import read_bytes
 
 PARALLEL_MIN = 256  # below this, starting worker processes costs more than it saves
 

@@ -29,8 +29,6 @@ from dataclasses import dataclass, field
 from imgclf.errors import DatasetError, listed
 from imgclf.images.preprocess import is_image_name
 
-__all__ = ["Sample", "Dataset", "scan_dataset", "list_images", "SPLITS"]
-
 SPLITS = ("training", "validation", "testing")
 _ALIASES = {
     "training": "training",
@@ -165,6 +163,33 @@ def scan_dataset(
             differ between splits, or a split layout without a training folder.
     """
     root = os.fspath(root)
+    subdirs = _root_folders(root)
+    problems: list[str] = []
+    notes: list[str] = []
+    if any(d.lower() in _ALIASES for d in subdirs):
+        layout = "splits"
+        class_names, files = _split_files(root, subdirs, (val_split, test_split), seed, problems, notes)
+    else:
+        layout = "flat"
+        classes = _class_files(root, problems)
+        class_names = sorted(classes)
+        files = _stratified(classes, {"validation": val_split, "testing": test_split}, seed)
+    if len(class_names) < 2:
+        problems.insert(0, f"found {len(class_names)} class folder(s) {class_names}; need at least 2")
+    if problems:
+        raise _problems_error(problems, root)
+    for dupe in _near_duplicates(class_names):
+        notes.append(f"class names differ only by case or Unicode form: {dupe}")
+    index = {name: i for i, name in enumerate(class_names)}
+    splits = {
+        s: [Sample(p, index[c]) for c in class_names for p in files.get(s, {}).get(c, [])] for s in SPLITS
+    }
+    notes += _balance_notes(splits["training"], class_names)
+    return Dataset(root=root, layout=layout, class_names=class_names, splits=splits, warnings=notes)
+
+
+def _root_folders(root: str) -> list[str]:
+    """The folders in the dataset root, which must exist, be a folder and hold at least one folder."""
     if not os.path.exists(root):
         raise DatasetError(
             "dataset folder does not exist",
@@ -187,64 +212,60 @@ def scan_dataset(
             expected="class folders (ROOT/<class>/*.png) or split folders (ROOT/training/...)",
             fix="put images in one folder per class",
         )
-    problems: list[str] = []
-    notes: list[str] = []
+    return subdirs
+
+
+def _split_files(
+    root: str,
+    subdirs: list[str],
+    fractions: tuple[float, float],
+    seed: int,
+    problems: list[str],
+    notes: list[str],
+) -> tuple[list[str], dict[str, dict[str, list[str]]]]:
+    """Class names and ``{split: {class: files}}`` of a split layout; missing validation/testing splits
+    are carved out of training by ``fractions`` (validation, testing)."""
     split_dirs = {_ALIASES[d.lower()]: d for d in subdirs if d.lower() in _ALIASES}
-    if split_dirs:
-        layout = "splits"
-        ignored = [d for d in subdirs if d.lower() not in _ALIASES]
-        if ignored:
-            notes.append(f"ignored folders that are not splits: {', '.join(ignored)}")
-        if "training" not in split_dirs:
-            raise DatasetError(
-                "dataset has split folders but no training folder",
-                received=", ".join(subdirs),
-                expected="a 'training' (or 'train') folder",
-                fix="rename or add the training folder",
+    ignored = [d for d in subdirs if d.lower() not in _ALIASES]
+    if ignored:
+        notes.append(f"ignored folders that are not splits: {', '.join(ignored)}")
+    if "training" not in split_dirs:
+        raise DatasetError(
+            "dataset has split folders but no training folder",
+            received=", ".join(subdirs),
+            expected="a 'training' (or 'train') folder",
+            fix="rename or add the training folder",
+        )
+    per_split = {s: _class_files(os.path.join(root, d), problems) for s, d in split_dirs.items()}
+    class_names = sorted(per_split["training"])
+    for split, classes in per_split.items():
+        missing = sorted(set(class_names) - set(classes))
+        extra = sorted(set(classes) - set(class_names))
+        if split != "training" and (missing or extra):
+            problems.append(
+                f"{split} classes differ from training (missing: {missing or 'none'}, "
+                f"extra: {extra or 'none'})"
             )
-        per_split = {s: _class_files(os.path.join(root, d), problems) for s, d in split_dirs.items()}
-        class_names = sorted(per_split["training"])
-        for split, classes in per_split.items():
-            missing = sorted(set(class_names) - set(classes))
-            extra = sorted(set(classes) - set(class_names))
-            if split != "training" and (missing or extra):
-                problems.append(
-                    f"{split} classes differ from training (missing: {missing or 'none'}, "
-                    f"extra: {extra or 'none'})"
-                )
-        carve = {
-            s: f
-            for s, f in (("validation", val_split), ("testing", test_split))
-            if s not in per_split and f > 0
-        }
-        files = {s: per_split.get(s, {}) for s in SPLITS}
-        if carve:
-            carved = _stratified(per_split["training"], carve, seed)
-            files.update(carved)
-            shares = ", ".join(f"{f:g}" for f in carve.values())
-            notes.append(f"split {', '.join(carve)} out of training ({shares})")
-    else:
-        layout = "flat"
-        classes = _class_files(root, problems)
-        class_names = sorted(classes)
-        files = _stratified(classes, {"validation": val_split, "testing": test_split}, seed)
-    if len(class_names) < 2:
-        problems.insert(0, f"found {len(class_names)} class folder(s) {class_names}; need at least 2")
-    if problems:
-        raise _problems_error(problems, root)
-    for dupe in _near_duplicates(class_names):
-        notes.append(f"class names differ only by case or Unicode form: {dupe}")
-    index = {name: i for i, name in enumerate(class_names)}
-    splits = {
-        s: [Sample(p, index[c]) for c in class_names for p in files.get(s, {}).get(c, [])] for s in SPLITS
-    }
-    counts = Counter(s.label for s in splits["training"])
-    for name, i in index.items():
+    wanted = zip(("validation", "testing"), fractions, strict=True)
+    carve = {s: f for s, f in wanted if s not in per_split and f > 0}
+    files = {s: per_split.get(s, {}) for s in SPLITS}
+    if carve:
+        files.update(_stratified(per_split["training"], carve, seed))
+        shares = ", ".join(f"{f:g}" for f in carve.values())
+        notes.append(f"split {', '.join(carve)} out of training ({shares})")
+    return class_names, files
+
+
+def _balance_notes(training: list[Sample], class_names: list[str]) -> list[str]:
+    """Warnings about classes with a single training image and about strong imbalance."""
+    notes = []
+    counts = Counter(s.label for s in training)
+    for i, name in enumerate(class_names):
         if counts[i] == 1:
             notes.append(f"class {name!r} has a single training image")
     if counts and max(counts.values()) >= 10 * max(min(counts.values()), 1):
         notes.append(f"classes are very imbalanced in training: {dict(sorted(counts.items()))}")
-    return Dataset(root=root, layout=layout, class_names=class_names, splits=splits, warnings=notes)
+    return notes
 
 
 def list_images(paths: Sequence[str | os.PathLike]) -> list[str]:

@@ -23,8 +23,6 @@ from PIL import Image
 
 from imgclf.errors import UsageError
 
-__all__ = ["SPLITS", "CLASSES", "BASE_COUNTS", "write_demo_dataset"]
-
 SPLITS: tuple[str, ...] = ("training", "validation", "testing")
 CLASSES: tuple[str, ...] = ("Parasitized", "Uninfected")
 BASE_COUNTS: dict[str, dict[str, int]] = {
@@ -89,7 +87,27 @@ def _render(rng: np.random.Generator, parasitized: bool) -> tuple[np.ndarray, np
     shade = 0.98 - 0.12 * np.clip(d, 0, 1) + 0.035 * blotch
     rgb = base * shade + 3.0 * rng.standard_normal(size=(3, h, w), dtype=np.float32)
 
-    diameter = 2.0 * r
+    _add_marks(rng, rgb, alpha, base, parasitized, (xx, yy), (cx, cy, a, b, theta), 2.0 * r)
+    return rgb, alpha
+
+
+def _add_marks(
+    rng: np.random.Generator,
+    rgb: np.ndarray,
+    alpha: np.ndarray,
+    base: np.ndarray,
+    parasitized: bool,
+    grid: tuple[np.ndarray, np.ndarray],
+    ellipse: tuple[float, float, float, float, float],
+    diameter: float,
+) -> None:
+    """Paint stains (parasitized) or, sometimes, pale debris specks into ``rgb`` in place.
+
+    ``ellipse`` is the cell's ``(cx, cy, a, b, theta)``; the random draws happen in the order the demo
+    data has always used, so the files stay byte-identical.
+    """
+    xx, yy = grid
+    cx, cy, a, b, theta = ellipse
     if parasitized:
         # Stains span 22-32 % of the cell: the recipe (SGD lr 0.1, 11 steps per epoch) swings hard in its
         # first epochs, and with smaller stains some seeds / float orders never recovered in 25 epochs.
@@ -115,7 +133,6 @@ def _render(rng: np.random.Generator, parasitized: bool) -> tuple[np.ndarray, np
             cover = _smooth((rs - dist) / 1.2 + 0.5)
         cover *= np.float32(rng.uniform(0.85, 1.0)) * alpha
         rgb += cover * (colour_of(rng) - rgb)
-    return rgb, alpha
 
 
 def _stain_colour(rng: np.random.Generator) -> np.ndarray:
@@ -152,6 +169,43 @@ def _encode(rgb: np.ndarray, alpha: np.ndarray, kind: str, rng: np.random.Genera
     img.save(path, format="PNG")
 
 
+def _prepare_output(root: Path, *, scale: float, seed: int, overwrite: bool) -> Path:
+    """Check the arguments and the output folder; with ``overwrite``, delete its split folders."""
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        raise UsageError(
+            "demo-data scale must be a positive number",
+            received=scale,
+            expected="a number > 0, e.g. 1.0",
+            fix="pass --scale 1",
+        )
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise UsageError(
+            "demo-data seed must be a non-negative integer",
+            received=seed,
+            expected="an integer >= 0",
+            fix="pass --seed 42",
+        )
+    if root.exists() and not root.is_dir():
+        raise UsageError(
+            "demo-data output is not a folder",
+            received=str(root),
+            expected="a new or empty folder",
+            fix="choose another path",
+        )
+    if root.is_dir() and any(root.iterdir()):
+        if not overwrite:
+            raise UsageError(
+                "demo-data output folder is not empty",
+                received=str(root),
+                expected="a new or empty folder",
+                fix="choose another folder or delete it",
+            )
+        for split in SPLITS:
+            if (root / split).is_dir():
+                shutil.rmtree(root / split)
+    return root
+
+
 def write_demo_dataset(
     out: str | os.PathLike,
     *,
@@ -176,40 +230,7 @@ def write_demo_dataset(
         UsageError: ``out`` is not empty (without ``overwrite``) or not a folder, or ``scale``/``seed``
             are out of range.
     """
-    root = Path(out)
-    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
-        raise UsageError(
-            "demo-data scale must be a positive number",
-            received=scale,
-            expected="a number > 0, e.g. 1.0",
-            fix="pass --scale 1",
-        )
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise UsageError(
-            "demo-data seed must be a non-negative integer",
-            received=seed,
-            expected="an integer >= 0",
-            fix="pass --seed 42",
-        )
-    if root.exists() and not root.is_dir():
-        raise UsageError(
-            "demo-data output is not a folder",
-            received=str(out),
-            expected="a new or empty folder",
-            fix="choose another path",
-        )
-    if root.is_dir() and any(root.iterdir()):
-        if not overwrite:
-            raise UsageError(
-                "demo-data output folder is not empty",
-                received=str(out),
-                expected="a new or empty folder",
-                fix="choose another folder or delete it",
-            )
-        for split in SPLITS:
-            if (root / split).is_dir():
-                shutil.rmtree(root / split)
-
+    root = _prepare_output(Path(out), scale=scale, seed=seed, overwrite=overwrite)
     counts: dict[str, dict[str, int]] = {}
     pending = 0
     for split_id, split in enumerate(SPLITS):

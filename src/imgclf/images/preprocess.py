@@ -18,6 +18,10 @@ Pipeline (decode rule version ``DECODE_RULE``):
    (``bilinear`` is antialiased when shrinking; ``nearest`` matches Keras' ``load_img``).
 6. **Scale**: ``(pixel * spec.rescale - spec.mean) / spec.std`` in float32, NCHW.
 
+Steps 1-5 and :func:`to_array` (step 6 in NumPy) need no torch, so an ONNX model runs without it; this
+module imports torch only inside :func:`to_tensor` and :func:`preprocess`, whose values are bitwise
+those of :func:`to_array` (``tests/interop/test_onnx_runtime.py``).
+
 Usage::
 
     from imgclf.images.preprocess import preprocess
@@ -29,17 +33,15 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 
 from imgclf.config import PreprocessSpec
 from imgclf.errors import ImageError, UsageError
 from imgclf.images.read import (
-    ALLOWED_FORMATS,
     IMAGE_EXTENSIONS,
-    MAX_FILE_BYTES,
     MAX_PIXELS,
     array_to_rgb,
     check_pixels,
@@ -50,22 +52,8 @@ from imgclf.images.read import (
     to_rgb_image,
 )
 
-__all__ = [
-    "ImageSource",
-    "ALLOWED_FORMATS",
-    "IMAGE_EXTENSIONS",
-    "MAX_PIXELS",
-    "MAX_FILE_BYTES",
-    "DECODE_RULE",
-    "describe_source",
-    "read_bytes",
-    "decode",
-    "decode_image",
-    "resize",
-    "preprocess_uint8",
-    "to_tensor",
-    "preprocess",
-]
+if TYPE_CHECKING:  # torch is imported where a tensor is made: the NumPy path must work without it
+    import torch
 
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray
 
@@ -199,6 +187,8 @@ def to_tensor(
     The result is a channels-last strided NCHW tensor (a free view of NHWC data), which convolutions
     run fastest on; its values do not depend on the layout.
     """
+    import torch
+
     if isinstance(batch, np.ndarray) and (not batch.flags.writeable or any(st < 0 for st in batch.strides)):
         batch = batch.copy()  # torch cannot wrap negative strides and warns on read-only memory
     x = torch.as_tensor(batch)
@@ -219,6 +209,32 @@ def to_tensor(
     return x
 
 
+def to_array(batch: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """Scale a uint8 batch (N, H, W, 3) into the float32 input (N, 3, H, W) with NumPy only.
+
+    The values are bitwise those of :func:`to_tensor` (the same float32 operations in the same order):
+    this is the input an ONNX model gets where torch is not installed.
+
+    Raises:
+        UsageError: If ``batch`` is not a uint8 array shaped (N, H, W, 3).
+    """
+    batch = np.asarray(batch)
+    if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[-1] != 3:
+        raise UsageError(
+            "to_array needs a uint8 batch shaped (N, H, W, 3)",
+            received=f"{batch.shape} {batch.dtype}",
+            expected="(N, H, W, 3) uint8",
+            fix="use preprocess_uint8 to build the batch",
+        )
+    x = np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32)
+    x *= np.float32(spec.rescale)
+    if spec.mean != (0.0, 0.0, 0.0) or spec.std != (1.0, 1.0, 1.0):
+        x = (x - np.asarray(spec.mean, dtype=np.float32).reshape(1, 3, 1, 1)) / np.asarray(
+            spec.std, dtype=np.float32
+        ).reshape(1, 3, 1, 1)
+    return x
+
+
 def preprocess(
     sources: ImageSource | Sequence[ImageSource],
     spec: PreprocessSpec,
@@ -226,6 +242,8 @@ def preprocess(
     channel_order: str = "rgb",
 ) -> torch.Tensor:
     """Preprocess one image or a list of images into a float32 batch (N, 3, H, W)."""
+    import torch
+
     if isinstance(sources, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray)):
         sources = [sources]
     arrays = [preprocess_uint8(s, spec, channel_order=channel_order) for s in sources]

@@ -24,20 +24,6 @@ from PIL import Image, UnidentifiedImageError
 from imgclf.errors import ImageError
 from imgclf.fileio import open_for_reading
 
-__all__ = [
-    "ALLOWED_FORMATS",
-    "IMAGE_EXTENSIONS",
-    "MAX_PIXELS",
-    "MAX_FILE_BYTES",
-    "read_bytes",
-    "check_pixels",
-    "open_image",
-    "orient",
-    "to_rgb_image",
-    "array_to_rgb",
-    "describe_source",
-]
-
 ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".png", ".jpg", ".jpeg", ".jpe", ".bmp", ".gif", ".tif", ".tiff", ".webp"}

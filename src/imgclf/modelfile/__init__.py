@@ -30,40 +30,24 @@ from imgclf.errors import ModelFileError, UsageError
 from imgclf.fileio import atomic_write_bytes
 from imgclf.images.preprocess import DECODE_RULE
 from imgclf.modelfile import probes, weights
+from imgclf.modelfile.checks import invalid
 from imgclf.modelfile.digests import canonical_json, container_digest, manifest_digest, tensors_digest
-from imgclf.modelfile.format import Container, invalid, read_container
+from imgclf.modelfile.format import Container, read_container
 from imgclf.modelfile.manifest import (
     FORMAT,
     FORMAT_VERSION,
     MANIFEST_KEY,
     MAX_PROBES,
-    MAX_PROVENANCE_BYTES,
     Manifest,
     parse,
     validate,
 )
+from imgclf.modelfile.provenance import fit_provenance
 from imgclf.models import registry
-
-__all__ = [
-    "FORMAT",
-    "FORMAT_VERSION",
-    "MANIFEST_KEY",
-    "MAX_PROBE_BYTES",
-    "MAX_EXTRA_PROBES",
-    "save",
-    "serialize",
-    "load",
-    "verify",
-    "inspect",
-    "VerifyReport",
-    "canonical_json",
-    "tensors_digest",
-]
 
 MAX_PROBE_BYTES = 8 * 1024 * 1024
 SYNTHETIC_PROBES = 4
 MAX_EXTRA_PROBES = MAX_PROBES - SYNTHETIC_PROBES
-PROBE_TOLERANCE = probes.TOLERANCE
 
 
 def _finite(obj: Any) -> Any:
@@ -132,18 +116,6 @@ def _classifier(c: Container, m: Manifest, device: torch.device | str = "cpu") -
     )
 
 
-def _fit_provenance(provenance: dict[str, Any]) -> dict[str, Any]:
-    """Drop the oldest history records if provenance would exceed the format's cap (never the rest)."""
-    history = provenance.get("history")
-    if isinstance(history, list):
-        dropped = 0
-        while history and len(canonical_json(provenance)) > MAX_PROVENANCE_BYTES:
-            cut = max(1, len(history) // 10)
-            history, dropped = history[cut:], dropped + cut
-            provenance = {**provenance, "history": history, "history_omitted": dropped}
-    return provenance
-
-
 def _probe_images(extra: list[bytes] | None) -> tuple[list[bytes], list[str]]:
     synthetic = probes.synthetic_images()
     extra = [bytes(b) for b in extra or []]
@@ -206,7 +178,7 @@ def serialize(classifier: Classifier, *, extra_probes: list[bytes] | None = None
             }
             for r in records
         ],
-        "provenance": _fit_provenance(provenance),
+        "provenance": fit_provenance(provenance),
     }
     items = [(k, weights.dtype_name(v), tuple(v.shape), v.numpy().tobytes()) for k, v in tensors.items()]
     manifest["integrity"] = {
@@ -257,7 +229,7 @@ class VerifyReport:
         return all(ok for _, ok, _ in self.checks)
 
 
-def verify(path: str | os.PathLike, *, tolerance: float = PROBE_TOLERANCE) -> VerifyReport:
+def verify(path: str | os.PathLike, *, tolerance: float = probes.TOLERANCE) -> VerifyReport:
     """Load the file and re-run its probes; report preprocessing or model-output drift precisely.
 
     Raises:
@@ -295,6 +267,7 @@ def inspect(path: str | os.PathLike) -> dict[str, Any]:
         "data": prov.get("data"),
         "versions": prov.get("versions"),
         "created": prov.get("created"),
+        "imported_from": prov.get("imported_from"),
         "epoch": prov.get("epoch"),
         "device": prov.get("device"),
         "probes": len(m.probes),

@@ -19,8 +19,6 @@ from typing import Any
 
 from imgclf.modelfile.format import Container
 
-__all__ = ["canonical_json", "manifest_digest", "tensors_digest", "container_digest"]
-
 
 def canonical_json(obj: Any) -> str:
     """The one JSON serialisation of a manifest: sorted keys, no spaces, ASCII only, no NaN."""

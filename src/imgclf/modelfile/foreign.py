@@ -14,8 +14,6 @@ from __future__ import annotations
 import os
 import struct
 
-__all__ = ["describe", "HEAD_BYTES", "TAIL_BYTES", "UNKNOWN"]
-
 HEAD_BYTES = 4096
 TAIL_BYTES = 65536
 UNKNOWN = "not a safetensors file"

@@ -16,7 +16,6 @@ Usage::
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import stat
@@ -28,24 +27,11 @@ import torch
 
 from imgclf.errors import ModelFileError
 from imgclf.fileio import open_for_reading
+from imgclf.modelfile.checks import FIX, invalid, strict_json
 from imgclf.modelfile.foreign import HEAD_BYTES, TAIL_BYTES, UNKNOWN, describe
-
-__all__ = [
-    "TensorEntry",
-    "Container",
-    "read_container",
-    "sniff",
-    "strict_json",
-    "invalid",
-    "DTYPES",
-    "MAX_HEADER_BYTES",
-    "MAX_FILE_BYTES",
-    "MAX_JSON_VALUES",
-]
 
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 MAX_FILE_BYTES = 16 * 1024**3
-MAX_JSON_VALUES = 2_000_000  # bounds the memory a hostile 16 MiB header can make json.loads allocate
 MAX_NAME = 512
 MAX_TENSORS = 100_000
 MAX_DIMS = 16
@@ -61,7 +47,6 @@ DTYPES: dict[str, tuple[torch.dtype, int]] = {
     "U8": (torch.uint8, 1),
     "BOOL": (torch.bool, 1),
 }
-_FIX = "use an intact model file written by `imgclf train` or imgclf.save()"
 
 
 @dataclass(frozen=True)
@@ -111,56 +96,6 @@ def _bytes_of(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1).view(torch.uint8)
 
 
-def invalid(
-    path: str,
-    check: str,
-    *,
-    fix: str = _FIX,
-    received: object | None = None,
-    expected: object | None = None,
-) -> ModelFileError:
-    """The one-line :class:`ModelFileError` for a failed check: ``invalid model file 'PATH': CHECK``."""
-    return ModelFileError(
-        f"invalid model file {path!r}: {check}", received=received, expected=expected, fix=fix
-    )
-
-
-def strict_json(text: str, what: str, path: str) -> Any:
-    """Parse JSON rejecting duplicate keys, NaN/Infinity constants, excessive size and nesting.
-
-    Raises:
-        ModelFileError: Naming ``what`` (e.g. "header", "manifest") and the problem.
-    """
-    values = text.count(",") + text.count("[") + text.count("{")
-    if values > MAX_JSON_VALUES:
-        raise invalid(path, f"{what} holds too many JSON values ({values} > {MAX_JSON_VALUES})")
-
-    def no_dupes(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in pairs:
-            if key in out:
-                raise invalid(path, f"duplicate key {key[:80]!r} in {what}")
-            out[key] = value
-        return out
-
-    def no_constants(name: str) -> Any:
-        raise invalid(path, f"{what} contains {name}, which is not valid JSON")
-
-    try:
-        return json.loads(text, object_pairs_hook=no_dupes, parse_constant=no_constants)
-    except ModelFileError:
-        raise
-    except RecursionError:
-        raise invalid(path, f"{what} JSON is nested too deeply") from None
-    except ValueError as exc:
-        raise invalid(path, f"{what} is not valid JSON ({str(exc)[:120]})") from None
-
-
-def sniff(head: bytes, path: str = "") -> str:
-    """Describe what a non-imgclf file looks like from its first bytes (:mod:`.foreign`)."""
-    return describe(head, b"", path)
-
-
 def _open(path: str) -> tuple[int, int]:
     """Open ``path`` for reading without blocking and check it is a regular file; return (fd, size)."""
     try:
@@ -204,7 +139,9 @@ def _foreign(path: str, fh: Any, head: bytes, check: str, fix: str) -> ModelFile
         return invalid(
             path,
             f"not an imgclf model file: it looks like {guess}",
-            fix="pass a model file written by imgclf",
+            fix="convert it first: imgclf import-keras FILE --classes A,B"
+            if "Keras" in guess
+            else "pass a model file written by imgclf",
         )
     return invalid(path, check, fix=fix)
 
@@ -330,7 +267,7 @@ def read_container(path: str | os.PathLike, *, with_data: bool = True) -> Contai
             (n,) = struct.unpack("<Q", head)
             if n > MAX_HEADER_BYTES:
                 raise _foreign(
-                    path, fh, head, f"header length {n} exceeds the {MAX_HEADER_BYTES}-byte cap", _FIX
+                    path, fh, head, f"header length {n} exceeds the {MAX_HEADER_BYTES}-byte cap", FIX
                 )
             if n < 2 or 8 + n > size:
                 raise _foreign(
@@ -344,7 +281,7 @@ def read_container(path: str | os.PathLike, *, with_data: bool = True) -> Contai
             if len(raw) != n:
                 raise invalid(path, f"truncated: header says {n} bytes, read {len(raw)}")
             if raw[:1] != b"{":
-                raise _foreign(path, fh, head, "header is not a JSON object (does not start with '{')", _FIX)
+                raise _foreign(path, fh, head, "header is not a JSON object (does not start with '{')", FIX)
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError:

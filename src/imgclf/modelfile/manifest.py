@@ -12,7 +12,6 @@ Usage::
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -20,22 +19,11 @@ from typing import Any
 from imgclf.config import PreprocessSpec
 from imgclf.errors import ModelFileError, UsageError
 from imgclf.images.preprocess import DECODE_RULE
+from imgclf.modelfile.checks import invalid, is_int, is_num, require, strict_json
 from imgclf.modelfile.digests import canonical_json, manifest_digest
-from imgclf.modelfile.format import Container, invalid, strict_json
+from imgclf.modelfile.format import Container
+from imgclf.modelfile.provenance import check_provenance
 from imgclf.models import registry
-
-__all__ = [
-    "FORMAT",
-    "FORMAT_VERSION",
-    "MANIFEST_KEY",
-    "MAX_PROBES",
-    "MAX_CLASS_NAME",
-    "MAX_PROVENANCE_BYTES",
-    "Probe",
-    "Manifest",
-    "parse",
-    "validate",
-]
 
 FORMAT = "imgclf"
 FORMAT_VERSION = 1
@@ -44,7 +32,6 @@ MAX_PROBES = 64
 MAX_CLASS_NAME = 1000
 MAX_STRING = 65536
 MAX_DEPTH = 32
-MAX_PROVENANCE_BYTES = 4 * 1024 * 1024
 PROBE_KINDS = ("synthetic", "validation")
 _PROBE_FIELDS = {"kind", "input_sha256", "probabilities"}  # plus the optional "label"
 _TOP = ("format", "format_version", "architecture", "class_names", "preprocess", "decode_rule", "probes")
@@ -115,23 +102,8 @@ def _check_bounds(path: str, obj: Any) -> None:
                 raise invalid(path, f"manifest string {value[:40]!r} is not valid Unicode (lone surrogate)")
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and math.isfinite(v))
-
-
-def _need(path: str, ok: bool, field: str, expected: str, value: Any) -> None:
-    if not ok:
-        raise invalid(
-            path, f"manifest field {field} is malformed", received=repr(value)[:100], expected=expected
-        )
-
-
 def _class_names(path: str, names: Any) -> list[str]:
-    _need(
+    require(
         path,
         isinstance(names, list) and 2 <= len(names) <= registry.MAX_CLASSES,
         "class_names",
@@ -140,7 +112,7 @@ def _class_names(path: str, names: Any) -> list[str]:
     )
     for i, name in enumerate(names):
         ok = isinstance(name, str) and 0 < len(name) <= MAX_CLASS_NAME and "\x00" not in name
-        _need(
+        require(
             path,
             ok,
             f"class_names[{i}]",
@@ -155,7 +127,7 @@ def _class_names(path: str, names: Any) -> list[str]:
 
 
 def _probes(path: str, probes: Any, classes: int) -> list[Probe]:
-    _need(
+    require(
         path,
         isinstance(probes, list) and 1 <= len(probes) <= MAX_PROBES,
         "probes",
@@ -165,16 +137,16 @@ def _probes(path: str, probes: Any, classes: int) -> list[Probe]:
     out = []
     for i, p in enumerate(probes):
         field = f"probes[{i}]"
-        _need(
+        require(
             path,
             isinstance(p, dict) and set(p) - {"label"} == _PROBE_FIELDS,
             field,
             "an object with kind, input_sha256, probabilities (and, since labels were added, label)",
             p,
         )
-        _need(path, p["kind"] in PROBE_KINDS, f"{field}.kind", " | ".join(PROBE_KINDS), p["kind"])
+        require(path, p["kind"] in PROBE_KINDS, f"{field}.kind", " | ".join(PROBE_KINDS), p["kind"])
         digest = p["input_sha256"]
-        _need(
+        require(
             path,
             isinstance(digest, str) and bool(_HEX64.fullmatch(digest)),
             f"{field}.input_sha256",
@@ -185,10 +157,10 @@ def _probes(path: str, probes: Any, classes: int) -> list[Probe]:
         ok = (
             isinstance(probs, list)
             and len(probs) == classes
-            and all(_is_num(v) and 0.0 <= v <= 1.0 for v in probs)
+            and all(is_num(v) and 0.0 <= v <= 1.0 for v in probs)
             and abs(sum(probs) - 1.0) < 1e-3
         )
-        _need(path, ok, f"{field}.probabilities", f"{classes} probabilities in [0, 1] summing to 1", probs)
+        require(path, ok, f"{field}.probabilities", f"{classes} probabilities in [0, 1] summing to 1", probs)
         label = _probe_label(path, field, p.get("label"), classes) if "label" in p else None
         out.append(Probe(i, p["kind"], digest, tuple(float(v) for v in probs), label))
     return out
@@ -199,65 +171,27 @@ def _probe_label(path: str, field: str, label: Any, classes: int) -> tuple[int, 
     ok = (
         isinstance(label, dict)
         and set(label) == {"index", "name"}
-        and _is_int(label["index"])
+        and is_int(label["index"])
         and 0 <= label["index"] < classes
         and isinstance(label["name"], str)
         and 0 < len(label["name"]) <= MAX_CLASS_NAME
     )
-    _need(path, ok, f"{field}.label", f"an object with index (0 to {classes - 1}) and name", label)
+    require(path, ok, f"{field}.label", f"an object with index (0 to {classes - 1}) and name", label)
     return label["index"], label["name"]
 
 
-def _mapping(path: str, prov: dict[str, Any], key: str, values: Any, expected: str) -> None:
-    if key in prov:
-        v = prov[key]
-        _need(
-            path, isinstance(v, dict) and all(values(x) for x in v.values()), f"provenance.{key}", expected, v
-        )
-
-
-def _provenance(path: str, prov: Any) -> dict[str, Any]:
-    """Informational: unknown keys are kept, known keys must have the types imgclf writes."""
-    _need(path, isinstance(prov, dict), "provenance", "an object", prov)
-    size = len(canonical_json(prov))
-    if size > MAX_PROVENANCE_BYTES:
-        raise invalid(path, f"provenance is too large ({size} bytes > {MAX_PROVENANCE_BYTES})")
-    types = {
-        "created": (str,),
-        "device": (str,),
-        "epoch": (int, type(None)),
-        "epochs_run": (int,),
-        "seed": (int,),
-        "stopped_early": (bool,),
-        "training": (dict,),
-        "data": (dict,),
-        "history_omitted": (int,),
-    }
-    for key, allowed in types.items():
-        if key in prov:
-            v = prov[key]
-            ok = isinstance(v, allowed) and (not isinstance(v, bool) or bool in allowed)
-            _need(path, ok, f"provenance.{key}", " or ".join(t.__name__ for t in allowed), v)
-    _mapping(path, prov, "versions", lambda x: isinstance(x, str), "an object of version strings")
-    _mapping(path, prov, "metrics", lambda x: x is None or _is_num(x), "an object of numbers")
-    if "history" in prov:
-        h = prov["history"]
-        ok = isinstance(h, list) and all(
-            isinstance(r, dict) and all(x is None or _is_num(x) for x in r.values()) for r in h
-        )
-        _need(path, ok, "provenance.history", "a list of objects of numbers", h)
-    data = prov.get("data", {})
-    if "fingerprint" in data:
-        _need(
-            path,
-            isinstance(data["fingerprint"], str),
-            "provenance.data.fingerprint",
-            "a string",
-            data["fingerprint"],
-        )
-    if "counts" in data:
-        _need(path, isinstance(data["counts"], dict), "provenance.data.counts", "an object", data["counts"])
-    return prov
+def _integrity(path: str, m: dict[str, Any]) -> dict[str, str]:
+    """The manifest's ``integrity`` block, well formed and matching the manifest's own digest."""
+    integrity = m["integrity"]
+    ok = (
+        isinstance(integrity, dict)
+        and set(integrity) == {"tensors_sha256", "manifest_sha256"}
+        and all(isinstance(v, str) and _HEX64.fullmatch(v) for v in integrity.values())
+    )
+    require(path, ok, "integrity", "tensors_sha256 and manifest_sha256, 64 hex digits each", integrity)
+    if manifest_digest(m) != integrity["manifest_sha256"]:
+        raise invalid(path, "integrity check failed: the manifest does not match its digest (file modified?)")
+    return integrity
 
 
 def _validate_v1(path: str, m: dict[str, Any], version: int, text: str | None) -> Manifest:
@@ -269,18 +203,10 @@ def _validate_v1(path: str, m: dict[str, Any], version: int, text: str | None) -
         raise invalid(
             path, f"manifest fields wrong (missing: {missing or 'none'}, unknown: {unknown[:5] or 'none'})"
         )
-    integrity = m["integrity"]
-    ok = (
-        isinstance(integrity, dict)
-        and set(integrity) == {"tensors_sha256", "manifest_sha256"}
-        and all(isinstance(v, str) and _HEX64.fullmatch(v) for v in integrity.values())
-    )
-    _need(path, ok, "integrity", "tensors_sha256 and manifest_sha256, 64 hex digits each", integrity)
-    if manifest_digest(m) != integrity["manifest_sha256"]:
-        raise invalid(path, "integrity check failed: the manifest does not match its digest (file modified?)")
+    integrity = _integrity(path, m)
     arch = m["architecture"]
     ok = isinstance(arch, dict) and set(arch) == {"name", "args"} and isinstance(arch["args"], dict)
-    _need(path, ok, "architecture", "an object with name and args", arch)
+    require(path, ok, "architecture", "an object with name and args", arch)
     try:
         # Only registered names resolve: nothing is imported or looked up by a name from the file.
         args = registry.resolve_args(arch["name"], arch["args"])
@@ -289,7 +215,7 @@ def _validate_v1(path: str, m: dict[str, Any], version: int, text: str | None) -
     names = _class_names(path, m["class_names"])
     pre = m["preprocess"]
     fields = _PREPROCESS_V1
-    _need(
+    require(
         path,
         isinstance(pre, dict) and set(pre) == fields,
         "preprocess",
@@ -301,7 +227,7 @@ def _validate_v1(path: str, m: dict[str, Any], version: int, text: str | None) -
     except UsageError as exc:
         raise invalid(path, exc.problem, received=exc.received, expected=exc.expected) from None
     rule = m["decode_rule"]
-    if not _is_int(rule) or not 1 <= rule <= DECODE_RULE:
+    if not is_int(rule) or not 1 <= rule <= DECODE_RULE:
         raise invalid(
             path,
             f"unknown decode rule {str(rule)[:20]}",
@@ -317,7 +243,7 @@ def _validate_v1(path: str, m: dict[str, Any], version: int, text: str | None) -
         preprocess=spec,
         decode_rule=rule,
         probes=_probes(path, m["probes"], len(names)),
-        provenance=_provenance(path, m["provenance"]),
+        provenance=check_provenance(path, m["provenance"]),
         integrity=dict(integrity),
         raw=m,
     )
@@ -345,7 +271,7 @@ def validate(path: str, m: Any, text: str | None = None) -> Manifest:
     if m.get("format") != FORMAT:
         raise invalid(path, f"format marker is {str(m.get('format'))[:40]!r}, expected {FORMAT!r}")
     version = m.get("format_version")
-    if not _is_int(version):
+    if not is_int(version):
         raise invalid(path, "format_version is missing or not an integer", received=repr(version)[:40])
     if version > FORMAT_VERSION:
         raise invalid(

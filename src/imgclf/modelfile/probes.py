@@ -29,16 +29,6 @@ from imgclf.images.preprocess import preprocess_uint8, to_tensor
 from imgclf.modelfile.format import Container
 from imgclf.modelfile.manifest import Manifest, Probe
 
-__all__ = [
-    "synthetic_images",
-    "ProbeRecord",
-    "compute",
-    "input_digest",
-    "run_checks",
-    "as_uint8_tensor",
-    "TOLERANCE",
-]
-
 TOLERANCE = 1e-4
 
 
@@ -145,18 +135,13 @@ def _pixel_drift(now: np.ndarray, then: np.ndarray) -> str:
     return f"{changed} of {diff.size} pixel values differ, by up to {int(diff.max())}/255"
 
 
-def run_checks(
-    classifier: Classifier, manifest: Manifest, container: Container, *, tolerance: float = TOLERANCE
-) -> list[tuple[str, bool, str]]:
-    """Re-run every probe; return ``(check, ok, detail)`` rows for :class:`imgclf.modelfile.VerifyReport`.
-
-    Per probe: ``preprocessing`` compares today's input from the stored bytes with the stored input;
-    ``output`` runs the model on the *stored* input (so it isolates the model from preprocessing); when
-    preprocessing drifted, the detail also gives the end-to-end change in probabilities.
-    """
+def _preprocessing_rows(
+    manifest: Manifest, container: Container, stored: list[np.ndarray]
+) -> tuple[list[tuple[str, bool, str]], list[np.ndarray | None]]:
+    """Per probe, today's preprocessing of the stored bytes against the stored input: the report rows and
+    today's inputs (``None`` where the bytes no longer decode)."""
     spec = manifest.preprocess
     rows: list[tuple[str, bool, str]] = []
-    stored = [container.tensor(p.input_tensor).numpy() for p in manifest.probes]
     fresh: list[np.ndarray | None] = []
     for probe, then in zip(manifest.probes, stored, strict=True):
         label = f"probe {probe.index} ({probe.kind}) preprocessing"
@@ -180,6 +165,20 @@ def run_checks(
             rows.append(
                 (label, False, "preprocessing changed (Pillow or imgclf?): " + _pixel_drift(now, then))
             )
+    return rows, fresh
+
+
+def run_checks(
+    classifier: Classifier, manifest: Manifest, container: Container, *, tolerance: float = TOLERANCE
+) -> list[tuple[str, bool, str]]:
+    """Re-run every probe; return ``(check, ok, detail)`` rows for :class:`imgclf.modelfile.VerifyReport`.
+
+    Per probe: ``preprocessing`` compares today's input from the stored bytes with the stored input;
+    ``output`` runs the model on the *stored* input (so it isolates the model from preprocessing); when
+    preprocessing drifted, the detail also gives the end-to-end change in probabilities.
+    """
+    stored = [container.tensor(p.input_tensor).numpy() for p in manifest.probes]
+    rows, fresh = _preprocessing_rows(manifest, container, stored)
     expected = np.asarray([p.probabilities for p in manifest.probes], dtype=np.float64)
     probs = classifier.predict_proba_uint8(np.stack(stored)).astype(np.float64)
     for probe, row, want in zip(manifest.probes, probs, expected, strict=True):

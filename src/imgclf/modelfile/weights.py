@@ -21,21 +21,10 @@ import numpy as np
 import torch
 
 from imgclf.errors import UsageError
-from imgclf.modelfile.format import DTYPES, Container, invalid
+from imgclf.modelfile.checks import invalid
+from imgclf.modelfile.format import DTYPES, Container
 from imgclf.modelfile.manifest import Manifest
 from imgclf.models import registry
-
-__all__ = [
-    "unwrap",
-    "copy_to_cpu",
-    "dtype_name",
-    "from_model",
-    "compare",
-    "meta_model",
-    "signature",
-    "build_from",
-    "Signature",
-]
 
 Signature = dict[str, tuple[tuple[int, ...], str]]
 """Tensor name -> (shape, safetensors dtype name)."""

@@ -25,18 +25,6 @@ from imgclf._settings import did_you_mean
 from imgclf.config import MAX_SIDE
 from imgclf.errors import UsageError
 
-__all__ = [
-    "ArchInfo",
-    "register",
-    "names",
-    "info",
-    "resolve_args",
-    "build",
-    "build_meta",
-    "l2_groups",
-    "check_widths",
-]
-
 MAX_WIDTH = 4096
 MAX_BLOCKS = 256
 MAX_CLASSES = 100_000
@@ -92,6 +80,8 @@ def _same_type(key: str, value: Any, default: Any) -> Any:
         value = float(value) if ok else value
     elif isinstance(default, str):
         ok = isinstance(value, str)
+    elif isinstance(default, list) and not default:
+        ok = isinstance(value, list)  # a list of records (keras_graph's layers): the builder checks each
     elif isinstance(default, (list, tuple)):
         ok = isinstance(value, (list, tuple)) and all(
             isinstance(v, int) and not isinstance(v, bool) for v in value

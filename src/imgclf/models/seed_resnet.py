@@ -20,8 +20,6 @@ from torch import nn
 from imgclf.errors import UsageError
 from imgclf.models.registry import MAX_BLOCKS, check_widths, register
 
-__all__ = ["SameConv2d", "PreActBottleneck", "SeedResNet", "seed_resnet"]
-
 
 def _bn(channels: int, eps: float, momentum: float) -> nn.BatchNorm2d:
     # Keras' momentum m keeps m of the old statistic; PyTorch's momentum is the share of the new one.
@@ -69,6 +67,61 @@ class PreActBottleneck(nn.Module):
         return y + (self.shortcut(a1) if self.shortcut is not None else x)
 
 
+def _check_args(
+    stages: list[int],
+    filters: list[int],
+    reg: float,
+    module_reg: float,
+    bn_eps: float,
+    bn_momentum: float,
+    stem: str,
+) -> None:
+    """Refuse settings that cannot build (before any layer is made)."""
+    check_widths("filters", filters, len(stages) + 1)
+    if not stages or any(s < 1 for s in stages) or sum(stages) > MAX_BLOCKS:
+        raise UsageError(
+            "stages out of range",
+            received=stages,
+            expected=f"positive block counts, {MAX_BLOCKS} in all at most",
+            fix="use stages like [2, 2, 3]",
+        )
+    if stem not in ("cifar", "tiny_imagenet"):
+        raise UsageError(
+            "unknown stem",
+            received=repr(stem),
+            expected="cifar | tiny_imagenet",
+            fix="use stem 'cifar' (the recipe's) or 'tiny_imagenet'",
+        )
+    if not (0 < bn_eps < 1 and 0 <= bn_momentum < 1 and reg >= 0 and module_reg >= 0):
+        raise UsageError(
+            "batch-norm or L2 settings out of range",
+            received=f"bn_eps={bn_eps}, bn_momentum={bn_momentum}, reg={reg}, module_reg={module_reg}",
+            expected="0 < bn_eps < 1, 0 <= bn_momentum < 1, reg >= 0",
+            fix="use the defaults",
+        )
+
+
+def _stages(
+    stages: list[int], filters: list[int], bn_eps: float, bn_momentum: float, size: tuple[int, int]
+) -> tuple[nn.Sequential, int, tuple[int, int]]:
+    """The residual stages (the first block of each projects; later stages stride 2), the channels they
+    end with and the feature map size ``(h, w)`` after them."""
+    h, w = size
+    blocks: list[nn.Module] = []
+    cin = filters[0]
+    for i, count in enumerate(stages):
+        stride = 1 if i == 0 else 2
+        blocks.append(PreActBottleneck(cin, filters[i + 1], stride, True, bn_eps, bn_momentum))
+        blocks += [
+            PreActBottleneck(filters[i + 1], filters[i + 1], 1, False, bn_eps, bn_momentum)
+            for _ in range(count - 1)
+        ]
+        cin = filters[i + 1]
+        if stride == 2:
+            h, w = -(-h // 2), -(-w // 2)
+    return nn.Sequential(*blocks), cin, (h, w)
+
+
 class SeedResNet(nn.Module):
     """Port of DL4CV's pre-activation bottleneck ``ResNet.build`` (Keras, channels-last)."""
 
@@ -85,28 +138,7 @@ class SeedResNet(nn.Module):
         stem: str,
     ) -> None:
         super().__init__()
-        check_widths("filters", filters, len(stages) + 1)
-        if not stages or any(s < 1 for s in stages) or sum(stages) > MAX_BLOCKS:
-            raise UsageError(
-                "stages out of range",
-                received=stages,
-                expected=f"positive block counts, {MAX_BLOCKS} in all at most",
-                fix="use stages like [2, 2, 3]",
-            )
-        if stem not in ("cifar", "tiny_imagenet"):
-            raise UsageError(
-                "unknown stem",
-                received=repr(stem),
-                expected="cifar | tiny_imagenet",
-                fix="use stem 'cifar' (the recipe's) or 'tiny_imagenet'",
-            )
-        if not (0 < bn_eps < 1 and 0 <= bn_momentum < 1 and reg >= 0 and module_reg >= 0):
-            raise UsageError(
-                "batch-norm or L2 settings out of range",
-                received=f"bn_eps={bn_eps}, bn_momentum={bn_momentum}, reg={reg}, module_reg={module_reg}",
-                expected="0 < bn_eps < 1, 0 <= bn_momentum < 1, reg >= 0",
-                fix="use the defaults",
-            )
+        _check_args(stages, filters, reg, module_reg, bn_eps, bn_momentum, stem)
         self.reg, self.module_reg = reg, module_reg
         self.input_bn = _bn(3, bn_eps, bn_momentum)
         h, w = input_size
@@ -121,19 +153,7 @@ class SeedResNet(nn.Module):
                 nn.MaxPool2d(3, stride=2),
             )
             h, w = (h + 2 - 3) // 2 + 1, (w + 2 - 3) // 2 + 1
-        blocks: list[nn.Module] = []
-        cin = filters[0]
-        for i, count in enumerate(stages):
-            stride = 1 if i == 0 else 2
-            blocks.append(PreActBottleneck(cin, filters[i + 1], stride, True, bn_eps, bn_momentum))
-            blocks += [
-                PreActBottleneck(filters[i + 1], filters[i + 1], 1, False, bn_eps, bn_momentum)
-                for _ in range(count - 1)
-            ]
-            cin = filters[i + 1]
-            if stride == 2:
-                h, w = -(-h // 2), -(-w // 2)
-        self.blocks = nn.Sequential(*blocks)
+        self.blocks, cin, (h, w) = _stages(stages, filters, bn_eps, bn_momentum, (h, w))
         self.final_bn = _bn(cin, bn_eps, bn_momentum)
         self.pool = nn.AvgPool2d(8)
         ph, pw = h // 8, w // 8

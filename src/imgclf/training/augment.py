@@ -22,8 +22,6 @@ import torch.nn.functional as F
 
 from imgclf.config import AugmentSpec
 
-__all__ = ["sample_params", "affine_matrices", "augment_batch"]
-
 _PADDING = {"nearest": "border", "constant": "zeros", "reflect": "reflection"}
 
 

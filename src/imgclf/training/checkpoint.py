@@ -17,8 +17,9 @@ are kept, so a damaged newest file still leaves the one before it.
 Usage::
 
     path = write_checkpoint(run_dir, state, config, info)        # after an epoch (or on a signal)
-    ckpt = latest_checkpoint(run_dir, run_id, log=print)         # newest one that validates
-    restore(state, ckpt, log=print)                              # into a fresh create_state()
+    ckpt = read_checkpoint(path)                                 # validated, or CheckpointDamaged
+
+Finding the newest usable checkpoint and putting it back into a ``TrainState`` is :mod:`.restore`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -37,24 +37,9 @@ import torch
 
 from imgclf._version import versions
 from imgclf.config import TrainConfig
-from imgclf.errors import ResumeError
 from imgclf.fileio import atomic_write_bytes
-from imgclf.training.determinism import capture_rng, restore_rng
-from imgclf.training.loop import PartialEpoch, TrainState
-from imgclf.training.optim import KerasSGD
-
-__all__ = [
-    "CHECKPOINT_DIR",
-    "Checkpoint",
-    "CheckpointDamaged",
-    "checkpoint_name",
-    "list_checkpoints",
-    "encode",
-    "write_checkpoint",
-    "read_checkpoint",
-    "latest_checkpoint",
-    "restore",
-]
+from imgclf.training.determinism import capture_rng
+from imgclf.training.state import TrainState
 
 CHECKPOINT_DIR = "checkpoints"
 FORMAT = "imgclf-checkpoint"
@@ -81,7 +66,6 @@ _REQUIRED = {
     "versions": dict,
 }
 
-Log = Callable[[str], None]
 
 
 class CheckpointDamaged(ValueError):
@@ -277,93 +261,3 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if state["epoch_step"] and not {"epoch.loss_sum", "epoch.correct"} <= set(tensors):
         raise CheckpointDamaged("an interrupted epoch's running sums are missing")
     return Checkpoint(path, state, tensors)
-
-
-def latest_checkpoint(run_dir: str | os.PathLike, run_id: str | None, *, log: Log) -> Checkpoint:
-    """The newest checkpoint of run ``run_id`` that validates; damaged newer ones are set aside.
-
-    A damaged file is renamed to ``NAME.damaged`` (kept as evidence, never picked again) and a
-    warning names it and the older checkpoint used instead.
-
-    Raises:
-        ResumeError: If there is no checkpoint, or none is usable (never silently starts afresh).
-    """
-    paths = list_checkpoints(run_dir)
-    if not paths:
-        raise ResumeError(
-            "nothing to resume: the run folder has no checkpoint",
-            received=os.path.join(os.fspath(run_dir), CHECKPOINT_DIR),
-            expected="checkpoints/epoch-NNNN.safetensors written by `imgclf train`",
-            fix="start the run without --resume",
-        )
-    damaged: list[str] = []
-    for path in paths:
-        try:
-            ckpt = read_checkpoint(path)
-            if run_id is not None and ckpt.state["run_id"] != run_id:
-                raise CheckpointDamaged("it belongs to another run (run id differs from run.json)")
-        except CheckpointDamaged as exc:
-            damaged.append(f"{os.path.basename(path)}: {exc}")
-            with contextlib.suppress(OSError):
-                os.replace(path, path + ".damaged")
-            log(f"warning: checkpoint {path} is unusable ({exc}); renamed to .damaged, trying an older one")
-            continue
-        if damaged:
-            log(f"warning: resuming from the older checkpoint {ckpt.name} ({ckpt.describe()})")
-        return ckpt
-    raise ResumeError(
-        f"no usable checkpoint among {len(paths)}: " + "; ".join(damaged[:3]),
-        received=os.path.join(os.fspath(run_dir), CHECKPOINT_DIR),
-        expected="at least one intact checkpoint",
-        fix="start the run again without --resume (in a new --run-dir to keep the damaged files)",
-    )
-
-
-def restore(state: TrainState, ckpt: Checkpoint, *, log: Log) -> None:
-    """Load ``ckpt`` into ``state`` (fresh from :func:`.loop.create_state`, same recipe).
-
-    Raises:
-        ResumeError: If the checkpoint's weights or optimizer state do not fit this model.
-    """
-    t, s = ckpt.tensors, ckpt.state
-    device = next(state.model.parameters()).device
-    try:
-        state.model.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")}, strict=True)
-        _restore_optimizer(state.optimizer, t, s["optimizer"])
-    except (RuntimeError, ValueError, KeyError, IndexError) as exc:
-        raise ResumeError(
-            "the checkpoint's weights do not fit the model",
-            received=f"{ckpt.path} ({str(exc).splitlines()[0][:200]})",
-            expected="the architecture and class set the checkpoint was made with",
-            fix="resume with the original --arch/--arch-arg and dataset classes, or start a new run",
-        ) from None
-    best = {k[5:]: v.to(device) for k, v in t.items() if k.startswith("best.")}
-    state.best_state = best or None
-    state.epoch, state.step = int(s["epoch"]), int(s["step"])
-    state.history, state.timings = list(s["history"]), list(s["timings"])
-    state.best_metric, state.best_epoch = s.get("best_metric"), s.get("best_epoch")
-    state.bad_epochs, state.stopped_early = int(s["bad_epochs"]), bool(s["stopped_early"])
-    state.order_gen.set_state(t["gen.order"])
-    state.aug_gen.set_state(t["gen.aug"])
-    state.in_epoch = None
-    if s["epoch_step"]:
-        state.in_epoch = PartialEpoch(int(s["epoch_step"]), t["epoch.loss_sum"], t["epoch.correct"])
-    restore_rng(s["rng"], t, log)
-    saved_torch = s["versions"].get("torch")
-    if saved_torch != torch.__version__:
-        log(
-            f"warning: the checkpoint was written with torch {saved_torch}, this is torch "
-            f"{torch.__version__}: the run continues, but need not match an uninterrupted run bit for bit"
-        )
-
-
-def _restore_optimizer(optimizer: KerasSGD, tensors: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
-    saved: dict[int, dict[str, Any]] = {}
-    for name, value in tensors.items():
-        if name.startswith("optimizer."):
-            index, key = name[len("optimizer.") :].split(".", 1)
-            saved.setdefault(int(index), {})[key] = value
-    for index, values in extra.items():
-        saved.setdefault(int(index), {}).update(values)
-    # Keep the fresh optimizer's hyper-parameters (this run's recipe); take only the per-parameter state.
-    optimizer.load_state(saved)

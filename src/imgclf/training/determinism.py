@@ -20,15 +20,14 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 
 from imgclf.errors import UsageError
-
-__all__ = ["deterministic_algorithms", "nondeterministic_op_error", "capture_rng", "restore_rng"]
+from imgclf.progress import Log
 
 
 def nondeterministic_op_error(exc: BaseException, device: torch.device | str) -> UsageError | None:
@@ -106,7 +105,7 @@ def capture_rng() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     return data, tensors
 
 
-def restore_rng(data: dict[str, Any], tensors: dict[str, torch.Tensor], log: Callable[[str], None]) -> None:
+def restore_rng(data: dict[str, Any], tensors: dict[str, torch.Tensor], log: Log) -> None:
     """Set the global random states captured by :func:`capture_rng`.
 
     Raises:

@@ -34,9 +34,8 @@ from imgclf.config import TrainConfig
 from imgclf.data.decode import DecodedSplit
 from imgclf.errors import Interrupted
 from imgclf.training.checkpoint import Checkpoint, write_checkpoint
-from imgclf.training.loop import Callback, TrainState, fit
-
-__all__ = ["GracefulInterrupt", "CheckpointWriter", "fit_with_checkpoints", "EXIT_CODES"]
+from imgclf.training.loop import Callback, fit
+from imgclf.training.state import TrainState
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 _NAMES = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}

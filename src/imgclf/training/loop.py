@@ -1,14 +1,12 @@
 """The training loop: data resident on the device, batched augmentation, Keras-style SGD time decay.
 
-``fit`` never prints; progress goes to callbacks (the CLI draws a progress bar with one). Everything a
-run depends on lives in :class:`TrainState`, so a checkpoint of it (:mod:`.checkpoint`) resumes the
-run exactly, even from the middle of an epoch: each epoch draws its sample order and augmentation
-parameters up front from two generators, so "generator states at the epoch's start + steps done" is the
-whole position. History records hold only deterministic numbers; wall-clock times go to ``timings``.
+``fit`` never prints; progress goes to callbacks (the CLI draws a progress bar with one). The run's
+position lives in :class:`~imgclf.training.state.TrainState`, so it can stop after any step and resume
+exactly. History records hold only deterministic numbers; wall-clock times go to ``timings``.
 
 Usage::
 
-    state = create_state(config, num_classes=2)
+    state = create_state(config, num_classes=2)                       # imgclf.training.state
     state = fit(config, state, train_split, val_split, callbacks=[MyCallback()])
     model = state.model
 """
@@ -18,7 +16,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,79 +28,11 @@ from imgclf.config import TrainConfig
 from imgclf.data.decode import DecodedSplit
 from imgclf.errors import UsageError
 from imgclf.images.preprocess import to_tensor
-from imgclf.models import registry
 from imgclf.training.augment import affine_matrices, augment_batch, sample_params
 from imgclf.training.determinism import deterministic_algorithms
-from imgclf.training.optim import KerasSGD
-
-__all__ = [
-    "TrainState",
-    "PartialEpoch",
-    "Callback",
-    "create_state",
-    "fit",
-    "resolve_device",
-    "resolve_precision",
-    "cpu_has_native_bf16",
-    "steps_per_epoch",
-    "lr_at",
-]
-
-
-@dataclass
-class PartialEpoch:
-    """How far an interrupted epoch got (the generators are rewound to the epoch's start).
-
-    Attributes:
-        step: Steps of the epoch already done (0 < step < steps per epoch).
-        loss_sum: Running sum of the epoch's batch losses (float32 scalar tensor).
-        correct: Running count of correctly classified training images (int64 scalar tensor).
-    """
-
-    step: int
-    loss_sum: torch.Tensor
-    correct: torch.Tensor
-
-
-@dataclass
-class TrainState:
-    """Everything a run depends on; checkpointing this resumes the run exactly.
-
-    Attributes:
-        model: The network (unwrapped, never compiled).
-        optimizer: Keras-style SGD (:class:`imgclf.training.optim.KerasSGD`) with L2 groups.
-        epoch: Epochs completed.
-        step: Optimizer steps completed (drives the time decay).
-        order_gen: Generator for each epoch's sample order, in its state at the start of the current
-            epoch (or of the next one, between epochs).
-        aug_gen: Generator for augmentation parameters, likewise.
-        history: One dict per completed epoch (epoch, loss, accuracy, val_loss, val_accuracy, lr):
-            deterministic, so a resumed run's history equals an uninterrupted one's.
-        timings: Wall-clock ``{"epoch", "seconds"}`` per epoch (kept apart from ``history``).
-        best_metric: Best value of the monitored metric so far.
-        best_epoch: Epoch (1-based) that reached ``best_metric``.
-        bad_epochs: Epochs since ``best_metric`` last improved (for early stopping).
-        best_state: Copy of the weights at ``best_epoch`` (only with ``keep=best``).
-        stopped_early: True if patience ran out.
-        in_epoch: Progress inside an unfinished epoch (after an interruption), else ``None``.
-        interrupted: True if ``fit`` returned because ``should_stop`` said so.
-    """
-
-    model: nn.Module
-    optimizer: KerasSGD
-    epoch: int = 0
-    step: int = 0
-    order_gen: torch.Generator = field(default_factory=torch.Generator)
-    aug_gen: torch.Generator = field(default_factory=torch.Generator)
-    history: list[dict[str, float]] = field(default_factory=list)
-    timings: list[dict[str, float]] = field(default_factory=list)
-    best_metric: float | None = None
-    best_epoch: int | None = None
-    bad_epochs: int = 0
-    best_state: dict[str, torch.Tensor] | None = None
-    stopped_early: bool = False
-    in_epoch: PartialEpoch | None = None
-    interrupted: bool = False
+from imgclf.training.device import resolve_precision, stage_images
+from imgclf.training.schedule import lr_at, steps_per_epoch
+from imgclf.training.state import PartialEpoch, TrainState
 
 
 class Callback:
@@ -125,115 +54,6 @@ class Callback:
 
     def on_train_end(self, state: TrainState) -> None:
         """After the last epoch (or early stop)."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """Turn ``auto|cpu|cuda|cuda:N`` into a device, failing clearly if CUDA is asked for but absent."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UsageError(
-                "CUDA device requested but none is available",
-                received=name,
-                expected="a machine with an NVIDIA GPU",
-                fix="use --device cpu or --device auto",
-            )
-        index = int(name.split(":")[1]) if ":" in name else 0
-        if index >= torch.cuda.device_count():
-            raise UsageError(
-                "CUDA device index out of range",
-                received=name,
-                expected=f"cuda:0 .. cuda:{torch.cuda.device_count() - 1}",
-                fix="pick an existing GPU",
-            )
-    return torch.device(name)
-
-
-def cpu_has_native_bf16() -> bool:
-    """True if this CPU computes bf16 natively (AVX-512 BF16 or AMX), where bf16 autocast pays off."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
-            flags = next((line for line in fh if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` on ``device`` (``None`` means plain float32)."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if cpu_has_native_bf16() else None
-
-
-def steps_per_epoch(n: int, batch_size: int) -> tuple[int, int]:
-    """``(steps, batch)``: Keras' ``steps_per_epoch = N // batch`` full batches (one batch if N < batch)."""
-    batch = min(batch_size, n)
-    return max(1, n // batch), batch
-
-
-def lr_at(config: TrainConfig, step: int) -> float:
-    """Keras time decay: ``lr / (1 + decay * step)`` with ``step`` counted from 0."""
-    return config.lr / (1.0 + config.effective_decay * step)
-
-
-def _seeds(seed: int) -> tuple[int, int, int]:
-    s = np.random.SeedSequence(seed).generate_state(3, dtype=np.uint64)
-    return tuple(int(v) & ((1 << 63) - 1) for v in s)  # type: ignore[return-value]
-
-
-def create_state(config: TrainConfig, num_classes: int, device: torch.device | None = None) -> TrainState:
-    """Seed everything, build the model and the optimizer for a fresh run."""
-    device = device or resolve_device(config.device)
-    init_seed, order_seed, aug_seed = _seeds(config.seed)
-    torch.manual_seed(init_seed)
-    model = registry.build(config.arch, num_classes, config.preprocess.size, config.arch_args)
-    model = model.to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    groups = [
-        {"params": params, "weight_decay": 2.0 * coef}  # d/dw of Keras' coef * w**2
-        for coef, params in registry.l2_groups(model)
-        if params
-    ]
-    optimizer = KerasSGD(groups, lr=config.lr, momentum=config.momentum)
-    return TrainState(
-        model=model,
-        optimizer=optimizer,
-        order_gen=torch.Generator().manual_seed(order_seed),
-        aug_gen=torch.Generator().manual_seed(aug_seed),
-    )
-
-
-def _available_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 1 << 62  # unknown: assume it fits
-
-
-def stage_images(images: np.ndarray, device: torch.device, share: float = 0.5) -> torch.Tensor | None:
-    """Put a uint8 image array on ``device`` if it takes at most ``share`` of the free memory there.
-
-    Returns ``None`` when it does not fit: ``fit`` then gathers each batch from ``images`` (typically a
-    memory-mapped cache) instead, with identical results.
-    """
-    if images.nbytes > share * _available_bytes(device):
-        return None
-    if isinstance(images, np.memmap) or not images.flags.writeable:
-        images = np.array(images)  # read the memory map into RAM once
-    return torch.from_numpy(images).to(device)
 
 
 def _improved(config: TrainConfig, value: float, best: float | None) -> bool:
@@ -299,57 +119,87 @@ def _fit(
         raise UsageError(
             "no training images", received=0, expected="at least one image", fix="check the dataset"
         )
-    device = next(state.model.parameters()).device
-    dtype = resolve_precision(config.precision, device)
-    if device.type == "cuda" and not config.deterministic:
-        torch.backends.cudnn.benchmark = True
-    model = state.model
-    net: Callable[[torch.Tensor], torch.Tensor] = torch.compile(model) if config.compile else model
-    spec, aug = config.preprocess, config.augment
-    x_all = stage_images(train.images, device)
-    y_all = torch.from_numpy(train.labels).to(device)
-    n = len(train)
-    steps, batch = steps_per_epoch(n, config.batch_size)
-    memory = torch.channels_last if config.channels_last else torch.contiguous_format
-    report_every = 1 if device.type == "cpu" else 25
+    epochs = _Epochs(config, state, train)
     state.interrupted = False
     for cb in callbacks:
-        cb.on_train_begin(config, state, steps, device)
-
-    def batch_images(idx: torch.Tensor) -> torch.Tensor:
-        if x_all is not None:
-            return x_all[idx]
-        # Streaming from a memory-mapped cache: gather this batch's rows on the host.
-        return torch.from_numpy(np.take(train.images, idx.cpu().numpy(), axis=0)).to(
-            device, non_blocking=True
-        )
-
-    def train_step(idx: torch.Tensor, mats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        yb = y_all[idx]
-        x = augment_batch(to_tensor(batch_images(idx), spec), aug, mats).contiguous(memory_format=memory)
-        with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            logits = net(x)
-        loss = F.cross_entropy(logits.float(), yb, label_smoothing=config.label_smoothing)
-        state.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        state.optimizer.step()
-        return loss.detach(), (logits.detach().argmax(1) == yb).sum()
+        cb.on_train_begin(config, state, epochs.steps, epochs.device)
 
     def stop_requested() -> bool:
         return should_stop is not None and should_stop()
 
-    model.train()
+    state.model.train()
     while state.epoch < config.epochs and not state.stopped_early:
         if stop_requested():
             state.interrupted = True
             break
         epoch = state.epoch + 1
         for cb in callbacks:
-            cb.on_epoch_begin(epoch, steps)
+            cb.on_epoch_begin(epoch, epochs.steps)
         started = time.perf_counter()
+        record = epochs.run(epoch, callbacks, stop_requested)
+        if record is None:  # interrupted inside the epoch
+            break
+        if val is not None and len(val):
+            record["val_loss"], record["val_accuracy"] = _evaluate(epochs.net, val, config, epochs.device)
+            state.model.train()
+        state.history.append(record)
+        state.timings.append({"epoch": epoch, "seconds": time.perf_counter() - started})
+        state.epoch = epoch
+        _track_best(config, state, record)
+        for cb in callbacks:
+            cb.on_epoch_end(state, record)
+    for cb in callbacks:
+        cb.on_train_end(state)
+    return state
+
+
+class _Epochs:
+    """One ``fit`` call's set-up (device, precision, staged images, batch geometry) and its epochs."""
+
+    def __init__(self, config: TrainConfig, state: TrainState, train: DecodedSplit) -> None:
+        self.config, self.state, self.train = config, state, train
+        self.device = device = next(state.model.parameters()).device
+        self.dtype = resolve_precision(config.precision, device)
+        if device.type == "cuda" and not config.deterministic:
+            torch.backends.cudnn.benchmark = True
+        self.net: Callable[[torch.Tensor], torch.Tensor] = (
+            torch.compile(state.model) if config.compile else state.model
+        )
+        self.x_all = stage_images(train.images, device)
+        self.y_all = torch.from_numpy(train.labels).to(device)
+        self.steps, self.batch = steps_per_epoch(len(train), config.batch_size)
+        self.memory = torch.channels_last if config.channels_last else torch.contiguous_format
+        self.report_every = 1 if device.type == "cpu" else 25
+
+    def batch_images(self, idx: torch.Tensor) -> torch.Tensor:
+        if self.x_all is not None:
+            return self.x_all[idx]
+        # Streaming from a memory-mapped cache: gather this batch's rows on the host.
+        rows = np.take(self.train.images, idx.cpu().numpy(), axis=0)
+        return torch.from_numpy(rows).to(self.device, non_blocking=True)
+
+    def train_step(self, idx: torch.Tensor, mats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        config, optimizer, dtype = self.config, self.state.optimizer, self.dtype
+        yb = self.y_all[idx]
+        x = augment_batch(to_tensor(self.batch_images(idx), config.preprocess), config.augment, mats)
+        x = x.contiguous(memory_format=self.memory)
+        with torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            logits = self.net(x)
+        loss = F.cross_entropy(logits.float(), yb, label_smoothing=config.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach(), (logits.detach().argmax(1) == yb).sum()
+
+    def run(
+        self, epoch: int, callbacks: Sequence[Callback], stop_requested: Callable[[], bool]
+    ) -> dict[str, Any] | None:
+        """Train one epoch (from where an interrupted one stopped); its record, or ``None`` if stopped."""
+        config, state, device, steps, batch = self.config, self.state, self.device, self.steps, self.batch
+        spec, aug = config.preprocess, config.augment
         # The generators hold the epoch's starting states: keep them to rewind to on interruption.
         gen_states = state.order_gen.get_state(), state.aug_gen.get_state()
-        perm = torch.randperm(n, generator=state.order_gen)[: steps * batch].to(device)
+        perm = torch.randperm(len(self.train), generator=state.order_gen)[: steps * batch].to(device)
         mats = affine_matrices(sample_params(steps * batch, aug, state.aug_gen), spec.height, spec.width)
         mats = mats.to(device=device, dtype=torch.float32)
         resumed, state.in_epoch = state.in_epoch, None
@@ -361,11 +211,11 @@ def _fit(
             for group in state.optimizer.param_groups:
                 group["lr"] = lr
             sl = slice(i * batch, (i + 1) * batch)
-            loss, hits = train_step(perm[sl], mats[sl])
+            loss, hits = self.train_step(perm[sl], mats[sl])
             loss_sum += loss
             correct += hits
             state.step += 1
-            shown = loss.item() if (i + 1) % report_every == 0 or i + 1 == steps else None
+            shown = loss.item() if (i + 1) % self.report_every == 0 or i + 1 == steps else None
             for cb in callbacks:
                 cb.on_step_end(i + 1, steps, shown)
             if i + 1 < steps and stop_requested():
@@ -373,27 +223,13 @@ def _fit(
                 state.aug_gen.set_state(gen_states[1])
                 state.in_epoch = PartialEpoch(i + 1, loss_sum.detach().cpu(), correct.detach().cpu())
                 state.interrupted = True
-                break
-        if state.interrupted:
-            break
-        record: dict[str, Any] = {
+                return None
+        return {
             "epoch": epoch,
             "loss": loss_sum.item() / steps,
             "accuracy": correct.item() / (steps * batch),
             "lr": lr,
         }
-        if val is not None and len(val):
-            record["val_loss"], record["val_accuracy"] = _evaluate(net, val, config, device)
-            model.train()
-        state.history.append(record)
-        state.timings.append({"epoch": epoch, "seconds": time.perf_counter() - started})
-        state.epoch = epoch
-        _track_best(config, state, record)
-        for cb in callbacks:
-            cb.on_epoch_end(state, record)
-    for cb in callbacks:
-        cb.on_train_end(state)
-    return state
 
 
 def _track_best(config: TrainConfig, state: TrainState, record: dict[str, Any]) -> None:
@@ -408,11 +244,3 @@ def _track_best(config: TrainConfig, state: TrainState, record: dict[str, Any]) 
         state.bad_epochs += 1
         if config.patience is not None and state.bad_epochs >= config.patience:
             state.stopped_early = True
-
-
-def final_weights(config: TrainConfig, state: TrainState) -> tuple[nn.Module, int]:
-    """The model to save (``keep=best`` restores the best epoch's weights) and the epoch it is from."""
-    if config.keep == "best" and state.best_state is not None and state.best_epoch is not None:
-        state.model.load_state_dict(state.best_state)
-        return state.model, state.best_epoch
-    return state.model, state.epoch

@@ -21,8 +21,6 @@ from typing import Any
 
 import torch
 
-__all__ = ["KerasSGD"]
-
 _KEY = "velocity"
 
 

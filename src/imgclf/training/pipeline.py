@@ -1,9 +1,12 @@
-"""The whole job in one call: scan → decode once → train → evaluate → save → report.
+"""The whole job in one call, as named steps: decode splits → start record → fit → final classifier →
+save → reports.
 
-The CLI's ``train`` and ``evaluate`` commands are thin wrappers over these functions. Training owns a
-run folder (:mod:`imgclf.training.runfolder`): it is locked, checked for space before decoding, gets a
-checkpoint after every epoch (:mod:`imgclf.training.checkpoint`), and a SIGINT/SIGTERM ends the run with a
-checkpoint and :class:`~imgclf.errors.Interrupted` (exit 130/143) instead of losing it.
+The CLI's ``train`` command is a thin wrapper over :func:`train`. Training owns a run folder
+(:mod:`imgclf.training.runfolder`): it is locked, checked for space before decoding, gets a checkpoint
+after every epoch (:mod:`imgclf.training.checkpoint`), and a SIGINT/SIGTERM ends the run with a
+checkpoint and :class:`~imgclf.errors.Interrupted` (exit 130/143) instead of losing it. One
+:class:`~imgclf.training.record.RunRecord` writes ``run.json``, the checkpoints' run facts and the model
+file's provenance.
 
 Usage::
 
@@ -14,57 +17,43 @@ Usage::
 
 from __future__ import annotations
 
-import json
 import os
-import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
-from imgclf import modelfile
-from imgclf._version import versions
 from imgclf.classifier import Classifier
 from imgclf.config import TrainConfig
-from imgclf.data.decode import (
-    DecodedSplit,
-    bad_files_error,
-    duplicate_report,
-    file_table,
-    load_split,
-    open_cache,
-    table_fingerprint,
-)
-from imgclf.data.folders import Dataset, scan_dataset
-from imgclf.errors import DatasetError
-from imgclf.evaluation import Evaluation, evaluate_dataset, evaluate_probabilities, format_report
-from imgclf.fileio import atomic_write_text, check_writable
-from imgclf.modelfile.weights import copy_to_cpu
+from imgclf.data.decode import open_cache
+from imgclf.data.folders import scan_dataset
+from imgclf.errors import ResumeError, UsageError
+from imgclf.evaluation import Evaluation
 from imgclf.models import registry
-from imgclf.reports import have_matplotlib, require_matplotlib, write_history
-from imgclf.training.checkpoint import restore
+from imgclf.progress import Log, quiet
+from imgclf.training.device import resolve_device
 from imgclf.training.interrupts import fit_with_checkpoints
-from imgclf.training.loop import Callback, create_state, final_weights, resolve_device
-from imgclf.training.resume import ResumePlan, check_data, plan_resume
+from imgclf.training.loop import Callback
+from imgclf.training.restore import restore
+from imgclf.training.resume import plan_resume
 from imgclf.training.runfolder import (
     RunLock,
     check_free_space,
-    default_run_dir,
     estimate_bytes,
     make_run_dir,
-    require_run_dir,
+    read_record,
     start_fresh,
     write_record,
 )
-
-__all__ = ["TrainResult", "train", "evaluate_dataset", "default_run_dir", "write_history"]
-
-Log = Callable[[str], None]
-
-
-def _quiet(_: str) -> None:
-    pass
+from imgclf.training.state import create_state
+from imgclf.training.steps import (
+    DecodeProgress,
+    check_outputs,
+    decode_splits,
+    final_classifier,
+    save_model,
+    start_record,
+    write_reports,
+)
 
 
 @dataclass
@@ -92,8 +81,8 @@ def train(
     cache_dir: str | os.PathLike | None = None,
     use_cache: bool = True,
     callbacks: Sequence[Callback] = (),
-    log: Log = _quiet,
-    decode_progress: Callable[[str, int], Callable[[int], None] | None] | None = None,
+    log: Log = quiet,
+    decode_progress: DecodeProgress | None = None,
     resume: bool = False,
     force: bool = False,
 ) -> TrainResult:
@@ -115,7 +104,7 @@ def train(
         log: Receives one-line human messages (warnings, notes).
         decode_progress: ``decode_progress(split, total)`` returns a per-image progress callback.
         resume: Continue the run in ``run_dir`` from its newest intact checkpoint; ``config`` must
-            match the run's recipe (see :mod:`imgclf.training.resume`, whose ``resume_run`` fills it in).
+            match the run's recipe (:func:`resume_run` fills it in from ``run.json``).
         force: With ``resume``, continue despite a changed recipe or dataset (with a warning); without,
             start over in a run folder that holds an unfinished run (its checkpoints are deleted).
 
@@ -128,218 +117,80 @@ def train(
     config = (config or TrainConfig()).validated()
     # Bad architecture args fail here, before any decoding (a meta build allocates nothing).
     registry.build_meta(config.arch, 2, config.preprocess.size, config.arch_args)
-    model_path = os.fspath(model_path)
-    run_dir = os.fspath(run_dir) if run_dir else default_run_dir(model_path)
-    check_writable(model_path, "model file")
-    can_plot = have_matplotlib()
-    if plot_path:
-        check_writable(plot_path, "plot")
-        require_matplotlib("a training plot", "pip install 'imgclf[plots]', or train without --plot")
-    explicit_plot = os.path.abspath(plot_path) if plot_path else None
-    plot_path = os.fspath(plot_path) if plot_path else os.path.join(run_dir, "plot.png")
-    if resume:  # before anything creates the folder
-        require_run_dir(run_dir)
+    out = check_outputs(model_path, run_dir, plot_path, resume=resume)
     device = resolve_device(config.device)
     ds = scan_dataset(dataset, val_split=config.val_split, test_split=config.test_split, seed=config.seed)
-    make_run_dir(run_dir)
-    with RunLock(run_dir, log=log):
-        plan = None
-        if resume:
-            plan = plan_resume(run_dir, config, ds, force=force, log=log)
-            config = plan.config
-        else:
-            start_fresh(run_dir, force=force, log=log)
+    make_run_dir(out.run_dir)
+    with RunLock(out.run_dir, log=log):
+        plan = plan_resume(out.run_dir, config, ds, force=force, log=log) if resume else None
+        if plan is None:
+            start_fresh(out.run_dir, force=force, log=log)
+        config = plan.config if plan is not None else config
         n_files = sum(len(samples) for samples in ds.splits.values())
-        check_free_space(model_path, run_dir, *estimate_bytes(config, len(ds.class_names), n_files))
-        run = _Run(
-            dataset=ds,
-            model_path=model_path,
-            run_dir=run_dir,
-            plot_path=plot_path,
-            explicit_plot=explicit_plot,
-            can_plot=can_plot,
-            skip_bad=skip_bad,
-            probes_from=probes_from,
-            device=device,
-            plan=plan,
-            force=force,
-            cache_dir=cache_dir,
-            use_cache=use_cache,
+        check_free_space(out.model, out.run_dir, *estimate_bytes(config, len(ds.class_names), n_files))
+        for note in ds.warnings:
+            log(f"warning: {note}")
+        state = create_state(config, len(ds.class_names), device)
+        if plan is not None:  # before decoding: checkpoint weights that do not fit fail early
+            restore(state, plan.checkpoint, log=log)
+        cache = open_cache(config.preprocess, cache_dir) if use_cache else None
+        decoded = decode_splits(ds, config, cache, skip_bad=skip_bad, progress=decode_progress, log=log)
+        record = start_record(ds, decoded, config, out, device, plan, skip_bad, probes_from, force, log)
+        state = fit_with_checkpoints(
+            config,
+            state,
+            decoded["training"],
+            decoded.get("validation"),
+            run_dir=out.run_dir,
+            info=record.checkpoint_info(),
+            resumed=plan.checkpoint if plan is not None else None,
+            callbacks=callbacks,
         )
-        return _train_locked(run, config, callbacks, log, decode_progress)
-
-
-@dataclass
-class _Run:
-    """Where a training reads and writes, decided (and checked) before any decoding."""
-
-    dataset: Dataset
-    model_path: str
-    run_dir: str
-    plot_path: str
-    explicit_plot: str | None
-    can_plot: bool
-    skip_bad: bool
-    probes_from: int
-    device: torch.device
-    plan: ResumePlan | None
-    force: bool
-    cache_dir: str | os.PathLike | None = None
-    use_cache: bool = True
-
-
-def _train_locked(
-    run: _Run,
-    config: TrainConfig,
-    callbacks: Sequence[Callback],
-    log: Log,
-    decode_progress: Callable[[str, int], Callable[[int], None] | None] | None,
-) -> TrainResult:
-    ds, skip_bad, device = run.dataset, run.skip_bad, run.device
-    model_path, run_dir, plot_path, can_plot = run.model_path, run.run_dir, run.plot_path, run.can_plot
-    for note in ds.warnings:
-        log(f"warning: {note}")
-    state = create_state(config, len(ds.class_names), device)
-    if run.plan is not None:  # before decoding: checkpoint weights that do not fit fail early
-        restore(state, run.plan.checkpoint, log=log)
-    decoded: dict[str, DecodedSplit] = {}
-    cache = open_cache(config.preprocess, run.cache_dir) if run.use_cache else None
-    for split, samples in ds.splits.items():
-        progress = decode_progress(split, len(samples)) if decode_progress and samples else None
-        # Decode every split before judging, so all bad files are reported in one error.
-        decoded[split] = load_split(samples, config.preprocess, skip_bad=True, progress=progress, cache=cache)
-    bad = [item for dec in decoded.values() for item in dec.skipped]
-    if bad and not skip_bad:
-        raise bad_files_error(bad)
-    for path, why in bad:
-        log(f"warning: skipped {path}: {why}")
-    if len(decoded["training"]) == 0:
-        raise DatasetError(
-            "no usable training images",
-            received=ds.root,
-            expected="at least one image per class",
-            fix="add images to the training folders",
-        )
-    dupes = duplicate_report(decoded)
-    if dupes:
-        log(f"warning: {dupes}")
-    files = file_table(ds, decoded)
-    data_fingerprint = table_fingerprint(ds.class_names, files)
-    if run.plan is not None:
-        check_data(run.plan, ds, decoded, data_fingerprint, force=run.force, log=log)
-    record = _run_record(run, config, ds, files, data_fingerprint)
-    write_record(run_dir, record)
-    info = {
-        "run_id": record["run_id"],
-        "class_names": ds.class_names,
-        "architecture": {
-            "name": config.arch,
-            "args": registry.resolve_args(config.arch, config.arch_args),
-        },
-        "data_fingerprint": data_fingerprint,
-        "device": str(device),
-    }
-    state = fit_with_checkpoints(
-        config,
-        state,
-        decoded["training"],
-        decoded.get("validation"),
-        run_dir=run_dir,
-        info=info,
-        resumed=run.plan.checkpoint if run.plan is not None else None,
-        callbacks=callbacks,
-    )
-    model, epoch = final_weights(config, state)
-    classifier = Classifier(
-        copy_to_cpu(model), ds.class_names, config.preprocess, config.arch, config.arch_args
-    )
-    eval_split = "testing" if len(decoded["testing"]) else "validation"
-    evaluation = None
-    if len(decoded[eval_split]):
-        dec = decoded[eval_split]
-        probs = classifier.predict_proba_uint8(dec.images, batch_size=config.eval_batch_size)
-        evaluation = evaluate_probabilities(probs, dec.labels, dec.paths, ds.class_names)
-    # The metrics of the epoch whose weights are saved (with keep=best, not necessarily the last).
-    saved = [r for r in state.history if r["epoch"] == epoch] or state.history[-1:] or [{}]
-    metrics: dict[str, Any] = {k: v for k, v in saved[0].items() if k != "epoch"}
-    if evaluation is not None:
-        metrics[f"{eval_split}_accuracy"] = evaluation.accuracy
-        metrics[f"{eval_split}_macro_f1"] = evaluation.report["macro avg"]["f1-score"]
-    classifier.manifest["provenance"] = {
-        "training": config.to_dict(),
-        "epoch": epoch,
-        "epochs_run": state.epoch,
-        "seed": config.seed,
-        "device": str(device),
-        "stopped_early": state.stopped_early,
-        "metrics": metrics,
-        "deterministic": config.deterministic,
-        "resumed_from": run.plan.checkpoint.name if run.plan is not None else None,
-        "data": {
-            "fingerprint": data_fingerprint,
-            "layout": ds.layout,
-            "counts": {
-                s: {ds.class_names[i]: int((d.labels == i).sum()) for i in range(len(ds.class_names))}
-                for s, d in decoded.items()
-            },
-            "skipped": sum(len(d.skipped) for d in decoded.values()),
-        },
-        "history": state.history,
-    }
-    extra = _probe_bytes(decoded.get("validation"), run.probes_from)
-    modelfile.save(classifier, model_path, extra_probes=extra)
-    outputs = {"model": model_path, "plot": plot_path} if can_plot else {"model": model_path}
-    outputs["history_json"] = os.path.join(run_dir, "history.json")
-    outputs["history_csv"] = os.path.join(run_dir, "history.csv")
-    write_history(state.history, outputs["history_json"], outputs["history_csv"], state.timings)
-    if evaluation is not None:
-        outputs["report_txt"] = os.path.join(run_dir, "report.txt")
-        outputs["report_json"] = os.path.join(run_dir, "report.json")
-        atomic_write_text(outputs["report_txt"], format_report(evaluation.report))
-        atomic_write_text(outputs["report_json"], json.dumps(evaluation.to_dict(), indent=2) + "\n")
-    if can_plot:
-        from imgclf.reports import plot_history
-
-        plot_history(state.history, plot_path)
-    else:
-        log("warning: no training plot: matplotlib is not installed (pip install 'imgclf[plots]')")
-    write_record(run_dir, {**record, "status": "finished"})
+        final = final_classifier(config, state, decoded, ds.class_names)
+        save_model(final, record, state, decoded.get("validation"), out.model)
+        outputs = write_reports(state, final.evaluation, out, log)
+        write_record(out.run_dir, record.run_json(status="finished"))
     return TrainResult(
-        classifier=classifier,
-        history=state.history,
-        evaluation=evaluation,
-        model_path=model_path,
-        run_dir=run_dir,
-        epoch=epoch,
-        outputs=outputs,
+        final.classifier, state.history, final.evaluation, out.model, out.run_dir, final.epoch, outputs
     )
 
 
-def _run_record(
-    run: _Run, config: TrainConfig, ds: Dataset, files: dict[str, list], data_fingerprint: str
-) -> dict[str, Any]:
-    """``run.json``: everything ``imgclf train --resume RUN`` needs, and the files to diff against."""
-    return {
-        "run_id": run.plan.record["run_id"] if run.plan is not None else secrets.token_hex(8),
-        "status": "training",
-        "dataset": os.path.abspath(ds.root),
-        "model": os.path.abspath(run.model_path),
-        "plot": run.explicit_plot,
-        "skip_bad": run.skip_bad,
-        "probes_from": run.probes_from,
-        "config": config.to_dict(),
-        "class_names": ds.class_names,
-        "data_fingerprint": data_fingerprint,
-        "versions": versions(),
-        "files": files,
-    }
+def resume_run(
+    run_dir: str | os.PathLike,
+    *,
+    force: bool = False,
+    callbacks: Sequence[Callback] = (),
+    log: Log = quiet,
+    decode_progress: DecodeProgress | None = None,
+    **changes: Any,
+) -> TrainResult:
+    """Continue the run in ``run_dir`` with the dataset, model path and recipe its ``run.json`` records.
 
+    Args:
+        run_dir: The run folder of an interrupted (or finished) training.
+        force: Continue despite a changed dataset or recipe (see :func:`train`).
+        callbacks, log, decode_progress: As for :func:`train`.
+        **changes: TrainConfig fields to change, e.g. ``epochs=40`` to train longer or ``device="cuda"``.
 
-def _probe_bytes(split: DecodedSplit | None, count: int) -> list[bytes]:
-    if not split or count <= 0:
-        return []
-    out = []
-    for path in split.paths[:count]:
-        with open(path, "rb") as fh:
-            out.append(fh.read())
-    return out
+    Raises:
+        ResumeError: If the folder is not a resumable run, or the run changed (without ``force``).
+    """
+    record = read_record(run_dir)
+    try:
+        config = TrainConfig.from_dict(record["config"])
+    except (KeyError, UsageError) as exc:
+        raise ResumeError("the run record's config is invalid", received=str(exc)) from None
+    return train(
+        record["dataset"],
+        record["model"],
+        config.replace(**changes) if changes else config,
+        plot_path=record.get("plot"),
+        run_dir=run_dir,
+        skip_bad=bool(record.get("skip_bad")),
+        probes_from=int(record.get("probes_from") or 0),
+        callbacks=callbacks,
+        log=log,
+        decode_progress=decode_progress,
+        resume=True,
+        force=force,
+    )

@@ -18,10 +18,9 @@ from rich.console import Console
 from rich.progress import Progress
 
 from imgclf.config import TrainConfig
-from imgclf.progress import bar, stderr_console
-from imgclf.training.loop import Callback, TrainState
-
-__all__ = ["stderr_console", "EpochProgress", "bar", "decode_bar_factory"]
+from imgclf.progress import bar
+from imgclf.training.loop import Callback
+from imgclf.training.state import TrainState
 
 
 def decode_bar_factory(console: Console) -> Callable[[str, int], Callable[[int], None]]:

@@ -12,9 +12,11 @@ short diff (``ResumeError``, exit 6) unless ``force`` is given:
 
 Architecture or class-count changes cannot be forced: the checkpoint's weights would not fit.
 
+The whole job (read ``run.json``, then train with ``resume=True``) is
+:func:`imgclf.training.pipeline.resume_run`; this module only plans and checks.
+
 Usage::
 
-    result = resume_run("malaria-run")                                      # the whole job, from run.json
     plan = plan_resume(run_dir, config, dataset, force=False, log=print)   # before decoding
     check_data(plan, dataset, decoded, force=False, log=print)            # after decoding
 """
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,22 +33,13 @@ from imgclf.data.decode import DecodedSplit, file_table
 from imgclf.data.folders import Dataset
 from imgclf.errors import ResumeError, UsageError
 from imgclf.models import registry
-from imgclf.training.checkpoint import Checkpoint, latest_checkpoint
+from imgclf.progress import Log
+from imgclf.training.checkpoint import Checkpoint
+from imgclf.training.restore import latest_checkpoint
 from imgclf.training.runfolder import read_record
-
-__all__ = [
-    "OPERATIONAL",
-    "ResumePlan",
-    "plan_resume",
-    "check_data",
-    "recipe_diff",
-    "file_table",
-    "files_diff",
-]
 
 OPERATIONAL = ("device", "precision", "channels_last", "compile", "eval_batch_size", "deterministic")
 MAX_NAMED = 3
-Log = Callable[[str], None]
 
 
 @dataclass
@@ -201,49 +193,3 @@ def check_data(
         return  # unchanged, or already reported (and forced) from the file list
     change = files_diff(plan.record.get("files") or {}, file_table(dataset, decoded))
     _refuse_or_warn([change or "dataset changed (its fingerprint differs)"], force, log)
-
-
-def resume_run(
-    run_dir: str | os.PathLike,
-    *,
-    force: bool = False,
-    callbacks: Sequence[Any] = (),
-    log: Log = lambda _: None,
-    decode_progress: Callable[[str, int], Callable[[int], None] | None] | None = None,
-    **changes: Any,
-) -> Any:
-    """Continue the run in ``run_dir`` with the dataset, model path and recipe its ``run.json`` records.
-
-    Args:
-        run_dir: The run folder of an interrupted (or finished) training.
-        force: Continue despite a changed dataset or recipe (see :func:`train`).
-        callbacks, log, decode_progress: As for :func:`imgclf.training.pipeline.train`.
-        **changes: TrainConfig fields to change, e.g. ``epochs=40`` to train longer or ``device="cuda"``.
-
-    Raises:
-        ResumeError: If the folder is not a resumable run, or the run changed (without ``force``).
-
-    Returns:
-        The :class:`imgclf.training.pipeline.TrainResult`.
-    """
-    from imgclf.training.pipeline import train  # the pipeline imports this module: import it when called
-
-    record = read_record(run_dir)
-    try:
-        config = TrainConfig.from_dict(record["config"])
-    except (KeyError, UsageError) as exc:
-        raise ResumeError("the run record's config is invalid", received=str(exc)) from None
-    return train(
-        record["dataset"],
-        record["model"],
-        config.replace(**changes) if changes else config,
-        plot_path=record.get("plot"),
-        run_dir=run_dir,
-        skip_bad=bool(record.get("skip_bad")),
-        probes_from=int(record.get("probes_from") or 0),
-        callbacks=callbacks,
-        log=log,
-        decode_progress=decode_progress,
-        resume=True,
-        force=force,
-    )

@@ -23,15 +23,15 @@ import os
 import shutil
 import socket
 import sys
-from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from imgclf.config import TrainConfig
 from imgclf.errors import ResumeError, StorageError, UsageError
-from imgclf.fileio import TMP_SUFFIX, atomic_write_bytes, atomic_write_text, check_writable
+from imgclf.fileio import TMP_SUFFIX, atomic_write_bytes, atomic_write_text, check_writable, pid_alive
 from imgclf.models import registry
+from imgclf.progress import Log
 from imgclf.training.checkpoint import CHECKPOINT_DIR, KEEP_NEWEST, list_checkpoints
 
 try:  # POSIX; elsewhere the lock falls back to checking the recorded PID
@@ -39,40 +39,13 @@ try:  # POSIX; elsewhere the lock falls back to checking the recorded PID
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = [
-    "RunLock",
-    "default_run_dir",
-    "make_run_dir",
-    "RUN_FILE",
-    "LOCK_FILE",
-    "require_run_dir",
-    "read_record",
-    "write_record",
-    "start_fresh",
-    "estimate_bytes",
-    "check_free_space",
-]
-
 RUN_FILE = "run.json"
 LOCK_FILE = "lock"
 RUN_FORMAT = "imgclf-run"
-Log = Callable[[str], None]
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    except (OSError, OverflowError):
-        return False
-    return True
 
 
 class RunLock:
@@ -133,7 +106,7 @@ class RunLock:
         holder = self._holder()
         if holder is not None:
             pid, host = holder.get("pid"), holder.get("host")
-            alive = isinstance(pid, int) and (host != socket.gethostname() or _pid_alive(pid))
+            alive = isinstance(pid, int) and (host != socket.gethostname() or pid_alive(pid))
             if not locked and alive:
                 os.close(fd)
                 raise self._busy(holder, by_pid=True)

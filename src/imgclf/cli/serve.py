@@ -1,0 +1,232 @@
+"""``imgclf serve``: an HTTP inference server with a web page (needs the ``serve`` extra).
+
+Usage::
+
+    imgclf serve malaria.imgclf                       # http://127.0.0.1:8000/
+    imgclf serve cells=malaria.imgclf other.imgclf --port 9000 --api-key-file key.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import stat
+import sys
+
+from imgclf.cli.common import EPILOG
+from imgclf.serving.settings import MB, ServeSettings
+
+DEFAULTS = ServeSettings()
+
+MAX_KEY_BYTES = 4096
+
+DESCRIPTION = """Serve one or more model files over HTTP. Each model is named by its file stem, or by NAME in
+NAME=PATH. Every model is loaded strictly, its self-check probes re-run and one warm-up inference done
+before the server reports ready; a model that fails stops start-up (exit 3).
+
+Routes: GET / (web page), POST /v1/predict and /v1/models/NAME/predict (raw image body, multipart files,
+or JSON {"images": [base64, ...]}; ?top_k=K), GET /v1/models, GET /metrics, and the Open Inference
+Protocol v2: GET /v2, /v2/health/live, /v2/health/ready, /v2/models/NAME, /v2/models/NAME/ready,
+POST /v2/models/NAME/infer, POST /v2/repository/models/NAME/load (reload)."""
+
+SIGNALS_EPILOG = """signals: SIGTERM (or Ctrl-C) turns readiness to 503, lets requests in flight finish
+(at most --timeout-s), then exits 0. SIGHUP reloads every model file (load, verify, warm up, swap);
+a damaged or different model keeps the old one serving.
+
+example:
+  imgclf serve malaria.imgclf
+  curl --data-binary @cell.png http://127.0.0.1:8000/v1/predict"""
+
+
+def _positive(kind: type) -> object:
+    def parse(text: str) -> object:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        return value
+
+    return parse
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not 0 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"expected 0 to 1000 ms, got {text!r}")
+    return value
+
+
+def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """Register ``imgclf serve``."""
+    p = sub.add_parser(
+        "serve",
+        parents=[common],
+        help="serve model files over HTTP (web page, JSON API, KServe v2 protocol)",
+        description=DESCRIPTION,
+        epilog=SIGNALS_EPILOG + "\n\n" + EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("models", nargs="+", metavar="MODEL", help="model file, or NAME=PATH (repeatable)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1; other addresses without --api-key-file warn)",
+    )
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    p.add_argument(
+        "--max-body-mb",
+        metavar="MB",
+        type=_positive(float),
+        default=DEFAULTS.max_body_bytes / MB,
+        help="largest request body in MB; larger is refused with 413 before it is read (default %(default)g)",
+    )
+    p.add_argument(
+        "--max-images-per-request",
+        metavar="N",
+        type=_positive(int),
+        default=DEFAULTS.max_images,
+        help="most images in one request; more is a 413 (default %(default)s)",
+    )
+    p.add_argument(
+        "--timeout-s",
+        metavar="S",
+        type=_positive(float),
+        default=DEFAULTS.timeout_s,
+        help="deadline per request: 504 (408 while the body is still arriving), its work dropped;"
+        " also the shutdown grace period (default %(default)g)",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=_positive(int),
+        default=DEFAULTS.max_queue,
+        metavar="N",
+        help="most images waiting for inference; beyond it 503 with Retry-After (default %(default)s)",
+    )
+    p.add_argument(
+        "--batch-delay-ms",
+        type=_non_negative,
+        default=DEFAULTS.batch_delay_ms,
+        metavar="D",
+        help="wait up to D ms to gather concurrent requests into one batch (default %(default)g: each request"
+        " is its own batch, bitwise equal to imgclf predict; see docs/performance.md)",
+    )
+    p.add_argument(
+        "--api-key-file",
+        metavar="F",
+        help="file holding an API key; then every route but /, its assets and the health checks"
+        " needs 'Authorization: Bearer KEY'",
+    )
+    p.set_defaults(func=run)
+
+
+def read_api_key(path: str) -> bytes:
+    """The key in ``path`` (first line, surrounding whitespace removed), read bounded and non-blocking.
+
+    Raises:
+        UsageError: If the file is missing, not a regular file, too large or holds no key.
+    """
+    from imgclf.errors import UsageError
+    from imgclf.fileio import open_for_reading
+
+    def refuse(problem: str, received: str) -> UsageError:
+        return UsageError(
+            problem,
+            received=f"{path} ({received})",
+            expected=f"a regular file of at most {MAX_KEY_BYTES} bytes holding one key",
+            fix="write the key to a file: openssl rand -hex 32 > key.txt",
+        )
+
+    try:
+        fd, st = open_for_reading(path)
+    except OSError as exc:
+        raise refuse("cannot read --api-key-file", exc.strerror or str(exc)) from None
+    try:
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_KEY_BYTES:
+            raise refuse(
+                "unusable --api-key-file",
+                f"{st.st_size} bytes" if stat.S_ISREG(st.st_mode) else "not a regular file",
+            )
+        data = os.read(fd, MAX_KEY_BYTES + 1)
+    finally:
+        os.close(fd)
+    lines = data.strip().splitlines()
+    key = lines[0].strip() if lines else b""
+    if len(data) > MAX_KEY_BYTES or not key:
+        raise refuse("unusable --api-key-file", "empty" if not key else "too large")
+    return key
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run(args: argparse.Namespace) -> int:
+    """``imgclf serve``: load every model (exit 3 if one fails), then serve until SIGTERM; exit 0."""
+    import logging
+
+    from imgclf.errors import UsageError
+
+    try:
+        from imgclf.serving.app import create_app
+        from imgclf.serving.models import ModelStore, parse_model_arg
+        from imgclf.serving.server import serve
+    except ImportError as exc:
+        raise UsageError(
+            "imgclf serve needs the 'serve' extra",
+            received=f"missing module {exc.name}",
+            expected="fastapi, uvicorn, python-multipart, prometheus-client",
+            fix="pip install 'imgclf[serve]'",
+        ) from None
+    if not 0 <= args.port <= 65535:
+        raise UsageError(
+            "--port out of range", received=args.port, expected="0 to 65535", fix="use --port 8000"
+        )
+    key = read_api_key(args.api_key_file) if args.api_key_file else None
+    paths: dict[str, str] = {}
+    for text in args.models:
+        name, path = parse_model_arg(text)
+        if name in paths:
+            raise UsageError(
+                "two models with one name", received=name, expected="unique names", fix="name them: NAME=PATH"
+            )
+        paths[name] = path
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="imgclf serve: %(message)s")
+    if key is None and not _is_loopback(args.host):
+        print(
+            f"imgclf: warning: serving on {args.host} without --api-key-file: anyone who can reach this "
+            "address can use the models",
+            file=sys.stderr,
+            flush=True,
+        )
+    store = ModelStore.open(paths)  # ModelFileError: the CLI's one-line error, exit 3
+    settings = ServeSettings(
+        max_body_bytes=int(args.max_body_mb * MB),
+        max_images=args.max_images_per_request,
+        timeout_s=args.timeout_s,
+        max_queue=args.max_queue,
+        batch_delay_ms=args.batch_delay_ms,
+        api_key=key,
+    )
+    import torch
+
+    # All inference runs on one worker thread with this many intra-op threads, fixed for the process.
+    print(
+        f"imgclf: serving {', '.join(paths)} on http://{args.host}:{args.port}/ "
+        f"(inference: one worker thread, {torch.get_num_threads()} torch thread(s))",
+        file=sys.stderr,
+        flush=True,
+    )
+    serve(create_app(store, settings), host=args.host, port=args.port, grace_s=args.timeout_s)
+    return 0

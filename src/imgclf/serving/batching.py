@@ -1,0 +1,183 @@
+"""Inference off the event loop: one worker thread, a bounded queue, optional gathering of requests.
+
+Every forward pass runs on this one thread, so torch's thread count is fixed and requests never
+compete for cores. A request whose client is gone (its future cancelled) is dropped before its batch
+runs. With ``batch_delay_s > 0`` the worker waits that long for more requests for the same model and
+runs them as one batch. The default is 0: each request is its own batch, so its probabilities are
+bitwise those of ``Classifier.predict`` on the same images (CPU kernels round differently for
+different batch sizes, by ~1e-7).
+
+Usage::
+
+    queue = InferenceQueue(max_queue=1024, batch_delay_s=0.0)
+    queue.start()
+    future = queue.submit(served, [png_bytes], top_k=1)   # concurrent.futures.Future of predictions
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from imgclf.serving.models import ServedModel
+
+MAX_BATCH = 64  # images per forward pass; also imgclf predict's default --batch-size
+
+
+class QueueFull(Exception):
+    """The queue holds ``max_queue`` images already; the caller answers 503."""
+
+
+@dataclass
+class Job:
+    """One request's work: encoded images (``images``) or a preprocessed FP32 batch (``tensor``)."""
+
+    model: ServedModel
+    images: list[bytes] = field(default_factory=list)
+    tensor: np.ndarray | None = None
+    future: Future = field(default_factory=Future)
+
+    @property
+    def size(self) -> int:
+        """Images in this job."""
+        return len(self.tensor) if self.tensor is not None else len(self.images)
+
+
+def tensor_probabilities(model: ServedModel, batch: np.ndarray) -> np.ndarray:
+    """Probabilities (N, C) for an already-preprocessed float32 batch (N, 3, H, W)."""
+    clf = model.classifier
+    x = torch.from_numpy(batch).to(clf.device).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        return torch.softmax(clf.model(x).float(), dim=1).cpu().numpy()
+
+
+def _run_images(jobs: list[Job]) -> list[Any]:
+    images = [img for job in jobs for img in job.images]
+    clf = jobs[0].model.classifier
+    preds = clf.predict(images, top_k=clf.num_classes, batch_size=MAX_BATCH, errors="return")
+    out, start = [], 0
+    for job in jobs:
+        out.append(preds[start : start + job.size])
+        start += job.size
+    return out
+
+
+class InferenceQueue:
+    """A bounded FIFO of jobs served by one worker thread.
+
+    Args:
+        max_queue: Most images waiting (not yet running); beyond it :meth:`submit` raises QueueFull.
+        batch_delay_s: How long the worker waits to gather more requests into one batch (0: never).
+        on_batch: Called with the image count of every batch run (for metrics).
+    """
+
+    def __init__(
+        self, max_queue: int, batch_delay_s: float = 0.0, on_batch: Callable[[int], None] | None = None
+    ) -> None:
+        self.max_queue = max_queue
+        self.batch_delay_s = batch_delay_s
+        self._on_batch = on_batch or (lambda n: None)
+        self._jobs: collections.deque[Job] = collections.deque()
+        self._waiting = 0
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._work, name="imgclf-inference", daemon=True)
+
+    @property
+    def depth(self) -> int:
+        """Images waiting in the queue."""
+        return self._waiting
+
+    def start(self) -> None:
+        """Start the worker thread."""
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Refuse new jobs, let the worker finish the queued ones, join it (at most ``timeout`` s)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def submit(
+        self, model: ServedModel, images: list[bytes] | None = None, tensor: np.ndarray | None = None
+    ) -> Future:
+        """Queue encoded ``images`` (or a preprocessed ``tensor``) for ``model``; return its future.
+
+        The future's result is a list of :class:`imgclf.classifier.Prediction` (all classes in
+        ``top_k``), or a (N, C) probability array for a tensor.
+
+        Raises:
+            QueueFull: If accepting it would put more than ``max_queue`` images in the queue.
+        """
+        job = Job(model, list(images or []), tensor)
+        with self._cond:
+            if self._stopping or self._waiting + job.size > self.max_queue:
+                raise QueueFull(f"{self._waiting} images queued (limit {self.max_queue})")
+            self._jobs.append(job)
+            self._waiting += job.size
+            self._cond.notify()
+        return job.future
+
+    def _take(self, model: ServedModel | None, room: int) -> Job | None:
+        """Pop the first live job (of ``model`` and fitting in ``room``, when given); drop cancelled ones."""
+        for job in list(self._jobs):
+            if model is not None and (job.model is not model or job.tensor is not None or job.size > room):
+                continue
+            self._jobs.remove(job)
+            self._waiting -= job.size
+            if job.future.set_running_or_notify_cancel():  # False: its client is gone, drop it
+                return job
+        return None
+
+    def _gather(self) -> list[Job] | None:
+        with self._cond:
+            job = None
+            while job is None:
+                while not self._jobs and not self._stopping:
+                    self._cond.wait()
+                if self._stopping and not self._jobs:
+                    return None
+                job = self._take(None, MAX_BATCH)
+            batch, total = [job], job.size
+            if job.tensor is not None or self.batch_delay_s <= 0:
+                return batch
+            deadline = time.monotonic() + self.batch_delay_s
+            while total < MAX_BATCH and not self._stopping:
+                more = self._take(job.model, MAX_BATCH - total)
+                if more is not None:
+                    batch.append(more)
+                    total += more.size
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            return batch
+
+    def _work(self) -> None:
+        while True:
+            batch = self._gather()
+            if batch is None:
+                return
+            try:
+                if batch[0].tensor is not None:
+                    results: list[Any] = [tensor_probabilities(batch[0].model, batch[0].tensor)]
+                else:
+                    results = _run_images(batch)
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting request, never lost
+                for job in batch:
+                    job.future.set_exception(exc)
+                continue
+            self._on_batch(sum(job.size for job in batch))
+            for job, result in zip(batch, results, strict=True):
+                job.future.set_result(result)

@@ -1,0 +1,180 @@
+"""The models a server holds: strict load, verify probes, one warm-up inference, atomic swap on reload.
+
+Usage::
+
+    store = ModelStore.open({"malaria": "malaria.imgclf"})   # raises ModelFileError on a bad file
+    served = store.get("malaria")
+    store.reload("malaria")                                  # old model keeps serving if this fails
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from imgclf.classifier import Classifier
+from imgclf.errors import ModelFileError, UsageError
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One loaded, verified and warmed-up model.
+
+    Attributes:
+        name: The name clients use in URLs.
+        path: The model file it was loaded from.
+        classifier: The loaded classifier.
+        summary: :func:`imgclf.modelfile.inspect` of the file (the model card).
+        digest: The file's tensor-data digest (``integrity.tensors_sha256``).
+    """
+
+    name: str
+    path: str
+    classifier: Classifier
+    summary: dict[str, Any]
+    digest: str
+
+    def card(self) -> dict[str, Any]:
+        """The public summary shown by ``GET /v1/models`` and the web page's model card."""
+        s = self.summary
+        spec = self.classifier.preprocess
+        return {
+            "name": self.name,
+            "file": os.path.basename(self.path),
+            "digest": self.digest,
+            "architecture": s["architecture"],
+            "class_names": list(self.classifier.class_names),
+            "input": {"height": spec.height, "width": spec.width, "channels": 3},
+            "metrics": s.get("metrics"),
+            "data": s.get("data"),
+            "created": s.get("created"),
+            "epoch": s.get("epoch"),
+            "parameters": s["parameters"],
+            "versions": s.get("versions"),
+        }
+
+
+def parse_model_arg(text: str) -> tuple[str, str]:
+    """``NAME=PATH`` or ``PATH`` (named by its file stem) → ``(name, path)``.
+
+    Raises:
+        UsageError: If the name is not URL-safe.
+    """
+    name, sep, path = text.partition("=")
+    if not sep or os.path.exists(text):
+        name, path = os.path.splitext(os.path.basename(text))[0], text
+    if not NAME_PATTERN.match(name):
+        raise UsageError(
+            "model name is not URL-safe",
+            received=repr(name),
+            expected="letters, digits, '_', '.', '-' (at most 64, starting with a letter or digit)",
+            fix="name it explicitly: NAME=PATH, e.g. malaria=./models/malaria v2.imgclf",
+        )
+    return name, path
+
+
+def load_served(name: str, path: str) -> ServedModel:
+    """Load ``path`` strictly, re-run its self-check probes, run one warm-up inference.
+
+    Raises:
+        ModelFileError: If the file does not load, a probe check fails, or the file changed meanwhile.
+    """
+    from imgclf.modelfile import inspect, load, verify
+    from imgclf.modelfile.probes import synthetic_images
+
+    before = _identity(path)
+    report = verify(path)
+    failed = [f"{check}: {detail}" for check, ok, detail in report.checks if not ok]
+    if failed:
+        raise ModelFileError(
+            "model file failed its self-check probes",
+            received=f"{path}: {'; '.join(failed[:3])}",
+            expected="every probe to pass",
+            fix="run `imgclf verify` on the file; retrain or re-save it in this environment",
+        )
+    clf = load(path)
+    summary = inspect(path)
+    if _identity(path) != before:  # verified one file, loaded another: refuse rather than guess
+        raise ModelFileError(
+            "model file changed while it was being loaded",
+            received=path,
+            expected="a file that stays the same during loading",
+            fix="write model files atomically (imgclf does) and reload again",
+        )
+    clf.predict(synthetic_images()[0])  # warm-up: the first forward pass allocates and tunes kernels
+    return ServedModel(name, path, clf, summary, summary["integrity"]["tensors_sha256"])
+
+
+def _identity(path: str) -> tuple[int, int, int, int]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (0, 0, 0, 0)
+    return (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns)
+
+
+def _same_interface(old: ServedModel, new: ServedModel) -> list[str]:
+    """What differs between two models in a way clients would notice (empty when a swap is safe)."""
+    a, b = old.classifier, new.classifier
+    diffs = []
+    if a.arch != b.arch:
+        diffs.append(f"architecture {a.arch} -> {b.arch}")
+    if a.class_names != b.class_names:
+        diffs.append(f"classes {a.class_names} -> {b.class_names}")
+    if a.preprocess.size != b.preprocess.size:
+        diffs.append(f"input size {a.preprocess.size} -> {b.preprocess.size}")
+    return diffs
+
+
+class ModelStore:
+    """Name → :class:`ServedModel`; reads are lock-free, a reload swaps one entry atomically."""
+
+    def __init__(self, models: dict[str, ServedModel]) -> None:
+        self._models = dict(models)
+        self._reload_lock = threading.Lock()
+
+    @classmethod
+    def open(cls, paths: dict[str, str]) -> ModelStore:
+        """Load, verify and warm up every model (in order); stop at the first that fails.
+
+        Raises:
+            ModelFileError: From :func:`load_served`.
+        """
+        return cls({name: load_served(name, path) for name, path in paths.items()})
+
+    def names(self) -> list[str]:
+        """Model names in the order they were given."""
+        return list(self._models)
+
+    def get(self, name: str | None = None) -> ServedModel | None:
+        """The model called ``name`` (the first one when ``name`` is None), or None."""
+        if name is None:
+            return next(iter(self._models.values()), None)
+        return self._models.get(name)
+
+    def reload(self, name: str) -> ServedModel:
+        """Load, verify and warm up ``name``'s file again and swap it in; on failure keep the old one.
+
+        Raises:
+            ModelFileError: If the new file is damaged or is a different model (other architecture,
+                classes or input size); the old model keeps serving.
+            KeyError: If no model has that name.
+        """
+        with self._reload_lock:
+            old = self._models[name]
+            new = load_served(name, old.path)
+            diffs = _same_interface(old, new)
+            if diffs:
+                raise ModelFileError(
+                    "reload refused: the file now holds a different model",
+                    received=f"{old.path}: {'; '.join(diffs)}",
+                    expected=f"{old.classifier.arch} with the same classes and input size",
+                    fix="serve the new model under a new name (restart with NAME=PATH)",
+                )
+            self._models = {**self._models, name: new}  # one reference swap: readers never see a mix
+            return new

@@ -1,0 +1,36 @@
+"""The limits of one server: the ``imgclf serve`` flags' values and, once, their defaults.
+
+Stdlib only, so the command line can read the defaults without importing the web stack.
+
+Usage::
+
+    settings = ServeSettings(max_images=16, timeout_s=10)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """What a server accepts and how long it waits.
+
+    Attributes:
+        max_body_bytes: Largest request body (``--max-body-mb``); larger is a 413 before it is read.
+        max_images: Most images in one request (``--max-images-per-request``).
+        timeout_s: Deadline per request (``--timeout-s``); also the shutdown grace period.
+        max_queue: Most images waiting for inference (``--max-queue``); beyond it a 503.
+        batch_delay_ms: How long to gather concurrent requests into one batch (``--batch-delay-ms``);
+            0 runs each request as its own batch (bitwise equal to ``imgclf predict``).
+        api_key: The key every guarded route needs as ``Authorization: Bearer KEY`` (None: no key).
+    """
+
+    max_body_bytes: int = 20 * MB
+    max_images: int = 64
+    timeout_s: float = 30.0
+    max_queue: int = 1024
+    batch_delay_ms: float = 0.0
+    api_key: bytes | None = None

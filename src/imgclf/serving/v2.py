@@ -1,0 +1,101 @@
+"""The Open Inference Protocol v2 subset (KServe / Triton): health, metadata, infer, repository load.
+
+``infer`` takes one input: ``BYTES`` (base64-encoded image files, decoded by the one image path) or
+``FP32`` ``[N, 3, H, W]`` already preprocessed; it answers ``probabilities`` ``FP32 [N, C]``.
+
+Usage::
+
+    add_v2(fastapi_app, state)      # state: imgclf.serving.app.ServerState
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from imgclf._version import __version__
+from imgclf.serving.inputs import HTTPProblem, parse_v2
+
+PLATFORM = "imgclf_pytorch"
+
+
+def _metadata(served: Any) -> dict[str, Any]:
+    spec = served.classifier.preprocess
+    return {
+        "name": served.name,
+        "versions": ["1"],
+        "platform": PLATFORM,
+        "inputs": [
+            {"name": "images", "datatype": "BYTES", "shape": [-1]},
+            {"name": "input", "datatype": "FP32", "shape": [-1, 3, spec.height, spec.width]},
+        ],
+        "outputs": [
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, served.classifier.num_classes]}
+        ],
+        "parameters": {"class_names": list(served.classifier.class_names), "digest": served.digest},
+    }
+
+
+def add_v2(app: FastAPI, state: Any) -> None:
+    """Register the v2 routes on ``app``."""
+
+    @app.get("/v2")
+    async def server_metadata() -> dict[str, Any]:
+        return {"name": "imgclf", "version": __version__, "extensions": ["model_repository"]}
+
+    @app.get("/v2/health/live")
+    async def live() -> dict[str, Any]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def ready() -> JSONResponse:
+        if state.draining:
+            return JSONResponse({"ready": False, "error": "server is shutting down"}, 503)
+        return JSONResponse({"ready": True})
+
+    @app.get("/v2/models/{name}")
+    async def model_metadata(name: str) -> dict[str, Any]:
+        return _metadata(state.model(name))
+
+    @app.get("/v2/models/{name}/ready")
+    async def model_ready(name: str) -> JSONResponse:
+        state.model(name)
+        return JSONResponse({"name": name, "ready": not state.draining}, 503 if state.draining else 200)
+
+    @app.post("/v2/models/{name}/infer")
+    async def infer(request: Request, name: str) -> dict[str, Any]:
+        served = state.model(name)
+        body = await request.body()
+        kind, payload, request_id = parse_v2(body, served, state.settings.max_images)
+        if kind == "bytes":
+            preds = await state.infer(request, served, images=payload)
+            bad = [p for p in preds if p.error is not None]
+            if bad:  # v2 has no per-item errors: the request fails with the first image's message
+                raise HTTPProblem(422, f"input image {preds.index(bad[0])}: {bad[0].error}")
+            classes = served.classifier.class_names
+            rows = [[p.probabilities[c] for c in classes] for p in preds]
+        else:
+            rows = (await state.infer(request, served, tensor=payload)).tolist()
+        state.metrics.images.labels(served.name).inc(len(rows))
+        out = {
+            "model_name": served.name,
+            "model_version": "1",
+            "outputs": [
+                {
+                    "name": "probabilities",
+                    "datatype": "FP32",
+                    "shape": [len(rows), served.classifier.num_classes],
+                    "data": [v for row in rows for v in row],
+                }
+            ],
+        }
+        if request_id is not None:
+            out["id"] = request_id
+        return out
+
+    @app.post("/v2/repository/models/{name}/load")
+    async def load(name: str) -> dict[str, Any]:
+        served = await state.reload(name)
+        return {"name": name, "loaded": True, "digest": served.digest}

@@ -1,0 +1,250 @@
+"""The steps of a training run, in order; :func:`imgclf.training.pipeline.train` calls them.
+
+check outputs → (lock, plan) → decode splits → start record → fit → final classifier → save model →
+write reports. Each takes what it needs and returns what the next one uses.
+
+Usage::
+
+    out = check_outputs("m.imgclf", None, None, resume=False)
+    decoded = decode_splits(ds, config, cache, skip_bad=False, progress=None, log=print)
+    record = start_record(ds, decoded, config, out, device, None, False, 0, False, print)
+    final = final_classifier(config, state, decoded, ds.class_names)      # after fit
+    save_model(final, record, state, decoded.get("validation"), out.model)
+    outputs = write_reports(state, final.evaluation, out, print)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from imgclf import modelfile
+from imgclf.classifier import Classifier
+from imgclf.config import TrainConfig
+from imgclf.data.decode import (
+    DecodedSplit,
+    bad_files_error,
+    duplicate_report,
+    file_table,
+    load_split,
+    table_fingerprint,
+)
+from imgclf.data.folders import Dataset
+from imgclf.errors import DatasetError
+from imgclf.evaluation import Evaluation, evaluate_probabilities
+from imgclf.fileio import atomic_write_text, check_writable
+from imgclf.images.read import read_bytes
+from imgclf.modelfile.weights import copy_to_cpu
+from imgclf.plots import have_matplotlib, require_matplotlib
+from imgclf.progress import Log
+from imgclf.reports import format_report, write_history
+from imgclf.training.record import RunRecord
+from imgclf.training.resume import ResumePlan, check_data
+from imgclf.training.runfolder import (
+    default_run_dir,
+    require_run_dir,
+    write_record,
+)
+from imgclf.training.state import TrainState, final_weights
+
+DecodeProgress = Callable[[str, int], Callable[[int], None] | None]
+
+
+@dataclass
+class FinalModel:
+    """The classifier a run saves, the epoch its weights are from, and its evaluation (if any split had
+    images: ``split`` is ``testing``, or ``validation`` without a testing split)."""
+
+    classifier: Classifier
+    epoch: int
+    evaluation: Evaluation | None
+    split: str
+
+
+@dataclass
+class Outputs:
+    """Where a training writes, decided and checked before anything is decoded.
+
+    Attributes:
+        model: The model file.
+        run_dir: The run folder (lock, ``run.json``, checkpoints, history, reports).
+        plot: Where the training plot goes (the user's path, or ``RUN/plot.png``).
+        explicit_plot: The user's plot path (absolute), recorded for ``--resume``; else ``None``.
+        can_plot: Whether matplotlib is installed.
+    """
+
+    model: str
+    run_dir: str
+    plot: str
+    explicit_plot: str | None
+    can_plot: bool
+
+
+def check_outputs(
+    model_path: str | os.PathLike,
+    run_dir: str | os.PathLike | None,
+    plot_path: str | os.PathLike | None,
+    *,
+    resume: bool,
+) -> Outputs:
+    """Decide where the run writes and check those places, before any work.
+
+    Raises:
+        StorageError: An output is not writable. UsageError: A plot is asked for without matplotlib.
+        ResumeError: ``resume`` and the run folder does not exist.
+    """
+    model = os.fspath(model_path)
+    folder = os.fspath(run_dir) if run_dir else default_run_dir(model)
+    check_writable(model, "model file")
+    if plot_path:
+        check_writable(plot_path, "plot")
+        require_matplotlib("a training plot", "pip install 'imgclf[plots]', or train without --plot")
+    if resume:  # before anything creates the folder
+        require_run_dir(folder)
+    return Outputs(
+        model=model,
+        run_dir=folder,
+        plot=os.fspath(plot_path) if plot_path else os.path.join(folder, "plot.png"),
+        explicit_plot=os.path.abspath(plot_path) if plot_path else None,
+        can_plot=have_matplotlib(),
+    )
+
+
+def decode_splits(
+    ds: Dataset,
+    config: TrainConfig,
+    cache: Any,
+    *,
+    skip_bad: bool,
+    progress: DecodeProgress | None,
+    log: Log,
+) -> dict[str, DecodedSplit]:
+    """Decode every split once (through ``cache`` if given); all bad files are reported in one error.
+
+    Raises:
+        DatasetError: Undecodable files (without ``skip_bad``), or no usable training image.
+    """
+    decoded: dict[str, DecodedSplit] = {}
+    for split, samples in ds.splits.items():
+        tick = progress(split, len(samples)) if progress and samples else None
+        # Decode every split before judging, so all bad files are reported in one error.
+        decoded[split] = load_split(samples, config.preprocess, skip_bad=True, progress=tick, cache=cache)
+    bad = [item for dec in decoded.values() for item in dec.skipped]
+    if bad and not skip_bad:
+        raise bad_files_error(bad)
+    for path, why in bad:
+        log(f"warning: skipped {path}: {why}")
+    if len(decoded["training"]) == 0:
+        raise DatasetError(
+            "no usable training images",
+            received=ds.root,
+            expected="at least one image per class",
+            fix="add images to the training folders",
+        )
+    dupes = duplicate_report(decoded)
+    if dupes:
+        log(f"warning: {dupes}")
+    return decoded
+
+
+def start_record(
+    ds: Dataset,
+    decoded: dict[str, DecodedSplit],
+    config: TrainConfig,
+    out: Outputs,
+    device: torch.device,
+    plan: ResumePlan | None,
+    skip_bad: bool,
+    probes_from: int,
+    force: bool,
+    log: Log,
+) -> RunRecord:
+    """Fingerprint the decoded data, check it against a resumed run, and write ``run.json``.
+
+    Raises:
+        ResumeError: On resume, if file contents changed since the checkpoint (without ``force``).
+    """
+    files = file_table(ds, decoded)
+    fingerprint = table_fingerprint(ds.class_names, files)
+    if plan is not None:
+        check_data(plan, ds, decoded, fingerprint, force=force, log=log)
+    record = RunRecord.start(
+        ds,
+        decoded,
+        files,
+        fingerprint,
+        config,
+        model_path=out.model,
+        plot=out.explicit_plot,
+        skip_bad=skip_bad,
+        probes_from=probes_from,
+        device=device,
+        resumed=(plan.record["run_id"], plan.checkpoint.name) if plan is not None else None,
+    )
+    write_record(out.run_dir, record.run_json())
+    return record
+
+
+def final_classifier(
+    config: TrainConfig, state: TrainState, decoded: dict[str, DecodedSplit], class_names: list[str]
+) -> FinalModel:
+    """The classifier to save (``keep=best``: the best epoch's weights), its epoch, and its evaluation.
+
+    It is evaluated on the testing split, or the validation split when there is no testing split, with
+    the prediction path (float32), so the report equals what ``imgclf evaluate`` gives for the file.
+    """
+    model, epoch = final_weights(config, state)
+    classifier = Classifier(copy_to_cpu(model), class_names, config.preprocess, config.arch, config.arch_args)
+    split = "testing" if len(decoded["testing"]) else "validation"
+    dec = decoded[split]
+    if not len(dec):
+        return FinalModel(classifier, epoch, None, split)
+    probs = classifier.predict_proba_uint8(dec.images, batch_size=config.eval_batch_size)
+    evaluation = evaluate_probabilities(probs, dec.labels, dec.paths, class_names)
+    return FinalModel(classifier, epoch, evaluation, split)
+
+
+def save_model(
+    final: FinalModel,
+    record: RunRecord,
+    state: TrainState,
+    validation: DecodedSplit | None,
+    model_path: str,
+) -> None:
+    """Write the model file, with the record's provenance and ``record.probes_from`` extra probes."""
+    # The metrics of the epoch whose weights are saved (with keep=best, not necessarily the last).
+    saved = [r for r in state.history if r["epoch"] == final.epoch] or state.history[-1:] or [{}]
+    metrics: dict[str, Any] = {k: v for k, v in saved[0].items() if k != "epoch"}
+    if final.evaluation is not None:
+        metrics[f"{final.split}_accuracy"] = final.evaluation.accuracy
+        metrics[f"{final.split}_macro_f1"] = final.evaluation.report["macro avg"]["f1-score"]
+    final.classifier.manifest["provenance"] = record.provenance(state, epoch=final.epoch, metrics=metrics)
+    extra = [read_bytes(path) for path in validation.paths[: record.probes_from]] if validation else []
+    modelfile.save(final.classifier, model_path, extra_probes=extra)
+
+
+def write_reports(
+    state: TrainState, evaluation: Evaluation | None, out: Outputs, log: Log
+) -> dict[str, str]:
+    """History (JSON, CSV), the text and JSON report, and the plot; returns ``{what: path}``."""
+    outputs = {"model": out.model, "plot": out.plot} if out.can_plot else {"model": out.model}
+    outputs["history_json"] = os.path.join(out.run_dir, "history.json")
+    outputs["history_csv"] = os.path.join(out.run_dir, "history.csv")
+    write_history(state.history, outputs["history_json"], outputs["history_csv"], state.timings)
+    if evaluation is not None:
+        outputs["report_txt"] = os.path.join(out.run_dir, "report.txt")
+        outputs["report_json"] = os.path.join(out.run_dir, "report.json")
+        atomic_write_text(outputs["report_txt"], format_report(evaluation.report))
+        atomic_write_text(outputs["report_json"], json.dumps(evaluation.to_dict(), indent=2) + "\n")
+    if out.can_plot:
+        from imgclf.plots import plot_history
+
+        plot_history(state.history, out.plot)
+    else:
+        log("warning: no training plot: matplotlib is not installed (pip install 'imgclf[plots]')")
+    return outputs
