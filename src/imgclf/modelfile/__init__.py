@@ -177,7 +177,12 @@ def serialize(classifier: Classifier, *, extra_probes: list[bytes] | None = None
         "preprocess": spec.to_dict(),
         "decode_rule": DECODE_RULE,
         "probes": [
-            {"kind": r.kind, "input_sha256": r.input_sha256, "probabilities": r.probabilities}
+            {
+                "kind": r.kind,
+                "input_sha256": r.input_sha256,
+                "probabilities": r.probabilities,
+                "label": {"index": r.label_index, "name": r.label_name},
+            }
             for r in records
         ],
         "provenance": fit_provenance(provenance),
