@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.imgclf-installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean mutation
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,15 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_cpu.py
 
+# Mutation testing (docs/testing.md); not part of `make test`. MUTANTS narrows the run, e.g.
+# make mutation MUTANTS='imgclf.evaluation.*'
+MUTANTS ?= imgclf.images.* imgclf.modelfile.* imgclf.training.optim.* imgclf.training.schedule.* imgclf.evaluation.*
+mutation: $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,mutation]'
+	rm -rf mutants
+	$(PY) -m mutmut run --max-children 2 $(foreach m,$(MUTANTS),'$(m)')
+	$(PY) -m mutmut results
+
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache
+	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache mutants
 	@echo "kept the decode cache: $${IMGCLF_CACHE_DIR:-$${XDG_CACHE_HOME:-$$HOME/.cache}/imgclf} (see its size: imgclf cache info; delete it: imgclf cache clear)"

@@ -13,6 +13,7 @@ import pytest
 
 import imgclf
 from imgclf import classifier, config, errors, evaluation, modelfile
+from imgclf.interop import files
 from imgclf.training import loop, pipeline
 
 PACKAGE = Path(imgclf.__file__).parent
@@ -26,10 +27,10 @@ HOMES = {
     "TrainConfig": config,
     "PreprocessSpec": config,
     "AugmentSpec": config,
-    "load": modelfile,
+    "load": files,  # dispatches to modelfile or, for an .onnx, to interop.onnx_runtime
     "save": modelfile,
-    "verify": modelfile,
-    "inspect": modelfile,
+    "verify": files,
+    "inspect": files,
     "Classifier": classifier,
     "Prediction": classifier,
     "evaluate_dataset": evaluation,

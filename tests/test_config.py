@@ -268,7 +268,8 @@ def test_defaults_reproduce_the_recipe() -> None:
         0.9,
         0.0,
     )
-    assert (cfg.preprocess.height, cfg.preprocess.width, cfg.preprocess.rescale) == (64, 64, 1 / 255)
+    pre = cfg.preprocess
+    assert (pre.height, pre.width, pre.rescale, pre.interpolation) == (64, 64, 1 / 255, "bilinear")
     aug = cfg.augment
     ranges = (aug.rotation, aug.zoom, aug.width_shift, aug.height_shift, aug.shear)
     assert ranges == (20.0, 0.05, 0.05, 0.05, 0.05)

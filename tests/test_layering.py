@@ -61,7 +61,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "plots": _LIBRARY,
     "training": {"data", "evaluation", "reports", "plots"} | _LIBRARY,
     # Beside cli, over the library: never training or cli.
-    "serving": _LIBRARY,
+    "serving": {"interop"} | _LIBRARY,  # interop.files: one loader for .imgclf and .onnx files
     "interop": _LIBRARY,
     "cli": {"training", "data", "evaluation", "reports", "plots", "serving", "interop"} | _LIBRARY,
     "main": {"cli"},

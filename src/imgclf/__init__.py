@@ -8,7 +8,7 @@ Usage::
 
     import imgclf
     result = imgclf.train("dataset", "model.imgclf", imgclf.TrainConfig(epochs=25))
-    clf = imgclf.load("model.imgclf")
+    clf = imgclf.load("model.imgclf")                # or an .onnx from `imgclf export`: no torch needed
     print(clf.predict(["cell.png"])[0].label)
 """
 
@@ -50,6 +50,8 @@ __all__ = [
     "RunFinished",
     "Interrupted",
     "PartialFailure",
+    "ExportError",
+    "OutOfMemory",
 ]
 
 # name -> the module that defines it (imported on first use of the name).
@@ -62,10 +64,10 @@ _HOME = {
     "TrainConfig": "imgclf.config",
     "PreprocessSpec": "imgclf.config",
     "AugmentSpec": "imgclf.config",
-    "load": "imgclf.modelfile",
+    "load": "imgclf.interop.files",  # .imgclf or .onnx, told apart by the file's first bytes
     "save": "imgclf.modelfile",
-    "verify": "imgclf.modelfile",
-    "inspect": "imgclf.modelfile",
+    "verify": "imgclf.interop.files",
+    "inspect": "imgclf.interop.files",
     "Classifier": "imgclf.classifier",
     "Prediction": "imgclf.classifier",
     "evaluate_dataset": "imgclf.evaluation",
@@ -80,6 +82,8 @@ _HOME = {
     "RunFinished": "imgclf.errors",
     "Interrupted": "imgclf.errors",
     "PartialFailure": "imgclf.errors",
+    "ExportError": "imgclf.errors",
+    "OutOfMemory": "imgclf.errors",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -87,10 +91,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from imgclf.config import AugmentSpec, PreprocessSpec, TrainConfig
     from imgclf.errors import (
         DatasetError,
+        ExportError,
         ImageError,
         ImgclfError,
         Interrupted,
         ModelFileError,
+        OutOfMemory,
         PartialFailure,
         ResumeError,
         RunFinished,
@@ -98,7 +104,8 @@ if TYPE_CHECKING:  # pragma: no cover
         UsageError,
     )
     from imgclf.evaluation import Evaluation, evaluate_dataset
-    from imgclf.modelfile import inspect, load, save, verify
+    from imgclf.interop.files import inspect, load, verify
+    from imgclf.modelfile import save
     from imgclf.training.loop import Callback
     from imgclf.training.pipeline import TrainResult, resume_run, train
     from imgclf.training.progress import EpochProgress
@@ -117,6 +124,8 @@ def __getattr__(name: str) -> Any:
         from imgclf.training import progress as mod
     elif home == "imgclf.config":
         from imgclf import config as mod
+    elif home == "imgclf.interop.files":
+        from imgclf.interop import files as mod
     elif home == "imgclf.modelfile":
         from imgclf import modelfile as mod
     elif home == "imgclf.classifier":

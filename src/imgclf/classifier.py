@@ -13,16 +13,18 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from imgclf.config import PreprocessSpec
 from imgclf.errors import ImageError, UsageError
 from imgclf.images.preprocess import ImageSource, preprocess_uint8, to_tensor
-from imgclf.images.read import describe_source
+from imgclf.images.read import MAX_PIXELS, checked_max_pixels, describe_source
+
+if TYPE_CHECKING:  # torch is imported where the network runs: an ONNX classifier subclass needs none
+    import torch
+    from torch import nn
 
 _SINGLE = (str, os.PathLike, bytes, bytearray, memoryview, np.ndarray)
 
@@ -67,6 +69,8 @@ def predict_logits(
 
     Shared by training-time evaluation and prediction so both see identical input tensors.
     """
+    import torch
+
     device = torch.device(device)
     n = len(images)
     batch_size = max(1, min(batch_size, MAX_BATCH_PIXELS // (spec.height * spec.width)))
@@ -115,6 +119,9 @@ class Classifier:
         arch: Registered architecture name the model was built from.
         arch_args: Builder arguments for ``arch``.
         manifest: Provenance and other metadata read from (or to be written to) the model file.
+        device: Where the model runs.
+        max_pixels: Images with more pixels are refused before decoding (at most the library's
+            ``MAX_PIXELS``; a server lowers it to bound memory per request).
     """
 
     def __init__(
@@ -126,13 +133,17 @@ class Classifier:
         arch_args: dict[str, Any],
         manifest: dict[str, Any] | None = None,
         device: torch.device | str = "cpu",
+        max_pixels: int = MAX_PIXELS,
     ) -> None:
+        import torch
+
         self.class_names = list(class_names)
         self.preprocess = preprocess
         self.arch = arch
         self.arch_args = dict(arch_args)
         self.manifest = dict(manifest or {})
         self.device = torch.device(device)
+        self.max_pixels = checked_max_pixels(max_pixels)
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
 
     @property
@@ -149,12 +160,27 @@ class Classifier:
 
     def predict_proba_uint8(self, images: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
         """Probabilities (N, C) for already-preprocessed uint8 images (N, H, W, 3)."""
+        import torch
+
         logits = predict_logits(
             self.model, images, self.preprocess, batch_size=batch_size, device=self.device
         )
         if logits.numel() == 0:
             return np.zeros((0, self.num_classes), dtype=np.float32)
         return torch.softmax(logits, dim=1).numpy()
+
+    def predict_proba_input(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities (N, C) for an already-scaled float32 input (N, 3, H, W), e.g. from ``to_array``.
+
+        The seam for callers that preprocess themselves (a server's tensor protocol); an
+        ``OnnxClassifier`` answers the same call through onnxruntime.
+        """
+        import torch
+
+        with torch.inference_mode():
+            t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+            logits = self.model(t.contiguous(memory_format=torch.channels_last)).float()
+            return torch.softmax(logits, dim=1).cpu().numpy()
 
     def _stack(
         self, images: Sequence[ImageSource], channel_order: str, errors: str
@@ -164,7 +190,9 @@ class Classifier:
         failures: list[str | None] = [None] * len(images)
         for i, source in enumerate(images):
             try:
-                arrays[i] = preprocess_uint8(source, spec, channel_order=channel_order)
+                arrays[i] = preprocess_uint8(
+                    source, spec, channel_order=channel_order, max_pixels=self.max_pixels
+                )
             except ImageError as exc:
                 if errors == "raise":
                     raise

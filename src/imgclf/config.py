@@ -12,6 +12,7 @@ Usage::
     spec = PreprocessSpec(height=64, width=64, interpolation="nearest")
     assert PreprocessSpec.from_dict(spec.to_dict()) == spec
     cfg = TrainConfig(epochs=5)  # validated on construction: an invalid config cannot exist
+    stable = TrainConfig.from_recipe("stable", epochs=30)  # a preset, then overrides
 """
 
 from __future__ import annotations
@@ -28,9 +29,24 @@ FillMode = Literal["nearest", "constant", "reflect"]
 Precision = Literal["auto", "fp32", "bf16"]
 Keep = Literal["best", "last"]
 Monitor = Literal["val_loss", "val_accuracy"]
+Recipe = Literal["seed", "stable"]
+Schedule = Literal["time_decay", "cosine"]
 INTERPOLATIONS: tuple[str, ...] = typing.get_args(Interpolation)
 FILL_MODES: tuple[str, ...] = typing.get_args(FillMode)
 MAX_SIDE = 4096
+# Presets: TrainConfig values that differ from the class defaults (which are the seed recipe). The measured
+# reasons for each stable value are in docs/performance.md ("Recipes").
+RECIPES: dict[str, dict[str, Any]] = {
+    "seed": {},
+    "stable": {
+        "lr": 0.05,
+        "schedule": "cosine",
+        "warmup": 1.0,
+        "nesterov": True,
+        "label_smoothing": 0.1,
+        "ema": 0.998,
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -159,6 +175,16 @@ class TrainConfig(Settings):
         monitor: ``val_loss`` or ``val_accuracy``; used by ``keep=best`` and ``patience``.
         patience: Stop after this many epochs without improvement of ``monitor`` (``None``: never).
         deterministic: Ask PyTorch for deterministic algorithms (GPU; CPU runs are deterministic).
+        recipe: The preset the settings started from (``seed`` | ``stable``, see :data:`RECIPES`); build
+            with :meth:`from_recipe` (or ``from_dict``), which fill unset fields from the preset.
+        schedule: ``time_decay`` (Keras, above) or ``cosine``: per step, linear warm-up from 0 over
+            ``warmup`` epochs, then cosine decay from ``lr`` towards 0 at the end of the last epoch.
+        warmup: Warm-up length in epochs (``cosine`` only).
+        nesterov: Nesterov momentum (Keras' form).
+        clip_norm: Clip the gradients' global L2 norm to this value (``None``: no clipping).
+        ema: Per-step decay of an exponential moving average of the weights (0: off). With it on,
+            validation, ``keep`` and the saved file use the averaged weights, with batch-norm statistics
+            recomputed for them on a share of the unaugmented training images (:mod:`.training.ema`).
     """
 
     arch: str = setting("seed_resnet", "registered architecture (an unknown name lists them)")
@@ -191,6 +217,28 @@ class TrainConfig(Settings):
     deterministic: bool = setting(
         False, "on a GPU, PyTorch's deterministic algorithms (CPU runs are deterministic anyway)"
     )
+    recipe: Recipe = setting(
+        "seed",
+        "preset: seed (the tutorial's) or stable (cosine schedule with warm-up, lr 0.05, Nesterov, label "
+        "smoothing 0.1, weight average 0.998); other flags override single values",
+    )
+    schedule: Schedule = setting("time_decay", "learning-rate schedule (cosine: per-step warm-up + cosine)")
+    warmup: float = setting(0.0, "cosine warm-up in epochs")
+    nesterov: bool = setting(False, "Nesterov momentum")
+    clip_norm: float | None = setting(None, "clip the gradients' global L2 norm", default_text="off")
+    ema: float = setting(0.0, "weight-average decay per step, BN statistics recomputed (0: off)")
+
+    @classmethod
+    def from_recipe(cls, recipe: str, **overrides: Any) -> TrainConfig:
+        """The preset ``recipe`` (see :data:`RECIPES`) with ``overrides`` applied."""
+        return cls.from_dict({**overrides, "recipe": recipe})
+
+    @classmethod
+    def from_dict(cls, data: Any, *, where: str | None = None) -> TrainConfig:
+        """As :meth:`Settings.from_dict`, but keys missing from ``data`` take its ``recipe``'s values."""
+        if isinstance(data, dict) and isinstance(data.get("recipe"), str):
+            data = {**RECIPES.get(data["recipe"], {}), **data}
+        return super().from_dict(data, where=where)
 
     def validated(self) -> TrainConfig:
         """Return self after checking every bound; raise :class:`UsageError` otherwise."""
@@ -243,6 +291,10 @@ class TrainConfig(Settings):
                     expected=kind.__name__,
                     fix=f"build it with {kind.__name__}(...) or TrainConfig.from_dict",
                 )
+        check_number("warmup", self.warmup, 0.0, 100_000.0)
+        check_number("ema", self.ema, 0.0, 0.999999)
+        if self.clip_norm is not None:
+            check_number("clip_norm", self.clip_norm, 1e-6, 1e6)
         return self
 
     @property

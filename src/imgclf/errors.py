@@ -20,6 +20,8 @@ Exit codes (also in the README):
 5     I/O or disk error (unwritable folder, disk full)
 6     resume refused: checkpoint does not match the run
 7     invalid dataset folder
+8     export failed (e.g. the ONNX model disagrees with the PyTorch one); no file written
+9     out of memory
 130   interrupted by SIGINT (Ctrl-C)
 143   interrupted by SIGTERM
 ====  ==========================================================
@@ -137,12 +139,60 @@ class DatasetError(ImgclfError, ValueError):
     exit_code = 7
 
 
+class ExportError(ImgclfError):
+    """An export was refused, e.g. its parity check failed; no file was written (exit code 8)."""
+
+    exit_code = 8
+
+
+class OutOfMemory(ImgclfError):
+    """The work needs more memory than the machine (or its limit) gives (exit code 9)."""
+
+    exit_code = 9
+
+
 class Interrupted(ImgclfError):
     """Work was interrupted by a signal; ``exit_code`` is 130 (SIGINT) or 143 (SIGTERM)."""
 
     def __init__(self, problem: str, *, exit_code: int = 130, fix: str | None = None) -> None:
         self.exit_code = exit_code
         super().__init__(problem, fix=fix)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised by the CLI's handler (exit code 143).
+
+    A ``KeyboardInterrupt``, so every cleanup that runs for Ctrl-C runs for it too, and no
+    ``except Exception`` (a decoder's "bad image") can swallow it.
+    """
+
+
+def limit_error(exc: BaseException) -> ImgclfError | None:
+    """The clear error for an exception that is a machine limit rather than a bug, else ``None``.
+
+    ``MemoryError`` and torch's allocator failures ("DefaultCPUAllocator: can't allocate memory",
+    "CUDA out of memory") become :class:`OutOfMemory` (exit 8); ``RecursionError`` (an input nested
+    too deeply for Python's parsers) becomes a :class:`UsageError` (exit 2).
+    """
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, RecursionError):
+        return UsageError(
+            "input nested too deeply to process",
+            received=text,
+            expected="input (JSON, arguments) nested at most a few dozen levels",
+            fix="simplify the input; run with --debug to see which",
+        )
+    lowered = str(exc).lower()
+    if isinstance(exc, MemoryError) or (
+        isinstance(exc, RuntimeError) and ("can't allocate memory" in lowered or "out of memory" in lowered)
+    ):
+        return OutOfMemory(
+            "out of memory",
+            received=text,
+            expected="work that fits in the memory available",
+            fix="use a smaller --batch-size or --size, a lower --max-pixels, or free memory",
+        )
+    return None
 
 
 EXIT_CODES: dict[str, int] = {
@@ -154,6 +204,8 @@ EXIT_CODES: dict[str, int] = {
     "storage": StorageError.exit_code,
     "resume": ResumeError.exit_code,
     "dataset": DatasetError.exit_code,
+    "export_failed": ExportError.exit_code,
+    "memory": OutOfMemory.exit_code,
     "sigint": 130,
     "sigterm": 143,
 }

@@ -225,11 +225,14 @@ def evaluate_dataset(
     from imgclf.data.folders import scan_dataset
     from imgclf.data.heldout import ALL, heldout_split
 
-    cache = open_cache(classifier.preprocess, cache_dir) if use_cache else None
+    cap = classifier.max_pixels
+    cache = open_cache(classifier.preprocess, cache_dir, max_pixels=cap) if use_cache else None
 
     def decode(samples: list, what: str) -> Any:
         bar = progress(f"decoding {what}", len(samples)) if progress and samples else None
-        return load_split(samples, classifier.preprocess, skip_bad=True, cache=cache, progress=bar)
+        return load_split(
+            samples, classifier.preprocess, skip_bad=True, cache=cache, progress=bar, max_pixels=cap
+        )
 
     ds = scan_dataset(dataset, val_split=0.0, test_split=0.0)
     _check_classes(ds.class_names, classifier.class_names)

@@ -17,13 +17,19 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from imgclf.errors import safe_text
 from imgclf.fileio import atomic_write_text
 
 
 def format_report(report: dict[str, Any], digits: int = 4) -> str:
-    """Render a report as text, character for character scikit-learn's layout."""
+    """Render a report as text, character for character scikit-learn's layout.
+
+    Control characters in class names (a newline, an ANSI escape) are escaped, so each class stays
+    one row of the table on a terminal and in ``report.txt``.
+    """
     rows = [k for k in report if k not in ("accuracy", "macro avg", "weighted avg")]
-    width = max([len(r) for r in rows] + [len("weighted avg"), digits])
+    names = {r: safe_text(r) for r in rows}
+    width = max([len(n) for n in names.values()] + [len("weighted avg"), digits])
     keys = ("precision", "recall", "f1-score")
     head = f"{'':>{width}s} " + "".join(f" {h:>9}" for h in (*keys, "support"))
     lines = [head, ""]
@@ -31,7 +37,7 @@ def format_report(report: dict[str, Any], digits: int = 4) -> str:
     def row(name: str, r: dict[str, Any]) -> str:
         return f"{name:>{width}s} " + "".join(f" {r[k]:>9.{digits}f}" for k in keys) + f" {r['support']:>9}"
 
-    lines += [row(name, report[name]) for name in rows]
+    lines += [row(names[name], report[name]) for name in rows]
     lines.append("")
     total = report["macro avg"]["support"]
     lines.append(

@@ -129,7 +129,8 @@ def test_verify_cli_prints_each_check_and_exits_3_with_one_line_on_drift(model_f
     assert main(["verify", str(model_file)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[-1] == "verified: the model behaves exactly as when it was saved"
-    assert all(line.startswith("ok") for line in out[:-1]) and len(out) == 11
+    # structure, architecture, then per probe: preprocessing, output and label (4 probes), then the verdict
+    assert all(line.startswith("ok") for line in out[:-1]) and len(out) == 15
 
     def edit(m):
         p = m["probes"][3]["probabilities"]

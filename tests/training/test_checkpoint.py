@@ -18,6 +18,7 @@ import torch
 from safetensors import safe_open
 
 from helpers import assert_same_tensors, flip_file, make_dataset, tiny_train_config
+from imgclf.config import RECIPES
 from imgclf.data.decode import load_split
 from imgclf.data.folders import scan_dataset
 from imgclf.errors import ResumeError
@@ -239,3 +240,34 @@ def test_a_checkpoint_from_another_torch_version_loads_with_a_warning(splits, tm
     notes: list[str] = []
     restore.restore(create_state(CONFIG, 2), ckpt.read_checkpoint(path), log=notes.append)
     assert any("torch 2" in n and "9.9.9" in n and "bit for bit" in n for n in notes), notes
+
+
+# --- the stable recipe's extra state: the weight average and the last averaged weights ------------
+
+STABLE = CONFIG.replace(recipe="stable", **RECIPES["stable"], clip_norm=1.0)
+
+
+@pytest.fixture(scope="module")
+def stable_reference(splits):
+    return fit(STABLE, create_state(STABLE, 2), *splits)
+
+
+@pytest.mark.parametrize("at", [2, 4, 6], ids=["in-epoch-1", "after-epoch-1", "in-epoch-2"])
+def test_stable_recipe_resumes_bitwise_with_its_weight_average(at, splits, stable_reference, tmp_path):
+    stopped = fit(STABLE, create_state(STABLE, 2), *splits, should_stop=_stopper(at))
+    path = ckpt.write_checkpoint(tmp_path, stopped, STABLE, INFO)
+    saved = ckpt.read_checkpoint(path)
+    names = {k for k in saved.tensors if k.startswith("ema.")}
+    assert names == {f"ema.{k}" for k, _ in stopped.model.named_parameters()}
+    assert any(k.startswith("averaged.") for k in saved.tensors) == (stopped.epoch > 0)
+    fresh = create_state(STABLE, 2)
+    restore.restore(fresh, saved, log=pytest.fail)
+    resumed = fit(STABLE, fresh, *splits)
+    _same_state(resumed, stable_reference)
+    assert_same_tensors(resumed.ema, stable_reference.ema)
+    assert_same_tensors(resumed.averaged, stable_reference.averaged)
+
+
+def test_the_seed_recipe_checkpoint_has_no_average(splits, reference, tmp_path):
+    saved = ckpt.read_checkpoint(ckpt.write_checkpoint(tmp_path, reference, CONFIG, INFO))
+    assert reference.ema is None and not any(k.startswith(("ema.", "averaged.")) for k in saved.tensors)

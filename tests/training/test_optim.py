@@ -11,10 +11,13 @@ import torch
 from imgclf.training.optim import KerasSGD
 
 
-def _scalar_run(lrs: list[float], momentum: float = 0.9, weight_decay: float = 0.0) -> list[float]:
+def _scalar_run(
+    lrs: list[float], momentum: float = 0.9, weight_decay: float = 0.0, nesterov: bool = False
+) -> list[float]:
     """Minimise ``loss = w`` (gradient 1) from w = 1 with the given learning rate per step."""
     w = torch.nn.Parameter(torch.tensor(1.0, dtype=torch.float64))
-    opt = KerasSGD([{"params": [w], "weight_decay": weight_decay}], lr=lrs[0], momentum=momentum)
+    groups = [{"params": [w], "weight_decay": weight_decay}]
+    opt = KerasSGD(groups, lr=lrs[0], momentum=momentum, nesterov=nesterov)
     seen = []
     for lr in lrs:
         opt.param_groups[0]["lr"] = lr
@@ -29,6 +32,12 @@ def test_the_learning_rate_is_folded_into_the_velocity_as_keras_does():
     # Keras: v1 = -0.1, w1 = 0.9; v2 = 0.9 * -0.1 - 0.05 = -0.14, w2 = 0.76.
     # (PyTorch's rule would give b2 = 1.9, w2 = 0.9 - 0.05 * 1.9 = 0.805.)
     assert _scalar_run([0.1, 0.05]) == pytest.approx([0.9, 0.76], abs=1e-12)
+
+
+def test_nesterov_steps_with_the_velocity_looked_ahead_as_keras_does():
+    # Keras: v1 = -0.1, w1 = 1 + 0.9 * -0.1 - 0.1 = 0.81; v2 = -0.09 - 0.05 = -0.14,
+    # w2 = 0.81 + 0.9 * -0.14 - 0.05 = 0.634.
+    assert _scalar_run([0.1, 0.05], nesterov=True) == pytest.approx([0.81, 0.634], abs=1e-12)
 
 
 def test_l2_enters_the_gradient_before_the_momentum():
@@ -49,6 +58,22 @@ def test_with_a_constant_learning_rate_it_matches_pytorch_sgd():
     b.load_state_dict(a.state_dict())
     ours = KerasSGD([{"params": a.parameters(), "weight_decay": 1e-3}], lr=0.05, momentum=0.9)
     ref = torch.optim.SGD(b.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+    x = torch.randn(16, 8)
+    for _ in range(20):
+        for model, opt in ((a, ours), (b, ref)):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_nesterov_with_a_constant_learning_rate_matches_pytorch_sgd():
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(8, 3), torch.nn.Linear(8, 3)
+    b.load_state_dict(a.state_dict())
+    ours = KerasSGD([{"params": a.parameters(), "weight_decay": 1e-3}], lr=0.05, momentum=0.9, nesterov=True)
+    ref = torch.optim.SGD(b.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3, nesterov=True)
     x = torch.randn(16, 8)
     for _ in range(20):
         for model, opt in ((a, ours), (b, ref)):

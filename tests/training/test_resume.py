@@ -30,11 +30,13 @@ from helpers import (
     shape_image,
     tiny_train_config,
 )
+from imgclf.data.folders import scan_dataset
 from imgclf.errors import Interrupted, ResumeError, StorageError, UsageError
 from imgclf.fileio import TMP_SUFFIX
 from imgclf.training import checkpoint as ckpt
 from imgclf.training.loop import Callback
 from imgclf.training.pipeline import resume_run, train
+from imgclf.training.resume import plan_resume
 
 CONFIG = tiny_train_config(epochs=3, keep="best")  # tiny_dataset: 24 training images, 3 steps per epoch
 
@@ -201,6 +203,31 @@ def test_a_full_disk_mid_run_costs_one_epoch_at_most(dataset, reference, tmp_pat
     monkeypatch.undo()
     resume_run(tmp_path / "m-run")
     assert_same_run(tmp_path / "m.imgclf", tmp_path / "m-run", *reference)
+
+
+def test_the_stable_recipe_interrupted_in_an_epoch_resumes_to_the_identical_file(dataset, tmp_path):
+    """The weight average and the averaged weights travel through the checkpoint; keep=last saves them."""
+    from imgclf.config import RECIPES
+
+    stable = CONFIG.replace(recipe="stable", **RECIPES["stable"], keep="last")
+    reference = tmp_path / "ref" / "m.imgclf"
+    reference.parent.mkdir()
+    train(dataset, reference, stable)
+    model = tmp_path / "m.imgclf"
+    with pytest.raises(Interrupted):
+        train(dataset, model, stable, callbacks=[SignalAt(2, 1)])
+    newest = ckpt.read_checkpoint(ckpt.list_checkpoints(tmp_path / "m-run")[0])
+    assert any(k.startswith("ema.") for k in newest.tensors)
+    notes: list[str] = []
+    ds = scan_dataset(dataset, val_split=stable.val_split, test_split=stable.test_split, seed=stable.seed)
+    plan_resume(tmp_path / "m-run", stable.replace(epochs=5), ds, force=False, log=notes.append)
+    assert notes == [
+        "note: training for 5 epochs instead of 3; the cosine schedule is re-planned over 5 epochs, "
+        "so the learning rate jumps where it resumes"
+    ]
+    resume_run(tmp_path / "m-run")
+    assert_same_run(model, tmp_path / "m-run", reference, reference.with_name("m-run"))
+    assert imgclf.load(model).manifest["provenance"]["training"]["recipe"] == "stable"
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ import sys
 from typing import NoReturn
 
 EPILOG = """exit codes: 0 ok, 1 internal error, 2 usage, 3 invalid model file, 4 invalid image (or some images
-failed), 5 I/O or disk, 6 resume refused, 7 invalid dataset, 130 interrupted (Ctrl-C), 143 terminated"""
+failed), 5 I/O or disk, 6 resume refused, 7 invalid dataset, 8 export failed, 9 out of memory,
+130 interrupted (Ctrl-C), 143 terminated"""
 
 
 class Parser(argparse.ArgumentParser):
@@ -84,6 +85,24 @@ def key_value(text: str) -> tuple[str, object]:
         return key, json.loads(value)
     except json.JSONDecodeError:
         return key, value
+    except RecursionError:
+        raise argparse.ArgumentTypeError(f"{key}: JSON value nested too deeply") from None
+
+
+def add_max_pixels_flag(group: argparse._ActionsContainer) -> None:
+    """``--max-pixels N``: refuse images with more pixels (bounds decoding memory; can only lower the cap)."""
+    group.add_argument(
+        "--max-pixels",
+        type=int,
+        metavar="N",
+        help="refuse images with more than N pixels before decoding them (default and upper bound: "
+        "imgclf's built-in cap; decoding costs about 10 bytes per pixel)",
+    )
+
+
+def max_pixels_option(args: argparse.Namespace) -> dict[str, int]:
+    """``{"max_pixels": N}`` when ``--max-pixels`` was given, else ``{}`` (the library's default)."""
+    return {} if getattr(args, "max_pixels", None) is None else {"max_pixels": args.max_pixels}
 
 
 def add_cache_flags(group: argparse._ActionsContainer) -> None:
@@ -97,7 +116,12 @@ def add_cache_flags(group: argparse._ActionsContainer) -> None:
 
 
 def err(text: str) -> None:
-    """One line on stderr, control characters escaped."""
+    """One line on stderr, control characters escaped; never on stdout, even when stderr is closed."""
     from imgclf.errors import safe_text
 
-    print(f"imgclf: {safe_text(text)}", file=sys.stderr, flush=True)
+    if sys.stderr is None:  # print(file=None) would write to stdout
+        return
+    try:
+        print(f"imgclf: {safe_text(text)}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass  # stderr unwritable (2>/dev/full, closed): the exit code still tells

@@ -13,7 +13,7 @@ import json
 import os
 import sys
 
-from imgclf.cli.common import EPILOG, add_cache_flags
+from imgclf.cli.common import EPILOG, add_cache_flags, add_max_pixels_flag, max_pixels_option
 from imgclf.cli.output import report_text, stdout_line
 
 
@@ -44,6 +44,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("--confusion-plot", metavar="PNG", help="write a confusion-matrix plot")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (listed)")
     add_cache_flags(p)
+    add_max_pixels_flag(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -72,7 +73,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from imgclf.plots import require_matplotlib
 
         require_matplotlib("--confusion-plot", "pip install matplotlib, or drop --confusion-plot")
-    clf = load(args.model)
+    clf = load(args.model, **max_pixels_option(args))
     ev = evaluate_dataset(
         clf,
         args.dataset,

@@ -17,20 +17,23 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
+import threading
 import traceback
 import warnings
 from collections.abc import Sequence
 
 from imgclf._version import __version__
-from imgclf.cli import cache, demo, evaluate, import_keras, model, predict, serve, train
+from imgclf.cli import cache, demo, evaluate, export, import_keras, model, predict, serve, train
 from imgclf.cli.common import EPILOG, Parser, err
-from imgclf.errors import EXIT_CODES, ImgclfError
+from imgclf.cli.output import discard_stdout, stdout_error
+from imgclf.errors import EXIT_CODES, ImgclfError, Terminated, limit_error
 
 # Each module registers its commands with add_parser(sub, common); the order is --help's order.
-COMMAND_MODULES = (train, predict, evaluate, model, serve, import_keras, demo, cache)
+COMMAND_MODULES = (train, predict, evaluate, model, export, serve, import_keras, demo, cache)
 # Commands that run models: the allocator tuning pays off there (see imgclf.cli.allocator).
-HEAVY_COMMANDS = ("train", "predict", "evaluate", "verify", "demo", "serve")
+HEAVY_COMMANDS = ("train", "predict", "evaluate", "verify", "demo", "serve", "export")
 
 
 def build_parser() -> Parser:
@@ -79,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     previous_showwarning = warnings.showwarning
     warnings.showwarning = show
+    previous_sigterm = _catch_sigterm()
     try:
         return args.func(args)
     except ImgclfError as exc:
@@ -86,18 +90,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         err(f"error: {exc}")
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated): cleanups have run on the way out
         if debug:
             traceback.print_exc()
+        if isinstance(exc, Terminated):
+            err("terminated (SIGTERM)")
+            return EXIT_CODES["sigterm"]
         err("interrupted")
         return EXIT_CODES["sigint"]
     except BrokenPipeError:
         # stdout closed early (e.g. piped into `head`): not an error worth a traceback.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        discard_stdout()
         return 0
     except Exception as exc:  # noqa: BLE001 - last resort: one line, traceback only with --debug
         if debug:
             traceback.print_exc()
+        limit = limit_error(exc)
+        if limit is not None:  # a machine limit, not a bug
+            err(f"error: {limit}")
+            return limit.exit_code
         err(
             f"internal error: {type(exc).__name__}: {exc} "
             "(run with --debug for the traceback; please report it)"
@@ -105,6 +116,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CODES["internal"]
     finally:
         warnings.showwarning = previous_showwarning  # main() may be called in-process: leave no global change
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def _catch_sigterm() -> object:
+    """Make SIGTERM raise :class:`Terminated` (as Ctrl-C raises KeyboardInterrupt); return the old handler.
+
+    By default SIGTERM kills the process on the spot, leaving locks, cache and output temporaries behind.
+    Python installs handlers only in the main thread; elsewhere this does nothing (returns None).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 def run() -> None:
@@ -114,10 +142,19 @@ def run() -> None:
     interpreter teardown takes 0.3-1 s (measured) and does nothing a finished command needs — every
     file it wrote is closed and fsynced, worker processes are joined, locks are released.
     """
+    if sys.stderr is None:  # started with stderr closed (2>&-): messages go nowhere, never to stdout
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
     code = main()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(BrokenPipeError, ValueError):  # reader gone, or closed: nothing to deliver
-            stream.flush()
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except (BrokenPipeError, ValueError):  # reader gone, or closed: nothing to deliver
+        pass
+    except OSError as exc:  # e.g. > /dev/full: the results were lost, so the command failed
+        err(f"error: {stdout_error(exc)}")
+        code = code or stdout_error(exc).exit_code
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.flush()
     os._exit(code)
 
 

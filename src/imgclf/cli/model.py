@@ -22,7 +22,8 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         parents=[common],
         help="show what a model file holds",
         epilog=EPILOG,
-        description="Print a model file's manifest without building the model.",
+        description="Print a model file's manifest without building the model (an .onnx from "
+        "`imgclf export`: its metadata, graph and parity figures).",
     )
     p.set_defaults(func=cmd_inspect)
     _add_model_arg(p)
@@ -34,7 +35,8 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         help="re-run a model file's self-check probes",
         epilog=EPILOG,
         description="Check digests, build the model and re-run the probe images stored at save "
-        "time; report any drift in preprocessing or outputs. Exit 0 if all checks pass, else 3.",
+        "time; report any drift in preprocessing or outputs (an .onnx: onnx.checker, its graph digest "
+        "and its parity probes with this onnxruntime). Exit 0 if all checks pass, else 3.",
     )
     p.set_defaults(func=cmd_verify)
     _add_model_arg(p)
@@ -68,6 +70,23 @@ def _names(names: list[str], limit: int = 20) -> str:
     return shown + (f", ... ({len(names) - limit} more; --json lists all)" if len(names) > limit else "")
 
 
+# The settings a recipe preset sets (see imgclf.config.RECIPES), compared to name what a run changed.
+_RECIPE_KEYS = ("epochs", "batch_size", "lr", "momentum", "decay", "label_smoothing", "schedule", "warmup")
+_RECIPE_KEYS += ("nesterov", "clip_norm", "ema", "keep", "monitor", "patience")
+
+
+def _recipe(training: dict) -> str:
+    """``stable`` or ``stable, changed: lr 0.02, epochs 30``; files made before presets: ``seed``."""
+    from imgclf.config import RECIPES, TrainConfig
+
+    name = training.get("recipe", "seed")
+    if name not in RECIPES:
+        return str(name)
+    preset = TrainConfig.from_recipe(name).to_dict()
+    changed = [f"{k} {training[k]}" for k in _RECIPE_KEYS if k in training and training[k] != preset[k]]
+    return name + (", changed: " + ", ".join(changed) if changed else "")
+
+
 def _short_args(args: dict) -> dict:
     """Architecture args for one line: a list of layer records (keras_graph) shown as its length."""
     records = {k for k, v in args.items() if isinstance(v, list) and v and isinstance(v[0], dict)}
@@ -77,11 +96,15 @@ def _short_args(args: dict) -> dict:
 def cmd_inspect(args: argparse.Namespace) -> int:
     """``imgclf inspect``: the manifest, human-readable or ``--json``."""
     from imgclf.errors import safe_text
-    from imgclf.modelfile import inspect
+    from imgclf.interop.files import inspect  # .imgclf or .onnx
 
     info = inspect(_model_path(args))
     if args.json:
         stdout_line(json.dumps(info, indent=2))
+        return 0
+    if "onnx" in info:
+        for line in _onnx_lines(info):
+            stdout_line(safe_text(line))
         return 0
     arch = info["architecture"]
     pre = info["preprocess"]
@@ -102,13 +125,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             f"training        {t.get('epochs')} epochs, batch {t.get('batch_size')}, lr {t.get('lr')}, "
             f"seed {t.get('seed')}; saved epoch {info.get('epoch')} on {info.get('device')}"
         )
+        lines.append(f"recipe          {_recipe(t)}")
     if info.get("metrics"):
-        lines.append(
-            "metrics         "
-            + ", ".join(
-                f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in info["metrics"].items()
-            )
-        )
+        lines.append(_metrics_line(info["metrics"]))
     if info.get("data"):
         d = info["data"]
         lines.append(
@@ -135,10 +154,47 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _metrics_line(metrics: dict) -> str:
+    return "metrics         " + ", ".join(
+        f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
+    )
+
+
+def _onnx_lines(info: dict) -> list[str]:
+    """``imgclf inspect`` of an .onnx: the metadata, the graph and the parity figures of the export."""
+    arch, pre, onnx, src = info["architecture"] or {}, info["preprocess"], info["onnx"], info["source"] or {}
+    parity = onnx.get("parity") or {}
+    size = f"{pre['height']}x{pre['width']} {pre['interpolation']}"
+    lines = [
+        f"file            {info['path']} ({info['file_bytes']} bytes)",
+        f"format          {info['format']} version {info['format_version']} "
+        f"(decode rule {info['decode_rule']})",
+        f"onnx            IR version {onnx['ir_version']}, opset {onnx['opset']}, "
+        f"exporter {onnx['exporter']}, {info['parameters']} values in {info['tensors']} initializers",
+        f"architecture    {arch.get('name')} {json.dumps(arch.get('args'), ensure_ascii=False)}",
+        f"classes         {len(info['class_names'])}: {_names(info['class_names'])}",
+        f"preprocessing   {size}, rescale {pre['rescale']:.6g}, mean {pre['mean']}, std {pre['std']}",
+        f"parity          max |Δp| {parity.get('max_abs_diff', float('nan')):.3g} on "
+        f"{parity.get('inputs')} inputs (worst: {parity.get('worst_input')}), "
+        f"tolerance {parity.get('tolerance')}, top-1 identical",
+        f"source          {src.get('file')} (tensors sha256:{str(src.get('tensors_sha256'))[:16]}...)",
+    ]
+    if info.get("metrics"):
+        lines.append(_metrics_line(info["metrics"]))
+    if info.get("versions"):
+        lines.append("exported with   " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
+    lines.append(f"exported        {info.get('created')}")
+    lines.append(
+        f"probes          {info['probes']} ({', '.join(sorted(set(info['probe_kinds']))) or 'none'})"
+    )
+    lines.append(f"graph digest    sha256:{onnx['graph_sha256']}")
+    return lines
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     """``imgclf verify``: one line per check; exit 0 if all pass, 3 otherwise."""
-    from imgclf.errors import ModelFileError
-    from imgclf.modelfile import verify
+    from imgclf.errors import ModelFileError, safe_text
+    from imgclf.interop.files import file_kind, verify  # .imgclf or .onnx
 
     path = _model_path(args)
     report = verify(path)
@@ -147,7 +203,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         stdout_line(json.dumps({"path": path, "ok": report.ok, "checks": checks}, indent=2))
     else:
         for name, ok, detail in report.checks:
-            stdout_line(f"{'ok  ' if ok else 'FAIL'}  {name}: {detail}")
+            stdout_line(safe_text(f"{'ok  ' if ok else 'FAIL'}  {name}: {detail}"))
     if not report.ok:
         failed = [name for name, ok, _ in report.checks if not ok]
         raise ModelFileError(
@@ -155,5 +211,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
             fix="the environment changed (Pillow/torch) or the file was modified; see above",
         )
     if not args.json:
-        stdout_line("verified: the model behaves exactly as when it was saved")
+        when = "exported" if file_kind(path) == "onnx" else "saved"
+        stdout_line(f"verified: the model behaves exactly as when it was {when}")
     return 0

@@ -19,8 +19,8 @@ import random
 import sys
 from typing import Any
 
-from imgclf.cli.common import EPILOG
-from imgclf.cli.output import stdout_line
+from imgclf.cli.common import EPILOG, add_max_pixels_flag, max_pixels_option
+from imgclf.cli.output import discard_stdout, stdout_line
 from imgclf.errors import PartialFailure, UsageError
 
 MONTAGE_TILES = 16  # the recipe's 4 x 4 sheet
@@ -37,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         "from the model file. stdout: path, label, confidence per image (tab-separated).",
     )
     p.set_defaults(func=cmd_predict)
-    p.add_argument("--model", "-m", required=True, help="model file")
+    p.add_argument("--model", "-m", required=True, help="model file (.imgclf, or .onnx from imgclf export)")
     p.add_argument("--images", "-i", nargs="+", required=True, help="image files and/or folders")
     p.add_argument("--sample", type=int, metavar="N", help="classify N images picked at random (seeded)")
     p.add_argument("--seed", type=int, default=42, help="seed for --sample (default 42)")
@@ -49,6 +49,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     )
     p.add_argument("--top-k", type=int, default=1, help="list the K most probable classes (default 1)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    add_max_pixels_flag(p)
 
 
 def _pick_images(args: argparse.Namespace) -> list[str]:
@@ -100,6 +101,15 @@ def json_row(p: Any) -> str:
     else:
         row["error"] = p.error
     return json.dumps(row, ensure_ascii=False)
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(text: str) -> str:
+    """A text cell a spreadsheet will not run: OWASP's rule, a leading ``'`` before ``= + - @ TAB CR``.
+
+    File and class names are untrusted (``=HYPERLINK(...)``, ``=1+1.png``); JSONL output stays raw.
+    """
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
 class _PredictionsFile:
@@ -111,8 +121,9 @@ class _PredictionsFile:
         self._fh = fh
         if not self.jsonl:
             fixed = {"path", "label", "confidence", "error"}
-            columns = [c if c not in fixed else f"prob:{c}" for c in class_names]
-            self._csv = csv.writer(fh, lineterminator="\n")
+            columns = [csv_cell(c) if c not in fixed else f"prob:{c}" for c in class_names]
+            # RFC 4180 line ends: the writer then quotes a CR or LF in a cell instead of splitting the row.
+            self._csv = csv.writer(fh, lineterminator="\r\n")
             self._csv.writerow(["path", "label", "confidence", *columns, "error"])
 
     def write(self, p: Any) -> None:
@@ -120,15 +131,36 @@ class _PredictionsFile:
             self._fh.write(json_row(p) + "\n")
         elif p.error is None:
             probs = [repr(p.probabilities[c]) for c in self.class_names]
-            self._csv.writerow([p.source, p.label, repr(p.confidence), *probs, ""])
+            self._csv.writerow([csv_cell(p.source), csv_cell(p.label), repr(p.confidence), *probs, ""])
         else:
-            self._csv.writerow([p.source, "", "", *[""] * len(self.class_names), p.error])
+            empty = [""] * len(self.class_names)
+            self._csv.writerow([csv_cell(p.source), "", "", *empty, csv_cell(p.error)])
+
+
+class _StdoutResults:
+    """Result lines for stdout; once its reader is gone, either stop (raise) or, while an ``--output``
+    file is being written, keep classifying for that file (a closed stdout is not its error)."""
+
+    def __init__(self, *, keep_going: bool) -> None:
+        self.keep_going = keep_going
+        self.open = True
+
+    def __call__(self, line: str) -> None:
+        if not self.open:
+            return
+        try:
+            stdout_line(line)
+        except BrokenPipeError:
+            if not self.keep_going:
+                raise
+            discard_stdout()
+            self.open = False
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """``imgclf predict``: one line per image on stdout; per-image errors on stderr; exit 4 if any failed."""
     from imgclf.errors import safe_text
-    from imgclf.modelfile import load
+    from imgclf.interop.files import load  # .imgclf or .onnx (onnxruntime, no torch)
 
     if args.top_k < 1 or args.batch_size < 1:
         raise UsageError(
@@ -144,7 +176,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             from imgclf.fileio import check_writable
 
             check_writable(target)
-    clf = load(args.model)
+    clf = load(args.model, **max_pixels_option(args))
     paths = _pick_images(args)
     failed = total = 0
     tiles: list[Any] = []
@@ -163,6 +195,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
             progress = bar(stderr_console(), "classifying", len(paths))
             stack.callback(progress.stop)
+        show = _StdoutResults(keep_going=out is not None)
         for p in clf.iter_predict(paths, top_k=args.top_k, batch_size=args.batch_size, errors="return"):
             total += 1
             if out is not None:
@@ -177,7 +210,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 continue
             if not args.json:
                 extra = "".join(f"\t{safe_text(k)}:{v:.4f}" for k, v in p.top_k[1:])
-                stdout_line(f"{safe_text(p.source)}\t{safe_text(p.label)}\t{p.confidence:.4f}{extra}")
+                show(f"{safe_text(p.source)}\t{safe_text(p.label)}\t{p.confidence:.4f}{extra}")
             if args.montage and len(tiles) < MONTAGE_TILES:
                 tiles.append(_tile(p, clf.class_names))
     if args.montage:

@@ -16,7 +16,14 @@ import dataclasses
 import os
 from typing import Any
 
-from imgclf.cli.common import EPILOG, add_cache_flags, image_size, key_value
+from imgclf.cli.common import (
+    EPILOG,
+    add_cache_flags,
+    add_max_pixels_flag,
+    image_size,
+    key_value,
+    max_pixels_option,
+)
 from imgclf.cli.output import report_text, stdout_line
 from imgclf.errors import UsageError
 
@@ -143,6 +150,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     run = groups["run"]
     run.add_argument("--skip-bad", action="store_true", help="train without unreadable images (listed)")
     add_cache_flags(run)
+    add_max_pixels_flag(run)
     run.add_argument(
         "--probes-from",
         type=_probe_count,
@@ -187,24 +195,28 @@ def _probe_count(text: str) -> int:
     return value
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a TrainConfig is a few hundred bytes
+
+
 def _config_from_args(args: argparse.Namespace, start: dict[str, Any] | None = None) -> Any:
     """The TrainConfig: ``start`` (a resumed run's recipe, else the defaults), then --config, then flags."""
-    import json
-
     from imgclf.config import TrainConfig
 
     base: dict[str, Any] = dict(start or {})
     if args.config:
+        from imgclf.fileio import os_reason, read_json
+
         try:
-            with open(args.config, encoding="utf-8") as fh:
-                base.update(json.load(fh))
-        except (OSError, json.JSONDecodeError, TypeError, ValueError) as exc:
+            base.update(read_json(args.config, MAX_CONFIG_BYTES, "--config"))
+        except (OSError, TypeError, ValueError) as exc:
             raise UsageError(
                 "cannot read --config",
-                received=f"{args.config} ({exc})",
+                received=f"{args.config} ({os_reason(exc) if isinstance(exc, OSError) else exc})",
                 expected="a JSON file of TrainConfig settings",
                 fix="check the file",
             ) from None
+    if getattr(args, "config.recipe", None):  # the preset fills what the start and --config leave unset
+        base["recipe"] = getattr(args, "config.recipe")
     settings = TrainConfig.from_dict(base).to_dict()
     for spec in recipe_flags():
         value = getattr(args, spec.dest)
@@ -254,6 +266,7 @@ def _train(
         use_cache=not args.no_cache,
         resume=bool(args.resume),
         force=args.force,
+        **max_pixels_option(args),
     )
 
 

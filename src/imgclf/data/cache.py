@@ -38,7 +38,7 @@ import numpy as np
 
 from imgclf.config import PreprocessSpec
 from imgclf.errors import UsageError
-from imgclf.fileio import atomic_write_text
+from imgclf.fileio import atomic_write_text, read_json
 from imgclf.images.preprocess import DECODE_RULE
 
 try:
@@ -49,6 +49,7 @@ except ImportError:  # Windows: no flock; the cache refuses with a clear message
 CACHE_VERSION = 1
 DEFAULT_MAX_BYTES = 20 * 1024**3
 _STALE_SECONDS = 3600
+MAX_INDEX_BYTES = 1 << 30  # about 100 bytes per cached file
 
 # decoder(paths, out, progress, rows=..., spec=...) fills out[rows[j]] for paths[j]; -> (digests, {j: why}).
 Decoder = Callable[..., tuple[list[str], dict[int, str]]]
@@ -134,8 +135,7 @@ class DecodeCache:
     # -- index ---------------------------------------------------------------------------------------
     def _read_index(self) -> dict:
         try:
-            with open(self.folder / "index.json", encoding="utf-8") as fh:
-                index = json.load(fh)
+            index = read_json(self.folder / "index.json", MAX_INDEX_BYTES, "cache index")
             if index.get("version") == CACHE_VERSION and isinstance(index.get("entries"), dict):
                 return index
         except (OSError, ValueError):
@@ -170,7 +170,12 @@ class DecodeCache:
         entries, known_bad = index["entries"], index.get("bad", {})
         live = {p for p in {e[0] for e in entries.values()} if (self.packs / f"{p}.npy").exists()}
         hit = [k is not None and k in entries and entries[k][0] in live for k in keys]
-        bad_hits = {i: known_bad[k] for i, k in enumerate(keys) if k is not None and k in known_bad}
+        # A file refused for its size is tried again: the cap may differ between runs.
+        bad_hits = {
+            i: known_bad[k]
+            for i, k in enumerate(keys)
+            if k is not None and k in known_bad and known_bad[k] != "image too large"
+        }
         self.hits += sum(hit) + len(bad_hits)
         direct = self._direct(keys, hit, entries, bad_hits)
         if direct is not None:

@@ -11,10 +11,13 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import mmap
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import warnings
@@ -29,7 +32,7 @@ from imgclf.data.cache import DEFAULT_MAX_BYTES, DecodeCache, default_cache_dir
 from imgclf.data.folders import Dataset, Sample
 from imgclf.errors import DatasetError, ImageError, UsageError, listed
 from imgclf.images.preprocess import preprocess_uint8
-from imgclf.images.read import read_bytes
+from imgclf.images.read import MAX_PIXELS, read_bytes
 
 PARALLEL_MIN = 256  # below this, starting worker processes costs more than it saves
 
@@ -48,10 +51,10 @@ class DecodedSplit:
         return len(self.paths)
 
 
-def _decode_one(path: str, spec: PreprocessSpec) -> tuple[np.ndarray, str]:
+def _decode_one(path: str, spec: PreprocessSpec, max_pixels: int) -> tuple[np.ndarray, str]:
     data = read_bytes(path)
     digest = hashlib.blake2b(data, digest_size=16).hexdigest()
-    return preprocess_uint8(data, spec, name=path), digest
+    return preprocess_uint8(data, spec, name=path, max_pixels=max_pixels), digest
 
 
 # Pixels travel from forked workers through this shared anonymous mapping, not through pipes.
@@ -59,13 +62,15 @@ _SHARED: np.ndarray | None = None
 _SHARED_LOCK = threading.Lock()
 
 
-def _decode_chunk(start: int, paths: Sequence[str], spec: PreprocessSpec) -> list[tuple[str, str | None]]:
+def _decode_chunk(
+    start: int, paths: Sequence[str], spec: PreprocessSpec, max_pixels: int
+) -> list[tuple[str, str | None]]:
     """Decode ``paths`` into rows ``start...`` of ``_SHARED``; ``(digest, None)`` or ``("", reason)`` each."""
     assert _SHARED is not None
     out: list[tuple[str, str | None]] = []
     for k, path in enumerate(paths):
         try:
-            _SHARED[start + k], digest = _decode_one(path, spec)
+            _SHARED[start + k], digest = _decode_one(path, spec, max_pixels)
             out.append((digest, None))
         except ImageError as exc:
             out.append(("", exc.problem))
@@ -93,6 +98,7 @@ def decode_into(
     rows: Sequence[int] | None = None,
     spec: PreprocessSpec,
     workers: int | None = None,
+    max_pixels: int = MAX_PIXELS,
 ) -> tuple[list[str], dict[int, str]]:
     """Decode ``paths[j]`` into ``out[rows[j]]`` (default ``out[j]``), one process per core.
 
@@ -106,6 +112,7 @@ def decode_into(
         rows: Target row of each path.
         spec: Preprocessing spec (must match ``out``'s height and width).
         workers: Processes (default: one per core).
+        max_pixels: Pixel cap per image (see :func:`imgclf.images.preprocess.decode_image`).
 
     Returns:
         ``(digests, failures)``: a content digest per path ("" for failures) and ``{j: reason}``.
@@ -123,24 +130,51 @@ def decode_into(
         try:
             _SHARED = np.frombuffer(buffer, dtype=np.uint8, count=size).reshape(n, spec.height, spec.width, 3)
             chunks = _chunks(n, workers)
-            args = ([c.start for c in chunks], [[paths[j] for j in c] for c in chunks], [spec] * len(chunks))
+            args = (
+                [c.start for c in chunks],
+                [[paths[j] for j in c] for c in chunks],
+                [spec] * len(chunks),
+                [max_pixels] * len(chunks),
+            )
             if parallel:
-                # fork: no re-import of the caller's __main__ (spawn/forkserver would need a main guard in
-                # every user script); the children only run Pillow and NumPy, never torch or CUDA.
-                with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-                    with warnings.catch_warnings():  # workers fork on submit; 3.12+ warns about threads
-                        warnings.simplefilter("ignore", DeprecationWarning)
-                        jobs = pool.map(_decode_chunk, *args)
-                    _collect(
-                        zip(chunks, jobs, strict=True), _SHARED, out, targets, digests, failures, progress
-                    )
+                _decode_parallel(workers, args, chunks, out, targets, digests, failures, progress)
             else:
                 jobs = map(_decode_chunk, *args)
                 _collect(zip(chunks, jobs, strict=True), _SHARED, out, targets, digests, failures, progress)
         finally:
             _SHARED = None
-            buffer.close()
+            # After Ctrl-C a traceback may still hold a view of the mapping: then it is unmapped once
+            # that view goes, instead of close() raising BufferError over the KeyboardInterrupt.
+            with contextlib.suppress(BufferError):
+                buffer.close()
     return digests, failures
+
+
+def _worker_signals() -> None:
+    """Workers leave SIGINT and SIGTERM to the parent, which stops them (no traceback per worker)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _decode_parallel(workers, args, chunks, out, targets, digests, failures, progress) -> None:
+    # fork: no re-import of the caller's __main__ (spawn/forkserver would need a main guard in every
+    # user script); the children only run Pillow and NumPy, never torch or CUDA.
+    pool = ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("fork"), initializer=_worker_signals
+    )
+    try:
+        with warnings.catch_warnings():  # workers fork on submit; 3.12+ warns about threads
+            warnings.simplefilter("ignore", DeprecationWarning)
+            jobs = pool.map(_decode_chunk, *args)
+        _collect(zip(chunks, jobs, strict=True), _SHARED, out, targets, digests, failures, progress)
+    except BaseException:
+        # Interrupted (or failed): stop the workers now rather than let them finish every queued chunk.
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            with contextlib.suppress(Exception):
+                process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def _collect(results, shared, out, targets, digests, failures, progress) -> None:
@@ -163,6 +197,7 @@ def load_split(
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
     cache: DecodeCache | None = None,
+    max_pixels: int = MAX_PIXELS,
 ) -> DecodedSplit:
     """Decode and resize every sample once, in parallel; report every bad file at once.
 
@@ -173,7 +208,8 @@ def load_split(
         workers: Decode processes (see :func:`decode_into`; default one per core).
         progress: Called with the number of images finished since the last call.
         cache: Decode-once cache to read from and fill (see :mod:`imgclf.data.cache`); ``None`` decodes
-            into memory.
+            into memory (a cache decodes with the cap it was opened with).
+        max_pixels: Pixel cap per image, without a cache.
 
     Raises:
         DatasetError: If any file cannot be decoded and ``skip_bad`` is false.
@@ -183,7 +219,9 @@ def load_split(
         images, kept, digests, bad = cache.fetch(paths, progress)
     else:
         images = np.empty((len(paths), spec.height, spec.width, 3), dtype=np.uint8)
-        all_digests, failures = decode_into(paths, images, progress, spec=spec, workers=workers)
+        all_digests, failures = decode_into(
+            paths, images, progress, spec=spec, workers=workers, max_pixels=max_pixels
+        )
         kept = np.array([i for i in range(len(paths)) if i not in failures], dtype=np.int64)
         if len(kept) < len(paths):
             images = images[kept]
@@ -200,8 +238,12 @@ def load_split(
     )
 
 
-def open_cache(spec: PreprocessSpec, cache_dir: str | os.PathLike | None = None) -> DecodeCache:
+def open_cache(
+    spec: PreprocessSpec, cache_dir: str | os.PathLike | None = None, max_pixels: int = MAX_PIXELS
+) -> DecodeCache:
     """The decode-once cache for ``spec`` in ``cache_dir`` (default: ``cache.default_cache_dir()``).
+
+    Images it decodes are held to ``max_pixels``.
 
     ``$IMGCLF_CACHE_MAX_BYTES`` overrides the size bound (default 20 GiB per preprocessing spec).
 
@@ -219,7 +261,8 @@ def open_cache(spec: PreprocessSpec, cache_dir: str | os.PathLike | None = None)
                 fix="fix or unset the variable",
             )
         max_bytes = int(raw)
-    return DecodeCache(cache_dir or default_cache_dir(), spec, decode_into, max_bytes=max_bytes)
+    decoder = functools.partial(decode_into, max_pixels=max_pixels)
+    return DecodeCache(cache_dir or default_cache_dir(), spec, decoder, max_bytes=max_bytes)
 
 
 def bad_files_error(bad: Sequence[tuple[str, str]]) -> DatasetError:

@@ -82,16 +82,33 @@ class Dataset:
         }
 
 
-def _walk_files(folder: str) -> list[str]:
-    """All non-hidden regular files under ``folder`` (symlinked folders are not followed), sorted."""
+def _walk_files(folder: str, odd: list[str] | None = None) -> list[str]:
+    """All non-hidden regular files under ``folder`` (symlinked folders are not followed), sorted.
+
+    Other entries (dangling symlinks, symlink loops, FIFOs, sockets, devices) are appended to ``odd``
+    so the caller can report them rather than skip them silently; if ``odd`` is None they are listed
+    with the files, in walk order.
+    """
     found: list[str] = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
         for name in sorted(filenames):
             full = os.path.join(dirpath, name)
-            if not is_hidden(name) and os.path.isfile(full):
+            if is_hidden(name):
+                continue
+            if odd is None or os.path.isfile(full):
                 found.append(full)
+            else:
+                odd.append(full)
     return found
+
+
+def odd_entries_note(odd: list[str]) -> str:
+    """The warning for entries that are not regular files: how many, and the first few names."""
+    return (
+        f"skipped {len(odd)} entr{'y' if len(odd) == 1 else 'ies'} that are not regular files "
+        f"(dangling symlink, FIFO, socket or device): {listed(odd, 5)}"
+    )
 
 
 def _subdirs(folder: str) -> list[str]:
@@ -107,13 +124,13 @@ def _subdirs(folder: str) -> list[str]:
     return [e for e in entries if not is_hidden(e) and os.path.isdir(os.path.join(folder, e))]
 
 
-def _class_files(folder: str, problems: list[str], others: list[str]) -> dict[str, list[str]]:
-    """Image files per class folder; files without an image extension go to ``others`` (not samples)."""
+def _class_files(folder: str, problems: list[str], odd: list[str]) -> dict[str, list[str]]:
+    """Image files per class folder; everything else goes to ``odd`` (non-image files included)."""
     classes = {}
     for name in _subdirs(folder):
-        found = _walk_files(os.path.join(folder, name))
+        found = _walk_files(os.path.join(folder, name), odd)
         files = [f for f in found if is_image_name(f)]
-        others += [f for f in found if not is_image_name(f)]
+        odd += [f for f in found if not is_image_name(f)]  # readme.txt, labels.csv: not samples
         if not files:
             problems.append(f"class folder {os.path.join(folder, name)!r} is empty")
         classes[name] = files
@@ -169,21 +186,23 @@ def scan_dataset(
     subdirs = _root_folders(root)
     problems: list[str] = []
     notes: list[str] = []
-    others: list[str] = []  # readme.txt, labels.csv, ...: skipped, named in one note
+    odd: list[str] = []
     if any(d.lower() in _ALIASES for d in subdirs):
         layout = "splits"
-        class_names, files = _split_files(
-            root, subdirs, (val_split, test_split), seed, problems, notes, others
-        )
+        class_names, files = _split_files(root, subdirs, (val_split, test_split), seed, problems, notes, odd)
     else:
         layout = "flat"
-        classes = _class_files(root, problems, others)
+        classes = _class_files(root, problems, odd)
         class_names = sorted(classes)
         files = _stratified(classes, {"validation": val_split, "testing": test_split}, seed)
     if len(class_names) < 2:
         problems.insert(0, f"found {len(class_names)} class folder(s) {class_names}; need at least 2")
     if problems:
         raise _problems_error(problems, root)
+    others = [p for p in odd if os.path.isfile(p)]  # regular files without an image extension
+    odd = [p for p in odd if not os.path.isfile(p)]
+    if odd:
+        notes.append(odd_entries_note(odd))
     if others:
         shown = ", ".join(os.path.relpath(p, root) for p in others[:3])
         notes.append(
@@ -234,7 +253,7 @@ def _split_files(
     seed: int,
     problems: list[str],
     notes: list[str],
-    others: list[str],
+    odd: list[str],
 ) -> tuple[list[str], dict[str, dict[str, list[str]]]]:
     """Class names and ``{split: {class: files}}`` of a split layout; missing validation/testing splits
     are carved out of training by ``fractions`` (validation, testing)."""
@@ -249,7 +268,7 @@ def _split_files(
             expected="a 'training' (or 'train') folder",
             fix="rename or add the training folder",
         )
-    per_split = {s: _class_files(os.path.join(root, d), problems, others) for s, d in split_dirs.items()}
+    per_split = {s: _class_files(os.path.join(root, d), problems, odd) for s, d in split_dirs.items()}
     class_names = sorted(per_split["training"])
     for split, classes in per_split.items():
         missing = sorted(set(class_names) - set(classes))
@@ -285,7 +304,9 @@ def list_images(paths: Sequence[str | os.PathLike]) -> list[str]:
     """Expand files and folders (recursively, hidden entries skipped) into a list of image paths.
 
     Files named explicitly are kept whatever their extension; inside folders only files with image
-    extensions are taken. Order: as given, folders sorted.
+    extensions are taken, and so are entries with image names that are not regular files (dangling
+    symlinks, FIFOs, devices): reading them then fails with an error naming each. Order: as given,
+    folders sorted.
     """
     out: list[str] = []
     for p in paths:

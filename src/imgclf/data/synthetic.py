@@ -1,13 +1,18 @@
 """Write a small synthetic "malaria cell" dataset for demos, tutorials and end-to-end tests.
 
 Each image is one pinkish cell on black; ``Parasitized`` cells carry 1-3 purple ring or dot stains,
-``Uninfected`` cells are clean or hold faint pale debris. A share of the files are JPEG, grayscale,
+``Uninfected`` cells are clean or hold faint pale debris. Harder variants (for benchmarks) come from the
+keyword arguments: more pixel noise, smaller or fainter stains, other counts (fewer images, class
+imbalance) and two more classes, ``Ring`` and ``Dot`` (1-3 stains, all of that kind); the defaults write
+the original dataset byte for byte. A share of the files are JPEG, grayscale,
 RGBA and palette PNGs so the demo also exercises every decoding path of :mod:`imgclf.images.preprocess`.
 
 Usage::
 
     from imgclf.data.synthetic import write_demo_dataset
     counts = write_demo_dataset("demo", scale=1.0, seed=42)   # demo/{training,validation,testing}/...
+    hard = {s: {"Uninfected": 60, "Ring": 30, "Dot": 20} for s in SPLITS}
+    write_demo_dataset("hard", counts=hard, noise=12.0, stain_size=0.6, stain_strength=0.7)
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from imgclf.errors import UsageError
 
 SPLITS: tuple[str, ...] = ("training", "validation", "testing")
 CLASSES: tuple[str, ...] = ("Parasitized", "Uninfected")
+KINDS: tuple[str, ...] = (*CLASSES, "Ring", "Dot")  # class names the generator can draw
 BASE_COUNTS: dict[str, dict[str, int]] = {
     "training": {"Parasitized": 175, "Uninfected": 185},
     "validation": {"Parasitized": 18, "Uninfected": 22},
@@ -48,7 +54,9 @@ def _smooth(t: np.ndarray) -> np.ndarray:
     return t * t * (3.0 - 2.0 * t)
 
 
-def _render(rng: np.random.Generator, parasitized: bool) -> tuple[np.ndarray, np.ndarray]:
+def _render(
+    rng: np.random.Generator, kind: str, look: tuple[float, float, float] = (3.0, 1.0, 1.0)
+) -> tuple[np.ndarray, np.ndarray]:
     """Draw one cell; returns ``(rgb, alpha)``: float (3, H, W) colour of the cell alone and its coverage.
 
     Channels come first because broadcasting over a trailing axis of 3 is several times slower in numpy.
@@ -85,9 +93,12 @@ def _render(rng: np.random.Generator, parasitized: bool) -> tuple[np.ndarray, np
     coarse = Image.fromarray(rng.normal(0.0, 1.0, size=(6, 6)).astype(np.float32))
     blotch = np.asarray(coarse.resize((w, h), Image.Resampling.BICUBIC), dtype=np.float32)
     shade = 0.98 - 0.12 * np.clip(d, 0, 1) + 0.035 * blotch
-    rgb = base * shade + 3.0 * rng.standard_normal(size=(3, h, w), dtype=np.float32)
+    noise, stain_size, stain_strength = look  # a class from KINDS; look: noise, stain size and opacity
+    rgb = base * shade + noise * rng.standard_normal(size=(3, h, w), dtype=np.float32)
 
-    _add_marks(rng, rgb, alpha, base, parasitized, (xx, yy), (cx, cy, a, b, theta), 2.0 * r)
+    _add_marks(
+        rng, rgb, alpha, base, kind, (xx, yy), (cx, cy, a, b, theta), (2.0 * r, stain_size, stain_strength)
+    )
     return rgb, alpha
 
 
@@ -96,23 +107,27 @@ def _add_marks(
     rgb: np.ndarray,
     alpha: np.ndarray,
     base: np.ndarray,
-    parasitized: bool,
+    kind: str,
     grid: tuple[np.ndarray, np.ndarray],
     ellipse: tuple[float, float, float, float, float],
-    diameter: float,
+    stains: tuple[float, float, float],
 ) -> None:
     """Paint stains (parasitized) or, sometimes, pale debris specks into ``rgb`` in place.
 
     ``ellipse`` is the cell's ``(cx, cy, a, b, theta)``; the random draws happen in the order the demo
-    data has always used, so the files stay byte-identical.
+    data has always used, so the files stay byte-identical. ``stains`` is ``(cell diameter, stain size
+    factor, stain opacity factor)``; ``Ring`` and ``Dot`` cells draw only that kind of stain.
     """
+    diameter, stain_size, stain_strength = stains
     xx, yy = grid
     cx, cy, a, b, theta = ellipse
-    if parasitized:
+    if kind != "Uninfected":
         # Stains span 22-32 % of the cell: the recipe (SGD lr 0.1, 11 steps per epoch) swings hard in its
         # first epochs, and with smaller stains some seeds / float orders never recovered in 25 epochs.
         marks = [("ring" if rng.random() < 0.55 else "dot") for _ in range(int(rng.integers(1, 4)))]
-        size_range, colour_of = (0.11, 0.16), _stain_colour
+        if kind in ("Ring", "Dot"):
+            marks = [kind.lower()] * len(marks)
+        size_range, colour_of = (0.11 * stain_size, 0.16 * stain_size), _stain_colour
     elif rng.random() < 0.3:
         marks = ["speck"] * int(rng.integers(1, 4))
         size_range, colour_of = (0.015, 0.03), lambda g: _debris_colour(g, base)
@@ -131,7 +146,7 @@ def _add_marks(
             cover = _smooth((half - np.abs(dist - (rs - half))) / 1.2 + 0.5)
         else:
             cover = _smooth((rs - dist) / 1.2 + 0.5)
-        cover *= np.float32(rng.uniform(0.85, 1.0)) * alpha
+        cover *= np.float32(rng.uniform(0.85, 1.0) * stain_strength) * alpha
         rgb += cover * (colour_of(rng) - rgb)
 
 
@@ -213,6 +228,10 @@ def write_demo_dataset(
     seed: int = 42,
     progress: Callable[[int], None] | None = None,
     overwrite: bool = False,
+    counts: dict[str, dict[str, int]] | None = None,
+    noise: float = 3.0,
+    stain_size: float = 1.0,
+    stain_strength: float = 1.0,
 ) -> dict[str, dict[str, int]]:
     """Write the synthetic cell dataset to ``out/{training,validation,testing}/{Parasitized,Uninfected}``.
 
@@ -222,6 +241,12 @@ def write_demo_dataset(
         seed: Non-negative integer; the same seed writes byte-identical files.
         progress: Called with the number of images written since its previous call (for a progress bar).
         overwrite: Allow a non-empty ``out``; only its three split folders are deleted first.
+        counts: ``{split: {class: count}}`` written instead of :data:`BASE_COUNTS` times ``scale``;
+            classes from :data:`KINDS`, splits from :data:`SPLITS` (each file still depends only on
+            seed, split, class and index).
+        noise: Standard deviation of the per-pixel noise (0-255 scale).
+        stain_size: Multiplies the stains' size (0.5: half as large).
+        stain_strength: Multiplies the stains' opacity (below 1: fainter).
 
     Returns:
         The number of images written, ``{split: {class: count}}``.
@@ -231,18 +256,21 @@ def write_demo_dataset(
             are out of range.
     """
     root = _prepare_output(Path(out), scale=scale, seed=seed, overwrite=overwrite)
-    counts: dict[str, dict[str, int]] = {}
+    _check_look(counts, noise, stain_size, stain_strength)
+    plan = counts or {s: {c: _scaled(n, scale) for c, n in BASE_COUNTS[s].items()} for s in SPLITS}
+    look = (float(noise), float(stain_size), float(stain_strength))
+    written: dict[str, dict[str, int]] = {}
     pending = 0
     for split_id, split in enumerate(SPLITS):
-        counts[split] = {}
-        for class_id, cls in enumerate(CLASSES):
-            n = _scaled(BASE_COUNTS[split][cls], scale)
+        written[split] = {}
+        for cls, n in plan.get(split, {}).items():
+            class_id = KINDS.index(cls)
             folder = root / split / cls
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(n):
                 # One generator per file: any file can be regenerated alone, independent of the scale.
                 rng = np.random.default_rng(np.random.SeedSequence([seed, split_id, class_id, i]))
-                rgb, alpha = _render(rng, parasitized=cls == "Parasitized")
+                rgb, alpha = _render(rng, cls, look)
                 kind = _SCHEDULE.get(i % 20, "RGB")
                 suffix = ".jpg" if kind == "jpeg" else ".png"
                 _encode(rgb, alpha, kind, rng, folder / f"{cls[0]}{i + 1:04d}{suffix}")
@@ -250,7 +278,34 @@ def write_demo_dataset(
                 if progress is not None and pending >= _PROGRESS_EVERY:
                     progress(pending)
                     pending = 0
-            counts[split][cls] = n
+            written[split][cls] = n
     if progress is not None and pending:
         progress(pending)
-    return counts
+    return written
+
+
+def _check_look(
+    counts: dict[str, dict[str, int]] | None, noise: float, stain_size: float, stain_strength: float
+) -> None:
+    """Raise :class:`UsageError` for unknown splits/classes, bad counts or out-of-range looks."""
+    for name, value, lo, hi in (
+        ("noise", noise, 0.0, 255.0),
+        ("stain_size", stain_size, 0.05, 3.0),
+        ("stain_strength", stain_strength, 0.0, 1.0),
+    ):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+            raise UsageError(
+                f"demo-data {name} is out of range",
+                received=repr(value),
+                expected=f"a number in [{lo}, {hi}]",
+                fix=f"pass {name} within those bounds",
+            )
+    for split, per_class in (counts or {}).items():
+        bad = [c for c, n in per_class.items() if c not in KINDS or type(n) is not int or n < 0]
+        if split not in SPLITS or bad:
+            raise UsageError(
+                "demo-data counts must map splits to classes to image counts",
+                received=f"{split}: {per_class}",
+                expected=f"splits from {', '.join(SPLITS)}, classes from {', '.join(KINDS)}, counts >= 0",
+                fix="correct the counts",
+            )

@@ -18,6 +18,10 @@ Pipeline (decode rule version ``DECODE_RULE``):
    (``bilinear`` is antialiased when shrinking; ``nearest`` matches Keras' ``load_img``).
 6. **Scale**: ``(pixel * spec.rescale - spec.mean) / spec.std`` in float32, NCHW.
 
+Steps 1-5 and :func:`to_array` (step 6 in NumPy) need no torch, so an ONNX model runs without it; this
+module imports torch only inside :func:`to_tensor` and :func:`preprocess`, whose values are bitwise
+those of :func:`to_array` (``tests/interop/test_onnx_runtime.py``).
+
 Usage::
 
     from imgclf.images.preprocess import preprocess
@@ -29,9 +33,9 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 
 from imgclf.config import PreprocessSpec
@@ -41,12 +45,17 @@ from imgclf.images.read import (
     MAX_PIXELS,
     array_to_rgb,
     check_pixels,
+    checked_max_pixels,
     describe_source,
     open_image,
-    orient,
+    orientation,
     read_bytes,
     to_rgb_image,
+    warnings_named,
 )
+
+if TYPE_CHECKING:  # torch is imported where a tensor is made: the NumPy path must work without it
+    import torch
 
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray
 
@@ -93,7 +102,8 @@ def decode_image(
     Args:
         source: A path, encoded bytes, a PIL image or a numpy array (H, W[, C]).
         channel_order: ``rgb`` or ``bgr``; ``bgr`` applies only to numpy arrays (OpenCV's order).
-        max_pixels: Reject images with more pixels than this (checked before decoding).
+        max_pixels: Reject images with more pixels than this (checked before decoding); at most
+            ``MAX_PIXELS``, so a server can lower the cap but not raise it.
         draft: If set, large JPEGs may be decoded at a reduced scale no smaller than this many pixels
             per side (faster, but the pixels differ from a full decode: for thumbnails only, never
             for model inputs).
@@ -103,6 +113,7 @@ def decode_image(
         ImageError: If the source cannot be decoded or breaks a limit.
         UsageError: If ``channel_order`` is invalid or ``bgr`` is used with a non-array source.
     """
+    max_pixels = checked_max_pixels(max_pixels)
     if channel_order not in ("rgb", "bgr"):
         raise UsageError(
             "unknown channel_order",
@@ -122,6 +133,11 @@ def decode_image(
             fix="drop channel_order for files, bytes and PIL images",
         )
     label = name or describe_source(source)
+    with warnings_named(label):
+        return _decode_named(source, label, max_pixels, draft)
+
+
+def _decode_named(source: ImageSource, label: str, max_pixels: int, draft: int | None) -> Image.Image:
     if isinstance(source, Image.Image):
         check_pixels(label, *source.size, max_pixels)
         img = source
@@ -137,7 +153,12 @@ def decode_image(
             fix="pass one of the supported types",
         )
     try:
-        return to_rgb_image(orient(img, label))
+        ops = orientation(img, label)
+        rgb = to_rgb_image(img)
+        del img  # freed before a rotated copy is made (orienting commutes with converting)
+        for op in ops:
+            rgb = rgb.transpose(op)
+        return rgb
     except ImageError:
         raise
     except Exception as exc:  # noqa: BLE001 - conversion of untrusted pixels: map to a bad image
@@ -158,15 +179,21 @@ def resize(rgb: np.ndarray | Image.Image, spec: PreprocessSpec) -> np.ndarray:
 
 
 def preprocess_uint8(
-    source: ImageSource, spec: PreprocessSpec, *, channel_order: str = "rgb", name: str | None = None
+    source: ImageSource,
+    spec: PreprocessSpec,
+    *,
+    channel_order: str = "rgb",
+    name: str | None = None,
+    max_pixels: int = MAX_PIXELS,
 ) -> np.ndarray:
     """Decode, orient, convert and resize one image to a (height, width, 3) uint8 array.
 
     This is what the decode-once cache stores; :func:`to_tensor` finishes the job. JPEG draft mode is
     not used here: it only applies to encoded sources, so a path and the PIL image or array decoded
-    from the same file would get different pixels.
+    from the same file would get different pixels. ``max_pixels`` lowers the pixel cap (see
+    :func:`decode_image`).
     """
-    return resize(decode_image(source, channel_order=channel_order, name=name), spec)
+    return resize(decode_image(source, channel_order=channel_order, name=name, max_pixels=max_pixels), spec)
 
 
 def to_tensor(
@@ -180,6 +207,8 @@ def to_tensor(
     The result is a channels-last strided NCHW tensor (a free view of NHWC data), which convolutions
     run fastest on; its values do not depend on the layout.
     """
+    import torch
+
     if isinstance(batch, np.ndarray) and (not batch.flags.writeable or any(st < 0 for st in batch.strides)):
         batch = batch.copy()  # torch cannot wrap negative strides and warns on read-only memory
     x = torch.as_tensor(batch)
@@ -200,6 +229,32 @@ def to_tensor(
     return x
 
 
+def to_array(batch: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """Scale a uint8 batch (N, H, W, 3) into the float32 input (N, 3, H, W) with NumPy only.
+
+    The values are bitwise those of :func:`to_tensor` (the same float32 operations in the same order):
+    this is the input an ONNX model gets where torch is not installed.
+
+    Raises:
+        UsageError: If ``batch`` is not a uint8 array shaped (N, H, W, 3).
+    """
+    batch = np.asarray(batch)
+    if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[-1] != 3:
+        raise UsageError(
+            "to_array needs a uint8 batch shaped (N, H, W, 3)",
+            received=f"{batch.shape} {batch.dtype}",
+            expected="(N, H, W, 3) uint8",
+            fix="use preprocess_uint8 to build the batch",
+        )
+    x = np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32)
+    x *= np.float32(spec.rescale)
+    if spec.mean != (0.0, 0.0, 0.0) or spec.std != (1.0, 1.0, 1.0):
+        x = (x - np.asarray(spec.mean, dtype=np.float32).reshape(1, 3, 1, 1)) / np.asarray(
+            spec.std, dtype=np.float32
+        ).reshape(1, 3, 1, 1)
+    return x
+
+
 def preprocess(
     sources: ImageSource | Sequence[ImageSource],
     spec: PreprocessSpec,
@@ -207,6 +262,8 @@ def preprocess(
     channel_order: str = "rgb",
 ) -> torch.Tensor:
     """Preprocess one image or a list of images into a float32 batch (N, 3, H, W)."""
+    import torch
+
     if isinstance(sources, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray)):
         sources = [sources]
     arrays = [preprocess_uint8(s, spec, channel_order=channel_order) for s in sources]

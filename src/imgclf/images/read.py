@@ -13,16 +13,19 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import stat
 import warnings
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from imgclf.errors import ImageError
+from imgclf.errors import ImageError, UsageError
 from imgclf.fileio import open_for_reading
+from imgclf.images.png import check_png_chunks
 
 ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
@@ -116,6 +119,22 @@ def _too_large(received: str, max_bytes: int) -> ImageError:
     )
 
 
+def checked_max_pixels(value: object) -> int:
+    """A caller's pixel cap, checked: an integer from 1 to ``MAX_PIXELS`` (lower it, never raise it).
+
+    Raises:
+        UsageError: If ``value`` is not such an integer.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PIXELS:
+        raise UsageError(
+            "max_pixels is out of range",
+            received=repr(value),
+            expected=f"an integer from 1 to {MAX_PIXELS}",
+            fix=f"pass a pixel count up to {MAX_PIXELS}, e.g. 16000000",
+        )
+    return value
+
+
 def check_pixels(label: str, width: int, height: int, max_pixels: int) -> None:
     """The pixel cap and the empty-image check, for every kind of source.
 
@@ -131,8 +150,29 @@ def check_pixels(label: str, width: int, height: int, max_pixels: int) -> None:
         )
 
 
+@contextlib.contextmanager
+def warnings_named(label: str) -> Iterator[None]:
+    """Re-issue every warning raised inside (Pillow's "Corrupt EXIF data"...) prefixed with ``label``.
+
+    Pillow's ``DecompressionBombWarning`` is dropped: the pixel cap (lower than Pillow's warning
+    threshold) refuses such images with an error that names the file.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            pending = list(caught)
+    for w in pending:
+        if issubclass(w.category, Image.DecompressionBombWarning):
+            continue
+        text = str(w.message)
+        warnings.warn(text if text.startswith(f"{label}: ") else f"{label}: {text}", w.category, stacklevel=3)
+
+
 def open_image(data: bytes, label: str, max_pixels: int, draft: int | None) -> Image.Image:
     """Open and fully decode the first frame of ``data``, enforcing the allowlist and pixel cap."""
+    check_png_chunks(data, label)
     try:
         img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except UnidentifiedImageError:
@@ -172,15 +212,19 @@ def open_image(data: bytes, label: str, max_pixels: int, draft: int | None) -> I
     return img
 
 
-def orient(img: Image.Image, label: str) -> Image.Image:
-    """Apply the EXIF orientation tag; a malformed EXIF block is ignored with a warning."""
+def orientation(img: Image.Image, label: str) -> tuple[Image.Transpose, ...]:
+    """The transpositions the EXIF orientation tag asks for; malformed EXIF is ignored with a warning."""
     try:
-        orientation = img.getexif().get(0x0112, 1)
+        value = img.getexif().get(0x0112, 1)
     except Exception:  # noqa: BLE001 - malformed EXIF must not make an image unusable
         warnings.warn(f"{label}: unreadable EXIF data ignored (no rotation applied)", stacklevel=3)
-        return img
-    ops = _ORIENT.get(orientation) if isinstance(orientation, int) else None
-    for op in ops or ():
+        return ()
+    return (_ORIENT.get(value) or ()) if isinstance(value, int) else ()
+
+
+def orient(img: Image.Image, label: str) -> Image.Image:
+    """Apply the EXIF orientation tag; a malformed EXIF block is ignored with a warning."""
+    for op in orientation(img, label):
         img = img.transpose(op)
     return img
 
@@ -192,21 +236,51 @@ def _composite_on_black(rgba: np.ndarray) -> np.ndarray:
     return ((rgb * alpha * 2 + 255) // 510).astype(np.uint8)
 
 
+# Conversions that need NumPy run on horizontal strips of about this many pixels, so their temporaries
+# (int64, float64, uint32) never scale with the image: a whole-image conversion cost 20-50 bytes/pixel.
+STRIP_PIXELS = 1 << 18
+
+
+def _high_byte(strip: Image.Image) -> np.ndarray:
+    gray = (np.clip(np.asarray(strip).astype(np.int64), 0, 65535) >> 8).astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=2)
+
+
+def _float_gray(strip: Image.Image) -> np.ndarray:
+    gray = np.clip(np.rint(np.asarray(strip, dtype=np.float64)), 0, 255).astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=2)
+
+
+def _alpha_on_black(strip: Image.Image) -> np.ndarray:
+    return _composite_on_black(np.asarray(strip.convert("RGBA"), dtype=np.uint8))
+
+
+def _convert_in_strips(img: Image.Image, convert: Callable[[Image.Image], np.ndarray]) -> Image.Image:
+    """Apply a per-pixel ``convert`` (strip image -> (h, W, 3) uint8) strip by strip into one RGB image."""
+    w, h = img.size
+    rows = max(1, STRIP_PIXELS // max(w, 1))
+    out = Image.new("RGB", img.size)
+    for top in range(0, h, rows):
+        strip = img.crop((0, top, w, min(h, top + rows)))
+        out.paste(Image.fromarray(convert(strip)), (0, top))
+    return out
+
+
 def to_rgb_image(img: Image.Image) -> Image.Image:
-    """Convert any Pillow mode to an RGB image by the documented rule (NumPy only where Pillow differs)."""
+    """Convert any Pillow mode to an RGB image by the documented rule (NumPy only where Pillow differs).
+
+    Memory: the source plus one RGB image (4 bytes/pixel in Pillow) plus one strip's temporaries.
+    """
     mode = img.mode
     if mode == "RGB":
         return img
     if mode.startswith("I;16") or mode == "I":
-        wide = np.asarray(img).astype(np.int64)
-        gray = (np.clip(wide, 0, 65535) >> 8).astype(np.uint8)
-        return Image.fromarray(np.repeat(gray[..., None], 3, axis=2))
+        return _convert_in_strips(img, _high_byte)
     if mode == "F":
-        gray = np.clip(np.rint(np.asarray(img, dtype=np.float64)), 0, 255).astype(np.uint8)
-        return Image.fromarray(np.repeat(gray[..., None], 3, axis=2))
+        return _convert_in_strips(img, _float_gray)
     has_alpha = mode in ("RGBA", "RGBa", "LA", "La", "PA") or (mode == "P" and "transparency" in img.info)
     if has_alpha:
-        return Image.fromarray(_composite_on_black(np.asarray(img.convert("RGBA"), dtype=np.uint8)))
+        return _convert_in_strips(img, _alpha_on_black)
     return img.convert("RGB")
 
 

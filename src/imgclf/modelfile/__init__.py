@@ -29,6 +29,7 @@ from imgclf.classifier import Classifier
 from imgclf.errors import ModelFileError, UsageError
 from imgclf.fileio import atomic_write_bytes
 from imgclf.images.preprocess import DECODE_RULE
+from imgclf.images.read import MAX_PIXELS, checked_max_pixels
 from imgclf.modelfile import probes, weights
 from imgclf.modelfile.checks import invalid
 from imgclf.modelfile.digests import canonical_json, container_digest, manifest_digest, tensors_digest
@@ -95,17 +96,23 @@ def _open_validated(path: str | os.PathLike) -> tuple[Container, Manifest]:
     return c, m
 
 
-def load(path: str | os.PathLike, *, device: torch.device | str = "cpu") -> Classifier:
+def load(
+    path: str | os.PathLike, *, device: torch.device | str = "cpu", max_pixels: int = MAX_PIXELS
+) -> Classifier:
     """Load a model file: validate everything, build the registered architecture, load weights strictly.
 
     Args:
         path: The model file.
         device: Where the returned classifier runs.
+        max_pixels: Pixel cap for the images it classifies (at most ``MAX_PIXELS``, the default).
 
     Raises:
         ModelFileError: If the file is missing, foreign, corrupt, tampered with or inconsistent.
     """
-    return _classifier(*_open_validated(path), device=device)
+    checked_max_pixels(max_pixels)  # a bad value fails before the model file is read
+    clf = _classifier(*_open_validated(path), device=device)
+    clf.max_pixels = max_pixels
+    return clf
 
 
 def _classifier(c: Container, m: Manifest, device: torch.device | str = "cpu") -> Classifier:
@@ -170,7 +177,12 @@ def serialize(classifier: Classifier, *, extra_probes: list[bytes] | None = None
         "preprocess": spec.to_dict(),
         "decode_rule": DECODE_RULE,
         "probes": [
-            {"kind": r.kind, "input_sha256": r.input_sha256, "probabilities": r.probabilities}
+            {
+                "kind": r.kind,
+                "input_sha256": r.input_sha256,
+                "probabilities": r.probabilities,
+                "label": {"index": r.label_index, "name": r.label_name},
+            }
             for r in records
         ],
         "provenance": fit_provenance(provenance),

@@ -34,6 +34,7 @@ MAX_CLASS_NAME = 1000
 MAX_STRING = 65536
 MAX_DEPTH = 32
 PROBE_KINDS = ("synthetic", "validation")
+_PROBE_FIELDS = {"kind", "input_sha256", "probabilities"}  # plus the optional "label"
 _TOP = ("format", "format_version", "architecture", "class_names", "preprocess", "decode_rule", "probes")
 _FIELDS = {*_TOP, "provenance", "integrity"}
 # Frozen with format version 1: a setting added to PreprocessSpec later must default to v1 behaviour,
@@ -51,6 +52,7 @@ class Probe:
     kind: str
     input_sha256: str
     probabilities: tuple[float, ...]
+    label: tuple[int, str] | None = None  # (index, name) at save time; absent from older files
 
     @property
     def image_tensor(self) -> str:
@@ -138,9 +140,9 @@ def _probes(path: str, probes: Any, classes: int) -> list[Probe]:
         field = f"probes[{i}]"
         require(
             path,
-            isinstance(p, dict) and set(p) == {"kind", "input_sha256", "probabilities"},
+            isinstance(p, dict) and set(p) - {"label"} == _PROBE_FIELDS,
             field,
-            "an object with kind, input_sha256, probabilities",
+            "an object with kind, input_sha256, probabilities (and, since labels were added, label)",
             p,
         )
         require(path, p["kind"] in PROBE_KINDS, f"{field}.kind", " | ".join(PROBE_KINDS), p["kind"])
@@ -160,8 +162,23 @@ def _probes(path: str, probes: Any, classes: int) -> list[Probe]:
             and abs(sum(probs) - 1.0) < 1e-3
         )
         require(path, ok, f"{field}.probabilities", f"{classes} probabilities in [0, 1] summing to 1", probs)
-        out.append(Probe(i, p["kind"], digest, tuple(float(v) for v in probs)))
+        label = _probe_label(path, field, p.get("label"), classes) if "label" in p else None
+        out.append(Probe(i, p["kind"], digest, tuple(float(v) for v in probs), label))
     return out
+
+
+def _probe_label(path: str, field: str, label: Any, classes: int) -> tuple[int, str]:
+    """``{"index": i, "name": s}``: the class the probe got at save time (checked by ``verify``)."""
+    ok = (
+        isinstance(label, dict)
+        and set(label) == {"index", "name"}
+        and is_int(label["index"])
+        and 0 <= label["index"] < classes
+        and isinstance(label["name"], str)
+        and 0 < len(label["name"]) <= MAX_CLASS_NAME
+    )
+    require(path, ok, f"{field}.label", f"an object with index (0 to {classes - 1}) and name", label)
+    return label["index"], label["name"]
 
 
 def _integrity(path: str, m: dict[str, Any]) -> dict[str, str]:

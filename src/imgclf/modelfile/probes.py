@@ -27,7 +27,7 @@ from imgclf.config import PreprocessSpec
 from imgclf.errors import ImageError
 from imgclf.images.preprocess import preprocess_uint8, to_tensor
 from imgclf.modelfile.format import Container
-from imgclf.modelfile.manifest import Manifest
+from imgclf.modelfile.manifest import Manifest, Probe
 
 TOLERANCE = 1e-4
 
@@ -68,6 +68,8 @@ class ProbeRecord:
     input: np.ndarray
     input_sha256: str
     probabilities: list[float]
+    label_index: int
+    label_name: str
 
 
 def compute(classifier: Classifier, images: list[bytes], kinds: list[str]) -> list[ProbeRecord]:
@@ -79,10 +81,50 @@ def compute(classifier: Classifier, images: list[bytes], kinds: list[str]) -> li
     spec = classifier.preprocess
     arrays = [preprocess_uint8(encoded, spec, name=f"probe image {i}") for i, encoded in enumerate(images)]
     probs = classifier.predict_proba_uint8(np.stack(arrays)) if arrays else np.zeros((0, 0))
+    # The label is taken from the classifier's own names, not from what the manifest will hold, so a
+    # writer that stores the names in another order produces a file whose verify fails.
     return [
-        ProbeRecord(kind, encoded, arr, input_digest(arr, spec), [float(v) for v in row])
+        ProbeRecord(
+            kind,
+            encoded,
+            arr,
+            input_digest(arr, spec),
+            [float(v) for v in row],
+            int(np.argmax(row)),
+            classifier.class_names[int(np.argmax(row))],
+        )
         for kind, encoded, arr, row in zip(kinds, images, arrays, probs, strict=True)
     ]
+
+
+def _label_row(probe: Probe, names: list[str], row: np.ndarray, tolerance: float) -> tuple[str, bool, str]:
+    """Does the probe still get the label (index and name) it got at save time?
+
+    The index passes while the saved class is still top-1 within ``tolerance`` (a near tie may swap
+    places without any real change). Files written before labels were recorded carry none: their index
+    is the argmax of the stored probabilities and the name cannot be checked.
+    """
+    check = f"probe {probe.index} ({probe.kind}) label"
+    now = int(np.argmax(row))
+    if probe.label is None:
+        index, name = int(np.argmax(probe.probabilities)), None
+    else:
+        index, name = probe.label
+    index_ok = float(row[index]) >= float(row[now]) - tolerance
+    name_ok = name is None or names[index] == name
+    saved = f"class {index} {(names[index] if name is None else name)!r}"
+    if index_ok and name_ok:
+        note = "" if name is not None else " (the file records no label name: index only)"
+        return check, True, f"{saved} as at save time{note}"
+    problems = []
+    if not index_ok:
+        problems.append(f"the top-1 class is now {now} {names[now]!r}, at save time {saved}")
+    if not name_ok:
+        problems.append(
+            f"class {index} is named {names[index]!r} in this file but the probe was labelled {name!r} "
+            "at save time (class names reordered or renamed?)"
+        )
+    return check, False, "; ".join(problems)
 
 
 def _pixel_drift(now: np.ndarray, then: np.ndarray) -> str:
@@ -149,6 +191,7 @@ def run_checks(
                 f"model output on the stored input: max |Δp| = {diff:.3g} (tolerance {tolerance:g}){top}",
             )
         )
+        rows.append(_label_row(probe, classifier.class_names, row, tolerance))
     drifted = [
         i
         for i, (now, then) in enumerate(zip(fresh, stored, strict=True))

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from imgclf.serving.models import ServedModel
 
@@ -53,10 +52,7 @@ class Job:
 
 def tensor_probabilities(model: ServedModel, batch: np.ndarray) -> np.ndarray:
     """Probabilities (N, C) for an already-preprocessed float32 batch (N, 3, H, W)."""
-    clf = model.classifier
-    x = torch.from_numpy(batch).to(clf.device).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        return torch.softmax(clf.model(x).float(), dim=1).cpu().numpy()
+    return model.classifier.predict_proba_input(batch)
 
 
 def _run_images(jobs: list[Job]) -> list[Any]:

@@ -84,8 +84,10 @@ def load_served(name: str, path: str) -> ServedModel:
     Raises:
         ModelFileError: If the file does not load, a probe check fails, or the file changed meanwhile.
     """
-    from imgclf.modelfile import inspect, load, verify
-    from imgclf.modelfile.probes import synthetic_images
+    import numpy as np
+
+    # The dispatcher tells an .imgclf from an .onnx by its first bytes; an .onnx never imports torch.
+    from imgclf.interop.files import inspect, load, verify
 
     before = _identity(path)
     report = verify(path)
@@ -106,7 +108,8 @@ def load_served(name: str, path: str) -> ServedModel:
             expected="a file that stays the same during loading",
             fix="write model files atomically (imgclf does) and reload again",
         )
-    clf.predict(synthetic_images()[0])  # warm-up: the first forward pass allocates and tunes kernels
+    warm_up = np.zeros((*clf.preprocess.size, 3), dtype=np.uint8)
+    clf.predict(warm_up)  # the first forward pass allocates and tunes kernels
     return ServedModel(name, path, clf, summary, summary["integrity"]["tensors_sha256"])
 
 

@@ -5,7 +5,9 @@ A checkpoint lives in ``RUN/checkpoints/`` and is named after where the run stan
 (written when a signal interrupts an epoch). Tensors: ``model.*`` (weights and buffers), ``best.*`` (the
 best epoch's weights, with ``keep=best``), ``optimizer.<i>.velocity`` (the optimizer's velocities),
 ``gen.order`` / ``gen.aug`` (the data-order and augmentation generators at the epoch's start),
-``rng.*`` (torch CPU/CUDA random states) and ``epoch.*`` (an interrupted epoch's running sums).
+``rng.*`` (torch CPU/CUDA random states), ``epoch.*`` (an interrupted epoch's running sums) and, with a
+weight average (``ema`` > 0), ``ema.*`` (the average) and ``averaged.*`` (the last epoch's averaged
+weights with their recomputed batch-norm statistics).
 Everything else — epoch, step, history, best metric, early-stop counter, Python/NumPy random states,
 training config, class names, architecture, data fingerprint, versions — is JSON in the metadata key
 ``imgclf.training.checkpoint``. A SHA-256 over that JSON and every tensor (metadata key ``imgclf.sha256``)
@@ -37,7 +39,7 @@ import torch
 
 from imgclf._version import versions
 from imgclf.config import TrainConfig
-from imgclf.fileio import atomic_write_bytes
+from imgclf.fileio import atomic_write_bytes, os_reason, read_bounded
 from imgclf.modelfile.foreign import CHECKPOINT_KEY
 from imgclf.training.determinism import capture_rng
 from imgclf.training.state import TrainState
@@ -45,6 +47,7 @@ from imgclf.training.state import TrainState
 CHECKPOINT_DIR = "checkpoints"
 FORMAT = "imgclf-checkpoint"
 FORMAT_VERSION = 1
+MAX_CHECKPOINT_BYTES = 1 << 36  # weights plus optimizer state: generous, but a device or a FIFO is refused
 STATE_KEY = CHECKPOINT_KEY  # inspect/load recognise checkpoints by it (imgclf.modelfile.foreign)
 DIGEST_KEY = "imgclf.sha256"
 KEEP_NEWEST = 2
@@ -156,6 +159,10 @@ def encode(state: TrainState, config: TrainConfig, info: dict[str, Any]) -> byte
     for index, values in state.optimizer.state_dict()["state"].items():
         for key, value in values.items():  # KerasSGD keeps tensors only (its velocities)
             tensors[f"optimizer.{index}.{key}"] = _cpu(value)
+    if state.ema is not None:
+        tensors.update({f"ema.{k}": _cpu(v) for k, v in state.ema.items()})
+    if state.averaged is not None:
+        tensors.update({f"averaged.{k}": _cpu(v) for k, v in state.averaged.items()})
     tensors["gen.order"] = state.order_gen.get_state()
     tensors["gen.aug"] = state.aug_gen.get_state()
     rng_data, rng_tensors = capture_rng()
@@ -225,10 +232,9 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
     path = os.fspath(path)
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        data = read_bounded(path, MAX_CHECKPOINT_BYTES, "checkpoint")
     except OSError as exc:
-        raise CheckpointDamaged(f"cannot read it ({exc.strerror or exc})") from None
+        raise CheckpointDamaged(f"cannot read it ({os_reason(exc)})") from None
     if len(data) < 8:
         raise CheckpointDamaged(f"too short ({len(data)} bytes)")
     size = int.from_bytes(data[:8], "little")
@@ -244,7 +250,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointDamaged("integrity check failed (the file was modified or damaged)")
     try:
         state = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise CheckpointDamaged(f"its state is not JSON ({exc})") from None
     if not isinstance(state, dict):
         raise CheckpointDamaged("its state is not a JSON object")

@@ -59,7 +59,8 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     return torch.bfloat16 if cpu_has_native_bf16() else None
 
 
-def _available_bytes(device: torch.device) -> int:
+def available_bytes(device: torch.device) -> int:
+    """Free memory on ``device`` (``MemAvailable`` for the CPU); a huge number when unknown."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
     try:
@@ -78,7 +79,7 @@ def stage_images(images: np.ndarray, device: torch.device, share: float = 0.5) -
     Returns ``None`` when it does not fit: ``fit`` then gathers each batch from ``images`` (typically a
     memory-mapped cache) instead, with identical results.
     """
-    if images.nbytes > share * _available_bytes(device):
+    if images.nbytes > share * available_bytes(device):
         return None
     if isinstance(images, np.memmap) or not images.flags.writeable:
         images = np.array(images)  # read the memory map into RAM once

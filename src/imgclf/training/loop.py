@@ -1,5 +1,8 @@
 """The training loop: data resident on the device, batched augmentation, Keras-style SGD time decay.
 
+The ``stable`` recipe's parts also run here: the schedule per step (:mod:`.schedule`), gradient
+clipping, and a weight average (:mod:`.ema`) that validation and the saved file use.
+
 ``fit`` never prints; progress goes to callbacks (the CLI draws a progress bar with one). The run's
 position lives in :class:`~imgclf.training.state.TrainState`, so it can stop after any step and resume
 exactly. History records hold only deterministic numbers; wall-clock times go to ``timings``.
@@ -13,9 +16,10 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,6 +35,7 @@ from imgclf.images.preprocess import to_tensor
 from imgclf.training.augment import affine_matrices, augment_batch, sample_params
 from imgclf.training.determinism import deterministic_algorithms
 from imgclf.training.device import resolve_precision, stage_images
+from imgclf.training.ema import averaged_weights, bn_images, update_average
 from imgclf.training.schedule import lr_at, steps_per_epoch
 from imgclf.training.state import PartialEpoch, TrainState
 
@@ -139,13 +144,14 @@ def _fit(
         record = epochs.run(epoch, callbacks, stop_requested)
         if record is None:  # interrupted inside the epoch
             break
-        if val is not None and len(val):
-            record["val_loss"], record["val_accuracy"] = _evaluate(epochs.net, val, config, epochs.device)
-            state.model.train()
+        with _judged_weights(config, state, train, epochs.memory):
+            if val is not None and len(val):
+                record["val_loss"], record["val_accuracy"] = _evaluate(epochs.net, val, config, epochs.device)
+                state.model.train()
+            _track_best(config, state, record)
         state.history.append(record)
         state.timings.append({"epoch": epoch, "seconds": time.perf_counter() - started})
         state.epoch = epoch
-        _track_best(config, state, record)
         for cb in callbacks:
             cb.on_epoch_end(state, record)
     for cb in callbacks:
@@ -188,6 +194,8 @@ class _Epochs:
         loss = F.cross_entropy(logits.float(), yb, label_smoothing=config.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if config.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.state.model.parameters(), config.clip_norm, foreach=True)
         optimizer.step()
         return loss.detach(), (logits.detach().argmax(1) == yb).sum()
 
@@ -205,9 +213,9 @@ class _Epochs:
         resumed, state.in_epoch = state.in_epoch, None
         loss_sum = resumed.loss_sum.to(device) if resumed else torch.zeros((), device=device)
         correct = resumed.correct.to(device) if resumed else torch.zeros((), device=device, dtype=torch.long)
-        lr = lr_at(config, state.step)
+        lr = lr_at(config, state.step, steps)
         for i in range(min(resumed.step, steps) if resumed else 0, steps):
-            lr = lr_at(config, state.step)
+            lr = lr_at(config, state.step, steps)
             for group in state.optimizer.param_groups:
                 group["lr"] = lr
             sl = slice(i * batch, (i + 1) * batch)
@@ -215,6 +223,8 @@ class _Epochs:
             loss_sum += loss
             correct += hits
             state.step += 1
+            if state.ema is not None:
+                update_average(state.ema, state.model, config.ema, state.step)
             shown = loss.item() if (i + 1) % self.report_every == 0 or i + 1 == steps else None
             for cb in callbacks:
                 cb.on_step_end(i + 1, steps, shown)
@@ -230,6 +240,30 @@ class _Epochs:
             "accuracy": correct.item() / (steps * batch),
             "lr": lr,
         }
+
+
+@contextlib.contextmanager
+def _judged_weights(
+    config: TrainConfig, state: TrainState, train: DecodedSplit, memory: torch.memory_format
+) -> Iterator[None]:
+    """The weights an epoch is judged and kept by: the training weights, or (with EMA) the average.
+
+    With EMA, the averaged weights with their recomputed batch-norm statistics are also kept in
+    ``state.averaged``; the training weights are back, bit for bit, after the block.
+    """
+    if state.ema is None:
+        yield
+        return
+    with averaged_weights(
+        state.model,
+        state.ema,
+        bn_images(train.images),
+        config.preprocess,
+        batch_size=config.batch_size,
+        memory_format=memory,
+    ):
+        state.averaged = {k: v.detach().clone() for k, v in state.model.state_dict().items()}
+        yield
 
 
 def _track_best(config: TrainConfig, state: TrainState, record: dict[str, Any]) -> None:

@@ -1,5 +1,7 @@
 """SGD with momentum as Keras runs it, the recipe's optimizer: ``v = m·v − lr·g``, then ``w = w + v``.
 
+With ``nesterov=True`` the step looks ahead as Keras' Nesterov form does: ``w = w + m·v − lr·g``.
+
 PyTorch's SGD keeps ``b = m·b + g`` and steps ``w = w − lr·b``: the same while the learning rate is
 constant, not under the recipe's time decay, where Keras' velocity keeps the learning rates of the steps
 that built it. L2 regularisation enters the gradient (``g + weight_decay·w``) before the momentum, as a
@@ -25,19 +27,23 @@ _KEY = "velocity"
 
 
 class KerasSGD:
-    """Keras' SGD (momentum, no Nesterov) with per-group L2 weight decay.
+    """Keras' SGD (momentum, optionally Nesterov) with per-group L2 weight decay.
 
     Args:
         groups: Parameter groups: dicts with ``params`` and optionally ``weight_decay`` (default 0).
         lr: Learning rate; callers change ``param_groups[i]["lr"]`` between steps for a schedule.
         momentum: Momentum ``m`` in ``[0, 1)``.
+        nesterov: Use Nesterov momentum.
 
     Attributes:
         param_groups: ``{"params", "lr", "momentum", "weight_decay"}`` per group.
         state: Per parameter, ``{"velocity": tensor}`` once it has taken a step.
     """
 
-    def __init__(self, groups: Iterable[dict[str, Any]], lr: float, momentum: float) -> None:
+    def __init__(
+        self, groups: Iterable[dict[str, Any]], lr: float, momentum: float, nesterov: bool = False
+    ) -> None:
+        self.nesterov = nesterov
         self.param_groups: list[dict[str, Any]] = [
             {
                 "params": list(g["params"]),
@@ -81,7 +87,11 @@ class KerasSGD:
                 velocity.append(slot[_KEY])
             torch._foreach_mul_(velocity, group["momentum"])
             torch._foreach_add_(velocity, grads, alpha=-group["lr"])
-            torch._foreach_add_(params, velocity)
+            if self.nesterov:
+                torch._foreach_add_(params, velocity, alpha=group["momentum"])
+                torch._foreach_add_(params, grads, alpha=-group["lr"])
+            else:
+                torch._foreach_add_(params, velocity)
 
     def state_dict(self) -> dict[str, Any]:
         """``{"state": {index: {"velocity": tensor}}, "param_groups": [...]}`` (indices over all groups)."""

@@ -22,15 +22,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from imgclf.classifier import Classifier
 from imgclf.config import TrainConfig
 from imgclf.data.decode import open_cache
 from imgclf.data.folders import scan_dataset
 from imgclf.errors import ResumeError, UsageError
 from imgclf.evaluation import Evaluation
+from imgclf.images.read import MAX_PIXELS, checked_max_pixels
 from imgclf.models import registry
 from imgclf.progress import Log, quiet
-from imgclf.training.device import resolve_device
+from imgclf.training.device import available_bytes, resolve_device
 from imgclf.training.interrupts import fit_with_checkpoints
 from imgclf.training.loop import Callback
 from imgclf.training.restore import restore
@@ -38,8 +41,9 @@ from imgclf.training.resume import plan_resume
 from imgclf.training.runfolder import (
     RunLock,
     check_free_space,
+    check_memory_for_decoding,
     estimate_bytes,
-    make_run_dir,
+    new_run_dir,
     read_record,
     refuse_overwrite,
     start_fresh,
@@ -117,6 +121,7 @@ def train(
     resume: bool = False,
     force: bool = False,
     progress: bool | None = None,
+    max_pixels: int = MAX_PIXELS,
 ) -> TrainResult:
     """Train a classifier on a dataset folder and save it as one model file.
 
@@ -142,6 +147,7 @@ def train(
             (its checkpoints are deleted).
         progress: Show progress on stderr (decoding bars, a bar per epoch, one line per epoch, notes
             and warnings); ``None`` (default): when stderr is a terminal; ``False``: never.
+        max_pixels: Refuse dataset images with more pixels (at most ``MAX_PIXELS``, the default).
 
     Raises:
         DatasetError, StorageError, UsageError: Before any training if inputs or outputs are unusable
@@ -152,6 +158,7 @@ def train(
     """
     config = (config or TrainConfig()).validated()
     callbacks, log, decode_progress = _with_progress(progress, callbacks, log, decode_progress)
+    max_pixels = checked_max_pixels(max_pixels)
     # Bad architecture args fail here, before any decoding (a meta build allocates nothing).
     registry.build_meta(config.arch, 2, config.preprocess.size, config.arch_args)
     out = check_outputs(model_path, run_dir, plot_path, resume=resume)
@@ -159,21 +166,25 @@ def train(
         refuse_overwrite(out.model, force=force)
     device = resolve_device(config.device)
     ds = scan_dataset(dataset, val_split=config.val_split, test_split=config.test_split, seed=config.seed)
-    make_run_dir(out.run_dir)
-    with RunLock(out.run_dir, log=log):
+    with new_run_dir(out.run_dir), RunLock(out.run_dir, log=log):
         plan = plan_resume(out.run_dir, config, ds, force=force, log=log) if resume else None
         if plan is None:
             start_fresh(out.run_dir, force=force, log=log)
         config = plan.config if plan is not None else config
         n_files = sum(len(samples) for samples in ds.splits.values())
         check_free_space(out.model, out.run_dir, *estimate_bytes(config, len(ds.class_names), n_files))
+        if not use_cache:
+            sizes = [len(samples) for samples in ds.splits.values()]
+            check_memory_for_decoding(config, sizes, available_bytes(torch.device("cpu")))
         for note in ds.warnings:
             log(f"warning: {note}")
         state = create_state(config, len(ds.class_names), device)
         if plan is not None:  # before decoding: checkpoint weights that do not fit fail early
             restore(state, plan.checkpoint, log=log)
-        cache = open_cache(config.preprocess, cache_dir) if use_cache else None
-        decoded = decode_splits(ds, config, cache, skip_bad=skip_bad, progress=decode_progress, log=log)
+        cache = open_cache(config.preprocess, cache_dir, max_pixels=max_pixels) if use_cache else None
+        decoded = decode_splits(
+            ds, config, cache, skip_bad=skip_bad, progress=decode_progress, log=log, max_pixels=max_pixels
+        )
         record = start_record(ds, decoded, config, out, device, plan, skip_bad, probes_from, force, log)
         state = fit_with_checkpoints(
             config,

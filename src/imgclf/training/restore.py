@@ -79,6 +79,7 @@ def restore(state: TrainState, ckpt: Checkpoint, *, log: Log) -> None:
     try:
         state.model.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")}, strict=True)
         _restore_optimizer(state.optimizer, t, s["optimizer"])
+        _restore_average(state, t)
     except (RuntimeError, ValueError, KeyError, IndexError) as exc:
         raise ResumeError(
             "the checkpoint's weights do not fit the model",
@@ -88,6 +89,8 @@ def restore(state: TrainState, ckpt: Checkpoint, *, log: Log) -> None:
         ) from None
     best = {k[5:]: v.to(device) for k, v in t.items() if k.startswith("best.")}
     state.best_state = best or None
+    averaged = {k[9:]: v.to(device) for k, v in t.items() if k.startswith("averaged.")}
+    state.averaged = averaged or None
     state.epoch, state.step = int(s["epoch"]), int(s["step"])
     state.history, state.timings = list(s["history"]), list(s["timings"])
     state.best_metric, state.best_epoch = s.get("best_metric"), s.get("best_epoch")
@@ -104,6 +107,22 @@ def restore(state: TrainState, ckpt: Checkpoint, *, log: Log) -> None:
             f"warning: the checkpoint was written with torch {saved_torch}, this is torch "
             f"{torch.__version__}: the run continues, but need not match an uninterrupted run bit for bit"
         )
+
+
+def _restore_average(state: TrainState, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy the saved weight average into ``state.ema`` (each in its parameter's memory layout).
+
+    A checkpoint without one (a forced resume that turned ``ema`` on) starts the average afresh.
+    """
+    saved = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+    if state.ema is None or not saved:
+        return
+    if set(saved) != set(state.ema):
+        raise ValueError(f"weight average for {sorted(set(saved) ^ set(state.ema))[:3]} does not fit")
+    for name, value in saved.items():
+        if value.shape != state.ema[name].shape:
+            raise ValueError(f"weight average {name} ({tuple(value.shape)}) does not fit")
+        state.ema[name].copy_(value)
 
 
 def _restore_optimizer(optimizer: KerasSGD, tensors: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:

@@ -7,7 +7,8 @@ short diff (``ResumeError``, exit 6) unless ``force`` is given:
   :data:`OPERATIONAL` (device, precision, memory layout, compilation, evaluation batch size,
   determinism flag), which may change (bitwise equality with an uninterrupted run is then not promised);
 * ``epochs`` may be raised (train longer) or lowered to no fewer than the epochs done; the learning-rate
-  decay then stays the original run's (``lr / original epochs``), so the schedule continues smoothly;
+  decay then stays the original run's (``lr / original epochs``), so the schedule continues smoothly
+  (a ``cosine`` schedule is re-planned over the new total instead, with a note);
 * the **class names** and the **dataset**: files added, removed, relabelled or changed in content.
 
 Architecture or class-count changes cannot be forced: the checkpoint's weights would not fit.
@@ -152,7 +153,12 @@ def plan_resume(
             expected=f"at least {least}",
             fix=f"use --epochs {saved.epochs} (the run's own) or more",
         )
-    if config.epochs != saved.epochs and config.decay is None and saved.decay is None:
+    if config.epochs != saved.epochs and config.schedule == "cosine":
+        log(
+            f"note: training for {config.epochs} epochs instead of {saved.epochs}; the cosine schedule "
+            f"is re-planned over {config.epochs} epochs, so the learning rate jumps where it resumes"
+        )
+    elif config.epochs != saved.epochs and config.decay is None and saved.decay is None:
         config = config.replace(decay=saved.effective_decay)  # the schedule the run was on
         log(
             f"note: training for {config.epochs} epochs instead of {saved.epochs}; the learning-rate "

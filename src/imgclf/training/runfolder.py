@@ -23,13 +23,21 @@ import os
 import shutil
 import socket
 import sys
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from imgclf.config import TrainConfig
-from imgclf.errors import ResumeError, StorageError, UsageError
-from imgclf.fileio import TMP_SUFFIX, atomic_write_bytes, atomic_write_text, check_writable, pid_alive
+from imgclf.errors import OutOfMemory, ResumeError, StorageError, UsageError
+from imgclf.fileio import (
+    TMP_SUFFIX,
+    atomic_write_bytes,
+    atomic_write_text,
+    check_writable,
+    pid_alive,
+    read_json,
+)
 from imgclf.models import registry
 from imgclf.progress import Log
 from imgclf.training.checkpoint import CHECKPOINT_DIR, KEEP_NEWEST, list_checkpoints
@@ -42,6 +50,8 @@ except ImportError:  # pragma: no cover - Windows
 RUN_FILE = "run.json"
 LOCK_FILE = "lock"
 RUN_FORMAT = "imgclf-run"
+MAX_LOCK_BYTES = 1 << 16  # PID, host and start time
+MAX_RECORD_BYTES = 1 << 28  # the file table: about 100 bytes per dataset file
 
 
 def _now() -> str:
@@ -63,8 +73,7 @@ class RunLock:
 
     def _holder(self) -> dict[str, Any] | None:
         try:
-            with open(self.path, encoding="utf-8") as fh:
-                info = json.load(fh)
+            info = read_json(self.path, MAX_LOCK_BYTES, "lock file")
             return info if isinstance(info, dict) else {}
         except FileNotFoundError:
             return None
@@ -167,8 +176,7 @@ def read_record(run_dir: str | os.PathLike) -> dict[str, Any]:
     path = os.path.join(os.fspath(run_dir), RUN_FILE)
     require_run_dir(run_dir)
     try:
-        with open(path, encoding="utf-8") as fh:
-            record = json.load(fh)
+        record = read_json(path, MAX_RECORD_BYTES, "run record")
     except FileNotFoundError:
         raise ResumeError(
             "not a run folder: run.json is missing",
@@ -304,6 +312,51 @@ def default_run_dir(model_path: str | os.PathLike) -> str:
     """The run folder next to the model file: ``malaria.imgclf`` → ``malaria-run/``."""
     p = Path(model_path)
     return str(p.with_name(p.stem + "-run"))
+
+
+def check_memory_for_decoding(config: TrainConfig, split_sizes: list[int], available: int) -> None:
+    """Fail before decoding if the decoded images cannot fit in memory (decoding without the cache).
+
+    Each split's images stay in memory as (N, H, W, 3) uint8, and the split being decoded also passes
+    through a shared buffer of the same size.
+
+    Raises:
+        OutOfMemory: With the needed and the available memory.
+    """
+    h, w = config.preprocess.height, config.preprocess.width
+    need = h * w * 3 * (sum(split_sizes) + max(split_sizes, default=0))
+    if need > available:
+        raise OutOfMemory(
+            "not enough memory for the decoded images",
+            received=f"{sum(split_sizes)} images of {h}x{w} need {_mb(need)}, {_mb(available)} available",
+            expected="decoded images that fit in memory",
+            fix="drop --no-cache (the cache streams from disk), or use a smaller --size",
+        )
+
+
+@contextlib.contextmanager
+def new_run_dir(run_dir: str) -> Iterator[None]:
+    """:func:`make_run_dir`; if the block fails and the folder was created here, remove it again when it
+    holds no file (a refused dataset, disk or memory check, or a signal before training left nothing)."""
+    created = not os.path.lexists(run_dir)
+    make_run_dir(run_dir)
+    try:
+        yield
+    except BaseException:
+        if created:
+            remove_if_no_files(run_dir)
+        raise
+
+
+def remove_if_no_files(run_dir: str) -> None:
+    """Delete ``run_dir`` if it holds no file (only empty folders, if any); otherwise leave it alone."""
+    try:
+        for _, _, files in os.walk(run_dir):
+            if files:
+                return
+        shutil.rmtree(run_dir)
+    except OSError:
+        pass  # best effort: a leftover empty folder is harmless
 
 
 def make_run_dir(run_dir: str) -> None:

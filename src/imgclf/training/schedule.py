@@ -1,12 +1,14 @@
-"""The learning-rate schedule and the epoch's step count, as the recipe (Keras) defines them.
+"""The learning-rate schedules (the recipe's Keras time decay; cosine with warm-up) and the epoch's steps.
 
 Usage::
 
     steps, batch = steps_per_epoch(len(train), config.batch_size)
-    lr = lr_at(config, state.step)          # lr / (1 + decay * step)
+    lr = lr_at(config, state.step, steps)   # time_decay: lr / (1 + decay * step)
 """
 
 from __future__ import annotations
+
+import math
 
 from imgclf.config import TrainConfig
 
@@ -17,6 +19,18 @@ def steps_per_epoch(n: int, batch_size: int) -> tuple[int, int]:
     return max(1, n // batch), batch
 
 
-def lr_at(config: TrainConfig, step: int) -> float:
-    """Keras time decay: ``lr / (1 + decay * step)`` with ``step`` counted from 0."""
-    return config.lr / (1.0 + config.effective_decay * step)
+def lr_at(config: TrainConfig, step: int, steps: int = 1) -> float:
+    """The learning rate of optimizer step ``step`` (counted from 0) with ``steps`` steps per epoch.
+
+    ``time_decay`` (Keras): ``lr / (1 + decay * step)``. ``cosine``: with ``W = round(warmup * steps)``
+    warm-up steps and ``T = epochs * steps`` in all, ``lr * ((step + 1) / W)`` while ``step < W``, then
+    ``lr * (1 + cos(pi * p)) / 2`` with ``p = min(1, (step - W) / (T - W))``.
+    """
+    if config.schedule == "time_decay":
+        return config.lr / (1.0 + config.effective_decay * step)
+    total = config.epochs * steps
+    warm = min(round(config.warmup * steps), total)
+    if step < warm:
+        return config.lr * ((step + 1) / warm)
+    progress = min(1.0, (step - warm) / max(1, total - warm))
+    return config.lr * 0.5 * (1.0 + math.cos(math.pi * progress))

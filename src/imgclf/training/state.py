@@ -22,6 +22,7 @@ from torch import nn
 from imgclf.config import TrainConfig
 from imgclf.models import registry
 from imgclf.training.device import resolve_device
+from imgclf.training.ema import start_average
 from imgclf.training.optim import KerasSGD
 
 
@@ -62,6 +63,9 @@ class TrainState:
         stopped_early: True if patience ran out.
         in_epoch: Progress inside an unfinished epoch (after an interruption), else ``None``.
         interrupted: True if ``fit`` returned because ``should_stop`` said so.
+        ema: The weight average by parameter name (``config.ema > 0``), else ``None``.
+        averaged: With ``ema``: the last epoch's averaged weights and recomputed batch-norm statistics
+            (what ``keep=last`` saves), else ``None``.
     """
 
     model: nn.Module
@@ -79,6 +83,8 @@ class TrainState:
     stopped_early: bool = False
     in_epoch: PartialEpoch | None = None
     interrupted: bool = False
+    ema: dict[str, torch.Tensor] | None = None
+    averaged: dict[str, torch.Tensor] | None = None
 
 
 def _seeds(seed: int) -> tuple[int, int, int]:
@@ -100,12 +106,13 @@ def create_state(config: TrainConfig, num_classes: int, device: torch.device | N
         for coef, params in registry.l2_groups(model)
         if params
     ]
-    optimizer = KerasSGD(groups, lr=config.lr, momentum=config.momentum)
+    optimizer = KerasSGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
     return TrainState(
         model=model,
         optimizer=optimizer,
         order_gen=torch.Generator().manual_seed(order_seed),
         aug_gen=torch.Generator().manual_seed(aug_seed),
+        ema=start_average(model) if config.ema else None,
     )
 
 
@@ -114,4 +121,6 @@ def final_weights(config: TrainConfig, state: TrainState) -> tuple[nn.Module, in
     if config.keep == "best" and state.best_state is not None and state.best_epoch is not None:
         state.model.load_state_dict(state.best_state)
         return state.model, state.best_epoch
+    if state.averaged is not None:
+        state.model.load_state_dict(state.averaged)
     return state.model, state.epoch

@@ -38,7 +38,7 @@ from imgclf.data.folders import Dataset
 from imgclf.errors import DatasetError
 from imgclf.evaluation import Evaluation, evaluate_probabilities, usefulness_warnings
 from imgclf.fileio import atomic_write_text, check_writable
-from imgclf.images.read import read_bytes
+from imgclf.images.read import MAX_PIXELS, read_bytes
 from imgclf.modelfile.weights import copy_to_cpu
 from imgclf.plots import have_matplotlib, require_matplotlib
 from imgclf.progress import Log
@@ -123,8 +123,11 @@ def decode_splits(
     skip_bad: bool,
     progress: DecodeProgress | None,
     log: Log,
+    max_pixels: int = MAX_PIXELS,
 ) -> dict[str, DecodedSplit]:
     """Decode every split once (through ``cache`` if given); all bad files are reported in one error.
+
+    ``max_pixels`` caps each image (a cache decodes with the cap it was opened with).
 
     Raises:
         DatasetError: Undecodable files (without ``skip_bad``), or no usable training image.
@@ -133,7 +136,9 @@ def decode_splits(
     for split, samples in ds.splits.items():
         tick = progress(split, len(samples)) if progress and samples else None
         # Decode every split before judging, so all bad files are reported in one error.
-        decoded[split] = load_split(samples, config.preprocess, skip_bad=True, progress=tick, cache=cache)
+        decoded[split] = load_split(
+            samples, config.preprocess, skip_bad=True, progress=tick, cache=cache, max_pixels=max_pixels
+        )
     bad = [item for dec in decoded.values() for item in dec.skipped]
     if bad and not skip_bad:
         raise bad_files_error(bad)

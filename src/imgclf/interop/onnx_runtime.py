@@ -1,0 +1,326 @@
+"""An .onnx written by ``imgclf export``, run with onnxruntime and NumPy: load, predict, verify, inspect.
+
+Nothing here imports torch: the image path (decode → orient → RGB → resize → scale) is the NumPy one of
+:mod:`imgclf.images.preprocess`, and :class:`OnnxClassifier` keeps the :class:`imgclf.Classifier`
+interface (``predict``, ``predict_proba``, ``iter_predict``, ``class_names``, ``preprocess``,
+``manifest``), so the CLI and the server use it unchanged.
+
+Usage::
+
+    clf = load_onnx("malaria.onnx")
+    print(clf.predict(["cell.png"])[0].label)
+    report = verify_onnx("malaria.onnx"); assert report.ok
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from imgclf.classifier import MAX_BATCH_PIXELS, Classifier
+from imgclf.errors import ImageError, ModelFileError
+from imgclf.fileio import open_for_reading
+from imgclf.images.preprocess import preprocess_uint8, to_array
+from imgclf.images.read import MAX_PIXELS, checked_max_pixels
+from imgclf.interop.onnx_meta import (
+    ONNX_FORMAT,
+    PARITY_TOLERANCE,
+    OnnxManifest,
+    parse_metadata,
+    probe_data,
+)
+
+MAX_ONNX_BYTES = 2 * 1024**3  # protobuf's limit for one message: larger models need external data
+
+
+def read_onnx_bytes(path: str | os.PathLike) -> bytes:
+    """Read an .onnx file (regular, at most ``MAX_ONNX_BYTES``), non-blocking and bounded.
+
+    Raises:
+        ModelFileError: If the file is missing, not a regular file, unreadable or too large.
+    """
+    name = os.fspath(path)
+    try:
+        fd, st = open_for_reading(name)
+    except OSError as exc:
+        raise ModelFileError(
+            "cannot open model file",
+            received=f"{name} ({exc.strerror or exc})",
+            expected="a readable file",
+            fix="check the path and permissions",
+        ) from None
+    try:
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_ONNX_BYTES:
+            raise ModelFileError(
+                "not a regular model file of a supported size",
+                received=f"{name} ({st.st_size} bytes)",
+                expected=f"a regular file of at most {MAX_ONNX_BYTES} bytes",
+                fix="pass the .onnx file itself",
+            )
+        parts, size = [], 0
+        while size <= MAX_ONNX_BYTES:
+            part = os.read(fd, max(st.st_size + 1 - size, 1 << 16))
+            if not part:
+                break
+            parts.append(part)
+            size += len(part)
+    finally:
+        os.close(fd)
+    return b"".join(parts)
+
+
+def new_session(data: bytes, path: str, threads: int | None = None) -> Any:
+    """An onnxruntime CPU session (default graph optimisations) over the model in ``data``.
+
+    Raises:
+        ModelFileError: If onnxruntime is missing or cannot load the model (truncated, corrupt, too new).
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ModelFileError(
+            "onnxruntime is not installed",
+            received=path,
+            expected="the onnx extra",
+            fix="pip install 'imgclf[onnx]'",
+        ) from None
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: warnings would go to stderr on every load
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - any runtime refusal of untrusted bytes is an invalid file
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ModelFileError(
+            "cannot load ONNX model (truncated, corrupt or from a newer ONNX)",
+            received=f"{path} ({detail})",
+            expected="a complete .onnx file onnxruntime can load",
+            fix="export the model again with `imgclf export MODEL --format onnx`",
+        ) from None
+
+
+def run_session(session: Any, x: np.ndarray) -> np.ndarray:
+    """Probabilities (N, C) float32 from the exported graph for the float input ``x`` (N, 3, H, W)."""
+    return np.asarray(session.run(None, {session.get_inputs()[0].name: x})[0], dtype=np.float32)
+
+
+class OnnxClassifier(Classifier):
+    """A classifier backed by an onnxruntime session: the object ``imgclf.load("m.onnx")`` returns.
+
+    Args:
+        session: The onnxruntime session (its graph ends with the softmax).
+        manifest: The validated imgclf metadata of the file.
+        path: The file it came from (for messages).
+    """
+
+    def __init__(  # noqa: D107
+        self, session: Any, manifest: OnnxManifest, path: str = "", *, max_pixels: int = MAX_PIXELS
+    ) -> None:
+        # No super().__init__: that builds a torch module; everything the predict methods use is here.
+        self.max_pixels = checked_max_pixels(max_pixels)
+        self.session = session
+        self.path = path
+        self.class_names = list(manifest.class_names)
+        self.preprocess = manifest.preprocess
+        self.arch = manifest.arch
+        self.arch_args = manifest.arch_args
+        self.manifest = {k: v for k, v in manifest.raw.items() if k != "probes"}
+        self.device = "cpu"
+        self.model = None  # no torch module: callers use predict_proba_input, not model(x)
+
+    def __repr__(self) -> str:
+        spec = self.preprocess
+        return (
+            f"OnnxClassifier(arch={self.arch!r}, classes={self.class_names!r}, "
+            f"input={spec.height}x{spec.width}, interpolation={spec.interpolation!r}, file={self.path!r})"
+        )
+
+    def predict_proba_input(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities (N, C) for an already-scaled float32 input (N, 3, H, W), via onnxruntime."""
+        return run_session(self.session, np.ascontiguousarray(x, dtype=np.float32))
+
+    def predict_proba_uint8(self, images: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
+        """Probabilities (N, C) for already-preprocessed uint8 images (N, H, W, 3), via onnxruntime."""
+        spec = self.preprocess
+        step = max(1, min(batch_size, MAX_BATCH_PIXELS // (spec.height * spec.width)))
+        parts = [
+            run_session(self.session, to_array(images[i : i + step], spec))
+            for i in range(0, len(images), step)
+        ]
+        return np.concatenate(parts) if parts else np.zeros((0, self.num_classes), dtype=np.float32)
+
+
+def _open(
+    path: str | os.PathLike, threads: int | None = None
+) -> tuple[bytes, Any, OnnxManifest, dict[str, str]]:
+    name = os.fspath(path)
+    data = read_onnx_bytes(name)
+    session = new_session(data, name, threads)
+    props = dict(session.get_modelmeta().custom_metadata_map)
+    m = parse_metadata(props, name)
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    spec = m.preprocess
+    want_in = [3, spec.height, spec.width]
+    if (
+        len(inputs) != 1
+        or len(outputs) != 1
+        or list(inputs[0].shape[1:]) != want_in
+        or outputs[0].shape[-1] != len(m.class_names)
+    ):
+        raise ModelFileError(
+            "invalid imgclf ONNX file: the graph does not match its metadata",
+            received=f"{name} (inputs {[i.shape for i in inputs]}, outputs {[o.shape for o in outputs]})",
+            expected=f"one input [N, {', '.join(map(str, want_in))}], one output [N, {len(m.class_names)}]",
+            fix="export the model again with `imgclf export MODEL --format onnx`",
+        )
+    return data, session, m, props
+
+
+def load_onnx(
+    path: str | os.PathLike, *, threads: int | None = None, max_pixels: int = MAX_PIXELS
+) -> OnnxClassifier:
+    """Load an .onnx written by ``imgclf export`` (onnxruntime, no torch).
+
+    Args:
+        path: The .onnx file.
+        threads: onnxruntime intra-op threads (default: its own choice).
+
+    Raises:
+        ModelFileError: If the file is unreadable, truncated, without imgclf metadata or inconsistent.
+    """
+    _, session, m, _ = _open(path, threads)
+    return OnnxClassifier(session, m, os.fspath(path), max_pixels=max_pixels)
+
+
+@dataclass
+class OnnxVerifyReport:
+    """Outcome of :func:`verify_onnx`: ``(check, ok, detail)`` rows, like ``modelfile.VerifyReport``."""
+
+    path: str
+    checks: list[tuple[str, bool, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True if every check passed."""
+        return all(ok for _, ok, _ in self.checks)
+
+
+def graph_digest(data: bytes) -> str:
+    """SHA-256 of the model's graph (weights and nodes, not the metadata), deterministically serialised."""
+    import onnx
+
+    model = onnx.load_model_from_string(data)
+    return hashlib.sha256(model.graph.SerializeToString(deterministic=True)).hexdigest()
+
+
+def verify_onnx(path: str | os.PathLike, *, tolerance: float = PARITY_TOLERANCE) -> OnnxVerifyReport:
+    """Check the graph and re-run the stored parity probes with this environment's onnxruntime.
+
+    Raises:
+        ModelFileError: If the file does not even load (see :func:`load_onnx`).
+    """
+    data, session, m, props = _open(path)
+    report = OnnxVerifyReport(os.fspath(path))
+    report.checks.append(_structure_check(data, m))
+    clf = OnnxClassifier(session, m, report.path)
+    stored = probe_data(props, m, report.path)
+    for probe, (image, then) in zip(m.probes, stored, strict=True):
+        label = f"probe {probe.index} ({probe.kind}) preprocessing"
+        try:
+            now = preprocess_uint8(image, m.preprocess, name=f"probe {probe.index}")
+        except ImageError as exc:
+            report.checks.append((label, False, f"the probe image no longer decodes: {exc.problem}"))
+            continue
+        same = now.shape == then.shape and np.array_equal(now, then)
+        digest = hashlib.sha256(to_array(then[None], m.preprocess).tobytes()).hexdigest()
+        ok = same and digest == probe.input_sha256
+        detail = (
+            "identical input"
+            if ok
+            else "preprocessing changed (Pillow or imgclf?)"
+            if not same
+            else ("same pixels but the float input differs (scaling changed)")
+        )
+        report.checks.append((label, ok, detail))
+    if stored:
+        probs = clf.predict_proba_uint8(np.stack([s[1] for s in stored])).astype(np.float64)
+        for probe, row in zip(m.probes, probs, strict=True):
+            want = np.asarray(probe.probabilities)
+            diff = float(np.max(np.abs(row - want)))
+            top = "" if int(np.argmax(row)) == int(np.argmax(want)) else "; the top-1 class changed"
+            report.checks.append(
+                (
+                    f"probe {probe.index} ({probe.kind}) output",
+                    diff <= tolerance and not top,
+                    f"onnxruntime on the stored input vs PyTorch at export: max |Δp| = {diff:.3g} "
+                    f"(tolerance {tolerance:g}){top}",
+                )
+            )
+    return report
+
+
+def _structure_check(data: bytes, m: OnnxManifest) -> tuple[str, bool, str]:
+    import onnx
+
+    try:
+        onnx.checker.check_model(onnx.load_model_from_string(data), full_check=True)
+    except Exception as exc:  # noqa: BLE001 - the checker's verdict, whatever its exception type
+        return ("graph", False, f"onnx.checker refuses the model: {str(exc).splitlines()[0][:200]}")
+    want = m.raw.get("graph_sha256")
+    if graph_digest(data) != want:
+        return ("graph", False, "the graph's digest differs from the one recorded at export (modified?)")
+    return ("graph", True, "onnx.checker passes; graph digest matches the export's")
+
+
+def inspect_onnx(path: str | os.PathLike) -> dict[str, Any]:
+    """Summarise an imgclf .onnx file (metadata, graph size, parity figures) without running it.
+
+    Raises:
+        ModelFileError: If the file is not a valid imgclf .onnx.
+    """
+    import onnx
+
+    data, _, m, _ = _open(path)
+    model = onnx.load_model_from_string(data)
+    raw, prov = m.raw, m.raw.get("provenance", {}) or {}
+    export = raw.get("export", {}) or {}
+    return {
+        "path": os.fspath(path),
+        "format": ONNX_FORMAT,
+        "format_version": raw["format_version"],
+        "architecture": raw.get("architecture"),
+        "class_names": m.class_names,
+        "preprocess": m.preprocess.to_dict(),
+        "decode_rule": raw.get("decode_rule"),
+        "training": prov.get("training"),
+        "metrics": prov.get("metrics"),
+        "data": prov.get("data"),
+        "versions": export.get("versions"),
+        "created": export.get("created"),
+        "probes": len(m.probes),
+        "probe_kinds": [p.kind for p in m.probes],
+        "source": raw.get("source"),
+        "onnx": {
+            "ir_version": model.ir_version,
+            "opset": max(
+                (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None
+            ),
+            "exporter": export.get("exporter"),
+            "graph_sha256": raw.get("graph_sha256"),
+            "parity": raw.get("parity"),
+        },
+        # As in the .imgclf's inspect: tensors_sha256 identifies the weights (those of the source file).
+        "integrity": {
+            "tensors_sha256": (raw.get("source") or {}).get("tensors_sha256"),
+            "graph_sha256": raw.get("graph_sha256"),
+        },
+        "tensors": len(model.graph.initializer),
+        "parameters": sum(int(np.prod(t.dims)) for t in model.graph.initializer),
+        "file_bytes": len(data),
+    }
