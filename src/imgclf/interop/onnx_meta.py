@@ -86,7 +86,7 @@ def metadata_entries(
 
 def _bad(path: str, problem: str, expected: str = "an .onnx written by `imgclf export`") -> ModelFileError:
     return ModelFileError(
-        f"invalid imgclf ONNX file: {problem}",
+        f"invalid model file {path!r}: bad imgclf ONNX metadata: {problem}",
         received=path,
         expected=expected,
         fix="export the model again with `imgclf export MODEL --format onnx`",
@@ -134,7 +134,8 @@ def parse_metadata(props: dict[str, str], path: str) -> OnnxManifest:
     text = props.get(MANIFEST_KEY)
     if text is None:
         raise ModelFileError(
-            "not an imgclf model file: an ONNX model without imgclf metadata (class names, preprocessing)",
+            f"invalid model file {path!r}: not an imgclf model file: an ONNX model without imgclf metadata "
+            "(class names, preprocessing)",
             received=path,
             expected=f"an .onnx written by `imgclf export` (metadata key {MANIFEST_KEY!r})",
             fix="export the .imgclf model with `imgclf export MODEL --format onnx`",

@@ -98,7 +98,8 @@ def new_session(data: bytes, path: str, threads: int | None = None) -> Any:
     except Exception as exc:  # noqa: BLE001 - any runtime refusal of untrusted bytes is an invalid file
         detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise ModelFileError(
-            "cannot load ONNX model (truncated, corrupt or from a newer ONNX)",
+            f"invalid model file {str(path)!r}: cannot load ONNX model "
+            "(truncated, corrupt or from a newer ONNX)",
             received=f"{path} ({detail})",
             expected="a complete .onnx file onnxruntime can load",
             fix="export the model again with `imgclf export MODEL --format onnx`",
