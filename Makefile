@@ -36,3 +36,4 @@ mutation: $(STAMP)
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache mutants
+	@echo "kept the decode cache: $${IMGCLF_CACHE_DIR:-$${XDG_CACHE_HOME:-$$HOME/.cache}/imgclf} (see its size: imgclf cache info; delete it: imgclf cache clear)"

@@ -187,3 +187,24 @@ def test_evaluate_probabilities_all_correct_lists_nothing():
     probs = np.eye(3, dtype=np.float32)
     ev = evaluate_probabilities(probs, np.arange(3), ["a", "b", "c"], ["x", "y", "z"])
     assert ev.misclassified == [] and ev.accuracy == 1.0
+
+
+
+def _evaluation(pred, labels):
+    probs = np.eye(2)[np.asarray(pred)]
+    paths = [f"{i}.png" for i in range(len(pred))]
+    return evaluate_probabilities(probs, np.asarray(labels), paths, ["a", "b"])
+
+
+def test_usefulness_warnings_name_one_class_models_and_chance_level():
+    from imgclf.evaluation import usefulness_warnings
+
+    one_class = usefulness_warnings(_evaluation([0] * 20, [0] * 10 + [1] * 10), "testing")
+    assert one_class[0] == "the saved model predicts 'a' for 20 of 20 testing images"
+    assert "accuracy 0.5000 is at chance level" in one_class[1]
+    assert usefulness_warnings(_evaluation([0] * 10 + [1] * 10, [0] * 10 + [1] * 10), "testing") == []
+    wrong = usefulness_warnings(_evaluation([1] * 10 + [0] * 10, [0] * 10 + [1] * 10), "validation")
+    assert wrong == [
+        "the saved model's validation accuracy 0.0000 is at chance level (always answering the most common "
+        "class scores 0.5000)"
+    ]

@@ -6,6 +6,7 @@ import io
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -111,7 +112,7 @@ def test_plot_history_writes_a_png(tmp_path):
     path = tmp_path / "plot.png"
     plot_history(HISTORY, path)
     img = _png(path)
-    assert img.size == (800, 600)
+    assert img.size == (900, 600)
     assert path.stat().st_size > 10_000
     colours = np.unique(np.asarray(img.convert("RGB")).reshape(-1, 3), axis=0)
     assert len(colours) > 20  # curves, text and the ggplot background, not a blank canvas
@@ -121,7 +122,7 @@ def test_plot_history_writes_a_png(tmp_path):
 def test_plot_history_without_validation_curves_and_with_a_single_epoch(tmp_path):
     path = tmp_path / "plot.png"
     plot_history([{"epoch": 1, "loss": 0.7, "accuracy": 0.5, "lr": 0.1}], path)
-    assert _png(path).size == (800, 600)
+    assert _png(path).size == (900, 600)
 
 
 def test_plot_history_into_a_missing_folder_is_a_storage_error(tmp_path):
@@ -216,4 +217,120 @@ def test_huge_early_validation_losses_are_named_instead_of_flattening_the_other_
     assert [e for e, _ in clipped] == [1, 2]  # 605 and NaN are off the chart; 2.0 and 0.1 are on it
     assert loss_ceiling([{"epoch": 1, "loss": 0.1, "val_loss": 0.3}]) == (1.05, [])  # accuracies fit whole
     plot_history(history, tmp_path / "plot.png")
-    assert _png(tmp_path / "plot.png").size == (800, 600)
+    assert _png(tmp_path / "plot.png").size == (900, 600)
+
+
+def test_matplotlib_is_a_normal_dependency_so_plain_pip_install_can_plot():
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    assert any(d.split(">")[0].split("=")[0].strip() == "matplotlib" for d in project["dependencies"])
+    assert project["optional-dependencies"]["plots"] == []  # the old extra still installs
+
+
+def _legend_and_curves(fig):
+    """(legend box, curve points' box) in display pixels, after drawing."""
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    legend = ax.get_legend().get_window_extent()
+    points = np.concatenate(
+        [ax.transData.transform(line.get_xydata()) for line in ax.get_lines() if line.get_label()[0] != "_"]
+    )
+    points = points[np.isfinite(points).all(axis=1)]
+    return legend, points, ax
+
+
+def test_plot_history_legend_sits_where_no_curve_is_and_the_saved_epoch_is_marked(tmp_path):
+    from imgclf.plots import history_figure
+
+    history = [
+        {"epoch": e, "loss": 0.7 - 0.05 * e, "accuracy": 0.5 + 0.04 * e, "val_loss": 0.69 - 0.04 * e,
+         "val_accuracy": 0.55 + 0.04 * e, "lr": 0.1}
+        for e in range(1, 8)
+    ]
+    fig = history_figure(history, "t", saved_epoch=5)
+    legend, points, ax = _legend_and_curves(fig)
+    inside = (
+        (points[:, 0] >= legend.x0) & (points[:, 0] <= legend.x1)
+        & (points[:, 1] >= legend.y0) & (points[:, 1] <= legend.y1)
+    )
+    assert not inside.any()  # no curve point under the legend
+    assert legend.x0 >= ax.get_window_extent().x1  # outside the axes, so also clear of val_acc's first epochs
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["train_loss", "val_loss", "train_acc", "val_acc", "saved epoch 5"]
+    marker = [line for line in ax.get_lines() if line.get_label() == "saved epoch 5"]
+    assert len(marker) == 1 and list(marker[0].get_xdata()) == [5, 5]
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def test_plot_history_has_no_legend_entry_for_a_curve_not_drawn():
+    import matplotlib.pyplot as plt
+
+    from imgclf.plots import history_figure
+
+    no_val = [{"epoch": e, "loss": 0.5, "accuracy": 0.7, "lr": 0.1} for e in (1, 2, 3)]
+    fig = history_figure(no_val, "t")
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["train_loss", "train_acc"]
+    plt.close(fig)
+    clipped = [{**r, "val_loss": 500.0, "val_accuracy": 0.5} for r in no_val]  # all above the chart
+    fig = history_figure(clipped, "t")
+    shown = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert shown == ["train_loss", "train_acc", "val_acc"]
+    plt.close(fig)
+
+
+def test_confusion_plot_has_a_title_and_unrotated_labels_when_they_fit():
+    import matplotlib.pyplot as plt
+
+    from imgclf.plots import confusion_figure
+
+    names = ["Parasitized", "Uninfected"]
+    title = "malaria.imgclf on testing: accuracy 0.9200 (100 images)"
+    fig = confusion_figure(np.eye(2, dtype=np.int64) * 5, names, title)
+    ax = fig.axes[0]
+    assert " ".join(ax.get_title().split()) == title
+    fig.canvas.draw()
+    box, page = ax.title.get_window_extent(), fig.get_window_extent()
+    assert page.x0 <= box.x0 and box.x1 <= page.x1  # the title is not cut off
+    assert {t.get_rotation() for t in ax.get_xticklabels()} == {0.0}
+    plt.close(fig)
+    long = [f"a rather long class name {i}" for i in range(6)]
+    fig = confusion_figure(np.eye(6, dtype=np.int64), long)
+    assert {t.get_rotation() for t in fig.axes[0].get_xticklabels()} == {45.0}
+    plt.close(fig)
+
+
+def test_montage_tile_of_a_wrong_prediction_has_a_red_border_and_the_true_class(gray_image):
+    from imgclf.plots import WRONG, montage_tile
+
+    right = np.asarray(montage_tile(gray_image, "ring 90%", (0, 255, 0)))
+    wrong = np.asarray(montage_tile(gray_image, "ring 90%", (0, 255, 0), true_if_wrong="square"))
+    assert right.shape == wrong.shape == (128, 128, 3)
+    edge = np.concatenate([wrong[:, 0], wrong[:, -1], wrong[0], wrong[-1]])
+    assert (edge == WRONG).all()
+    assert not (np.concatenate([right[:, -1], right[-1]]) == WRONG).all(axis=1).any()
+    bottom = wrong[100:124, 8:60]
+    assert (bottom == WRONG).all(axis=2).sum() > 20  # "true: square" drawn in red near the bottom
+
+
+def test_predict_montage_marks_a_wrong_prediction_of_an_image_in_a_class_folder(gray_image, tmp_path):
+    from types import SimpleNamespace
+
+    from imgclf.cli.predict import _tile
+    from imgclf.plots import WRONG
+
+    path = tmp_path / "ring" / "a.png"
+    path.parent.mkdir()
+    Image.fromarray(gray_image).save(path)
+    names = ["ring", "square"]
+
+    def tile(label: str, index: int) -> np.ndarray:
+        prediction = SimpleNamespace(source=str(path), label=label, confidence=0.9, index=index)
+        return np.asarray(_tile(prediction, names))
+
+    assert (tile("square", 1)[:, 0] == WRONG).all()  # true class ring (its folder), predicted square
+    assert not (tile("ring", 0)[:, 0] == WRONG).all(axis=1).any()  # right: no border

@@ -27,6 +27,7 @@ __all__ = [
     "PreprocessSpec",
     "AugmentSpec",
     "Callback",
+    "EpochProgress",
     "TrainResult",
     # the model file
     "load",
@@ -46,6 +47,7 @@ __all__ = [
     "ModelFileError",
     "StorageError",
     "ResumeError",
+    "RunFinished",
     "Interrupted",
     "PartialFailure",
     "ExportError",
@@ -58,6 +60,7 @@ _HOME = {
     "resume_run": "imgclf.training.pipeline",
     "TrainResult": "imgclf.training.pipeline",
     "Callback": "imgclf.training.loop",
+    "EpochProgress": "imgclf.training.progress",  # the stderr progress display (a Callback)
     "TrainConfig": "imgclf.config",
     "PreprocessSpec": "imgclf.config",
     "AugmentSpec": "imgclf.config",
@@ -76,6 +79,7 @@ _HOME = {
     "ModelFileError": "imgclf.errors",
     "StorageError": "imgclf.errors",
     "ResumeError": "imgclf.errors",
+    "RunFinished": "imgclf.errors",
     "Interrupted": "imgclf.errors",
     "PartialFailure": "imgclf.errors",
     "ExportError": "imgclf.errors",
@@ -95,6 +99,7 @@ if TYPE_CHECKING:  # pragma: no cover
         OutOfMemory,
         PartialFailure,
         ResumeError,
+        RunFinished,
         StorageError,
         UsageError,
     )
@@ -103,6 +108,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from imgclf.modelfile import save
     from imgclf.training.loop import Callback
     from imgclf.training.pipeline import TrainResult, resume_run, train
+    from imgclf.training.progress import EpochProgress
 
 
 def __getattr__(name: str) -> Any:
@@ -114,6 +120,8 @@ def __getattr__(name: str) -> Any:
         from imgclf.training import pipeline as mod
     elif home == "imgclf.training.loop":
         from imgclf.training import loop as mod
+    elif home == "imgclf.training.progress":
+        from imgclf.training import progress as mod
     elif home == "imgclf.config":
         from imgclf import config as mod
     elif home == "imgclf.interop.files":

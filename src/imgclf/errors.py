@@ -124,6 +124,15 @@ class ResumeError(ImgclfError):
     exit_code = 6
 
 
+class RunFinished(ResumeError):
+    """``resume`` on a run that already trained every epoch asked for: nothing to do (exit code 0).
+
+    The CLI prints it as a note and changes nothing; pass more epochs to train longer.
+    """
+
+    exit_code = 0
+
+
 class DatasetError(ImgclfError, ValueError):
     """The dataset folder cannot be used for training or evaluation (exit code 7)."""
 

@@ -56,7 +56,7 @@ def class_colors(num_classes: int) -> list[tuple[int, int, int]]:
 
 
 def have_matplotlib() -> bool:
-    """True if matplotlib (an optional dependency, needed for plots only) is installed; imports nothing."""
+    """True if matplotlib (a dependency, imported for plots only) is installed; imports nothing."""
     return importlib.util.find_spec("matplotlib") is not None
 
 
@@ -70,7 +70,7 @@ def require_matplotlib(what: str, fix: str) -> None:
         raise UsageError(
             f"{what} needs matplotlib",
             received="matplotlib is not installed",
-            expected="matplotlib (an optional dependency)",
+            expected="matplotlib (a dependency of imgclf, missing from this environment)",
             fix=fix,
         )
 
@@ -92,26 +92,52 @@ def plot_history(
     history: Sequence[dict[str, float]],
     path: str | os.PathLike,
     title: str = "Training Loss and Accuracy on Dataset",
+    saved_epoch: int | None = None,
 ) -> None:
-    """Write the recipe's plot: train/val loss and train/val accuracy per epoch, one figure."""
+    """Write the recipe's plot: train/val loss and train/val accuracy per epoch, one figure.
+
+    Args:
+        history: Per-epoch records (``epoch``, ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``).
+        path: The PNG to write (atomically).
+        title: The chart's title.
+        saved_epoch: The epoch whose weights went into the model file, marked on the chart.
+    """
+    import matplotlib.pyplot as plt
+
+    fig = history_figure(history, title, saved_epoch)
+    _save_figure(fig, path)
+    plt.close(fig)
+
+
+def history_figure(
+    history: Sequence[dict[str, float]], title: str, saved_epoch: int | None = None
+) -> Any:
+    """The figure :func:`plot_history` writes: 900x600 px, legend outside the axes (never over a curve),
+    integer epoch ticks, a dashed line at the saved epoch; curves with nothing to draw get no entry."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [int(r["epoch"]) for r in history]
+    top, clipped = loss_ceiling(history)
     with plt.style.context("ggplot"):
-        fig, ax = plt.subplots(figsize=(8, 6))
+        fig, ax = plt.subplots(figsize=(9, 6))
         for key, label in (
             ("loss", "train_loss"),
             ("val_loss", "val_loss"),
             ("accuracy", "train_acc"),
             ("val_accuracy", "val_acc"),
         ):
-            values = [r.get(key) for r in history]
-            if any(v is not None for v in values):
-                ax.plot(epochs, [np.nan if v is None else v for v in values], label=label)
-        top, clipped = loss_ceiling(history)
+            values = [np.nan if r.get(key) is None else float(r[key]) for r in history]
+            if key == "val_loss" and clipped:
+                values = [np.nan if not v <= top else v for v in values]
+            if any(math.isfinite(v) for v in values):  # a curve with no point on the chart: no entry
+                ax.plot(epochs, values, label=label, marker="o" if len(epochs) == 1 else None)
+        if saved_epoch is not None:
+            saved = f"saved epoch {saved_epoch}"
+            ax.axvline(saved_epoch, color="0.3", linestyle="--", linewidth=1, label=saved)
         if clipped:
             ax.set_ylim(-0.05, top)
             epochs_text = ", ".join(str(e) for e, _ in clipped[:8]) + (", ..." if len(clipped) > 8 else "")
@@ -125,13 +151,13 @@ def plot_history(
                 va="top",
                 fontsize=9,
             )
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title)
         ax.set_xlabel("Epoch #")
         ax.set_ylabel("Loss/Accuracy")
-        ax.legend(loc="lower left")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
         fig.tight_layout()
-        _save_figure(fig, path)
-        plt.close(fig)
+    return fig
 
 
 def loss_ceiling(history: Sequence[dict[str, float]]) -> tuple[float, list[tuple[int, float]]]:
@@ -152,8 +178,29 @@ def loss_ceiling(history: Sequence[dict[str, float]]) -> tuple[float, list[tuple
     return top, clipped
 
 
-def plot_confusion(confusion: np.ndarray, class_names: Sequence[str], path: str | os.PathLike) -> None:
-    """Write a confusion-matrix heat map with counts in each cell."""
+def plot_confusion(
+    confusion: np.ndarray, class_names: Sequence[str], path: str | os.PathLike, title: str | None = None
+) -> None:
+    """Write a confusion-matrix heat map with counts in each cell (and ``title``, e.g. model, split and
+    accuracy)."""
+    import matplotlib.pyplot as plt
+
+    fig = confusion_figure(confusion, class_names, title)
+    _save_figure(fig, path)
+    plt.close(fig)
+
+
+def _labels_fit(fig: Any, texts: Sequence[Any], gap: float = 4.0) -> bool:
+    """True when horizontal tick labels neither overlap each other nor leave the figure."""
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in texts]
+    width = fig.get_window_extent(renderer).width
+    inside = all(b.x0 >= 0 and b.x1 <= width for b in boxes)
+    return inside and all(a.x1 + gap <= b.x0 for a, b in zip(boxes, boxes[1:], strict=False))
+
+
+def confusion_figure(confusion: np.ndarray, class_names: Sequence[str], title: str | None = None) -> Any:
+    """The figure :func:`plot_confusion` writes; column labels are rotated only when they do not fit."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -164,12 +211,21 @@ def plot_confusion(confusion: np.ndarray, class_names: Sequence[str], path: str 
     labels = [
         "".join(ch if ch.isprintable() else "?" for ch in name).replace("$", r"\$") for name in class_names
     ]
-    fig, ax = plt.subplots(figsize=(max(4, n * 0.8 + 2), max(3.5, n * 0.8 + 1.5)))
+    width = max(4, n * 0.8 + 2)
+    fig, ax = plt.subplots(figsize=(width, max(3.5, n * 0.8 + 1.5)))
     ax.imshow(confusion, cmap="Blues")
-    ax.set_xticks(range(n), labels=labels, rotation=45, ha="right")
+    ax.set_xticks(range(n), labels=labels)
+    if not _labels_fit(fig, ax.get_xticklabels()):
+        ax.set_xticks(range(n), labels=labels, rotation=45, ha="right")
     ax.set_yticks(range(n), labels=labels)
     ax.set_xlabel("Predicted")
     ax.set_ylabel("True")
+    ax.grid(False)
+    if title:
+        import textwrap
+
+        shown = "".join(ch if ch.isprintable() else "?" for ch in title).replace("$", r"\$")
+        ax.set_title(textwrap.fill(shown, width=int(width * 10)), fontsize=10)  # ~10 characters per inch
     top = confusion.max() if confusion.size else 0
     for i in range(n):
         for j in range(n):
@@ -182,8 +238,7 @@ def plot_confusion(confusion: np.ndarray, class_names: Sequence[str], path: str 
                 color="white" if confusion[i, j] > top / 2 else "black",
             )
     fig.tight_layout()
-    _save_figure(fig, path)
-    plt.close(fig)
+    return fig
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -193,18 +248,41 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
+WRONG = (230, 30, 30)  # the border and "true: X" of a wrong prediction
+BORDER = 4
+
+
+def _label(
+    draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str, color: tuple[int, int, int], font: Any
+) -> None:
+    text = "".join(ch if ch.isprintable() else "?" for ch in text)[:24]
+    box = draw.textbbox(xy, text, font=font)
+    draw.rectangle((box[0] - 2, box[1] - 2, box[2] + 2, box[3] + 2), fill=(0, 0, 0))
+    draw.text(xy, text, fill=color, font=font)
+
+
 def montage_tile(
-    source: ImageSource, label: str, color: tuple[int, int, int], size: int = TILE
+    source: ImageSource,
+    label: str,
+    color: tuple[int, int, int],
+    size: int = TILE,
+    true_if_wrong: str | None = None,
 ) -> Image.Image:
-    """The original image resized to ``size`` × ``size`` with its label drawn in ``color``."""
+    """The original image resized to ``size`` × ``size`` with its label drawn in ``color``.
+
+    ``true_if_wrong``, the true class of a wrong prediction (known when the image sits in a dataset's
+    class folder), marks the tile: a red border and ``true: X`` at the bottom.
+    """
     rgb = decode(source, draft=size)
     tile = Image.fromarray(rgb).resize((size, size), Image.Resampling.BILINEAR)
     draw = ImageDraw.Draw(tile)
     font = _font(max(10, size // 9))
-    text = "".join(ch if ch.isprintable() else "?" for ch in label)[:24]
-    box = draw.textbbox((3, 3), text, font=font)
-    draw.rectangle((box[0] - 2, box[1] - 2, box[2] + 2, box[3] + 2), fill=(0, 0, 0))
-    draw.text((3, 3), text, fill=color, font=font)
+    if true_if_wrong is not None:
+        draw.rectangle((0, 0, size - 1, size - 1), outline=WRONG, width=BORDER)
+    _label(draw, (BORDER + 2, BORDER + 2), label, color, font)
+    if true_if_wrong is not None:
+        bottom = size - BORDER - 4 - max(10, size // 9)
+        _label(draw, (BORDER + 2, bottom), f"true: {true_if_wrong}", WRONG, font)
     return tile
 
 

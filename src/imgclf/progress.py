@@ -66,3 +66,22 @@ def bar(console: Console, description: str, total: int | None) -> Progress:
     progress.add_task(description, total=total, info="")
     progress.start()
     return progress
+
+
+def bar_factory(console: Console) -> Callable[[str, int], Callable[[int], None]]:
+    """``factory(description, total)`` → a callback ``advance(n)`` driving a new bar, stopped when full."""
+
+    def factory(description: str, total: int) -> Callable[[int], None]:
+        progress = bar(console, description, total)
+        task = progress.tasks[0].id
+        done = [0]
+
+        def advance(n: int) -> None:
+            done[0] += n
+            progress.update(task, advance=n)
+            if done[0] >= total:
+                progress.stop()
+
+        return advance
+
+    return factory

@@ -457,6 +457,17 @@ def test_mistyped_and_abbreviated_flags_get_a_suggestion_not_a_guess(args, sugge
         f"see imgclf {args[0]} --help\n"
 
 
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_a_mistyped_required_flag_gets_a_suggestion_too(command):
+    other = ["--images", "x"] if command == "predict" else ["--dataset", "d"]
+    code, out, err = run_cli(command, "--mdoel", "m.imgclf", *other)
+    assert code == 2 and out == ""
+    assert err == (
+        f"imgclf {command}: error: the following arguments are required: --model/-m (unrecognized --mdoel: "
+        f"did you mean --model?); see imgclf {command} --help\n"
+    )
+
+
 @pytest.mark.parametrize("extra", [["--size", "0"], ["--epochs", "0"], ["--arch-arg", "widths=oops"]])
 def test_bad_setting_values_exit_2_with_one_line(extra, trained, tmp_path):
     model = tmp_path / "m.imgclf"
@@ -474,6 +485,13 @@ def test_bad_predict_values_exit_2(args, trained, tmp_path, monkeypatch):
     _one_error_line(err)
     assert out == ""  # refused before classifying anything
     assert not (tmp_path / "preds.txt").exists()
+
+
+def test_a_missing_images_path_is_a_usage_error_with_one_line(trained, tmp_path):
+    good = trained[0] / "testing"
+    code, out, err = run_cli("predict", "-m", trained[1], "--images", good, tmp_path / "nope.png")
+    assert code == 2 and out == ""
+    assert "--images names 1 path(s) that do not exist" in _one_error_line(err) and "nope.png" in err
 
 
 def test_train_into_a_missing_folder_exits_5_before_training(trained, tmp_path):
@@ -620,12 +638,50 @@ def test_inspect_text_and_json(trained):
     assert info["format_version"] == 1 and info["format"] == "imgclf"
 
 
+def test_inspect_on_a_training_checkpoint_says_what_it_is_and_how_to_get_a_model(trained):
+    run_dir = trained[1].with_name("tiny-run")
+    checkpoint = sorted((run_dir / "checkpoints").glob("*.safetensors"))[-1]
+    code, out, err = run_cli("inspect", checkpoint)
+    assert code == 3 and out == ""
+    line = _one_error_line(err)
+    assert "it is an imgclf training checkpoint" in line and "not written by imgclf" not in line
+    assert f"imgclf train --resume {run_dir}" in line
+
+
 def test_verify_passes_on_a_fresh_model(trained):
     code, out, err = run_cli("verify", trained[1])
     assert code == 0, err
     lines = out.splitlines()
     assert lines[-1].startswith("verified")
     assert all(line.startswith("ok") for line in lines[:-1]) and len(lines) > 3
+
+
+def test_one_convention_model_and_output_flags_with_the_old_spellings_kept(trained, tmp_path):
+    model = trained[1]
+    for command in ("inspect", "verify"):
+        by_flag, by_position = run_cli(command, "--model", model), run_cli(command, model)
+        assert by_flag[0] == 0 and by_flag == by_position
+        assert run_cli(command, "-m", model) == by_flag
+        code, out, err = run_cli(command)
+        assert code == 2 and out == "" and f"imgclf {command} needs one model file" in _one_error_line(err)
+    code, out, _ = run_cli("demo-data", "--output", tmp_path / "a", "--scale", "0.01")
+    assert code == 0 and (tmp_path / "a" / "training").is_dir()
+    assert run_cli("demo-data", tmp_path / "b", "--scale", "0.01")[0] == 0  # positional kept
+    from imgclf.cli.main import parse
+
+    assert parse(["demo", "--out", "x"]).out == parse(["demo", "-o", "x"]).out == "x"
+    assert "{training,validation,testing,all}" in run_cli("evaluate", "--help")[1]
+
+
+def test_verify_and_predict_json_put_machine_readable_results_on_stdout(trained, testing_images):
+    code, out, _ = run_cli("verify", "--model", trained[1], "--json")
+    report = json.loads(out)
+    assert code == 0 and report["ok"] is True and report["path"] == str(trained[1])
+    assert all(c["ok"] for c in report["checks"]) and {"check", "ok", "detail"} == set(report["checks"][0])
+    code, out, _ = run_cli("predict", "--model", trained[1], "--images", *testing_images[:3], "--json")
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [r["path"] for r in rows] == testing_images[:3]
+    assert all(r["label"] in CLASSES and set(r["probabilities"]) == set(CLASSES) for r in rows)
 
 
 # --- control characters in class names -------------------------------------------------------------------

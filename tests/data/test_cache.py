@@ -223,3 +223,54 @@ def test_the_size_bound_can_be_set_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("IMGCLF_CACHE_MAX_BYTES", "lots")
     with pytest.raises(UsageError, match="IMGCLF_CACHE_MAX_BYTES is not a positive integer"):
         open_cache(SPEC, tmp_path)
+
+
+def test_cache_info_and_clear_from_the_command_line(samples, tmp_path):
+    from helpers import run_cli
+
+    cache_dir = tmp_path / "c"
+    load_split(samples, SPEC, cache=DecodeCache(cache_dir, SPEC, decode_into))
+    (cache_dir / "notes-of-another-program.txt").write_text("not ours")
+    code, out, _ = run_cli("cache", "info", "--cache-dir", cache_dir, "--json")
+    info = json.loads(out)
+    assert code == 0 and info["path"] == str(cache_dir) and info["bytes"] > 18 * 24 * 24 * 3
+    assert info["specs"] == 1 and info["files"] >= 2
+    code, out, _ = run_cli("cache", "info", "--cache-dir", cache_dir)
+    assert out.startswith(f"{cache_dir}: ") and "imgclf cache clear" in out
+    code, out, _ = run_cli("cache", "clear", "--cache-dir", cache_dir)
+    assert code == 0 and out.startswith(f"cleared {cache_dir}: freed ")
+    assert json.loads(run_cli("cache", "info", "--cache-dir", cache_dir, "--json")[1])["bytes"] == 0
+    assert sorted(p.name for p in cache_dir.iterdir()) == ["notes-of-another-program.txt"]
+    calls: list[int] = []
+    again = load_split(samples, SPEC, cache=DecodeCache(cache_dir, SPEC, _counting(calls)))
+    assert len(again) == 18 and sum(calls) == 18  # decoded afresh after the clear
+
+
+def test_make_clean_says_where_the_cache_is():
+    makefile = (Path(__file__).parents[2] / "Makefile").read_text()
+    clean = makefile.split("\nclean:", 1)[1]
+    assert "IMGCLF_CACHE_DIR" in clean and "imgclf cache clear" in clean
+
+
+def test_without_fcntl_the_cache_fails_with_one_clear_line_not_an_import_error(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from helpers import run_cli
+    from imgclf.data import cache
+    from imgclf.errors import UsageError
+
+    lines = [
+        "import sys",
+        "sys.modules['fcntl'] = None",
+        "import imgclf.data.cache",
+        "import imgclf.data.decode",
+    ]
+    code = "\n".join([*lines, "print(1)"])
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert child.stdout.strip() == "1", child.stderr  # importing works where fcntl is missing
+    monkeypatch.setattr(cache, "fcntl", None)
+    with pytest.raises(UsageError, match=r"needs POSIX file locks.*--no-cache"):
+        open_cache(SPEC, tmp_path)
+    code, out, err = run_cli("cache", "clear", "--cache-dir", tmp_path)
+    assert code == 2 and out == "" and len(err.splitlines()) == 1 and "needs POSIX file locks" in err

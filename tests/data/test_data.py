@@ -416,3 +416,26 @@ def test_bytes_digest_matches_file_content(tmp_path: Path) -> None:
     path = write_png(tmp_path / "a" / "x.png")
     dec = decode.load_split([folders.Sample(str(path), 0)], SPEC)
     assert dec.digests == [hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()]
+
+
+def test_files_without_an_image_extension_are_skipped_with_one_note(tiny_dataset: Path) -> None:
+    (tiny_dataset / "training" / "ring" / "readme.txt").write_text("how these were collected")
+    (tiny_dataset / "testing" / "square" / "labels.csv").write_text("a,b\n")
+    (tiny_dataset / "training" / "square" / "Thumbs.db").write_bytes(b"\0" * 10)
+    ds = folders.scan_dataset(tiny_dataset)
+    paths = [s.path for split in ds.splits.values() for s in split]
+    assert not [p for p in paths if not p.endswith((".png", ".jpg"))]
+    notes = [n for n in ds.warnings if "without an image extension" in n]
+    assert notes == [
+        "skipped 2 file(s) without an image extension (testing/square/labels.csv, training/ring/readme.txt)"
+    ]
+
+
+def test_a_broken_file_with_an_image_extension_still_stops_training(tiny_dataset: Path, tmp_path) -> None:
+    from helpers import tiny_train_config
+    from imgclf.training.pipeline import train
+
+    (tiny_dataset / "training" / "ring" / "readme.txt").write_text("not an image, skipped")
+    (tiny_dataset / "training" / "ring" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(DatasetError, match=r"1 file\(s\) are not readable images: .*broken\.png"):
+        train(tiny_dataset, tmp_path / "m.imgclf", tiny_train_config(epochs=1))

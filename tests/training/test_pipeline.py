@@ -154,7 +154,10 @@ def test_evaluate_dataset_maps_class_folders_by_name_for_a_subset(trained, tmp_p
     clf = imgclf.load(model_path)
     root = make_dataset(tmp_path / "subset", {"": 3}, classes=("square",))
     _add_class(root, "blank", {"": 2}, seed=9)
-    ev = evaluate_dataset(clf, root)  # dataset classes: blank=0, square=1; model: blank=0, ring=1, square=2
+    # a folder of new images (not the one the model was split from): every image is scored on request
+    with pytest.raises(DatasetError, match="records no split of a flat folder.*--split all"):
+        evaluate_dataset(clf, root)
+    ev = evaluate_dataset(clf, root, split="all")  # dataset: blank=0, square=1; model: blank, ring, square
     assert ev.class_names == list(CLASSES)
     for path, label in zip(ev.paths, ev.labels.tolist(), strict=True):
         assert CLASSES[label] == Path(path).parent.name
@@ -199,11 +202,43 @@ def test_flat_layout_trains_and_evaluates_on_the_carved_testing_split(flat):
     assert sum(info["data"]["counts"]["training"].values()) == 20 - 4 - 2 * round(10 * config.val_split)
 
 
-def test_evaluate_dataset_on_a_flat_folder_uses_every_image(flat):
-    root, model_path, _, _ = flat
+def test_evaluate_dataset_on_a_flat_folder_scores_only_the_held_out_testing_split(flat):
+    root, model_path, _, result = flat
     ev = evaluate_dataset(imgclf.load(model_path), root)
+    assert sorted(ev.paths) == sorted(result.evaluation.paths) and len(ev.paths) == 4
+    assert ev.report == result.evaluation.report  # the split training scored, not all 20 images
+    val = evaluate_dataset(imgclf.load(model_path), root, split="validation")
+    assert len(val.paths) == 2 and not set(val.paths) & set(ev.paths)
+
+
+def test_evaluate_dataset_on_a_flat_folder_with_split_all_uses_every_image(flat):
+    root, model_path, _, _ = flat
+    ev = evaluate_dataset(imgclf.load(model_path), root, split="all")
     assert len(ev.paths) == 20 and ev.report["macro avg"]["support"] == 20
     assert sorted(ev.paths) == sorted(str(p) for p in root.rglob("*.*") if p.is_file())
+
+
+def test_evaluate_refuses_a_flat_folder_whose_split_cannot_be_reproduced(flat, tmp_path):
+    import shutil
+
+    root, model_path, _, _ = flat
+    changed = shutil.copytree(root, tmp_path / "changed")
+    (changed / "ring" / "ring_000.png").unlink()
+    with pytest.raises(DatasetError, match="did not train on: its files differ.*--split all"):
+        evaluate_dataset(imgclf.load(model_path), changed)
+    assert len(evaluate_dataset(imgclf.load(model_path), changed, split="all").paths) == 19
+
+
+def test_evaluate_progress_counts_decoding_and_classifying(flat):
+    root, model_path, _, _ = flat
+    seen: dict[str, list[int]] = {}
+
+    def factory(what, total):
+        seen[what] = [total, 0]
+        return lambda n: seen[what].__setitem__(1, seen[what][1] + n)
+
+    evaluate_dataset(imgclf.load(model_path), root, split="all", progress=factory, batch_size=8)
+    assert seen == {"decoding all": [20, 20], "classifying": [20, 20]}
 
 
 def test_train_rejects_bad_architecture_args_before_looking_at_the_data(tmp_path):
@@ -246,3 +281,51 @@ def test_an_explicit_plot_without_matplotlib_is_refused_before_training(tiny_dat
     with pytest.raises(UsageError, match="matplotlib"):
         train(tiny_dataset, tmp_path / "m.imgclf", tiny_train_config(), plot_path=tmp_path / "plot.png")
     assert list(tmp_path.iterdir()) == [tiny_dataset]
+
+
+def test_a_useless_saved_model_is_warned_about_naming_the_saved_epoch(tiny_dataset, tmp_path):
+    notes: list[str] = []
+    # lr 1e-9: the weights stay at their initialisation, which answers one class for everything
+    train(tiny_dataset, tmp_path / "m.imgclf", tiny_train_config(epochs=1, lr=1e-9), log=notes.append)
+    assert "note: the model file holds epoch 1 of 1 (--keep best by val_loss)" in notes
+    warned = [n for n in notes if n.startswith("warning: the saved model predicts")]
+    assert len(warned) == 1 and "for 12 of 12 testing images" in warned[0] and "saved epoch 1" in warned[0]
+
+
+def test_the_library_shows_progress_on_a_terminal_by_default_and_not_when_off(tiny_dataset, tmp_path, capsys):
+    import sys
+
+    class Terminal:  # stderr as a terminal: progress is on by default, as Keras' fit shows it
+        def __init__(self, stream):
+            self.stream = stream
+
+        def isatty(self):
+            return True
+
+        def __getattr__(self, name):
+            return getattr(self.stream, name)
+
+    seen: list[int] = []
+
+    class Count(imgclf.Callback):
+        def on_epoch_end(self, state, record):
+            seen.append(int(record["epoch"]))
+
+    real = sys.stderr
+    sys.stderr = Terminal(real)
+    try:
+        imgclf.train(tiny_dataset, tmp_path / "a.imgclf", tiny_train_config(epochs=1), callbacks=[Count()])
+    finally:
+        sys.stderr = real
+    out, err = capsys.readouterr()
+    assert out == "" and seen == [1]
+    assert "epoch   1/1  loss" in err and "note: the model file holds epoch 1" in err
+    imgclf.train(tiny_dataset, tmp_path / "b.imgclf", tiny_train_config(epochs=1), progress=False)
+    assert capsys.readouterr() == ("", "")
+
+
+def test_train_result_repr_is_one_short_line(tiny_model):
+    text = repr(tiny_model.result)
+    assert len(text) < 300 and "\n" not in text
+    assert text.startswith("TrainResult(model_path=") and "epoch=" in text and "accuracy=" in text
+    assert imgclf.EpochProgress.__mro__[1] is imgclf.Callback

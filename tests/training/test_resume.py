@@ -325,6 +325,22 @@ def test_cli_resume_needs_only_the_run_folder_and_refuses_changes_with_exit_6(in
     assert code == 6 and "does not exist" in err
 
 
+def test_resume_of_a_finished_run_changes_nothing_and_more_epochs_continue(dataset, tmp_path):
+    model, run_dir = tmp_path / "m.imgclf", tmp_path / "m-run"
+    train(dataset, model, tiny_train_config(epochs=1))
+    files = [model, *(p for p in run_dir.rglob("*") if p.is_file())]
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files}
+    code, out, err = run_cli("train", "--resume", run_dir)
+    assert code == 0 and out == ""
+    assert "note: the run in" in err and "is finished (1 of 1 epochs" in err
+    assert "--epochs N with N > 1" in err
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files} == before
+    with pytest.raises(ResumeError, match="is finished"):
+        resume_run(run_dir)
+    result = resume_run(run_dir, epochs=2)
+    assert [r["epoch"] for r in result.history] == [1, 2]
+
+
 def test_cli_train_without_dataset_or_resume_is_a_usage_error():
     code, _, err = run_cli("train", "--model", "m.imgclf")
     assert code == 2 and "needs --dataset" in err

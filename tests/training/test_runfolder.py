@@ -16,7 +16,7 @@ from collections import namedtuple
 
 import pytest
 
-from helpers import SEED_PARAMS_2, tiny_train_config
+from helpers import SEED_PARAMS_2, run_cli, tiny_train_config
 from imgclf.errors import StorageError, UsageError
 from imgclf.training import pipeline, runfolder, steps
 from imgclf.training.pipeline import train
@@ -193,6 +193,7 @@ def test_a_new_run_into_a_folder_with_an_unfinished_run_is_refused_unless_forced
     train(tiny_dataset, tmp_path / "m.imgclf", tiny_train_config(epochs=1))
     record = read_record(tmp_path / "m-run")
     (tmp_path / "m-run" / "run.json").write_text(json.dumps({**record, "status": "training"}))
+    (tmp_path / "m.imgclf").unlink()  # an unfinished run has written no model file yet
     with pytest.raises(UsageError, match="unfinished run") as info:
         train(tiny_dataset, tmp_path / "m.imgclf", tiny_train_config(epochs=1))
     assert "--resume" in str(info.value) and "--force" in str(info.value)
@@ -202,9 +203,18 @@ def test_a_new_run_into_a_folder_with_an_unfinished_run_is_refused_unless_forced
     assert read_record(tmp_path / "m-run")["run_id"] != record["run_id"]
 
 
-def test_a_new_run_after_a_finished_one_starts_over(tiny_dataset, tmp_path):
-    train(tiny_dataset, tmp_path / "m.imgclf", tiny_train_config(epochs=2))
+def test_a_new_run_after_a_finished_one_is_refused_naming_the_model_unless_forced(tiny_dataset, tmp_path):
+    model = tmp_path / "m.imgclf"
+    train(tiny_dataset, model, tiny_train_config(epochs=2))
     before = read_record(tmp_path / "m-run")
-    train(tiny_dataset, tmp_path / "m.imgclf", tiny_train_config(epochs=1))
+    stamp = model.stat().st_mtime_ns
+    refused = r"model file already exists.*m\.imgclf: an imgclf model \(testing_accuracy "
+    with pytest.raises(UsageError, match=refused):
+        train(tiny_dataset, model, tiny_train_config(epochs=1))
+    assert model.stat().st_mtime_ns == stamp and read_record(tmp_path / "m-run") == before
+    code, out, err = run_cli("train", "-d", tiny_dataset, "-m", model, "--epochs", "1")
+    assert code == 2 and out == "" and len(err.splitlines()) == 1
+    assert "--exist-ok" in err and str(model) in err
+    train(tiny_dataset, model, tiny_train_config(epochs=1), force=True)
     assert sorted(os.listdir(tmp_path / "m-run" / "checkpoints")) == ["epoch-0001.safetensors"]
     assert read_record(tmp_path / "m-run")["run_id"] != before["run_id"]

@@ -30,20 +30,36 @@ class Parser(argparse.ArgumentParser):
     def __init__(self, *args: object, **kwargs: object) -> None:
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._seen: list[str] = []
+
+    def parse_known_args(self, args=None, namespace=None):  # noqa: ANN001, ANN201 - argparse's signature
+        """Remember the words this parser was given, so a usage error can point at a mistyped flag."""
+        self._seen = [str(a) for a in (sys.argv[1:] if args is None else args)]
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str) -> NoReturn:
         """Print one line to stderr and exit 2."""
         self.exit(2, f"{self.prog}: error: {message}{self.suggest(message)}; see {self.prog} --help\n")
 
     def suggest(self, message: str) -> str:
-        """" (did you mean --x?)" for the first unknown flag in an argparse message, if one is close."""
-        if "unrecognized arguments:" not in message:
-            return ""
+        """" (did you mean --x?)" for the first unknown flag in an argparse message, if one is close.
+
+        argparse reports a missing required flag before an unknown one (``--mdoel x`` gives "the
+        following arguments are required: --model"), so then the words given are searched instead.
+        """
         known = [s for action in self._actions for s in action.option_strings]
-        for word in message.split("unrecognized arguments:", 1)[1].split():
+        if "unrecognized arguments:" in message:
+            words = message.split("unrecognized arguments:", 1)[1].split()
+            prefix = ""
+        elif "arguments are required" in message:
+            words = [w for w in self._seen if w.startswith("-") and w.split("=", 1)[0] not in known]
+            prefix = "unrecognized {word}: "
+        else:
+            return ""
+        for word in words:
             close = difflib.get_close_matches(word.split("=", 1)[0], known, n=1, cutoff=0.6)
             if close:
-                return f" (did you mean {close[0]}?)"
+                return f" ({prefix.format(word=word)}did you mean {close[0]}?)"
         return ""
 
 

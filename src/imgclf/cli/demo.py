@@ -6,7 +6,7 @@ recipe's :class:`imgclf.TrainConfig`; it never builds an argument list to re-par
 Usage::
 
     from imgclf.cli.main import main
-    main(["demo", "--out", "demo-output", "--epochs", "2"])
+    main(["demo", "--output", "demo-output", "--epochs", "2"])
 """
 
 from __future__ import annotations
@@ -33,7 +33,14 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         "load the file, write a labelled montage and print the classification report.",
     )
     p.set_defaults(func=cmd_demo)
-    p.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
+    p.add_argument(
+        "--output",
+        "-o",
+        "--out",
+        dest="out",
+        default="demo-output",
+        help="output folder (default demo-output; --out is the old spelling)",
+    )
     p.add_argument("--epochs", type=int, help="epochs (default: the recipe's, see imgclf train --help)")
     p.add_argument("--scale", type=float, default=1.0, help="demo dataset size multiplier (default 1)")
     p.add_argument("--seed", type=int, help="seed (default: the recipe's)")
@@ -47,7 +54,8 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         "synthetic cell images (175/185, 18/22, 50/50 at scale 1).",
     )
     p.set_defaults(func=cmd_demo_data)
-    p.add_argument("out", help="output folder (new or empty)")
+    p.add_argument("out_positional", nargs="?", metavar="OUT", help="output folder (same as --output)")
+    p.add_argument("--output", "-o", dest="out", metavar="DIR", help="output folder (new or empty)")
     p.add_argument("--scale", type=float, default=1.0, help="size multiplier (default 1)")
     p.add_argument("--seed", type=int, default=42, help="seed (default 42)")
 
@@ -55,8 +63,17 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
 def cmd_demo_data(args: argparse.Namespace) -> int:
     """``imgclf demo-data``: write the synthetic dataset and print its counts."""
     from imgclf.data.synthetic import write_demo_dataset
+    from imgclf.errors import UsageError
 
-    counts = write_demo_dataset(args.out, scale=args.scale, seed=args.seed)
+    given = [o for o in (args.out, args.out_positional) if o]
+    if len(given) != 1:
+        raise UsageError(
+            "imgclf demo-data needs one output folder",
+            received=" and ".join(given) or "none",
+            expected="--output DIR (or the folder as the only argument)",
+            fix="e.g. imgclf demo-data --output malaria",
+        )
+    counts = write_demo_dataset(given[0], scale=args.scale, seed=args.seed)
     stdout_line(json.dumps(counts))
     return 0
 
@@ -82,7 +99,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     console.print(
         "[2/3] training the recipe (seed_resnet, 64x64, SGD with time decay, augmentation)", markup=False
     )
-    code = train_and_report(data, model, config, plot_path=os.path.join(args.out, "plot.png"))
+    # The demo owns its output folder: a second `make demo` replaces the previous demo model.
+    code = train_and_report(data, model, config, plot_path=os.path.join(args.out, "plot.png"), force=True)
     if code:
         return code
     console.print(

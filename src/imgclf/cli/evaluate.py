@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from imgclf.cli.common import EPILOG, add_cache_flags, add_max_pixels_flag, max_pixels_option
@@ -23,8 +24,10 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         parents=[common],
         help="evaluate a model file on a dataset",
         epilog=EPILOG,
-        description="Print the classification report of MODEL on a dataset's testing split (or "
-        "on every image of a flat folder of class folders).",
+        description="Print the classification report of MODEL on a dataset's testing split. A flat "
+        "folder of class folders is split again exactly as training split it (seed, fractions and data "
+        "fingerprint are in the model file), so only images the model did not train on are scored; a "
+        "changed folder is refused (--split all scores every image, for a folder the model never saw).",
     )
     p.set_defaults(func=cmd_evaluate)
     p.add_argument("--model", "-m", required=True, help="model file")
@@ -32,8 +35,8 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument(
         "--split",
         default="testing",
-        choices=("training", "validation", "testing"),
-        help="which split to score (default testing)",
+        choices=("training", "validation", "testing", "all"),
+        help="which split to score (default testing); 'all' scores every image of the folder",
     )
     p.add_argument(
         "--output", "-o", metavar="JSON", help="also write report, confusion matrix, misclassified"
@@ -43,6 +46,15 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     add_cache_flags(p)
     add_max_pixels_flag(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _bar_factory():  # noqa: ANN202 - a progress factory, see evaluate_dataset
+    """Progress bars on stderr when it is a terminal (decoding, then classifying); else none."""
+    if not sys.stderr.isatty():
+        return None
+    from imgclf.progress import bar_factory, stderr_console
+
+    return bar_factory(stderr_console())
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -60,7 +72,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.confusion_plot:
         from imgclf.plots import require_matplotlib
 
-        require_matplotlib("--confusion-plot", "pip install 'imgclf[plots]', or drop --confusion-plot")
+        require_matplotlib("--confusion-plot", "pip install matplotlib, or drop --confusion-plot")
     clf = load(args.model, **max_pixels_option(args))
     ev = evaluate_dataset(
         clf,
@@ -70,6 +82,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         use_cache=not args.no_cache,
         log=lambda m: print(f"imgclf: {safe_text(m)}", file=sys.stderr),
+        progress=_bar_factory(),
     )
     if args.json:
         stdout_line(json.dumps(ev.to_dict(), indent=2))
@@ -80,5 +93,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.confusion_plot:
         from imgclf.plots import plot_confusion
 
-        plot_confusion(ev.confusion, ev.class_names, args.confusion_plot)
+        name = os.path.basename(args.model)
+        title = f"{name} on {args.split}: accuracy {ev.accuracy:.4f} ({len(ev.paths)} images)"
+        plot_confusion(ev.confusion, ev.class_names, args.confusion_plot, title=title)
     return 0

@@ -26,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         "`imgclf export`: its metadata, graph and parity figures).",
     )
     p.set_defaults(func=cmd_inspect)
-    p.add_argument("model", help="model file")
+    _add_model_arg(p)
     p.add_argument("--json", action="store_true", help="machine-readable JSON")
 
     p = sub.add_parser(
@@ -39,7 +39,29 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         "and its parity probes with this onnxruntime). Exit 0 if all checks pass, else 3.",
     )
     p.set_defaults(func=cmd_verify)
-    p.add_argument("model", help="model file")
+    _add_model_arg(p)
+    p.add_argument("--json", action="store_true", help="the checks as JSON on stdout")
+
+
+def _add_model_arg(p: argparse.ArgumentParser) -> None:
+    """``--model/-m FILE`` as in predict and evaluate; a positional ``MODEL`` is still accepted."""
+    p.add_argument("model_file", nargs="?", metavar="MODEL", help="model file (same as --model)")
+    p.add_argument("--model", "-m", dest="model", metavar="FILE", help="model file")
+
+
+def _model_path(args: argparse.Namespace) -> str:
+    """The one model file named by ``--model`` or the positional ``MODEL``."""
+    from imgclf.errors import UsageError
+
+    given = [m for m in (args.model, args.model_file) if m]
+    if len(given) != 1 or not given[0]:
+        raise UsageError(
+            f"imgclf {args.command} needs one model file",
+            received=" and ".join(given) or "none",
+            expected="--model FILE (or the file as the only argument)",
+            fix=f"e.g. imgclf {args.command} --model model.imgclf",
+        )
+    return given[0]
 
 
 def _names(names: list[str], limit: int = 20) -> str:
@@ -76,7 +98,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from imgclf.errors import safe_text
     from imgclf.interop.files import inspect  # .imgclf or .onnx
 
-    info = inspect(args.model)
+    info = inspect(_model_path(args))
     if args.json:
         stdout_line(json.dumps(info, indent=2))
         return 0
@@ -174,15 +196,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from imgclf.errors import ModelFileError, safe_text
     from imgclf.interop.files import file_kind, verify  # .imgclf or .onnx
 
-    report = verify(args.model)
-    for name, ok, detail in report.checks:
-        stdout_line(safe_text(f"{'ok  ' if ok else 'FAIL'}  {name}: {detail}"))
+    path = _model_path(args)
+    report = verify(path)
+    if args.json:
+        checks = [{"check": name, "ok": ok, "detail": detail} for name, ok, detail in report.checks]
+        stdout_line(json.dumps({"path": path, "ok": report.ok, "checks": checks}, indent=2))
+    else:
+        for name, ok, detail in report.checks:
+            stdout_line(safe_text(f"{'ok  ' if ok else 'FAIL'}  {name}: {detail}"))
     if not report.ok:
         failed = [name for name, ok, _ in report.checks if not ok]
         raise ModelFileError(
-            f"model file {args.model!r} failed verification: {', '.join(failed)}",
+            f"model file {path!r} failed verification: {', '.join(failed)}",
             fix="the environment changed (Pillow/torch) or the file was modified; see above",
         )
-    when = "exported" if file_kind(args.model) == "onnx" else "saved"
-    stdout_line(f"verified: the model behaves exactly as when it was {when}")
+    if not args.json:
+        when = "exported" if file_kind(path) == "onnx" else "saved"
+        stdout_line(f"verified: the model behaves exactly as when it was {when}")
     return 0

@@ -44,6 +44,9 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("--montage", metavar="PNG", help="write a labelled montage (4 tiles of 128x128 per row)")
     p.add_argument("--show", action="store_true", help="open the montage when a display exists")
     p.add_argument("--output", "-o", metavar="FILE", help="write predictions to .csv or .jsonl")
+    p.add_argument(
+        "--json", action="store_true", help="stdout: one JSON object per image (JSON Lines), as in .jsonl"
+    )
     p.add_argument("--top-k", type=int, default=1, help="list the K most probable classes (default 1)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     add_max_pixels_flag(p)
@@ -52,6 +55,14 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
 def _pick_images(args: argparse.Namespace) -> list[str]:
     from imgclf.data.folders import list_images
 
+    missing = [p for p in args.images if not os.path.exists(p)]
+    if missing:  # a mistyped path is a usage error, not an image that failed to decode
+        raise UsageError(
+            f"--images names {len(missing)} path(s) that do not exist",
+            received=", ".join(missing[:3]) + (f", ... ({len(missing) - 3} more)" * (len(missing) > 3)),
+            expected="existing image files or folders",
+            fix="check the --images paths",
+        )
     paths = list_images(args.images)
     if not paths:
         raise UsageError(
@@ -80,6 +91,16 @@ def _check_output_format(path: str) -> None:
         )
 
 
+def json_row(p: Any) -> str:
+    """One prediction as a JSON object on one line (the .jsonl row, and ``--json``'s stdout line)."""
+    row: dict[str, Any] = {"path": p.source}
+    if p.error is None:
+        row.update(label=p.label, confidence=p.confidence, probabilities=p.probabilities)
+        if len(p.top_k) > 1:
+            row["top_k"] = [{"label": k, "probability": v} for k, v in p.top_k]
+    else:
+        row["error"] = p.error
+    return json.dumps(row, ensure_ascii=False)
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -107,14 +128,7 @@ class _PredictionsFile:
 
     def write(self, p: Any) -> None:
         if self.jsonl:
-            row: dict[str, Any] = {"path": p.source}
-            if p.error is None:
-                row.update(label=p.label, confidence=p.confidence, probabilities=p.probabilities)
-                if len(p.top_k) > 1:
-                    row["top_k"] = [{"label": k, "probability": v} for k, v in p.top_k]
-            else:
-                row["error"] = p.error
-            self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            self._fh.write(json_row(p) + "\n")
         elif p.error is None:
             probs = [repr(p.probabilities[c]) for c in self.class_names]
             self._csv.writerow([csv_cell(p.source), csv_cell(p.label), repr(p.confidence), *probs, ""])
@@ -188,12 +202,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 out.write(p)
             if progress is not None:
                 progress.update(progress.tasks[0].id, advance=1)
+            if args.json:
+                stdout_line(json_row(p))
             if p.error is not None:
                 failed += 1
                 print(f"imgclf: error: {safe_text(p.error)}", file=sys.stderr)
                 continue
-            extra = "".join(f"\t{safe_text(k)}:{v:.4f}" for k, v in p.top_k[1:])
-            show(f"{safe_text(p.source)}\t{safe_text(p.label)}\t{p.confidence:.4f}{extra}")
+            if not args.json:
+                extra = "".join(f"\t{safe_text(k)}:{v:.4f}" for k, v in p.top_k[1:])
+                show(f"{safe_text(p.source)}\t{safe_text(p.label)}\t{p.confidence:.4f}{extra}")
             if args.montage and len(tiles) < MONTAGE_TILES:
                 tiles.append(_tile(p, clf.class_names))
     if args.montage:
@@ -209,7 +226,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def _tile(p: Any, class_names: list[str]) -> Any:
     from imgclf.plots import class_colors, montage_tile
 
-    return montage_tile(p.source, f"{p.label} {p.confidence:.0%}", class_colors(len(class_names))[p.index])
+    # An image in a class folder (a dataset's testing/<class>/x.png) has a known true class.
+    true = os.path.basename(os.path.dirname(os.path.abspath(str(p.source))))
+    wrong = true if true in class_names and true != p.label else None
+    color = class_colors(len(class_names))[p.index]
+    return montage_tile(p.source, f"{p.label} {p.confidence:.0%}", color, true_if_wrong=wrong)
 
 
 def _montage(args: argparse.Namespace, tiles: list, classified: int) -> None:

@@ -175,9 +175,11 @@ def _add_run_folder_flags(c: argparse._ActionsContainer) -> None:
     )
     c.add_argument(
         "--force",
+        "--exist-ok",
         action="store_true",
         help="with --resume: continue although the dataset or recipe changed (warns; no exact resume); "
-        "without: start over in a run folder holding an unfinished run (deletes its checkpoints)",
+        "without: replace an existing model file and start over in a run folder holding an unfinished "
+        "run (deletes its checkpoints)",
     )
 
 
@@ -237,7 +239,21 @@ def _set_path(settings: dict[str, Any], path: tuple[str, ...], value: Any) -> No
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``imgclf train``: train (or ``--resume``), save, report; prints the classification report on stdout."""
+    from imgclf.errors import RunFinished
+
     dataset, model, plot, config, run_dir = _train_inputs(args)
+    try:
+        return _train(args, dataset, model, plot, config, run_dir)
+    except RunFinished as done:  # not an error: say so, change nothing, exit 0
+        from imgclf.cli.common import err
+
+        err(f"note: {done}")
+        return done.exit_code
+
+
+def _train(
+    args: argparse.Namespace, dataset: str, model: str, plot: str | None, config: Any, run_dir: str | None
+) -> int:
     return train_and_report(
         dataset,
         model,
@@ -279,6 +295,7 @@ def train_and_report(dataset: str, model: str, config: Any, **options: Any) -> i
         callbacks=[EpochProgress(console)],
         log=lambda m: console.print(safe_text(m), markup=False),
         decode_progress=decode_bar_factory(console),
+        progress=False,  # the bars above are the progress display
         **options,
     )
     if result.evaluation is not None:

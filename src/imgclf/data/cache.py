@@ -26,7 +26,6 @@ Usage::
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -38,8 +37,14 @@ from pathlib import Path
 import numpy as np
 
 from imgclf.config import PreprocessSpec
+from imgclf.errors import UsageError
 from imgclf.fileio import atomic_write_text, read_json
 from imgclf.images.preprocess import DECODE_RULE
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; the cache refuses with a clear message (require_file_locks)
+    fcntl = None  # type: ignore[assignment]
 
 CACHE_VERSION = 1
 DEFAULT_MAX_BYTES = 20 * 1024**3
@@ -57,6 +62,23 @@ def default_cache_dir() -> Path:
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "imgclf"
+
+
+def require_file_locks() -> None:
+    """Fail clearly where the cache cannot lock its index (no ``fcntl``: Windows).
+
+    Raises:
+        UsageError: Naming the platform and the way around it (``--no-cache``).
+    """
+    if fcntl is None:
+        import sys
+
+        raise UsageError(
+            "the decode-once cache needs POSIX file locks (fcntl), which this platform lacks",
+            received=f"platform {sys.platform}",
+            expected="Linux or macOS",
+            fix="pass --no-cache (Python: use_cache=False) to decode into memory only",
+        )
 
 
 def _spec_key(spec: PreprocessSpec) -> str:
@@ -100,6 +122,7 @@ class DecodeCache:
         decoder: Decoder,
         max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
+        require_file_locks()
         self.root = Path(root)
         self.spec = spec
         self.decoder = decoder
@@ -280,3 +303,49 @@ class DecodeCache:
                 f.unlink()
             total -= size
             index["entries"] = {k: v for k, v in index["entries"].items() if v[0] != pack}
+
+
+def cache_usage(root: str | os.PathLike | None = None) -> dict[str, object]:
+    """What the cache folder holds: ``{"path", "bytes", "files", "specs"}`` (0s if it does not exist).
+
+    Only imgclf's own ``v<N>/`` folders are counted; anything else in the folder is not ours.
+    """
+    base = Path(root) if root else default_cache_dir()
+    total = files = 0
+    specs = set()
+    for folder in sorted(base.glob("v[0-9]*")):
+        for path in folder.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                total += path.stat().st_size
+                files += 1
+                specs.add(path.relative_to(folder).parts[0])
+    return {"path": str(base), "bytes": total, "files": files, "specs": len(specs)}
+
+
+def clear_cache(root: str | os.PathLike | None = None) -> int:
+    """Delete imgclf's cache folders (``v<N>/``) under ``root``; returns the bytes freed.
+
+    Each preprocessing spec's folder is emptied under its lock, so a training that is filling it
+    finishes its write first; a run holding packs memory-mapped keeps reading them (Linux semantics).
+    Files of other programs in the folder are left alone.
+    """
+    import shutil
+
+    require_file_locks()
+    base = Path(root) if root else default_cache_dir()
+    freed = int(cache_usage(base)["bytes"])  # type: ignore[call-overload]
+    for version in sorted(base.glob("v[0-9]*")):
+        for spec in sorted(p for p in version.iterdir() if p.is_dir() and not p.is_symlink()):
+            lock = spec / "index.lock"
+            with open(lock, "a+") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX)
+                for entry in spec.iterdir():
+                    if entry == lock:
+                        continue
+                    if entry.is_dir() and not entry.is_symlink():
+                        shutil.rmtree(entry)
+                    else:
+                        entry.unlink()
+            lock.unlink(missing_ok=True)
+        shutil.rmtree(version, ignore_errors=True)
+    return freed

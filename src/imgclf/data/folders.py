@@ -125,9 +125,12 @@ def _subdirs(folder: str) -> list[str]:
 
 
 def _class_files(folder: str, problems: list[str], odd: list[str]) -> dict[str, list[str]]:
+    """Image files per class folder; everything else goes to ``odd`` (non-image files included)."""
     classes = {}
     for name in _subdirs(folder):
-        files = _walk_files(os.path.join(folder, name), odd)
+        found = _walk_files(os.path.join(folder, name), odd)
+        files = [f for f in found if is_image_name(f)]
+        odd += [f for f in found if not is_image_name(f)]  # readme.txt, labels.csv: not samples
         if not files:
             problems.append(f"class folder {os.path.join(folder, name)!r} is empty")
         classes[name] = files
@@ -196,8 +199,16 @@ def scan_dataset(
         problems.insert(0, f"found {len(class_names)} class folder(s) {class_names}; need at least 2")
     if problems:
         raise _problems_error(problems, root)
+    others = [p for p in odd if os.path.isfile(p)]  # regular files without an image extension
+    odd = [p for p in odd if not os.path.isfile(p)]
     if odd:
         notes.append(odd_entries_note(odd))
+    if others:
+        shown = ", ".join(os.path.relpath(p, root) for p in others[:3])
+        notes.append(
+            f"skipped {len(others)} file(s) without an image extension ({shown}"
+            f"{', ...' if len(others) > 3 else ''})"
+        )
     for dupe in _near_duplicates(class_names):
         notes.append(f"class names differ only by case or Unicode form: {dupe}")
     index = {name: i for i, name in enumerate(class_names)}

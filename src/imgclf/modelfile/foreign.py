@@ -17,6 +17,8 @@ import struct
 HEAD_BYTES = 4096
 TAIL_BYTES = 65536
 UNKNOWN = "not a safetensors file"
+# The safetensors metadata key of imgclf's training checkpoints (imgclf.training.checkpoint uses it).
+CHECKPOINT_KEY = "imgclf.training.checkpoint"
 
 _MAGIC = [
     (b"\x89HDF\r\n\x1a\n", "an HDF5 file (a Keras .h5 model?)"),
@@ -116,3 +118,15 @@ def describe(head: bytes, tail: bytes = b"", path: str | os.PathLike = "") -> st
     if head and all(32 <= b < 127 or b in b"\t\r\n" for b in head[:512]):
         return "a text file"
     return UNKNOWN
+
+
+def describe_checkpoint(path: str | os.PathLike) -> tuple[str, str]:
+    """``(what it is, how to get a model file)`` for one of imgclf's own training checkpoints."""
+    path = os.path.abspath(os.fspath(path))
+    folder = os.path.dirname(path)
+    run_dir = os.path.dirname(folder) if os.path.basename(folder) == "checkpoints" else "RUN_DIR"
+    return (
+        "it is an imgclf training checkpoint (weights and optimizer state of a run, not a model file)",
+        f"get the model file from its run: imgclf train --resume {run_dir} (a finished run names the "
+        "model file it wrote)",
+    )

@@ -21,6 +21,7 @@ from imgclf.errors import ModelFileError, UsageError
 from imgclf.images.preprocess import DECODE_RULE
 from imgclf.modelfile.checks import invalid, is_int, is_num, require, strict_json
 from imgclf.modelfile.digests import canonical_json, manifest_digest
+from imgclf.modelfile.foreign import CHECKPOINT_KEY, describe_checkpoint
 from imgclf.modelfile.format import Container
 from imgclf.modelfile.provenance import check_provenance
 from imgclf.models import registry
@@ -291,6 +292,9 @@ def parse(c: Container) -> Manifest:
     Raises:
         ModelFileError: If the manifest is absent, not JSON, from a newer imgclf, or invalid.
     """
+    if MANIFEST_KEY not in c.metadata and CHECKPOINT_KEY in c.metadata:
+        what, fix = describe_checkpoint(c.path)
+        raise ModelFileError(f"invalid model file {c.path!r}: not an imgclf model file: {what}", fix=fix)
     if MANIFEST_KEY not in c.metadata:
         keys = ", ".join(sorted(c.metadata)[:5]) or "none"
         raise ModelFileError(

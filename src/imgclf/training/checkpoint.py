@@ -40,6 +40,7 @@ import torch
 from imgclf._version import versions
 from imgclf.config import TrainConfig
 from imgclf.fileio import atomic_write_bytes, os_reason, read_bounded
+from imgclf.modelfile.foreign import CHECKPOINT_KEY
 from imgclf.training.determinism import capture_rng
 from imgclf.training.state import TrainState
 
@@ -47,7 +48,7 @@ CHECKPOINT_DIR = "checkpoints"
 FORMAT = "imgclf-checkpoint"
 FORMAT_VERSION = 1
 MAX_CHECKPOINT_BYTES = 1 << 36  # weights plus optimizer state: generous, but a device or a FIFO is refused
-STATE_KEY = "imgclf.training.checkpoint"
+STATE_KEY = CHECKPOINT_KEY  # inspect/load recognise checkpoints by it (imgclf.modelfile.foreign)
 DIGEST_KEY = "imgclf.sha256"
 KEEP_NEWEST = 2
 _NAME = re.compile(r"^epoch-(\d{4,})(?:-step-(\d{4,}))?\.safetensors$")

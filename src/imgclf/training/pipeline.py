@@ -45,6 +45,7 @@ from imgclf.training.runfolder import (
     estimate_bytes,
     new_run_dir,
     read_record,
+    refuse_overwrite,
     start_fresh,
     write_record,
 )
@@ -54,6 +55,7 @@ from imgclf.training.steps import (
     check_outputs,
     decode_splits,
     final_classifier,
+    judge,
     save_model,
     start_record,
     write_reports,
@@ -72,6 +74,35 @@ class TrainResult:
     epoch: int
     outputs: dict[str, str] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        # The dataclass default printed the whole history, probabilities and paths (20 KB and more).
+        score = f", accuracy={self.evaluation.accuracy:.4f}" if self.evaluation is not None else ""
+        return (
+            f"TrainResult(model_path={self.model_path!r}, epoch={self.epoch} of {len(self.history)}"
+            f"{score}, run_dir={self.run_dir!r})"
+        )
+
+
+def _with_progress(
+    progress: bool | None, callbacks: Sequence[Callback], log: Log, decode_progress: DecodeProgress | None
+) -> tuple[Sequence[Callback], Log, DecodeProgress | None]:
+    """Add the stderr progress display (bars, epoch lines, notes) when ``progress`` asks for it.
+
+    ``None`` means: when stderr is a terminal (as Keras' ``fit`` shows progress by default).
+    """
+    import sys
+
+    if progress is False or (progress is None and not sys.stderr.isatty()):
+        return callbacks, log, decode_progress
+    from imgclf.errors import safe_text
+    from imgclf.progress import stderr_console
+    from imgclf.training.progress import EpochProgress, decode_bar_factory
+
+    console = stderr_console()
+    if log is quiet:
+        log = lambda m: console.print(safe_text(m), markup=False)  # noqa: E731 - a one-line adapter
+    return [*callbacks, EpochProgress(console)], log, decode_progress or decode_bar_factory(console)
+
 
 def train(
     dataset: str | os.PathLike,
@@ -89,6 +120,7 @@ def train(
     decode_progress: DecodeProgress | None = None,
     resume: bool = False,
     force: bool = False,
+    progress: bool | None = None,
     max_pixels: int = MAX_PIXELS,
 ) -> TrainResult:
     """Train a classifier on a dataset folder and save it as one model file.
@@ -98,7 +130,7 @@ def train(
         model_path: Where to write the model file.
         config: Training settings (defaults reproduce the recipe).
         plot_path: Where to write the training-curve plot (default ``RUN_DIR/plot.png``; skipped with a
-            warning when matplotlib, an optional dependency, is not installed).
+            warning when matplotlib is missing from the environment).
         run_dir: Folder for the lock, run record, checkpoints, history and reports; default
             ``MODEL-run/`` next to the model file.
         skip_bad: Train without undecodable files instead of failing.
@@ -111,20 +143,27 @@ def train(
         resume: Continue the run in ``run_dir`` from its newest intact checkpoint; ``config`` must
             match the run's recipe (:func:`resume_run` fills it in from ``run.json``).
         force: With ``resume``, continue despite a changed recipe or dataset (with a warning); without,
-            start over in a run folder that holds an unfinished run (its checkpoints are deleted).
+            replace an existing model file and start over in a run folder that holds an unfinished run
+            (its checkpoints are deleted).
+        progress: Show progress on stderr (decoding bars, a bar per epoch, one line per epoch, notes
+            and warnings); ``None`` (default): when stderr is a terminal; ``False``: never.
         max_pixels: Refuse dataset images with more pixels (at most ``MAX_PIXELS``, the default).
 
     Raises:
         DatasetError, StorageError, UsageError: Before any training if inputs or outputs are unusable
-            (StorageError also if another training holds the run folder, or the disk is too full).
+            (StorageError also if another training holds the run folder, or the disk is too full;
+            UsageError also if ``model_path`` exists and ``force`` is false).
         ResumeError: If ``resume`` finds no usable checkpoint or (without ``force``) a changed run.
         Interrupted: On SIGINT/SIGTERM, after writing a checkpoint (exit code 130/143).
     """
     config = (config or TrainConfig()).validated()
+    callbacks, log, decode_progress = _with_progress(progress, callbacks, log, decode_progress)
     max_pixels = checked_max_pixels(max_pixels)
     # Bad architecture args fail here, before any decoding (a meta build allocates nothing).
     registry.build_meta(config.arch, 2, config.preprocess.size, config.arch_args)
     out = check_outputs(model_path, run_dir, plot_path, resume=resume)
+    if not resume:
+        refuse_overwrite(out.model, force=force)
     device = resolve_device(config.device)
     ds = scan_dataset(dataset, val_split=config.val_split, test_split=config.test_split, seed=config.seed)
     with new_run_dir(out.run_dir), RunLock(out.run_dir, log=log):
@@ -158,8 +197,9 @@ def train(
             callbacks=callbacks,
         )
         final = final_classifier(config, state, decoded, ds.class_names)
+        judge(final, config, state.epoch, log)
         save_model(final, record, state, decoded.get("validation"), out.model)
-        outputs = write_reports(state, final.evaluation, out, log)
+        outputs = write_reports(state, final.evaluation, out, log, saved_epoch=final.epoch)
         write_record(out.run_dir, record.run_json(status="finished"))
     return TrainResult(
         final.classifier, state.history, final.evaluation, out.model, out.run_dir, final.epoch, outputs
@@ -173,6 +213,7 @@ def resume_run(
     callbacks: Sequence[Callback] = (),
     log: Log = quiet,
     decode_progress: DecodeProgress | None = None,
+    progress: bool | None = None,
     **changes: Any,
 ) -> TrainResult:
     """Continue the run in ``run_dir`` with the dataset, model path and recipe its ``run.json`` records.
@@ -180,7 +221,7 @@ def resume_run(
     Args:
         run_dir: The run folder of an interrupted (or finished) training.
         force: Continue despite a changed dataset or recipe (see :func:`train`).
-        callbacks, log, decode_progress: As for :func:`train`.
+        callbacks, log, decode_progress, progress: As for :func:`train`.
         **changes: TrainConfig fields to change, e.g. ``epochs=40`` to train longer or ``device="cuda"``.
 
     Raises:
@@ -204,4 +245,5 @@ def resume_run(
         decode_progress=decode_progress,
         resume=True,
         force=force,
+        progress=progress,
     )

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from imgclf.config import TrainConfig
-from imgclf.progress import bar
+from imgclf.progress import bar, bar_factory
 from imgclf.training.loop import Callback
 from imgclf.training.state import TrainState
 
@@ -26,18 +26,10 @@ from imgclf.training.state import TrainState
 def decode_bar_factory(console: Console) -> Callable[[str, int], Callable[[int], None]]:
     """``factory(split, total)`` → a per-image callback advancing a 'decoding <split>' bar."""
 
+    bars = bar_factory(console)
+
     def factory(split: str, total: int) -> Callable[[int], None]:
-        progress = bar(console, f"decoding {split:<10}", total)
-        task = progress.tasks[0].id
-        done = [0]
-
-        def advance(n: int) -> None:
-            done[0] += n
-            progress.update(task, advance=n)
-            if done[0] >= total:
-                progress.stop()
-
-        return advance
+        return bars(f"decoding {split:<10}", total)
 
     return factory
 

@@ -32,7 +32,7 @@ from typing import Any
 from imgclf.config import TrainConfig
 from imgclf.data.decode import DecodedSplit, file_table
 from imgclf.data.folders import Dataset
-from imgclf.errors import ResumeError, UsageError
+from imgclf.errors import ResumeError, RunFinished, UsageError
 from imgclf.models import registry
 from imgclf.progress import Log
 from imgclf.training.checkpoint import Checkpoint
@@ -144,6 +144,7 @@ def plan_resume(
         saved = TrainConfig.from_dict(ckpt.state["config"])
     except UsageError as exc:
         raise ResumeError("the checkpoint's training config is invalid", received=str(exc)) from None
+    _refuse_finished(run_dir, record, ckpt, saved, config)
     least = ckpt.epoch + (1 if ckpt.epoch_step else 0)  # an epoch in progress must be finished
     if config.epochs < least:
         raise UsageError(
@@ -179,6 +180,24 @@ def plan_resume(
         problems.append(change)
     _refuse_or_warn(problems, force, log)
     return ResumePlan(checkpoint=ckpt, record=record, config=config, data_changed=change is not None)
+
+
+def _refuse_finished(
+    run_dir: str | os.PathLike,
+    record: dict[str, Any],
+    ckpt: Checkpoint,
+    saved: TrainConfig,
+    config: TrainConfig,
+) -> None:
+    """Raise :class:`RunFinished` when the run saved its model and no more epochs are asked for."""
+    done = ckpt.epoch
+    if record.get("status") != "finished" or config.epochs > max(done, saved.epochs):
+        return
+    raise RunFinished(
+        f"the run in {os.fspath(run_dir)} is finished ({done} of {saved.epochs} epochs; model "
+        f"{record.get('model')}); nothing was changed",
+        fix=f"to train longer, pass --epochs N with N > {max(done, saved.epochs)}",
+    )
 
 
 def check_data(

@@ -236,6 +236,35 @@ def start_fresh(run_dir: str | os.PathLike, *, force: bool, log: Log) -> None:
     log(f"note: removed {len(paths)} checkpoint(s) of the previous run in {os.fspath(run_dir)}")
 
 
+def refuse_overwrite(model_path: str, *, force: bool) -> None:
+    """Refuse to replace an existing model file by a new training unless ``force``.
+
+    A finished model is often the only copy of hours of training; the message names the file and its
+    test accuracy (read from the header only: nothing is built).
+
+    Raises:
+        UsageError: If ``model_path`` exists and ``force`` is false.
+    """
+    if force or not os.path.lexists(model_path):
+        return
+    from imgclf.errors import ModelFileError
+    from imgclf.modelfile import inspect
+
+    try:
+        metrics = inspect(model_path).get("metrics") or {}
+        wanted = ("testing_accuracy", "validation_accuracy")
+        scores = [f"{k} {v:.4f}" for k, v in metrics.items() if k in wanted]
+        what = "an imgclf model" + (f" ({', '.join(scores)})" if scores else "")
+    except ModelFileError:
+        what = "a file that is not a readable imgclf model"
+    raise UsageError(
+        "the model file already exists",
+        received=f"{model_path}: {what}",
+        expected="a new model file path",
+        fix="choose another --model, or pass --force (alias --exist-ok) to replace it",
+    )
+
+
 def estimate_bytes(config: TrainConfig, num_classes: int, n_files: int) -> tuple[int, int]:
     """Disk space the run needs: ``(model file, run folder)`` in bytes, with some margin.
 

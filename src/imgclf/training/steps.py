@@ -36,7 +36,7 @@ from imgclf.data.decode import (
 )
 from imgclf.data.folders import Dataset
 from imgclf.errors import DatasetError
-from imgclf.evaluation import Evaluation, evaluate_probabilities
+from imgclf.evaluation import Evaluation, evaluate_probabilities, usefulness_warnings
 from imgclf.fileio import atomic_write_text, check_writable
 from imgclf.images.read import MAX_PIXELS, read_bytes
 from imgclf.modelfile.weights import copy_to_cpu
@@ -103,7 +103,7 @@ def check_outputs(
     check_writable(model, "model file")
     if plot_path:
         check_writable(plot_path, "plot")
-        require_matplotlib("a training plot", "pip install 'imgclf[plots]', or train without --plot")
+        require_matplotlib("a training plot", "pip install matplotlib, or train without --plot")
     if resume:  # before anything creates the folder
         require_run_dir(folder)
     return Outputs(
@@ -214,6 +214,18 @@ def final_classifier(
     return FinalModel(classifier, epoch, evaluation, split)
 
 
+def judge(final: FinalModel, config: TrainConfig, epochs_run: int, log: Log) -> None:
+    """Say which epoch goes into the file, and warn when the saved model is useless (one class, chance)."""
+    how = f"--keep best by {config.monitor}" if config.keep == "best" else "--keep last"
+    log(f"note: the model file holds epoch {final.epoch} of {epochs_run} ({how})")
+    problems = usefulness_warnings(final.evaluation, final.split) if final.evaluation is not None else []
+    if problems:
+        log(
+            f"warning: {'; '.join(problems)}: the model is not useful yet (saved epoch {final.epoch}); "
+            "train longer (--epochs) or check the data and the recipe"
+        )
+
+
 def save_model(
     final: FinalModel,
     record: RunRecord,
@@ -234,9 +246,10 @@ def save_model(
 
 
 def write_reports(
-    state: TrainState, evaluation: Evaluation | None, out: Outputs, log: Log
+    state: TrainState, evaluation: Evaluation | None, out: Outputs, log: Log, saved_epoch: int | None = None
 ) -> dict[str, str]:
-    """History (JSON, CSV), the text and JSON report, and the plot; returns ``{what: path}``."""
+    """History (JSON, CSV), the text and JSON report, and the plot (``saved_epoch`` marked on it);
+    returns ``{what: path}``."""
     outputs = {"model": out.model, "plot": out.plot} if out.can_plot else {"model": out.model}
     outputs["history_json"] = os.path.join(out.run_dir, "history.json")
     outputs["history_csv"] = os.path.join(out.run_dir, "history.csv")
@@ -249,7 +262,7 @@ def write_reports(
     if out.can_plot:
         from imgclf.plots import plot_history
 
-        plot_history(state.history, out.plot)
+        plot_history(state.history, out.plot, saved_epoch=saved_epoch)
     else:
-        log("warning: no training plot: matplotlib is not installed (pip install 'imgclf[plots]')")
+        log("warning: no training plot: matplotlib is not installed (pip install matplotlib)")
     return outputs
