@@ -54,3 +54,14 @@ def test_an_onnx_file_is_served_through_onnxruntime(onnx_file):
         np.testing.assert_array_equal(got, clf.predict_proba_input(x))
         card = api.get("/v1/models").json()
         assert "cells" in str(card)
+
+
+def test_max_pixels_lowers_the_cap_for_served_models(onnx_file):
+    """``imgclf serve --max-pixels N`` (ModelStore.open(max_pixels=)) refuses larger images with a 422."""
+    store = ModelStore.open({"cells": str(onnx_file)}, max_pixels=100)
+    assert store.get("cells").classifier.max_pixels == 100
+    with TestClient(create_app(store, ServeSettings())) as api:
+        r = api.post("/v1/predict", content=png(1), headers={"content-type": "image/png"})
+        assert r.status_code == 422 and "image too large" in r.text, r.text
+    store.reload("cells")
+    assert store.get("cells").classifier.max_pixels == 100

@@ -13,7 +13,7 @@ import os
 import stat
 import sys
 
-from imgclf.cli.common import EPILOG
+from imgclf.cli.common import EPILOG, add_max_pixels_flag
 from imgclf.serving.settings import MB, ServeSettings
 
 DEFAULTS = ServeSettings()
@@ -121,6 +121,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         help="file holding an API key; then every route but /, its assets and the health checks"
         " needs 'Authorization: Bearer KEY'",
     )
+    add_max_pixels_flag(p)
     p.set_defaults(func=run)
 
 
@@ -210,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-    store = ModelStore.open(paths)  # ModelFileError: the CLI's one-line error, exit 3
+    store = ModelStore.open(paths, args.max_pixels)  # ModelFileError: the CLI's one-line error, exit 3
     settings = ServeSettings(
         max_body_bytes=int(args.max_body_mb * MB),
         max_images=args.max_images_per_request,
@@ -219,12 +220,16 @@ def run(args: argparse.Namespace) -> int:
         batch_delay_ms=args.batch_delay_ms,
         api_key=key,
     )
-    import torch
+    try:  # an .onnx is served without torch
+        import torch
 
+        engine = f"{torch.get_num_threads()} torch thread(s)"
+    except ImportError:
+        engine = "onnxruntime"
     # All inference runs on one worker thread with this many intra-op threads, fixed for the process.
     print(
         f"imgclf: serving {', '.join(paths)} on http://{args.host}:{args.port}/ "
-        f"(inference: one worker thread, {torch.get_num_threads()} torch thread(s))",
+        f"(inference: one worker thread, {engine})",
         file=sys.stderr,
         flush=True,
     )

@@ -78,7 +78,7 @@ def parse_model_arg(text: str) -> tuple[str, str]:
     return name, path
 
 
-def load_served(name: str, path: str) -> ServedModel:
+def load_served(name: str, path: str, max_pixels: int | None = None) -> ServedModel:
     """Load ``path`` strictly, re-run its self-check probes, run one warm-up inference.
 
     Raises:
@@ -99,7 +99,7 @@ def load_served(name: str, path: str) -> ServedModel:
             expected="every probe to pass",
             fix="run `imgclf verify` on the file; retrain or re-save it in this environment",
         )
-    clf = load(path)
+    clf = load(path, max_pixels=max_pixels)  # None: the library's cap
     summary = inspect(path)
     if _identity(path) != before:  # verified one file, loaded another: refuse rather than guess
         raise ModelFileError(
@@ -108,8 +108,9 @@ def load_served(name: str, path: str) -> ServedModel:
             expected="a file that stays the same during loading",
             fix="write model files atomically (imgclf does) and reload again",
         )
-    warm_up = np.zeros((*clf.preprocess.size, 3), dtype=np.uint8)
-    clf.predict(warm_up)  # the first forward pass allocates and tunes kernels
+    # The first forward pass allocates and tunes kernels; a preprocessed input, so --max-pixels below
+    # the model's own input size cannot refuse it.
+    clf.predict_proba_input(np.zeros((1, 3, *clf.preprocess.size), dtype=np.float32))
     return ServedModel(name, path, clf, summary, summary["integrity"]["tensors_sha256"])
 
 
@@ -137,18 +138,24 @@ def _same_interface(old: ServedModel, new: ServedModel) -> list[str]:
 class ModelStore:
     """Name → :class:`ServedModel`; reads are lock-free, a reload swaps one entry atomically."""
 
-    def __init__(self, models: dict[str, ServedModel]) -> None:
+    def __init__(self, models: dict[str, ServedModel], max_pixels: int | None = None) -> None:
         self._models = dict(models)
         self._reload_lock = threading.Lock()
+        self.max_pixels = max_pixels
 
     @classmethod
-    def open(cls, paths: dict[str, str]) -> ModelStore:
+    def open(cls, paths: dict[str, str], max_pixels: int | None = None) -> ModelStore:
         """Load, verify and warm up every model (in order); stop at the first that fails.
+
+        Args:
+            paths: Model name → file.
+            max_pixels: Pixel cap for the images the models classify (a server may lower the library's).
 
         Raises:
             ModelFileError: From :func:`load_served`.
         """
-        return cls({name: load_served(name, path) for name, path in paths.items()})
+        models = {name: load_served(name, path, max_pixels) for name, path in paths.items()}
+        return cls(models, max_pixels)
 
     def names(self) -> list[str]:
         """Model names in the order they were given."""
@@ -170,7 +177,7 @@ class ModelStore:
         """
         with self._reload_lock:
             old = self._models[name]
-            new = load_served(name, old.path)
+            new = load_served(name, old.path, self.max_pixels)
             diffs = _same_interface(old, new)
             if diffs:
                 raise ModelFileError(
