@@ -9,7 +9,7 @@ import pytest
 
 from helpers import make_dataset, run_cli, tiny_train_config
 from imgclf.cli.main import build_parser
-from imgclf.cli.train import _config_from_args
+from imgclf.cli.recipe_flags import config_from_args
 from imgclf.config import RECIPES, TrainConfig
 from imgclf.errors import UsageError
 from imgclf.training.loop import Callback, fit
@@ -70,7 +70,7 @@ def test_bad_recipe_settings_are_usage_errors(changes, problem):
 
 def _cli_config(*flags: str, start: dict | None = None) -> TrainConfig:
     args = build_parser().parse_args(["train", "--dataset", "d", "--model", "m.imgclf", *flags])
-    return _config_from_args(args, start)
+    return config_from_args(args, start)
 
 
 def test_cli_recipe_flag_then_single_flags_override_it(tmp_path):

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from imgclf.cli import train as train_cli
+from imgclf.cli import recipe_flags as recipe_cli
 from imgclf.cli.main import build_parser, parse
 from imgclf.config import AugmentSpec, PreprocessSpec, TrainConfig
 
@@ -37,7 +37,7 @@ def _shown_default(value: object) -> str:
 
 def test_every_recipe_flag_shows_its_dataclass_default(capsys):
     text = _train_help(capsys)
-    flags = train_cli.recipe_flags()
+    flags = recipe_cli.recipe_flags()
     assert {f.path[-1] for f in flags} >= {"epochs", "batch_size", "lr", "interpolation", "rotation", "keep"}
     for spec in flags:
         shown = spec.field.metadata.get("default_text") or _shown_default(spec.field.default)
@@ -58,11 +58,11 @@ def test_changing_a_default_in_config_changes_the_help(cls, name, value, capsys,
 def test_flags_set_the_config_fields_they_are_generated_from():
     argv = "train -d d -m m --epochs 3 --interpolation nearest --rotation 5 --no-flip --no-augment"
     args = parse([*argv.split(), "--keep", "last", "--shift", "0.1", "--size", "32x48"])
-    cfg = train_cli._config_from_args(args)
+    cfg = recipe_cli.config_from_args(args)
     assert (cfg.epochs, cfg.preprocess.interpolation, cfg.augment.rotation) == (3, "nearest", 5.0)
     assert (cfg.augment.horizontal_flip, cfg.augment.enabled, cfg.keep) == (False, False, "last")
     assert (cfg.augment.width_shift, cfg.augment.height_shift, cfg.preprocess.size) == (0.1, 0.1, (32, 48))
-    untouched = train_cli._config_from_args(parse(["train", "-d", "d", "-m", "m"]))
+    untouched = recipe_cli.config_from_args(parse(["train", "-d", "d", "-m", "m"]))
     assert untouched == TrainConfig()
 
 

@@ -20,7 +20,8 @@ from helpers import SEED_PARAMS_2, run_cli, tiny_train_config
 from imgclf.errors import StorageError, UsageError
 from imgclf.training import pipeline, runfolder, steps
 from imgclf.training.pipeline import train
-from imgclf.training.runfolder import RunLock, estimate_bytes, read_record
+from imgclf.training.preflight import estimate_bytes
+from imgclf.training.runfolder import RunLock, read_record
 
 
 @pytest.fixture

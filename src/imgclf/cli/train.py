@@ -12,7 +12,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 from typing import Any
 
@@ -25,6 +24,13 @@ from imgclf.cli.common import (
     max_pixels_option,
 )
 from imgclf.cli.output import report_text, stdout_line
+from imgclf.cli.recipe_flags import (
+    CHECKPOINT_FIELDS,
+    RUN_FIELDS,
+    add_recipe_flag,
+    config_from_args,
+    recipe_flags,
+)
 from imgclf.errors import UsageError
 
 TRAIN_EPILOG = """checkpoints and resuming:
@@ -37,72 +43,6 @@ TRAIN_EPILOG = """checkpoints and resuming:
   set aside with a warning and the one before it is used. A changed dataset, class set or recipe is refused
   with a diff (exit 6); --force continues anyway. A run folder is locked by one training at a time (exit 5).
   Free disk space for the model and the checkpoints is checked before the first epoch (exit 5)."""
-
-# Which group of --help a TrainConfig field's flag is listed in (the rest are "recipe").
-RUN_FIELDS = ("device", "precision", "channels_last", "compile", "eval_batch_size")
-CHECKPOINT_FIELDS = ("keep", "monitor", "patience", "deterministic")
-
-
-@dataclasses.dataclass(frozen=True)
-class RecipeFlag:
-    """A command-line flag generated from one settings field (``path`` is the field's place in the config)."""
-
-    flag: str
-    path: tuple[str, ...]
-    field: dataclasses.Field
-    hint: Any
-
-    @property
-    def dest(self) -> str:
-        return "config." + ".".join(self.path)
-
-
-def recipe_flags() -> list[RecipeFlag]:
-    """Every ``TrainConfig`` setting that has a flag of its own, nested settings included."""
-    from imgclf._settings import Settings, type_hints
-    from imgclf.config import TrainConfig
-
-    flags: list[RecipeFlag] = []
-
-    def walk(cls: type, path: tuple[str, ...]) -> None:
-        hints = type_hints(cls)
-        for f in dataclasses.fields(cls):
-            hint = hints[f.name]
-            if isinstance(hint, type) and issubclass(hint, Settings):
-                walk(hint, (*path, f.name))
-            elif f.metadata.get("flag") is not None:
-                flag = f.metadata["flag"] or "--" + f.name.replace("_", "-")
-                flags.append(RecipeFlag(flag, (*path, f.name), f, hint))
-
-    walk(TrainConfig, ())
-    return flags
-
-
-def _default_text(f: dataclasses.Field) -> str:
-    if f.metadata.get("default_text"):
-        return f.metadata["default_text"]
-    if isinstance(f.default, bool):
-        return "on" if f.default else "off"
-    return str(f.default)
-
-
-def _add_recipe_flag(group: argparse._ActionsContainer, spec: RecipeFlag) -> None:
-    import typing
-
-    from imgclf._settings import choices_of
-
-    help_text = f"{spec.field.metadata.get('help', '')} (default {_default_text(spec.field)})"
-    kwargs: dict[str, Any] = {"dest": spec.dest, "default": None, "help": help_text}
-    choices = choices_of(spec.hint)
-    base = [a for a in typing.get_args(spec.hint) if a is not type(None)] or [spec.hint]
-    if choices is not None:
-        kwargs["choices"] = choices
-    elif base[0] is bool:
-        kwargs["action"] = argparse.BooleanOptionalAction
-    else:
-        kwargs["type"] = base[0]
-        kwargs["metavar"] = "N" if base[0] in (int, float) else "NAME"
-    group.add_argument(spec.flag, **kwargs)
 
 
 def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -146,7 +86,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     for spec in recipe_flags():
         name = spec.path[-1]
         group = "run" if name in RUN_FIELDS else "checkpoints" if name in CHECKPOINT_FIELDS else "recipe"
-        _add_recipe_flag(groups[group], spec)
+        add_recipe_flag(groups[group], spec)
     run = groups["run"]
     run.add_argument("--skip-bad", action="store_true", help="train without unreadable images (listed)")
     add_cache_flags(run)
@@ -193,48 +133,6 @@ def _probe_count(text: str) -> int:
     if not 0 <= value <= MAX_EXTRA_PROBES:
         raise argparse.ArgumentTypeError(f"expected 0 to {MAX_EXTRA_PROBES}, got {value}")
     return value
-
-
-MAX_CONFIG_BYTES = 1 << 20  # a TrainConfig is a few hundred bytes
-
-
-def _config_from_args(args: argparse.Namespace, start: dict[str, Any] | None = None) -> Any:
-    """The TrainConfig: ``start`` (a resumed run's recipe, else the defaults), then --config, then flags."""
-    from imgclf.config import TrainConfig
-
-    base: dict[str, Any] = dict(start or {})
-    if args.config:
-        from imgclf.fileio import os_reason, read_json
-
-        try:
-            base.update(read_json(args.config, MAX_CONFIG_BYTES, "--config"))
-        except (OSError, TypeError, ValueError) as exc:
-            raise UsageError(
-                "cannot read --config",
-                received=f"{args.config} ({os_reason(exc) if isinstance(exc, OSError) else exc})",
-                expected="a JSON file of TrainConfig settings",
-                fix="check the file",
-            ) from None
-    if getattr(args, "config.recipe", None):  # the preset fills what the start and --config leave unset
-        base["recipe"] = getattr(args, "config.recipe")
-    settings = TrainConfig.from_dict(base).to_dict()
-    for spec in recipe_flags():
-        value = getattr(args, spec.dest)
-        if value is not None:
-            _set_path(settings, spec.path, value)
-    if args.size:
-        settings["preprocess"]["height"], settings["preprocess"]["width"] = args.size
-    if args.shift is not None:
-        settings["augment"]["width_shift"] = settings["augment"]["height_shift"] = args.shift
-    if args.arch_arg:
-        settings["arch_args"] = {**settings["arch_args"], **dict(args.arch_arg)}
-    return TrainConfig.from_dict(settings)
-
-
-def _set_path(settings: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
-    for key in path[:-1]:
-        settings = settings[key]
-    settings[path[-1]] = value
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -323,7 +221,7 @@ def _train_inputs(args: argparse.Namespace) -> tuple[str, str, str | None, Any, 
                 expected="--dataset DIR --model FILE (or --resume RUN_DIR)",
                 fix="add the missing flag(s); see imgclf train --help",
             )
-        return args.dataset, args.model, args.plot, _config_from_args(args), args.run_dir
+        return args.dataset, args.model, args.plot, config_from_args(args), args.run_dir
     from imgclf.training.runfolder import read_record
 
     if args.run_dir and os.path.abspath(args.run_dir) != os.path.abspath(args.resume):
@@ -341,6 +239,6 @@ def _train_inputs(args: argparse.Namespace) -> tuple[str, str, str | None, Any, 
         args.dataset or record.get("dataset"),
         args.model or record.get("model"),
         args.plot or record.get("plot"),
-        _config_from_args(args, record.get("config")),
+        config_from_args(args, record.get("config")),
         args.resume,
     )

@@ -36,16 +36,18 @@ from imgclf.progress import Log, quiet
 from imgclf.training.device import available_bytes, resolve_device
 from imgclf.training.interrupts import fit_with_checkpoints
 from imgclf.training.loop import Callback
+from imgclf.training.preflight import (
+    check_free_space,
+    check_memory_for_decoding,
+    estimate_bytes,
+    refuse_overwrite,
+)
 from imgclf.training.restore import restore
 from imgclf.training.resume import plan_resume
 from imgclf.training.runfolder import (
     RunLock,
-    check_free_space,
-    check_memory_for_decoding,
-    estimate_bytes,
     new_run_dir,
     read_record,
-    refuse_overwrite,
     start_fresh,
     write_record,
 )
