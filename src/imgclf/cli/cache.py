@@ -43,7 +43,7 @@ def _mb(n: int) -> str:
 
 def cmd_cache(args: argparse.Namespace) -> int:
     """``imgclf cache info|clear``: one result line on stdout (or JSON)."""
-    from imgclf.data.cache import cache_usage, clear_cache
+    from imgclf.data.cache_admin import cache_usage, clear_cache
 
     if args.action == "clear":
         freed = clear_cache(args.cache_dir)
