@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from imgclf.classifier import MAX_BATCH_PIXELS, Classifier
-from imgclf.errors import ImageError, ModelFileError
-from imgclf.fileio import open_for_reading
+from imgclf.errors import ImageError, ModelFileError, StorageError
+from imgclf.fileio import os_reason, read_bounded
 from imgclf.images.preprocess import preprocess_uint8, to_array
 from imgclf.images.read import MAX_PIXELS, checked_max_pixels
 from imgclf.interop.onnx_meta import (
@@ -46,7 +45,14 @@ def read_onnx_bytes(path: str | os.PathLike) -> bytes:
     """
     name = os.fspath(path)
     try:
-        fd, st = open_for_reading(name)
+        return read_bounded(name, MAX_ONNX_BYTES, "ONNX model file")
+    except StorageError as exc:  # opened, but not a regular file of a supported size (or it grew)
+        raise ModelFileError(
+            "not a regular model file of a supported size",
+            received=f"{name} ({os_reason(exc)})",
+            expected=f"a regular file of at most {MAX_ONNX_BYTES} bytes",
+            fix="pass the .onnx file itself",
+        ) from None
     except OSError as exc:
         raise ModelFileError(
             "cannot open model file",
@@ -54,24 +60,6 @@ def read_onnx_bytes(path: str | os.PathLike) -> bytes:
             expected="a readable file",
             fix="check the path and permissions",
         ) from None
-    try:
-        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_ONNX_BYTES:
-            raise ModelFileError(
-                "not a regular model file of a supported size",
-                received=f"{name} ({st.st_size} bytes)",
-                expected=f"a regular file of at most {MAX_ONNX_BYTES} bytes",
-                fix="pass the .onnx file itself",
-            )
-        parts, size = [], 0
-        while size <= MAX_ONNX_BYTES:
-            part = os.read(fd, max(st.st_size + 1 - size, 1 << 16))
-            if not part:
-                break
-            parts.append(part)
-            size += len(part)
-    finally:
-        os.close(fd)
-    return b"".join(parts)
 
 
 def new_session(data: bytes, path: str, threads: int | None = None) -> Any:
