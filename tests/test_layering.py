@@ -44,6 +44,7 @@ LAYERS = {
     "imgclf.fileio": "base",
     "imgclf._version": "base",
     "imgclf.progress": "base",
+    "imgclf.world": "base",
 }
 
 # cli → training → {data, evaluation, reports, plots} → modelfile → classifier → {models, images} → base.

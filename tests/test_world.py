@@ -1,0 +1,41 @@
+"""World.from_env: the torchrun environment read once and checked."""
+
+from __future__ import annotations
+
+import pytest
+
+from imgclf.errors import UsageError
+from imgclf.world import World
+
+
+def test_no_torchrun_variables_is_the_world_of_one():
+    world = World.from_env({"PATH": "/usr/bin"})
+    assert world == World(rank=0, size=1, local_rank=0)
+    assert world.is_main and not world.distributed
+
+
+def test_torchrun_variables_are_read():
+    world = World.from_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"})
+    assert (world.rank, world.size, world.local_rank) == (3, 4, 1)
+    assert not world.is_main and world.distributed
+
+
+def test_local_rank_defaults_to_zero():
+    assert World.from_env({"RANK": "0", "WORLD_SIZE": "2"}).local_rank == 0
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"RANK": "1"}, "incomplete torchrun environment: only RANK is set"),
+        ({"WORLD_SIZE": "2", "LOCAL_RANK": "0"}, "incomplete torchrun environment: only WORLD_SIZE, LOCAL"),
+        ({"RANK": "one", "WORLD_SIZE": "2"}, "RANK='one' is not a whole number"),
+        ({"RANK": "2", "WORLD_SIZE": "2"}, "RANK=2 does not fit WORLD_SIZE=2"),
+        ({"RANK": "0", "WORLD_SIZE": "0"}, "RANK=0 does not fit WORLD_SIZE=0"),
+    ],
+)
+def test_a_broken_environment_is_a_usage_error(env, message):
+    with pytest.raises(UsageError) as info:
+        World.from_env(env)
+    assert str(info.value).startswith(message)
+    assert info.value.exit_code == 2
