@@ -22,6 +22,7 @@ from PIL import Image, ImageFile
 from imgclf.config import INTERPOLATIONS, PreprocessSpec
 from imgclf.errors import ImageError, UsageError
 from imgclf.images import preprocess as images
+from imgclf.images import read
 
 SPEC = PreprocessSpec(height=16, width=16)
 
@@ -687,3 +688,63 @@ def test_is_image_name_and_describe_source() -> None:
     assert not images.is_image_name("notes.txt") and not images.is_image_name("png")
     assert images.describe_source(b"abc") == "<3 bytes>"
     assert images.describe_source(np.zeros((2, 3), np.uint8)) == "<array shape=(2, 3) dtype=uint8>"
+
+
+# --- to_array (the NumPy-only scaling an ONNX model gets) and orient: fast checks of their own, so a
+# mutation run (docs/testing.md) has tests that reach them ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        SPEC,
+        PreprocessSpec(height=5, width=7, rescale=1 / 127.5, mean=(0.5, 1.0, 1.5), std=(0.25, 0.5, 2.0)),
+        PreprocessSpec(height=5, width=7, rescale=1.0, mean=(0.0, 0.0, 0.0), std=(1.0, 2.0, 1.0)),
+        PreprocessSpec(height=5, width=7, rescale=1.0, mean=(0.0, 3.0, 0.0), std=(1.0, 1.0, 1.0)),
+    ],
+    ids=["plain", "mean_std", "std_only", "mean_only"],
+)
+def test_to_array_is_bitwise_to_tensor(spec: PreprocessSpec) -> None:
+    batch = np.stack([noise(5, 7, 1), noise(5, 7, 2)])
+    x = images.to_array(batch, spec)
+    assert x.shape == (2, 3, 5, 7) and x.dtype == np.float32 and x.flags.c_contiguous
+    assert np.array_equal(x, images.to_tensor(batch, spec).numpy())
+    # An oracle independent of both: the documented formula in float32, channel by channel.
+    for c in range(3):
+        expected = (batch[..., c].astype(np.float32) * np.float32(spec.rescale) - np.float32(spec.mean[c])) / (
+            np.float32(spec.std[c])
+        )
+        assert np.array_equal(x[:, c], expected), c
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.zeros((1, 4, 4, 3), np.float32),
+        np.zeros((4, 4, 3), np.uint8),
+        np.zeros((1, 4, 4, 4), np.uint8),
+        np.zeros((1, 4, 4, 1), np.uint8),
+    ],
+)
+def test_to_array_rejects_bad_batches(bad: np.ndarray) -> None:
+    with pytest.raises(UsageError, match=r"to_array needs a uint8 batch shaped \(N, H, W, 3\)"):
+        images.to_array(bad, SPEC)
+
+
+def test_to_array_accepts_a_list_and_leaves_the_batch_unchanged() -> None:
+    batch = np.stack([noise(4, 4, 3)])
+    before = batch.copy()
+    assert np.array_equal(images.to_array(list(batch), SPEC), images.to_array(batch, SPEC))
+    assert np.array_equal(batch, before)
+
+
+@pytest.mark.parametrize("orientation", range(2, 9))
+def test_orient_applies_the_exif_tag_to_a_pil_image(orientation: int) -> None:
+    upright = blocks(3, 4, 2)
+    img = Image.open(io.BytesIO(_tagged(upright, orientation, "PNG")))
+    assert np.array_equal(np.asarray(read.orient(img, "x.png").convert("RGB")), upright), orientation
+
+
+def test_orient_leaves_an_untagged_image_alone() -> None:
+    img = Image.fromarray(blocks(3, 4, 2))
+    assert read.orient(img, "x.png") is img

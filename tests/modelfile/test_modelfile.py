@@ -106,14 +106,29 @@ class _Wrapper(nn.Module):
         return self.module(x)
 
 
+class _CompiledLike(nn.Module):
+    """Holds the model as ``_orig_mod``, as ``torch.compile`` does, without compiling (a fast stand-in)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self._orig_mod = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._orig_mod(x)
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # importing torch.compile's machinery
-@pytest.mark.parametrize("wrap", ["ddp_like", "data_parallel", "compiled", "compiled_ddp"])
+@pytest.mark.parametrize(
+    "wrap", ["ddp_like", "data_parallel", "compiled_like", "compiled_like_ddp", "compiled", "compiled_ddp"]
+)
 def test_weights_are_saved_without_wrapper_prefixes(wrap, tmp_path):
     clf = make_classifier(seed=2)
     inner = clf.model
     wrapped = {
         "ddp_like": lambda: _Wrapper(inner),
         "data_parallel": lambda: nn.DataParallel(inner),
+        "compiled_like": lambda: _CompiledLike(inner),
+        "compiled_like_ddp": lambda: _CompiledLike(_Wrapper(inner)),
         "compiled": lambda: torch.compile(inner),
         "compiled_ddp": lambda: torch.compile(_Wrapper(inner)),
     }[wrap]()
