@@ -748,3 +748,35 @@ def test_orient_applies_the_exif_tag_to_a_pil_image(orientation: int) -> None:
 def test_orient_leaves_an_untagged_image_alone() -> None:
     img = Image.fromarray(blocks(3, 4, 2))
     assert read.orient(img, "x.png") is img
+
+
+def test_orient_names_the_image_when_its_exif_cannot_be_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    img = Image.fromarray(blocks(3, 4, 2))
+
+    def broken() -> None:
+        raise SyntaxError("bad EXIF")
+
+    monkeypatch.setattr(img, "getexif", broken)
+    with pytest.warns(UserWarning, match=r"^x\.png: unreadable EXIF data ignored"):
+        assert read.orient(img, "x.png") is img
+
+
+# Each channel's mean and std on its own: the shortcut that skips the identity must skip nothing else.
+@pytest.mark.parametrize(
+    "mean, std",
+    [
+        ((1.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+        ((0.0, 1.0, 0.0), (1.0, 1.0, 1.0)),
+        ((0.0, 0.0, 1.0), (1.0, 1.0, 1.0)),
+        ((0.0, 0.0, 0.0), (2.0, 1.0, 1.0)),
+        ((0.0, 0.0, 0.0), (1.0, 2.0, 1.0)),
+        ((0.0, 0.0, 0.0), (1.0, 1.0, 2.0)),
+    ],
+)
+def test_any_mean_or_std_other_than_the_identity_is_applied(mean: tuple, std: tuple) -> None:
+    batch = np.stack([noise(4, 4, 5)])
+    spec = PreprocessSpec(height=4, width=4, rescale=1.0, mean=mean, std=std)
+    plain = batch.transpose(0, 3, 1, 2).astype(np.float32)
+    want = (plain - np.float32(mean).reshape(1, 3, 1, 1)) / np.float32(std).reshape(1, 3, 1, 1)
+    assert np.array_equal(images.to_array(batch, spec), want)
+    assert np.array_equal(images.to_tensor(batch, spec).numpy(), want)

@@ -818,10 +818,40 @@ def test_manifest_span_helper_finds_the_manifest(good):
     assert good[end - 1 : end] == b"}"
 
 
-@pytest.mark.parametrize("length", [0x8B1F, 0x5A4D, 0x685A42])  # spell gzip's, MZ's and bzip2's magic
-def test_a_truncated_model_is_called_truncated_whatever_its_length_bytes_spell(length, tmp_path):
-    header = b'{"__metadata__":{"imgclf":"x"}' + b" " * (length - 30) + b"}"
+@pytest.mark.parametrize(
+    "length, magic",
+    [(0x088B1F, b"\x1f\x8b\x08"), (0x5A4D, b"MZ"), (0x685A42, b"BZh")],
+    ids=["gzip", "MZ", "bzip2"],
+)
+def test_a_truncated_model_is_called_truncated_whatever_its_length_bytes_spell(length, magic, tmp_path):
+    header = b'{"__metadata__":{"imgclf":"x"}' + b" " * (length - 31) + b"}"
+    blob = join(header)
+    assert len(header) == length and blob.startswith(magic)  # the length field really spells the magic
     path = tmp_path / "cut.imgclf"
-    path.write_bytes(join(header)[: 8 + length // 2])
+    path.write_bytes(blob[: 8 + length // 2])
     message = _rejects(path, ("truncated: header says",))
     assert "looks like" not in message
+
+
+def test_a_foreign_file_named_onnx_is_called_an_onnx_model(tmp_path):
+    """The extension settles what nothing in the bytes does (``describe`` gets the path)."""
+    path = tmp_path / "exported.onnx"
+    path.write_bytes(struct.pack("<Q", 2**40) + b"\0" * 64)
+    _rejects(path, ("looks like an ONNX model",))
+    path = path.rename(tmp_path / "exported.bin")
+    assert "ONNX" not in _rejects(path, ("header length",))
+
+
+class _Unreadable(io.BytesIO):
+    """A file object whose second look fails, as on a file that vanished or a flaky network disk."""
+
+    def seek(self, *args):  # noqa: ARG002
+        raise OSError("input/output error")
+
+
+def test_a_foreign_file_that_cannot_be_read_again_is_described_from_its_first_bytes():
+    from imgclf.modelfile.format import _foreign
+
+    head = pickle.dumps({}, protocol=0)  # b"(dp0\n.": a protocol-0 pickle, recognised by its final STOP
+    error = _foreign("m.imgclf", _Unreadable(), head, "header check failed", "fix it")
+    assert "looks like a Python pickle (protocol 0/1" in str(error), str(error)
