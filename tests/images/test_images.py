@@ -780,3 +780,33 @@ def test_any_mean_or_std_other_than_the_identity_is_applied(mean: tuple, std: tu
     want = (plain - np.float32(mean).reshape(1, 3, 1, 1)) / np.float32(std).reshape(1, 3, 1, 1)
     assert np.array_equal(images.to_array(batch, spec), want)
     assert np.array_equal(images.to_tensor(batch, spec).numpy(), want)
+
+
+def test_decode_passes_draft_and_name_on() -> None:
+    data = encode(Image.fromarray(noise(512, 512, 7)), "JPEG", quality=90)
+    assert images.decode(data).shape == (512, 512, 3)
+    small = images.decode(data, draft=64)
+    assert 64 <= small.shape[0] < 512 and small.shape[0] == small.shape[1] and small.dtype == np.uint8
+    with pytest.raises(ImageError, match="upload.png"):
+        images.decode(b"garbage", name="upload.png")
+
+
+def test_describe_source_names_an_unknown_type_and_array_errors_name_the_array() -> None:
+    assert images.describe_source(42) == "<int>"
+    with pytest.raises(ImageError, match=r"<array shape=\(2, 2\) dtype=float32>"):
+        images.decode(np.zeros((2, 2), np.float32))
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F", "RGBA", "LA"])
+def test_conversion_in_many_strips_equals_one_strip(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    """Strips are a memory bound only: 7-row strips (a 5-row last one) give the one-strip result."""
+    rng = np.random.default_rng(3)
+    if mode in ("RGBA", "LA"):
+        img = Image.fromarray(rng.integers(0, 256, size=(33, 11, 4), dtype=np.uint8)).convert(mode)
+    elif mode == "F":
+        img = Image.fromarray(rng.uniform(-20, 300, size=(33, 11)).astype(np.float32), mode="F")
+    else:
+        img = Image.fromarray(rng.integers(0, 65536, size=(33, 11), dtype=np.uint16)).convert(mode)
+    whole = np.asarray(read.to_rgb_image(img))
+    monkeypatch.setattr(read, "STRIP_PIXELS", 7 * 11)
+    assert np.array_equal(np.asarray(read.to_rgb_image(img)), whole)
