@@ -423,3 +423,15 @@ def test_loading_writes_nothing_and_opens_no_network(tiny_model, monkeypatch):
     assert imgclf.verify(tiny_model.model_path).ok
     assert imgclf.inspect(tiny_model.model_path)["format_version"] == 1
     assert clf.predict(np.zeros((8, 8, 3), dtype=np.uint8))[0].label in ("ring", "square")
+
+
+def test_copy_to_cpu_is_a_float32_copy_that_leaves_the_model_alone():
+    from imgclf.modelfile.weights import copy_to_cpu
+
+    model = _Wrapper(make_classifier(seed=3).model.to(torch.bfloat16))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    copied = copy_to_cpu(model)
+    assert not isinstance(copied, _Wrapper)  # unwrapped
+    assert all(t.dtype == torch.float32 for t in copied.state_dict().values() if t.is_floating_point())
+    for key, value in model.state_dict().items():
+        assert value.dtype == before[key].dtype and torch.equal(value, before[key]), key
