@@ -810,3 +810,68 @@ def test_conversion_in_many_strips_equals_one_strip(monkeypatch: pytest.MonkeyPa
     whole = np.asarray(read.to_rgb_image(img))
     monkeypatch.setattr(read, "STRIP_PIXELS", 7 * 11)
     assert np.array_equal(np.asarray(read.to_rgb_image(img)), whole)
+
+
+class _Stat:
+    """An ``fstat`` result that reports a smaller regular file than the one on disk (it grew since)."""
+
+    def __init__(self, size: int) -> None:
+        self.st_mode = 0o100644
+        self.st_size = size
+
+
+def _grown_since_fstat(monkeypatch: pytest.MonkeyPatch, claimed: int) -> None:
+    real = read.open_for_reading
+
+    def opened(path: str):
+        fd, _ = real(path)
+        return fd, _Stat(claimed)
+
+    monkeypatch.setattr(read, "open_for_reading", opened)
+
+
+@pytest.mark.parametrize("cap", [131_072, 150_000])
+def test_a_file_that_grew_past_the_cap_after_fstat_is_refused_not_truncated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cap: int
+) -> None:
+    path = tmp_path / "growing.png"
+    path.write_bytes(os.urandom(200_000))
+    _grown_since_fstat(monkeypatch, 10)
+    with pytest.raises(ImageError, match=rf"image file too large.*> {cap} bytes"):
+        read.read_bytes(path, max_bytes=cap)
+
+
+def test_a_file_that_grew_within_the_cap_is_read_whole_in_several_parts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = os.urandom(100_000)
+    path = tmp_path / "growing.png"
+    path.write_bytes(data)
+    _grown_since_fstat(monkeypatch, 10)
+    assert read.read_bytes(path, max_bytes=1 << 20) == data
+
+
+def test_a_permission_error_says_cannot_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def denied(path: str):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(read, "open_for_reading", denied)
+    with pytest.raises(ImageError, match=r"cannot read image.*Permission denied.*check the file's permissions"):
+        read.read_bytes(tmp_path / "x.png")
+
+
+def test_preprocess_uint8_passes_the_pixel_cap_and_name_on() -> None:
+    spec = PreprocessSpec(height=4, width=4)
+    img = Image.fromarray(noise(10, 10, 1))
+    assert images.preprocess_uint8(img, spec, max_pixels=100).shape == (4, 4, 3)
+    with pytest.raises(ImageError, match="image too large"):
+        images.preprocess_uint8(img, spec, max_pixels=99)
+    with pytest.raises(ImageError, match="upload.png"):
+        images.preprocess_uint8(b"garbage", spec, name="upload.png")
+
+
+def test_a_premultiplied_rgba_image_follows_the_alpha_rule() -> None:
+    rgba = Image.fromarray(np.random.default_rng(4).integers(0, 256, size=(8, 8, 4), dtype=np.uint8), "RGBA")
+    straight = np.asarray(read.to_rgb_image(rgba)).astype(int)
+    premultiplied = np.asarray(read.to_rgb_image(rgba.convert("RGBa"))).astype(int)
+    assert np.abs(premultiplied - straight).max() <= 1  # un-premultiplying rounds

@@ -201,3 +201,7 @@ def test_an_extra_probe_that_does_not_decode_is_named_in_the_error(tmp_path):
     with pytest.raises(ImageError, match=r"probe image 4\b"):  # after the four synthetic probes
         imgclf.save(make_classifier(), tmp_path / "m.imgclf", extra_probes=[b"not an image"])
     assert not (tmp_path / "m.imgclf").exists()
+
+
+def test_compute_with_no_images_gives_no_records():
+    assert probes.compute(make_classifier(), [], []) == []
