@@ -875,3 +875,45 @@ def test_a_premultiplied_rgba_image_follows_the_alpha_rule() -> None:
     straight = np.asarray(read.to_rgb_image(rgba)).astype(int)
     premultiplied = np.asarray(read.to_rgb_image(rgba.convert("RGBa"))).astype(int)
     assert np.abs(premultiplied - straight).max() <= 1  # un-premultiplying rounds
+
+
+@pytest.mark.parametrize("side, drafted", [(100, False), (127, False), (128, True), (191, True)])
+def test_draft_applies_from_twice_the_asked_size(tmp_path: Path, side: int, drafted: bool) -> None:
+    data = encode(Image.fromarray(noise(side, side, 8)), "JPEG", quality=90)
+    path = tmp_path / "x.jpg"
+    path.write_bytes(data)
+    for source in (data, path):
+        height = images.decode(source, draft=64).shape[0]
+        assert (height < side) == drafted and height >= 64, (source, height)
+    assert images.decode(encode(Image.fromarray(noise(256, 256, 8)), "PNG"), draft=64).shape[0] == 256
+
+
+def test_errors_and_warnings_name_every_kind_of_source() -> None:
+    big = Image.fromarray(noise(20, 20, 1))
+    with pytest.raises(ImageError, match=r"<PIL image mode=RGB size=\(20, 20\)> \(20x20"):
+        images.decode(big, max_pixels=100)
+    with pytest.raises(ImageError, match=r"<array shape=\(20, 20, 3\) dtype=uint8> \(20x20"):
+        images.decode(np.asarray(big), max_pixels=100)
+    png = encode(big, "PNG")
+    for name in ("a.png", None):
+        with pytest.raises(ImageError, match=rf"{name or f'<{len(png)} bytes>'} \(20x20"):
+            images.decode(png, max_pixels=100, name=name)
+    with pytest.raises(ImageError, match=r"received b\.png"):
+        images.decode(b"\x89PNG\r\n\x1a\n" + b"\0" * 40, name="b.png")
+    with pytest.warns(UserWarning, match=r"^c\.png: unreadable EXIF"):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(Image.Image, "getexif", lambda self: (_ for _ in ()).throw(SyntaxError("bad")))
+            images.decode(png, name="c.png")
+
+
+def test_decode_image_defaults_to_rgb_order() -> None:
+    arr = noise(3, 4, 2)
+    assert np.array_equal(np.asarray(images.decode_image(arr)), arr)
+
+
+def test_to_tensor_of_a_read_only_array_does_not_warn() -> None:
+    frozen = np.stack([noise(4, 4, 1)])
+    frozen.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        images.to_tensor(frozen, SPEC)
