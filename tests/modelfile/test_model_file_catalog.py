@@ -12,6 +12,7 @@ import io
 import json
 import os
 import pickle
+import re
 import struct
 import sys
 import time
@@ -855,3 +856,51 @@ def test_a_foreign_file_that_cannot_be_read_again_is_described_from_its_first_by
     head = pickle.dumps({}, protocol=0)  # b"(dp0\n.": a protocol-0 pickle, recognised by its final STOP
     error = _foreign("m.imgclf", _Unreadable(), head, "header check failed", "fix it")
     assert "looks like a Python pickle (protocol 0/1" in str(error), str(error)
+
+
+def _parse(blob: bytes, tmp_path: Path):
+    path = tmp_path / "m.imgclf"
+    path.write_bytes(blob)
+    return modelfile.manifest.parse(modelfile.format.read_container(path, with_data=False))
+
+
+def _set_probe(**fields):
+    def edit(m):
+        m["probes"][0].update(fields)
+
+    return edit
+
+
+# Manifest bounds exactly at the documented limits (docs/format.md): on the limit is accepted, past it refused.
+MANIFEST_EDGES_OK = {
+    "one probe": lambda m: m.update(probes=m["probes"][:1]),
+    "64 probes": lambda m: m.update(probes=(m["probes"] * 64)[:64]),
+    "probabilities exactly 1 and 0": _set_probe(probabilities=[1.0, 0.0]),
+    "label name of one character": lambda m: (
+        m.update(class_names=["a", "b"]),
+        [p.update(label={"index": p["label"]["index"], "name": "ab"[p["label"]["index"]]}) for p in m["probes"]],
+    ),
+    "label name of 1000 characters": lambda m: (
+        m.update(class_names=["a" * 1000, "b"]),
+        [p.update(label={"index": 0, "name": "a" * 1000}) for p in m["probes"]],
+    ),
+}
+MANIFEST_EDGES_REFUSED = {
+    "no probe": (lambda m: m.update(probes=[]), "probes"),
+    "65 probes": (lambda m: m.update(probes=(m["probes"] * 65)[:65]), "probes"),
+    "a probability just over 1": (_set_probe(probabilities=[1.0005, 0.0]), "probes[0].probabilities"),
+    "probabilities summing to 1.2": (_set_probe(probabilities=[0.6, 0.6]), "probes[0].probabilities"),
+    "a digest that is not hex": (_set_probe(input_sha256="x" * 64), "probes[0].input_sha256"),
+    "an empty label name": (_set_probe(label={"index": 0, "name": ""}), "probes[0].label"),
+}
+
+
+@pytest.mark.parametrize("edit", MANIFEST_EDGES_OK.values(), ids=MANIFEST_EDGES_OK)
+def test_manifest_values_on_the_documented_limits_are_accepted(edit, good, tmp_path):
+    _parse(edit_manifest(good, edit), tmp_path)
+
+
+@pytest.mark.parametrize("edit, field", MANIFEST_EDGES_REFUSED.values(), ids=MANIFEST_EDGES_REFUSED)
+def test_manifest_values_past_the_documented_limits_are_refused(edit, field, good, tmp_path):
+    with pytest.raises(ModelFileError, match=re.escape(field)):
+        _parse(edit_manifest(good, edit), tmp_path)
