@@ -1,0 +1,63 @@
+"""What a training run does differently as one rank of several (torchrun): its device, resuming after a
+torchrun restart, and which rank does the one-off work.
+
+Usage::
+
+    device = rank_device(resolve_device(config.device), world)      # cuda:LOCAL_RANK under torchrun
+    resume, force = restart_resume(run_dir, resume, force, log)      # a restarted group resumes itself
+    decoded = main_first(group, "decoding", lambda: decode_splits(...))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import torch
+
+from imgclf.progress import Log
+from imgclf.training.checkpoint import list_checkpoints
+from imgclf.training.distributed import Group, restart_count
+from imgclf.world import World
+
+T = TypeVar("T")
+
+
+def rank_device(device: torch.device, world: World) -> torch.device:
+    """The device of this rank: ``cuda`` (no index) becomes ``cuda:LOCAL_RANK`` under torchrun."""
+    if device.type == "cuda" and world.distributed:
+        return torch.device("cuda", world.local_rank)
+    return device
+
+
+def restart_resume(run_dir: str, resume: bool, force: bool, log: Log) -> tuple[bool, bool]:
+    """``(resume, force)`` for this start: after a torchrun restart the run continues from its newest
+    checkpoint by itself (or, killed before the first checkpoint, starts over in its own run folder).
+    """
+    restarts = restart_count()
+    if restarts == 0 or resume:
+        return resume, force
+    if list_checkpoints(run_dir):
+        log(f"note: torchrun restart {restarts}: resuming from the newest checkpoint in {run_dir}")
+        return True, force
+    log(f"note: torchrun restart {restarts}: no checkpoint yet, starting the run over")
+    return False, True
+
+
+def main_first(group: Group | None, what: str, fn: Callable[[], T], *, others_too: bool = True) -> T | None:
+    """``fn()`` in one process; under several, rank 0 first (see :meth:`Group.main_first`)."""
+    if group is None:
+        return fn()
+    return group.main_first(what, fn, others_too=others_too)
+
+
+def note_world_change(checkpoint_state: dict[str, Any], group: Group | None, log: Log) -> None:
+    """Warn when a run resumes with another number of processes than its checkpoint was written by."""
+    saved = (checkpoint_state.get("distributed") or {}).get("world_size", 1)
+    now = group.size if group is not None else 1
+    if saved != now:
+        log(
+            f"warning: the checkpoint was written by a run of {saved} process(es), this one has {now}: "
+            "the global batch and sample order are kept, but the result is not bitwise that of an "
+            "uninterrupted run (batch-norm statistics and float sums are per-rank)"
+        )
