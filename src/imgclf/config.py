@@ -190,7 +190,7 @@ class TrainConfig(Settings):
     arch: str = setting("seed_resnet", "registered architecture (an unknown name lists them)")
     arch_args: dict[str, Any] = setting(factory=dict, help="architecture arguments", flag=None)
     epochs: int = setting(25, "epochs")
-    batch_size: int = setting(32, "batch size (images per optimizer step)")
+    batch_size: int = setting(32, "global batch size (images per optimizer step, split across processes)")
     lr: float = setting(0.1, "initial learning rate")
     momentum: float = setting(0.9, "SGD momentum")
     decay: float | None = setting(None, "Keras time decay per step", default_text="lr/epochs")

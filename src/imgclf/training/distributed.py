@@ -34,9 +34,9 @@ import torch.distributed as dist
 from torch import nn
 
 from imgclf.errors import DistributedError, UsageError
+from imgclf.world import DIST_TIMEOUT_S as DEFAULT_TIMEOUT_S
 from imgclf.world import World
 
-DEFAULT_TIMEOUT_S = 600.0  # a collective (or a rank joining) waits this long before the run fails
 MAIN_WAIT_S = 6 * 3600.0  # others wait this long for rank 0's one-off work (decoding into the cache)
 _GRACE_S = 3.0  # after a failed collective: how long ranks wait to see which others are still answering
 T = TypeVar("T")
@@ -91,7 +91,7 @@ def start_group(world: World, device: torch.device, options: DistOptions) -> Gro
     if device.type == "cuda":
         torch.cuda.set_device(device)
     try:
-        store, _, _ = next(dist.rendezvous("env://", world.rank, world.size, timeout=timeout))
+        store = _store(world, timeout)
     except (RuntimeError, ValueError) as exc:
         raise DistributedError(
             f"rank {world.rank} could not reach the rendezvous store of rank 0 within "
@@ -106,6 +106,29 @@ def start_group(world: World, device: torch.device, options: DistOptions) -> Gro
         timeout=timeout,
     )
     return Group(world, backend, options, store, device)
+
+
+def _store(world: World, timeout: timedelta) -> Any:
+    """The rendezvous key-value store: torchrun's own (its agent holds it), else one rank 0 serves at
+    ``MASTER_ADDR:MASTER_PORT`` without waiting for the others (the roll-call then names who is missing).
+    """
+    env = os.environ
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        store, _, _ = next(dist.rendezvous("env://", world.rank, world.size, timeout=timeout))
+        # The agent's store outlives a restart of the workers: keys of an earlier attempt (gloo's peer
+        # addresses, our roll-call) must not be seen again.
+        return dist.PrefixStore(f"imgclf/attempt-{restart_count()}", store)
+    addr, port = env.get("MASTER_ADDR", ""), env.get("MASTER_PORT", "")
+    if not addr or not port.isdigit():
+        raise UsageError(
+            "RANK and WORLD_SIZE are set but MASTER_ADDR/MASTER_PORT are not",
+            received=f"MASTER_ADDR={addr!r} MASTER_PORT={port!r}",
+            expected="the address and port of rank 0, as torchrun sets them",
+            fix="start the command with torchrun, or set MASTER_ADDR and MASTER_PORT on every rank",
+        )
+    return dist.TCPStore(
+        addr, int(port), world.size, is_master=world.rank == 0, timeout=timeout, wait_for_workers=False
+    )
 
 
 def _roll_call(store: Any, world: World, timeout_s: float) -> None:
@@ -190,7 +213,7 @@ class Group:
     def wrap(self, model: nn.Module) -> nn.Module:
         """``model`` under DistributedDataParallel (SyncBatchNorm first with ``sync_bn``).
 
-        Buffers are not broadcast from rank 0 at every forward (``broadcast_buffers=False``): each rank
+        Buffers are not broadcast from rank 0 at every forward (``forward_sync_buffers=False``): each rank
         keeps its own batch-norm statistics during an epoch (:meth:`average_buffers` joins them), and a
         second forward before ``backward`` cannot hit the in-place buffer error (pytorch #22095).
         """
@@ -199,7 +222,8 @@ class Group:
         if self.options.sync_bn:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # shares parameters and buffers
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+        # At construction rank 0's parameters and buffers are broadcast once (they are equal anyway).
+        return DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
 
     def _collective(self, what: str, fn: Callable[[], T]) -> T:
         self._calls += 1

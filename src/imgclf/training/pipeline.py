@@ -175,8 +175,8 @@ def train(
     world = World.from_env()
     if world.is_main:
         callbacks, log, decode_progress = _with_progress(progress, callbacks, log, decode_progress)
-    else:  # rank 0 speaks for the run; the others stay silent
-        callbacks, log, decode_progress = (), quiet, None
+    else:  # rank 0 speaks for the run; the others stay silent (their callbacks still run)
+        log, decode_progress = quiet, None
     max_pixels = checked_max_pixels(max_pixels)
     # Bad architecture args fail here, before any decoding (a meta build allocates nothing).
     registry.build_meta(config.arch, 2, config.preprocess.size, config.arch_args)
