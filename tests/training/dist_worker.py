@@ -33,9 +33,8 @@ class NoBatchNorm(nn.Module):
 
     def __init__(self, num_classes: int, input_size: tuple[int, int]) -> None:
         super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 8, 3, padding=1), nn.ReLU()
-        )
+        convs = [nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 8, 3, padding=1)]
+        self.features = nn.Sequential(*convs, nn.ReLU())
         self.head = nn.Linear(8, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -86,7 +85,8 @@ def main() -> None:
     if args.kill_at and restart_count() == 0 and World.from_env().rank == args.kill_rank:
         epoch, step = map(int, args.kill_at.split(":"))
         callbacks.append(KillAt(epoch, step))
-    train(args.dataset, args.model, config, callbacks=callbacks, distributed=DistOptions(timeout_s=args.timeout))
+    options = DistOptions(timeout_s=args.timeout)
+    train(args.dataset, args.model, config, callbacks=callbacks, distributed=options)
 
 
 if __name__ == "__main__":
