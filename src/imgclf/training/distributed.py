@@ -63,8 +63,17 @@ def restart_count(environ: dict[str, str] | None = None) -> int:
     return int(raw) if raw.isdigit() else 0
 
 
-def start_group(world: World, device: torch.device, options: DistOptions) -> Group | None:
-    """Join the process group of a multi-process run (``None`` for a world of one).
+def launch_id(environ: dict[str, str] | None = None) -> str | None:
+    """The torchrun launch this worker belongs to (``TORCHELASTIC_RUN_ID``, kept across restarts)."""
+    env = os.environ if environ is None else environ
+    return env.get("TORCHELASTIC_RUN_ID") or None
+
+
+def start_group(
+    world: World, device: torch.device, options: DistOptions, *, even_alone: bool = False
+) -> Group | None:
+    """Join the process group of a multi-process run (``None`` for a world of one, unless ``even_alone``:
+    then a group of one, e.g. to measure DDP's own cost; it needs ``MASTER_ADDR``/``MASTER_PORT``).
 
     Raises:
         UsageError: ``sync_bn`` on the CPU, or a bad timeout.
@@ -84,7 +93,7 @@ def start_group(world: World, device: torch.device, options: DistOptions) -> Gro
             expected="training on CUDA GPUs",
             fix="drop --sync-bn (each rank then normalises with its own batch)",
         )
-    if not world.distributed:
+    if not world.distributed and not even_alone:
         return None
     backend = "nccl" if device.type == "cuda" else "gloo"
     timeout = timedelta(seconds=options.timeout_s)
@@ -164,7 +173,9 @@ def _first_line(exc: BaseException) -> str:
 class Group:
     """This rank's view of a multi-process run (see the module docstring)."""
 
-    def __init__(self, world: World, backend: str, options: DistOptions, store: Any, device: torch.device):
+    def __init__(
+        self, world: World, backend: str, options: DistOptions, store: Any, device: torch.device
+    ) -> None:
         self.world, self.backend, self.options, self.store = world, backend, options, store
         self.device = device
         self._calls = 0  # collectives and waits so far: all ranks make the same sequence of them
@@ -181,6 +192,7 @@ class Group:
             "backend": self.backend,
             "per_rank_batch": global_batch // self.size,
             "sync_bn": self.options.sync_bn,
+            "launch_id": launch_id(),
             "bn_running_stats": "averaged across ranks after every epoch"
             if not self.options.sync_bn
             else "synchronised (global batch)",

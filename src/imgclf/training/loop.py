@@ -145,9 +145,16 @@ def _fit(
     for cb in callbacks:
         cb.on_train_begin(config, state, epochs.steps, epochs.device)
 
+    votes = [0]
+
     def stop_requested() -> bool:
         asked = should_stop is not None and should_stop()
-        return group.any_(asked) if group is not None else asked
+        if group is None:
+            return asked
+        # Every rank must stop at the same step: they vote (an all-reduce) every ``report_every`` calls
+        # (every step on the CPU, every 25th on a GPU, where reading the result waits for the GPU).
+        votes[0] += 1
+        return group.any_(asked) if votes[0] % epochs.report_every == 0 else False
 
     state.model.train()
     while state.epoch < config.epochs and not state.stopped_early:

@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 import torch
 
 from imgclf.progress import Log
-from imgclf.training.checkpoint import list_checkpoints
-from imgclf.training.distributed import Group, restart_count
+from imgclf.training.checkpoint import CheckpointDamaged, list_checkpoints, read_checkpoint
+from imgclf.training.distributed import Group, launch_id, restart_count
 from imgclf.world import World
 
 T = TypeVar("T")
@@ -33,15 +33,28 @@ def rank_device(device: torch.device, world: World) -> torch.device:
 def restart_resume(run_dir: str, resume: bool, force: bool, log: Log) -> tuple[bool, bool]:
     """``(resume, force)`` for this start: after a torchrun restart the run continues from its newest
     checkpoint by itself (or, killed before the first checkpoint, starts over in its own run folder).
+    Checkpoints of an earlier launch (another ``TORCHELASTIC_RUN_ID``) are not resumed silently.
     """
     restarts = restart_count()
     if restarts == 0 or resume:
         return resume, force
-    if list_checkpoints(run_dir):
+    launches = [_launch_of(path) for path in list_checkpoints(run_dir)[:1]]
+    if launches and launches[0] == launch_id():
         log(f"note: torchrun restart {restarts}: resuming from the newest checkpoint in {run_dir}")
         return True, force
+    if launches:  # an earlier launch's run: the first attempt's own checks apply again
+        return resume, force
     log(f"note: torchrun restart {restarts}: no checkpoint yet, starting the run over")
     return False, True
+
+
+def _launch_of(path: str) -> str | None:
+    """The torchrun launch that wrote a checkpoint (``None`` if unknown or unreadable)."""
+    try:
+        state = read_checkpoint(path).state
+    except CheckpointDamaged:
+        return launch_id()  # damaged newest file: resuming sets it aside and takes the one before
+    return (state.get("distributed") or {}).get("launch_id")
 
 
 def main_first(group: Group | None, what: str, fn: Callable[[], T], *, others_too: bool = True) -> T | None:
