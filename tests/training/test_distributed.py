@@ -231,3 +231,15 @@ def test_nproc_starts_torchrun_with_the_same_command():
 def test_bad_nproc_is_a_usage_error():
     code, _, err = run_cli("train", "--dataset", "d", "--model", "m", "--nproc", "0")
     assert code == 2 and "expected 1 or more, got 0" in err
+
+
+def test_a_torchrun_restart_resumes_only_its_own_launch(tmp_path, monkeypatch):
+    from imgclf.training.ranks import restart_resume
+
+    notes: list[str] = []
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    assert restart_resume(str(tmp_path), False, False, notes.append) == (False, False)  # first attempt
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    # Killed before the first checkpoint: start over in its own run folder (force), say so.
+    assert restart_resume(str(tmp_path), False, False, notes.append) == (False, True)
+    assert notes == ["note: torchrun restart 1: no checkpoint yet, starting the run over"]
