@@ -27,7 +27,7 @@ import torch
 from imgclf._version import versions
 from imgclf.classifier import Classifier
 from imgclf.errors import ModelFileError, UsageError
-from imgclf.fileio import atomic_write_bytes
+from imgclf.fileio.writing import atomic_write_bytes
 from imgclf.images.preprocess import DECODE_RULE
 from imgclf.images.read import MAX_PIXELS, checked_max_pixels
 from imgclf.modelfile import probes, weights
