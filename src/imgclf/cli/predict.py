@@ -53,7 +53,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
 
 
 def _pick_images(args: argparse.Namespace) -> list[str]:
-    from imgclf.data.folders import list_images
+    from imgclf.data.listing import list_images
 
     missing = [p for p in args.images if not os.path.exists(p)]
     if missing:  # a mistyped path is a usage error, not an image that failed to decode
