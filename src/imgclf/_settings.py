@@ -114,45 +114,12 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     """Check ``value`` against a (simple) type hint, converting JSON lists to tuples."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(name, value, option)
-            except UsageError as exc:
-                errors.append(exc)
-        raise errors[0]
+        return _coerce_union(name, value, typing.get_args(hint))
     if origin is tuple:
-        args = typing.get_args(hint)
-        if not isinstance(value, (list, tuple)):
-            raise UsageError(
-                f"setting {name!r} has the wrong type",
-                received=repr(value),
-                expected="a list",
-                fix=f"give {name} as a list",
-            )
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(name, v, args[0]) for v in value)
-        if len(value) != len(args):
-            raise UsageError(
-                f"setting {name!r} has the wrong length",
-                received=len(value),
-                expected=f"{len(args)} values",
-                fix=f"give {name} exactly {len(args)} values",
-            )
-        return tuple(_coerce(name, v, a) for v, a in zip(value, args, strict=True))
+        return _coerce_tuple(name, value, typing.get_args(hint))
     if origin is dict:
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-            raise UsageError(
-                f"setting {name!r} has the wrong type",
-                received=repr(value),
-                expected="a mapping with string keys",
-                fix=f"give {name} as a JSON object",
-            )
+            raise _wrong_type(name, value, "a mapping with string keys", "as a JSON object")
         return dict(value)
     if isinstance(hint, type) and issubclass(hint, Settings):
         if isinstance(value, hint):
@@ -160,34 +127,54 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         return hint.from_dict(value, where=name)
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UsageError(
-                f"setting {name!r} has the wrong type",
-                received=repr(value),
-                expected="a number",
-                fix=f"give {name} as a number",
-            )
+            raise _wrong_type(name, value, "a number", "as a number")
         return float(value)
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise UsageError(
-                f"setting {name!r} has the wrong type",
-                received=repr(value),
-                expected="an integer",
-                fix=f"give {name} as a whole number",
-            )
+            raise _wrong_type(name, value, "an integer", "as a whole number")
         return value
     if choices_of(hint) is not None:  # the choice itself is checked at construction, in one place
         hint = str
-    if hint in (bool, str):
-        if not isinstance(value, hint):
-            raise UsageError(
-                f"setting {name!r} has the wrong type",
-                received=repr(value),
-                expected=hint.__name__,
-                fix=f"give {name} as a {hint.__name__}",
-            )
-        return value
+    if hint in (bool, str) and not isinstance(value, hint):
+        raise _wrong_type(name, value, hint.__name__, f"as a {hint.__name__}")
     return value
+
+
+def _coerce_union(name: str, value: Any, options: tuple[Any, ...]) -> Any:
+    """``value`` as the first option of a ``Union`` it fits; else the error of the first option."""
+    if value is None and type(None) in options:
+        return None
+    errors = []
+    for option in options:
+        if option is type(None):
+            continue
+        try:
+            return _coerce(name, value, option)
+        except UsageError as exc:
+            errors.append(exc)
+    raise errors[0]
+
+
+def _coerce_tuple(name: str, value: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``value`` (a list or tuple) as a tuple of ``args`` (``(T, ...)``: any length)."""
+    if not isinstance(value, (list, tuple)):
+        raise _wrong_type(name, value, "a list", "as a list")
+    if len(args) == 2 and args[1] is Ellipsis:
+        return tuple(_coerce(name, v, args[0]) for v in value)
+    if len(value) != len(args):
+        raise UsageError(
+            f"setting {name!r} has the wrong length",
+            received=len(value),
+            expected=f"{len(args)} values",
+            fix=f"give {name} exactly {len(args)} values",
+        )
+    return tuple(_coerce(name, v, a) for v, a in zip(value, args, strict=True))
+
+
+def _wrong_type(name: str, value: Any, expected: str, how: str) -> UsageError:
+    """The "has the wrong type" error for setting ``name``; ``how`` completes "give NAME ..."."""
+    message = f"setting {name!r} has the wrong type"
+    return UsageError(message, received=repr(value), expected=expected, fix=f"give {name} {how}")
 
 
 class Settings:
