@@ -2,19 +2,17 @@
 
 A frozen dataclass that derives from :class:`Settings` gets ``to_dict``, ``from_dict`` (unknown keys and
 wrong types rejected with "did you mean", JSON lists turned into tuples, nested settings built recursively)
-and ``replace``; it supplies ``validated()``, which checks its bounds (often with :func:`check_number`).
-Construction validates: ``Literal`` fields are checked against their choices (here, in one place), then
-``validated()`` runs, so an invalid settings object cannot exist. :func:`setting` declares a field with the
-help text the command line shows (the CLI builds its flags and "(default X)" from these fields).
+and ``replace``; it may supply ``validated()`` for checks beyond a field's own range. Construction
+validates: ``Literal`` fields are checked against their choices and fields declared with ``bounds``
+against their range (here, in one place), then ``validated()`` runs, so an invalid settings object cannot
+exist. :func:`setting` declares a field with its bounds and the help text the command line shows (the CLI
+builds its flags and "(default X)" from these fields).
 
 Usage::
 
     @dataclass(frozen=True)
     class Spec(Settings):
-        size: int = setting(64, "image side in pixels")
-        def validated(self) -> Spec:
-            check_number("size", self.size, 1, 4096)
-            return self
+        size: int = setting(64, "image side in pixels", bounds=(1, 4096))
 """
 
 from __future__ import annotations
@@ -40,6 +38,7 @@ def setting(
     flag: str | None = "",
     label: str | None = None,
     default_text: str | None = None,
+    bounds: tuple[float, float] | None = None,
 ) -> Any:
     """A dataclass field with the metadata the command line turns into a flag.
 
@@ -50,8 +49,10 @@ def setting(
         flag: The flag name; ``""`` derives ``--field-name``; ``None`` means no flag of its own.
         label: How error messages name the setting (default ``setting 'NAME'``).
         default_text: What "(default X)" says when the default is computed elsewhere (e.g. ``None``).
+        bounds: ``(lo, hi)``, inclusive: checked at construction with :func:`check_integer` for an
+            ``int`` field, else :func:`check_number` (``None`` passes where the type allows it).
     """
-    meta = {"help": help, "flag": flag, "label": label, "default_text": default_text}
+    meta = {"help": help, "flag": flag, "label": label, "default_text": default_text, "bounds": bounds}
     return dataclasses.field(default=default, default_factory=factory, metadata=meta)
 
 
@@ -108,6 +109,18 @@ def check_integer(name: str, value: object, lo: int, hi: int, *, label: str | No
             expected=f"an integer in [{lo}, {hi}]",
             fix=f"set {name} to an integer in [{lo}, {hi}]",
         )
+
+
+def _check_bounds(settings: Any, hints: dict[str, Any]) -> None:
+    """Check every field declared with ``bounds`` (in field order); raise :class:`UsageError` otherwise."""
+    for f in dataclasses.fields(settings):
+        bounds, value, hint = f.metadata.get("bounds"), getattr(settings, f.name), hints[f.name]
+        if bounds is None or (value is None and type(None) in typing.get_args(hint)):
+            continue
+        if int in (hint, *typing.get_args(hint)):
+            check_integer(f.name, value, *bounds, label=f.metadata.get("label"))
+        else:
+            check_number(f.name, value, *bounds)
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:
@@ -193,6 +206,7 @@ class Settings:
                     expected=" | ".join(map(str, choices)),
                     fix="pick one of the listed values" + did_you_mean(str(value), map(str, choices)),
                 )
+        _check_bounds(self, hints)
         self.validated()  # type: ignore[attr-defined]
 
     def validated(self: T) -> T:
