@@ -6,6 +6,7 @@ durable. On any failure the temporary file is removed and the old destination is
 
 A process killed with SIGKILL mid-write cannot remove its temporary file; such files are named
 ``.NAME.PID.HEX.imgclf-tmp`` and the next atomic write of ``NAME`` removes those whose process is gone.
+:func:`check_writable` fails early, before any work, when a path cannot be written at all.
 
 Usage::
 
