@@ -53,7 +53,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
 
 
 def _pick_images(args: argparse.Namespace) -> list[str]:
-    from imgclf.data.folders import list_images
+    from imgclf.data.listing import list_images
 
     missing = [p for p in args.images if not os.path.exists(p)]
     if missing:  # a mistyped path is a usage error, not an image that failed to decode
@@ -173,7 +173,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         _check_output_format(args.output)  # before any work, not after classifying everything
     for target in (args.output, args.montage):
         if target:
-            from imgclf.fileio import check_writable
+            from imgclf.fileio.writing import check_writable
 
             check_writable(target)
     clf = load(args.model, **max_pixels_option(args))
@@ -183,7 +183,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         out = None
         if args.output:  # appears atomically once every image is done; an interrupted run leaves none
-            from imgclf.fileio import atomic_open
+            from imgclf.fileio.writing import atomic_open
 
             out = _PredictionsFile(
                 stack.enter_context(atomic_open(args.output, "w")), args.output, clf.class_names

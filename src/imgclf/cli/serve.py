@@ -132,7 +132,7 @@ def read_api_key(path: str) -> bytes:
         UsageError: If the file is missing, not a regular file, too large or holds no key.
     """
     from imgclf.errors import UsageError
-    from imgclf.fileio import open_for_reading
+    from imgclf.fileio.reading import open_for_reading
 
     def refuse(problem: str, received: str) -> UsageError:
         return UsageError(

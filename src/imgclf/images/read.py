@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from imgclf.errors import ImageError, UsageError
-from imgclf.fileio import open_for_reading
+from imgclf.fileio.reading import open_for_reading
 from imgclf.images.png import check_png_chunks
 
 ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
