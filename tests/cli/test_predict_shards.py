@@ -170,3 +170,33 @@ def test_a_part_whose_images_changed_since_is_stale(setup, tmp_path):
     Path(first).write_bytes(Path(list_images([str(images)])[-1]).read_bytes())  # same name, new content
     code, _, err = _predict(model, str(images), output, "--shard", "1/2")
     assert code == 0 and "shards still to finish: 0/2" in err and not os.path.exists(output)
+
+
+def test_the_parts_folder_in_the_way_is_a_one_line_storage_error(setup, tmp_path):
+    (model, _), images = setup
+    output = tmp_path / "p.jsonl"
+    Path(f"{output}.parts").write_text("a file where the parts folder goes")
+    code, _, err = _predict(model, images, str(output), "--shard", "0/2")
+    assert code == 5 and err.count("\n") == 1 and "cannot create the folder for the prediction parts" in err
+
+
+LIGHT = """
+import contextlib, io, sys
+from imgclf.cli.main import main
+with contextlib.redirect_stdout(io.StringIO()):
+    code = main(["predict", "-m", sys.argv[1], "-i", sys.argv[2], "-o", sys.argv[3], "--shard", "0/1"])
+# import torch alone loads torch.distributed's core; the launcher and elastic agent are what must stay out.
+heavy = ("matplotlib", "fastapi", "uvicorn", "onnx", "imgclf.training", "imgclf.serving.",
+         "torch.distributed.run", "torch.distributed.elastic")
+import torch.distributed
+assert not torch.distributed.is_initialized()  # no process group
+print(code, sorted(m for m in sys.modules if m.startswith(heavy) and m != "imgclf.serving.settings"))
+"""
+
+
+def test_sharded_predict_imports_no_training_server_onnx_or_process_group_code(setup, tmp_path):
+    (model, _), images = setup
+    argv = [sys.executable, "-c", LIGHT, model, images, str(tmp_path / "p.jsonl")]
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.stdout.strip() == "4 []", proc.stderr  # 4: the broken image; the merge ran

@@ -157,11 +157,25 @@ def _classify_share(
     if finished(path, key):
         _note(f"shard {index}/{count}: reusing its finished part {path} ({len(mine)} images)")
         return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    _make_folder(os.path.dirname(path))
     predictions = clf.iter_predict(mine, top_k=args.top_k, batch_size=args.batch_size, errors="return")
     failed = write_part(path, key, index, count, len(mine), predictions)
     more = f", {failed} could not be classified (listed at the merge)" if failed else ""
     _note(f"shard {index}/{count}: classified {len(mine)} images into {path}{more}")
+
+
+def _make_folder(folder: str) -> None:
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        from imgclf.fileio import os_reason
+
+        raise StorageError(
+            "cannot create the folder for the prediction parts",
+            received=f"{folder} ({os_reason(exc)})",
+            expected="a folder that can be created beside --output",
+            fix=f"move or remove what is at {folder}, or choose another --output",
+        ) from None
 
 
 def _growth(output: str, index: int, count: int) -> tuple[int, ...]:
