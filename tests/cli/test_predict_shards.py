@@ -135,10 +135,41 @@ def test_rank_0_stops_waiting_for_a_rank_whose_part_does_not_grow(tmp_path):
     assert "\n" not in str(info.value)
 
 
-def _dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
+def _torchrun(model, images, output, *extra, cwd):
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    argv += ["-m", "imgclf", "predict", "--model", model, "--images", images, "--output", output, *extra]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env, cwd=cwd)
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_equal_one_process_line_for_line(setup, tmp_path):
+    (model, _), images = setup
+    extra = ("--top-k", "2", "--json")
+    want_file, want_out = _single(model, images, str(tmp_path / "single.jsonl"), *extra)
+    output = str(tmp_path / "p.jsonl")
+    proc = _torchrun(model, images, output, *extra, cwd=tmp_path)
+    assert "exitcode  : 4" in proc.stderr  # rank 0's status: one image failed (torchrun itself exits 1)
+    assert "shard 0/2: classified 5 images" in proc.stderr and "shard 1/2: classified 6 images" in proc.stderr
+    assert Path(output).read_bytes() == want_file
+    assert proc.stdout == want_out  # rank 0 alone prints, every result once, in input order
+    assert not os.path.exists(output + ".parts")
+
+
+KILLED_MIDWAY = """
+import os, signal, sys
+import imgclf
+from imgclf.cli.main import main
+original = imgclf.Classifier.iter_predict
+def dies_after_two(self, items, **kwargs):
+    for n, p in enumerate(original(self, items, **kwargs)):
+        if n == 2:
+            sys.stdout.flush()
+            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup runs: as a crash or an OOM kill
+        yield p
+imgclf.Classifier.iter_predict = dies_after_two
+main(["predict", "-m", sys.argv[1], "-i", sys.argv[2], "-o", sys.argv[3], "--shard", "1/2"])
+"""
 
 
 @pytest.mark.slow
@@ -146,14 +177,14 @@ def test_torchrun_after_a_crash_equals_one_process_and_redoes_only_the_missing_r
     (model, _), images = setup
     want_file, want_out = _single(model, images, str(tmp_path / "single.csv"))
     output = str(tmp_path / "p.csv")
-    assert _predict(model, images, output, "--shard", "0/2")[0] == 0  # rank 0's part: finished
-    # Rank 1 was killed while writing: its temporary part is left, the part itself is not there.
-    crashed = Path(output + ".parts") / f".shard-1-of-2.jsonl.{_dead_pid()}.0badf00d.imgclf-tmp"
-    crashed.write_text('{"imgclf_predict_part": 1, "key": "')
+    assert _predict(model, images, output, "--shard", "0/2")[0] == 0  # shard 0's part: finished
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    argv += ["-m", "imgclf", "predict", "--model", model, "--images", images, "--output", output]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    argv = [sys.executable, "-c", KILLED_MIDWAY, model, images, output]
+    killed = subprocess.run(argv, env=env, timeout=120, capture_output=True)
+    assert killed.returncode == -9  # shard 1 was killed while writing its part: only a temporary file is left
+    left = sorted(p.name for p in Path(output + ".parts").iterdir())
+    assert left[0].startswith(".shard-1-of-2.jsonl.") and left[1:] == ["merge.lock", "shard-0-of-2.jsonl"]
+    proc = _torchrun(model, images, output, cwd=tmp_path)
     assert "exitcode  : 4" in proc.stderr  # rank 0's status: one image failed (torchrun itself exits 1)
     assert "shard 0/2: reusing its finished part" in proc.stderr
     assert "shard 1/2: classified 6 images" in proc.stderr
