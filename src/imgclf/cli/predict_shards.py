@@ -139,10 +139,15 @@ def run_sharded(
     paths = pick(args)
     options = {"top_k": args.top_k, "batch_size": args.batch_size, **max_pixels_option(args)}
     model, everything = file_digest(args.model), inputs_digest(paths)
-    keys = [run_key(model, everything, options, share(paths, j, count), j, count) for j in range(count)]
-    _classify_share(args, clf, share(paths, index, count), keys[index], index, count)
+
+    def key(j: int) -> str:
+        return run_key(model, everything, options, share(paths, j, count), j, count)
+
+    mine = key(index)
+    _classify_share(args, clf, share(paths, index, count), mine, index, count)
     if torchrun and not world.is_main:
         return 0  # rank 0 merges; a non-zero exit here would make torchrun stop rank 0
+    keys = [mine if j == index else key(j) for j in range(count)]  # the others' images stat'ed now
     if torchrun:
         _wait_for_parts(args.output, keys, args.shard_timeout)
     return _merge(args, keys, clf.class_names, len(paths), report, index)
