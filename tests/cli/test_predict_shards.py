@@ -231,3 +231,17 @@ def test_sharded_predict_imports_no_training_server_onnx_or_process_group_code(s
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
     assert proc.stdout.strip() == "4 []", proc.stderr  # 4: the broken image; the merge ran
+
+
+def test_a_shard_that_finds_another_merging_leaves_the_merge_to_it(setup, tmp_path):
+    fcntl = pytest.importorskip("fcntl")
+    (model, _), images = setup
+    output = str(tmp_path / "p.jsonl")
+    assert _predict(model, images, output, "--shard", "0/2")[0] == 0
+    with open(os.path.join(output + ".parts", "merge.lock"), "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as a merging run holds it
+        code, out, err = _predict(model, images, output, "--shard", "1/2")
+    assert (code, out) == (0, "") and "another run is merging the parts" in err
+    assert not os.path.exists(output)
+    code, _, err = _predict(model, images, output, "--shard", "1/2")  # lock released: this run merges
+    assert code == 4 and "reusing its finished part" in err and os.path.exists(output)

@@ -263,9 +263,12 @@ def _merge(
         if index in waiting:  # this shard's part was finished a moment ago: someone merged it since
             _note(f"shard {index}/{count} done; another run merged the parts into {args.output}")
             return 0
-        if not locked or waiting:
-            left = ", ".join(f"{j}/{count}" for j in waiting) or "none (another run is merging)"
+        if waiting:
+            left = ", ".join(f"{j}/{count}" for j in waiting)
             _note(f"shard {index}/{count} done; shards still to finish: {left}; the last one merges")
+            return 0
+        if not locked:
+            _note(f"shard {index}/{count} done; another run is merging the parts into {args.output}")
             return 0
         rows = (row for j in range(count) for row in read_part(parts[j], keys[j]))
         try:
