@@ -130,9 +130,12 @@ def test_rank_0_stops_waiting_for_a_rank_whose_part_does_not_grow(tmp_path):
     output = str(tmp_path / "p.jsonl")
     os.makedirs(output + ".parts")
     write_part(predict_shards.part_path(output, 0, 2), "key-0", 0, 2, 0, [])  # rank 0's part: finished
-    with pytest.raises(StorageError, match=r"rank 1 did not finish its share.*no progress for 0.2 s") as info:
+    with pytest.raises(StorageError, match=r"rank 1 did not finish .*; received no part .*0\.2 s") as e:
         predict_shards._wait_for_parts(output, ["key-0", "key-1"], 0.2)
-    assert "\n" not in str(info.value)
+    assert "\n" not in str(e.value)
+    write_part(predict_shards.part_path(output, 1, 2), "key-of-another-run", 1, 2, 0, [])
+    with pytest.raises(StorageError, match=r"rank 1 .*; received a part of another run at "):
+        predict_shards._wait_for_parts(output, ["key-0", "key-1"], 0.2)
 
 
 def _torchrun(model, images, output, *extra, cwd):

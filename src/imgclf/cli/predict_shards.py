@@ -212,9 +212,11 @@ def _wait_for_parts(output: str, keys: list[str], timeout: float) -> None:
             if size != seen[j][0]:
                 seen[j] = (size, now)
             elif now - seen[j][1] > timeout:
+                path = part_path(output, j, count)
+                state = "a part of another run at" if os.path.exists(path) else "no part"
                 raise StorageError(
                     f"rank {j} did not finish its share of the prediction",
-                    received=f"no finished {part_path(output, j, count)}, and no progress for {timeout:g} s",
+                    received=f"{state} {path}, and no progress for {timeout:g} s",
                     expected=f"all {count} ranks to write their parts",
                     fix=f"check rank {j}'s log; re-run the same command (finished parts are kept), "
                     "or raise --shard-timeout",
