@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imgclf.errors import StorageError
-from imgclf.fileio import atomic_open, open_for_reading
+from imgclf.fileio.reading import open_for_reading
+from imgclf.fileio.writing import atomic_open
 
 PART_FORMAT = 1
 MAX_ROW_BYTES = 16 << 20  # a row holds one path, one error message and one float per class

@@ -173,7 +173,7 @@ def _make_folder(folder: str) -> None:
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as exc:
-        from imgclf.fileio import os_reason
+        from imgclf.fileio.reading import os_reason
 
         raise StorageError(
             "cannot create the folder for the prediction parts",
@@ -185,7 +185,7 @@ def _make_folder(folder: str) -> None:
 
 def _growth(output: str, index: int, count: int) -> tuple[int, ...]:
     """Sizes of shard ``index``'s temporary part files: they grow while it classifies."""
-    from imgclf.fileio import TMP_SUFFIX
+    from imgclf.fileio.writing import TMP_SUFFIX
 
     folder, name = os.path.split(part_path(output, index, count))
     try:
