@@ -15,7 +15,7 @@ import imgclf
 from helpers import make_classifier, make_dataset, run_cli
 from imgclf.cli import predict_shards
 from imgclf.cli.predict_parts import write_part
-from imgclf.data.folders import list_images
+from imgclf.data.listing import list_images
 from imgclf.errors import StorageError
 
 SRC = str(Path(imgclf.__file__).resolve().parent.parent)
