@@ -67,17 +67,20 @@ def add_v2(app: FastAPI, state: Any) -> None:
     @app.post("/v2/models/{name}/infer")
     async def infer(request: Request, name: str) -> dict[str, Any]:
         served = state.model(name)
-        body = await request.body()
-        kind, payload, request_id = parse_v2(body, served, state.settings.max_images)
+        with state.inferring_request():
+            body = await request.body()
+            kind, payload, request_id = parse_v2(body, served, state.settings.max_images)
+            work = {"images": payload} if kind == "bytes" else {"tensor": payload}
+            result = await state.infer(request, served, **work)
         if kind == "bytes":
-            preds = await state.infer(request, served, images=payload)
+            preds = result
             bad = [p for p in preds if p.error is not None]
             if bad:  # v2 has no per-item errors: the request fails with the first image's message
                 raise HTTPProblem(422, f"input image {preds.index(bad[0])}: {bad[0].error}")
             classes = served.classifier.class_names
             rows = [[p.probabilities[c] for c in classes] for p in preds]
         else:
-            rows = (await state.infer(request, served, tensor=payload)).tolist()
+            rows = result.tolist()
         state.metrics.images.labels(served.name).inc(len(rows))
         out = {
             "model_name": served.name,
