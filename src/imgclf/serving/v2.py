@@ -38,6 +38,34 @@ def _metadata(served: Any) -> dict[str, Any]:
     }
 
 
+def _probability_rows(served: Any, preds: list[Any]) -> list[list[float]]:
+    """Probabilities in class order; v2 has no per-item errors, so one bad image fails the request."""
+    bad = [p for p in preds if p.error is not None]
+    if bad:
+        raise HTTPProblem(422, f"input image {preds.index(bad[0])}: {bad[0].error}")
+    classes = served.classifier.class_names
+    return [[p.probabilities[c] for c in classes] for p in preds]
+
+
+def _infer_response(served: Any, rows: list[list[float]], request_id: str | None) -> dict[str, Any]:
+    """The v2 inference response: one ``probabilities`` output, FP32 [N, C], row-major."""
+    out = {
+        "model_name": served.name,
+        "model_version": "1",
+        "outputs": [
+            {
+                "name": "probabilities",
+                "datatype": "FP32",
+                "shape": [len(rows), served.classifier.num_classes],
+                "data": [v for row in rows for v in row],
+            }
+        ],
+    }
+    if request_id is not None:
+        out["id"] = request_id
+    return out
+
+
 def add_v2(app: FastAPI, state: Any) -> None:
     """Register the v2 routes on ``app``."""
 
@@ -72,31 +100,9 @@ def add_v2(app: FastAPI, state: Any) -> None:
             kind, payload, request_id = parse_v2(body, served, state.settings.max_images)
             work = {"images": payload} if kind == "bytes" else {"tensor": payload}
             result = await state.infer(request, served, **work)
-        if kind == "bytes":
-            preds = result
-            bad = [p for p in preds if p.error is not None]
-            if bad:  # v2 has no per-item errors: the request fails with the first image's message
-                raise HTTPProblem(422, f"input image {preds.index(bad[0])}: {bad[0].error}")
-            classes = served.classifier.class_names
-            rows = [[p.probabilities[c] for c in classes] for p in preds]
-        else:
-            rows = result.tolist()
+        rows = _probability_rows(served, result) if kind == "bytes" else result.tolist()
         state.metrics.images.labels(served.name).inc(len(rows))
-        out = {
-            "model_name": served.name,
-            "model_version": "1",
-            "outputs": [
-                {
-                    "name": "probabilities",
-                    "datatype": "FP32",
-                    "shape": [len(rows), served.classifier.num_classes],
-                    "data": [v for row in rows for v in row],
-                }
-            ],
-        }
-        if request_id is not None:
-            out["id"] = request_id
-        return out
+        return _infer_response(served, rows, request_id)
 
     @app.post("/v2/repository/models/{name}/load")
     async def load(name: str) -> dict[str, Any]:
