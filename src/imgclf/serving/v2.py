@@ -16,7 +16,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from imgclf._version import __version__
-from imgclf.serving.inputs import HTTPProblem, parse_v2
+from imgclf.serving.inputs import HTTPProblem
+from imgclf.serving.v2_inputs import parse_v2
 
 PLATFORM = "imgclf_pytorch"
 
