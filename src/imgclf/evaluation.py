@@ -223,7 +223,6 @@ def evaluate_dataset(
     """
     from imgclf.data.decode import bad_files_error, load_split, open_cache
     from imgclf.data.folders import scan_dataset
-    from imgclf.data.heldout import ALL, heldout_split
 
     cap = classifier.max_pixels
     cache = open_cache(classifier.preprocess, cache_dir, max_pixels=cap) if use_cache else None
@@ -236,36 +235,58 @@ def evaluate_dataset(
 
     ds = scan_dataset(dataset, val_split=0.0, test_split=0.0)
     _check_classes(ds.class_names, classifier.class_names)
-    if ds.layout == "flat" and split != ALL:
-        ds, decoded = heldout_split(
-            classifier.manifest,
-            dataset,
-            split,
-            lambda splits: {s: decode(samples, s) for s, samples in splits.items()},
-        )
-        dec = decoded[split]
-    else:
-        # split=0 scans put a flat folder's every image in "training"
-        samples = [s for part in ds.splits.values() for s in part] if split == ALL else ds.splits.get(split)
-        if not samples:
-            raise DatasetError(
-                f"dataset has no {split!r} images",
-                received=ds.root,
-                expected=f"a {split} folder with class folders",
-                fix="pass --split or another folder",
-            )
-        dec = decode(samples, split)
+    ds, dec = _decode_split(classifier.manifest, dataset, ds, split, decode)
     if dec.skipped and not skip_bad:
         raise bad_files_error(dec.skipped)
     for path, why in dec.skipped:
         log(f"warning: skipped {path}: {why}")
-    remap = {i: classifier.class_names.index(c) for i, c in enumerate(ds.class_names)}
-    labels = dec.labels.copy()
-    for i, j in remap.items():
-        labels[dec.labels == i] = j
+    labels = _model_labels(dec.labels, ds.class_names, classifier.class_names)
     bar = progress("classifying", len(dec)) if progress and len(dec) else None
     probs = _predict_in_chunks(classifier, dec.images, batch_size, bar)
     return evaluate_probabilities(probs, labels, dec.paths, classifier.class_names)
+
+
+def _decode_split(
+    manifest: dict[str, Any],
+    dataset: str | os.PathLike,
+    ds: Any,
+    split: str,
+    decode: Callable[[list, str], Any],
+) -> tuple[Any, Any]:
+    """``(dataset, decoded split)``: a flat folder's split as training made it, else the split's folder.
+
+    Raises:
+        DatasetError: If the split has no images, or a flat folder's recorded split cannot be reproduced.
+    """
+    from imgclf.data.heldout import ALL, heldout_split
+
+    if ds.layout == "flat" and split != ALL:
+        ds, decoded = heldout_split(
+            manifest,
+            dataset,
+            split,
+            lambda splits: {s: decode(samples, s) for s, samples in splits.items()},
+        )
+        return ds, decoded[split]
+    # split=0 scans put a flat folder's every image in "training"
+    samples = [s for part in ds.splits.values() for s in part] if split == ALL else ds.splits.get(split)
+    if not samples:
+        raise DatasetError(
+            f"dataset has no {split!r} images",
+            received=ds.root,
+            expected=f"a {split} folder with class folders",
+            fix="pass --split or another folder",
+        )
+    return ds, decode(samples, split)
+
+
+def _model_labels(labels: np.ndarray, found: list[str], known: list[str]) -> np.ndarray:
+    """``labels`` (indices into the folder's classes ``found``) as indices into the model's ``known``."""
+    remap = {i: known.index(c) for i, c in enumerate(found)}
+    out = labels.copy()
+    for i, j in remap.items():
+        out[labels == i] = j
+    return out
 
 
 def _check_classes(found: list[str], known: list[str]) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from helpers import make_dataset, run_cli, tiny_train_config
 from imgclf.errors import StorageError
-from imgclf.fileio import check_writable
+from imgclf.fileio.writing import check_writable
 
 # --- item 9: a parent path that is a file -----------------------------------------------------------
 

@@ -37,7 +37,7 @@ from imgclf.data.decode import (
 from imgclf.data.folders import Dataset
 from imgclf.errors import DatasetError
 from imgclf.evaluation import Evaluation, evaluate_probabilities, usefulness_warnings
-from imgclf.fileio import atomic_write_text, check_writable
+from imgclf.fileio.writing import atomic_write_text, check_writable
 from imgclf.images.read import MAX_PIXELS, read_bytes
 from imgclf.modelfile.weights import copy_to_cpu
 from imgclf.plots import have_matplotlib, require_matplotlib
