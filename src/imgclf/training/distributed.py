@@ -23,7 +23,6 @@ Usage::
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -34,6 +33,13 @@ import torch.distributed as dist
 from torch import nn
 
 from imgclf.errors import DistributedError, UsageError
+from imgclf.training.rendezvous import (
+    first_line,
+    join_store,
+    launch_id,
+    roll_call,
+    wait_all,
+)
 from imgclf.world import DIST_TIMEOUT_S as DEFAULT_TIMEOUT_S
 from imgclf.world import World
 
@@ -54,19 +60,6 @@ class DistOptions:
 
     timeout_s: float = DEFAULT_TIMEOUT_S
     sync_bn: bool = False
-
-
-def restart_count(environ: dict[str, str] | None = None) -> int:
-    """How often torchrun has restarted this worker group (``TORCHELASTIC_RESTART_COUNT``; 0 without)."""
-    env = os.environ if environ is None else environ
-    raw = env.get("TORCHELASTIC_RESTART_COUNT", "0")
-    return int(raw) if raw.isdigit() else 0
-
-
-def launch_id(environ: dict[str, str] | None = None) -> str | None:
-    """The torchrun launch this worker belongs to (``TORCHELASTIC_RUN_ID``, kept across restarts)."""
-    env = os.environ if environ is None else environ
-    return env.get("TORCHELASTIC_RUN_ID") or None
 
 
 def start_group(
@@ -100,74 +93,21 @@ def start_group(
     if device.type == "cuda":
         torch.cuda.set_device(device)
     try:
-        store = _store(world, timeout)
+        store = join_store(world, timeout)
     except (RuntimeError, ValueError) as exc:
         raise DistributedError(
             f"rank {world.rank} could not reach the rendezvous store of rank 0 within "
             f"--dist-timeout {options.timeout_s:g} s",
-            received=_first_line(exc),
+            received=first_line(exc),
             expected="all ranks started with the same MASTER_ADDR/MASTER_PORT (torchrun sets them)",
             fix="check that rank 0 started and is reachable, or raise --dist-timeout",
         ) from None
-    _roll_call(store, world, options.timeout_s)
+    roll_call(store, world, options.timeout_s)
     dist.init_process_group(
         backend, store=dist.PrefixStore("imgclf-pg", store), rank=world.rank, world_size=world.size,
         timeout=timeout,
     )
     return Group(world, backend, options, store, device)
-
-
-def _store(world: World, timeout: timedelta) -> Any:
-    """The rendezvous key-value store: torchrun's own (its agent holds it), else one rank 0 serves at
-    ``MASTER_ADDR:MASTER_PORT`` without waiting for the others (the roll-call then names who is missing).
-    """
-    env = os.environ
-    if env.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
-        store, _, _ = next(dist.rendezvous("env://", world.rank, world.size, timeout=timeout))
-        # The agent's store outlives a restart of the workers: keys of an earlier attempt (gloo's peer
-        # addresses, our roll-call) must not be seen again.
-        return dist.PrefixStore(f"imgclf/attempt-{restart_count()}", store)
-    addr, port = env.get("MASTER_ADDR", ""), env.get("MASTER_PORT", "")
-    if not addr or not port.isdigit():
-        raise UsageError(
-            "RANK and WORLD_SIZE are set but MASTER_ADDR/MASTER_PORT are not",
-            received=f"MASTER_ADDR={addr!r} MASTER_PORT={port!r}",
-            expected="the address and port of rank 0, as torchrun sets them",
-            fix="start the command with torchrun, or set MASTER_ADDR and MASTER_PORT on every rank",
-        )
-    return dist.TCPStore(
-        addr, int(port), world.size, is_master=world.rank == 0, timeout=timeout, wait_for_workers=False
-    )
-
-
-def _roll_call(store: Any, world: World, timeout_s: float) -> None:
-    """Every rank checks in; after ``timeout_s`` the ranks that did not are named."""
-    store.set(f"imgclf/joined/{world.rank}", "1")
-    _wait_all(store, "joined", world, timeout_s, f"did not join within --dist-timeout {timeout_s:g} s")
-
-
-def _wait_all(store: Any, tag: str, world: World, timeout_s: float, problem: str) -> None:
-    keys = [f"imgclf/{tag}/{r}" for r in range(world.size)]
-    try:
-        store.wait(keys, timedelta(seconds=timeout_s))
-    except RuntimeError:
-        missing = [r for r, key in enumerate(keys) if not store.check([key])]
-        raise DistributedError(
-            f"{_ranks(missing)} {problem} (seen by rank {world.rank} of {world.size})",
-            expected=f"all {world.size} ranks started and answering",
-            fix="check that every rank started (its log, its node), or raise --dist-timeout",
-        ) from None
-
-
-def _ranks(ranks: list[int]) -> str:
-    if not ranks:
-        return "a rank"
-    return ("rank " if len(ranks) == 1 else "ranks ") + ", ".join(map(str, ranks))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
 
 
 class Group:
@@ -249,17 +189,17 @@ class Group:
         tag = f"failed/{self._calls}"
         try:
             self.store.set(f"imgclf/{tag}/{self.world.rank}", "1")
-            _wait_all(self.store, tag, self.world, _GRACE_S, "did not answer")
+            wait_all(self.store, tag, self.world, _GRACE_S, "did not answer")
         except DistributedError as named:
             return DistributedError(
                 f"{str(named.problem)} in {what} within --dist-timeout {self.options.timeout_s:g} s",
-                received=_first_line(exc),
+                received=first_line(exc),
                 fix="check the named rank's log (crashed, killed, stuck), or raise --dist-timeout",
             )
         except RuntimeError:  # the store itself is gone: rank 0 (which holds it) is the one missing
             pass
         return DistributedError(
-            f"{what} failed on rank {self.world.rank}: {_first_line(exc)}",
+            f"{what} failed on rank {self.world.rank}: {first_line(exc)}",
             fix="check the other ranks' logs; a rank that crashed or was killed ends the collective",
         )
 
@@ -311,7 +251,7 @@ class Group:
             try:
                 result = fn()
             except BaseException as exc:
-                self.store.set(key, f"failed: {_first_line(exc)}")
+                self.store.set(key, f"failed: {first_line(exc)}")
                 raise
             self.store.set(key, "ok")
             return result

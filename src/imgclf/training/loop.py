@@ -25,9 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from imgclf.classifier import predict_logits
 from imgclf.config import TrainConfig
 from imgclf.data.decode import DecodedSplit
 from imgclf.errors import UsageError
@@ -38,6 +36,7 @@ from imgclf.training.device import resolve_precision, stage_images
 from imgclf.training.ema import averaged_weights, bn_images, update_average
 from imgclf.training.schedule import lr_at, steps_per_epoch
 from imgclf.training.state import PartialEpoch, TrainState
+from imgclf.training.validate import evaluate_split
 
 if TYPE_CHECKING:
     from imgclf.training.distributed import Group
@@ -68,28 +67,6 @@ def _improved(config: TrainConfig, value: float, best: float | None) -> bool:
     if best is None or math.isnan(best):
         return not math.isnan(value)
     return value < best if config.monitor.endswith("loss") else value > best
-
-
-def _evaluate(
-    model: nn.Module, split: DecodedSplit, config: TrainConfig, device: torch.device, group: Group | None
-) -> tuple[float, float]:
-    # Always float32, as prediction runs: a network trained under bf16 autocast can, after a bad swing,
-    # score 1.00 in bf16 and 0.52 in float32 (large residual-stream offsets rounded away), and the
-    # monitored metric must judge the model that will actually be saved and used.
-    # Under several processes each rank scores a contiguous share (no padding: nothing counted twice)
-    # and the sums and counts are added up, so the accuracy equals the single-process one exactly.
-    part = group.shard(len(split)) if group is not None else slice(0, len(split))
-    logits = predict_logits(
-        model, split.images[part], config.preprocess, batch_size=config.eval_batch_size, device=device
-    )
-    labels = torch.from_numpy(split.labels[part])
-    if group is None:
-        loss = F.cross_entropy(logits, labels).item()
-        return loss, (logits.argmax(1) == labels).float().mean().item()
-    loss_sum = F.cross_entropy(logits, labels, reduction="sum") if len(labels) else torch.zeros(())
-    hits = (logits.argmax(1) == labels).sum() if len(labels) else torch.zeros((), dtype=torch.int64)
-    loss_sum, hits = group.sum_(loss_sum.double(), hits.long())
-    return loss_sum.item() / len(split), hits.item() / len(split)
 
 
 def fit(
@@ -172,7 +149,7 @@ def _fit(
             group.average_buffers(state.model)
         with _judged_weights(config, state, train, epochs.memory):
             if val is not None and len(val):
-                record["val_loss"], record["val_accuracy"] = _evaluate(
+                record["val_loss"], record["val_accuracy"] = evaluate_split(
                     state.model if group else epochs.net, val, config, epochs.device, group
                 )
                 state.model.train()

@@ -17,7 +17,8 @@ import torch
 
 from imgclf.progress import Log
 from imgclf.training.checkpoint import CheckpointDamaged, list_checkpoints, read_checkpoint
-from imgclf.training.distributed import Group, launch_id, restart_count
+from imgclf.training.distributed import Group
+from imgclf.training.rendezvous import launch_id, restart_count
 from imgclf.world import World
 
 T = TypeVar("T")
