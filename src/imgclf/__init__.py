@@ -70,7 +70,7 @@ _HOME = {
     "inspect": "imgclf.interop.files",
     "Classifier": "imgclf.classifier",
     "Prediction": "imgclf.classifier",
-    "evaluate_dataset": "imgclf.evaluation",
+    "evaluate_dataset": "imgclf.dataset_evaluation",
     "Evaluation": "imgclf.evaluation",
     "ImgclfError": "imgclf.errors",
     "UsageError": "imgclf.errors",
@@ -89,6 +89,7 @@ _HOME = {
 if TYPE_CHECKING:  # pragma: no cover
     from imgclf.classifier import Classifier, Prediction
     from imgclf.config import AugmentSpec, PreprocessSpec, TrainConfig
+    from imgclf.dataset_evaluation import evaluate_dataset
     from imgclf.errors import (
         DatasetError,
         ExportError,
@@ -103,7 +104,7 @@ if TYPE_CHECKING:  # pragma: no cover
         StorageError,
         UsageError,
     )
-    from imgclf.evaluation import Evaluation, evaluate_dataset
+    from imgclf.evaluation import Evaluation
     from imgclf.interop.files import inspect, load, verify
     from imgclf.modelfile import save
     from imgclf.training.loop import Callback
@@ -132,6 +133,8 @@ def __getattr__(name: str) -> Any:
         from imgclf import classifier as mod
     elif home == "imgclf.evaluation":
         from imgclf import evaluation as mod
+    elif home == "imgclf.dataset_evaluation":
+        from imgclf import dataset_evaluation as mod
     else:
         from imgclf import errors as mod
     value = getattr(mod, name)
