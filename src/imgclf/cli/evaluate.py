@@ -59,8 +59,8 @@ def _bar_factory():  # noqa: ANN202 - a progress factory, see evaluate_dataset
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``imgclf evaluate``: classification report on stdout (text or ``--json``)."""
+    from imgclf.dataset_evaluation import evaluate_dataset
     from imgclf.errors import safe_text
-    from imgclf.evaluation import evaluate_dataset
     from imgclf.fileio.writing import atomic_write_text
     from imgclf.modelfile import load
 
