@@ -102,7 +102,7 @@ def test_two_processes_train_as_one_on_the_global_batch(one_and_two):
 
 def test_sharded_metrics_are_exact_when_the_split_does_not_divide(one_and_two):
     import imgclf
-    from imgclf.evaluation import evaluate_dataset
+    from imgclf.dataset_evaluation import evaluate_dataset
 
     base, data = one_and_two
     report = json.loads((base / "two-run" / "report.json").read_text())
@@ -243,3 +243,17 @@ def test_a_torchrun_restart_resumes_only_its_own_launch(tmp_path, monkeypatch):
     # Killed before the first checkpoint: start over in its own run folder (force), say so.
     assert restart_resume(str(tmp_path), False, False, notes.append) == (False, True)
     assert notes == ["note: torchrun restart 1: no checkpoint yet, starting the run over"]
+
+
+def test_resuming_with_another_world_size_warns():
+    from imgclf.training.ranks import note_world_change
+
+    notes: list[str] = []
+    group = Group(World(rank=0, size=2), "gloo", DistOptions(), store=None, device=torch.device("cpu"))
+    note_world_change({"distributed": {"world_size": 2}}, group, notes.append)
+    assert notes == []
+    note_world_change({"distributed": {"world_size": 2}}, None, notes.append)
+    note_world_change({}, group, notes.append)  # a checkpoint from before: one process
+    assert [n.split(":")[0] for n in notes] == ["warning", "warning"]
+    assert "written by a run of 2 process(es), this one has 1" in notes[0]
+    assert "written by a run of 1 process(es), this one has 2" in notes[1]
