@@ -257,3 +257,17 @@ def test_resuming_with_another_world_size_warns():
     assert [n.split(":")[0] for n in notes] == ["warning", "warning"]
     assert "written by a run of 2 process(es), this one has 1" in notes[0]
     assert "written by a run of 1 process(es), this one has 2" in notes[1]
+
+
+@pytest.mark.slow
+def test_train_nproc_runs_two_workers_and_rank_0_alone_reports(tmp_path):
+    data = _odd_dataset(tmp_path / "data")
+    model = tmp_path / "m.imgclf"
+    proc = _run(
+        ["-m", "imgclf", "train", "--dataset", str(data), "--model", str(model), "--nproc", "2"]
+        + ["--arch", "small_cnn", "--arch-arg", "widths=[4,8]", "--size", "16", "--epochs", "1"]
+        + ["--batch-size", "8", "--device", "cpu", "--precision", "fp32", "--dist-timeout", "60"]
+    )
+    assert proc.stdout.count("macro avg") == 1  # one classification report: rank 0's
+    assert proc.stderr.count("wrote model:") == 1
+    assert imgclf_manifest(model)["provenance"]["distributed"]["world_size"] == 2
