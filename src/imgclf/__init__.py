@@ -52,6 +52,7 @@ __all__ = [
     "PartialFailure",
     "ExportError",
     "OutOfMemory",
+    "DistributedError",
 ]
 
 # name -> the module that defines it (imported on first use of the name).
@@ -84,6 +85,7 @@ _HOME = {
     "PartialFailure": "imgclf.errors",
     "ExportError": "imgclf.errors",
     "OutOfMemory": "imgclf.errors",
+    "DistributedError": "imgclf.errors",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -92,6 +94,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from imgclf.dataset_evaluation import evaluate_dataset
     from imgclf.errors import (
         DatasetError,
+        DistributedError,
         ExportError,
         ImageError,
         ImgclfError,

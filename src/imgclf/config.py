@@ -184,7 +184,9 @@ class TrainConfig(Settings):
     arch: str = setting("seed_resnet", "registered architecture (an unknown name lists them)")
     arch_args: dict[str, Any] = setting(factory=dict, help="architecture arguments", flag=None)
     epochs: int = setting(25, "epochs", bounds=(1, 100_000))
-    batch_size: int = setting(32, "batch size (images per optimizer step)", bounds=(1, 1_000_000))
+    batch_size: int = setting(
+        32, "global batch size (images per optimizer step, split across processes)", bounds=(1, 1_000_000)
+    )
     lr: float = setting(0.1, "initial learning rate", bounds=(0.0, 100.0))
     momentum: float = setting(0.9, "SGD momentum", bounds=(0.0, 0.9999))
     decay: float | None = setting(
