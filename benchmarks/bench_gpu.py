@@ -5,11 +5,16 @@
 2. Throughput: imgclf ``fit`` on a synthetic uint8 dataset resident on the GPU, with the full
    augmentation, for each variant (batch, precision/layout, compile); the first epoch (warm-up and
    compilation) is excluded. A bare PyTorch loop doing the same work is timed beside it.
+3. DistributedDataParallel with one process (NCCL on CUDA, gloo on the CPU): the same ``fit`` under a
+   process group of one must give the weights of the plain run, and its images/s shows DDP's own cost
+   (gradient buckets, the all-reduce call, the per-step stop vote) — the part of multi-GPU scaling
+   one GPU can measure.
 
 Usage::
 
     python benchmarks/bench_gpu.py                       # on a CUDA machine (about 5-8 minutes)
     python benchmarks/bench_gpu.py --device cpu --smoke  # check the script itself on a CPU
+    python benchmarks/bench_gpu.py --only-ddp            # just the 1-GPU DDP check (about 1 minute)
 """
 
 from __future__ import annotations
@@ -60,13 +65,67 @@ def correctness(device: str, smoke: bool) -> list[list[object]]:
     ]
 
 
+def ddp_check(device: str, smoke: bool) -> list[list[object]]:
+    """The same epochs with and without a DDP process group of one; equal weights, and each rate."""
+    import os
+    import socket
+
+    import torch
+    from common import synthetic_split
+
+    from imgclf.training.distributed import DistOptions, start_group
+    from imgclf.world import World
+
+    n, batch, epochs = (256, 64, 2) if smoke else (16384, 256, 4)
+    # Deterministic on the CPU only: grid_sample's CUDA backward has no deterministic kernel.
+    exact = device == "cpu"
+    cfg = TrainConfig(epochs=epochs, batch_size=batch, device=device, precision="fp32", deterministic=exact)
+    data = synthetic_split(n)
+    with socket.socket() as s:  # a free port for the one-process rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(port))
+    dev = torch.device(device if device != "cuda" else "cuda:0")
+    group = start_group(World(), dev, DistOptions(timeout_s=120), even_alone=True)
+    assert group is not None
+    try:
+        plain, ddp = create_state(cfg, 2), create_state(cfg, 2)
+        fit(cfg, plain, data)
+        fit(cfg, ddp, data, group=group)
+    finally:
+        group.close()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    a, b = plain.model.state_dict(), ddp.model.state_dict()
+    worst = max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].is_floating_point())
+
+    def rate(state) -> float:
+        steady = sorted(r["seconds"] for r in state.timings[1:])
+        return (n // batch) * batch / steady[len(steady) // 2]
+
+    r_plain, r_ddp = rate(plain), rate(ddp)
+    return [
+        ["backend", group.backend],
+        ["images, batch, epochs", f"{n}, {batch}, {epochs} (fp32{', deterministic' if exact else ''})"],
+        ["largest weight difference, DDP vs plain", f"{worst:.3g}" + (" (bitwise)" if worst == 0 else "")],
+        ["plain fit images/s", f"{r_plain:,.0f}"],
+        ["DDP (world size 1) fit images/s", f"{r_ddp:,.0f}"],
+        ["DDP's own cost", f"{100 * (r_plain / r_ddp - 1):+.1f} % time per step"],
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: check the script, not the speed")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile variants")
+    parser.add_argument("--only-ddp", action="store_true", help="run only the 1-process DDP check")
     args = parser.parse_args()
     print(f"machine: {machine()}")
+    table("DistributedDataParallel, world size 1", ["what", "value"], ddp_check(args.device, args.smoke))
+    if args.only_ddp:
+        return
     table(
         "Correctness: seed recipe network, fast settings, demo data",
         ["what", "value"],

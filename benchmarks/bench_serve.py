@@ -2,7 +2,8 @@
 
 A seed_resnet model (the default recipe, 64x64, 2 classes) classifies 96x96 PNG cell-sized images.
 In-process: ``predict`` on a batch of 64 encoded images (decoding included) and on one image. Server:
-one image per request (raw body), at concurrency 1, 8 and 64, with each ``--batch-delay-ms`` given.
+one image per request (raw body), at concurrency 1, 8 and 64, with each ``--batch-delay-ms`` given, from a
+minimal keep-alive HTTP/1.1 client (see ``load``). Concurrency 1 alternates with in-process predictions.
 Bounded: a fixed number of requests per setting.
 
 Usage::
@@ -60,21 +61,16 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def in_process(path: Path, images: list[bytes], repeat: int) -> list[list[object]]:
-    clf = imgclf.load(path)
-    clf.predict(images[:64])  # warm-up
-    rates = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        clf.predict(images[:64], batch_size=64)
-        rates.append(64 / (time.perf_counter() - start))
+def in_process_rows(clf: Classifier, images: list[bytes], repeat: int) -> tuple[list[list[object]], float]:
+    """In-process batch-of-64 rate and one-image latency; also returns the batched rate."""
+    batched = batched_rate(clf, images, repeat)
     singles = []
     for i in range(repeat * 20):
         start = time.perf_counter()
-        clf.predict(images[i % len(images)])
+        clf.predict([images[i % len(images)]])
         singles.append(time.perf_counter() - start)
-    return [
-        ["in-process, batch of 64", f"{statistics.median(rates):.0f}", "", ""],
+    rows = [
+        ["in-process, batch of 64", f"{batched:.0f}", "", ""],
         [
             "in-process, one image",
             f"{1 / statistics.median(singles):.0f}",
@@ -82,6 +78,17 @@ def in_process(path: Path, images: list[bytes], repeat: int) -> list[list[object
             f"{percentile(singles, 99) * 1e3:.2f}",
         ],
     ]
+    return rows, batched
+
+
+def batched_rate(clf: Classifier, images: list[bytes], repeat: int) -> float:
+    """Median images/s of ``predict`` on 64 encoded images at once (decoding included)."""
+    rates = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        clf.predict(images[:64], batch_size=64)
+        rates.append(64 / (time.perf_counter() - start))
+    return statistics.median(rates)
 
 
 def free_port() -> int:
@@ -119,59 +126,134 @@ def start_server(path: Path, delay_ms: float) -> tuple[subprocess.Popen, str]:
     raise SystemExit("server did not start")
 
 
-async def load(
-    url: str, images: list[bytes], concurrency: int, requests: int
-) -> tuple[float, list[float], list[str]]:
+def request_bytes(port: int, image: bytes) -> bytes:
+    """One raw-body ``POST /v1/predict`` (HTTP/1.1, keep-alive), built once before timing."""
+    head = (
+        f"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: application/octet-stream\r\nContent-Length: {len(image)}\r\n\r\n"
+    )
+    return head.encode() + image
+
+
+async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, raw: bytes) -> int:
+    """Send one request on an open connection, read the whole response; return its status code."""
+    writer.write(raw)
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    length = next(int(v) for k, _, v in (ln.partition(":") for ln in lines) if k.lower() == "content-length")
+    await reader.readexactly(length)
+    return int(lines[0].split()[1])
+
+
+async def load(port: int, requests: list[bytes], concurrency: int) -> tuple[float, list[float], list[str]]:
+    """Send ``requests`` over ``concurrency`` keep-alive connections; images/s, latencies, errors.
+
+    A minimal HTTP/1.1 client on asyncio streams with every request built beforehand: on a 2-core
+    machine the client shares the cores with the server, and a full client library (httpx) costs
+    several ms of CPU per request, which would be counted against the server.
+    """
     latencies: list[float] = []
     errors: list[str] = []
-    sent = 0
+    todo = iter(requests)
 
-    async def client(c: httpx.AsyncClient) -> None:
-        nonlocal sent
-        while sent < requests:
-            i = sent
-            sent += 1
+    async def client() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for raw in todo:
+                start = time.perf_counter()
+                status = await exchange(reader, writer, raw)
+                latencies.append(time.perf_counter() - start)
+                if status != 200:
+                    errors.append(str(status))
+        finally:
+            writer.close()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return len(requests) / (time.perf_counter() - start), latencies, errors
+
+
+def paired_latency(
+    clf: Classifier, port: int, images: list[bytes], n: int
+) -> tuple[list[float], list[float]]:
+    """One request at a time, each right after the same image predicted in-process.
+
+    Alternating the two cancels the drift of a shared machine's load; the difference of the medians is
+    the server's overhead per request.
+    """
+
+    async def run() -> tuple[list[float], list[float]]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        local, remote = [], []
+        for i in range(n):
+            image = images[i % len(images)]
+            raw = request_bytes(port, image)
             start = time.perf_counter()
-            try:
-                r = await c.post("/v1/predict", content=images[i % len(images)])
-            except httpx.TransportError as exc:
-                errors.append(type(exc).__name__)
-                continue
-            latencies.append(time.perf_counter() - start)
-            if r.status_code != 200:
-                errors.append(str(r.status_code))
+            clf.predict([image])
+            local.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            if await exchange(reader, writer, raw) != 200:
+                raise SystemExit("the server refused a request")
+            remote.append(time.perf_counter() - start)
+        writer.close()
+        return local, remote
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as c:
-        for _ in range(concurrency):  # open the connections before timing
-            await c.get("/v2/health/live")
-        start = time.perf_counter()
-        await asyncio.gather(*(client(c) for _ in range(concurrency)))
-        return requests / (time.perf_counter() - start), latencies, errors
+    return asyncio.run(run())
 
 
-def server_rows(path: Path, images: list[bytes], delay_ms: float, requests: int) -> list[list[object]]:
+def ms(values: list[float], q: float) -> str:
+    return f"{percentile(values, q) * 1e3:.2f}"
+
+
+def server_rows(
+    clf: Classifier, path: Path, images: list[bytes], delay_ms: float, requests: int, repeat: int
+) -> tuple[list[list[object]], list[str]]:
+    """Rows for one ``--batch-delay-ms``, and the verdicts against the issue's two targets."""
     proc, url = start_server(path, delay_ms)
-    rows = []
+    port = int(url.rsplit(":", 1)[1])
+    rows, verdicts = [], []
     try:
-        for concurrency in (1, 8, 64):
-            n = max(requests // (4 if concurrency == 1 else 1), concurrency * 2)
-            asyncio.run(load(url, images, concurrency, min(n, 64)))  # warm-up
-            rate, lat, errors = asyncio.run(load(url, images, concurrency, n))
+        paired_latency(clf, port, images, 20)  # warm-up
+        local, remote = paired_latency(clf, port, images, max(requests // 2, 50))
+        extra = (percentile(remote, 50) - percentile(local, 50)) * 1e3
+        rows.append(
+            [
+                f"server, delay {delay_ms:g} ms, concurrency 1",
+                f"{len(remote) / sum(remote):.0f}",
+                ms(remote, 50),
+                ms(remote, 99),
+            ]
+        )
+        verdicts.append(
+            f"delay {delay_ms:g} ms, concurrency 1: p50 {ms(remote, 50)} ms vs {ms(local, 50)} ms in-process "
+            f"(alternating) = {extra:+.2f} ms (target: within 3 ms)"
+        )
+        for concurrency in (8, 64):
+            batch = [
+                request_bytes(port, images[i % len(images)]) for i in range(max(requests, concurrency * 4))
+            ]
+            asyncio.run(load(port, batch[: concurrency * 2], concurrency))  # warm-up
+            local_rate = batched_rate(clf, images, repeat)  # measured next to the server run
+            rate, lat, errors = asyncio.run(load(port, batch, concurrency))
             if errors:
                 print(f"delay {delay_ms:g} ms, concurrency {concurrency}: {len(errors)} errors {set(errors)}")
             rows.append(
                 [
                     f"server, delay {delay_ms:g} ms, concurrency {concurrency}",
                     f"{rate:.0f}",
-                    f"{percentile(lat, 50) * 1e3:.2f}",
-                    f"{percentile(lat, 99) * 1e3:.2f}",
+                    ms(lat, 50),
+                    ms(lat, 99),
                 ]
             )
+            if concurrency == 64:
+                verdicts.append(
+                    f"delay {delay_ms:g} ms, concurrency 64: {rate:.0f} images/s vs {local_rate:.0f} "
+                    f"in-process batched (measured just before) = {rate / local_rate:.2f}x (target: >= 0.8x)"
+                )
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
-    return rows
+    return rows, verdicts
 
 
 def main() -> None:
@@ -185,22 +267,30 @@ def main() -> None:
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     torch.set_num_threads(args.threads)
     tune_allocator()
-    print(machine(), flush=True)
+    print(machine(), f"; load average {os.getloadavg()[0]:.1f}", flush=True)
     torch.manual_seed(0)
     model = registry.build("seed_resnet", 2, (64, 64))
     clf = Classifier(model, ["Parasitized", "Uninfected"], PreprocessSpec(), "seed_resnet", {})
     images = cell_images(256)
+    verdicts = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "seed.imgclf"
         imgclf.save(clf, path)
-        rows = in_process(path, images, args.repeat)
+        loaded = imgclf.load(path)
+        loaded.predict(images[:64])  # warm-up
+        rows, _ = in_process_rows(loaded, images, args.repeat)
         for delay in (float(d) for d in args.delays.split(",")):
-            rows += server_rows(path, images, delay, args.requests)
+            more, said = server_rows(loaded, path, images, delay, args.requests, args.repeat)
+            rows += more
+            verdicts += said
     table(
         "imgclf serve vs in-process predict (one 96x96 PNG per request)",
         ["setting", "images/s", "p50 ms", "p99 ms"],
         rows,
     )
+    print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
+    for line in verdicts:
+        print("-", line)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import imgclf
-from imgclf import classifier, config, errors, evaluation, modelfile
+from imgclf import classifier, config, dataset_evaluation, errors, evaluation, modelfile
 from imgclf.interop import files
 from imgclf.training import loop, pipeline
 
@@ -33,7 +33,7 @@ HOMES = {
     "inspect": files,
     "Classifier": classifier,
     "Prediction": classifier,
-    "evaluate_dataset": evaluation,
+    "evaluate_dataset": dataset_evaluation,
     "Evaluation": evaluation,
 }
 
@@ -113,7 +113,7 @@ def test_imgclf_evaluate_evaluate_dataset_still_works_with_a_deprecation_warning
     moved = r"imgclf\.evaluate\.evaluate_dataset moved to imgclf\.evaluate_dataset"
     with pytest.warns(DeprecationWarning, match=moved):
         from imgclf.evaluate import evaluate_dataset
-    assert evaluate_dataset is evaluation.evaluate_dataset
+    assert evaluate_dataset is dataset_evaluation.evaluate_dataset
 
 
 def test_the_deprecated_alias_modules_offer_nothing_else():

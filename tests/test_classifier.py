@@ -212,3 +212,27 @@ def test_forward_passes_hold_a_bounded_number_of_pixels_whatever_the_input_size(
         assert logits.shape == (9, 2) and sum(s[0] for s in seen) == 9
         assert max(s[0] for s in seen) == max(1, min(batch, 9, MAX_BATCH_PIXELS // (side * side)))
         assert all(s[0] * side * side <= max(MAX_BATCH_PIXELS, side * side) for s in seen)
+
+
+def test_predict_logits_runs_in_eval_mode_and_restores_the_mode_it_found():
+    import torch
+    from torch import nn
+
+    from imgclf.classifier import predict_logits
+    from imgclf.config import PreprocessSpec
+
+    torch.manual_seed(0)
+    spec = PreprocessSpec(height=8, width=8)
+    model = nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(192, 3), nn.BatchNorm1d(3))
+    images = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    model.eval()
+    expected = predict_logits(model, images, spec)
+    assert not any(m.training for m in model.modules())
+
+    model.train()  # a training loop's model: evaluated in eval mode, handed back in train mode
+    assert torch.equal(predict_logits(model, images, spec), expected)
+    assert all(m.training for m in model.modules())
+
+    model.eval()
+    model[1].train()  # one stray submodule in train mode (its dropout would be random) still gets eval
+    assert torch.equal(predict_logits(model, images, spec), expected)

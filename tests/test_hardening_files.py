@@ -1,6 +1,6 @@
 """Every file imgclf reads of its own goes through one bounded, non-blocking, regular-file-only reader
-(``fileio.read_bounded`` / ``read_json``): FIFOs, devices, symlinks to devices, oversized and too deeply
-nested files are refused quickly with one line, never read without bound and never waited on."""
+(``fileio.reading.read_bounded`` / ``read_json``): FIFOs, devices, symlinks to devices, oversized and too
+deeply nested files are refused quickly with one line, never read without bound and never waited on."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 
 from helpers import run_cli
 from imgclf.errors import ResumeError, StorageError
-from imgclf.fileio import read_bounded, read_json
+from imgclf.fileio.reading import read_bounded, read_json
 from imgclf.training import checkpoint as ckpt
 from imgclf.training.runfolder import RunLock, read_record
 

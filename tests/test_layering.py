@@ -32,6 +32,7 @@ LAYERS = {
     "imgclf.training": "training",
     "imgclf.data": "data",
     "imgclf.evaluation": "evaluation",
+    "imgclf.dataset_evaluation": "evaluation",
     "imgclf.reports": "reports",
     "imgclf.plots": "plots",
     "imgclf.modelfile": "modelfile",

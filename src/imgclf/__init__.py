@@ -52,6 +52,7 @@ __all__ = [
     "PartialFailure",
     "ExportError",
     "OutOfMemory",
+    "DistributedError",
 ]
 
 # name -> the module that defines it (imported on first use of the name).
@@ -70,7 +71,7 @@ _HOME = {
     "inspect": "imgclf.interop.files",
     "Classifier": "imgclf.classifier",
     "Prediction": "imgclf.classifier",
-    "evaluate_dataset": "imgclf.evaluation",
+    "evaluate_dataset": "imgclf.dataset_evaluation",
     "Evaluation": "imgclf.evaluation",
     "ImgclfError": "imgclf.errors",
     "UsageError": "imgclf.errors",
@@ -84,13 +85,16 @@ _HOME = {
     "PartialFailure": "imgclf.errors",
     "ExportError": "imgclf.errors",
     "OutOfMemory": "imgclf.errors",
+    "DistributedError": "imgclf.errors",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from imgclf.classifier import Classifier, Prediction
     from imgclf.config import AugmentSpec, PreprocessSpec, TrainConfig
+    from imgclf.dataset_evaluation import evaluate_dataset
     from imgclf.errors import (
         DatasetError,
+        DistributedError,
         ExportError,
         ImageError,
         ImgclfError,
@@ -103,7 +107,7 @@ if TYPE_CHECKING:  # pragma: no cover
         StorageError,
         UsageError,
     )
-    from imgclf.evaluation import Evaluation, evaluate_dataset
+    from imgclf.evaluation import Evaluation
     from imgclf.interop.files import inspect, load, verify
     from imgclf.modelfile import save
     from imgclf.training.loop import Callback
@@ -132,6 +136,8 @@ def __getattr__(name: str) -> Any:
         from imgclf import classifier as mod
     elif home == "imgclf.evaluation":
         from imgclf import evaluation as mod
+    elif home == "imgclf.dataset_evaluation":
+        from imgclf import dataset_evaluation as mod
     else:
         from imgclf import errors as mod
     value = getattr(mod, name)

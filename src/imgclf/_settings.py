@@ -2,19 +2,17 @@
 
 A frozen dataclass that derives from :class:`Settings` gets ``to_dict``, ``from_dict`` (unknown keys and
 wrong types rejected with "did you mean", JSON lists turned into tuples, nested settings built recursively)
-and ``replace``; it supplies ``validated()``, which checks its bounds (often with :func:`check_number`).
-Construction validates: ``Literal`` fields are checked against their choices (here, in one place), then
-``validated()`` runs, so an invalid settings object cannot exist. :func:`setting` declares a field with the
-help text the command line shows (the CLI builds its flags and "(default X)" from these fields).
+and ``replace``; it may supply ``validated()`` for checks beyond a field's own range. Construction
+validates: ``Literal`` fields are checked against their choices and fields declared with ``bounds``
+against their range (here, in one place), then ``validated()`` runs, so an invalid settings object cannot
+exist. :func:`setting` declares a field with its bounds and the help text the command line shows (the CLI
+builds its flags and "(default X)" from these fields).
 
 Usage::
 
     @dataclass(frozen=True)
     class Spec(Settings):
-        size: int = setting(64, "image side in pixels")
-        def validated(self) -> Spec:
-            check_number("size", self.size, 1, 4096)
-            return self
+        size: int = setting(64, "image side in pixels", bounds=(1, 4096))
 """
 
 from __future__ import annotations
@@ -40,6 +38,7 @@ def setting(
     flag: str | None = "",
     label: str | None = None,
     default_text: str | None = None,
+    bounds: tuple[float, float] | None = None,
 ) -> Any:
     """A dataclass field with the metadata the command line turns into a flag.
 
@@ -50,8 +49,10 @@ def setting(
         flag: The flag name; ``""`` derives ``--field-name``; ``None`` means no flag of its own.
         label: How error messages name the setting (default ``setting 'NAME'``).
         default_text: What "(default X)" says when the default is computed elsewhere (e.g. ``None``).
+        bounds: ``(lo, hi)``, inclusive: checked at construction with :func:`check_integer` for an
+            ``int`` field, else :func:`check_number` (``None`` passes where the type allows it).
     """
-    meta = {"help": help, "flag": flag, "label": label, "default_text": default_text}
+    meta = {"help": help, "flag": flag, "label": label, "default_text": default_text, "bounds": bounds}
     return dataclasses.field(default=default, default_factory=factory, metadata=meta)
 
 
@@ -110,49 +111,28 @@ def check_integer(name: str, value: object, lo: int, hi: int, *, label: str | No
         )
 
 
+def _check_bounds(settings: Any, hints: dict[str, Any]) -> None:
+    """Check every field declared with ``bounds`` (in field order); raise :class:`UsageError` otherwise."""
+    for f in dataclasses.fields(settings):
+        bounds, value, hint = f.metadata.get("bounds"), getattr(settings, f.name), hints[f.name]
+        if bounds is None or (value is None and type(None) in typing.get_args(hint)):
+            continue
+        if int in (hint, *typing.get_args(hint)):
+            check_integer(f.name, value, *bounds, label=f.metadata.get("label"))
+        else:
+            check_number(f.name, value, *bounds)
+
+
 def _coerce(name: str, value: Any, hint: Any) -> Any:
     """Check ``value`` against a (simple) type hint, converting JSON lists to tuples."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(name, value, option)
-            except UsageError as exc:
-                errors.append(exc)
-        raise errors[0]
+        return _coerce_union(name, value, typing.get_args(hint))
     if origin is tuple:
-        args = typing.get_args(hint)
-        if not isinstance(value, (list, tuple)):
-            raise UsageError(
-                f"setting {name!r} has the wrong type",
-                received=repr(value),
-                expected="a list",
-                fix=f"give {name} as a list",
-            )
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(name, v, args[0]) for v in value)
-        if len(value) != len(args):
-            raise UsageError(
-                f"setting {name!r} has the wrong length",
-                received=len(value),
-                expected=f"{len(args)} values",
-                fix=f"give {name} exactly {len(args)} values",
-            )
-        return tuple(_coerce(name, v, a) for v, a in zip(value, args, strict=True))
+        return _coerce_tuple(name, value, typing.get_args(hint))
     if origin is dict:
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-            raise UsageError(
-                f"setting {name!r} has the wrong type",
-                received=repr(value),
-                expected="a mapping with string keys",
-                fix=f"give {name} as a JSON object",
-            )
+            raise _wrong_type(name, value, "a mapping with string keys", "as a JSON object")
         return dict(value)
     if isinstance(hint, type) and issubclass(hint, Settings):
         if isinstance(value, hint):
@@ -160,34 +140,54 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         return hint.from_dict(value, where=name)
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UsageError(
-                f"setting {name!r} has the wrong type",
-                received=repr(value),
-                expected="a number",
-                fix=f"give {name} as a number",
-            )
+            raise _wrong_type(name, value, "a number", "as a number")
         return float(value)
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise UsageError(
-                f"setting {name!r} has the wrong type",
-                received=repr(value),
-                expected="an integer",
-                fix=f"give {name} as a whole number",
-            )
+            raise _wrong_type(name, value, "an integer", "as a whole number")
         return value
     if choices_of(hint) is not None:  # the choice itself is checked at construction, in one place
         hint = str
-    if hint in (bool, str):
-        if not isinstance(value, hint):
-            raise UsageError(
-                f"setting {name!r} has the wrong type",
-                received=repr(value),
-                expected=hint.__name__,
-                fix=f"give {name} as a {hint.__name__}",
-            )
-        return value
+    if hint in (bool, str) and not isinstance(value, hint):
+        raise _wrong_type(name, value, hint.__name__, f"as a {hint.__name__}")
     return value
+
+
+def _coerce_union(name: str, value: Any, options: tuple[Any, ...]) -> Any:
+    """``value`` as the first option of a ``Union`` it fits; else the error of the first option."""
+    if value is None and type(None) in options:
+        return None
+    errors = []
+    for option in options:
+        if option is type(None):
+            continue
+        try:
+            return _coerce(name, value, option)
+        except UsageError as exc:
+            errors.append(exc)
+    raise errors[0]
+
+
+def _coerce_tuple(name: str, value: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``value`` (a list or tuple) as a tuple of ``args`` (``(T, ...)``: any length)."""
+    if not isinstance(value, (list, tuple)):
+        raise _wrong_type(name, value, "a list", "as a list")
+    if len(args) == 2 and args[1] is Ellipsis:
+        return tuple(_coerce(name, v, args[0]) for v in value)
+    if len(value) != len(args):
+        raise UsageError(
+            f"setting {name!r} has the wrong length",
+            received=len(value),
+            expected=f"{len(args)} values",
+            fix=f"give {name} exactly {len(args)} values",
+        )
+    return tuple(_coerce(name, v, a) for v, a in zip(value, args, strict=True))
+
+
+def _wrong_type(name: str, value: Any, expected: str, how: str) -> UsageError:
+    """The "has the wrong type" error for setting ``name``; ``how`` completes "give NAME ..."."""
+    message = f"setting {name!r} has the wrong type"
+    return UsageError(message, received=repr(value), expected=expected, fix=f"give {name} {how}")
 
 
 class Settings:
@@ -206,6 +206,7 @@ class Settings:
                     expected=" | ".join(map(str, choices)),
                     fix="pick one of the listed values" + did_you_mean(str(value), map(str, choices)),
                 )
+        _check_bounds(self, hints)
         self.validated()  # type: ignore[attr-defined]
 
     def validated(self: T) -> T:

@@ -21,7 +21,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from imgclf._settings import Settings, check_integer, check_number, setting
+from imgclf._settings import Settings, check_number, setting
 from imgclf.errors import UsageError
 
 Interpolation = Literal["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"]
@@ -66,20 +66,23 @@ class PreprocessSpec(Settings):
         std: Per-channel divisor applied after subtracting ``mean``.
     """
 
-    height: int = setting(64, "input height in pixels", flag=None)
-    width: int = setting(64, "input width in pixels", flag=None)
+    height: int = setting(
+        64, "input height in pixels", flag=None, label="preprocess height", bounds=(1, MAX_SIDE)
+    )
+    width: int = setting(
+        64, "input width in pixels", flag=None, label="preprocess width", bounds=(1, MAX_SIDE)
+    )
     interpolation: Interpolation = setting(
         "bilinear", "resize filter (nearest = Keras flow_from_directory)", label="interpolation"
     )
-    rescale: float = setting(1.0 / 255.0, "multiplier for 0-255 pixel values", default_text="1/255")
+    rescale: float = setting(
+        1.0 / 255.0, "multiplier for 0-255 pixel values", default_text="1/255", bounds=(1e-12, 1e6)
+    )
     mean: tuple[float, float, float] = setting((0.0, 0.0, 0.0), "per-channel mean", flag=None)
     std: tuple[float, float, float] = setting((1.0, 1.0, 1.0), "per-channel std", flag=None)
 
     def validated(self) -> PreprocessSpec:
-        """Return self after checking every bound; raise :class:`UsageError` otherwise."""
-        for name in ("height", "width"):
-            check_integer(name, getattr(self, name), 1, MAX_SIDE, label=f"preprocess {name}")
-        check_number("rescale", self.rescale, 1e-12, 1e6)
+        """Return self after checking mean and std (the other fields' bounds are declared with them)."""
         for name in ("mean", "std"):
             v = getattr(self, name)
             if not isinstance(v, tuple) or len(v) != 3:
@@ -124,24 +127,15 @@ class AugmentSpec(Settings):
         enabled: Turn augmentation off entirely.
     """
 
-    rotation: float = setting(20.0, "max rotation in degrees")
-    zoom: float = setting(0.05, "zoom range")
-    width_shift: float = setting(0.05, "horizontal shift fraction (--shift sets both)")
-    height_shift: float = setting(0.05, "vertical shift fraction (--shift sets both)")
-    shear: float = setting(0.05, "shear in degrees, Keras' meaning")
+    rotation: float = setting(20.0, "max rotation in degrees", bounds=(0.0, 180.0))
+    zoom: float = setting(0.05, "zoom range", bounds=(0.0, 0.9))
+    width_shift: float = setting(0.05, "horizontal shift fraction (--shift sets both)", bounds=(0.0, 1.0))
+    height_shift: float = setting(0.05, "vertical shift fraction (--shift sets both)", bounds=(0.0, 1.0))
+    shear: float = setting(0.05, "shear in degrees, Keras' meaning", bounds=(0.0, 80.0))
     horizontal_flip: bool = setting(True, "random horizontal flips", flag="--flip")
     vertical_flip: bool = setting(False, "random vertical flips")
     fill: FillMode = setting("nearest", "fill for pixels outside the image", label="augmentation fill mode")
     enabled: bool = setting(True, "augmentation on or off", flag="--augment")
-
-    def validated(self) -> AugmentSpec:
-        """Return self after checking every bound; raise :class:`UsageError` otherwise."""
-        check_number("rotation", self.rotation, 0.0, 180.0)
-        check_number("zoom", self.zoom, 0.0, 0.9)
-        check_number("width_shift", self.width_shift, 0.0, 1.0)
-        check_number("height_shift", self.height_shift, 0.0, 1.0)
-        check_number("shear", self.shear, 0.0, 80.0)
-        return self
 
 
 @dataclass(frozen=True)
@@ -189,24 +183,28 @@ class TrainConfig(Settings):
 
     arch: str = setting("seed_resnet", "registered architecture (an unknown name lists them)")
     arch_args: dict[str, Any] = setting(factory=dict, help="architecture arguments", flag=None)
-    epochs: int = setting(25, "epochs")
-    batch_size: int = setting(32, "batch size (images per optimizer step)")
-    lr: float = setting(0.1, "initial learning rate")
-    momentum: float = setting(0.9, "SGD momentum")
-    decay: float | None = setting(None, "Keras time decay per step", default_text="lr/epochs")
-    seed: int = setting(42, "random seed")
-    label_smoothing: float = setting(0.0, "cross-entropy label smoothing")
+    epochs: int = setting(25, "epochs", bounds=(1, 100_000))
+    batch_size: int = setting(
+        32, "global batch size (images per optimizer step, split across processes)", bounds=(1, 1_000_000)
+    )
+    lr: float = setting(0.1, "initial learning rate", bounds=(0.0, 100.0))
+    momentum: float = setting(0.9, "SGD momentum", bounds=(0.0, 0.9999))
+    decay: float | None = setting(
+        None, "Keras time decay per step", default_text="lr/epochs", bounds=(0.0, 1e6)
+    )
+    seed: int = setting(42, "random seed", bounds=(0, 2**63 - 1))
+    label_smoothing: float = setting(0.0, "cross-entropy label smoothing", bounds=(0.0, 0.99))
     preprocess: PreprocessSpec = setting(factory=PreprocessSpec, help="preprocessing", flag=None)
     augment: AugmentSpec = setting(factory=AugmentSpec, help="augmentation", flag=None)
-    val_split: float = setting(0.1, "validation share when there is no validation folder")
-    test_split: float = setting(0.2, "testing share when there is no testing folder")
+    val_split: float = setting(0.1, "validation share when there is no validation folder", bounds=(0.0, 0.9))
+    test_split: float = setting(0.2, "testing share when there is no testing folder", bounds=(0.0, 0.9))
     device: str = setting("auto", "auto | cpu | cuda | cuda:N")
     precision: Precision = setting(
         "auto", "auto: bf16 autocast where the hardware supports it natively", label="precision"
     )
     channels_last: bool = setting(True, "channels-last memory layout")
     compile: bool = setting(False, "torch.compile (slow first start, faster steps)")
-    eval_batch_size: int = setting(256, "batch size for evaluation")
+    eval_batch_size: int = setting(256, "batch size for evaluation", bounds=(1, 1_000_000))
     keep: Keep = setting(
         "best", "weights saved: best epoch by --monitor, or last (the recipe's)", label="--keep value"
     )
@@ -223,10 +221,14 @@ class TrainConfig(Settings):
         "smoothing 0.1, weight average 0.998); other flags override single values",
     )
     schedule: Schedule = setting("time_decay", "learning-rate schedule (cosine: per-step warm-up + cosine)")
-    warmup: float = setting(0.0, "cosine warm-up in epochs")
+    warmup: float = setting(0.0, "cosine warm-up in epochs", bounds=(0.0, 100_000.0))
     nesterov: bool = setting(False, "Nesterov momentum")
-    clip_norm: float | None = setting(None, "clip the gradients' global L2 norm", default_text="off")
-    ema: float = setting(0.0, "weight-average decay per step, BN statistics recomputed (0: off)")
+    clip_norm: float | None = setting(
+        None, "clip the gradients' global L2 norm", default_text="off", bounds=(1e-6, 1e6)
+    )
+    ema: float = setting(
+        0.0, "weight-average decay per step, BN statistics recomputed (0: off)", bounds=(0.0, 0.999999)
+    )
 
     @classmethod
     def from_recipe(cls, recipe: str, **overrides: Any) -> TrainConfig:
@@ -241,21 +243,7 @@ class TrainConfig(Settings):
         return super().from_dict(data, where=where)
 
     def validated(self) -> TrainConfig:
-        """Return self after checking every bound; raise :class:`UsageError` otherwise."""
-        for name, lo, hi in (
-            ("epochs", 1, 100_000),
-            ("batch_size", 1, 1_000_000),
-            ("eval_batch_size", 1, 1_000_000),
-            ("seed", 0, 2**63 - 1),
-        ):
-            check_integer(name, getattr(self, name), lo, hi)
-        check_number("lr", self.lr, 0.0, 100.0)
-        check_number("momentum", self.momentum, 0.0, 0.9999)
-        if self.decay is not None:
-            check_number("decay", self.decay, 0.0, 1e6)
-        check_number("label_smoothing", self.label_smoothing, 0.0, 0.99)
-        check_number("val_split", self.val_split, 0.0, 0.9)
-        check_number("test_split", self.test_split, 0.0, 0.9)
+        """Return self after the checks that span fields (each field's bounds are declared with it)."""
         if self.val_split + self.test_split >= 0.95:
             raise UsageError(
                 "val_split + test_split leaves too little training data",
@@ -291,10 +279,6 @@ class TrainConfig(Settings):
                     expected=kind.__name__,
                     fix=f"build it with {kind.__name__}(...) or TrainConfig.from_dict",
                 )
-        check_number("warmup", self.warmup, 0.0, 100_000.0)
-        check_number("ema", self.ema, 0.0, 0.999999)
-        if self.clip_norm is not None:
-            check_number("clip_norm", self.clip_norm, 1e-6, 1e6)
         return self
 
     @property

@@ -151,6 +151,12 @@ class OutOfMemory(ImgclfError):
     exit_code = 9
 
 
+class DistributedError(ImgclfError):
+    """A multi-process (torchrun) run failed: a rank did not join or stopped answering (exit code 10)."""
+
+    exit_code = 10
+
+
 class Interrupted(ImgclfError):
     """Work was interrupted by a signal; ``exit_code`` is 130 (SIGINT) or 143 (SIGTERM)."""
 

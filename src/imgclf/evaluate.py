@@ -25,6 +25,6 @@ def __getattr__(name: str) -> Any:
         DeprecationWarning,
         stacklevel=2,
     )
-    from imgclf.evaluation import evaluate_dataset
+    from imgclf.dataset_evaluation import evaluate_dataset
 
     return evaluate_dataset

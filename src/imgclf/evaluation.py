@@ -1,27 +1,25 @@
-"""Classification metrics (the report scikit-learn's ``classification_report`` gives, and more), and
-the evaluation of a loaded model on a dataset folder. The text report is :mod:`imgclf.reports`.
+"""Classification metrics (the report scikit-learn's ``classification_report`` gives, and more). A model
+on a dataset folder: :mod:`imgclf.dataset_evaluation`; the text report: :mod:`imgclf.reports`.
 
 Usage::
 
     report = classification_report(y_true, y_pred, ["Parasitized", "Uninfected"])
     cm = confusion_matrix(y_true, y_pred, 2)
-    evaluation = evaluate_dataset(imgclf.load("malaria.imgclf"), "malaria")   # a model on a folder
+    evaluation = evaluate_probabilities(probs, labels, paths, ["Parasitized", "Uninfected"])
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from imgclf.errors import DatasetError, UsageError
-from imgclf.progress import Log, quiet
+from imgclf.errors import UsageError
 
 if TYPE_CHECKING:
-    from imgclf.classifier import Classifier
+    pass
 
 ONE_CLASS_SHARE = 0.95  # "predicts one class for (nearly) all images": this share of them or more
 
@@ -184,113 +182,3 @@ def usefulness_warnings(evaluation: Evaluation, split: str) -> list[str]:
             f"answering the most common class scores {baseline:.4f})"
         )
     return out
-
-
-def evaluate_dataset(
-    classifier: Classifier,
-    dataset: str | os.PathLike,
-    *,
-    split: str = "testing",
-    skip_bad: bool = False,
-    batch_size: int = 256,
-    log: Log = quiet,
-    cache_dir: str | os.PathLike | None = None,
-    use_cache: bool = True,
-    progress: Callable[[str, int], Callable[[int], None] | None] | None = None,
-) -> Evaluation:
-    """Evaluate a loaded classifier on a dataset folder's split.
-
-    A flat folder of class folders (``ROOT/<class>/*.png``) is split again exactly as training split
-    it (the seed, fractions and data fingerprint are in the model file), so ``split="testing"`` scores
-    the images the model did not train on; ``split="all"`` scores every image (for a folder the model
-    never saw). Class folders are matched to the model's classes by name; a folder the model does not
-    know is an error, a model class with no folder simply has no support.
-
-    Args:
-        classifier: The loaded model.
-        dataset: Folder with split folders or class folders.
-        split: ``"testing"`` (default), ``"validation"``, ``"training"`` or ``"all"``.
-        skip_bad: Skip undecodable files (logged) instead of failing.
-        batch_size: Images per forward pass.
-        log: Receives one-line warnings.
-        cache_dir: Decode-once cache folder (default ``$IMGCLF_CACHE_DIR`` or ``~/.cache/imgclf``).
-        use_cache: Read and fill the decode-once cache.
-        progress: ``progress(what, total)`` returns a per-image callback (decoding, then classifying).
-
-    Raises:
-        DatasetError: Unknown classes, empty split, undecodable files (without ``skip_bad``), or a flat
-            folder whose recorded split cannot be reproduced (other files than the model trained on).
-    """
-    from imgclf.data.decode import bad_files_error, load_split, open_cache
-    from imgclf.data.folders import scan_dataset
-    from imgclf.data.heldout import ALL, heldout_split
-
-    cap = classifier.max_pixels
-    cache = open_cache(classifier.preprocess, cache_dir, max_pixels=cap) if use_cache else None
-
-    def decode(samples: list, what: str) -> Any:
-        bar = progress(f"decoding {what}", len(samples)) if progress and samples else None
-        return load_split(
-            samples, classifier.preprocess, skip_bad=True, cache=cache, progress=bar, max_pixels=cap
-        )
-
-    ds = scan_dataset(dataset, val_split=0.0, test_split=0.0)
-    _check_classes(ds.class_names, classifier.class_names)
-    if ds.layout == "flat" and split != ALL:
-        ds, decoded = heldout_split(
-            classifier.manifest,
-            dataset,
-            split,
-            lambda splits: {s: decode(samples, s) for s, samples in splits.items()},
-        )
-        dec = decoded[split]
-    else:
-        # split=0 scans put a flat folder's every image in "training"
-        samples = [s for part in ds.splits.values() for s in part] if split == ALL else ds.splits.get(split)
-        if not samples:
-            raise DatasetError(
-                f"dataset has no {split!r} images",
-                received=ds.root,
-                expected=f"a {split} folder with class folders",
-                fix="pass --split or another folder",
-            )
-        dec = decode(samples, split)
-    if dec.skipped and not skip_bad:
-        raise bad_files_error(dec.skipped)
-    for path, why in dec.skipped:
-        log(f"warning: skipped {path}: {why}")
-    remap = {i: classifier.class_names.index(c) for i, c in enumerate(ds.class_names)}
-    labels = dec.labels.copy()
-    for i, j in remap.items():
-        labels[dec.labels == i] = j
-    bar = progress("classifying", len(dec)) if progress and len(dec) else None
-    probs = _predict_in_chunks(classifier, dec.images, batch_size, bar)
-    return evaluate_probabilities(probs, labels, dec.paths, classifier.class_names)
-
-
-def _check_classes(found: list[str], known: list[str]) -> None:
-    unknown = [c for c in found if c not in known]
-    if unknown:
-        raise DatasetError(
-            "dataset has classes the model does not know",
-            received=", ".join(unknown),
-            expected="a subset of " + ", ".join(known),
-            fix="evaluate on a dataset with the model's classes",
-        )
-
-
-def _predict_in_chunks(
-    classifier: Classifier, images: np.ndarray, batch_size: int, bar: Callable[[int], None] | None
-) -> np.ndarray:
-    """Probabilities for ``images``, a chunk of batches at a time so a progress bar can advance."""
-    if bar is None or len(images) <= batch_size:
-        probs = classifier.predict_proba_uint8(images, batch_size=batch_size)
-        if bar is not None:
-            bar(len(images))
-        return probs
-    parts = []
-    for start in range(0, len(images), batch_size):
-        chunk = images[start : start + batch_size]
-        parts.append(classifier.predict_proba_uint8(chunk, batch_size=batch_size))
-        bar(len(parts[-1]))
-    return np.concatenate(parts)

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from imgclf.errors import UsageError
-from imgclf.fileio import atomic_write_bytes
+from imgclf.fileio.writing import atomic_write_bytes
 from imgclf.images.preprocess import ImageSource, decode
 
 TILE = 128

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from imgclf.errors import safe_text
-from imgclf.fileio import atomic_write_text
+from imgclf.fileio.writing import atomic_write_text
 
 
 def format_report(report: dict[str, Any], digits: int = 4) -> str:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from imgclf.errors import UsageError
 
 ENV_NAMES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+DIST_TIMEOUT_S = 600.0  # default --dist-timeout: how long a rank waits for the others before failing
 
 
 @dataclass(frozen=True)

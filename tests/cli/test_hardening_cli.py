@@ -13,7 +13,7 @@ import pytest
 
 from helpers import make_dataset, run_cli, tiny_train_config
 from imgclf.errors import StorageError
-from imgclf.fileio import check_writable
+from imgclf.fileio.writing import check_writable
 
 # --- item 9: a parent path that is a file -----------------------------------------------------------
 
@@ -79,11 +79,11 @@ def test_deep_json_in_an_arch_arg_is_a_usage_error(tmp_path: Path) -> None:
 
 def test_memory_for_decoding_is_estimated_before_training(tmp_path: Path, monkeypatch) -> None:
     from imgclf.errors import OutOfMemory
-    from imgclf.training import pipeline
+    from imgclf.training import job, pipeline
 
     data = make_dataset(tmp_path / "d", {"training": 3, "validation": 1, "testing": 1})
-    monkeypatch.setattr(pipeline, "available_bytes", lambda device: 10_000)
-    monkeypatch.setattr(pipeline, "decode_splits", lambda *a, **k: pytest.fail("decoding started"))
+    monkeypatch.setattr(job, "available_bytes", lambda device: 10_000)
+    monkeypatch.setattr(job, "decode_splits", lambda *a, **k: pytest.fail("decoding started"))
     with pytest.raises(
         OutOfMemory, match=r"^not enough memory for the decoded images; received 10 images of 32x32"
     ):
@@ -109,12 +109,12 @@ def test_a_refused_dataset_leaves_no_run_folder(tmp_path: Path) -> None:
 def test_a_disk_space_refusal_leaves_no_run_folder_but_keeps_an_existing_one(
     tmp_path: Path, monkeypatch
 ) -> None:
-    from imgclf.training import pipeline
+    from imgclf.training import job, pipeline
 
     def refuse(*_a):
         raise StorageError("not enough free disk space")
 
-    monkeypatch.setattr(pipeline, "check_free_space", refuse)
+    monkeypatch.setattr(job, "check_free_space", refuse)
     data = make_dataset(tmp_path / "d", {"training": 2, "validation": 1, "testing": 1})
     with pytest.raises(StorageError):
         pipeline.train(data, tmp_path / "m.imgclf", tiny_train_config())

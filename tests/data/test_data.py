@@ -16,7 +16,7 @@ from PIL import Image
 
 from helpers import make_dataset, save_image, shape_image
 from imgclf.config import PreprocessSpec
-from imgclf.data import decode, folders
+from imgclf.data import decode, folders, listing
 from imgclf.errors import DatasetError
 from imgclf.images import preprocess
 
@@ -337,7 +337,7 @@ def test_symlink_loops_do_not_hang_the_scan(tmp_path: Path) -> None:
     ds = folders.scan_dataset(root, val_split=0.0, test_split=0.0)
     assert time.perf_counter() - start < 5
     assert as_names(ds.splits["training"]) == ["a_000.png", "a_001.png", "b_000.png", "b_001.png"]
-    assert folders.list_images([root]) == sorted(folders.list_images([root]))
+    assert listing.list_images([root]) == sorted(listing.list_images([root]))
 
 
 # --- duplicates and fingerprint ------------------------------------------------------------------
@@ -396,7 +396,7 @@ def test_list_images_expands_folders_and_keeps_files(tmp_path: Path) -> None:
     explicit_txt = tmp_path / "readme.txt"
     explicit_txt.write_text("kept because named")
     single = write_png(tmp_path / "z.png")
-    got = folders.list_images([single, folder, str(explicit_txt)])
+    got = listing.list_images([single, folder, str(explicit_txt)])
     assert got == [
         str(single),
         str(folder / "a.JPG"),
@@ -408,8 +408,8 @@ def test_list_images_expands_folders_and_keeps_files(tmp_path: Path) -> None:
 
 def test_list_images_keeps_missing_paths_for_a_per_file_error(tmp_path: Path) -> None:
     missing = tmp_path / "missing.png"
-    assert folders.list_images([missing]) == [str(missing)]
-    assert folders.list_images([]) == []
+    assert listing.list_images([missing]) == [str(missing)]
+    assert listing.list_images([]) == []
 
 
 def test_bytes_digest_matches_file_content(tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import statistics
 import subprocess
 import sys
 import textwrap
@@ -301,15 +300,29 @@ def seed_resnet_file(tmp_path_factory) -> Path:
     return path
 
 
-def test_loading_a_seed_resnet_file_is_fast(seed_resnet_file):
-    """Measured ~15 ms on a 2-core EPYC VM; the bound leaves room for noisy CI machines."""
+def test_loading_a_seed_resnet_file_is_not_pathologically_slow(seed_resnet_file):
+    """A guard against pathological slowness only (~15 ms on a 2-core VM); benchmarks/bench_load.py
+    measures the load time."""
     imgclf.load(seed_resnet_file)
-    times = []
-    for _ in range(7):
-        start = time.perf_counter()
-        imgclf.load(seed_resnet_file)
-        times.append(time.perf_counter() - start)
-    assert statistics.median(times) < 0.1, times
+    start = time.perf_counter()
+    imgclf.load(seed_resnet_file)
+    assert time.perf_counter() - start < 2.0
+
+
+def test_loading_reads_the_file_once_and_runs_no_probe(seed_resnet_file, monkeypatch):
+    """Load parses the file once and leaves the probes (decoding images, a forward pass) to verify."""
+    from imgclf.modelfile import probes
+
+    reads = []
+    real_read = modelfile.read_container
+    monkeypatch.setattr(modelfile, "read_container", lambda path: reads.append(path) or real_read(path))
+    for name in ("run_checks", "compute"):
+        monkeypatch.setattr(probes, name, lambda *a, **k: pytest.fail("load ran the probes"))
+    monkeypatch.setattr(
+        "imgclf.images.preprocess.preprocess_uint8", lambda *a, **k: pytest.fail("load decoded an image")
+    )
+    imgclf.load(seed_resnet_file)
+    assert reads == [seed_resnet_file]
 
 
 def test_each_tensor_of_a_loaded_model_has_its_own_storage(seed_resnet_file):

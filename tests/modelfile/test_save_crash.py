@@ -23,8 +23,9 @@ import pytest
 
 import imgclf
 from helpers import make_classifier
-from imgclf import fileio, modelfile
+from imgclf import modelfile
 from imgclf.errors import StorageError
+from imgclf.fileio import writing
 
 POSIX = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and fork")
 TESTS = Path(__file__).parents[1]  # tests/: where helpers.py lives
@@ -37,7 +38,7 @@ def payloads() -> tuple[bytes, bytes]:
 
 
 def _temps(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.name.endswith(fileio.TMP_SUFFIX))
+    return sorted(p for p in folder.iterdir() if p.name.endswith(writing.TMP_SUFFIX))
 
 
 def _writer_child(dest: Path, payloads: tuple[bytes, bytes]) -> None:
@@ -45,7 +46,7 @@ def _writer_child(dest: Path, payloads: tuple[bytes, bytes]) -> None:
     try:
         k = 0
         while True:
-            fileio.atomic_write_bytes(dest, payloads[k % 2])
+            writing.atomic_write_bytes(dest, payloads[k % 2])
             k += 1
     finally:
         os._exit(0)
@@ -133,16 +134,16 @@ def _dead_pid() -> int:
 def test_stale_temps_of_dead_writers_are_removed_and_nothing_else(payloads, tmp_path):
     dest = tmp_path / "model.imgclf"
     dead, alive = _dead_pid(), os.getppid()
-    stale = tmp_path / f".model.imgclf.{dead}.0badc0de{fileio.TMP_SUFFIX}"
-    live = tmp_path / f".model.imgclf.{alive}.0badc0de{fileio.TMP_SUFFIX}"
-    other = tmp_path / f".other.imgclf.{dead}.0badc0de{fileio.TMP_SUFFIX}"
+    stale = tmp_path / f".model.imgclf.{dead}.0badc0de{writing.TMP_SUFFIX}"
+    live = tmp_path / f".model.imgclf.{alive}.0badc0de{writing.TMP_SUFFIX}"
+    other = tmp_path / f".other.imgclf.{dead}.0badc0de{writing.TMP_SUFFIX}"
     unrelated = tmp_path / f".model.imgclf.{dead}.notes"
     for p in (stale, live, other, unrelated):
         p.write_bytes(b"partial")
-    fileio.atomic_write_bytes(dest, payloads[0])
+    writing.atomic_write_bytes(dest, payloads[0])
     assert not stale.exists()
     assert live.exists() and other.exists() and unrelated.exists()
-    assert fileio.remove_stale_temps(tmp_path / "other.imgclf") == [str(other)]
+    assert writing.remove_stale_temps(tmp_path / "other.imgclf") == [str(other)]
 
 
 # --- disk full ------------------------------------------------------------------------------------------
@@ -176,7 +177,7 @@ def test_a_full_disk_keeps_the_original_and_removes_the_temp(where, payloads, tm
     dest = tmp_path / "model.imgclf"
     dest.write_bytes(payloads[0])
     if where == "write":
-        monkeypatch.setattr(fileio, "open", lambda *a, **k: _FullDisk(open(*a, **k), 1000), raising=False)
+        monkeypatch.setattr(writing, "open", lambda *a, **k: _FullDisk(open(*a, **k), 1000), raising=False)
     else:
 
         def no_space(fd: int) -> None:
@@ -258,7 +259,7 @@ def test_a_read_only_folder_is_a_clear_storage_error(payloads, tmp_path, monkeyp
         tmp_path.chmod(0o555)
     else:  # root writes anywhere: simulate the EACCES a read-only folder gives
         monkeypatch.setattr(
-            fileio,
+            writing,
             "open",
             lambda *a, **k: (_ for _ in ()).throw(PermissionError(errno.EACCES, "Permission denied")),
             raising=False,
@@ -316,7 +317,7 @@ def test_the_temp_file_is_created_in_the_destination_folder(tmp_path, monkeypatc
         opened.append(os.fspath(path))
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(fileio, "open", recording_open, raising=False)
+    monkeypatch.setattr(writing, "open", recording_open, raising=False)
     dest = tmp_path / "sub" / "model.imgclf"
     dest.parent.mkdir()
     imgclf.save(make_classifier(), dest)

@@ -167,7 +167,7 @@ def _epochs(tmp_path: Path, splits, count: int) -> list[str]:
 
 def test_only_the_newest_two_and_the_best_checkpoint_are_kept(splits, tmp_path, monkeypatch):
     losses = iter([0.5, 0.2, 0.4, 0.3, 0.35])  # best: epoch 2
-    monkeypatch.setattr(loop, "_evaluate", lambda *a: (next(losses), 0.5))
+    monkeypatch.setattr(loop, "evaluate_split", lambda *a: (next(losses), 0.5))
     _epochs(tmp_path, splits, 5)
     assert sorted(os.listdir(tmp_path / "checkpoints")) == [
         "epoch-0002.safetensors",

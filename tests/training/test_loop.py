@@ -1,6 +1,6 @@
 """Tests of imgclf.training.loop through the pipeline: keep-best, early stopping, determinism, history.
 
-The validation metric is scripted (``trainer._evaluate`` monkeypatched) where the test must know which
+The validation metric is scripted (``loop.evaluate_split`` monkeypatched) where the test must know which
 epoch is best; everything else is real training of the tiny recipe.
 """
 
@@ -26,7 +26,7 @@ from imgclf.training.pipeline import train
 def _script(monkeypatch, losses, accuracies=None):
     """Make validation report ``losses`` (and ``accuracies``) epoch by epoch."""
     values = iter(zip(losses, accuracies or [0.5] * len(losses), strict=True))
-    monkeypatch.setattr(loop, "_evaluate", lambda *args: next(values))
+    monkeypatch.setattr(loop, "evaluate_split", lambda *args: next(values))
 
 
 def _weights(path) -> dict[str, torch.Tensor]:

@@ -22,8 +22,8 @@ import imgclf
 from helpers import MODES, make_dataset, save_image, shape_image, tiny_train_config
 from imgclf.data.decode import load_split
 from imgclf.data.folders import scan_dataset
+from imgclf.dataset_evaluation import evaluate_dataset
 from imgclf.errors import DatasetError, StorageError, UsageError
-from imgclf.evaluation import evaluate_dataset
 from imgclf.images.preprocess import preprocess, to_tensor
 from imgclf.reports import format_report
 from imgclf.training.pipeline import train

@@ -25,7 +25,7 @@ RUN_JSON_KEYS = [
     "versions",
     "files",
 ]
-CHECKPOINT_INFO_KEYS = ["run_id", "class_names", "architecture", "data_fingerprint", "device"]
+CHECKPOINT_INFO_KEYS = ["run_id", "class_names", "architecture", "data_fingerprint", "device", "distributed"]
 PROVENANCE_KEYS = [
     "training",
     "epoch",
@@ -36,6 +36,7 @@ PROVENANCE_KEYS = [
     "metrics",
     "deterministic",
     "resumed_from",
+    "distributed",
     "data",
     "history",
 ]

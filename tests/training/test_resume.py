@@ -32,7 +32,7 @@ from helpers import (
 )
 from imgclf.data.folders import scan_dataset
 from imgclf.errors import Interrupted, ResumeError, StorageError, UsageError
-from imgclf.fileio import TMP_SUFFIX
+from imgclf.fileio.writing import TMP_SUFFIX
 from imgclf.training import checkpoint as ckpt
 from imgclf.training.loop import Callback
 from imgclf.training.pipeline import resume_run, train
@@ -146,7 +146,7 @@ def test_a_second_ctrl_c_during_the_checkpoint_write_leaves_no_partial_file(
 
     def write_then_interrupt(path, data):
         if "step" in os.path.basename(path):  # the interruption's own checkpoint: Ctrl-C again mid-write
-            from imgclf.fileio import atomic_open
+            from imgclf.fileio.writing import atomic_open
 
             with atomic_open(path, "wb") as fh:
                 fh.write(data[: len(data) // 2])
@@ -183,7 +183,7 @@ def test_a_full_disk_mid_run_costs_one_epoch_at_most(dataset, reference, tmp_pat
     """ENOSPC while writing epoch 2's checkpoint: exit 5, epoch 1's checkpoint intact, no temp file."""
     import errno
 
-    from imgclf.fileio import atomic_open
+    from imgclf.fileio.writing import atomic_open
 
     real = ckpt.atomic_write_bytes
 

@@ -18,7 +18,7 @@ import pytest
 
 from helpers import SEED_PARAMS_2, run_cli, tiny_train_config
 from imgclf.errors import StorageError, UsageError
-from imgclf.training import pipeline, runfolder, steps
+from imgclf.training import job, runfolder, steps
 from imgclf.training.pipeline import train
 from imgclf.training.preflight import estimate_bytes
 from imgclf.training.runfolder import RunLock, read_record
@@ -92,7 +92,7 @@ def test_without_flock_the_recorded_pid_decides(tmp_path, monkeypatch):
 
 
 def test_the_lock_is_released_when_training_fails(tiny_dataset, tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline, "fit_with_checkpoints", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(job, "fit_with_checkpoints", lambda *a, **k: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         train(tiny_dataset, tmp_path / "m.imgclf", tiny_train_config())
     assert not (tmp_path / "m-run" / "lock").exists()

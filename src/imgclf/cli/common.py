@@ -16,7 +16,7 @@ from typing import NoReturn
 
 EPILOG = """exit codes: 0 ok, 1 internal error, 2 usage, 3 invalid model file, 4 invalid image (or some images
 failed), 5 I/O or disk, 6 resume refused, 7 invalid dataset, 8 export failed, 9 out of memory,
-130 interrupted (Ctrl-C), 143 terminated"""
+10 distributed run failed (a rank did not join or answer), 130 interrupted (Ctrl-C), 143 terminated"""
 
 
 class Parser(argparse.ArgumentParser):

@@ -59,14 +59,14 @@ def _bar_factory():  # noqa: ANN202 - a progress factory, see evaluate_dataset
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``imgclf evaluate``: classification report on stdout (text or ``--json``)."""
+    from imgclf.dataset_evaluation import evaluate_dataset
     from imgclf.errors import safe_text
-    from imgclf.evaluation import evaluate_dataset
-    from imgclf.fileio import atomic_write_text
+    from imgclf.fileio.writing import atomic_write_text
     from imgclf.modelfile import load
 
     for target in (args.output, args.confusion_plot):
         if target:
-            from imgclf.fileio import check_writable
+            from imgclf.fileio.writing import check_writable
 
             check_writable(target)
     if args.confusion_plot:

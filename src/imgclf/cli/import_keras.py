@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     """Import ``args.keras_model`` and save it; print where it went and how it preprocesses."""
     from imgclf.cli.output import stdout_line
     from imgclf.errors import safe_text
-    from imgclf.fileio import check_writable
+    from imgclf.fileio.writing import check_writable
     from imgclf.interop.keras_import import import_keras
     from imgclf.modelfile import save
 

@@ -71,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     args = parse(argv)
+    args.argv = argv  # the command line as given: `imgclf train --nproc N` starts workers with it
     debug = debug or getattr(args, "debug", False)
     if args.command in HEAVY_COMMANDS:
         from imgclf.cli.allocator import tune_allocator

@@ -17,10 +17,12 @@ import json
 import os
 import random
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 from imgclf.cli.common import EPILOG, add_max_pixels_flag, max_pixels_option
 from imgclf.cli.output import discard_stdout, stdout_line
+from imgclf.cli.predict_shards import add_shard_flags
 from imgclf.errors import PartialFailure, UsageError
 
 MONTAGE_TILES = 16  # the recipe's 4 x 4 sheet
@@ -34,7 +36,10 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         help="classify images with a model file",
         epilog=EPILOG,
         description="Classify image files and folders (recursive). Labels and preprocessing come "
-        "from the model file. stdout: path, label, confidence per image (tab-separated).",
+        "from the model file. stdout: path, label, confidence per image (tab-separated). "
+        "Sharded: under torchrun (one share per rank) or with --shard I/N the input list is split into "
+        "contiguous shares; the parts are merged in input order into --output, and a re-run redoes only "
+        "the shares without a finished part (see docs/distributed.md).",
     )
     p.set_defaults(func=cmd_predict)
     p.add_argument("--model", "-m", required=True, help="model file (.imgclf, or .onnx from imgclf export)")
@@ -50,10 +55,11 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("--top-k", type=int, default=1, help="list the K most probable classes (default 1)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     add_max_pixels_flag(p)
+    add_shard_flags(p)
 
 
 def _pick_images(args: argparse.Namespace) -> list[str]:
-    from imgclf.data.folders import list_images
+    from imgclf.data.listing import list_images
 
     missing = [p for p in args.images if not os.path.exists(p)]
     if missing:  # a mistyped path is a usage error, not an image that failed to decode
@@ -158,10 +164,26 @@ class _StdoutResults:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    """``imgclf predict``: one line per image on stdout; per-image errors on stderr; exit 4 if any failed."""
-    from imgclf.errors import safe_text
-    from imgclf.interop.files import load  # .imgclf or .onnx (onnxruntime, no torch)
+    """``imgclf predict``: one line per image on stdout; per-image errors on stderr; exit 4 if any failed.
 
+    Under torchrun or with ``--shard``, :mod:`imgclf.cli.predict_shards` splits the work and merges it.
+    """
+    from imgclf.interop.files import load  # .imgclf or .onnx (onnxruntime, no torch)
+    from imgclf.world import World
+
+    _check_options(args)
+    world = World.from_env()
+    if args.shard is not None or world.distributed:
+        from imgclf.cli.predict_shards import run_sharded
+
+        return run_sharded(args, world, pick=_pick_images, report=report_predictions)
+    clf = load(args.model, **max_pixels_option(args))
+    paths = _pick_images(args)
+    predictions = clf.iter_predict(paths, top_k=args.top_k, batch_size=args.batch_size, errors="return")
+    return report_predictions(args, clf.class_names, predictions, len(paths))
+
+
+def _check_options(args: argparse.Namespace) -> None:
     if args.top_k < 1 or args.batch_size < 1:
         raise UsageError(
             "--top-k and --batch-size must be positive",
@@ -173,30 +195,48 @@ def cmd_predict(args: argparse.Namespace) -> int:
         _check_output_format(args.output)  # before any work, not after classifying everything
     for target in (args.output, args.montage):
         if target:
-            from imgclf.fileio import check_writable
+            from imgclf.fileio.writing import check_writable
 
             check_writable(target)
-    clf = load(args.model, **max_pixels_option(args))
-    paths = _pick_images(args)
+
+
+def report_predictions(
+    args: argparse.Namespace, class_names: list[str], predictions: Iterable[Any], count: int
+) -> int:
+    """Write ``predictions`` (in input order) to stdout, ``--output`` and ``--montage``; 4 if any failed.
+
+    The one place results leave ``predict``, so a sharded run's merge prints and writes exactly what a
+    single process would.
+
+    Args:
+        args: The parsed ``predict`` flags.
+        class_names: The model's class names (CSV columns).
+        predictions: Objects with a :class:`imgclf.Prediction`'s attributes.
+        count: How many there will be (for the progress bar).
+
+    Raises:
+        PartialFailure: If some images could not be classified (after every output is written).
+    """
+    from imgclf.errors import safe_text
+
     failed = total = 0
     tiles: list[Any] = []
     with contextlib.ExitStack() as stack:
         out = None
         if args.output:  # appears atomically once every image is done; an interrupted run leaves none
-            from imgclf.fileio import atomic_open
+            from imgclf.fileio.writing import atomic_open
 
-            out = _PredictionsFile(
-                stack.enter_context(atomic_open(args.output, "w")), args.output, clf.class_names
-            )
+            fh = stack.enter_context(atomic_open(args.output, "w"))
+            out = _PredictionsFile(fh, args.output, class_names)
         # Results stream to stdout batch by batch; a bar is shown only when they go to a file or a pipe.
         progress = None
-        if len(paths) > args.batch_size and sys.stderr.isatty() and not sys.stdout.isatty():
+        if count > args.batch_size and sys.stderr.isatty() and not sys.stdout.isatty():
             from imgclf.progress import bar, stderr_console
 
-            progress = bar(stderr_console(), "classifying", len(paths))
+            progress = bar(stderr_console(), "classifying", count)
             stack.callback(progress.stop)
         show = _StdoutResults(keep_going=out is not None)
-        for p in clf.iter_predict(paths, top_k=args.top_k, batch_size=args.batch_size, errors="return"):
+        for p in predictions:
             total += 1
             if out is not None:
                 out.write(p)
@@ -212,7 +252,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 extra = "".join(f"\t{safe_text(k)}:{v:.4f}" for k, v in p.top_k[1:])
                 show(f"{safe_text(p.source)}\t{safe_text(p.label)}\t{p.confidence:.4f}{extra}")
             if args.montage and len(tiles) < MONTAGE_TILES:
-                tiles.append(_tile(p, clf.class_names))
+                tiles.append(_tile(p, class_names))
     if args.montage:
         _montage(args, tiles, total - failed)
     if failed:

@@ -96,7 +96,7 @@ def config_from_args(args: argparse.Namespace, start: dict[str, Any] | None = No
 
     base: dict[str, Any] = dict(start or {})
     if args.config:
-        from imgclf.fileio import os_reason, read_json
+        from imgclf.fileio.reading import os_reason, read_json
 
         try:
             base.update(read_json(args.config, MAX_CONFIG_BYTES, "--config"))

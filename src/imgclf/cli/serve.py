@@ -12,6 +12,7 @@ import argparse
 import os
 import stat
 import sys
+from collections.abc import Callable
 
 from imgclf.cli.common import EPILOG, add_max_pixels_flag
 from imgclf.serving.settings import MB, ServeSettings
@@ -78,6 +79,19 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         help="address to bind (default 127.0.0.1; other addresses without --api-key-file warn)",
     )
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    _add_limit_flags(p)
+    p.add_argument(
+        "--api-key-file",
+        metavar="F",
+        help="file holding an API key; then every route but /, its assets and the health checks"
+        " needs 'Authorization: Bearer KEY'",
+    )
+    add_max_pixels_flag(p)
+    p.set_defaults(func=run)
+
+
+def _add_limit_flags(p: argparse.ArgumentParser) -> None:
+    """Body, image-count, time and queue limits, and batching."""
     p.add_argument(
         "--max-body-mb",
         metavar="MB",
@@ -112,17 +126,11 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         type=_non_negative,
         default=DEFAULTS.batch_delay_ms,
         metavar="D",
-        help="wait up to D ms to gather concurrent requests into one batch (default %(default)g: each request"
-        " is its own batch, bitwise equal to imgclf predict; see docs/performance.md)",
+        help="gather concurrent requests into one batch, waiting up to D ms for requests already in"
+        " progress (a lone request never waits); faster under load, but a result then depends on its"
+        " batch by ~1e-7 (default %(default)g: each request is its own batch, bitwise equal to imgclf"
+        " predict; see docs/performance.md)",
     )
-    p.add_argument(
-        "--api-key-file",
-        metavar="F",
-        help="file holding an API key; then every route but /, its assets and the health checks"
-        " needs 'Authorization: Bearer KEY'",
-    )
-    add_max_pixels_flag(p)
-    p.set_defaults(func=run)
 
 
 def read_api_key(path: str) -> bytes:
@@ -132,7 +140,7 @@ def read_api_key(path: str) -> bytes:
         UsageError: If the file is missing, not a regular file, too large or holds no key.
     """
     from imgclf.errors import UsageError
-    from imgclf.fileio import open_for_reading
+    from imgclf.fileio.reading import open_for_reading
 
     def refuse(problem: str, received: str) -> UsageError:
         return UsageError(
@@ -195,14 +203,7 @@ def run(args: argparse.Namespace) -> int:
             "--port out of range", received=args.port, expected="0 to 65535", fix="use --port 8000"
         )
     key = read_api_key(args.api_key_file) if args.api_key_file else None
-    paths: dict[str, str] = {}
-    for text in args.models:
-        name, path = parse_model_arg(text)
-        if name in paths:
-            raise UsageError(
-                "two models with one name", received=name, expected="unique names", fix="name them: NAME=PATH"
-            )
-        paths[name] = path
+    paths = _model_paths(args.models, parse_model_arg)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="imgclf serve: %(message)s")
     if key is None and not _is_loopback(args.host):
         print(
@@ -220,18 +221,35 @@ def run(args: argparse.Namespace) -> int:
         batch_delay_ms=args.batch_delay_ms,
         api_key=key,
     )
-    try:  # an .onnx is served without torch
-        import torch
-
-        engine = f"{torch.get_num_threads()} torch thread(s)"
-    except ImportError:
-        engine = "onnxruntime"
-    # All inference runs on one worker thread with this many intra-op threads, fixed for the process.
     print(
         f"imgclf: serving {', '.join(paths)} on http://{args.host}:{args.port}/ "
-        f"(inference: one worker thread, {engine})",
+        f"(inference: one worker thread, {_engine()})",
         file=sys.stderr,
         flush=True,
     )
     serve(create_app(store, settings), host=args.host, port=args.port, grace_s=args.timeout_s)
     return 0
+
+
+def _model_paths(texts: list[str], parse_model_arg: Callable[[str], tuple[str, str]]) -> dict[str, str]:
+    """``MODEL`` arguments → {name: path}; two models with one name are a usage error."""
+    from imgclf.errors import UsageError
+
+    paths: dict[str, str] = {}
+    for text in texts:
+        name, path = parse_model_arg(text)
+        if name in paths:
+            raise UsageError(
+                "two models with one name", received=name, expected="unique names", fix="name them: NAME=PATH"
+            )
+        paths[name] = path
+    return paths
+
+
+def _engine() -> str:
+    """What runs inference: all of it on one worker thread with this many intra-op threads."""
+    try:  # an .onnx is served without torch
+        import torch
+    except ImportError:
+        return "onnxruntime"
+    return f"{torch.get_num_threads()} torch thread(s)"

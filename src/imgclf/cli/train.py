@@ -42,7 +42,15 @@ TRAIN_EPILOG = """checkpoints and resuming:
   On the CPU a resumed run ends bitwise identical to an uninterrupted one. A damaged newest checkpoint is
   set aside with a warning and the one before it is used. A changed dataset, class set or recipe is refused
   with a diff (exit 6); --force continues anyway. A run folder is locked by one training at a time (exit 5).
-  Free disk space for the model and the checkpoints is checked before the first epoch (exit 5)."""
+  Free disk space for the model and the checkpoints is checked before the first epoch (exit 5).
+
+several processes (torchrun, DistributedDataParallel):
+  torchrun --nproc-per-node 4 -m imgclf train --dataset D --model M    # or: imgclf train --nproc 4 ...
+  --batch-size stays the GLOBAL batch of the recipe (32): each of N processes trains on 32/N images per
+  step (it must divide), so the learning rate, schedule, epochs and steps per epoch are those of one
+  process. This differs from the "per-GPU batch" convention, where N processes mean an N-times-larger
+  batch. Rank 0 alone writes the run folder, checkpoints, model file and reports. With --max-restarts K a
+  worker that dies makes torchrun restart the group, which resumes from the newest checkpoint."""
 
 
 def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -98,6 +106,51 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         help="also store N validation images as self-check probes (default: synthetic only)",
     )
     _add_run_folder_flags(groups["checkpoints"])
+    _add_distributed_flags(p.add_argument_group("several processes (torchrun)"))
+
+
+def _add_distributed_flags(d: argparse._ActionsContainer) -> None:
+    from imgclf.world import DIST_TIMEOUT_S as DEFAULT_TIMEOUT_S
+
+    d.add_argument(
+        "--nproc",
+        type=_positive_int,
+        metavar="N",
+        help="start torchrun's launcher with N processes on this machine (--batch-size stays the global "
+        "batch, split N ways); without it, a plain run is one process, and torchrun may start imgclf too",
+    )
+    d.add_argument(
+        "--max-restarts",
+        type=int,
+        default=0,
+        metavar="K",
+        help="with --nproc: restart the group up to K times after a worker dies; it resumes from the "
+        "newest checkpoint (default 0)",
+    )
+    d.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="SECONDS",
+        help="under torchrun: a rank that does not join, or a collective that does not finish, within "
+        f"SECONDS ends the run with an error naming the rank (exit 10; default {DEFAULT_TIMEOUT_S:g})",
+    )
+    d.add_argument(
+        "--sync-bn",
+        action="store_true",
+        help="under torchrun on CUDA: batch-norm statistics over the global batch (SyncBatchNorm); "
+        "default: each rank's own batch, running statistics averaged across ranks after every epoch",
+    )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 1 or more, got {value}")
+    return value
 
 
 def _add_run_folder_flags(c: argparse._ActionsContainer) -> None:
@@ -138,7 +191,12 @@ def _probe_count(text: str) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """``imgclf train``: train (or ``--resume``), save, report; prints the classification report on stdout."""
     from imgclf.errors import RunFinished
+    from imgclf.world import World
 
+    if args.nproc and not World.from_env().distributed:  # start the workers, which run this command
+        from imgclf.cli.torchrun import launch
+
+        return launch(getattr(args, "argv", None) or ["train"], args.nproc, args.max_restarts)
     dataset, model, plot, config, run_dir = _train_inputs(args)
     try:
         return _train(args, dataset, model, plot, config, run_dir)
@@ -164,8 +222,15 @@ def _train(
         use_cache=not args.no_cache,
         resume=bool(args.resume),
         force=args.force,
+        distributed=_dist_options(args),
         **max_pixels_option(args),
     )
+
+
+def _dist_options(args: argparse.Namespace) -> Any:
+    from imgclf.training.distributed import DistOptions
+
+    return DistOptions(timeout_s=args.dist_timeout, sync_bn=args.sync_bn)
 
 
 def train_and_report(dataset: str, model: str, config: Any, **options: Any) -> int:
@@ -184,18 +249,22 @@ def train_and_report(dataset: str, model: str, config: Any, **options: Any) -> i
     from imgclf.progress import stderr_console
     from imgclf.training.pipeline import train
     from imgclf.training.progress import EpochProgress, decode_bar_factory
+    from imgclf.world import World
 
     console = stderr_console()
+    main_rank = World.from_env().is_main  # under torchrun, rank 0 alone shows progress and results
     result = train(
         dataset,
         model,
         config,
-        callbacks=[EpochProgress(console)],
+        callbacks=[EpochProgress(console)] if main_rank else [],
         log=lambda m: console.print(safe_text(m), markup=False),
         decode_progress=decode_bar_factory(console),
         progress=False,  # the bars above are the progress display
         **options,
     )
+    if not main_rank:
+        return 0
     if result.evaluation is not None:
         stdout_line(report_text(result.evaluation.report))
     for what, path in result.outputs.items():

@@ -38,7 +38,8 @@ import numpy as np
 
 from imgclf.config import PreprocessSpec
 from imgclf.errors import UsageError
-from imgclf.fileio import atomic_write_text, read_json
+from imgclf.fileio.reading import read_json
+from imgclf.fileio.writing import atomic_write_text
 from imgclf.images.preprocess import DECODE_RULE
 
 try:

@@ -8,8 +8,9 @@ Two layouts are understood:
   ``test_split``, stratified per class and seeded.
 
 Class order is the sorted class-folder names. Hidden and system entries (``.git``, ``__MACOSX``,
-``.DS_Store``, ``Thumbs.db``, ...) are neither classes nor samples. Every structural problem is reported
-at once, before any image is decoded; decoding the samples is :mod:`imgclf.data.decode`'s job.
+``.DS_Store``, ``Thumbs.db``, ...) are neither classes nor samples (listing the files of a folder is
+:mod:`imgclf.data.listing`'s job). Every structural problem is reported at once, before any image is
+decoded; decoding the samples is :mod:`imgclf.data.decode`'s job.
 
 Usage::
 
@@ -23,9 +24,9 @@ import os
 import random
 import unicodedata
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from imgclf.data.listing import odd_entries_note, subfolders, walk_files
 from imgclf.errors import DatasetError, listed
 from imgclf.images.preprocess import is_image_name
 
@@ -39,21 +40,6 @@ _ALIASES = {
     "testing": "testing",
     "test": "testing",
 }
-_SYSTEM_NAMES = {
-    "__macosx",
-    "thumbs.db",
-    "desktop.ini",
-    "@eadir",
-    "$recycle.bin",
-    "system volume information",
-    "lost+found",
-    "__pycache__",
-}
-
-
-def is_hidden(name: str) -> bool:
-    """True for hidden or operating-system entries that are never classes or samples."""
-    return name.startswith((".", "~$")) or name.lower() in _SYSTEM_NAMES
 
 
 @dataclass(frozen=True)
@@ -82,53 +68,11 @@ class Dataset:
         }
 
 
-def _walk_files(folder: str, odd: list[str] | None = None) -> list[str]:
-    """All non-hidden regular files under ``folder`` (symlinked folders are not followed), sorted.
-
-    Other entries (dangling symlinks, symlink loops, FIFOs, sockets, devices) are appended to ``odd``
-    so the caller can report them rather than skip them silently; if ``odd`` is None they are listed
-    with the files, in walk order.
-    """
-    found: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
-        for name in sorted(filenames):
-            full = os.path.join(dirpath, name)
-            if is_hidden(name):
-                continue
-            if odd is None or os.path.isfile(full):
-                found.append(full)
-            else:
-                odd.append(full)
-    return found
-
-
-def odd_entries_note(odd: list[str]) -> str:
-    """The warning for entries that are not regular files: how many, and the first few names."""
-    return (
-        f"skipped {len(odd)} entr{'y' if len(odd) == 1 else 'ies'} that are not regular files "
-        f"(dangling symlink, FIFO, socket or device): {listed(odd, 5)}"
-    )
-
-
-def _subdirs(folder: str) -> list[str]:
-    try:
-        entries = sorted(os.listdir(folder))
-    except OSError as exc:
-        raise DatasetError(
-            "cannot list dataset folder",
-            received=f"{folder} ({exc.strerror or exc})",
-            expected="a readable folder",
-            fix="check the path and its permissions",
-        ) from None
-    return [e for e in entries if not is_hidden(e) and os.path.isdir(os.path.join(folder, e))]
-
-
 def _class_files(folder: str, problems: list[str], odd: list[str]) -> dict[str, list[str]]:
     """Image files per class folder; everything else goes to ``odd`` (non-image files included)."""
     classes = {}
-    for name in _subdirs(folder):
-        found = _walk_files(os.path.join(folder, name), odd)
+    for name in subfolders(folder):
+        found = walk_files(os.path.join(folder, name), odd)
         files = [f for f in found if is_image_name(f)]
         odd += [f for f in found if not is_image_name(f)]  # readme.txt, labels.csv: not samples
         if not files:
@@ -235,7 +179,7 @@ def _root_folders(root: str) -> list[str]:
             expected="a folder of class folders",
             fix="pass the folder that holds the class (or split) folders",
         )
-    subdirs = _subdirs(root)
+    subdirs = subfolders(root)
     if not subdirs:
         raise DatasetError(
             "dataset folder is empty",
@@ -298,21 +242,3 @@ def _balance_notes(training: list[Sample], class_names: list[str]) -> list[str]:
     if counts and max(counts.values()) >= 10 * max(min(counts.values()), 1):
         notes.append(f"classes are very imbalanced in training: {dict(sorted(counts.items()))}")
     return notes
-
-
-def list_images(paths: Sequence[str | os.PathLike]) -> list[str]:
-    """Expand files and folders (recursively, hidden entries skipped) into a list of image paths.
-
-    Files named explicitly are kept whatever their extension; inside folders only files with image
-    extensions are taken, and so are entries with image names that are not regular files (dangling
-    symlinks, FIFOs, devices): reading them then fails with an error naming each. Order: as given,
-    folders sorted.
-    """
-    out: list[str] = []
-    for p in paths:
-        p = os.fspath(p)
-        if os.path.isdir(p):
-            out += [f for f in _walk_files(p) if is_image_name(f)]
-        else:
-            out.append(p)
-    return out

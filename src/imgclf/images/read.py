@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from imgclf.errors import ImageError, UsageError
-from imgclf.fileio import open_for_reading
+from imgclf.fileio.reading import open_for_reading
 from imgclf.images.png import check_png_chunks
 
 ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
@@ -62,7 +62,7 @@ def read_bytes(path: str | os.PathLike, max_bytes: int = MAX_FILE_BYTES) -> byte
     """Read an image file's bytes after checking it is a regular file within the size cap.
 
     The file is opened once, non-blocking (a FIFO never hangs the caller), and checked with
-    ``fstat`` on that descriptor (:func:`imgclf.fileio.open_for_reading`).
+    ``fstat`` on that descriptor (:func:`imgclf.fileio.reading.open_for_reading`).
 
     Raises:
         ImageError: If the path is missing, not a regular file, unreadable or too large.

@@ -18,7 +18,7 @@ import struct
 from typing import Any
 
 from imgclf.errors import ModelFileError, UsageError
-from imgclf.fileio import open_for_reading
+from imgclf.fileio.reading import open_for_reading
 
 HEAD_BYTES = 16
 
@@ -108,7 +108,7 @@ def load(
 def inspect(path: str | os.PathLike) -> dict[str, Any]:
     """Summarise a model file of either kind (see :func:`imgclf.modelfile.inspect`)."""
     if file_kind(path) == "onnx":
-        from imgclf.interop.onnx_runtime import inspect_onnx
+        from imgclf.interop.onnx_verify import inspect_onnx
 
         return inspect_onnx(path)
     return _modelfile(path).inspect(path)
@@ -117,7 +117,7 @@ def inspect(path: str | os.PathLike) -> dict[str, Any]:
 def verify(path: str | os.PathLike, **kwargs: Any) -> Any:
     """Re-run a model file's self-check probes; a report with ``checks`` rows and ``ok``."""
     if file_kind(path) == "onnx":
-        from imgclf.interop.onnx_runtime import verify_onnx
+        from imgclf.interop.onnx_verify import verify_onnx
 
         return verify_onnx(path, **kwargs)
     return _modelfile(path).verify(path, **kwargs)

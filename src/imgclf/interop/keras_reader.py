@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from imgclf.errors import ModelFileError, UsageError
-from imgclf.fileio import open_for_reading
+from imgclf.fileio.reading import open_for_reading
 from imgclf.interop.keras_zip import read_zip, refused
 
 MAX_FILE_BYTES = 1 << 30

@@ -33,7 +33,7 @@ from torch import nn
 from imgclf._version import versions
 from imgclf.classifier import Classifier
 from imgclf.errors import ExportError, UsageError
-from imgclf.fileio import atomic_write_bytes, check_writable
+from imgclf.fileio.writing import atomic_write_bytes, check_writable
 from imgclf.images.preprocess import DECODE_RULE
 from imgclf.interop.onnx_meta import (
     INPUT_NAME,
@@ -250,6 +250,23 @@ def export_onnx(
     manifest = _manifest(src, model, opset, exporter, parity)
     meta = metadata_entries(manifest, [img for img, _ in src.probes], [arr for _, arr in src.probes])
     onnx.helper.set_model_props(model, meta)
+    data = _checked_bytes(model)
+    # What load() will see: the final bytes parse, the metadata validates, the probes give the gate's answer.
+    final = new_session(data, name)
+    parse_metadata(dict(final.get_modelmeta().custom_metadata_map), name)
+    parity_check(final, src.clf, inputs[: len(src.probes) or 1], names, tolerance)
+    atomic_write_bytes(out_path, data)
+    return ExportResult(name, len(data), opset, parity)
+
+
+def _checked_bytes(model: Any) -> bytes:
+    """The exported model's bytes, once ``onnx.checker`` accepts it and it fits in one protobuf message.
+
+    Raises:
+        ExportError: If the checker refuses the model or it is too large for one self-contained .onnx.
+    """
+    import onnx
+
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as exc:  # noqa: BLE001 - the checker's verdict, whatever its exception type
@@ -267,9 +284,4 @@ def export_onnx(
             expected=f"under {MAX_ONNX_BYTES} bytes (protobuf's limit)",
             fix="export a smaller model",
         )
-    # What load() will see: the final bytes parse, the metadata validates, the probes give the gate's answer.
-    final = new_session(data, name)
-    parse_metadata(dict(final.get_modelmeta().custom_metadata_map), name)
-    parity_check(final, src.clf, inputs[: len(src.probes) or 1], names, tolerance)
-    atomic_write_bytes(out_path, data)
-    return ExportResult(name, len(data), opset, parity)
+    return data

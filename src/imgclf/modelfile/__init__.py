@@ -4,7 +4,8 @@ Loading is parse → validate everything → build from the registry → strict 
 file can make imgclf run code: no pickle, no imports by name, only registered architectures. See
 ``docs/format.md`` for the specification; :mod:`imgclf.modelfile.format` reads the bytes,
 :mod:`imgclf.modelfile.manifest`
-checks the manifest, :mod:`imgclf.modelfile.probes` runs the self-checks.
+checks the manifest, :mod:`imgclf.modelfile.probes` runs the self-checks, :mod:`imgclf.modelfile.saving`
+writes the file (``save`` and ``serialize`` are exported here).
 
 Usage::
 
@@ -19,47 +20,21 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 import torch
 
-from imgclf._version import versions
 from imgclf.classifier import Classifier
-from imgclf.errors import ModelFileError, UsageError
-from imgclf.fileio import atomic_write_bytes
-from imgclf.images.preprocess import DECODE_RULE
 from imgclf.images.read import MAX_PIXELS, checked_max_pixels
 from imgclf.modelfile import probes, weights
 from imgclf.modelfile.checks import invalid
-from imgclf.modelfile.digests import canonical_json, container_digest, manifest_digest, tensors_digest
+from imgclf.modelfile.digests import container_digest
 from imgclf.modelfile.format import Container, read_container
-from imgclf.modelfile.manifest import (
-    FORMAT,
-    FORMAT_VERSION,
-    MANIFEST_KEY,
-    MAX_PROBES,
-    Manifest,
-    parse,
-    validate,
-)
-from imgclf.modelfile.provenance import fit_provenance
-from imgclf.models import registry
-
-MAX_PROBE_BYTES = 8 * 1024 * 1024
-SYNTHETIC_PROBES = 4
-MAX_EXTRA_PROBES = MAX_PROBES - SYNTHETIC_PROBES
-
-
-def _finite(obj: Any) -> Any:
-    """Replace non-finite floats by ``None`` so provenance always serialises as strict JSON."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
+from imgclf.modelfile.manifest import FORMAT, Manifest, parse
+from imgclf.modelfile.saving import MAX_EXTRA_PROBES as MAX_EXTRA_PROBES  # re-exported: the CLI's limit
+from imgclf.modelfile.saving import MAX_PROBE_BYTES
+from imgclf.modelfile.saving import save as save
+from imgclf.modelfile.saving import serialize as serialize
 
 
 def _check_probe_tensors(c: Container, m: Manifest) -> None:
@@ -121,106 +96,6 @@ def _classifier(c: Container, m: Manifest, device: torch.device | str = "cpu") -
     return Classifier(
         model, m.class_names, m.preprocess, m.arch, m.arch_args, manifest=manifest, device=device
     )
-
-
-def _probe_images(extra: list[bytes] | None) -> tuple[list[bytes], list[str]]:
-    synthetic = probes.synthetic_images()
-    extra = [bytes(b) for b in extra or []]
-    if len(extra) > MAX_EXTRA_PROBES or any(not 0 < len(b) <= MAX_PROBE_BYTES for b in extra):
-        raise UsageError(
-            "too many or too large extra probe images",
-            received=f"{len(extra)} images, largest {max((len(b) for b in extra), default=0)} bytes",
-            expected=f"at most {MAX_EXTRA_PROBES} images of at most {MAX_PROBE_BYTES} bytes",
-            fix="ask for fewer probes (--probes-from N)",
-        )
-    return synthetic + extra, ["synthetic"] * len(synthetic) + ["validation"] * len(extra)
-
-
-def serialize(classifier: Classifier, *, extra_probes: list[bytes] | None = None) -> bytes:
-    """The model file's bytes (see :func:`save`); validated exactly as :func:`load` would.
-
-    Raises:
-        UsageError: If the model does not match its architecture, has non-finite weights, or its class
-            names or settings cannot be stored.
-    """
-    model_tensors = weights.from_model(classifier.model)
-    spec = classifier.preprocess
-    arch_args = registry.resolve_args(classifier.arch, classifier.arch_args)
-    fresh = weights.meta_model(classifier.arch, len(classifier.class_names), spec.size, arch_args)
-    got = {k: (tuple(v.shape), weights.dtype_name(v)) for k, v in model_tensors.items()}
-    problems = weights.compare(weights.signature(fresh), got)
-    if problems:
-        raise UsageError(
-            "cannot save: the model does not match its architecture",
-            received="; ".join(problems[:4]),
-            expected=f"{classifier.arch} with {len(classifier.class_names)} classes",
-            fix="save the model built for these class names and architecture args",
-        )
-    # Probes run on a model rebuilt from exactly the tensors being saved: what load() will produce.
-    state = {k[len("model.") :]: v for k, v in model_tensors.items()}
-    fresh.load_state_dict(state, strict=True, assign=True)
-    rebuilt = Classifier(fresh, classifier.class_names, spec, classifier.arch, arch_args)
-    images, kinds = _probe_images(extra_probes)
-    records = probes.compute(rebuilt, images, kinds)
-    tensors = dict(model_tensors)
-    for i, r in enumerate(records):
-        tensors[f"probe.{i}"] = torch.frombuffer(bytearray(r.encoded), dtype=torch.uint8)
-        tensors[f"probe.{i}.input"] = probes.as_uint8_tensor(r.input)
-    provenance = _finite(dict(classifier.manifest.get("provenance", {})))
-    provenance.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    provenance["versions"] = versions()
-    manifest: dict[str, Any] = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "architecture": {"name": classifier.arch, "args": arch_args},
-        "class_names": list(classifier.class_names),
-        "preprocess": spec.to_dict(),
-        "decode_rule": DECODE_RULE,
-        "probes": [
-            {
-                "kind": r.kind,
-                "input_sha256": r.input_sha256,
-                "probabilities": r.probabilities,
-                "label": {"index": r.label_index, "name": r.label_name},
-            }
-            for r in records
-        ],
-        "provenance": fit_provenance(provenance),
-    }
-    items = [(k, weights.dtype_name(v), tuple(v.shape), v.numpy().tobytes()) for k, v in tensors.items()]
-    manifest["integrity"] = {
-        "tensors_sha256": tensors_digest(items),
-        "manifest_sha256": manifest_digest(manifest),
-    }
-    try:
-        validate("<being saved>", manifest)  # never write a file that load() would refuse
-    except ModelFileError as exc:
-        raise UsageError(
-            f"cannot save: {exc.problem.split(': ', 1)[-1]}", received=exc.received, expected=exc.expected
-        ) from None
-    from safetensors.torch import save as st_save
-
-    return st_save(tensors, metadata={MANIFEST_KEY: canonical_json(manifest)})
-
-
-def save(classifier: Classifier, path: str | os.PathLike, *, extra_probes: list[bytes] | None = None) -> None:
-    """Write ``classifier`` to ``path`` atomically as one safetensors file with a manifest.
-
-    Weights are taken from the unwrapped model (no ``module.``/``_orig_mod.`` prefixes) as contiguous
-    float32 CPU tensors (integer buffers keep their dtype), whatever device, precision or layout
-    training used. An existing file is only ever replaced by a complete one.
-
-    Args:
-        classifier: What to save.
-        path: Destination file.
-        extra_probes: Encoded images to store as self-check probes besides the synthetic ones
-            (e.g. a few validation images, when the user asks for them).
-
-    Raises:
-        UsageError: See :func:`serialize`.
-        StorageError: If the file cannot be written (folder missing or read-only, disk full).
-    """
-    atomic_write_bytes(path, serialize(classifier, extra_probes=extra_probes))
 
 
 @dataclass

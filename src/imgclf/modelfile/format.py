@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from imgclf.errors import ModelFileError
-from imgclf.fileio import open_for_reading
+from imgclf.fileio.reading import open_for_reading
 from imgclf.modelfile.checks import FIX, invalid, strict_json
 from imgclf.modelfile.foreign import HEAD_BYTES, TAIL_BYTES, UNKNOWN, describe
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from importlib import resources
 from typing import Any
 
@@ -43,7 +43,10 @@ class ServerState:
         self.store = store
         self.settings = settings
         self.metrics = Metrics()
-        self.queue = InferenceQueue(settings.max_queue, settings.batch_delay_ms / 1000, self._batch_ran)
+        self.inferring = 0  # inference requests in progress, from route entry to answer
+        self.queue = InferenceQueue(
+            settings.max_queue, settings.batch_delay_ms / 1000, self._batch_ran, lambda: self.inferring
+        )
         self.in_flight = 0
         self.draining = False
         for name in store.names():
@@ -88,6 +91,15 @@ class ServerState:
         self.metrics.set_model(name, served.digest, served.classifier.arch)
         log.info("reloaded %s (digest %s)", name, served.digest)
         return served
+
+    @contextlib.contextmanager
+    def inferring_request(self) -> Iterator[None]:
+        """Count an inference route's request while it runs (the queue gathers batches by it)."""
+        self.inferring += 1
+        try:
+            yield
+        finally:
+            self.inferring -= 1
 
     async def infer(self, request: Request, served: ServedModel, **work: Any) -> Any:
         """Queue work for ``served`` and wait for it; a client that goes away cancels its queued work."""
@@ -190,8 +202,9 @@ def _add_v1(app: FastAPI, state: ServerState) -> None:
     async def predict(request: Request, name: str | None) -> JSONResponse:
         served = state.model(name)
         top_k = parse_top_k(request.query_params.get("top_k"))
-        images = await read_images(request, state.settings.max_images)
-        preds = await state.infer(request, served, images=[data for _, data in images])
+        with state.inferring_request():
+            images = await read_images(request, state.settings.max_images)
+            preds = await state.infer(request, served, images=[data for _, data in images])
         rows = [_row(filename, p, top_k) for (filename, _), p in zip(images, preds, strict=True)]
         good = sum(p.error is None for p in preds)
         state.metrics.images.labels(served.name).inc(good)

@@ -2,10 +2,11 @@
 
 Every forward pass runs on this one thread, so torch's thread count is fixed and requests never
 compete for cores. A request whose client is gone (its future cancelled) is dropped before its batch
-runs. With ``batch_delay_s > 0`` the worker waits that long for more requests for the same model and
-runs them as one batch. The default is 0: each request is its own batch, so its probabilities are
-bitwise those of ``Classifier.predict`` on the same images (CPU kernels round differently for
-different batch sizes, by ~1e-7).
+runs. With ``batch_delay_s > 0`` the worker gathers requests for the same model into one batch: it
+takes every job already queued and waits up to that long for more, but only while other inference
+requests are in progress (``active``), so a lone client never waits. The default is 0: each request is
+its own batch, so its probabilities are bitwise those of ``Classifier.predict`` on the same images
+(oneDNN picks different kernels for different batch sizes in the small late layers: ~1e-7 apart).
 
 Usage::
 
@@ -73,14 +74,22 @@ class InferenceQueue:
         max_queue: Most images waiting (not yet running); beyond it :meth:`submit` raises QueueFull.
         batch_delay_s: How long the worker waits to gather more requests into one batch (0: never).
         on_batch: Called with the image count of every batch run (for metrics).
+        active: Returns how many inference requests are in progress (read from this thread, so a plain
+            counter); the worker waits for more jobs only while some of them have not queued theirs.
+            None: always wait out ``batch_delay_s``.
     """
 
     def __init__(
-        self, max_queue: int, batch_delay_s: float = 0.0, on_batch: Callable[[int], None] | None = None
+        self,
+        max_queue: int,
+        batch_delay_s: float = 0.0,
+        on_batch: Callable[[int], None] | None = None,
+        active: Callable[[], int] | None = None,
     ) -> None:
         self.max_queue = max_queue
         self.batch_delay_s = batch_delay_s
         self._on_batch = on_batch or (lambda n: None)
+        self._active = active
         self._jobs: collections.deque[Job] = collections.deque()
         self._waiting = 0
         self._cond = threading.Condition()
@@ -155,10 +164,14 @@ class InferenceQueue:
                     total += more.size
                     continue
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or not self._more_coming(len(batch)):
                     break
                 self._cond.wait(remaining)
             return batch
+
+    def _more_coming(self, gathered: int) -> bool:
+        """Whether requests in progress have yet to queue their job (called with the lock held)."""
+        return self._active is None or self._active() > gathered + len(self._jobs)
 
     def _work(self) -> None:
         while True:

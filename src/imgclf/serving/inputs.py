@@ -1,4 +1,4 @@
-"""Request bodies → encoded images: raw bytes, multipart forms, JSON base64 and v2 inference requests.
+"""Request bodies → encoded images: raw bytes, multipart forms and JSON base64 (v2 bodies: ``v2_inputs``).
 
 Only the *container* is parsed here; each image's bytes go to ``Classifier.predict`` untouched, so the
 one decode path (with its format allowlist and pixel cap) judges every image. Every problem becomes a
@@ -7,7 +7,6 @@ one decode path (with its format allowlist and pixel cap) judges every image. Ev
 Usage::
 
     images = await read_images(request, max_images=64)       # [(file name or None, bytes), ...]
-    kind, payload = parse_v2(body, served, max_images=64)    # ("bytes", [...]) or ("fp32", array)
 """
 
 from __future__ import annotations
@@ -15,13 +14,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import math
 from typing import Any
 
-import numpy as np
-
 from imgclf.errors import ImgclfError, UsageError
-from imgclf.serving.models import ServedModel
 
 
 class HTTPProblem(Exception):
@@ -124,7 +119,7 @@ def _json_images(body: bytes, max_images: int) -> list[tuple[str | None, bytes]]
         raise problem(
             400,
             "JSON body needs a non-empty list 'images'",
-            received=_shape_of(doc),
+            received=shape_of(doc),
             expected='{"images": ["<base64>", ...]}',
             fix="put base64-encoded images in 'images'",
         )
@@ -137,14 +132,15 @@ def _json_images(body: bytes, max_images: int) -> list[tuple[str | None, bytes]]
         raise problem(
             400,
             "'names' must list one string per image",
-            received=_shape_of(names),
+            received=shape_of(names),
             expected=f"{len(items)} strings",
             fix="drop 'names' or give one per image",
         )
     return [(names[i] if names else None, decode_base64(x, f"images[{i}]")) for i, x in enumerate(items)]
 
 
-def _shape_of(value: Any) -> str:
+def shape_of(value: Any) -> str:
+    """What a JSON value is, for an error message: its type, or an object's first keys."""
     if isinstance(value, dict):
         return f"an object with keys {sorted(value)[:5]}"
     return type(value).__name__
@@ -210,99 +206,3 @@ async def read_images(request: Any, max_images: int) -> list[tuple[str | None, b
             fix="send the image's bytes: curl --data-binary @cell.png URL",
         )
     return [(None, body)]  # raw image (curl --data-binary sends it as form-urlencoded: accepted)
-
-
-def _v2_input(doc: Any) -> dict[str, Any]:
-    inputs = doc.get("inputs") if isinstance(doc, dict) else None
-    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise problem(
-            400,
-            "v2 request needs exactly one input",
-            received=_shape_of(doc),
-            expected='{"inputs": [{"name", "shape", "datatype", "data"}]}',
-            fix="send one BYTES input of encoded images or one FP32 input [N, 3, H, W]",
-        )
-    return inputs[0]
-
-
-def parse_v2(body: bytes, served: ServedModel, max_images: int) -> tuple[str, Any, str | None]:
-    """A v2 ``infer`` body → ``(kind, payload, request id)``.
-
-    ``kind`` is ``"bytes"`` with a list of encoded images or ``"fp32"`` with a float32 array
-    (N, 3, H, W); the request id is the body's ``id`` when it is a string.
-
-    Raises:
-        HTTPProblem: 400 for a malformed request, 413 for too many images.
-    """
-    doc = parse_json(body)
-    item = _v2_input(doc)
-    request_id = doc["id"] if isinstance(doc.get("id"), str) else None
-    dtype, shape, data = item.get("datatype"), item.get("shape"), item.get("data")
-    if (
-        not isinstance(shape, list)
-        or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
-        or not shape
-        or any(d < 0 for d in shape)
-    ):
-        raise problem(
-            400,
-            "input 'shape' must be a list of non-negative integers",
-            received=repr(shape)[:80],
-            expected="e.g. [2] for BYTES or [2, 3, H, W] for FP32",
-            fix="set 'shape'",
-        )
-    if not isinstance(data, list):
-        raise problem(
-            400,
-            "input 'data' must be a list",
-            received=_shape_of(data),
-            expected="a JSON list",
-            fix="put the tensor's values in 'data'",
-        )
-    if shape[0] > max_images:
-        raise too_many(shape[0], max_images)
-    if dtype == "BYTES":
-        if len(shape) not in (1, 2) or math.prod(shape) != len(data) or (len(shape) == 2 and shape[1] != 1):
-            raise problem(
-                400,
-                "BYTES input shape does not match its data",
-                received=f"shape {shape}, {len(data)} items",
-                expected="shape [N] with N base64 images",
-                fix="set shape to [len(data)]",
-            )
-        return "bytes", [decode_base64(x, f"data[{i}]") for i, x in enumerate(data)], request_id
-    if dtype == "FP32":
-        return "fp32", _fp32(shape, data, served), request_id
-    raise problem(
-        400,
-        "unsupported input datatype",
-        received=repr(dtype)[:40],
-        expected="BYTES or FP32",
-        fix="send encoded images as BYTES or preprocessed pixels as FP32",
-    )
-
-
-def _fp32(shape: list[int], data: list[Any], served: ServedModel) -> np.ndarray:
-    spec = served.classifier.preprocess
-    want = [shape[0] if shape else 0, 3, spec.height, spec.width]
-    if shape != want or shape[0] < 1:
-        raise problem(
-            400,
-            "FP32 input has the wrong shape",
-            received=str(shape),
-            expected=f"[N, 3, {spec.height}, {spec.width}] with N >= 1",
-            fix="preprocess images to the model's input size (see GET /v2/models/NAME)",
-        )
-    try:
-        arr = np.asarray(data, dtype=np.float32)
-    except (ValueError, TypeError, OverflowError):
-        arr = None
-    if arr is None or arr.size != math.prod(shape) or not np.isfinite(arr).all():
-        raise problem(
-            400,
-            "FP32 data does not fill the shape with finite numbers",
-            received=f"{len(data)} items",
-            expected=f"{math.prod(shape)} finite numbers, row-major",
-            fix="flatten the tensor in row-major (C) order",
-        )
-    return np.ascontiguousarray(arr.reshape(shape))

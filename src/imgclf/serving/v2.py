@@ -16,7 +16,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from imgclf._version import __version__
-from imgclf.serving.inputs import HTTPProblem, parse_v2
+from imgclf.serving.inputs import HTTPProblem
+from imgclf.serving.v2_inputs import parse_v2
 
 PLATFORM = "imgclf_pytorch"
 
@@ -36,6 +37,34 @@ def _metadata(served: Any) -> dict[str, Any]:
         ],
         "parameters": {"class_names": list(served.classifier.class_names), "digest": served.digest},
     }
+
+
+def _probability_rows(served: Any, preds: list[Any]) -> list[list[float]]:
+    """Probabilities in class order; v2 has no per-item errors, so one bad image fails the request."""
+    bad = [p for p in preds if p.error is not None]
+    if bad:
+        raise HTTPProblem(422, f"input image {preds.index(bad[0])}: {bad[0].error}")
+    classes = served.classifier.class_names
+    return [[p.probabilities[c] for c in classes] for p in preds]
+
+
+def _infer_response(served: Any, rows: list[list[float]], request_id: str | None) -> dict[str, Any]:
+    """The v2 inference response: one ``probabilities`` output, FP32 [N, C], row-major."""
+    out = {
+        "model_name": served.name,
+        "model_version": "1",
+        "outputs": [
+            {
+                "name": "probabilities",
+                "datatype": "FP32",
+                "shape": [len(rows), served.classifier.num_classes],
+                "data": [v for row in rows for v in row],
+            }
+        ],
+    }
+    if request_id is not None:
+        out["id"] = request_id
+    return out
 
 
 def add_v2(app: FastAPI, state: Any) -> None:
@@ -67,33 +96,14 @@ def add_v2(app: FastAPI, state: Any) -> None:
     @app.post("/v2/models/{name}/infer")
     async def infer(request: Request, name: str) -> dict[str, Any]:
         served = state.model(name)
-        body = await request.body()
-        kind, payload, request_id = parse_v2(body, served, state.settings.max_images)
-        if kind == "bytes":
-            preds = await state.infer(request, served, images=payload)
-            bad = [p for p in preds if p.error is not None]
-            if bad:  # v2 has no per-item errors: the request fails with the first image's message
-                raise HTTPProblem(422, f"input image {preds.index(bad[0])}: {bad[0].error}")
-            classes = served.classifier.class_names
-            rows = [[p.probabilities[c] for c in classes] for p in preds]
-        else:
-            rows = (await state.infer(request, served, tensor=payload)).tolist()
+        with state.inferring_request():
+            body = await request.body()
+            kind, payload, request_id = parse_v2(body, served, state.settings.max_images)
+            work = {"images": payload} if kind == "bytes" else {"tensor": payload}
+            result = await state.infer(request, served, **work)
+        rows = _probability_rows(served, result) if kind == "bytes" else result.tolist()
         state.metrics.images.labels(served.name).inc(len(rows))
-        out = {
-            "model_name": served.name,
-            "model_version": "1",
-            "outputs": [
-                {
-                    "name": "probabilities",
-                    "datatype": "FP32",
-                    "shape": [len(rows), served.classifier.num_classes],
-                    "data": [v for row in rows for v in row],
-                }
-            ],
-        }
-        if request_id is not None:
-            out["id"] = request_id
-        return out
+        return _infer_response(served, rows, request_id)
 
     @app.post("/v2/repository/models/{name}/load")
     async def load(name: str) -> dict[str, Any]:

@@ -39,7 +39,8 @@ import torch
 
 from imgclf._version import versions
 from imgclf.config import TrainConfig
-from imgclf.fileio import atomic_write_bytes, os_reason, read_bounded
+from imgclf.fileio.reading import os_reason, read_bounded
+from imgclf.fileio.writing import atomic_write_bytes
 from imgclf.modelfile.foreign import CHECKPOINT_KEY
 from imgclf.training.determinism import capture_rng
 from imgclf.training.state import TrainState

@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Sequence
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imgclf.config import TrainConfig
 from imgclf.data.decode import DecodedSplit
@@ -36,6 +36,9 @@ from imgclf.errors import Interrupted
 from imgclf.training.checkpoint import Checkpoint, write_checkpoint
 from imgclf.training.loop import Callback, fit
 from imgclf.training.state import TrainState
+
+if TYPE_CHECKING:
+    from imgclf.training.distributed import Group
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 _NAMES = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}
@@ -101,13 +104,17 @@ class CheckpointWriter(Callback):
         info: dict[str, Any],
         *,
         resumed: Checkpoint | None = None,
+        writes: bool = True,
     ) -> None:
         self.run_dir, self.config, self.info = os.fspath(run_dir), config, info
+        self.writes = writes  # False on ranks other than 0 of a multi-process run
         self.written = (resumed.epoch, resumed.epoch_step) if resumed is not None else None
         self.path = resumed.path if resumed is not None else None
 
     def save(self, state: TrainState) -> str:
         """Write a checkpoint of ``state`` unless the newest one already is of this very position."""
+        if not self.writes:
+            return os.path.join(self.run_dir, "checkpoints")  # rank 0 writes it
         position = (state.epoch, state.in_epoch.step if state.in_epoch is not None else 0)
         if position != self.written or self.path is None:
             self.path = write_checkpoint(self.run_dir, state, self.config, self.info)
@@ -131,6 +138,7 @@ def fit_with_checkpoints(
     info: dict[str, Any],
     resumed: Checkpoint | None = None,
     callbacks: Sequence[Callback] = (),
+    group: Group | None = None,
 ) -> TrainState:
     """:func:`~imgclf.training.loop.fit` with a checkpoint after every epoch and on SIGINT/SIGTERM.
 
@@ -139,14 +147,19 @@ def fit_with_checkpoints(
         run_dir: The run folder (checkpoints go to ``RUN/checkpoints/``).
         info: Run-level facts stored in every checkpoint (run_id, class_names, architecture, ...).
         resumed: The checkpoint ``state`` was restored from, if any.
+        group: The process group of a multi-process run: only rank 0 writes checkpoints.
 
     Raises:
         Interrupted: After the first SIGINT/SIGTERM, once the current step is done and a checkpoint of
             it is written (exit code 130/143; the message says how to resume).
     """
-    writer = CheckpointWriter(run_dir, config, info, resumed=resumed)
+    writer = CheckpointWriter(
+        run_dir, config, info, resumed=resumed, writes=group is None or group.world.is_main
+    )
     with GracefulInterrupt() as stop:
-        state = fit(config, state, train, val, callbacks=[writer, *callbacks], should_stop=stop.requested)
+        state = fit(
+            config, state, train, val, callbacks=[writer, *callbacks], should_stop=stop.requested, group=group
+        )
         if state.interrupted:
             path = writer.save(state)
             where = (

@@ -20,14 +20,12 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from imgclf.classifier import predict_logits
 from imgclf.config import TrainConfig
 from imgclf.data.decode import DecodedSplit
 from imgclf.errors import UsageError
@@ -38,6 +36,10 @@ from imgclf.training.device import resolve_precision, stage_images
 from imgclf.training.ema import averaged_weights, bn_images, update_average
 from imgclf.training.schedule import lr_at, steps_per_epoch
 from imgclf.training.state import PartialEpoch, TrainState
+from imgclf.training.validate import evaluate_split
+
+if TYPE_CHECKING:
+    from imgclf.training.distributed import Group
 
 
 class Callback:
@@ -67,20 +69,6 @@ def _improved(config: TrainConfig, value: float, best: float | None) -> bool:
     return value < best if config.monitor.endswith("loss") else value > best
 
 
-def _evaluate(
-    model: nn.Module, split: DecodedSplit, config: TrainConfig, device: torch.device
-) -> tuple[float, float]:
-    # Always float32, as prediction runs: a network trained under bf16 autocast can, after a bad swing,
-    # score 1.00 in bf16 and 0.52 in float32 (large residual-stream offsets rounded away), and the
-    # monitored metric must judge the model that will actually be saved and used.
-    logits = predict_logits(
-        model, split.images, config.preprocess, batch_size=config.eval_batch_size, device=device
-    )
-    labels = torch.from_numpy(split.labels)
-    loss = F.cross_entropy(logits, labels).item()
-    return loss, (logits.argmax(1) == labels).float().mean().item()
-
-
 def fit(
     config: TrainConfig,
     state: TrainState,
@@ -89,6 +77,7 @@ def fit(
     *,
     callbacks: Sequence[Callback] = (),
     should_stop: Callable[[], bool] | None = None,
+    group: Group | None = None,
 ) -> TrainState:
     """Train ``state`` for the remaining epochs of ``config``; return the updated state.
 
@@ -103,13 +92,16 @@ def fit(
             the current step and returns with ``state.interrupted`` set and, inside an epoch,
             ``state.in_epoch`` recording how far it got (the last step of an epoch is always followed
             by its validation, so an interruption there leaves a complete epoch).
+        group: The process group of a multi-process run (:mod:`.distributed`), else ``None``: each
+            rank trains on its share of every global batch, validation is sharded and summed, and a
+            stop request seen by any rank stops all of them at the same step.
 
     Raises:
         UsageError: With ``config.deterministic``, if an operation has no deterministic kernel.
     """
     device = next(state.model.parameters()).device
     with deterministic_algorithms(config.deterministic, device):
-        return _fit(config, state, train, val, callbacks, should_stop)
+        return _fit(config, state, train, val, callbacks, should_stop, group)
 
 
 def _fit(
@@ -119,18 +111,27 @@ def _fit(
     val: DecodedSplit | None,
     callbacks: Sequence[Callback],
     should_stop: Callable[[], bool] | None,
+    group: Group | None,
 ) -> TrainState:
     if len(train) == 0:
         raise UsageError(
             "no training images", received=0, expected="at least one image", fix="check the dataset"
         )
-    epochs = _Epochs(config, state, train)
+    epochs = _Epochs(config, state, train, group)
     state.interrupted = False
     for cb in callbacks:
         cb.on_train_begin(config, state, epochs.steps, epochs.device)
 
+    votes = [0]
+
     def stop_requested() -> bool:
-        return should_stop is not None and should_stop()
+        asked = should_stop is not None and should_stop()
+        if group is None:
+            return asked
+        # Every rank must stop at the same step: they vote (an all-reduce) every ``report_every`` calls
+        # (every step on the CPU, every 25th on a GPU, where reading the result waits for the GPU).
+        votes[0] += 1
+        return group.any_(asked) if votes[0] % epochs.report_every == 0 else False
 
     state.model.train()
     while state.epoch < config.epochs and not state.stopped_early:
@@ -144,9 +145,13 @@ def _fit(
         record = epochs.run(epoch, callbacks, stop_requested)
         if record is None:  # interrupted inside the epoch
             break
+        if group is not None:  # one model on every rank: rank 0 saves what all of them judge
+            group.average_buffers(state.model)
         with _judged_weights(config, state, train, epochs.memory):
             if val is not None and len(val):
-                record["val_loss"], record["val_accuracy"] = _evaluate(epochs.net, val, config, epochs.device)
+                record["val_loss"], record["val_accuracy"] = evaluate_split(
+                    state.model if group else epochs.net, val, config, epochs.device, group
+                )
                 state.model.train()
             _track_best(config, state, record)
         state.history.append(record)
@@ -162,18 +167,22 @@ def _fit(
 class _Epochs:
     """One ``fit`` call's set-up (device, precision, staged images, batch geometry) and its epochs."""
 
-    def __init__(self, config: TrainConfig, state: TrainState, train: DecodedSplit) -> None:
-        self.config, self.state, self.train = config, state, train
+    def __init__(
+        self, config: TrainConfig, state: TrainState, train: DecodedSplit, group: Group | None = None
+    ) -> None:
+        self.config, self.state, self.train, self.group = config, state, train, group
         self.device = device = next(state.model.parameters()).device
         self.dtype = resolve_precision(config.precision, device)
         if device.type == "cuda" and not config.deterministic:
             torch.backends.cudnn.benchmark = True
-        self.net: Callable[[torch.Tensor], torch.Tensor] = (
-            torch.compile(state.model) if config.compile else state.model
-        )
+        self.steps, self.batch = steps_per_epoch(len(train), config.batch_size)
+        model = state.model
+        if group is not None:
+            group.check_batch(self.batch)
+            model = group.wrap(model)
+        self.net: Callable[[torch.Tensor], torch.Tensor] = torch.compile(model) if config.compile else model
         self.x_all = stage_images(train.images, device)
         self.y_all = torch.from_numpy(train.labels).to(device)
-        self.steps, self.batch = steps_per_epoch(len(train), config.batch_size)
         self.memory = torch.channels_last if config.channels_last else torch.contiguous_format
         self.report_every = 1 if device.type == "cpu" else 25
 
@@ -211,8 +220,16 @@ class _Epochs:
         mats = affine_matrices(sample_params(steps * batch, aug, state.aug_gen), spec.height, spec.width)
         mats = mats.to(device=device, dtype=torch.float32)
         resumed, state.in_epoch = state.in_epoch, None
-        loss_sum = resumed.loss_sum.to(device) if resumed else torch.zeros((), device=device)
-        correct = resumed.correct.to(device) if resumed else torch.zeros((), device=device, dtype=torch.long)
+        world = self.group
+        if world is not None:  # each rank trains on its rows of every global batch
+            perm = world.local(perm.view(steps, batch).T).T.reshape(-1)
+            mats = world.local(mats.view(steps, batch, 6).transpose(0, 1)).transpose(0, 1)
+            mats = mats.reshape(-1, 2, 3)
+        # An interrupted epoch's sums are the whole world's (see below): rank 0 carries them on.
+        carried = resumed is not None and (world is None or world.world.is_main)
+        loss_sum = resumed.loss_sum.to(device) if carried else torch.zeros((), device=device)
+        correct = resumed.correct.to(device) if carried else torch.zeros((), device=device, dtype=torch.long)
+        batch = batch // world.size if world is not None else batch
         lr = lr_at(config, state.step, steps)
         for i in range(min(resumed.step, steps) if resumed else 0, steps):
             lr = lr_at(config, state.step, steps)
@@ -231,15 +248,25 @@ class _Epochs:
             if i + 1 < steps and stop_requested():
                 state.order_gen.set_state(gen_states[0])
                 state.aug_gen.set_state(gen_states[1])
+                loss_sum, correct = self._world_sums(loss_sum, correct)
                 state.in_epoch = PartialEpoch(i + 1, loss_sum.detach().cpu(), correct.detach().cpu())
                 state.interrupted = True
                 return None
+        loss_sum, correct = self._world_sums(loss_sum, correct)
+        ranks = world.size if world is not None else 1
         return {
             "epoch": epoch,
-            "loss": loss_sum.item() / steps,
-            "accuracy": correct.item() / (steps * batch),
+            "loss": loss_sum.item() / (steps * ranks),  # each rank's loss is the mean of its rows
+            "accuracy": correct.item() / (steps * batch * ranks),
             "lr": lr,
         }
+
+    def _world_sums(self, loss_sum: torch.Tensor, correct: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The epoch's running sums added over all ranks (unchanged in a single process)."""
+        if self.group is None:
+            return loss_sum, correct
+        total_loss, total_correct = self.group.sum_(loss_sum, correct)
+        return total_loss, total_correct
 
 
 @contextlib.contextmanager

@@ -19,70 +19,30 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
-from imgclf.classifier import Classifier
 from imgclf.config import TrainConfig
-from imgclf.data.decode import open_cache
 from imgclf.data.folders import scan_dataset
 from imgclf.errors import ResumeError, UsageError
-from imgclf.evaluation import Evaluation
 from imgclf.images.read import MAX_PIXELS, checked_max_pixels
 from imgclf.models import registry
 from imgclf.progress import Log, quiet
-from imgclf.training.device import available_bytes, resolve_device
-from imgclf.training.interrupts import fit_with_checkpoints
+from imgclf.training.device import resolve_device
+from imgclf.training.distributed import DistOptions, start_group
+from imgclf.training.job import Job, TrainResult, owned_run_dir, plan_run, train_in_folder
 from imgclf.training.loop import Callback
 from imgclf.training.preflight import (
-    check_free_space,
-    check_memory_for_decoding,
-    estimate_bytes,
     refuse_overwrite,
 )
-from imgclf.training.restore import restore
-from imgclf.training.resume import plan_resume
+from imgclf.training.ranks import rank_device, restart_resume
 from imgclf.training.runfolder import (
-    RunLock,
-    new_run_dir,
     read_record,
-    start_fresh,
-    write_record,
 )
-from imgclf.training.state import create_state
 from imgclf.training.steps import (
     DecodeProgress,
     check_outputs,
-    decode_splits,
-    final_classifier,
-    judge,
-    save_model,
-    start_record,
-    write_reports,
 )
-
-
-@dataclass
-class TrainResult:
-    """What :func:`train` produced."""
-
-    classifier: Classifier
-    history: list[dict[str, float]]
-    evaluation: Evaluation | None
-    model_path: str
-    run_dir: str
-    epoch: int
-    outputs: dict[str, str] = field(default_factory=dict)
-
-    def __repr__(self) -> str:
-        # The dataclass default printed the whole history, probabilities and paths (20 KB and more).
-        score = f", accuracy={self.evaluation.accuracy:.4f}" if self.evaluation is not None else ""
-        return (
-            f"TrainResult(model_path={self.model_path!r}, epoch={self.epoch} of {len(self.history)}"
-            f"{score}, run_dir={self.run_dir!r})"
-        )
+from imgclf.world import World
 
 
 def _with_progress(
@@ -124,6 +84,7 @@ def train(
     force: bool = False,
     progress: bool | None = None,
     max_pixels: int = MAX_PIXELS,
+    distributed: DistOptions | None = None,
 ) -> TrainResult:
     """Train a classifier on a dataset folder and save it as one model file.
 
@@ -150,6 +111,9 @@ def train(
         progress: Show progress on stderr (decoding bars, a bar per epoch, one line per epoch, notes
             and warnings); ``None`` (default): when stderr is a terminal; ``False``: never.
         max_pixels: Refuse dataset images with more pixels (at most ``MAX_PIXELS``, the default).
+        distributed: Timeout and ``sync_bn`` of a multi-process run (under torchrun: ``RANK``,
+            ``WORLD_SIZE`` set; see :mod:`imgclf.training.distributed`). Rank 0 alone writes the run
+            folder, checkpoints, model file and reports; every rank returns the same result.
 
     Raises:
         DatasetError, StorageError, UsageError: Before any training if inputs or outputs are unusable
@@ -157,55 +121,33 @@ def train(
             UsageError also if ``model_path`` exists and ``force`` is false).
         ResumeError: If ``resume`` finds no usable checkpoint or (without ``force``) a changed run.
         Interrupted: On SIGINT/SIGTERM, after writing a checkpoint (exit code 130/143).
+        DistributedError: Under torchrun, a rank did not join or stopped answering (named).
     """
     config = (config or TrainConfig()).validated()
-    callbacks, log, decode_progress = _with_progress(progress, callbacks, log, decode_progress)
+    world = World.from_env()
+    if world.is_main:
+        callbacks, log, decode_progress = _with_progress(progress, callbacks, log, decode_progress)
+    else:  # rank 0 speaks for the run; the others stay silent (their callbacks still run)
+        log, decode_progress = quiet, None
     max_pixels = checked_max_pixels(max_pixels)
     # Bad architecture args fail here, before any decoding (a meta build allocates nothing).
     registry.build_meta(config.arch, 2, config.preprocess.size, config.arch_args)
     out = check_outputs(model_path, run_dir, plot_path, resume=resume)
-    if not resume:
+    resume, force = restart_resume(out.run_dir, resume, force, log)
+    if not resume and world.is_main:
         refuse_overwrite(out.model, force=force)
-    device = resolve_device(config.device)
+    device = rank_device(resolve_device(config.device), world)
     ds = scan_dataset(dataset, val_split=config.val_split, test_split=config.test_split, seed=config.seed)
-    with new_run_dir(out.run_dir), RunLock(out.run_dir, log=log):
-        plan = plan_resume(out.run_dir, config, ds, force=force, log=log) if resume else None
-        if plan is None:
-            start_fresh(out.run_dir, force=force, log=log)
-        config = plan.config if plan is not None else config
-        n_files = sum(len(samples) for samples in ds.splits.values())
-        check_free_space(out.model, out.run_dir, *estimate_bytes(config, len(ds.class_names), n_files))
-        if not use_cache:
-            sizes = [len(samples) for samples in ds.splits.values()]
-            check_memory_for_decoding(config, sizes, available_bytes(torch.device("cpu")))
-        for note in ds.warnings:
-            log(f"warning: {note}")
-        state = create_state(config, len(ds.class_names), device)
-        if plan is not None:  # before decoding: checkpoint weights that do not fit fail early
-            restore(state, plan.checkpoint, log=log)
-        cache = open_cache(config.preprocess, cache_dir, max_pixels=max_pixels) if use_cache else None
-        decoded = decode_splits(
-            ds, config, cache, skip_bad=skip_bad, progress=decode_progress, log=log, max_pixels=max_pixels
-        )
-        record = start_record(ds, decoded, config, out, device, plan, skip_bad, probes_from, force, log)
-        state = fit_with_checkpoints(
-            config,
-            state,
-            decoded["training"],
-            decoded.get("validation"),
-            run_dir=out.run_dir,
-            info=record.checkpoint_info(),
-            resumed=plan.checkpoint if plan is not None else None,
-            callbacks=callbacks,
-        )
-        final = final_classifier(config, state, decoded, ds.class_names)
-        judge(final, config, state.epoch, log)
-        save_model(final, record, state, decoded.get("validation"), out.model)
-        outputs = write_reports(state, final.evaluation, out, log, saved_epoch=final.epoch)
-        write_record(out.run_dir, record.run_json(status="finished"))
-    return TrainResult(
-        final.classifier, state.history, final.evaluation, out.model, out.run_dir, final.epoch, outputs
-    )
+    group = start_group(world, device, distributed or DistOptions())
+    job = Job(ds, out, device, group, log, skip_bad, probes_from, force, max_pixels, use_cache, cache_dir)
+    try:
+        with owned_run_dir(out.run_dir, world, log):
+            plan, config = plan_run(job, config, resume)
+            return train_in_folder(job, config, plan, callbacks, decode_progress)
+    finally:
+        if group is not None:
+            group.close()
+
 
 
 def resume_run(

@@ -50,6 +50,8 @@ class RunRecord:
         skipped: Files skipped as undecodable.
         device: Where training runs, e.g. ``cpu``.
         resumed_from: The checkpoint's file name when the run was resumed.
+        distributed: A multi-process run's world size, backend, per-rank batch and ``sync_bn``
+            (:meth:`imgclf.training.distributed.Group.facts`); ``None`` for one process.
         versions: Versions of everything that can change a model's outputs.
     """
 
@@ -68,6 +70,7 @@ class RunRecord:
     skipped: int
     device: str
     resumed_from: str | None = None
+    distributed: dict[str, Any] | None = None
     versions: dict[str, str] = field(default_factory=versions)
 
     @classmethod
@@ -85,6 +88,7 @@ class RunRecord:
         probes_from: int,
         device: torch.device,
         resumed: tuple[str, str] | None = None,
+        distributed: dict[str, Any] | None = None,
     ) -> RunRecord:
         """The record of a run about to train; ``resumed`` is ``(run_id, checkpoint name)`` on resume."""
         names = ds.class_names
@@ -104,6 +108,7 @@ class RunRecord:
             skipped=sum(len(d.skipped) for d in decoded.values()),
             device=str(device),
             resumed_from=resumed[1] if resumed else None,
+            distributed=distributed,
         )
 
     def run_json(self, status: str = "training") -> dict[str, Any]:
@@ -134,7 +139,11 @@ class RunRecord:
             },
             "data_fingerprint": self.data_fingerprint,
             "device": self.device,
+            "distributed": self.distributed or self._one_process(),
         }
+
+    def _one_process(self) -> dict[str, Any]:
+        return {"world_size": 1, "backend": None, "per_rank_batch": self.config.batch_size, "sync_bn": False}
 
     def provenance(self, state: TrainState, *, epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
         """The model file's ``provenance``: how the saved weights (those of ``epoch``) came about."""
@@ -148,6 +157,7 @@ class RunRecord:
             "metrics": metrics,
             "deterministic": self.config.deterministic,
             "resumed_from": self.resumed_from,
+            "distributed": self.distributed or self._one_process(),
             "data": {
                 "fingerprint": self.data_fingerprint,
                 "layout": self.layout,

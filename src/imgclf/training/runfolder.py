@@ -28,14 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from imgclf.errors import ResumeError, StorageError, UsageError
-from imgclf.fileio import (
-    TMP_SUFFIX,
-    atomic_write_bytes,
-    atomic_write_text,
-    check_writable,
-    pid_alive,
-    read_json,
-)
+from imgclf.fileio.processes import pid_alive
+from imgclf.fileio.reading import read_json
+from imgclf.fileio.writing import TMP_SUFFIX, atomic_write_bytes, atomic_write_text, check_writable
 from imgclf.progress import Log
 from imgclf.training.checkpoint import CHECKPOINT_DIR, list_checkpoints
 

@@ -19,7 +19,7 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -37,7 +37,7 @@ from imgclf.data.decode import (
 from imgclf.data.folders import Dataset
 from imgclf.errors import DatasetError
 from imgclf.evaluation import Evaluation, evaluate_probabilities, usefulness_warnings
-from imgclf.fileio import atomic_write_text, check_writable
+from imgclf.fileio.writing import atomic_write_text, check_writable
 from imgclf.images.read import MAX_PIXELS, read_bytes
 from imgclf.modelfile.weights import copy_to_cpu
 from imgclf.plots import have_matplotlib, require_matplotlib
@@ -51,6 +51,9 @@ from imgclf.training.runfolder import (
     write_record,
 )
 from imgclf.training.state import TrainState, final_weights
+
+if TYPE_CHECKING:
+    from imgclf.training.distributed import Group
 
 DecodeProgress = Callable[[str, int], Callable[[int], None] | None]
 
@@ -168,8 +171,13 @@ def start_record(
     probes_from: int,
     force: bool,
     log: Log,
+    distributed: dict[str, Any] | None = None,
+    write: bool = True,
 ) -> RunRecord:
     """Fingerprint the decoded data, check it against a resumed run, and write ``run.json``.
+
+    ``distributed``: a multi-process run's facts (:meth:`.distributed.Group.facts`); ``write`` is false
+    on ranks other than 0.
 
     Raises:
         ResumeError: On resume, if file contents changed since the checkpoint (without ``force``).
@@ -190,18 +198,26 @@ def start_record(
         probes_from=probes_from,
         device=device,
         resumed=(plan.record["run_id"], plan.checkpoint.name) if plan is not None else None,
+        distributed=distributed,
     )
-    write_record(out.run_dir, record.run_json())
+    if write:
+        write_record(out.run_dir, record.run_json())
     return record
 
 
 def final_classifier(
-    config: TrainConfig, state: TrainState, decoded: dict[str, DecodedSplit], class_names: list[str]
+    config: TrainConfig,
+    state: TrainState,
+    decoded: dict[str, DecodedSplit],
+    class_names: list[str],
+    group: Group | None = None,
 ) -> FinalModel:
     """The classifier to save (``keep=best``: the best epoch's weights), its epoch, and its evaluation.
 
     It is evaluated on the testing split, or the validation split when there is no testing split, with
     the prediction path (float32), so the report equals what ``imgclf evaluate`` gives for the file.
+    Under several processes (``group``) each rank predicts a contiguous share (no padding) and the
+    probabilities are gathered in order, so every image is counted exactly once.
     """
     model, epoch = final_weights(config, state)
     classifier = Classifier(copy_to_cpu(model), class_names, config.preprocess, config.arch, config.arch_args)
@@ -209,7 +225,10 @@ def final_classifier(
     dec = decoded[split]
     if not len(dec):
         return FinalModel(classifier, epoch, None, split)
-    probs = classifier.predict_proba_uint8(dec.images, batch_size=config.eval_batch_size)
+    part = group.shard(len(dec)) if group is not None else slice(0, len(dec))
+    probs = classifier.predict_proba_uint8(dec.images[part], batch_size=config.eval_batch_size)
+    if group is not None:
+        probs = group.gather_rows(torch.from_numpy(probs), len(dec)).numpy()
     evaluation = evaluate_probabilities(probs, dec.labels, dec.paths, class_names)
     return FinalModel(classifier, epoch, evaluation, split)
 

@@ -1,0 +1,279 @@
+"""Training on several processes (``torchrun``): the process group, each rank's share of every global
+batch and of the evaluation splits, and collectives that end with a one-line error instead of hanging.
+
+The world comes from :class:`imgclf.world.World` (``RANK``/``WORLD_SIZE``/``LOCAL_RANK``). The backend is
+NCCL on CUDA and gloo on the CPU. Every rank first checks in on the rendezvous store; a rank that does not
+within ``timeout_s`` is named in a :class:`~imgclf.errors.DistributedError` (no silent hang), and a
+collective that times out later is reported the same way, naming the ranks that did not answer.
+
+Semantics kept from the single-process recipe: ``batch_size`` is the global batch; step ``i`` of an epoch
+uses the same global sample indices and augmentation parameters as one process would, and rank ``r``
+takes rows ``r*B/W … (r+1)*B/W`` of them. DDP averages the gradients, so each step's update is that of
+the global batch (up to float summation order). Batch norm normalises with each rank's own batch; the
+running statistics are averaged across ranks after every epoch, so all ranks hold (and rank 0 saves) the
+same model. ``sync_bn`` (CUDA only) normalises with the global batch instead.
+
+Usage::
+
+    group = start_group(World.from_env(), device, DistOptions(timeout_s=300))   # None: world of one
+    net = group.wrap(state.model)                       # DistributedDataParallel
+    idx = group.local(perm[i * batch:(i + 1) * batch])  # this rank's rows of the global batch
+    group.close()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from imgclf.errors import DistributedError, UsageError
+from imgclf.training.rendezvous import (
+    first_line,
+    join_store,
+    launch_id,
+    roll_call,
+    wait_all,
+)
+from imgclf.world import DIST_TIMEOUT_S as DEFAULT_TIMEOUT_S
+from imgclf.world import World
+
+MAIN_WAIT_S = 6 * 3600.0  # others wait this long for rank 0's one-off work (decoding into the cache)
+_GRACE_S = 3.0  # after a failed collective: how long ranks wait to see which others are still answering
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DistOptions:
+    """How a multi-process run talks.
+
+    Attributes:
+        timeout_s: Seconds a rank waits for the others (to join, or in a collective) before the run
+            ends with an error naming the ranks that did not answer.
+        sync_bn: Batch-norm statistics over the global batch (``SyncBatchNorm``; CUDA only).
+    """
+
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    sync_bn: bool = False
+
+
+def start_group(
+    world: World, device: torch.device, options: DistOptions, *, even_alone: bool = False
+) -> Group | None:
+    """Join the process group of a multi-process run (``None`` for a world of one, unless ``even_alone``:
+    then a group of one, e.g. to measure DDP's own cost; it needs ``MASTER_ADDR``/``MASTER_PORT``).
+
+    Raises:
+        UsageError: ``sync_bn`` on the CPU, or a bad timeout.
+        DistributedError: A rank did not join within ``options.timeout_s``.
+    """
+    if options.timeout_s <= 0:
+        raise UsageError(
+            "--dist-timeout must be positive",
+            received=options.timeout_s,
+            expected="seconds, e.g. 600",
+            fix="pass --dist-timeout 600",
+        )
+    if options.sync_bn and device.type != "cuda":
+        raise UsageError(
+            "--sync-bn needs CUDA: SyncBatchNorm has no CPU implementation",
+            received=f"--sync-bn with device {device}",
+            expected="training on CUDA GPUs",
+            fix="drop --sync-bn (each rank then normalises with its own batch)",
+        )
+    if not world.distributed and not even_alone:
+        return None
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    timeout = timedelta(seconds=options.timeout_s)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    try:
+        store = join_store(world, timeout)
+    except (RuntimeError, ValueError) as exc:
+        raise DistributedError(
+            f"rank {world.rank} could not reach the rendezvous store of rank 0 within "
+            f"--dist-timeout {options.timeout_s:g} s",
+            received=first_line(exc),
+            expected="all ranks started with the same MASTER_ADDR/MASTER_PORT (torchrun sets them)",
+            fix="check that rank 0 started and is reachable, or raise --dist-timeout",
+        ) from None
+    roll_call(store, world, options.timeout_s)
+    dist.init_process_group(
+        backend, store=dist.PrefixStore("imgclf-pg", store), rank=world.rank, world_size=world.size,
+        timeout=timeout,
+    )
+    return Group(world, backend, options, store, device)
+
+
+class Group:
+    """This rank's view of a multi-process run (see the module docstring)."""
+
+    def __init__(
+        self, world: World, backend: str, options: DistOptions, store: Any, device: torch.device
+    ) -> None:
+        self.world, self.backend, self.options, self.store = world, backend, options, store
+        self.device = device
+        self._calls = 0  # collectives and waits so far: all ranks make the same sequence of them
+
+    @property
+    def size(self) -> int:
+        """Number of ranks."""
+        return self.world.size
+
+    def facts(self, global_batch: int) -> dict[str, Any]:
+        """Provenance of the run's parallelism (recorded in checkpoints and the model file)."""
+        return {
+            "world_size": self.size,
+            "backend": self.backend,
+            "per_rank_batch": global_batch // self.size,
+            "sync_bn": self.options.sync_bn,
+            "launch_id": launch_id(),
+            "bn_running_stats": "averaged across ranks after every epoch"
+            if not self.options.sync_bn
+            else "synchronised (global batch)",
+        }
+
+    def check_batch(self, batch: int) -> int:
+        """The per-rank batch of global batch ``batch``.
+
+        Raises:
+            UsageError: If ``batch`` does not divide by the world size.
+        """
+        if batch % self.size:
+            raise UsageError(
+                f"the global batch {batch} does not divide by the {self.size} processes",
+                received=f"batch {batch}, world size {self.size}",
+                expected=f"a multiple of {self.size} (--batch-size is the global batch, split across ranks)",
+                fix=f"use --batch-size {max(self.size, batch - batch % self.size)} or another multiple",
+            )
+        return batch // self.size
+
+    def local(self, rows: torch.Tensor) -> torch.Tensor:
+        """This rank's contiguous share of a global batch (its size divides by the world size)."""
+        per = rows.shape[0] // self.size
+        return rows[self.world.rank * per : (self.world.rank + 1) * per]
+
+    def shard(self, n: int) -> slice:
+        """This rank's contiguous share of ``n`` items, without padding (sizes differ by at most one)."""
+        return _shard(n, self.size, self.world.rank)
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """``model`` under DistributedDataParallel (SyncBatchNorm first with ``sync_bn``).
+
+        Buffers are not broadcast from rank 0 at every forward (``forward_sync_buffers=False``): each rank
+        keeps its own batch-norm statistics during an epoch (:meth:`average_buffers` joins them), and a
+        second forward before ``backward`` cannot hit the in-place buffer error (pytorch #22095).
+        """
+        from torch.nn.parallel import DistributedDataParallel
+
+        if self.options.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # shares parameters and buffers
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        # At construction rank 0's parameters and buffers are broadcast once (they are equal anyway).
+        return DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
+
+    def _collective(self, what: str, fn: Callable[[], T]) -> T:
+        self._calls += 1
+        try:
+            return fn()
+        except RuntimeError as exc:
+            raise self._failure(what, exc) from None
+
+    def _failure(self, what: str, exc: BaseException) -> DistributedError:
+        """Name the ranks that are not answering: every rank that sees the failure checks in once more."""
+        tag = f"failed/{self._calls}"
+        try:
+            self.store.set(f"imgclf/{tag}/{self.world.rank}", "1")
+            wait_all(self.store, tag, self.world, _GRACE_S, "did not answer")
+        except DistributedError as named:
+            return DistributedError(
+                f"{str(named.problem)} in {what} within --dist-timeout {self.options.timeout_s:g} s",
+                received=first_line(exc),
+                fix="check the named rank's log (crashed, killed, stuck), or raise --dist-timeout",
+            )
+        except RuntimeError:  # the store itself is gone: rank 0 (which holds it) is the one missing
+            pass
+        return DistributedError(
+            f"{what} failed on rank {self.world.rank}: {first_line(exc)}",
+            fix="check the other ranks' logs; a rank that crashed or was killed ends the collective",
+        )
+
+    def sum_(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
+        """Element-wise sums over all ranks (new tensors; inputs unchanged)."""
+        out = []
+        for t in tensors:
+            s = t.detach().clone().to(self._comm_device())
+            self._collective("an all-reduce", lambda s=s: dist.all_reduce(s))
+            out.append(s.to(t.device))
+        return out
+
+    def any_(self, flag: bool) -> bool:
+        """True on every rank if ``flag`` is true on any (e.g. a stop request seen by one rank)."""
+        (total,) = self.sum_(torch.tensor([int(flag)], dtype=torch.int64))
+        return bool(total.item())
+
+    def average_buffers(self, model: nn.Module) -> None:
+        """Replace each floating-point buffer (batch-norm running mean/var) with its mean over the ranks."""
+        if self.options.sync_bn:
+            return  # synchronised statistics are already equal on every rank
+        for buf in model.buffers():
+            if buf.is_floating_point():
+                (total,) = self.sum_(buf)
+                buf.copy_(total / self.size)
+
+    def gather_rows(self, rows: torch.Tensor, n: int) -> torch.Tensor:
+        """All ranks' :meth:`shard` rows of an ``n``-row result, joined in order (on every rank)."""
+        sizes = [_shard(n, self.size, r).stop - _shard(n, self.size, r).start for r in range(self.size)]
+        padded = torch.zeros((max(sizes), *rows.shape[1:]), dtype=rows.dtype, device=self._comm_device())
+        padded[: rows.shape[0]] = rows.to(padded.device)
+        parts = [torch.empty_like(padded) for _ in range(self.size)]
+        self._collective("an all-gather", lambda: dist.all_gather(parts, padded))
+        return torch.cat([p[:k] for p, k in zip(parts, sizes, strict=True)]).to(rows.device)
+
+    def main_first(
+        self, what: str, fn: Callable[[], T], *, others_too: bool = True, wait_s: float = MAIN_WAIT_S
+    ) -> T | None:
+        """Rank 0 runs ``fn`` alone; the others wait for it to finish, then run ``fn`` themselves
+        (e.g. rank 0 decodes into the cache, then the others read it), or with ``others_too=False``
+        return ``None`` (e.g. rank 0 writes the model file; the others only wait).
+
+        Raises:
+            DistributedError: On the others, if rank 0 failed or did not finish within ``wait_s``.
+        """
+        self._calls += 1
+        key = f"imgclf/main/{self._calls}"
+        if self.world.is_main:
+            try:
+                result = fn()
+            except BaseException as exc:
+                self.store.set(key, f"failed: {first_line(exc)}")
+                raise
+            self.store.set(key, "ok")
+            return result
+        try:
+            self.store.wait([key], timedelta(seconds=wait_s))
+            status = self.store.get(key).decode("utf-8", "replace")
+        except RuntimeError:
+            raise DistributedError(f"rank 0 did not finish {what} within {wait_s:g} s") from None
+        if status != "ok":
+            raise DistributedError(f"rank 0 failed while {what} ({status})", fix="see rank 0's error")
+        return fn() if others_too else None
+
+    def _comm_device(self) -> torch.device:
+        return self.device if self.backend == "nccl" else torch.device("cpu")
+
+    def close(self) -> None:
+        """Leave the process group."""
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _shard(n: int, size: int, rank: int) -> slice:
+    base, extra = divmod(n, size)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (1 if rank < extra else 0))

@@ -1,0 +1,190 @@
+"""One training job once its inputs are checked: own the run folder, plan, decode, fit, save.
+
+:func:`imgclf.training.pipeline.train` checks the inputs and joins the process group, then calls these.
+Under torchrun, rank 0 alone owns the run folder and writes files, and does the one-off work (clearing
+the folder, filling the decode cache) before the other ranks (:func:`.ranks.main_first`).
+
+Usage::
+
+    job = Job(ds, out, device, group, log, skip_bad, probes_from, force, max_pixels, use_cache, cache_dir)
+    with owned_run_dir(out.run_dir, world, log):
+        plan, config = plan_run(job, config, resume)
+        result = train_in_folder(job, config, plan, callbacks, decode_progress)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from imgclf.classifier import Classifier
+from imgclf.config import TrainConfig
+from imgclf.data.decode import DecodedSplit, open_cache
+from imgclf.data.folders import Dataset
+from imgclf.evaluation import Evaluation
+from imgclf.progress import Log
+from imgclf.training.device import available_bytes
+from imgclf.training.distributed import Group
+from imgclf.training.interrupts import fit_with_checkpoints
+from imgclf.training.loop import Callback
+from imgclf.training.preflight import check_free_space, check_memory_for_decoding, estimate_bytes
+from imgclf.training.ranks import main_first, note_world_change
+from imgclf.training.record import RunRecord
+from imgclf.training.restore import restore
+from imgclf.training.resume import ResumePlan, plan_resume
+from imgclf.training.runfolder import RunLock, new_run_dir, start_fresh, write_record
+from imgclf.training.schedule import steps_per_epoch
+from imgclf.training.state import TrainState, create_state
+from imgclf.training.steps import (
+    DecodeProgress,
+    FinalModel,
+    Outputs,
+    decode_splits,
+    final_classifier,
+    judge,
+    save_model,
+    start_record,
+    write_reports,
+)
+from imgclf.world import World
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` produced."""
+
+    classifier: Classifier
+    history: list[dict[str, float]]
+    evaluation: Evaluation | None
+    model_path: str
+    run_dir: str
+    epoch: int
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        # The dataclass default printed the whole history, probabilities and paths (20 KB and more).
+        score = f", accuracy={self.evaluation.accuracy:.4f}" if self.evaluation is not None else ""
+        return (
+            f"TrainResult(model_path={self.model_path!r}, epoch={self.epoch} of {len(self.history)}"
+            f"{score}, run_dir={self.run_dir!r})"
+        )
+
+@dataclass
+class Job:
+    """What one call of :func:`train` works with, passed between its steps."""
+
+    ds: Dataset
+    out: Outputs
+    device: torch.device
+    group: Group | None
+    log: Log
+    skip_bad: bool
+    probes_from: int
+    force: bool
+    max_pixels: int
+    use_cache: bool
+    cache_dir: str | os.PathLike | None
+
+
+@contextlib.contextmanager
+def owned_run_dir(run_dir: str, world: World, log: Log) -> Iterator[None]:
+    """Rank 0 creates and locks the run folder; the other ranks of a run only use it."""
+    if not world.is_main:
+        yield
+        return
+    with new_run_dir(run_dir), RunLock(run_dir, log=log):
+        yield
+
+
+def plan_run(job: Job, config: TrainConfig, resume: bool) -> tuple[ResumePlan | None, TrainConfig]:
+    """The resume plan (or a fresh start: rank 0 clears the folder) and the config to train with.
+
+    Rank 0 plans first (it may set damaged checkpoints aside); the others then read the same folder.
+    """
+
+    def plan() -> tuple[ResumePlan | None, TrainConfig]:
+        found = plan_resume(job.out.run_dir, config, job.ds, force=job.force, log=job.log) if resume else None
+        if found is None and (job.group is None or job.group.world.is_main):
+            start_fresh(job.out.run_dir, force=job.force, log=job.log)
+        return found, (found.config if found is not None else config)
+
+    return main_first(job.group, "preparing the run folder", plan)  # type: ignore[return-value]
+
+
+def train_in_folder(
+    job: Job,
+    config: TrainConfig,
+    plan: ResumePlan | None,
+    callbacks: Sequence[Callback],
+    decode_progress: DecodeProgress | None,
+) -> TrainResult:
+    """Check space, build (or restore) the state, decode, fit, save the model and write the reports."""
+    ds, out, group, log = job.ds, job.out, job.group, job.log
+    n_files = sum(len(samples) for samples in ds.splits.values())
+    check_free_space(out.model, out.run_dir, *estimate_bytes(config, len(ds.class_names), n_files))
+    if not job.use_cache:
+        sizes = [len(samples) for samples in ds.splits.values()]
+        check_memory_for_decoding(config, sizes, available_bytes(torch.device("cpu")))
+    for note in ds.warnings:
+        log(f"warning: {note}")
+    state = create_state(config, len(ds.class_names), job.device)
+    if plan is not None:  # before decoding: checkpoint weights that do not fit fail early
+        restore(state, plan.checkpoint, log=log)
+        note_world_change(plan.checkpoint.state, group, log)
+    decoded = decode_all(job, config, decode_progress)
+    facts = group.facts(steps_per_epoch(len(decoded["training"]), config.batch_size)[1]) if group else None
+    is_main = group is None or group.world.is_main
+    record = start_record(
+        ds, decoded, config, out, job.device, plan, job.skip_bad, job.probes_from, job.force, log,
+        distributed=facts, write=is_main,
+    )
+    state = fit_with_checkpoints(
+        config, state, decoded["training"], decoded.get("validation"), run_dir=out.run_dir,
+        info=record.checkpoint_info(), resumed=plan.checkpoint if plan is not None else None,
+        callbacks=callbacks, group=group,
+    )
+    final = final_classifier(config, state, decoded, ds.class_names, group)
+    outputs = main_first(
+        group, "writing the model file and reports",
+        lambda: save_outputs(final, config, record, state, decoded, out, log), others_too=False,
+    )
+    return TrainResult(
+        final.classifier, state.history, final.evaluation, out.model, out.run_dir, final.epoch, outputs or {}
+    )
+
+
+def decode_all(job: Job, config: TrainConfig, progress: DecodeProgress | None) -> dict[str, DecodedSplit]:
+    """Decode every split; with the cache, rank 0 fills it once and the other ranks then read it
+    (without the cache every rank decodes into its own memory)."""
+    cache = open_cache(config.preprocess, job.cache_dir, max_pixels=job.max_pixels) if job.use_cache else None
+
+    def decode() -> dict[str, DecodedSplit]:
+        return decode_splits(
+            job.ds, config, cache, skip_bad=job.skip_bad, progress=progress, log=job.log,
+            max_pixels=job.max_pixels,
+        )
+
+    if cache is None:
+        return decode()
+    return main_first(job.group, "decoding the dataset into the cache", decode)  # type: ignore[return-value]
+
+
+def save_outputs(
+    final: FinalModel,
+    config: TrainConfig,
+    record: RunRecord,
+    state: TrainState,
+    decoded: dict[str, DecodedSplit],
+    out: Outputs,
+    log: Log,
+) -> dict[str, str]:
+    """Rank 0's part: the model file, the reports and the finished run record."""
+    judge(final, config, state.epoch, log)
+    save_model(final, record, state, decoded.get("validation"), out.model)
+    outputs = write_reports(state, final.evaluation, out, log, saved_epoch=final.epoch)
+    write_record(out.run_dir, record.run_json(status="finished"))
+    return outputs

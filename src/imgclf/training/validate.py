@@ -1,0 +1,44 @@
+"""Scoring a model on a split during training: ``(loss, accuracy)``, the numbers ``fit`` records per epoch.
+
+Usage::
+
+    val_loss, val_accuracy = evaluate_split(model, val, config, device, group=None)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from imgclf.classifier import predict_logits
+from imgclf.config import TrainConfig
+from imgclf.data.decode import DecodedSplit
+
+if TYPE_CHECKING:
+    from imgclf.training.distributed import Group
+
+
+def evaluate_split(
+    model: nn.Module, split: DecodedSplit, config: TrainConfig, device: torch.device, group: Group | None
+) -> tuple[float, float]:
+    """``(loss, accuracy)`` of ``model`` on ``split`` in float32 (sharded and summed under ``group``)."""
+    # Always float32, as prediction runs: a network trained under bf16 autocast can, after a bad swing,
+    # score 1.00 in bf16 and 0.52 in float32 (large residual-stream offsets rounded away), and the
+    # monitored metric must judge the model that will actually be saved and used.
+    # Under several processes each rank scores a contiguous share (no padding: nothing counted twice)
+    # and the sums and counts are added up, so the accuracy equals the single-process one exactly.
+    part = group.shard(len(split)) if group is not None else slice(0, len(split))
+    logits = predict_logits(
+        model, split.images[part], config.preprocess, batch_size=config.eval_batch_size, device=device
+    )
+    labels = torch.from_numpy(split.labels[part])
+    if group is None:
+        loss = F.cross_entropy(logits, labels).item()
+        return loss, (logits.argmax(1) == labels).float().mean().item()
+    loss_sum = F.cross_entropy(logits, labels, reduction="sum") if len(labels) else torch.zeros(())
+    hits = (logits.argmax(1) == labels).sum() if len(labels) else torch.zeros((), dtype=torch.int64)
+    loss_sum, hits = group.sum_(loss_sum.double(), hits.long())
+    return loss_sum.item() / len(split), hits.item() / len(split)

@@ -1,0 +1,250 @@
+"""Sharded ``imgclf predict`` (torchrun or ``--shard I/N``): same results as one process, resumable, never
+merging stale parts. The oracle is always a single-process ``imgclf predict`` on the same inputs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import imgclf
+from helpers import make_classifier, make_dataset, run_cli
+from imgclf.cli import predict_shards
+from imgclf.cli.predict_parts import write_part
+from imgclf.data.listing import list_images
+from imgclf.errors import StorageError
+
+SRC = str(Path(imgclf.__file__).resolve().parent.parent)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Two tiny untrained models (fast, and distinct), 11 images of which one cannot be decoded."""
+    base = tmp_path_factory.mktemp("shards")
+    images = make_dataset(base / "images", {"": 5})
+    (images / "ring" / "broken.png").write_bytes(b"not an image")
+    models = []
+    for seed in (0, 1):
+        path = base / f"m{seed}.imgclf"
+        imgclf.save(make_classifier(seed=seed), path)
+        models.append(str(path))
+    return models, str(images)
+
+
+def _predict(model, images, output, *extra):
+    return run_cli("predict", "--model", model, "--images", images, "--output", output, *extra)
+
+
+def _single(model, images, output, *extra):
+    code, out, err = _predict(model, images, output, *extra)
+    assert code == 4, err  # the broken image
+    return Path(output).read_bytes(), out
+
+
+@pytest.mark.parametrize(("name", "extra"), [("p.jsonl", ()), ("p.csv", ("--top-k", "2"))])
+def test_two_shard_runs_merge_to_the_single_process_result_line_for_line(setup, tmp_path, name, extra):
+    (model, _), images = setup
+    want_file, want_out = _single(model, images, str(tmp_path / f"single-{name}"), *extra)
+    output = str(tmp_path / name)
+    code0, out0, err0 = _predict(model, images, output, "--shard", "0/2", *extra)
+    assert (code0, out0) == (0, "")  # not everything is done: no merge, no results, no failure yet
+    assert "shards still to finish: 1/2" in err0 and not os.path.exists(output)
+    code1, out1, err1 = _predict(model, images, output, "--shard", "1/2", *extra)
+    assert code1 == 4  # the merge keeps predict's "some images failed" status
+    assert Path(output).read_bytes() == want_file
+    assert out1 == want_out  # the merging run prints every result, in input order
+    assert err1.count("imgclf: error:") == 2  # the broken image's line and the summary, once each
+    assert not os.path.exists(output + ".parts")  # parts removed after the merge
+
+
+def test_shards_split_the_input_list_contiguously_each_path_once():
+    paths = [f"{i}.png" for i in range(23)]
+    for count in (1, 2, 3, 7, 23, 30):
+        shares = [predict_shards.share(paths, j, count) for j in range(count)]
+        assert [p for s in shares for p in s] == paths
+        assert max(map(len, shares)) - min(map(len, shares)) <= 1
+
+
+def test_a_rerun_classifies_only_the_shard_without_a_finished_part(setup, tmp_path, monkeypatch):
+    (model, _), images = setup
+    want_file, _ = _single(model, images, str(tmp_path / "single.jsonl"))
+    output = str(tmp_path / "p.jsonl")
+    assert _predict(model, images, output, "--shard", "0/2")[0] == 0
+    classified = []
+    original = imgclf.Classifier.iter_predict
+
+    def counting(self, items, **kwargs):
+        classified.extend(items)
+        return original(self, items, **kwargs)
+
+    monkeypatch.setattr(imgclf.Classifier, "iter_predict", counting)
+    code, _, err = _predict(model, images, output, "--shard", "0/2")  # run again: its part is reused
+    assert code == 0 and "shard 0/2: reusing its finished part" in err and classified == []
+    code, _, err = _predict(model, images, output, "--shard", "1/2")
+    paths = list_images([images])
+    assert classified == predict_shards.share(paths, 1, 2)  # shard 1's images only
+    assert code == 4 and Path(output).read_bytes() == want_file
+
+
+def test_stale_parts_of_another_model_or_other_inputs_are_never_merged(setup, tmp_path):
+    (model, other_model), images = setup
+    output = str(tmp_path / "p.jsonl")
+    assert _predict(other_model, images, output, "--shard", "0/2")[0] == 0  # a part of another model
+    code, _, err = _predict(model, images, output, "--shard", "1/2")
+    assert code == 0 and "shards still to finish: 0/2" in err and not os.path.exists(output)
+    code, _, err = _predict(model, images, output, "--shard", "0/2", "--top-k", "2")  # other options
+    assert code == 0 and "shards still to finish: 1/2" in err and not os.path.exists(output)
+    code, _, err = _predict(model, images, output, "--shard", "0/2")  # the same run as shard 1's part
+    assert code == 4 and "shard 0/2: classified" in err  # the stale part was redone, not reused
+    assert Path(output).read_bytes() == _single(model, images, str(tmp_path / "single.jsonl"))[0]
+    # Other inputs: a part for a smaller input list is not merged with one for the whole list.
+    fewer = str(Path(images) / "square")
+    assert _predict(model, fewer, output, "--shard", "0/2")[0] == 0
+    code, _, err = _predict(model, images, output, "--shard", "1/2")
+    assert code == 0 and "shards still to finish: 0/2" in err
+
+
+@pytest.mark.parametrize("value", ["2/2", "-1/2", "1", "a/b", "0/0", "0/2/3", ""])
+def test_bad_shard_values_are_one_line_usage_errors(setup, tmp_path, value):
+    (model, _), images = setup
+    code, out, err = _predict(model, images, str(tmp_path / "p.jsonl"), f"--shard={value}")
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and "argument --shard: expected I/N" in err
+
+
+def test_shard_needs_output_and_is_refused_under_torchrun(setup, monkeypatch):
+    (model, _), images = setup
+    code, _, err = run_cli("predict", "--model", model, "--images", images, "--shard", "0/2")
+    assert code == 2 and err.count("\n") == 1 and "sharded prediction needs --output" in err
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code, _, err = run_cli("predict", "-m", model, "-i", images, "-o", "p.jsonl", "--shard", "0/2")
+    assert code == 2 and err.count("\n") == 1 and "--shard cannot be combined with torchrun" in err
+
+
+def test_rank_0_stops_waiting_for_a_rank_whose_part_does_not_grow(tmp_path):
+    output = str(tmp_path / "p.jsonl")
+    os.makedirs(output + ".parts")
+    write_part(predict_shards.part_path(output, 0, 2), "key-0", 0, 2, 0, [])  # rank 0's part: finished
+    with pytest.raises(StorageError, match=r"rank 1 did not finish .*; received no part .*0\.2 s") as e:
+        predict_shards._wait_for_parts(output, ["key-0", "key-1"], 0.2)
+    assert "\n" not in str(e.value)
+    write_part(predict_shards.part_path(output, 1, 2), "key-of-another-run", 1, 2, 0, [])
+    with pytest.raises(StorageError, match=r"rank 1 .*; received a part of another run at "):
+        predict_shards._wait_for_parts(output, ["key-0", "key-1"], 0.2)
+
+
+def _torchrun(model, images, output, *extra, cwd):
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    argv += ["-m", "imgclf", "predict", "--model", model, "--images", images, "--output", output, *extra]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env, cwd=cwd)
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_equal_one_process_line_for_line(setup, tmp_path):
+    (model, _), images = setup
+    extra = ("--top-k", "2", "--json")
+    want_file, want_out = _single(model, images, str(tmp_path / "single.jsonl"), *extra)
+    output = str(tmp_path / "p.jsonl")
+    proc = _torchrun(model, images, output, *extra, cwd=tmp_path)
+    assert "exitcode  : 4" in proc.stderr  # rank 0's status: one image failed (torchrun itself exits 1)
+    assert "shard 0/2: classified 5 images" in proc.stderr and "shard 1/2: classified 6 images" in proc.stderr
+    assert Path(output).read_bytes() == want_file
+    assert proc.stdout == want_out  # rank 0 alone prints, every result once, in input order
+    assert not os.path.exists(output + ".parts")
+
+
+KILLED_MIDWAY = """
+import os, signal, sys
+import imgclf
+from imgclf.cli.main import main
+original = imgclf.Classifier.iter_predict
+def dies_after_two(self, items, **kwargs):
+    for n, p in enumerate(original(self, items, **kwargs)):
+        if n == 2:
+            sys.stdout.flush()
+            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup runs: as a crash or an OOM kill
+        yield p
+imgclf.Classifier.iter_predict = dies_after_two
+main(["predict", "-m", sys.argv[1], "-i", sys.argv[2], "-o", sys.argv[3], "--shard", "1/2"])
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_after_a_crash_equals_one_process_and_redoes_only_the_missing_rank(setup, tmp_path):
+    (model, _), images = setup
+    want_file, want_out = _single(model, images, str(tmp_path / "single.csv"))
+    output = str(tmp_path / "p.csv")
+    assert _predict(model, images, output, "--shard", "0/2")[0] == 0  # shard 0's part: finished
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    argv = [sys.executable, "-c", KILLED_MIDWAY, model, images, output]
+    killed = subprocess.run(argv, env=env, timeout=120, capture_output=True)
+    assert killed.returncode == -9  # shard 1 was killed while writing its part: only a temporary file is left
+    left = sorted(p.name for p in Path(output + ".parts").iterdir())
+    assert left[0].startswith(".shard-1-of-2.jsonl.") and left[1:] == ["merge.lock", "shard-0-of-2.jsonl"]
+    proc = _torchrun(model, images, output, cwd=tmp_path)
+    assert "exitcode  : 4" in proc.stderr  # rank 0's status: one image failed (torchrun itself exits 1)
+    assert "shard 0/2: reusing its finished part" in proc.stderr
+    assert "shard 1/2: classified 6 images" in proc.stderr
+    assert Path(output).read_bytes() == want_file and proc.stdout == want_out
+    assert not os.path.exists(output + ".parts")  # parts, lock and the crashed temporary file are gone
+
+
+def test_a_part_whose_images_changed_since_is_stale(setup, tmp_path):
+    (model, _), original = setup
+    images = shutil.copytree(original, tmp_path / "images")
+    output = str(tmp_path / "p.jsonl")
+    assert _predict(model, str(images), output, "--shard", "0/2")[0] == 0
+    first = list_images([str(images)])[0]  # in shard 0's share
+    Path(first).write_bytes(Path(list_images([str(images)])[-1]).read_bytes())  # same name, new content
+    code, _, err = _predict(model, str(images), output, "--shard", "1/2")
+    assert code == 0 and "shards still to finish: 0/2" in err and not os.path.exists(output)
+
+
+def test_the_parts_folder_in_the_way_is_a_one_line_storage_error(setup, tmp_path):
+    (model, _), images = setup
+    output = tmp_path / "p.jsonl"
+    Path(f"{output}.parts").write_text("a file where the parts folder goes")
+    code, _, err = _predict(model, images, str(output), "--shard", "0/2")
+    assert code == 5 and err.count("\n") == 1 and "cannot create the folder for the prediction parts" in err
+
+
+LIGHT = """
+import contextlib, io, sys
+from imgclf.cli.main import main
+with contextlib.redirect_stdout(io.StringIO()):
+    code = main(["predict", "-m", sys.argv[1], "-i", sys.argv[2], "-o", sys.argv[3], "--shard", "0/1"])
+# import torch alone loads torch.distributed's core; the launcher and elastic agent are what must stay out.
+heavy = ("matplotlib", "fastapi", "uvicorn", "onnx", "imgclf.training", "imgclf.serving.",
+         "torch.distributed.run", "torch.distributed.elastic")
+import torch.distributed
+assert not torch.distributed.is_initialized()  # no process group
+print(code, sorted(m for m in sys.modules if m.startswith(heavy) and m != "imgclf.serving.settings"))
+"""
+
+
+def test_sharded_predict_imports_no_training_server_onnx_or_process_group_code(setup, tmp_path):
+    (model, _), images = setup
+    argv = [sys.executable, "-c", LIGHT, model, images, str(tmp_path / "p.jsonl")]
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.stdout.strip() == "4 []", proc.stderr  # 4: the broken image; the merge ran
+
+
+def test_a_shard_that_finds_another_merging_leaves_the_merge_to_it(setup, tmp_path):
+    fcntl = pytest.importorskip("fcntl")
+    (model, _), images = setup
+    output = str(tmp_path / "p.jsonl")
+    assert _predict(model, images, output, "--shard", "0/2")[0] == 0
+    with open(os.path.join(output + ".parts", "merge.lock"), "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as a merging run holds it
+        code, out, err = _predict(model, images, output, "--shard", "1/2")
+    assert (code, out) == (0, "") and "another run is merging the parts" in err
+    assert not os.path.exists(output)
+    code, _, err = _predict(model, images, output, "--shard", "1/2")  # lock released: this run merges
+    assert code == 4 and "reusing its finished part" in err and os.path.exists(output)
