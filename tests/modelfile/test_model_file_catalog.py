@@ -871,14 +871,14 @@ def _set_probe(**fields):
     return edit
 
 
-# Manifest bounds exactly at the documented limits (docs/format.md): on the limit is accepted, past it refused.
+# Manifest bounds at the documented limits (docs/format.md): on the limit accepted, past it refused.
 MANIFEST_EDGES_OK = {
     "one probe": lambda m: m.update(probes=m["probes"][:1]),
     "64 probes": lambda m: m.update(probes=(m["probes"] * 64)[:64]),
     "probabilities exactly 1 and 0": _set_probe(probabilities=[1.0, 0.0]),
     "label name of one character": lambda m: (
         m.update(class_names=["a", "b"]),
-        [p.update(label={"index": p["label"]["index"], "name": "ab"[p["label"]["index"]]}) for p in m["probes"]],
+        [p["label"].update(name="ab"[p["label"]["index"]]) for p in m["probes"]],
     ),
     "label name of 1000 characters": lambda m: (
         m.update(class_names=["a" * 1000, "b"]),

@@ -53,7 +53,9 @@ SCHEDULES = {
     "stable: cosine, warm-up 1 epoch": Schedule(
         lambda: _seed_config().replace(schedule="cosine", warmup=1.0), _cosine
     ),
-    "cosine, warm-up 0.5 epoch": Schedule(lambda: _seed_config().replace(schedule="cosine", warmup=0.5), _cosine),
+    "cosine, warm-up 0.5 epoch": Schedule(
+        lambda: _seed_config().replace(schedule="cosine", warmup=0.5), _cosine
+    ),
 }
 
 
@@ -131,4 +133,4 @@ def test_the_cosine_oracle_warms_up_then_decays():
     config = _seed_config().replace(schedule="cosine", warmup=1.0)
     rates = [_cosine(config, k, 3) for k in range(9)]
     assert rates[:4] == pytest.approx([config.lr / 3, 2 * config.lr / 3, config.lr, config.lr])
-    assert all(a > b for a, b in zip(rates[3:], rates[4:])) and rates[-1] > 0
+    assert all(a > b for a, b in zip(rates[3:-1], rates[4:], strict=True)) and rates[-1] > 0
