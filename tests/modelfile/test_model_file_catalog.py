@@ -904,3 +904,64 @@ def test_manifest_values_on_the_documented_limits_are_accepted(edit, good, tmp_p
 def test_manifest_values_past_the_documented_limits_are_refused(edit, field, good, tmp_path):
     with pytest.raises(ModelFileError, match=re.escape(field)):
         _parse(edit_manifest(good, edit), tmp_path)
+
+
+def _container(tmp_path: Path, header: dict, data: bytes = b"", **kw):
+    path = tmp_path / "c.safetensors"
+    path.write_bytes(join(header, data))
+    return modelfile.format.read_container(path, **kw)
+
+
+def _one(name="t", dtype="F32", shape=(1,), nbytes=4) -> dict:
+    return {name: {"dtype": dtype, "shape": list(shape), "data_offsets": [0, nbytes]}}
+
+
+# The container's own limits (format.py), on the limit and just past it, read directly.
+CONTAINER_OK = {
+    "a 512-character name": (_one(name="n" * 512), 4),
+    "16 dimensions": (_one(shape=(1,) * 16), 4),
+    "no tensors": ({"__metadata__": {"k": "v"}}, 0),
+    "booleans 0 and 1": (_one(dtype="BOOL", shape=(2,), nbytes=2), 2),
+}
+CONTAINER_REFUSED = {
+    "a 513-character name": (_one(name="n" * 513), 4, "bad tensor name"),
+    "a backslash in a name": (_one(name="a\\b"), 4, "bad tensor name"),
+    "17 dimensions": (_one(shape=(1,) * 17), 4, "bad shape"),
+    "a boolean dimension": (_one(shape=(True,)), 4, "bad shape"),
+    "a shape that is not a list": ({"t": {"dtype": "F32", "shape": 4, "data_offsets": [0, 4]}}, 4, "bad shape"),
+    "an entry that is a list": ({"t": ["F32", [1], [0, 4]]}, 4, "malformed entry"),
+    "2**63 bytes": (_one(dtype="U8", shape=(2**62, 2), nbytes=4), 4, "overflows"),
+    "metadata that is a list": ({"__metadata__": ["a"], **_one()}, 4, "__metadata__"),
+    "overlapping tensors": (
+        {
+            "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+            "b": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]},
+        },
+        8,
+        "overlapping tensors at byte 4",
+    ),
+}
+
+
+@pytest.mark.parametrize("header, size", CONTAINER_OK.values(), ids=CONTAINER_OK)
+def test_containers_on_the_limits_are_read(header, size, tmp_path):
+    c = _container(tmp_path, header, b"\x01" * size)
+    for name in c.entries:
+        c.tensor(name)
+
+
+@pytest.mark.parametrize("header, size, words", CONTAINER_REFUSED.values(), ids=CONTAINER_REFUSED)
+def test_containers_past_the_limits_are_refused(header, size, words, tmp_path):
+    with pytest.raises(ModelFileError, match=re.escape(words)):
+        _container(tmp_path, header, b"\0" * size)
+
+
+def test_booleans_other_than_0_and_1_are_refused_when_read(tmp_path):
+    c = _container(tmp_path, _one(dtype="BOOL", shape=(2,), nbytes=2), b"\x01\x02")
+    with pytest.raises(ModelFileError, match="holds booleans other than 0 and 1"):
+        c.tensor("t")
+
+
+def test_a_container_read_without_data_holds_none(tmp_path):
+    c = _container(tmp_path, _one(), b"\0" * 4, with_data=False)
+    assert c.raw is None and c.entries["t"].shape == (1,)
