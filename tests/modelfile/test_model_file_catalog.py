@@ -928,7 +928,11 @@ CONTAINER_REFUSED = {
     "a backslash in a name": (_one(name="a\\b"), 4, "bad tensor name"),
     "17 dimensions": (_one(shape=(1,) * 17), 4, "bad shape"),
     "a boolean dimension": (_one(shape=(True,)), 4, "bad shape"),
-    "a shape that is not a list": ({"t": {"dtype": "F32", "shape": 4, "data_offsets": [0, 4]}}, 4, "bad shape"),
+    "a shape that is not a list": (
+        {"t": {"dtype": "F32", "shape": 4, "data_offsets": [0, 4]}},
+        4,
+        "bad shape",
+    ),
     "an entry that is a list": ({"t": ["F32", [1], [0, 4]]}, 4, "malformed entry"),
     "2**63 bytes": (_one(dtype="U8", shape=(2**62, 2), nbytes=4), 4, "overflows"),
     "metadata that is a list": ({"__metadata__": ["a"], **_one()}, 4, "__metadata__"),
