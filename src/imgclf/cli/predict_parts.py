@@ -24,29 +24,18 @@ import json
 import os
 import stat
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imgclf.errors import StorageError
 from imgclf.fileio.reading import open_for_reading
 from imgclf.fileio.writing import atomic_open
 
+if TYPE_CHECKING:
+    from imgclf.classifier import Prediction
+
 PART_FORMAT = 1
 MAX_ROW_BYTES = 16 << 20  # a row holds one path, one error message and one float per class
 _CHUNK = 1 << 20
-
-
-@dataclass(frozen=True)
-class PartRow:
-    """One prediction read back from a part, with the attributes of :class:`imgclf.Prediction`."""
-
-    source: str
-    label: str | None
-    index: int
-    confidence: float
-    probabilities: dict[str, float] = field(default_factory=dict)
-    top_k: list[tuple[str, float]] = field(default_factory=list)
-    error: str | None = None
 
 
 def file_digest(path: str | os.PathLike) -> str:
@@ -191,12 +180,14 @@ def finished(path: str, key: str) -> bool:
     )
 
 
-def read_part(path: str, key: str) -> Iterator[PartRow]:
-    """The rows of a finished part, in order.
+def read_part(path: str, key: str) -> Iterator[Prediction]:
+    """The rows of a finished part, in order, as the predictions they were written from.
 
     Raises:
         StorageError: If the part is not of run ``key`` or holds another number of rows than its header says.
     """
+    from imgclf.classifier import Prediction  # the predict path has loaded it already
+
     lines = _lines(path)
     try:
         header = json.loads(next(lines, b"{}"))
@@ -209,7 +200,7 @@ def read_part(path: str, key: str) -> Iterator[PartRow]:
         try:
             row = json.loads(line)
             row["top_k"] = [(label, prob) for label, prob in row["top_k"]]
-            yield PartRow(**row)
+            yield Prediction(**row)
         except (ValueError, TypeError, KeyError):
             raise _bad_part(path, f"row {n + 1} is not a prediction") from None
         n += 1
