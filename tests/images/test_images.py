@@ -916,3 +916,11 @@ def test_to_tensor_of_a_read_only_array_does_not_warn() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         images.to_tensor(frozen, SPEC)
+
+
+def test_checked_max_pixels_accepts_1_to_the_cap_and_nothing_else() -> None:
+    assert read.checked_max_pixels(1) == 1
+    assert read.checked_max_pixels(read.MAX_PIXELS) == read.MAX_PIXELS
+    for bad in (0, read.MAX_PIXELS + 1, 1.5, "10", True, None):
+        with pytest.raises(UsageError, match="max_pixels is out of range"):
+            read.checked_max_pixels(bad)

@@ -969,3 +969,7 @@ def test_booleans_other_than_0_and_1_are_refused_when_read(tmp_path):
 def test_a_container_read_without_data_holds_none(tmp_path):
     c = _container(tmp_path, _one(), b"\0" * 4, with_data=False)
     assert c.raw is None and c.entries["t"].shape == (1,)
+    assert (
+        c.header_bytes == len(json.dumps(_one(), separators=(",", ":")))
+        and c.file_bytes == 8 + c.header_bytes + 4
+    )
