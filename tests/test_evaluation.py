@@ -208,3 +208,16 @@ def test_usefulness_warnings_name_one_class_models_and_chance_level():
         "the saved model's validation accuracy 0.0000 is at chance level (always answering the most common "
         "class scores 0.5000)"
     ]
+
+
+def test_usefulness_warnings_boundaries():
+    """The documented edges: fewer than 2 images say nothing; 2 images already can; 95 % is "one class"."""
+    from imgclf.evaluation import usefulness_warnings
+
+    assert usefulness_warnings(_evaluation([0], [1]), "testing") == []
+    two = usefulness_warnings(_evaluation([0, 0], [0, 1]), "testing")
+    assert two[0] == "the saved model predicts 'a' for 2 of 2 testing images"
+    nineteen = usefulness_warnings(_evaluation([0] * 19 + [1], [0] * 10 + [1] * 10), "testing")
+    assert nineteen[0] == "the saved model predicts 'a' for 19 of 20 testing images"
+    eighteen = usefulness_warnings(_evaluation([0] * 18 + [1] * 2, [0] * 10 + [1] * 10), "testing")
+    assert not any("predicts" in w for w in eighteen)

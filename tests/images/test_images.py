@@ -22,6 +22,7 @@ from PIL import Image, ImageFile
 from imgclf.config import INTERPOLATIONS, PreprocessSpec
 from imgclf.errors import ImageError, UsageError
 from imgclf.images import preprocess as images
+from imgclf.images import read
 
 SPEC = PreprocessSpec(height=16, width=16)
 
@@ -687,3 +688,239 @@ def test_is_image_name_and_describe_source() -> None:
     assert not images.is_image_name("notes.txt") and not images.is_image_name("png")
     assert images.describe_source(b"abc") == "<3 bytes>"
     assert images.describe_source(np.zeros((2, 3), np.uint8)) == "<array shape=(2, 3) dtype=uint8>"
+
+
+# --- to_array (the NumPy-only scaling an ONNX model gets) and orient: fast checks of their own, so a
+# mutation run (docs/testing.md) has tests that reach them ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        SPEC,
+        PreprocessSpec(height=5, width=7, rescale=1 / 127.5, mean=(0.5, 1.0, 1.5), std=(0.25, 0.5, 2.0)),
+        PreprocessSpec(height=5, width=7, rescale=1.0, mean=(0.0, 0.0, 0.0), std=(1.0, 2.0, 1.0)),
+        PreprocessSpec(height=5, width=7, rescale=1.0, mean=(0.0, 3.0, 0.0), std=(1.0, 1.0, 1.0)),
+    ],
+    ids=["plain", "mean_std", "std_only", "mean_only"],
+)
+def test_to_array_is_bitwise_to_tensor(spec: PreprocessSpec) -> None:
+    batch = np.stack([noise(5, 7, 1), noise(5, 7, 2)])
+    x = images.to_array(batch, spec)
+    assert x.shape == (2, 3, 5, 7) and x.dtype == np.float32 and x.flags.c_contiguous
+    assert np.array_equal(x, images.to_tensor(batch, spec).numpy())
+    # An oracle independent of both: the documented formula in float32, channel by channel.
+    for c in range(3):
+        scaled = batch[..., c].astype(np.float32) * np.float32(spec.rescale)
+        expected = (scaled - np.float32(spec.mean[c])) / np.float32(spec.std[c])
+        assert np.array_equal(x[:, c], expected), c
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.zeros((1, 4, 4, 3), np.float32),
+        np.zeros((4, 4, 3), np.uint8),
+        np.zeros((1, 4, 4, 4), np.uint8),
+        np.zeros((1, 4, 4, 1), np.uint8),
+    ],
+)
+def test_to_array_rejects_bad_batches(bad: np.ndarray) -> None:
+    with pytest.raises(UsageError, match=r"to_array needs a uint8 batch shaped \(N, H, W, 3\)"):
+        images.to_array(bad, SPEC)
+
+
+def test_to_array_accepts_a_list_and_leaves_the_batch_unchanged() -> None:
+    batch = np.stack([noise(4, 4, 3)])
+    before = batch.copy()
+    assert np.array_equal(images.to_array(list(batch), SPEC), images.to_array(batch, SPEC))
+    assert np.array_equal(batch, before)
+
+
+@pytest.mark.parametrize("orientation", range(2, 9))
+def test_orient_applies_the_exif_tag_to_a_pil_image(orientation: int) -> None:
+    upright = blocks(3, 4, 2)
+    img = Image.open(io.BytesIO(_tagged(upright, orientation, "PNG")))
+    assert np.array_equal(np.asarray(read.orient(img, "x.png").convert("RGB")), upright), orientation
+
+
+def test_orient_leaves_an_untagged_image_alone() -> None:
+    img = Image.fromarray(blocks(3, 4, 2))
+    assert read.orient(img, "x.png") is img
+
+
+def test_orient_names_the_image_when_its_exif_cannot_be_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    img = Image.fromarray(blocks(3, 4, 2))
+
+    def broken() -> None:
+        raise SyntaxError("bad EXIF")
+
+    monkeypatch.setattr(img, "getexif", broken)
+    with pytest.warns(UserWarning, match=r"^x\.png: unreadable EXIF data ignored"):
+        assert read.orient(img, "x.png") is img
+
+
+# Each channel's mean and std on its own: the shortcut that skips the identity must skip nothing else.
+@pytest.mark.parametrize(
+    "mean, std",
+    [
+        ((1.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+        ((0.0, 1.0, 0.0), (1.0, 1.0, 1.0)),
+        ((0.0, 0.0, 1.0), (1.0, 1.0, 1.0)),
+        ((0.0, 0.0, 0.0), (2.0, 1.0, 1.0)),
+        ((0.0, 0.0, 0.0), (1.0, 2.0, 1.0)),
+        ((0.0, 0.0, 0.0), (1.0, 1.0, 2.0)),
+    ],
+)
+def test_any_mean_or_std_other_than_the_identity_is_applied(mean: tuple, std: tuple) -> None:
+    batch = np.stack([noise(4, 4, 5)])
+    spec = PreprocessSpec(height=4, width=4, rescale=1.0, mean=mean, std=std)
+    plain = batch.transpose(0, 3, 1, 2).astype(np.float32)
+    want = (plain - np.float32(mean).reshape(1, 3, 1, 1)) / np.float32(std).reshape(1, 3, 1, 1)
+    assert np.array_equal(images.to_array(batch, spec), want)
+    assert np.array_equal(images.to_tensor(batch, spec).numpy(), want)
+
+
+def test_decode_passes_draft_and_name_on() -> None:
+    data = encode(Image.fromarray(noise(512, 512, 7)), "JPEG", quality=90)
+    assert images.decode(data).shape == (512, 512, 3)
+    small = images.decode(data, draft=64)
+    assert 64 <= small.shape[0] < 512 and small.shape[0] == small.shape[1] and small.dtype == np.uint8
+    with pytest.raises(ImageError, match="upload.png"):
+        images.decode(b"garbage", name="upload.png")
+
+
+def test_describe_source_names_an_unknown_type_and_array_errors_name_the_array() -> None:
+    assert images.describe_source(42) == "<int>"
+    with pytest.raises(ImageError, match=r"<array shape=\(2, 2\) dtype=float32>"):
+        images.decode(np.zeros((2, 2), np.float32))
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F", "RGBA", "LA"])
+def test_conversion_in_many_strips_equals_one_strip(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    """Strips are a memory bound only: 7-row strips (a 5-row last one) give the one-strip result."""
+    rng = np.random.default_rng(3)
+    if mode in ("RGBA", "LA"):
+        img = Image.fromarray(rng.integers(0, 256, size=(33, 11, 4), dtype=np.uint8)).convert(mode)
+    elif mode == "F":
+        img = Image.fromarray(rng.uniform(-20, 300, size=(33, 11)).astype(np.float32), mode="F")
+    else:
+        img = Image.fromarray(rng.integers(0, 65536, size=(33, 11), dtype=np.uint16)).convert(mode)
+    whole = np.asarray(read.to_rgb_image(img))
+    monkeypatch.setattr(read, "STRIP_PIXELS", 7 * 11)
+    assert np.array_equal(np.asarray(read.to_rgb_image(img)), whole)
+
+
+class _Stat:
+    """An ``fstat`` result that reports a smaller regular file than the one on disk (it grew since)."""
+
+    def __init__(self, size: int) -> None:
+        self.st_mode = 0o100644
+        self.st_size = size
+
+
+def _grown_since_fstat(monkeypatch: pytest.MonkeyPatch, claimed: int) -> None:
+    real = read.open_for_reading
+
+    def opened(path: str):
+        fd, _ = real(path)
+        return fd, _Stat(claimed)
+
+    monkeypatch.setattr(read, "open_for_reading", opened)
+
+
+@pytest.mark.parametrize("cap", [131_072, 150_000])
+def test_a_file_that_grew_past_the_cap_after_fstat_is_refused_not_truncated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cap: int
+) -> None:
+    path = tmp_path / "growing.png"
+    path.write_bytes(os.urandom(200_000))
+    _grown_since_fstat(monkeypatch, 10)
+    with pytest.raises(ImageError, match=rf"image file too large.*> {cap} bytes"):
+        read.read_bytes(path, max_bytes=cap)
+
+
+def test_a_file_that_grew_within_the_cap_is_read_whole_in_several_parts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = os.urandom(100_000)
+    path = tmp_path / "growing.png"
+    path.write_bytes(data)
+    _grown_since_fstat(monkeypatch, 10)
+    assert read.read_bytes(path, max_bytes=1 << 20) == data
+
+
+def test_a_permission_error_says_cannot_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def denied(path: str):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(read, "open_for_reading", denied)
+    with pytest.raises(ImageError, match=r"cannot read image.*Permission denied.*check the file"):
+        read.read_bytes(tmp_path / "x.png")
+
+
+def test_preprocess_uint8_passes_the_pixel_cap_and_name_on() -> None:
+    spec = PreprocessSpec(height=4, width=4)
+    img = Image.fromarray(noise(10, 10, 1))
+    assert images.preprocess_uint8(img, spec, max_pixels=100).shape == (4, 4, 3)
+    with pytest.raises(ImageError, match="image too large"):
+        images.preprocess_uint8(img, spec, max_pixels=99)
+    with pytest.raises(ImageError, match="upload.png"):
+        images.preprocess_uint8(b"garbage", spec, name="upload.png")
+
+
+def test_a_premultiplied_rgba_image_follows_the_alpha_rule() -> None:
+    rgba = Image.fromarray(np.random.default_rng(4).integers(0, 256, size=(8, 8, 4), dtype=np.uint8), "RGBA")
+    straight = np.asarray(read.to_rgb_image(rgba)).astype(int)
+    premultiplied = np.asarray(read.to_rgb_image(rgba.convert("RGBa"))).astype(int)
+    assert np.abs(premultiplied - straight).max() <= 1  # un-premultiplying rounds
+
+
+@pytest.mark.parametrize("side, drafted", [(100, False), (127, False), (128, True), (191, True)])
+def test_draft_applies_from_twice_the_asked_size(tmp_path: Path, side: int, drafted: bool) -> None:
+    data = encode(Image.fromarray(noise(side, side, 8)), "JPEG", quality=90)
+    path = tmp_path / "x.jpg"
+    path.write_bytes(data)
+    for source in (data, path):
+        height = images.decode(source, draft=64).shape[0]
+        assert (height < side) == drafted and height >= 64, (source, height)
+    assert images.decode(encode(Image.fromarray(noise(256, 256, 8)), "PNG"), draft=64).shape[0] == 256
+
+
+def test_errors_and_warnings_name_every_kind_of_source() -> None:
+    big = Image.fromarray(noise(20, 20, 1))
+    with pytest.raises(ImageError, match=r"<PIL image mode=RGB size=\(20, 20\)> \(20x20"):
+        images.decode(big, max_pixels=100)
+    with pytest.raises(ImageError, match=r"<array shape=\(20, 20, 3\) dtype=uint8> \(20x20"):
+        images.decode(np.asarray(big), max_pixels=100)
+    png = encode(big, "PNG")
+    for name in ("a.png", None):
+        with pytest.raises(ImageError, match=rf"{name or f'<{len(png)} bytes>'} \(20x20"):
+            images.decode(png, max_pixels=100, name=name)
+    with pytest.raises(ImageError, match=r"received b\.png"):
+        images.decode(b"\x89PNG\r\n\x1a\n" + b"\0" * 40, name="b.png")
+    with pytest.warns(UserWarning, match=r"^c\.png: unreadable EXIF"):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(Image.Image, "getexif", lambda self: (_ for _ in ()).throw(SyntaxError("bad")))
+            images.decode(png, name="c.png")
+
+
+def test_decode_image_defaults_to_rgb_order() -> None:
+    arr = noise(3, 4, 2)
+    assert np.array_equal(np.asarray(images.decode_image(arr)), arr)
+
+
+def test_to_tensor_of_a_read_only_array_does_not_warn() -> None:
+    frozen = np.stack([noise(4, 4, 1)])
+    frozen.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        images.to_tensor(frozen, SPEC)
+
+
+def test_checked_max_pixels_accepts_1_to_the_cap_and_nothing_else() -> None:
+    assert read.checked_max_pixels(1) == 1
+    assert read.checked_max_pixels(read.MAX_PIXELS) == read.MAX_PIXELS
+    for bad in (0, read.MAX_PIXELS + 1, 1.5, "10", True, None):
+        with pytest.raises(UsageError, match="max_pixels is out of range"):
+            read.checked_max_pixels(bad)

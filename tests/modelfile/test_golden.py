@@ -72,3 +72,15 @@ def test_the_golden_file_is_small_and_unchanged_on_disk():
     assert (
         hashlib.sha256(data).hexdigest() == "2c51614203b9aae705bb11684d9d221c8af3bb32ea01f3f4738a848641924812"
     )
+
+
+def test_todays_synthetic_probes_are_the_golden_files_probes():
+    """The synthetic probes are fixed bytes: the ones the golden file stored when it was written."""
+    from helpers import tensors_of
+    from imgclf.modelfile.probes import synthetic_images
+
+    stored = tensors_of(GOLDEN.read_bytes())
+    today = synthetic_images()
+    assert len(today) == 4
+    for i, blob in enumerate(today):
+        assert stored[f"probe.{i}"].numpy().tobytes() == blob, i

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import pickle
+import re
 import struct
 import sys
 import time
@@ -818,10 +819,157 @@ def test_manifest_span_helper_finds_the_manifest(good):
     assert good[end - 1 : end] == b"}"
 
 
-@pytest.mark.parametrize("length", [0x8B1F, 0x5A4D, 0x685A42])  # spell gzip's, MZ's and bzip2's magic
-def test_a_truncated_model_is_called_truncated_whatever_its_length_bytes_spell(length, tmp_path):
-    header = b'{"__metadata__":{"imgclf":"x"}' + b" " * (length - 30) + b"}"
+@pytest.mark.parametrize(
+    "length, magic",
+    [(0x088B1F, b"\x1f\x8b\x08"), (0x5A4D, b"MZ"), (0x685A42, b"BZh")],
+    ids=["gzip", "MZ", "bzip2"],
+)
+def test_a_truncated_model_is_called_truncated_whatever_its_length_bytes_spell(length, magic, tmp_path):
+    header = b'{"__metadata__":{"imgclf":"x"}' + b" " * (length - 31) + b"}"
+    blob = join(header)
+    assert len(header) == length and blob.startswith(magic)  # the length field really spells the magic
     path = tmp_path / "cut.imgclf"
-    path.write_bytes(join(header)[: 8 + length // 2])
+    path.write_bytes(blob[: 8 + length // 2])
     message = _rejects(path, ("truncated: header says",))
     assert "looks like" not in message
+
+
+def test_a_foreign_file_named_onnx_is_called_an_onnx_model(tmp_path):
+    """The extension settles what nothing in the bytes does (``describe`` gets the path)."""
+    path = tmp_path / "exported.onnx"
+    path.write_bytes(struct.pack("<Q", 2**40) + b"\0" * 64)
+    _rejects(path, ("looks like an ONNX model",))
+    path = path.rename(tmp_path / "exported.bin")
+    assert "ONNX" not in _rejects(path, ("header length",))
+
+
+class _Unreadable(io.BytesIO):
+    """A file object whose second look fails, as on a file that vanished or a flaky network disk."""
+
+    def seek(self, *args):  # noqa: ARG002
+        raise OSError("input/output error")
+
+
+def test_a_foreign_file_that_cannot_be_read_again_is_described_from_its_first_bytes():
+    from imgclf.modelfile.format import _foreign
+
+    head = pickle.dumps({}, protocol=0)  # b"(dp0\n.": a protocol-0 pickle, recognised by its final STOP
+    error = _foreign("m.imgclf", _Unreadable(), head, "header check failed", "fix it")
+    assert "looks like a Python pickle (protocol 0/1" in str(error), str(error)
+
+
+def _parse(blob: bytes, tmp_path: Path):
+    path = tmp_path / "m.imgclf"
+    path.write_bytes(blob)
+    return modelfile.manifest.parse(modelfile.format.read_container(path, with_data=False))
+
+
+def _set_probe(**fields):
+    def edit(m):
+        m["probes"][0].update(fields)
+
+    return edit
+
+
+# Manifest bounds at the documented limits (docs/format.md): on the limit accepted, past it refused.
+MANIFEST_EDGES_OK = {
+    "one probe": lambda m: m.update(probes=m["probes"][:1]),
+    "64 probes": lambda m: m.update(probes=(m["probes"] * 64)[:64]),
+    "probabilities exactly 1 and 0": _set_probe(probabilities=[1.0, 0.0]),
+    "label name of one character": lambda m: (
+        m.update(class_names=["a", "b"]),
+        [p["label"].update(name="ab"[p["label"]["index"]]) for p in m["probes"]],
+    ),
+    "label name of 1000 characters": lambda m: (
+        m.update(class_names=["a" * 1000, "b"]),
+        [p.update(label={"index": 0, "name": "a" * 1000}) for p in m["probes"]],
+    ),
+}
+MANIFEST_EDGES_REFUSED = {
+    "no probe": (lambda m: m.update(probes=[]), "probes"),
+    "65 probes": (lambda m: m.update(probes=(m["probes"] * 65)[:65]), "probes"),
+    "a probability just over 1": (_set_probe(probabilities=[1.0005, 0.0]), "probes[0].probabilities"),
+    "probabilities summing to 1.2": (_set_probe(probabilities=[0.6, 0.6]), "probes[0].probabilities"),
+    "a digest that is not hex": (_set_probe(input_sha256="x" * 64), "probes[0].input_sha256"),
+    "an empty label name": (_set_probe(label={"index": 0, "name": ""}), "probes[0].label"),
+}
+
+
+@pytest.mark.parametrize("edit", MANIFEST_EDGES_OK.values(), ids=MANIFEST_EDGES_OK)
+def test_manifest_values_on_the_documented_limits_are_accepted(edit, good, tmp_path):
+    _parse(edit_manifest(good, edit), tmp_path)
+
+
+@pytest.mark.parametrize("edit, field", MANIFEST_EDGES_REFUSED.values(), ids=MANIFEST_EDGES_REFUSED)
+def test_manifest_values_past_the_documented_limits_are_refused(edit, field, good, tmp_path):
+    with pytest.raises(ModelFileError, match=re.escape(field)):
+        _parse(edit_manifest(good, edit), tmp_path)
+
+
+def _container(tmp_path: Path, header: dict, data: bytes = b"", **kw):
+    path = tmp_path / "c.safetensors"
+    path.write_bytes(join(header, data))
+    return modelfile.format.read_container(path, **kw)
+
+
+def _one(name="t", dtype="F32", shape=(1,), nbytes=4) -> dict:
+    return {name: {"dtype": dtype, "shape": list(shape), "data_offsets": [0, nbytes]}}
+
+
+# The container's own limits (format.py), on the limit and just past it, read directly.
+CONTAINER_OK = {
+    "a 512-character name": (_one(name="n" * 512), 4),
+    "16 dimensions": (_one(shape=(1,) * 16), 4),
+    "no tensors": ({"__metadata__": {"k": "v"}}, 0),
+    "booleans 0 and 1": (_one(dtype="BOOL", shape=(2,), nbytes=2), 2),
+}
+CONTAINER_REFUSED = {
+    "a 513-character name": (_one(name="n" * 513), 4, "bad tensor name"),
+    "a backslash in a name": (_one(name="a\\b"), 4, "bad tensor name"),
+    "17 dimensions": (_one(shape=(1,) * 17), 4, "bad shape"),
+    "a boolean dimension": (_one(shape=(True,)), 4, "bad shape"),
+    "a shape that is not a list": (
+        {"t": {"dtype": "F32", "shape": 4, "data_offsets": [0, 4]}},
+        4,
+        "bad shape",
+    ),
+    "an entry that is a list": ({"t": ["F32", [1], [0, 4]]}, 4, "malformed entry"),
+    "2**63 bytes": (_one(dtype="U8", shape=(2**62, 2), nbytes=4), 4, "overflows"),
+    "metadata that is a list": ({"__metadata__": ["a"], **_one()}, 4, "__metadata__"),
+    "overlapping tensors": (
+        {
+            "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+            "b": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]},
+        },
+        8,
+        "overlapping tensors at byte 4",
+    ),
+}
+
+
+@pytest.mark.parametrize("header, size", CONTAINER_OK.values(), ids=CONTAINER_OK)
+def test_containers_on_the_limits_are_read(header, size, tmp_path):
+    c = _container(tmp_path, header, b"\x01" * size)
+    for name in c.entries:
+        c.tensor(name)
+
+
+@pytest.mark.parametrize("header, size, words", CONTAINER_REFUSED.values(), ids=CONTAINER_REFUSED)
+def test_containers_past_the_limits_are_refused(header, size, words, tmp_path):
+    with pytest.raises(ModelFileError, match=re.escape(words)):
+        _container(tmp_path, header, b"\0" * size)
+
+
+def test_booleans_other_than_0_and_1_are_refused_when_read(tmp_path):
+    c = _container(tmp_path, _one(dtype="BOOL", shape=(2,), nbytes=2), b"\x01\x02")
+    with pytest.raises(ModelFileError, match="holds booleans other than 0 and 1"):
+        c.tensor("t")
+
+
+def test_a_container_read_without_data_holds_none(tmp_path):
+    c = _container(tmp_path, _one(), b"\0" * 4, with_data=False)
+    assert c.raw is None and c.entries["t"].shape == (1,)
+    assert (
+        c.header_bytes == len(json.dumps(_one(), separators=(",", ":")))
+        and c.file_bytes == 8 + c.header_bytes + 4
+    )

@@ -105,14 +105,29 @@ class _Wrapper(nn.Module):
         return self.module(x)
 
 
+class _CompiledLike(nn.Module):
+    """Holds the model as ``_orig_mod``, as ``torch.compile`` does, without compiling (a fast stand-in)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self._orig_mod = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._orig_mod(x)
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # importing torch.compile's machinery
-@pytest.mark.parametrize("wrap", ["ddp_like", "data_parallel", "compiled", "compiled_ddp"])
+@pytest.mark.parametrize(
+    "wrap", ["ddp_like", "data_parallel", "compiled_like", "compiled_like_ddp", "compiled", "compiled_ddp"]
+)
 def test_weights_are_saved_without_wrapper_prefixes(wrap, tmp_path):
     clf = make_classifier(seed=2)
     inner = clf.model
     wrapped = {
         "ddp_like": lambda: _Wrapper(inner),
         "data_parallel": lambda: nn.DataParallel(inner),
+        "compiled_like": lambda: _CompiledLike(inner),
+        "compiled_like_ddp": lambda: _CompiledLike(_Wrapper(inner)),
         "compiled": lambda: torch.compile(inner),
         "compiled_ddp": lambda: torch.compile(_Wrapper(inner)),
     }[wrap]()
@@ -421,3 +436,15 @@ def test_loading_writes_nothing_and_opens_no_network(tiny_model, monkeypatch):
     assert imgclf.verify(tiny_model.model_path).ok
     assert imgclf.inspect(tiny_model.model_path)["format_version"] == 1
     assert clf.predict(np.zeros((8, 8, 3), dtype=np.uint8))[0].label in ("ring", "square")
+
+
+def test_copy_to_cpu_is_a_float32_copy_that_leaves_the_model_alone():
+    from imgclf.modelfile.weights import copy_to_cpu
+
+    model = _Wrapper(make_classifier(seed=3).model.to(torch.bfloat16))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    copied = copy_to_cpu(model)
+    assert not isinstance(copied, _Wrapper)  # unwrapped
+    assert all(t.dtype == torch.float32 for t in copied.state_dict().values() if t.is_floating_point())
+    for key, value in model.state_dict().items():
+        assert value.dtype == before[key].dtype and torch.equal(value, before[key]), key

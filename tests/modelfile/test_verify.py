@@ -193,3 +193,15 @@ def test_synthetic_probes_are_fixed_bytes():
         with Image.open(io.BytesIO(data)) as img:
             assert img.format == "PNG"
     assert np.asarray(Image.open(io.BytesIO(a[1]))).shape == (48, 48)
+
+
+def test_an_extra_probe_that_does_not_decode_is_named_in_the_error(tmp_path):
+    from imgclf.errors import ImageError
+
+    with pytest.raises(ImageError, match=r"probe image 4\b"):  # after the four synthetic probes
+        imgclf.save(make_classifier(), tmp_path / "m.imgclf", extra_probes=[b"not an image"])
+    assert not (tmp_path / "m.imgclf").exists()
+
+
+def test_compute_with_no_images_gives_no_records():
+    assert probes.compute(make_classifier(), [], []) == []

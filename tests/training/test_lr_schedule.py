@@ -34,11 +34,27 @@ def _seed_config() -> TrainConfig:
     return tiny_train_config(epochs=3, batch_size=4, lr=0.1, decay=0.05, preprocess=PreprocessSpec(16, 16))
 
 
+def _cosine(c: TrainConfig, k: int, spe: int) -> float:
+    """``docs``/config: linear warm-up over ``warmup`` epochs, then cosine from ``lr`` to 0 at the end."""
+    total = c.epochs * spe
+    warm = min(round(c.warmup * spe), total)
+    if k < warm:
+        return c.lr * (k + 1) / warm
+    return c.lr * (1 + math.cos(math.pi * min(1.0, (k - warm) / max(1, total - warm)))) / 2
+
+
 SCHEDULES = {
     # Keras' SGD(lr, decay): lr / (1 + decay * iterations), iterations counted per optimizer step from 0.
     "seed: Keras time decay per step": Schedule(_seed_config, lambda c, k, spe: c.lr / (1 + c.decay * k)),
     "seed: default decay lr/epochs": Schedule(
         lambda: _seed_config().replace(decay=None), lambda c, k, spe: c.lr / (1 + (c.lr / c.epochs) * k)
+    ),
+    # The stable recipe's schedule (warm-up 1 epoch), and a warm-up that is not a whole number of steps.
+    "stable: cosine, warm-up 1 epoch": Schedule(
+        lambda: _seed_config().replace(schedule="cosine", warmup=1.0), _cosine
+    ),
+    "cosine, warm-up 0.5 epoch": Schedule(
+        lambda: _seed_config().replace(schedule="cosine", warmup=0.5), _cosine
     ),
 }
 
@@ -102,3 +118,19 @@ def test_the_seed_oracle_is_not_the_epoch_formula():
     per_step = [SCHEDULES["seed: Keras time decay per step"].lr(config, k, 3) for k in range(9)]
     per_epoch = [config.lr / (1 + config.decay * (k // 3)) for k in range(9)]
     assert not all(math.isclose(a, b) for a, b in zip(per_step, per_epoch, strict=True))
+
+
+@pytest.mark.parametrize("warmup", [0.0, 1.0, 2.5])
+def test_lr_at_counts_one_step_per_epoch_by_default(warmup):
+    from imgclf.training.schedule import lr_at
+
+    config = _seed_config().replace(schedule="cosine", warmup=warmup, epochs=4)
+    assert [lr_at(config, k) for k in range(4)] == pytest.approx([_cosine(config, k, 1) for k in range(4)])
+
+
+def test_the_cosine_oracle_warms_up_then_decays():
+    """Guards the oracle: with 3 steps per epoch and 1 warm-up epoch it rises to lr at step 2, then falls."""
+    config = _seed_config().replace(schedule="cosine", warmup=1.0)
+    rates = [_cosine(config, k, 3) for k in range(9)]
+    assert rates[:4] == pytest.approx([config.lr / 3, 2 * config.lr / 3, config.lr, config.lr])
+    assert all(a > b for a, b in zip(rates[3:-1], rates[4:], strict=True)) and rates[-1] > 0
