@@ -2,7 +2,10 @@
 
 glibc's malloc returns large freed blocks to the operating system at once, so every convolution's
 activation buffer is mapped and unmapped again on each call; keeping freed memory in the process made
-batch prediction about 2x faster on the 2-core test machines (see docs/performance.md).
+batch prediction about 2x faster on the 2-core test machines (see docs/performance.md). That tuning holds
+for the main heap only: a thread's own malloc arena (``imgclf serve`` runs inference on a worker thread)
+still maps its large buffers, and inference there ran 2.2x slower than on the main thread, so every
+thread is told to use the main heap (one arena).
 
 Usage::
 
@@ -18,11 +21,12 @@ import sys
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
+_M_ARENA_MAX = -8
 _done = False
 
 
 def tune_allocator() -> bool:
-    """Ask glibc to keep freed memory (no per-call mmap/munmap of activation buffers).
+    """Ask glibc to keep freed memory (no mmap/munmap per activation buffer) in one heap for all threads.
 
     Set ``IMGCLF_NO_MALLOC_TUNING=1`` to skip it. The cost: memory freed by the process is reused by
     it rather than returned to the system while it runs.
@@ -35,7 +39,10 @@ def tune_allocator() -> bool:
         return _done
     try:
         libc = ctypes.CDLL("libc.so.6")
-        ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
+        ok = all(
+            libc.mallopt(option, value) == 1
+            for option, value in ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 1 << 30), (_M_ARENA_MAX, 1))
+        )
     except (OSError, AttributeError):  # musl or another libc: nothing to tune
         return False
     _done = ok
