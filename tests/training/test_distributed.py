@@ -271,3 +271,23 @@ def test_train_nproc_runs_two_workers_and_rank_0_alone_reports(tmp_path):
     assert proc.stdout.count("macro avg") == 1  # one classification report: rank 0's
     assert proc.stderr.count("wrote model:") == 1
     assert imgclf_manifest(model)["provenance"]["distributed"]["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_the_seed_resnet_on_two_processes_reaches_the_one_process_accuracy(tmp_path):
+    # The issue asks for the demo data; the seed ResNet needs ~20 epochs at 64x64 there (18 min of CPU
+    # for both runs on 2 cores: measured by hand, 0.97 vs 0.97, see docs/distributed.md). The synthetic
+    # shapes are learned in 6 epochs at 32x32, so the same comparison fits the suite: per-rank batch
+    # norm and averaged running statistics must not cost accuracy.
+    data = make_dataset(tmp_path / "data", {"training": 40, "validation": 8, "testing": 20})
+    flags = ["--size", "32", "--epochs", "6", "--batch-size", "16", "--device", "cpu", "--precision", "fp32"]
+    accuracy = {}
+    for nproc in (1, 2):
+        model = tmp_path / f"m{nproc}.imgclf"
+        extra = ["--nproc", "2", "--dist-timeout", "120"] if nproc == 2 else []
+        command = ["-m", "imgclf", "train", "--dataset", str(data), "--model", str(model), "--no-cache"]
+        _run(command + flags + extra)
+        report = json.loads((tmp_path / f"m{nproc}-run" / "report.json").read_text())
+        accuracy[nproc] = report["report"]["accuracy"]
+    assert accuracy[1] >= 0.85, accuracy  # the recipe learned the shapes at all
+    assert accuracy[2] >= accuracy[1] - 0.05, accuracy  # two of 40 test images' leeway: BN sees half batches
