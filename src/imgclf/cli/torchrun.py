@@ -11,11 +11,57 @@ Usage::
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from collections.abc import Sequence
 
 LAUNCH_FLAGS = ("--nproc", "--max-restarts")  # ours: consumed here, not passed to the workers
+
+
+def add_launch_flags(d: argparse._ActionsContainer) -> None:
+    """``imgclf train``'s flags for several processes: the launcher's, the timeout, ``--sync-bn``."""
+    from imgclf.world import DIST_TIMEOUT_S as DEFAULT_TIMEOUT_S
+
+    d.add_argument(
+        "--nproc",
+        type=_positive_int,
+        metavar="N",
+        help="start torchrun's launcher with N processes on this machine (--batch-size stays the global "
+        "batch, split N ways); without it, a plain run is one process, and torchrun may start imgclf too",
+    )
+    d.add_argument(
+        "--max-restarts",
+        type=int,
+        default=0,
+        metavar="K",
+        help="with --nproc: restart the group up to K times after a worker dies; it resumes from the "
+        "newest checkpoint (default 0)",
+    )
+    d.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="SECONDS",
+        help="under torchrun: a rank that does not join, or a collective that does not finish, within "
+        f"SECONDS ends the run with an error naming the rank (exit 10; default {DEFAULT_TIMEOUT_S:g})",
+    )
+    d.add_argument(
+        "--sync-bn",
+        action="store_true",
+        help="under torchrun on CUDA: batch-norm statistics over the global batch (SyncBatchNorm); "
+        "default: each rank's own batch, running statistics averaged across ranks after every epoch",
+    )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 1 or more, got {value}")
+    return value
 
 
 def worker_argv(argv: Sequence[str]) -> list[str]:

@@ -31,6 +31,7 @@ from imgclf.cli.recipe_flags import (
     config_from_args,
     recipe_flags,
 )
+from imgclf.cli.torchrun import add_launch_flags, launch
 from imgclf.errors import UsageError
 
 TRAIN_EPILOG = """checkpoints and resuming:
@@ -106,51 +107,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         help="also store N validation images as self-check probes (default: synthetic only)",
     )
     _add_run_folder_flags(groups["checkpoints"])
-    _add_distributed_flags(p.add_argument_group("several processes (torchrun)"))
-
-
-def _add_distributed_flags(d: argparse._ActionsContainer) -> None:
-    from imgclf.world import DIST_TIMEOUT_S as DEFAULT_TIMEOUT_S
-
-    d.add_argument(
-        "--nproc",
-        type=_positive_int,
-        metavar="N",
-        help="start torchrun's launcher with N processes on this machine (--batch-size stays the global "
-        "batch, split N ways); without it, a plain run is one process, and torchrun may start imgclf too",
-    )
-    d.add_argument(
-        "--max-restarts",
-        type=int,
-        default=0,
-        metavar="K",
-        help="with --nproc: restart the group up to K times after a worker dies; it resumes from the "
-        "newest checkpoint (default 0)",
-    )
-    d.add_argument(
-        "--dist-timeout",
-        type=float,
-        default=DEFAULT_TIMEOUT_S,
-        metavar="SECONDS",
-        help="under torchrun: a rank that does not join, or a collective that does not finish, within "
-        f"SECONDS ends the run with an error naming the rank (exit 10; default {DEFAULT_TIMEOUT_S:g})",
-    )
-    d.add_argument(
-        "--sync-bn",
-        action="store_true",
-        help="under torchrun on CUDA: batch-norm statistics over the global batch (SyncBatchNorm); "
-        "default: each rank's own batch, running statistics averaged across ranks after every epoch",
-    )
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected 1 or more, got {value}")
-    return value
+    add_launch_flags(p.add_argument_group("several processes (torchrun)"))
 
 
 def _add_run_folder_flags(c: argparse._ActionsContainer) -> None:
@@ -194,8 +151,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     from imgclf.world import World
 
     if args.nproc and not World.from_env().distributed:  # start the workers, which run this command
-        from imgclf.cli.torchrun import launch
-
         return launch(getattr(args, "argv", None) or ["train"], args.nproc, args.max_restarts)
     dataset, model, plot, config, run_dir = _train_inputs(args)
     try:
