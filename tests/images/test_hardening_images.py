@@ -16,7 +16,7 @@ from PIL import Image
 from imgclf.config import PreprocessSpec
 from imgclf.errors import ImageError, UsageError
 from imgclf.images import preprocess as images
-from imgclf.images import read
+from imgclf.images import read, rgb
 
 # --- item 1: strip-wise conversion is bitwise the whole-image rule --------------------------------
 
@@ -55,9 +55,9 @@ def random_image(mode: str, w: int, h: int, seed: int) -> Image.Image:
 
 @pytest.mark.parametrize("mode", ["I;16", "I;16B", "I", "F", "RGBA", "RGBa", "LA", "PA", "P"])
 def test_strip_conversion_equals_the_whole_image_rule(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(read, "STRIP_PIXELS", 1000)  # many strips, and a last one of a different height
+    monkeypatch.setattr(rgb, "STRIP_PIXELS", 1000)  # many strips, and a last one of a different height
     img = random_image(mode, 97, 61, seed=len(mode))
-    out = read.to_rgb_image(img)
+    out = rgb.to_rgb_image(img)
     assert out.mode == "RGB" and out.size == img.size
     np.testing.assert_array_equal(np.asarray(out), whole_image_rule(img))
 

@@ -22,7 +22,7 @@ from PIL import Image, ImageFile
 from imgclf.config import INTERPOLATIONS, PreprocessSpec
 from imgclf.errors import ImageError, UsageError
 from imgclf.images import preprocess as images
-from imgclf.images import read
+from imgclf.images import read, rgb
 
 SPEC = PreprocessSpec(height=16, width=16)
 
@@ -806,9 +806,9 @@ def test_conversion_in_many_strips_equals_one_strip(monkeypatch: pytest.MonkeyPa
         img = Image.fromarray(rng.uniform(-20, 300, size=(33, 11)).astype(np.float32), mode="F")
     else:
         img = Image.fromarray(rng.integers(0, 65536, size=(33, 11), dtype=np.uint16)).convert(mode)
-    whole = np.asarray(read.to_rgb_image(img))
-    monkeypatch.setattr(read, "STRIP_PIXELS", 7 * 11)
-    assert np.array_equal(np.asarray(read.to_rgb_image(img)), whole)
+    whole = np.asarray(rgb.to_rgb_image(img))
+    monkeypatch.setattr(rgb, "STRIP_PIXELS", 7 * 11)
+    assert np.array_equal(np.asarray(rgb.to_rgb_image(img)), whole)
 
 
 class _Stat:
@@ -871,8 +871,8 @@ def test_preprocess_uint8_passes_the_pixel_cap_and_name_on() -> None:
 
 def test_a_premultiplied_rgba_image_follows_the_alpha_rule() -> None:
     rgba = Image.fromarray(np.random.default_rng(4).integers(0, 256, size=(8, 8, 4), dtype=np.uint8), "RGBA")
-    straight = np.asarray(read.to_rgb_image(rgba)).astype(int)
-    premultiplied = np.asarray(read.to_rgb_image(rgba.convert("RGBa"))).astype(int)
+    straight = np.asarray(rgb.to_rgb_image(rgba)).astype(int)
+    premultiplied = np.asarray(rgb.to_rgb_image(rgba.convert("RGBa"))).astype(int)
     assert np.abs(premultiplied - straight).max() <= 1  # un-premultiplying rounds
 
 

@@ -43,16 +43,15 @@ from imgclf.errors import ImageError, UsageError
 from imgclf.images.read import (
     IMAGE_EXTENSIONS,
     MAX_PIXELS,
-    array_to_rgb,
     check_pixels,
     checked_max_pixels,
     describe_source,
     open_image,
     orientation,
     read_bytes,
-    to_rgb_image,
     warnings_named,
 )
+from imgclf.images.rgb import array_to_rgb, to_rgb_image
 
 if TYPE_CHECKING:  # torch is imported where a tensor is made: the NumPy path must work without it
     import torch
