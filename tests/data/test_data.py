@@ -16,7 +16,7 @@ from PIL import Image
 
 from helpers import make_dataset, save_image, shape_image
 from imgclf.config import PreprocessSpec
-from imgclf.data import decode, folders, listing
+from imgclf.data import decode, folders, identity, listing
 from imgclf.errors import DatasetError
 from imgclf.images import preprocess
 
@@ -350,24 +350,24 @@ def _decode_all(ds: folders.Dataset) -> dict[str, decode.DecodedSplit]:
 def test_duplicate_report_flags_a_file_in_two_classes(tmp_path: Path) -> None:
     root = flat_dataset(tmp_path / "d", {"a": 3, "b": 3})
     ds = folders.scan_dataset(root, val_split=0.0, test_split=0.0)
-    assert decode.duplicate_report(_decode_all(ds)) is None
+    assert identity.duplicate_report(_decode_all(ds)) is None
     shutil.copy(root / "a" / "a_000.png", root / "b" / "copy_of_a.png")
     ds = folders.scan_dataset(root, val_split=0.0, test_split=0.0)
-    report = decode.duplicate_report(_decode_all(ds))
+    report = identity.duplicate_report(_decode_all(ds))
     assert report is not None and report.startswith("1 identical file(s) appear in more than one class")
 
 
 def test_fingerprint_tracks_content_and_nothing_else(tmp_path: Path) -> None:
     root = flat_dataset(tmp_path / "d", {"a": 3, "b": 3})
     ds = folders.scan_dataset(root, val_split=0.0, test_split=0.0)
-    first = decode.fingerprint(ds, _decode_all(ds))
+    first = identity.fingerprint(ds, _decode_all(ds))
     assert len(first) == 64
-    assert decode.fingerprint(ds, _decode_all(ds)) == first
+    assert identity.fingerprint(ds, _decode_all(ds)) == first
     target = root / "b" / "b_001.png"
     os.utime(target, (1, 1))  # a touched file with the same bytes changes nothing
-    assert decode.fingerprint(ds, _decode_all(ds)) == first
+    assert identity.fingerprint(ds, _decode_all(ds)) == first
     write_png(target, seed=999)
-    changed = decode.fingerprint(ds, _decode_all(ds))
+    changed = identity.fingerprint(ds, _decode_all(ds))
     assert changed != first
 
 
@@ -377,7 +377,7 @@ def test_fingerprint_does_not_depend_on_where_the_dataset_lives(tmp_path: Path) 
     shutil.copytree(root, moved)
     ds1 = folders.scan_dataset(root, val_split=0.0, test_split=0.0)
     ds2 = folders.scan_dataset(moved, val_split=0.0, test_split=0.0)
-    assert decode.fingerprint(ds1, _decode_all(ds1)) == decode.fingerprint(ds2, _decode_all(ds2))
+    assert identity.fingerprint(ds1, _decode_all(ds1)) == identity.fingerprint(ds2, _decode_all(ds2))
 
 
 # --- list_images ---------------------------------------------------------------------------------

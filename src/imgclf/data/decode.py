@@ -29,7 +29,7 @@ import numpy as np
 
 from imgclf.config import PreprocessSpec
 from imgclf.data.cache import DEFAULT_MAX_BYTES, DecodeCache, default_cache_dir
-from imgclf.data.folders import Dataset, Sample
+from imgclf.data.folders import Sample
 from imgclf.errors import DatasetError, ImageError, UsageError, listed
 from imgclf.images.preprocess import preprocess_uint8
 from imgclf.images.read import MAX_PIXELS, read_bytes
@@ -271,43 +271,3 @@ def bad_files_error(bad: Sequence[tuple[str, str]]) -> DatasetError:
         f"{len(bad)} file(s) are not readable images: {listed([f'{p} ({why})' for p, why in bad])}",
         fix="remove or replace them, or pass --skip-bad to train without them",
     )
-
-
-def duplicate_report(splits: dict[str, DecodedSplit]) -> str | None:
-    """Describe identical files found in more than one class or split (possible leakage), if any."""
-    where: dict[str, set[tuple[str, int]]] = {}
-    for split, dec in splits.items():
-        for digest, label in zip(dec.digests, dec.labels.tolist(), strict=True):
-            where.setdefault(digest, set()).add((split, label))
-    clashes = [d for d, places in where.items() if len(places) > 1]
-    if not clashes:
-        return None
-    return f"{len(clashes)} identical file(s) appear in more than one class or split (possible leakage)"
-
-
-def fingerprint(dataset: Dataset, splits: dict[str, DecodedSplit]) -> str:
-    """SHA-256 over class names and every (split, relative path, label, content digest)."""
-    return table_fingerprint(dataset.class_names, file_table(dataset, splits))
-
-
-def table_fingerprint(class_names: Sequence[str], table: dict[str, list]) -> str:
-    """:func:`fingerprint` of a decoded :func:`file_table` (rows ``[relative path, label, digest]``)."""
-    h = hashlib.sha256()
-    h.update("\x00".join(class_names).encode("utf-8", "surrogateescape"))
-    for split in sorted(table):
-        for rel, label, digest in table[split]:
-            h.update(f"\x01{split}\x00{rel}\x00{label}\x00{digest}".encode("utf-8", "surrogateescape"))
-    return h.hexdigest()
-
-
-def file_table(dataset: Dataset, decoded: dict[str, DecodedSplit] | None = None) -> dict[str, list]:
-    """Every file per split as ``[relative path, label]`` (plus its content digest once decoded)."""
-    out: dict[str, list] = {}
-    if decoded is None:
-        for split, samples in dataset.splits.items():
-            out[split] = [[os.path.relpath(s.path, dataset.root), s.label] for s in samples]
-        return out
-    for split, dec in decoded.items():
-        rows = zip(dec.paths, dec.labels.tolist(), dec.digests, strict=True)
-        out[split] = [[os.path.relpath(p, dataset.root), label, digest] for p, label, digest in rows]
-    return out

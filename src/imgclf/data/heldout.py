@@ -17,8 +17,9 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from imgclf.data.decode import DecodedSplit, file_table, table_fingerprint
+from imgclf.data.decode import DecodedSplit
 from imgclf.data.folders import Dataset, Sample, scan_dataset
+from imgclf.data.identity import file_table, table_fingerprint
 from imgclf.errors import DatasetError
 
 ALL = "all"  # evaluate every image of a folder (one the model never saw)

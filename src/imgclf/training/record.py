@@ -45,7 +45,7 @@ class RunRecord:
         class_names: In index order.
         layout: The dataset's layout (``split`` or ``flat``).
         data_fingerprint: Digest of the file table (names, labels, content).
-        files: The file table per split (see :func:`imgclf.data.decode.file_table`).
+        files: The file table per split (see :func:`imgclf.data.identity.file_table`).
         counts: Images per split and class.
         skipped: Files skipped as undecodable.
         device: Where training runs, e.g. ``cpu``.

@@ -30,8 +30,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from imgclf.config import TrainConfig
-from imgclf.data.decode import DecodedSplit, file_table
+from imgclf.data.decode import DecodedSplit
 from imgclf.data.folders import Dataset
+from imgclf.data.identity import file_table
 from imgclf.errors import ResumeError, RunFinished, UsageError
 from imgclf.models import registry
 from imgclf.progress import Log

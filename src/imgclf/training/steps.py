@@ -26,15 +26,9 @@ import torch
 from imgclf import modelfile
 from imgclf.classifier import Classifier
 from imgclf.config import TrainConfig
-from imgclf.data.decode import (
-    DecodedSplit,
-    bad_files_error,
-    duplicate_report,
-    file_table,
-    load_split,
-    table_fingerprint,
-)
+from imgclf.data.decode import DecodedSplit, bad_files_error, load_split
 from imgclf.data.folders import Dataset
+from imgclf.data.identity import duplicate_report, file_table, table_fingerprint
 from imgclf.errors import DatasetError
 from imgclf.evaluation import Evaluation, evaluate_probabilities, usefulness_warnings
 from imgclf.fileio.writing import atomic_write_text, check_writable
