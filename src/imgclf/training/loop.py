@@ -263,10 +263,7 @@ class _Epochs:
 
     def _world_sums(self, loss_sum: torch.Tensor, correct: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The epoch's running sums added over all ranks (unchanged in a single process)."""
-        if self.group is None:
-            return loss_sum, correct
-        total_loss, total_correct = self.group.sum_(loss_sum, correct)
-        return total_loss, total_correct
+        return (loss_sum, correct) if self.group is None else tuple(self.group.sum_(loss_sum, correct))
 
 
 @contextlib.contextmanager
