@@ -5,7 +5,9 @@ writer) is opened with h5py, a ``.keras`` (Keras 3) with ``zipfile`` (``config.j
 ``metadata.json``, ``model.weights.h5``), both from one bounded in-memory read, so the digest names
 exactly the bytes parsed. The format is told by the first bytes, not the name. Every size is checked
 before it is read: the file, each zip member (declared and actual), the config text, each weight
-array and their total.
+array and their total. Before any attribute or dataset is read, :mod:`imgclf.interop.keras_hdf5`
+refuses HDF5 storage that reaches outside the file (external storage, virtual datasets, external and
+soft links), unknown filters and declared sizes a small compressed file could balloon into.
 Anything unexpected raises :class:`~imgclf.errors.ModelFileError` (exit 3).
 
 Usage::
@@ -31,6 +33,7 @@ import numpy as np
 
 from imgclf.errors import ModelFileError, UsageError
 from imgclf.fileio.reading import open_for_reading
+from imgclf.interop.keras_hdf5 import check_storage
 from imgclf.interop.keras_zip import read_zip, refused
 
 MAX_FILE_BYTES = 1 << 30
@@ -53,11 +56,12 @@ def _read_bounded(path: str) -> bytes:
         if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_FILE_BYTES:
             raise refused(path, "not a regular file within the size limit", f"{st.st_size} bytes")
         with os.fdopen(os.dup(fd), "rb") as f:
-            data = f.read(MAX_FILE_BYTES + 1)
+            # One byte past the size it has, not past the cap: read(n) allocates n bytes up front.
+            data = f.read(st.st_size + 1)
     finally:
         os.close(fd)
-    if len(data) > MAX_FILE_BYTES:
-        raise refused(path, "file grew past the size limit while being read")
+    if len(data) > st.st_size:
+        raise refused(path, "file grew while being read", fix="import it once it is complete")
     return data
 
 
@@ -218,9 +222,18 @@ def _open_h5(path: str, blob: bytes) -> Any:
     if not blob.startswith(HDF5_MAGIC):
         raise refused(path, "the weights are not an HDF5 file", repr(blob[:8]))
     try:
-        return h5py.File(io.BytesIO(blob), "r")
+        h5 = h5py.File(io.BytesIO(blob), "r")
     except Exception as exc:  # noqa: BLE001 - h5py raises OSError and others on truncated files
         raise refused(path, "damaged or truncated HDF5 file", f"{type(exc).__name__}: {exc}"[:150]) from None
+    try:
+        check_storage(path, h5, len(blob), MAX_WEIGHT_BYTES)
+    except ModelFileError:
+        h5.close()
+        raise
+    except Exception as exc:  # noqa: BLE001 - damaged object headers surface while walking them
+        h5.close()
+        raise refused(path, "damaged HDF5 structure", f"{type(exc).__name__}: {exc}"[:150]) from None
+    return h5
 
 
 def _h5_config(path: str, h5: Any) -> tuple[Any, str | None]:
