@@ -45,7 +45,7 @@ from imgclf.interop.onnx_meta import (
     parse_metadata,
 )
 from imgclf.interop.onnx_parity import gate_inputs, parity_check
-from imgclf.interop.onnx_runtime import MAX_ONNX_BYTES, new_session
+from imgclf.interop.onnx_runtime import MAX_ONNX_BYTES, import_onnxruntime, new_session
 
 DEFAULT_OPSET = 18
 OPSETS = {"torchscript": (13, 20), "dynamo": (18, 23)}  # what each exporter writes and onnxruntime loads
@@ -158,8 +158,8 @@ def _read_source(path: str | os.PathLike) -> _Source:
 
 def _export_versions() -> dict[str, str]:
     import onnx
-    import onnxruntime
 
+    onnxruntime = import_onnxruntime()
     out = versions()
     out["onnx"] = onnx.__version__
     out["onnxruntime"] = onnxruntime.__version__
@@ -239,6 +239,8 @@ def export_onnx(
 
     check_options(opset, exporter)
     check_writable(out_path)
+    with contextlib.suppress(ImportError):  # first, so its start-up lines never reach stderr
+        import_onnxruntime()
     src = _read_source(model_path)
     spec = src.clf.preprocess
     inputs, names = gate_inputs([arr for _, arr in src.probes], src.probe_kinds, spec, parity_images)

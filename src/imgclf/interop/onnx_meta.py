@@ -32,7 +32,9 @@ MANIFEST_KEY = "imgclf.manifest"
 INPUT_NAME = "input"
 OUTPUT_NAME = "probabilities"
 PARITY_TOLERANCE = 1e-5
-MAX_CLASSES = 100_000
+MIN_CLASSES = 2
+MAX_CLASSES = 100_000  # the bounds of an .imgclf's class_names (modelfile.manifest), without importing torch
+MAX_CLASS_NAME = 1000
 
 
 def probe_key(index: int, part: str) -> str:
@@ -98,14 +100,29 @@ def _no_constant(text: str) -> Any:
 
 
 def _class_names(path: str, names: Any) -> list[str]:
-    if (
-        not isinstance(names, list)
-        or not 1 <= len(names) <= MAX_CLASSES
-        or not all(isinstance(n, str) and n for n in names)
-        or len(set(names)) != len(names)
-    ):
-        raise _bad(path, "class_names must be a list of distinct non-empty strings")
+    if not isinstance(names, list) or not MIN_CLASSES <= len(names) <= MAX_CLASSES:
+        count = len(names) if isinstance(names, list) else type(names).__name__
+        raise _bad(path, f"class_names must be a list of {MIN_CLASSES} to {MAX_CLASSES} names (got {count})")
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_CLASS_NAME or "\x00" in name:
+            got = f"{len(name)} characters" if isinstance(name, str) else type(name).__name__
+            raise _bad(
+                path,
+                f"class_names[{i}] must be a non-empty string of at most {MAX_CLASS_NAME} characters "
+                f"without NUL (got {got})",
+            )
+    if len(set(names)) != len(names):
+        raise _bad(path, "class_names must be distinct")
     return names
+
+
+def _graph_names(path: str, graph: Any) -> None:
+    """The manifest's ``graph`` must name the input and output every imgclf export has."""
+    want = {"input": INPUT_NAME, "output": OUTPUT_NAME}
+    got = {k: graph.get(k) for k in want} if isinstance(graph, dict) else None
+    if got != want:
+        problem = f"graph must name input {INPUT_NAME!r} and output {OUTPUT_NAME!r} (got {got!r})"
+        raise _bad(path, problem[:300])
 
 
 def _probes(path: str, raw: Any, num_classes: int) -> list[OnnxProbe]:
@@ -155,6 +172,7 @@ def parse_metadata(props: dict[str, str], path: str) -> OnnxManifest:
             fix="upgrade imgclf",
         )
     names = _class_names(path, raw.get("class_names"))
+    _graph_names(path, raw.get("graph"))
     pre = raw.get("preprocess")
     if not isinstance(pre, dict) or set(pre) != set(PreprocessSpec().to_dict()):
         raise _bad(path, "preprocess must give every preprocessing setting (nothing is assumed)")

@@ -69,7 +69,9 @@ def gate_inputs(
                 fix="point --parity-images at a folder of images",
             )
         arrays += [preprocess_uint8(p, spec) for p in paths]
-        names += paths
+        # Names relative to the folder: they go into the .onnx, where an absolute path would tell
+        # everyone who receives the file the exporting machine's directory layout (a home directory).
+        names += [f"parity image {os.path.relpath(p, parity_images)}" for p in paths]
     return np.stack(arrays), names
 
 

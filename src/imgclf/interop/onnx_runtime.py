@@ -15,7 +15,11 @@ Usage::
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import sys
+import tempfile
 from typing import Any
 
 import numpy as np
@@ -28,6 +32,9 @@ from imgclf.images.read import MAX_PIXELS, checked_max_pixels
 from imgclf.interop.onnx_meta import OnnxManifest, parse_metadata
 
 MAX_ONNX_BYTES = 2 * 1024**3  # protobuf's limit for one message: larger models need external data
+MAX_CAPTURED_BYTES = 64 * 1024
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+log = logging.getLogger("imgclf.onnx")
 
 
 def read_onnx_bytes(path: str | os.PathLike) -> bytes:
@@ -55,6 +62,38 @@ def read_onnx_bytes(path: str | os.PathLike) -> bytes:
         ) from None
 
 
+def import_onnxruntime() -> Any:
+    """``import onnxruntime``, with what its native code writes to stderr routed to logging instead.
+
+    onnxruntime's static initialisation logs at warning level before any option can lower it (on many
+    Linux hosts: a coloured "GPU device discovery failed" line), straight to file descriptor 2. The first
+    import therefore runs with descriptor 2 pointed at a temporary file whose lines go to the
+    ``imgclf.onnx`` logger at debug level; afterwards the default logger is set to errors only.
+
+    Raises:
+        ImportError: If onnxruntime is not installed.
+    """
+    if "onnxruntime" in sys.modules:
+        return sys.modules["onnxruntime"]
+    with tempfile.TemporaryFile() as sink:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            import onnxruntime as ort
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        sink.seek(0)
+        said = sink.read(MAX_CAPTURED_BYTES).decode("utf-8", "replace")
+    for line in said.splitlines():
+        if line.strip():
+            log.debug("onnxruntime: %s", _ANSI.sub("", line).strip())
+    ort.set_default_logger_severity(3)  # errors only, for sessions and the default logger alike
+    return ort
+
+
 def new_session(data: bytes, path: str, threads: int | None = None) -> Any:
     """An onnxruntime CPU session (default graph optimisations) over the model in ``data``.
 
@@ -62,7 +101,7 @@ def new_session(data: bytes, path: str, threads: int | None = None) -> Any:
         ModelFileError: If onnxruntime is missing or cannot load the model (truncated, corrupt, too new).
     """
     try:
-        import onnxruntime as ort
+        ort = import_onnxruntime()
     except ImportError:
         raise ModelFileError(
             "onnxruntime is not installed",
@@ -167,6 +206,16 @@ def open_onnx(
             expected=f"one input [N, {', '.join(map(str, want_in))}], one output [N, {len(m.class_names)}]",
             fix="export the model again with `imgclf export MODEL --format onnx`",
         )
+    names = {"input": inputs[0].name, "output": outputs[0].name}
+    for role, want in (("input", m.raw["graph"]["input"]), ("output", m.raw["graph"]["output"])):
+        if names[role] != want:
+            raise ModelFileError(
+                f"invalid imgclf ONNX file: the graph's {role} is named {names[role]!r}, its metadata says "
+                f"{want!r}",
+                received=name,
+                expected=f"the graph's {role} named as in the imgclf metadata",
+                fix="export the model again with `imgclf export MODEL --format onnx`",
+            )
     return data, session, m, props
 
 
