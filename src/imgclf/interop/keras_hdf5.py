@@ -15,7 +15,8 @@ no dataset is read) and refuses, naming the object:
 - any dataset whose layout is virtual or that has external storage;
 - any filter outside ``ALLOWED_FILTERS`` (gzip, shuffle, fletcher32, and h5py's lzf: what h5py itself
   writes without plugins), and chunks over ``MAX_CHUNK_BYTES``;
-- datasets that are not plain numbers (strings, variable-length, compound: Keras weights never are);
+- datasets of variable-length data or references, whose size their shape does not bound (Keras
+  writes numbers only);
 - declared sizes (shape × item size, summed over every dataset) over ``max_total`` or over
   ``EXPANSION`` × the file's size + ``EXPANSION_SLACK``, so decompression can never allocate more than
   that, whatever the compressed size.
@@ -39,7 +40,6 @@ MAX_DEPTH = 32
 MAX_CHUNK_BYTES = 64 << 20
 EXPANSION = 8  # declared bytes per file byte a compressed file may unpack to
 EXPANSION_SLACK = 16 << 20
-NUMBER_KINDS = "fiub"
 _FIX = "save the model again with Keras (model.save('model.keras')), without external or virtual storage"
 
 
@@ -73,8 +73,10 @@ def _dataset(path: str, ds: Any, name: str) -> int:
                 fix=_FIX,
             )
     dtype = ds.dtype
-    if dtype.kind not in NUMBER_KINDS or dtype.fields is not None:
-        raise refused(path, f"dataset {name!r} does not hold plain numbers", str(dtype)[:60], _FIX)
+    if dtype.hasobject:  # h5py's form of variable-length data and references: sizes not declared
+        raise refused(
+            path, f"dataset {name!r} holds variable-length data or references", str(dtype)[:60], _FIX
+        )
     if layout == h5py.h5d.CHUNKED:
         chunk = math.prod(dcpl.get_chunk()) * dtype.itemsize
         if chunk > MAX_CHUNK_BYTES:
