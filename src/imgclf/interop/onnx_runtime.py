@@ -20,6 +20,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,7 @@ MAX_ONNX_BYTES = 2 * 1024**3  # protobuf's limit for one message: larger models 
 MAX_CAPTURED_BYTES = 64 * 1024
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 log = logging.getLogger("imgclf.onnx")
+_IMPORT_LOCK = threading.Lock()
 
 
 def read_onnx_bytes(path: str | os.PathLike) -> bytes:
@@ -73,20 +75,28 @@ def import_onnxruntime() -> Any:
     Raises:
         ImportError: If onnxruntime is not installed.
     """
-    if "onnxruntime" in sys.modules:
-        return sys.modules["onnxruntime"]
-    with tempfile.TemporaryFile() as sink:
-        sys.stderr.flush()
-        saved = os.dup(2)
-        os.dup2(sink.fileno(), 2)
-        try:
-            import onnxruntime as ort
-        finally:
+    with _IMPORT_LOCK:  # descriptor 2 is process-wide: one redirection at a time
+        if "onnxruntime" in sys.modules:  # imported already (by us, or before us by someone else)
+            ort = sys.modules["onnxruntime"]
+            ort.set_default_logger_severity(3)
+            return ort
+        with tempfile.TemporaryFile() as sink:
             sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-        sink.seek(0)
-        said = sink.read(MAX_CAPTURED_BYTES).decode("utf-8", "replace")
+            try:
+                saved = os.dup(2)
+            except OSError:  # no stderr at all (a daemon): nothing to protect
+                saved = -1
+            else:
+                os.dup2(sink.fileno(), 2)
+            try:
+                import onnxruntime as ort
+            finally:
+                if saved >= 0:
+                    sys.stderr.flush()
+                    os.dup2(saved, 2)
+                    os.close(saved)
+            sink.seek(0)
+            said = sink.read(MAX_CAPTURED_BYTES).decode("utf-8", "replace")
     for line in said.splitlines():
         if line.strip():
             log.debug("onnxruntime: %s", _ANSI.sub("", line).strip())
