@@ -218,7 +218,7 @@ def test_a_hard_link_cycle_is_walked_once(tmp_path) -> None:
     assert max_delta(probs, ref) <= TOLERANCE
 
 
-def test_weights_opened_from_memory_never_touch_the_working_directory(tmp_path, monkeypatch) -> None:
+def test_a_relative_external_storage_name_is_refused_too(tmp_path, monkeypatch) -> None:
     """A relative external-storage name resolves against the working directory: still refused."""
     monkeypatch.chdir(tmp_path)
     _secret_file(tmp_path, 192)
