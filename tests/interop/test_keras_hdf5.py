@@ -230,3 +230,20 @@ def test_a_relative_external_storage_name_is_refused_too(tmp_path, monkeypatch) 
     with pytest.raises(ModelFileError, match="external storage") as info:
         import_keras(path, ["a", "b", "c"])
     assert SECRET.decode() not in str(info.value)
+
+
+def test_oversized_chunks_and_deep_nesting_are_refused(tmp_path) -> None:
+    path = Path(shutil.copy(KERAS2, tmp_path / "chunks.h5"))
+    with h5py.File(path, "r+") as f:  # 4 bytes declared, but reading one chunk allocates 80 MiB
+        f["model_weights"].create_dataset("wide", (1,), "<f4", maxshape=(None,), chunks=(20 << 20,))
+    with pytest.raises(ModelFileError) as info:
+        import_keras(path, ["a", "b", "c"])
+    assert info.value.problem == (
+        "cannot import 'chunks.h5': dataset '/model_weights/wide' declares chunks over the size limit"
+    )
+    path = Path(shutil.copy(KERAS2, tmp_path / "deep.h5"))
+    with h5py.File(path, "r+") as f:
+        f.create_group("/".join(["d"] * 40))
+    with pytest.raises(ModelFileError) as info:
+        import_keras(path, ["a", "b", "c"])
+    assert info.value.problem == "cannot import 'deep.h5': too many or too deeply nested HDF5 objects"
