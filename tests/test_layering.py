@@ -29,6 +29,7 @@ LAYERS = {
     "imgclf.cli": "cli",
     "imgclf.serving": "serving",
     "imgclf.interop": "interop",
+    "imgclf.sharding": "sharding",
     "imgclf.training": "training",
     "imgclf.data": "data",
     "imgclf.evaluation": "evaluation",
@@ -51,6 +52,7 @@ LAYERS = {
 # cli → training → {data, evaluation, reports, plots} → modelfile → classifier → {models, images} → base.
 _BELOW_CLASSIFIER = {"models", "images", "base"}
 _LIBRARY = {"modelfile", "classifier"} | _BELOW_CLASSIFIER
+_TOP = {"training", "data", "evaluation", "reports", "plots", "serving", "interop", "sharding"}
 MAY_IMPORT: dict[str, set[str]] = {
     "base": set(),
     "images": {"base"},
@@ -65,9 +67,10 @@ MAY_IMPORT: dict[str, set[str]] = {
     # Beside cli, over the library: never training or cli.
     "serving": {"interop"} | _LIBRARY,  # interop.files: one loader for .imgclf and .onnx files
     "interop": _LIBRARY,
-    "cli": {"training", "data", "evaluation", "reports", "plots", "serving", "interop"} | _LIBRARY,
+    "sharding": {"interop"} | _LIBRARY,  # interop.files: a sharded run loads .imgclf and .onnx files alike
+    "cli": _TOP | _LIBRARY,
     "main": {"cli"},
-    "api": {"training", "data", "evaluation", "reports", "plots", "serving", "interop"} | _LIBRARY,
+    "api": _TOP | _LIBRARY,
 }
 
 
