@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import imgclf
-from imgclf import classifier, config, dataset_evaluation, errors, evaluation, modelfile
+from imgclf import classifier, config, dataset_evaluation, errors, evaluation, modelfile, sharding
 from imgclf.interop import files
 from imgclf.training import loop, pipeline
 
@@ -35,6 +35,7 @@ HOMES = {
     "Prediction": classifier,
     "evaluate_dataset": dataset_evaluation,
     "Evaluation": evaluation,
+    "ShardedPrediction": sharding,
 }
 
 # Files that still declare __all__ (cli/allocator.py is the CLI's; the layout issue asks it to go). Drop an

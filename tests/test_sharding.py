@@ -103,3 +103,21 @@ def test_shares_are_contiguous_and_cover_the_list_once():
         assert max(map(len, shares)) - min(map(len, shares)) <= 1
         bounds = [sharding.share_bounds(len(paths), j, count) for j in range(count)]
         assert all(bounds[j][1] == bounds[j + 1][0] for j in range(count - 1))
+
+
+def test_the_public_api_runs_each_shard_in_its_own_object_and_merges_in_a_third(setup, tmp_path):
+    model, paths = setup
+    want = imgclf.load(model).predict(paths, errors="return")
+    parts = tmp_path / "parts"
+    for shard in range(2):  # as two processes would: each builds the run from the same arguments
+        done = imgclf.ShardedPrediction(model, paths, parts, shards=2).predict(shard)
+        assert (done.index, done.reused) == (shard, False)
+        assert done.path == str(parts / f"shard-{shard}-of-2.jsonl")
+    job = imgclf.ShardedPrediction(model, paths, parts, shards=2)
+    assert [s.status for s in job.states()] == ["finished", "finished"]
+    assert _fields(job.merge()) == _fields(want)
+    other = imgclf.ShardedPrediction(model, paths[::-1], parts, shards=2)  # another input list
+    with pytest.raises(imgclf.StorageError, match=r"shard-0-of-2\.jsonl was made for another input list"):
+        other.merge()
+    job.remove_parts()
+    assert not parts.exists()

@@ -39,6 +39,7 @@ __all__ = [
     "Prediction",
     "evaluate_dataset",
     "Evaluation",
+    "ShardedPrediction",
     # errors
     "ImgclfError",
     "UsageError",
@@ -73,6 +74,7 @@ _HOME = {
     "Prediction": "imgclf.classifier",
     "evaluate_dataset": "imgclf.dataset_evaluation",
     "Evaluation": "imgclf.evaluation",
+    "ShardedPrediction": "imgclf.sharding",  # one input list across processes, parts checked and merged
     "ImgclfError": "imgclf.errors",
     "UsageError": "imgclf.errors",
     "DatasetError": "imgclf.errors",
@@ -110,6 +112,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from imgclf.evaluation import Evaluation
     from imgclf.interop.files import inspect, load, verify
     from imgclf.modelfile import save
+    from imgclf.sharding import ShardedPrediction
     from imgclf.training.loop import Callback
     from imgclf.training.pipeline import TrainResult, resume_run, train
     from imgclf.training.progress import EpochProgress
@@ -138,6 +141,8 @@ def __getattr__(name: str) -> Any:
         from imgclf import evaluation as mod
     elif home == "imgclf.dataset_evaluation":
         from imgclf import dataset_evaluation as mod
+    elif home == "imgclf.sharding":
+        from imgclf import sharding as mod
     else:
         from imgclf import errors as mod
     value = getattr(mod, name)
