@@ -83,7 +83,8 @@ def check_shard_count(count: int, images: int) -> None:
             "too many shards" if isinstance(count, int) and count > limit else "bad shard count",
             received=f"{count!r} shards for {images} image(s)",
             expected=f"1 … {limit} (at most one shard per image and at most {MAX_SHARDS})",
-            fix=f"use at most {limit} shards (a smaller --shard N, or fewer torchrun processes)",
+            fix=f"use at most {limit} shards (imgclf predict: a smaller N in --shard I/N, or fewer torchrun "
+            "processes)",
         )
 
 

@@ -409,3 +409,16 @@ def test_a_foreign_part_being_rewritten_is_waited_for_not_refused(setup, tmp_pat
     temp.write_text("")  # as shard 1 writes its new part
     code, out, err = _predict(model, images, output, "--shard", "0/2")
     assert (code, out) == (0, "") and "shards still to finish: 1/2" in err
+
+
+def test_under_torchrun_rank_0_checks_every_row_before_merging(setup, tmp_path, monkeypatch):
+    (model, _), images = setup
+    output = str(tmp_path / "p.jsonl")
+    assert _predict(model, images, output, "--shard", "1/2")[0] == 0  # rank 1's part, as torchrun's would be
+    part = _part(output, 1)
+    part.write_text(DAMAGE["rows swapped"](part.read_text()))  # its header still matches the run
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    code, out, err = _predict(model, images, output, "--shard-timeout", "5")
+    assert (code, out) == (5, "") and not os.path.exists(output)
+    assert f"error: cannot merge the prediction parts: {part} is damaged: row 1 is for " in err

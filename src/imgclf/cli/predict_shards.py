@@ -137,7 +137,7 @@ def run_sharded(
         if torchrun and not world.is_main:
             return 0  # every rank finds the same; rank 0 alone reports it (a failing rank stops rank 0)
         raise
-    job.classifier  # noqa: B018 - load the model first: a bad --model is reported before any work
+    class_names = job.classifier.class_names  # the model loads first: a bad --model before any work
     done = job.predict(index)
     where = f"shard {index}/{count}"
     if done.reused:
@@ -150,7 +150,7 @@ def run_sharded(
         return 0  # rank 0 merges; a non-zero exit here would make torchrun stop rank 0
     if torchrun:
         job.wait(args.shard_timeout, name="rank")
-    return _merge(args, job, report, index)
+    return _merge(args, job, report, index, class_names)
 
 
 def _merge(
@@ -158,6 +158,7 @@ def _merge(
     job: Any,
     report: Callable[[argparse.Namespace, list[str], Any, int], int],
     index: int,
+    class_names: list[str],
 ) -> int:
     count = job.shards
     with job.merge_lock() as locked:
@@ -179,7 +180,7 @@ def _merge(
             return 0
         rows = job.merge()  # every part checked row by row before the first result is written
         try:
-            code = report(args, job.classifier.class_names, rows, len(job.images))
+            code = report(args, class_names, rows, len(job.images))
         except PartialFailure:  # the output is written; only the exit status says some images failed
             job.remove_parts()
             raise
