@@ -24,8 +24,10 @@ torchrun rank) is a thin layer over this module: see docs/distributed.md.
 Usage::
 
     import imgclf
-    job = imgclf.ShardedPrediction("m.imgclf", paths, "preds.parts", shards=4)
-    job.predict(0)                       # in process 0; job.predict(1) in process 1, ...
+    paths = ["cell1.png", "cell2.png"]
+    job = imgclf.ShardedPrediction("malaria.imgclf", paths, "preds.parts", shards=2)
+    job.predict(0)                       # each shard in its own process, usually; here one after the other
+    job.predict(1)
     if all(state.finished for state in job.states()):
         for p in job.merge():            # every part checked first; input order
             print(p.source, p.label)
