@@ -66,10 +66,10 @@ _HOME = {
     "TrainConfig": "imgclf.config",
     "PreprocessSpec": "imgclf.config",
     "AugmentSpec": "imgclf.config",
-    "load": "imgclf.interop.files",  # .imgclf or .onnx, told apart by the file's first bytes
+    "load": "imgclf.loading",  # .imgclf or .onnx, told apart by the file's first bytes
     "save": "imgclf.modelfile",
-    "verify": "imgclf.interop.files",
-    "inspect": "imgclf.interop.files",
+    "verify": "imgclf.loading",
+    "inspect": "imgclf.loading",
     "Classifier": "imgclf.classifier",
     "Prediction": "imgclf.classifier",
     "evaluate_dataset": "imgclf.dataset_evaluation",
@@ -110,7 +110,7 @@ if TYPE_CHECKING:  # pragma: no cover
         UsageError,
     )
     from imgclf.evaluation import Evaluation
-    from imgclf.interop.files import inspect, load, verify
+    from imgclf.loading import inspect, load, verify
     from imgclf.modelfile import save
     from imgclf.sharding import ShardedPrediction
     from imgclf.training.loop import Callback
@@ -131,8 +131,8 @@ def __getattr__(name: str) -> Any:
         from imgclf.training import progress as mod
     elif home == "imgclf.config":
         from imgclf import config as mod
-    elif home == "imgclf.interop.files":
-        from imgclf.interop import files as mod
+    elif home == "imgclf.loading":
+        from imgclf import loading as mod
     elif home == "imgclf.modelfile":
         from imgclf import modelfile as mod
     elif home == "imgclf.classifier":

@@ -251,7 +251,7 @@ class ShardedPrediction:
     def classifier(self) -> Any:
         """The model, loaded on first use (:func:`imgclf.load`)."""
         if self._classifier is None:
-            from imgclf.interop.files import load  # .imgclf or .onnx (onnxruntime, no torch)
+            from imgclf.loading import load  # .imgclf or .onnx (onnxruntime, no torch)
 
             cap = {} if self.max_pixels is None else {"max_pixels": self.max_pixels}
             self._classifier = load(self.model, **cap)
