@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 import imgclf
-from imgclf import classifier, config, dataset_evaluation, errors, evaluation, modelfile
-from imgclf.interop import files
+from imgclf import classifier, config, dataset_evaluation, errors, evaluation, loading, modelfile, sharding
 from imgclf.training import loop, pipeline
 
 PACKAGE = Path(imgclf.__file__).parent
@@ -27,14 +26,15 @@ HOMES = {
     "TrainConfig": config,
     "PreprocessSpec": config,
     "AugmentSpec": config,
-    "load": files,  # dispatches to modelfile or, for an .onnx, to interop.onnx_runtime
+    "load": loading,  # dispatches to modelfile or, for an .onnx, to interop.onnx_runtime
     "save": modelfile,
-    "verify": files,
-    "inspect": files,
+    "verify": loading,
+    "inspect": loading,
     "Classifier": classifier,
     "Prediction": classifier,
     "evaluate_dataset": dataset_evaluation,
     "Evaluation": evaluation,
+    "ShardedPrediction": sharding,
 }
 
 # Files that still declare __all__ (cli/allocator.py is the CLI's; the layout issue asks it to go). Drop an

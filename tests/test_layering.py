@@ -29,6 +29,8 @@ LAYERS = {
     "imgclf.cli": "cli",
     "imgclf.serving": "serving",
     "imgclf.interop": "interop",
+    "imgclf.sharding": "sharding",
+    "imgclf.loading": "loading",
     "imgclf.training": "training",
     "imgclf.data": "data",
     "imgclf.evaluation": "evaluation",
@@ -51,6 +53,7 @@ LAYERS = {
 # cli → training → {data, evaluation, reports, plots} → modelfile → classifier → {models, images} → base.
 _BELOW_CLASSIFIER = {"models", "images", "base"}
 _LIBRARY = {"modelfile", "classifier"} | _BELOW_CLASSIFIER
+_TOP = {"training", "data", "evaluation", "reports", "plots", "serving", "interop", "loading", "sharding"}
 MAY_IMPORT: dict[str, set[str]] = {
     "base": set(),
     "images": {"base"},
@@ -63,11 +66,14 @@ MAY_IMPORT: dict[str, set[str]] = {
     "plots": _LIBRARY,
     "training": {"data", "evaluation", "reports", "plots"} | _LIBRARY,
     # Beside cli, over the library: never training or cli.
-    "serving": {"interop"} | _LIBRARY,  # interop.files: one loader for .imgclf and .onnx files
+    "serving": {"interop", "loading"} | _LIBRARY,  # loading: one loader for .imgclf and .onnx files
     "interop": _LIBRARY,
-    "cli": {"training", "data", "evaluation", "reports", "plots", "serving", "interop"} | _LIBRARY,
+    # imgclf.load/verify/inspect: an .imgclf through modelfile, an .onnx through interop (without torch).
+    "loading": {"interop"} | _LIBRARY,
+    "sharding": {"loading"} | _LIBRARY,  # a sharded run loads .imgclf and .onnx files alike
+    "cli": _TOP | _LIBRARY,
     "main": {"cli"},
-    "api": {"training", "data", "evaluation", "reports", "plots", "serving", "interop"} | _LIBRARY,
+    "api": _TOP | _LIBRARY,
 }
 
 

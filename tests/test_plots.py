@@ -151,7 +151,7 @@ import contextlib, io, json, sys
 watched = ("matplotlib", "fastapi", "uvicorn", "imgclf.training", "imgclf.serving", "imgclf.interop")
 # imgclf.load's dispatcher reads a file's first bytes and imports no ONNX or Keras code: allowed; so is
 # the serve command's settings dataclass (stdlib only), which its parser reads for the "(default X)".
-allowed = ("imgclf.interop", "imgclf.interop.files", "imgclf.serving", "imgclf.serving.settings")
+allowed = ("imgclf.serving", "imgclf.serving.settings")
 seen = {}
 def note(stage):
     seen[stage] = sorted(

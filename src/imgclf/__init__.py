@@ -39,6 +39,7 @@ __all__ = [
     "Prediction",
     "evaluate_dataset",
     "Evaluation",
+    "ShardedPrediction",
     # errors
     "ImgclfError",
     "UsageError",
@@ -65,14 +66,15 @@ _HOME = {
     "TrainConfig": "imgclf.config",
     "PreprocessSpec": "imgclf.config",
     "AugmentSpec": "imgclf.config",
-    "load": "imgclf.interop.files",  # .imgclf or .onnx, told apart by the file's first bytes
+    "load": "imgclf.loading",  # .imgclf or .onnx, told apart by the file's first bytes
     "save": "imgclf.modelfile",
-    "verify": "imgclf.interop.files",
-    "inspect": "imgclf.interop.files",
+    "verify": "imgclf.loading",
+    "inspect": "imgclf.loading",
     "Classifier": "imgclf.classifier",
     "Prediction": "imgclf.classifier",
     "evaluate_dataset": "imgclf.dataset_evaluation",
     "Evaluation": "imgclf.evaluation",
+    "ShardedPrediction": "imgclf.sharding",  # one input list across processes, parts checked and merged
     "ImgclfError": "imgclf.errors",
     "UsageError": "imgclf.errors",
     "DatasetError": "imgclf.errors",
@@ -108,8 +110,9 @@ if TYPE_CHECKING:  # pragma: no cover
         UsageError,
     )
     from imgclf.evaluation import Evaluation
-    from imgclf.interop.files import inspect, load, verify
+    from imgclf.loading import inspect, load, verify
     from imgclf.modelfile import save
+    from imgclf.sharding import ShardedPrediction
     from imgclf.training.loop import Callback
     from imgclf.training.pipeline import TrainResult, resume_run, train
     from imgclf.training.progress import EpochProgress
@@ -128,8 +131,8 @@ def __getattr__(name: str) -> Any:
         from imgclf.training import progress as mod
     elif home == "imgclf.config":
         from imgclf import config as mod
-    elif home == "imgclf.interop.files":
-        from imgclf.interop import files as mod
+    elif home == "imgclf.loading":
+        from imgclf import loading as mod
     elif home == "imgclf.modelfile":
         from imgclf import modelfile as mod
     elif home == "imgclf.classifier":
@@ -138,6 +141,8 @@ def __getattr__(name: str) -> Any:
         from imgclf import evaluation as mod
     elif home == "imgclf.dataset_evaluation":
         from imgclf import dataset_evaluation as mod
+    elif home == "imgclf.sharding":
+        from imgclf import sharding as mod
     else:
         from imgclf import errors as mod
     value = getattr(mod, name)

@@ -1,4 +1,4 @@
-"""``imgclf.interop.onnx_runtime`` and ``files``: the NumPy input path, loading, refusals and verify."""
+"""``imgclf.interop.onnx_runtime`` and ``imgclf.loading``: NumPy input path, loading, refusals, verify."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import imgclf
 from imgclf.config import PreprocessSpec
 from imgclf.errors import ImageError, ModelFileError, UsageError
 from imgclf.images.preprocess import to_array, to_tensor
-from imgclf.interop.files import file_kind
 from imgclf.interop.onnx_meta import MANIFEST_KEY
+from imgclf.loading import file_kind
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,9 @@ with warnings.catch_warnings():
 from servehelpers import png, write_model  # noqa: E402
 
 from imgclf.images.preprocess import preprocess_uint8, to_array  # noqa: E402
-from imgclf.interop.files import load  # noqa: E402
 from imgclf.interop.onnx_export import export_onnx  # noqa: E402
 from imgclf.interop.onnx_runtime import OnnxClassifier  # noqa: E402
+from imgclf.loading import load  # noqa: E402
 from imgclf.serving.app import ServeSettings, create_app  # noqa: E402
 from imgclf.serving.models import ModelStore  # noqa: E402
 

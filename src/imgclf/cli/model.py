@@ -96,7 +96,7 @@ def _short_args(args: dict) -> dict:
 def cmd_inspect(args: argparse.Namespace) -> int:
     """``imgclf inspect``: the manifest, human-readable or ``--json``."""
     from imgclf.errors import safe_text
-    from imgclf.interop.files import inspect  # .imgclf or .onnx
+    from imgclf.loading import inspect  # .imgclf or .onnx
 
     info = inspect(_model_path(args))
     if args.json:
@@ -194,7 +194,7 @@ def _onnx_lines(info: dict) -> list[str]:
 def cmd_verify(args: argparse.Namespace) -> int:
     """``imgclf verify``: one line per check; exit 0 if all pass, 3 otherwise."""
     from imgclf.errors import ModelFileError, safe_text
-    from imgclf.interop.files import file_kind, verify  # .imgclf or .onnx
+    from imgclf.loading import file_kind, verify  # .imgclf or .onnx
 
     path = _model_path(args)
     report = verify(path)

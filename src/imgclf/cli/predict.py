@@ -168,7 +168,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     Under torchrun or with ``--shard``, :mod:`imgclf.cli.predict_shards` splits the work and merges it.
     """
-    from imgclf.interop.files import load  # .imgclf or .onnx (onnxruntime, no torch)
+    from imgclf.loading import load  # .imgclf or .onnx (onnxruntime, no torch)
     from imgclf.world import World
 
     _check_options(args)

@@ -1,7 +1,7 @@
 """``imgclf serve``: an HTTP inference server (v1 JSON API, Open Inference Protocol v2) and a web page.
 
 Built on FastAPI + uvicorn (the ``serve`` extra). It loads model files through
-:mod:`imgclf.interop.files` (an .imgclf through :mod:`imgclf.modelfile`, an .onnx through onnxruntime,
+:mod:`imgclf.loading` (an .imgclf through :mod:`imgclf.modelfile`, an .onnx through onnxruntime,
 without torch), never training code, and classifies through ``Classifier.predict`` so its answers are
 the ones ``imgclf predict`` gives.
 

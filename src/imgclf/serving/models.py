@@ -87,7 +87,7 @@ def load_served(name: str, path: str, max_pixels: int | None = None) -> ServedMo
     import numpy as np
 
     # The dispatcher tells an .imgclf from an .onnx by its first bytes; an .onnx never imports torch.
-    from imgclf.interop.files import inspect, load, verify
+    from imgclf.loading import inspect, load, verify
 
     before = _identity(path)
     report = verify(path)

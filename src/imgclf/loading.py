@@ -1,4 +1,5 @@
-"""One entry point for every model file imgclf reads: ``.imgclf`` (safetensors) or an exported ``.onnx``.
+"""Loading a model: ``imgclf.load``, ``verify`` and ``inspect`` for every model file imgclf reads, an
+``.imgclf`` (safetensors) or an exported ``.onnx``.
 
 The kind is told from the file's first bytes, never from its name, so a renamed pickle still gets the
 "not an imgclf model file: it looks like a Python pickle" refusal of :mod:`imgclf.modelfile`. ONNX files
