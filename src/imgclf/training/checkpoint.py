@@ -21,7 +21,7 @@ Usage::
     path = write_checkpoint(run_dir, state, config, info)        # after an epoch (or on a signal)
     ckpt = read_checkpoint(path)                                 # validated, or CheckpointDamaged
 
-Finding the newest usable checkpoint and putting it back into a ``TrainState`` is :mod:`.restore`.
+Finding the newest usable checkpoint and putting it back into a ``TrainState`` is :mod:`.resume`.
 """
 
 from __future__ import annotations
