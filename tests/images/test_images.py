@@ -690,7 +690,7 @@ def test_is_image_name_and_describe_source() -> None:
     assert images.describe_source(np.zeros((2, 3), np.uint8)) == "<array shape=(2, 3) dtype=uint8>"
 
 
-# --- to_array (the NumPy-only scaling an ONNX model gets) and orient: fast checks of their own, so a
+# --- to_array (the NumPy-only scaling an ONNX model gets) and orientation: fast checks of their own, so a
 # mutation run (docs/testing.md) has tests that reach them ---------------------------------------------------
 
 
@@ -737,19 +737,25 @@ def test_to_array_accepts_a_list_and_leaves_the_batch_unchanged() -> None:
     assert np.array_equal(batch, before)
 
 
+def _oriented(img: Image.Image) -> Image.Image:
+    for op in read.orientation(img, "x.png"):
+        img = img.transpose(op)
+    return img
+
+
 @pytest.mark.parametrize("orientation", range(2, 9))
-def test_orient_applies_the_exif_tag_to_a_pil_image(orientation: int) -> None:
+def test_orientation_applies_the_exif_tag_to_a_pil_image(orientation: int) -> None:
     upright = blocks(3, 4, 2)
     img = Image.open(io.BytesIO(_tagged(upright, orientation, "PNG")))
-    assert np.array_equal(np.asarray(read.orient(img, "x.png").convert("RGB")), upright), orientation
+    assert np.array_equal(np.asarray(_oriented(img).convert("RGB")), upright), orientation
 
 
-def test_orient_leaves_an_untagged_image_alone() -> None:
+def test_orientation_leaves_an_untagged_image_alone() -> None:
     img = Image.fromarray(blocks(3, 4, 2))
-    assert read.orient(img, "x.png") is img
+    assert read.orientation(img, "x.png") == ()
 
 
-def test_orient_names_the_image_when_its_exif_cannot_be_read(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_orientation_names_the_image_when_its_exif_cannot_be_read(monkeypatch: pytest.MonkeyPatch) -> None:
     img = Image.fromarray(blocks(3, 4, 2))
 
     def broken() -> None:
@@ -757,7 +763,7 @@ def test_orient_names_the_image_when_its_exif_cannot_be_read(monkeypatch: pytest
 
     monkeypatch.setattr(img, "getexif", broken)
     with pytest.warns(UserWarning, match=r"^x\.png: unreadable EXIF data ignored"):
-        assert read.orient(img, "x.png") is img
+        assert read.orientation(img, "x.png") == ()
 
 
 # Each channel's mean and std on its own: the shortcut that skips the identity must skip nothing else.
