@@ -12,7 +12,9 @@ Usage::
 
     queue = InferenceQueue(max_queue=1024, batch_delay_s=0.0)
     queue.start()
-    future = queue.submit(served, [png_bytes], top_k=1)   # concurrent.futures.Future of predictions
+    future = queue.submit(served, [png_bytes])        # concurrent.futures.Future: a Prediction per image
+    probs = queue.submit(served, tensor=batch).result()   # (N, C) for a preprocessed float32 batch
+    queue.stop()                                      # finishes the queued jobs first
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ Usage::
 
     plan = plan_resume(run_dir, config, dataset, force=False, log=print)   # before decoding
     restore(state, plan.checkpoint, log=print)                            # into a fresh create_state()
-    check_data(plan, dataset, decoded, force=False, log=print)            # after decoding
+    check_data(plan, dataset, decoded, fingerprint, force=False, log=print)   # after decoding
 """
 
 from __future__ import annotations
