@@ -90,7 +90,8 @@ def recipe_diff(old: TrainConfig, new: TrainConfig) -> tuple[list[str], list[str
         b["arch_args"] = registry.resolve_args(new.arch, new.arch_args)
     if old.decay is not None or new.decay is not None:  # both None: derived from lr, reported as lr
         a["decay"], b["decay"] = old.effective_decay, new.effective_decay
-    recipe, operational = [], []
+    recipe: list[str] = []
+    operational: list[str] = []
     for key in a:
         if key == "epochs" or a[key] == b.get(key):
             continue
