@@ -76,8 +76,8 @@ def predict_logits(
     batch_size = max(1, min(batch_size, MAX_BATCH_PIXELS // (spec.height * spec.width)))
     out = []
     was_training = model.training
-    # Setting the mode walks every module through nn.Module.__setattr__ (~0.5-1.5 ms for the seed
-    # ResNet): a real cost per call when a server predicts one image at a time, so only when needed.
+    # Setting the mode walks every module through nn.Module.__setattr__: a real cost per call when a server
+    # predicts one image at a time (docs/performance.md, "Serving"), so only when needed.
     switch = any(module.training for module in model.modules())
     if switch:
         model.eval()

@@ -7,7 +7,6 @@ import os
 import pickle
 import random
 import struct
-import time
 import warnings
 import zipfile
 import zlib
@@ -446,17 +445,19 @@ def test_truncated_and_good_images_decoded_concurrently_do_not_interfere() -> No
 
 
 @pytest.mark.parametrize("side", [50_000, 12_000, 9_000])
-def test_header_claiming_huge_size_is_rejected_fast(side: int) -> None:
-    """50 000^2 trips Pillow's bomb check, 12 000^2 only its warning, 9 000^2 only our own cap."""
+def test_header_claiming_huge_size_is_rejected_fast(side: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """50 000^2 trips Pillow's bomb check, 12 000^2 only its warning, 9 000^2 only our own cap: all from the
+    header, before any pixel is decoded (no ``load``)."""
     data = header_only_png(side, side)
     assert len(data) < 200
     before = Image.MAX_IMAGE_PIXELS
-    start = time.perf_counter()
+    loads: list[object] = []
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: loads.append(self))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         with pytest.raises(ImageError, match="^image too large") as info:
             images.decode(data)
-    assert time.perf_counter() - start < 1.0
+    assert loads == []
     assert info.value.exit_code == 4
     assert Image.MAX_IMAGE_PIXELS == before
 
@@ -550,7 +551,6 @@ def test_fuzzed_files_decode_or_raise_image_error_quickly(fmt: str) -> None:
                 pos = rng.randrange(len(data))
                 data[pos] ^= 1 << rng.randrange(8)
         mutated = _fix_png_crcs(data) if fmt == "PNG" and i % 2 else bytes(data)
-        start = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
@@ -560,7 +560,6 @@ def test_fuzzed_files_decode_or_raise_image_error_quickly(fmt: str) -> None:
             else:
                 assert out.ndim == 3 and out.shape[2] == 3 and out.dtype == np.uint8
                 outcomes["ok"] += 1
-        assert time.perf_counter() - start < 2.0, f"mutation {i} took too long"
     assert outcomes["error"] > 0  # the mutations did reach the decoder's failure paths
 
 
