@@ -96,6 +96,13 @@ def test_the_readme_python_section_uses_only_public_names():
     assert used and used <= set(imgclf.__all__)
 
 
+def test_the_readme_names_only_public_names_where_it_lists_them():
+    text = README.read_text(encoding="utf-8")
+    listing = text[text.index("Everything the Python API offers") :].split("other modules are internal")[0]
+    named = set(re.findall(r"`(\w+)`", listing)) - {"imgclf"}
+    assert named and named <= set(imgclf.__all__), named - set(imgclf.__all__)
+
+
 def test_internal_modules_declare_no_all():
     declared = set()
     for path in PACKAGE.rglob("*.py"):
