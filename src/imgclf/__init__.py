@@ -27,7 +27,7 @@ _HOME = {
     "resume_run": "imgclf.training.pipeline",
     "TrainResult": "imgclf.training.job",
     "Callback": "imgclf.training.loop",
-    "EpochProgress": "imgclf.training.progress",  # the stderr progress display (a Callback)
+    "EpochProgress": "imgclf.training.display",  # the stderr progress display (a Callback)
     "TrainConfig": "imgclf.config",
     "PreprocessSpec": "imgclf.config",
     "AugmentSpec": "imgclf.config",
@@ -84,10 +84,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from imgclf.evaluation import Evaluation as Evaluation
     from imgclf.interop.files import inspect as inspect, load as load, verify as verify
     from imgclf.modelfile import save as save
+    from imgclf.training.display import EpochProgress as EpochProgress
     from imgclf.training.job import TrainResult as TrainResult
     from imgclf.training.loop import Callback as Callback
     from imgclf.training.pipeline import resume_run as resume_run, train as train
-    from imgclf.training.progress import EpochProgress as EpochProgress
 
 
 def __getattr__(name: str) -> Any:
@@ -102,8 +102,8 @@ def __getattr__(name: str) -> Any:
         import imgclf.training.job
     elif home == "imgclf.training.loop":
         import imgclf.training.loop
-    elif home == "imgclf.training.progress":
-        import imgclf.training.progress
+    elif home == "imgclf.training.display":
+        import imgclf.training.display
     elif home == "imgclf.config":
         import imgclf.config
     elif home == "imgclf.interop.files":
