@@ -17,10 +17,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff format --check src tests benchmarks
+	$(PY) -m mypy
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff format --check src tests benchmarks
+	$(PY) -m mypy
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_cpu.py
@@ -35,5 +39,5 @@ mutation: $(STAMP)
 	$(PY) -m mutmut results
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache mutants
+	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache .mypy_cache mutants
 	@echo "kept the decode cache: $${IMGCLF_CACHE_DIR:-$${XDG_CACHE_HOME:-$$HOME/.cache}/imgclf} (see its size: imgclf cache info; delete it: imgclf cache clear)"

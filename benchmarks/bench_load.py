@@ -1,8 +1,8 @@
 """How long ``imgclf.load`` takes on a seed_resnet model file (after imports), and how large the file is.
 
 The model is the default seed_resnet (random weights load like trained ones) for 64x64 RGB and two
-classes, saved once; each load is timed separately after one warm-up load. The test suite only guards
-against pathological slowness (``tests/modelfile/test_modelfile.py``); the figures come from here.
+classes, saved once; each load is timed separately after one warm-up load. The test suite asserts no
+load times (they vary with the machine's load); the figures come from here.
 
 Usage::
 

@@ -23,8 +23,6 @@ PACKAGE = Path(imgclf.__file__).parent
 # Layer of each module, by the longest matching name prefix ("imgclf.training" covers its submodules).
 LAYERS = {
     "imgclf": "api",  # the public facade: lazy imports of everything it exports
-    "imgclf.resume": "api",  # deprecated aliases of the old documented paths
-    "imgclf.evaluate": "api",
     "imgclf.__main__": "main",
     "imgclf.cli": "cli",
     "imgclf.serving": "serving",

@@ -14,55 +14,20 @@ Usage::
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any
 
 from imgclf._version import __version__
 
-__all__ = [
-    "__version__",
-    # training
-    "train",
-    "resume_run",
-    "TrainConfig",
-    "PreprocessSpec",
-    "AugmentSpec",
-    "Callback",
-    "EpochProgress",
-    "TrainResult",
-    # the model file
-    "load",
-    "save",
-    "verify",
-    "inspect",
-    # predicting and evaluating
-    "Classifier",
-    "Prediction",
-    "evaluate_dataset",
-    "Evaluation",
-    "ShardedPrediction",
-    # errors
-    "ImgclfError",
-    "UsageError",
-    "DatasetError",
-    "ImageError",
-    "ModelFileError",
-    "StorageError",
-    "ResumeError",
-    "RunFinished",
-    "Interrupted",
-    "PartialFailure",
-    "ExportError",
-    "OutOfMemory",
-    "DistributedError",
-]
-
-# name -> the module that defines it (imported on first use of the name).
+# The one list of imgclf's public names: each name -> the module that defines it (imported on first use of
+# the name). ``__all__`` is derived from it; tests/test_api.py checks that the TYPE_CHECKING imports below
+# (which type checkers read) name the same objects, and that each name is defined where it says.
 _HOME = {
     "train": "imgclf.training.pipeline",
     "resume_run": "imgclf.training.pipeline",
-    "TrainResult": "imgclf.training.pipeline",
+    "TrainResult": "imgclf.training.job",
     "Callback": "imgclf.training.loop",
-    "EpochProgress": "imgclf.training.progress",  # the stderr progress display (a Callback)
+    "EpochProgress": "imgclf.training.display",  # the stderr progress display (a Callback)
     "TrainConfig": "imgclf.config",
     "PreprocessSpec": "imgclf.config",
     "AugmentSpec": "imgclf.config",
@@ -90,62 +55,74 @@ _HOME = {
     "DistributedError": "imgclf.errors",
 }
 
+__all__ = ["__version__", *_HOME]
+
 if TYPE_CHECKING:  # pragma: no cover
-    from imgclf.classifier import Classifier, Prediction
-    from imgclf.config import AugmentSpec, PreprocessSpec, TrainConfig
-    from imgclf.dataset_evaluation import evaluate_dataset
-    from imgclf.errors import (
-        DatasetError,
-        DistributedError,
-        ExportError,
-        ImageError,
-        ImgclfError,
-        Interrupted,
-        ModelFileError,
-        OutOfMemory,
-        PartialFailure,
-        ResumeError,
-        RunFinished,
-        StorageError,
-        UsageError,
+    # `X as X`: an explicit re-export, so a strict type checker lets users write imgclf.X; grouped by module
+    # (ruff's import sorting would put each on a line of its own).
+    from imgclf.classifier import Classifier as Classifier, Prediction as Prediction  # noqa: I001
+    from imgclf.config import (
+        AugmentSpec as AugmentSpec,
+        PreprocessSpec as PreprocessSpec,
+        TrainConfig as TrainConfig,
     )
-    from imgclf.evaluation import Evaluation
-    from imgclf.loading import inspect, load, verify
-    from imgclf.modelfile import save
-    from imgclf.sharding import ShardedPrediction
-    from imgclf.training.loop import Callback
-    from imgclf.training.pipeline import TrainResult, resume_run, train
-    from imgclf.training.progress import EpochProgress
+    from imgclf.dataset_evaluation import evaluate_dataset as evaluate_dataset
+    from imgclf.errors import (
+        DatasetError as DatasetError,
+        DistributedError as DistributedError,
+        ExportError as ExportError,
+        ImageError as ImageError,
+        ImgclfError as ImgclfError,
+        Interrupted as Interrupted,
+        ModelFileError as ModelFileError,
+        OutOfMemory as OutOfMemory,
+        PartialFailure as PartialFailure,
+        ResumeError as ResumeError,
+        RunFinished as RunFinished,
+        StorageError as StorageError,
+        UsageError as UsageError,
+    )
+    from imgclf.evaluation import Evaluation as Evaluation
+    from imgclf.loading import inspect as inspect, load as load, verify as verify
+    from imgclf.modelfile import save as save
+    from imgclf.sharding import ShardedPrediction as ShardedPrediction
+    from imgclf.training.display import EpochProgress as EpochProgress
+    from imgclf.training.job import TrainResult as TrainResult
+    from imgclf.training.loop import Callback as Callback
+    from imgclf.training.pipeline import resume_run as resume_run, train as train
 
 
 def __getattr__(name: str) -> Any:
     home = _HOME.get(name)
     if home is None:
         raise AttributeError(f"module 'imgclf' has no attribute {name!r}")
-    # Static imports only: the package's safety test forbids importing modules by a computed name.
+    # Static imports only (the package's safety test forbids importing a module by a computed name); each
+    # puts its module in sys.modules.
     if home == "imgclf.training.pipeline":
-        from imgclf.training import pipeline as mod
+        import imgclf.training.pipeline
+    elif home == "imgclf.training.job":
+        import imgclf.training.job
     elif home == "imgclf.training.loop":
-        from imgclf.training import loop as mod
-    elif home == "imgclf.training.progress":
-        from imgclf.training import progress as mod
+        import imgclf.training.loop
+    elif home == "imgclf.training.display":
+        import imgclf.training.display
     elif home == "imgclf.config":
-        from imgclf import config as mod
+        import imgclf.config
     elif home == "imgclf.loading":
-        from imgclf import loading as mod
-    elif home == "imgclf.modelfile":
-        from imgclf import modelfile as mod
-    elif home == "imgclf.classifier":
-        from imgclf import classifier as mod
-    elif home == "imgclf.evaluation":
-        from imgclf import evaluation as mod
-    elif home == "imgclf.dataset_evaluation":
-        from imgclf import dataset_evaluation as mod
+        import imgclf.loading
     elif home == "imgclf.sharding":
-        from imgclf import sharding as mod
+        import imgclf.sharding
+    elif home == "imgclf.modelfile":
+        import imgclf.modelfile
+    elif home == "imgclf.classifier":
+        import imgclf.classifier
+    elif home == "imgclf.evaluation":
+        import imgclf.evaluation
+    elif home == "imgclf.dataset_evaluation":
+        import imgclf.dataset_evaluation
     else:
-        from imgclf import errors as mod
-    value = getattr(mod, name)
+        import imgclf.errors  # noqa: F401 - read back from sys.modules below
+    value = getattr(sys.modules[home], name)
     globals()[name] = value
     return value
 

@@ -76,8 +76,8 @@ def predict_logits(
     batch_size = max(1, min(batch_size, MAX_BATCH_PIXELS // (spec.height * spec.width)))
     out = []
     was_training = model.training
-    # Setting the mode walks every module through nn.Module.__setattr__ (~0.5-1.5 ms for the seed
-    # ResNet): a real cost per call when a server predicts one image at a time, so only when needed.
+    # Setting the mode walks every module through nn.Module.__setattr__: a real cost per call when a server
+    # predicts one image at a time (docs/performance.md, "Serving"), so only when needed.
     switch = any(module.training for module in model.modules())
     if switch:
         model.eval()
@@ -100,7 +100,8 @@ def predict_logits(
 
 def _as_list(images: ImageSource | Sequence[ImageSource]) -> list[ImageSource]:
     """One image (path, bytes, PIL image, array) or a sequence of them, as a list."""
-    return [images] if isinstance(images, _SINGLE) or not isinstance(images, Sequence) else list(images)
+    # mypy cannot narrow by the _SINGLE tuple: bytes are a Sequence too, but took the first branch
+    return [images] if isinstance(images, _SINGLE) or not isinstance(images, Sequence) else list(images)  # type: ignore[arg-type]
 
 
 def _check_batch_size(batch_size: object) -> int:
@@ -149,7 +150,8 @@ class Classifier:
         self.manifest = dict(manifest or {})
         self.device = torch.device(device)
         self.max_pixels = checked_max_pixels(max_pixels)
-        self.model = model.to(self.device, memory_format=torch.channels_last).eval()
+        # torch's stubs omit Module.to's memory_format keyword (it is documented and supported)
+        self.model = model.to(self.device, memory_format=torch.channels_last).eval()  # type: ignore[call-overload]
 
     @property
     def num_classes(self) -> int:
@@ -295,6 +297,7 @@ class Classifier:
                 if failures[i] is not None:
                     yield Prediction(name, None, -1, float("nan"), error=failures[i])
                     continue
+                assert probs is not None  # a row that did not fail means `good` was not empty
                 p = probs[row]
                 row += 1
                 order = np.argsort(-p, kind="stable")

@@ -32,7 +32,6 @@ Monitor = Literal["val_loss", "val_accuracy"]
 Recipe = Literal["seed", "stable"]
 Schedule = Literal["time_decay", "cosine"]
 INTERPOLATIONS: tuple[str, ...] = typing.get_args(Interpolation)
-FILL_MODES: tuple[str, ...] = typing.get_args(FillMode)
 MAX_SIDE = 4096
 # Presets: TrainConfig values that differ from the class defaults (which are the seed recipe). The measured
 # reasons for each stable value are in docs/performance.md ("Recipes").

@@ -22,6 +22,7 @@ Exit codes (also in the README):
 7     invalid dataset folder
 8     export failed (e.g. the ONNX model disagrees with the PyTorch one); no file written
 9     out of memory
+10    distributed run failed: a rank did not join or stopped answering
 130   interrupted by SIGINT (Ctrl-C)
 143   interrupted by SIGTERM
 ====  ==========================================================
@@ -177,7 +178,7 @@ def limit_error(exc: BaseException) -> ImgclfError | None:
     """The clear error for an exception that is a machine limit rather than a bug, else ``None``.
 
     ``MemoryError`` and torch's allocator failures ("DefaultCPUAllocator: can't allocate memory",
-    "CUDA out of memory") become :class:`OutOfMemory` (exit 8); ``RecursionError`` (an input nested
+    "CUDA out of memory") become :class:`OutOfMemory` (exit 9); ``RecursionError`` (an input nested
     too deeply for Python's parsers) becomes a :class:`UsageError` (exit 2).
     """
     text = f"{type(exc).__name__}: {exc}"
@@ -212,6 +213,7 @@ EXIT_CODES: dict[str, int] = {
     "dataset": DatasetError.exit_code,
     "export_failed": ExportError.exit_code,
     "memory": OutOfMemory.exit_code,
+    "distributed": DistributedError.exit_code,
     "sigint": 130,
     "sigterm": 143,
 }

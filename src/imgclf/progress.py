@@ -7,7 +7,8 @@ nothing but rich, imported when a bar is made: light enough for the predict path
 
 Usage::
 
-    def train(..., log: Log = quiet): log("warning: skipped a.png: not an image")
+    def scan(folder: str, log: Log = quiet) -> None:   # a function with something to say takes a log
+        log("warning: skipped a.png: not an image")
     progress = bar(stderr_console(), "classifying", total=1000)
     progress.update(progress.tasks[0].id, advance=64)
     progress.stop()

@@ -6,7 +6,6 @@ import hashlib
 import os
 import re
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -333,9 +332,7 @@ def test_symlink_loops_do_not_hang_the_scan(tmp_path: Path) -> None:
     os.symlink(root / "a", root / "a" / "loop")  # a folder that contains itself
     os.symlink(root, root / "b" / "up")  # a folder that contains the whole dataset
     os.symlink("self.png", root / "b" / "self.png")  # a link to itself
-    start = time.perf_counter()
-    ds = folders.scan_dataset(root, val_split=0.0, test_split=0.0)
-    assert time.perf_counter() - start < 5
+    ds = folders.scan_dataset(root, val_split=0.0, test_split=0.0)  # the timeout mark catches a loop
     assert as_names(ds.splits["training"]) == ["a_000.png", "a_001.png", "b_000.png", "b_001.png"]
     assert listing.list_images([root]) == sorted(listing.list_images([root]))
 

@@ -15,7 +15,7 @@ from keras_helpers import KERAS_DIR, TOLERANCE, inputs, max_delta, reference, re
 import imgclf
 from helpers import run_cli
 from imgclf.errors import ModelFileError, UsageError
-from imgclf.interop import keras_graph as interop_graph
+from imgclf.interop import keras_config as interop_graph
 from imgclf.interop import keras_import
 from imgclf.interop.keras_import import import_keras
 from imgclf.modelfile import verify

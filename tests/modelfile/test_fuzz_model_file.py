@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import random
 import struct
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -198,7 +197,6 @@ def _run(cases: int, seed: int, original: tuple[bytes, np.ndarray], folder: Path
         if mutated == blob:
             continue
         path.write_bytes(mutated)
-        start = time.perf_counter()
         try:
             report = imgclf.verify(path)
             clf = imgclf.load(path)
@@ -217,7 +215,6 @@ def _run(cases: int, seed: int, original: tuple[bytes, np.ndarray], folder: Path
                 assert report.ok, (i, what)
                 assert np.array_equal(probs, expected), (i, what)
                 outcomes["loaded"] += 1
-        assert time.perf_counter() - start < 2.0, (i, what)
     return outcomes
 
 

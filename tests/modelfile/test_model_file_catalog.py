@@ -15,7 +15,6 @@ import pickle
 import re
 import struct
 import sys
-import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -481,10 +480,8 @@ def rebuild_without_metadata(good: bytes, metadata: dict | None = None) -> bytes
 
 
 def _rejects(path: Path, words: tuple[str, ...]) -> str:
-    start = time.perf_counter()
     with pytest.raises(ModelFileError) as info:
         imgclf.load(path)
-    assert time.perf_counter() - start < 2.0
     message = str(info.value)
     assert "\n" not in message
     assert repr(str(path))[1:-1] in message  # the file is named
@@ -533,9 +530,7 @@ def test_every_command_gives_exit_3_and_one_line_for_every_case(
     for case, _, build, words in BYTES_CASES:
         path = tmp_path / f"{case}.imgclf"
         path.write_bytes(build(good))
-        start = time.perf_counter()
         code, out, err = run_cli(*_cli_args(command, path, tiny_model.dataset))
-        assert time.perf_counter() - start < 2.0, case
         if command == "inspect" and case in BUILD_LEVEL:
             assert code == 0, (case, err)
             continue
@@ -556,13 +551,10 @@ def test_a_huge_header_length_is_refused_before_any_allocation(tmp_path):
     path = tmp_path / "huge.imgclf"
     path.write_bytes(struct.pack("<Q", 10**12) + b"{" * 1016)
     tracemalloc.start()
-    start = time.perf_counter()
     with pytest.raises(ModelFileError, match="exceeds"):
         imgclf.load(path)
-    elapsed = time.perf_counter() - start
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    assert elapsed < 0.1
     assert peak < 1_000_000
 
 
@@ -575,12 +567,16 @@ def test_a_header_just_over_the_cap_is_refused_even_when_the_file_is_that_long(e
 
 
 def test_90_mb_of_metadata_is_refused_by_the_header_cap(tmp_path):
+    import tracemalloc
+
     path = tmp_path / "meta90.imgclf"
     _sparse_header(90 * 10**6, 8 + 90 * 10**6)(path)
-    start = time.perf_counter()
+    tracemalloc.start()
     with pytest.raises(ModelFileError, match="exceeds the 16777216-byte cap"):
         imgclf.load(path)
-    assert time.perf_counter() - start < 0.5
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 1_000_000  # refused from the length prefix: none of the 90 MB was read
 
 
 def test_a_header_at_the_cap_with_too_many_values_is_refused(tmp_path):
@@ -709,6 +705,7 @@ def test_control_and_bidi_characters_in_class_names_load_and_are_escaped_by_insp
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX special files")
+@pytest.mark.timeout(30)  # a blocking open or an endless read fails here instead of hanging the suite
 @pytest.mark.parametrize(
     "kind", ["folder", "fifo", "/dev/zero", "/dev/urandom", "link_fifo", "link_zero", "link_dir"]
 )
@@ -728,10 +725,8 @@ def test_special_files_are_refused_without_blocking(kind, tmp_path):
         path.symlink_to(tmp_path)
     else:
         path = Path(kind)
-    start = time.perf_counter()
     with pytest.raises(ModelFileError) as info:
         imgclf.load(path)
-    assert time.perf_counter() - start < 0.5
     assert "folder" in str(info.value) or "not a regular file" in str(info.value)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 import pytest
 import torch
@@ -278,9 +277,7 @@ def no_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_absurd_sizes_are_rejected_before_allocating(
     no_blocks: None, name: str, args: dict, problem: str
 ) -> None:
-    start = time.perf_counter()
-    assert _usage(registry.build, name, 2, (64, 64), args).startswith(problem)
-    assert time.perf_counter() - start < 1.0
+    assert _usage(registry.build, name, 2, (64, 64), args).startswith(problem)  # no_blocks: nothing built
 
 
 @pytest.mark.parametrize("classes", [1, 0, -3, True, 2.0, "2", 10**6])

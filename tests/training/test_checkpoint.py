@@ -23,7 +23,7 @@ from imgclf.data.decode import load_split
 from imgclf.data.folders import scan_dataset
 from imgclf.errors import ResumeError
 from imgclf.training import checkpoint as ckpt
-from imgclf.training import loop, restore
+from imgclf.training import loop, resume
 from imgclf.training.determinism import capture_rng, restore_rng
 from imgclf.training.loop import fit
 from imgclf.training.state import create_state
@@ -91,7 +91,7 @@ def test_stopping_anywhere_and_restoring_from_the_checkpoint_ends_bitwise_identi
     expected_name = ckpt.checkpoint_name(stopped.epoch, stopped.in_epoch.step if stopped.in_epoch else 0)
     assert os.path.basename(path) == expected_name
     fresh = create_state(CONFIG, 2)
-    restore.restore(fresh, ckpt.read_checkpoint(path), log=pytest.fail)
+    resume.restore(fresh, ckpt.read_checkpoint(path), log=pytest.fail)
     assert fresh.epoch == stopped.epoch and fresh.step == stopped.step
     assert (fresh.in_epoch is None) == (stopped.in_epoch is None)
     resumed = fit(CONFIG, fresh, *splits)
@@ -114,7 +114,7 @@ def test_the_sample_order_after_a_resume_is_the_next_epochs_not_the_first(splits
     path = ckpt.write_checkpoint(tmp_path, state, CONFIG, INFO)
     fresh = create_state(CONFIG, 2)
     first_epoch_order = torch.randperm(len(splits[0]), generator=fresh.order_gen)
-    restore.restore(fresh, ckpt.read_checkpoint(path), log=pytest.fail)
+    resume.restore(fresh, ckpt.read_checkpoint(path), log=pytest.fail)
     resumed_order = torch.randperm(len(splits[0]), generator=fresh.order_gen)
     expected = torch.randperm(len(splits[0]), generator=state.order_gen)
     assert torch.equal(resumed_order, expected) and not torch.equal(resumed_order, first_epoch_order)
@@ -200,7 +200,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one_with_a_warni
         damage(paths[-1])
         ckpt.read_checkpoint(paths[-1])
     notes: list[str] = []
-    found = restore.latest_checkpoint(tmp_path, "r1", log=notes.append)
+    found = resume.latest_checkpoint(tmp_path, "r1", log=notes.append)
     assert found.path == paths[0] and found.epoch == 1
     assert any("epoch-0002.safetensors is unusable" in n and why in n for n in notes), notes
     assert any("resuming from the older checkpoint epoch-0001.safetensors" in n for n in notes)
@@ -209,36 +209,36 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one_with_a_warni
 
 def test_no_checkpoint_or_none_usable_is_a_resume_error_never_a_fresh_start(splits, tmp_path):
     with pytest.raises(ResumeError, match="no checkpoint"):
-        restore.latest_checkpoint(tmp_path, "r1", log=print)
+        resume.latest_checkpoint(tmp_path, "r1", log=print)
     paths = _epochs(tmp_path, splits, 2)
     for p in paths:
         flip_file(p, -10)
     with pytest.raises(ResumeError, match="no usable checkpoint among 2") as info:
-        restore.latest_checkpoint(tmp_path, "r1", log=lambda _: None)
+        resume.latest_checkpoint(tmp_path, "r1", log=lambda _: None)
     assert info.value.exit_code == 6
 
 
 def test_a_checkpoint_of_another_run_is_not_used(splits, tmp_path):
     _epochs(tmp_path, splits, 1)
     with pytest.raises(ResumeError, match="another run"):
-        restore.latest_checkpoint(tmp_path, "some-other-run", log=lambda _: None)
+        resume.latest_checkpoint(tmp_path, "some-other-run", log=lambda _: None)
 
 
 def test_weights_that_do_not_fit_the_model_are_refused(splits, tmp_path):
     path = _epochs(tmp_path, splits, 1)[0]
     other = create_state(CONFIG.replace(arch_args={"widths": [8, 8]}), 2)
     with pytest.raises(ResumeError, match="do not fit the model"):
-        restore.restore(other, ckpt.read_checkpoint(path), log=print)
+        resume.restore(other, ckpt.read_checkpoint(path), log=print)
     three_classes = create_state(CONFIG, 3)
     with pytest.raises(ResumeError, match="do not fit the model"):
-        restore.restore(three_classes, ckpt.read_checkpoint(path), log=print)
+        resume.restore(three_classes, ckpt.read_checkpoint(path), log=print)
 
 
 def test_a_checkpoint_from_another_torch_version_loads_with_a_warning(splits, tmp_path, monkeypatch):
     path = _epochs(tmp_path, splits, 1)[0]
     monkeypatch.setattr(torch, "__version__", "9.9.9")
     notes: list[str] = []
-    restore.restore(create_state(CONFIG, 2), ckpt.read_checkpoint(path), log=notes.append)
+    resume.restore(create_state(CONFIG, 2), ckpt.read_checkpoint(path), log=notes.append)
     assert any("torch 2" in n and "9.9.9" in n and "bit for bit" in n for n in notes), notes
 
 
@@ -261,7 +261,7 @@ def test_stable_recipe_resumes_bitwise_with_its_weight_average(at, splits, stabl
     assert names == {f"ema.{k}" for k, _ in stopped.model.named_parameters()}
     assert any(k.startswith("averaged.") for k in saved.tensors) == (stopped.epoch > 0)
     fresh = create_state(STABLE, 2)
-    restore.restore(fresh, saved, log=pytest.fail)
+    resume.restore(fresh, saved, log=pytest.fail)
     resumed = fit(STABLE, fresh, *splits)
     _same_state(resumed, stable_reference)
     assert_same_tensors(resumed.ema, stable_reference.ema)

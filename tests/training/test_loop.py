@@ -17,7 +17,7 @@ import imgclf
 from helpers import tiny_train_config
 from imgclf.errors import UsageError
 from imgclf.training import checkpoint as ckpt
-from imgclf.training import loop, restore
+from imgclf.training import loop, resume
 from imgclf.training.determinism import nondeterministic_op_error
 from imgclf.training.loop import fit
 from imgclf.training.pipeline import train
@@ -99,7 +99,7 @@ def test_the_early_stopping_counter_survives_a_resume(tiny_dataset, tmp_path, mo
     assert (state.epoch, state.best_epoch, state.bad_epochs, state.interrupted) == (3, 2, 1, True)
     path = ckpt.write_checkpoint(tmp_path, state, config, {"run_id": "r", "class_names": ["a", "b"]})
     resumed = create_state(config, 2)
-    restore.restore(resumed, ckpt.read_checkpoint(path), log=pytest.fail)
+    resume.restore(resumed, ckpt.read_checkpoint(path), log=pytest.fail)
     assert (resumed.best_epoch, resumed.best_metric, resumed.bad_epochs) == (2, 0.3, 1)
     resumed = fit(config, resumed, split, split)
     assert resumed.stopped_early and resumed.epoch == 4 and len(resumed.history) == 4

@@ -361,7 +361,7 @@ import os, sys, time
 import torch
 torch.set_num_threads(1)
 import imgclf.training.interrupts as interrupts
-import imgclf.training.progress as progress
+import imgclf.training.display as progress
 from imgclf.cli.main import main
 
 kind, _, where = os.environ.get("PAUSE_AT", "").partition(":")

@@ -1,11 +1,11 @@
 """Process-level speed settings the command line applies (the library leaves them to the caller).
 
 glibc's malloc returns large freed blocks to the operating system at once, so every convolution's
-activation buffer is mapped and unmapped again on each call; keeping freed memory in the process made
-batch prediction about 2x faster on the 2-core test machines (see docs/performance.md). That tuning holds
-for the main heap only: a thread's own malloc arena (``imgclf serve`` runs inference on a worker thread)
-still maps its large buffers, and inference there ran 2.2x slower than on the main thread, so every
-thread is told to use the main heap (one arena).
+activation buffer is mapped and unmapped again on each call; keeping freed memory in the process makes
+batch prediction markedly faster. That tuning holds for the main heap only: a thread's own malloc arena
+(``imgclf serve`` runs inference on a worker thread) still maps its large buffers, and inference there
+ran slower than on the main thread, so every thread is told to use the main heap (one arena). The
+figures: docs/performance.md.
 
 Usage::
 

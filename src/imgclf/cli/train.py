@@ -202,8 +202,8 @@ def train_and_report(dataset: str, model: str, config: Any, **options: Any) -> i
     """
     from imgclf.errors import safe_text
     from imgclf.progress import stderr_console
+    from imgclf.training.display import EpochProgress, decode_bar_factory
     from imgclf.training.pipeline import train
-    from imgclf.training.progress import EpochProgress, decode_bar_factory
     from imgclf.world import World
 
     console = stderr_console()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from imgclf.data.cache import default_cache_dir, fcntl, require_file_locks
+from imgclf.data.decode_cache import default_cache_dir, fcntl, require_file_locks
 
 
 def cache_usage(root: str | os.PathLike | None = None) -> dict[str, object]:

@@ -2,7 +2,8 @@
 
 Decoding runs in forked worker processes that write pixels into one shared anonymous mapping (Pillow
 holds the GIL while decoding PNGs, so threads do not scale). Every undecodable file is reported at once,
-before training; the decode-once cache (:mod:`imgclf.data.cache`) is filled through :func:`decode_into`.
+before training; the decode-once cache (:mod:`imgclf.data.decode_cache`) is filled through
+:func:`decode_into`.
 
 Usage::
 
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from imgclf.config import PreprocessSpec
-from imgclf.data.cache import DEFAULT_MAX_BYTES, DecodeCache, default_cache_dir
+from imgclf.data.decode_cache import DEFAULT_MAX_BYTES, DecodeCache, default_cache_dir
 from imgclf.data.folders import Sample
 from imgclf.errors import DatasetError, ImageError, UsageError, listed
 from imgclf.images.preprocess import preprocess_uint8
@@ -207,7 +208,7 @@ def load_split(
         skip_bad: Drop undecodable files (listed in ``skipped``) instead of raising.
         workers: Decode processes (see :func:`decode_into`; default one per core).
         progress: Called with the number of images finished since the last call.
-        cache: Decode-once cache to read from and fill (see :mod:`imgclf.data.cache`); ``None`` decodes
+        cache: Decode-once cache to read from and fill (see :mod:`imgclf.data.decode_cache`); ``None`` decodes
             into memory (a cache decodes with the cap it was opened with).
         max_pixels: Pixel cap per image, without a cache.
 

@@ -76,7 +76,7 @@ def remove_stale_temps(target: str | os.PathLike) -> list[str]:
     path = os.path.abspath(os.fspath(target))
     folder, name = os.path.split(path)
     pattern = re.compile(re.escape(f".{name}.") + r"(\d+)\.[0-9a-f]+" + re.escape(TMP_SUFFIX))
-    removed = []
+    removed: list[str] = []
     try:
         entries = list(os.scandir(folder))
     except OSError:

@@ -25,7 +25,8 @@ def check_png_chunks(data: bytes, label: str) -> None:
     """Refuse a PNG whose metadata chunks are too large, by their headers alone.
 
     Pillow reads every non-image chunk (text, ICC profile, unknown ones, also those after the image
-    data) into memory in full before judging it: a 250 MB ``tEXt`` cost 1.2 GB. Non-PNG data passes.
+    data) into memory in full before judging it, at several times the chunk's size (docs/performance.md,
+    "Memory"). Non-PNG data passes.
 
     Raises:
         ImageError: ``PNG chunk too large`` or ``PNG has too many chunks``.

@@ -7,7 +7,9 @@ bounded read (regular files within ``MAX_FILE_BYTES``; a FIFO never blocks), the
 
 Usage::
 
-    img = orient(open_image(read_bytes("cell.png"), "cell.png", MAX_PIXELS, None), "cell.png")
+    img = open_image(read_bytes("cell.png"), "cell.png", MAX_PIXELS, None)
+    for op in orientation(img, "cell.png"):                # what the EXIF tag asks for
+        img = img.transpose(op)
 """
 
 from __future__ import annotations
@@ -219,10 +221,3 @@ def orientation(img: Image.Image, label: str) -> tuple[Image.Transpose, ...]:
         warnings.warn(f"{label}: unreadable EXIF data ignored (no rotation applied)", stacklevel=3)
         return ()
     return (_ORIENT.get(value) or ()) if isinstance(value, int) else ()
-
-
-def orient(img: Image.Image, label: str) -> Image.Image:
-    """Apply the EXIF orientation tag; a malformed EXIF block is ignored with a warning."""
-    for op in orientation(img, label):
-        img = img.transpose(op)
-    return img

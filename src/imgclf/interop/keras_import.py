@@ -1,7 +1,7 @@
 """Import a Keras classifier: read the file as data, rebuild it as ``keras_graph``, convert the weights.
 
 Steps: :func:`~imgclf.interop.keras_reader.read_keras` (bounded, no TensorFlow, nothing executed) →
-:func:`~imgclf.interop.keras_graph.translate` (closed set of layer types) → build the registered
+:func:`~imgclf.interop.keras_config.translate` (closed set of layer types) → build the registered
 ``keras_graph`` architecture → convert each layer's weights (convolution kernels HWIO → OIHW, dense
 kernels transposed, batch-norm gamma/beta/statistics; optimizer weights are never read) → a
 :class:`~imgclf.classifier.Classifier` with the preprocessing the Keras recipe trained with and the
@@ -25,7 +25,7 @@ import torch
 from imgclf.classifier import Classifier
 from imgclf.config import PreprocessSpec
 from imgclf.errors import UsageError
-from imgclf.interop.keras_graph import Graph, translate
+from imgclf.interop.keras_config import Graph, translate
 from imgclf.interop.keras_reader import KerasSource, read_keras
 from imgclf.interop.keras_zip import refused
 from imgclf.models import registry

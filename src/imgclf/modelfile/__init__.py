@@ -60,7 +60,7 @@ def _check_probe_tensors(c: Container, m: Manifest) -> None:
             )
 
 
-def _open_validated(path: str | os.PathLike) -> tuple[Container, Manifest]:
+def _open_validated(path: str | os.PathLike[str]) -> tuple[Container, Manifest]:
     c = read_container(path)
     m = parse(c)
     if container_digest(c) != m.integrity["tensors_sha256"]:
@@ -72,7 +72,7 @@ def _open_validated(path: str | os.PathLike) -> tuple[Container, Manifest]:
 
 
 def load(
-    path: str | os.PathLike, *, device: torch.device | str = "cpu", max_pixels: int = MAX_PIXELS
+    path: str | os.PathLike[str], *, device: torch.device | str = "cpu", max_pixels: int = MAX_PIXELS
 ) -> Classifier:
     """Load a model file: validate everything, build the registered architecture, load weights strictly.
 
@@ -111,7 +111,7 @@ class VerifyReport:
         return all(ok for _, ok, _ in self.checks)
 
 
-def verify(path: str | os.PathLike, *, tolerance: float = probes.TOLERANCE) -> VerifyReport:
+def verify(path: str | os.PathLike[str], *, tolerance: float = probes.TOLERANCE) -> VerifyReport:
     """Load the file and re-run its probes; report preprocessing or model-output drift precisely.
 
     Raises:
@@ -127,7 +127,7 @@ def verify(path: str | os.PathLike, *, tolerance: float = probes.TOLERANCE) -> V
     return report
 
 
-def inspect(path: str | os.PathLike) -> dict[str, Any]:
+def inspect(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Summarise a model file without building the model (the digests are checked).
 
     Raises:

@@ -8,6 +8,16 @@ shape, and that the tensors tile the data buffer exactly (no gaps, overlaps or t
 tensor is then read into its own buffer, so a loaded model never keeps the whole file alive. It never
 unpickles and never imports anything.
 
+Loading does not call the safetensors library, so no check here repeats one that runs. The library
+(``safe_open``) memory-maps the file and accepts duplicate JSON keys, extra keys in a tensor entry,
+names such as ``a/../b``, dtypes imgclf does not use (``U16``) and any number of dimensions; what it
+refuses (a gap, trailing bytes) it reports without the byte offset or a fix. What this reader adds to the
+safetensors rules: the regular-file, file-size and header-size caps (``_open``, ``MAX_HEADER_BYTES``),
+naming a foreign file (``_foreign``), strict JSON (:func:`.checks.strict_json`), bounded tensor count,
+names, dtypes and dimensions (``_entry``, ``_entries``), booleans that are 0 or 1 (``Container.tensor``)
+and a file that changes while read (``_read_data``); the safetensors rules themselves (offsets, sizes,
+tiling) are checked in ``_entry`` and ``_entries`` so that the error names the tensor and the byte.
+
 Usage::
 
     c = read_container("model.imgclf")            # ModelFileError naming the file and the failed check
@@ -286,9 +296,7 @@ def read_container(path: str | os.PathLike, *, with_data: bool = True) -> Contai
                 text = raw.decode("utf-8")
             except UnicodeDecodeError:
                 raise invalid(path, "header is not valid UTF-8") from None
-            header = strict_json(text, "header", path)
-            if not isinstance(header, dict):
-                raise invalid(path, "header is not a JSON object")
+            header = strict_json(text, "header", path)  # a JSON object: the text starts with "{"
             meta = header.get("__metadata__", {})
             if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
                 raise invalid(path, "__metadata__ is not a string-to-string mapping")

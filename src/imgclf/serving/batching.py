@@ -12,7 +12,9 @@ Usage::
 
     queue = InferenceQueue(max_queue=1024, batch_delay_s=0.0)
     queue.start()
-    future = queue.submit(served, [png_bytes], top_k=1)   # concurrent.futures.Future of predictions
+    future = queue.submit(served, [png_bytes])        # concurrent.futures.Future: a Prediction per image
+    probs = queue.submit(served, tensor=batch).result()   # (N, C) for a preprocessed float32 batch
+    queue.stop()                                      # finishes the queued jobs first
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ class QueueFull(Exception):
 
 
 @dataclass
-class Job:
+class InferenceJob:
     """One request's work: encoded images (``images``) or a preprocessed FP32 batch (``tensor``)."""
 
     model: ServedModel
@@ -56,7 +58,7 @@ def tensor_probabilities(model: ServedModel, batch: np.ndarray) -> np.ndarray:
     return model.classifier.predict_proba_input(batch)
 
 
-def _run_images(jobs: list[Job]) -> list[Any]:
+def _run_images(jobs: list[InferenceJob]) -> list[Any]:
     images = [img for job in jobs for img in job.images]
     clf = jobs[0].model.classifier
     preds = clf.predict(images, top_k=clf.num_classes, batch_size=MAX_BATCH, errors="return")
@@ -90,7 +92,7 @@ class InferenceQueue:
         self.batch_delay_s = batch_delay_s
         self._on_batch = on_batch or (lambda n: None)
         self._active = active
-        self._jobs: collections.deque[Job] = collections.deque()
+        self._jobs: collections.deque[InferenceJob] = collections.deque()
         self._waiting = 0
         self._cond = threading.Condition()
         self._stopping = False
@@ -124,7 +126,7 @@ class InferenceQueue:
         Raises:
             QueueFull: If accepting it would put more than ``max_queue`` images in the queue.
         """
-        job = Job(model, list(images or []), tensor)
+        job = InferenceJob(model, list(images or []), tensor)
         with self._cond:
             if self._stopping or self._waiting + job.size > self.max_queue:
                 raise QueueFull(f"{self._waiting} images queued (limit {self.max_queue})")
@@ -133,7 +135,7 @@ class InferenceQueue:
             self._cond.notify()
         return job.future
 
-    def _take(self, model: ServedModel | None, room: int) -> Job | None:
+    def _take(self, model: ServedModel | None, room: int) -> InferenceJob | None:
         """Pop the first live job (of ``model`` and fitting in ``room``, when given); drop cancelled ones."""
         for job in list(self._jobs):
             if model is not None and (job.model is not model or job.tensor is not None or job.size > room):
@@ -144,7 +146,7 @@ class InferenceQueue:
                 return job
         return None
 
-    def _gather(self) -> list[Job] | None:
+    def _gather(self) -> list[InferenceJob] | None:
         with self._cond:
             job = None
             while job is None:

@@ -33,7 +33,7 @@ class ServeSettings:
     max_images: int = 64
     timeout_s: float = 30.0
     max_queue: int = 1024
-    # Measured (docs/performance.md): 0.93x the in-process batched rate at 64 clients against 0.61x
-    # unbatched, and no cost to a lone client, which never waits.
+    # Gathering the requests of concurrent clients raises throughput, and a lone client never waits for
+    # it; the figures behind this default are in docs/performance.md ("Serving").
     batch_delay_ms: float = 10.0
     api_key: bytes | None = None

@@ -21,7 +21,7 @@ Usage::
     path = write_checkpoint(run_dir, state, config, info)        # after an epoch (or on a signal)
     ckpt = read_checkpoint(path)                                 # validated, or CheckpointDamaged
 
-Finding the newest usable checkpoint and putting it back into a ``TrainState`` is :mod:`.restore`.
+Finding the newest usable checkpoint and putting it back into a ``TrainState`` is :mod:`.resume`.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ from imgclf.training.determinism import capture_rng
 from imgclf.training.state import TrainState
 
 CHECKPOINT_DIR = "checkpoints"
-FORMAT = "imgclf-checkpoint"
-FORMAT_VERSION = 1
+CHECKPOINT_FORMAT = "imgclf-checkpoint"
+CHECKPOINT_FORMAT_VERSION = 1
 MAX_CHECKPOINT_BYTES = 1 << 36  # weights plus optimizer state: generous, but a device or a FIFO is refused
 STATE_KEY = CHECKPOINT_KEY  # inspect/load recognise checkpoints by it (imgclf.modelfile.foreign)
 DIGEST_KEY = "imgclf.sha256"
@@ -172,8 +172,8 @@ def encode(state: TrainState, config: TrainConfig, info: dict[str, Any]) -> byte
         tensors["epoch.loss_sum"] = _cpu(state.in_epoch.loss_sum)
         tensors["epoch.correct"] = _cpu(state.in_epoch.correct)
     body = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_FORMAT_VERSION,
         **info,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "epoch": state.epoch,
@@ -255,10 +255,10 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointDamaged(f"its state is not JSON ({exc})") from None
     if not isinstance(state, dict):
         raise CheckpointDamaged("its state is not a JSON object")
-    if state.get("format") != FORMAT or state.get("format_version") != FORMAT_VERSION:
+    if state.get("format") != CHECKPOINT_FORMAT or state.get("format_version") != CHECKPOINT_FORMAT_VERSION:
         raise CheckpointDamaged(
             f"format {state.get('format')!r} version {state.get('format_version')!r}, "
-            f"expected {FORMAT!r} version {FORMAT_VERSION}"
+            f"expected {CHECKPOINT_FORMAT!r} version {CHECKPOINT_FORMAT_VERSION}"
         )
     wrong = [k for k, kind in _REQUIRED.items() if not isinstance(state.get(k), kind)]
     if wrong:

@@ -12,7 +12,7 @@ Usage::
     with deterministic_algorithms(config.deterministic, device):
         train()
     data, tensors = capture_rng()          # JSON-able dict, {"rng.torch": uint8 tensor, ...}
-    restore_rng(data, tensors)
+    restore_rng(data, tensors, log=print)
 """
 
 from __future__ import annotations

@@ -34,8 +34,7 @@ from imgclf.training.loop import Callback
 from imgclf.training.preflight import check_free_space, check_memory_for_decoding, estimate_bytes
 from imgclf.training.ranks import main_first, note_world_change
 from imgclf.training.record import RunRecord
-from imgclf.training.restore import restore
-from imgclf.training.resume import ResumePlan, plan_resume
+from imgclf.training.resume import ResumePlan, plan_resume, restore
 from imgclf.training.runfolder import RunLock, new_run_dir, start_fresh, write_record
 from imgclf.training.schedule import steps_per_epoch
 from imgclf.training.state import TrainState, create_state

@@ -6,7 +6,7 @@ PyTorch's SGD keeps ``b = m·b + g`` and steps ``w = w − lr·b``: the same whi
 constant, not under the recipe's time decay, where Keras' velocity keeps the learning rates of the steps
 that built it. L2 regularisation enters the gradient (``g + weight_decay·w``) before the momentum, as a
 Keras kernel regulariser's term in the loss does. Not building on ``torch.optim`` also spares every
-training run the import of ``torch._dynamo`` that its constructor triggers (about 1 s on 2 cores).
+training run the import of ``torch._dynamo`` that its constructor triggers (its cost: docs/performance.md).
 
 Usage::
 

@@ -58,7 +58,7 @@ def _with_progress(
         return callbacks, log, decode_progress
     from imgclf.errors import safe_text
     from imgclf.progress import stderr_console
-    from imgclf.training.progress import EpochProgress, decode_bar_factory
+    from imgclf.training.display import EpochProgress, decode_bar_factory
 
     console = stderr_console()
     if log is quiet:

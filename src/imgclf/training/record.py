@@ -7,7 +7,8 @@ names and JSON (registry names, config dicts), never module paths.
 
 Usage::
 
-    record = RunRecord.start(dataset, decoded, config, model_path=..., plot=None, ...)
+    record = RunRecord.start(ds, decoded, files, fingerprint, config, model_path="m.imgclf", plot=None,
+                             skip_bad=False, probes_from=0, device=device)
     write_record(run_dir, record.run_json())                  # imgclf.training.runfolder
     fit_with_checkpoints(..., info=record.checkpoint_info())
     classifier.manifest["provenance"] = record.provenance(state, epoch=epoch, metrics=metrics)

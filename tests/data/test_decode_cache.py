@@ -15,8 +15,8 @@ import pytest
 from helpers import assert_same_tensors, make_dataset
 from imgclf.config import PreprocessSpec
 from imgclf.data import decode
-from imgclf.data.cache import DecodeCache
 from imgclf.data.decode import decode_into, load_split, open_cache
+from imgclf.data.decode_cache import DecodeCache
 from imgclf.data.folders import scan_dataset
 from imgclf.errors import DatasetError
 from imgclf.images.preprocess import preprocess_uint8
@@ -187,7 +187,7 @@ def test_streaming_from_a_memory_map_trains_identically(tmp_path, tiny_config, m
 
 
 def test_default_cache_dir_honours_the_environment(monkeypatch, tmp_path):
-    from imgclf.data.cache import default_cache_dir
+    from imgclf.data.decode_cache import default_cache_dir
 
     monkeypatch.setenv("IMGCLF_CACHE_DIR", str(tmp_path / "x"))
     assert default_cache_dir() == tmp_path / "x"
@@ -257,13 +257,13 @@ def test_without_fcntl_the_cache_fails_with_one_clear_line_not_an_import_error(t
     import sys
 
     from helpers import run_cli
-    from imgclf.data import cache
+    from imgclf.data import decode_cache as cache
     from imgclf.errors import UsageError
 
     lines = [
         "import sys",
         "sys.modules['fcntl'] = None",
-        "import imgclf.data.cache",
+        "import imgclf.data.decode_cache",
         "import imgclf.data.decode",
     ]
     code = "\n".join([*lines, "print(1)"])
