@@ -43,7 +43,7 @@ import math
 import os
 import stat
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -491,7 +491,7 @@ class ShardedPrediction:
         return failed
 
     @staticmethod
-    def _lines(path: str) -> Iterator[bytes]:
+    def _lines(path: str) -> Generator[bytes, None, None]:
         fd, st = open_for_reading(path)
         with os.fdopen(fd, "rb") as fh:
             if not stat.S_ISREG(st.st_mode):

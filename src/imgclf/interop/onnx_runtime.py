@@ -77,9 +77,9 @@ def import_onnxruntime() -> Any:
     """
     with _IMPORT_LOCK:  # descriptor 2 is process-wide: one redirection at a time
         if "onnxruntime" in sys.modules:  # imported already (by us, or before us by someone else)
-            ort = sys.modules["onnxruntime"]
-            ort.set_default_logger_severity(3)
-            return ort
+            loaded = sys.modules["onnxruntime"]
+            loaded.set_default_logger_severity(3)
+            return loaded
         with tempfile.TemporaryFile() as sink:
             sys.stderr.flush()
             try:
