@@ -1,0 +1,302 @@
+"""``imgclf serve``'s connection layer (serving/protocol.py) against raw sockets on 127.0.0.1.
+
+Idle and trickling connections are closed at the header deadline, slow bodies at the body deadline,
+connections beyond the cap are answered 503, malformed HTTP gets a JSON error, and a legitimate
+request is answered meanwhile. Deadlines are set short by flags; every socket is bounded in time.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+import time
+
+import pytest
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("uvicorn")
+
+from servehelpers import ServerProcess, metric, png, wait_until, write_model  # noqa: E402
+
+HEADER_S = 1.0
+BODY_S = 2.0
+KEEP_ALIVE_S = 3.0
+MAX_BODY_MB = 1
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return write_model(tmp_path_factory.mktemp("conn") / "m.imgclf")
+
+
+@pytest.fixture(scope="module")
+def server(model):
+    args = [model, "--header-timeout-s", HEADER_S, "--body-timeout-s", BODY_S, "--keep-alive-s", KEEP_ALIVE_S]
+    with ServerProcess([*args, "--timeout-s", 30, "--max-body-mb", MAX_BODY_MB]) as s:
+        yield s
+
+
+def connect(port: int, data: bytes = b"") -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    if data:
+        s.sendall(data)
+    return s
+
+
+def read_until_closed(s: socket.socket, within: float) -> tuple[bytes, bool]:
+    """Everything the server sends until it closes (True) or ``within`` seconds pass (False)."""
+    deadline = time.monotonic() + within
+    out = b""
+    while (left := deadline - time.monotonic()) > 0:
+        s.settimeout(left)
+        try:
+            part = s.recv(65536)
+        except TimeoutError:
+            return out, False
+        except ConnectionResetError:
+            return out, True
+        if not part:
+            return out, True
+        out += part
+    return out, False
+
+
+def read_response(s: socket.socket) -> bytes:
+    """One whole response with a Content-Length, read from a kept-alive connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += s.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"content-length: (\d+)", head.lower()).group(1))
+    while len(body) < length:
+        body += s.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+def json_error(raw: bytes) -> tuple[int, dict, bytes]:
+    """(status, JSON body, header block) of one raw HTTP response."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    assert b"content-type: application/json" in head.lower(), raw[:300]
+    return status, json.loads(body), head
+
+
+def predict_ok(server) -> bool:
+    r = httpx.post(server.url + "/v1/predict", content=png(1), timeout=30)
+    return r.status_code == 200 and len(r.json()["predictions"]) == 1
+
+
+def trickle(socks: list[socket.socket], stop: threading.Event, every: float = 0.2) -> threading.Thread:
+    """Send one header byte on each socket every ``every`` seconds until it is closed or ``stop``."""
+
+    def go():
+        live = list(socks)
+        while live and not stop.is_set():
+            for s in list(live):
+                try:
+                    s.send(b"a")
+                except OSError:
+                    live.remove(s)
+            stop.wait(every)
+
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    return t
+
+
+def hold_idle_and_trickling(server, count: int, within: float) -> None:
+    """``count`` connections, half silent and half trickling header bytes, all closed by the server."""
+    idle = [connect(server.port) for _ in range(count // 2)]
+    tricklers = [
+        connect(server.port, b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nX-Slow: ") for _ in range(count // 2)
+    ]
+    stop = threading.Event()
+    thread = trickle(tricklers, stop)
+    try:
+        started = time.monotonic()
+        assert predict_ok(server)  # answered while they are all held open
+        assert time.monotonic() - started < HEADER_S + 5
+        for s in idle:
+            data, closed = read_until_closed(s, within)
+            assert closed and data == b"", "an idle connection was not closed at the header deadline"
+        for s in tricklers:
+            data, closed = read_until_closed(s, within)
+            assert closed, "a trickling connection was not closed at the header deadline"
+            status, body, _ = json_error(data)
+            assert status == 408 and body["error"].startswith("request headers arrived too slowly")
+        assert time.monotonic() - started < HEADER_S + within
+        assert predict_ok(server)
+    finally:
+        stop.set()
+        thread.join(10)
+        for s in idle + tricklers:
+            s.close()
+
+
+def test_idle_and_trickling_connections_are_closed_at_the_header_deadline(server):
+    before = metric(server.url, "imgclf_connections_closed_total")
+    hold_idle_and_trickling(server, 300, within=HEADER_S + 8)
+    wait_until(lambda: metric(server.url, "imgclf_connections_closed_total") >= before + 300, timeout=10)
+    # One line for the first close, then at most one summary per interval: not 300 lines.
+    time.sleep(0.5)
+    assert len(re.findall(r"connection\(?s?\)? .*closed", server.log())) < 10, server.log()[-2000:]
+
+
+@pytest.mark.slow
+def test_two_thousand_idle_and_trickling_connections_do_not_stop_predict(server):
+    resource = pytest.importorskip("resource")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2300:
+        if hard != resource.RLIM_INFINITY and hard < 2300:
+            pytest.skip(f"this process may open {hard} files")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (2300, hard))
+    hold_idle_and_trickling(server, 2000, within=HEADER_S + 20)
+    assert "Traceback" not in server.log()
+
+
+def test_a_kept_alive_connection_trickling_its_next_request_gets_408(server):
+    s = connect(server.port, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert read_response(s).startswith(b"HTTP/1.1 200")
+    stop = threading.Event()
+    thread = trickle([s], stop)  # each byte used to cancel the only timer (keep-alive)
+    try:
+        s.sendall(b"GET /v2/health/live HTTP/1.1\r\nX-Slow: ")
+        data, closed = read_until_closed(s, HEADER_S + 5)
+    finally:
+        stop.set()
+        thread.join(10)
+        s.close()
+    assert closed
+    assert json_error(data)[0] == 408
+
+
+def test_an_idle_kept_alive_connection_is_closed_after_keep_alive(server):
+    s = connect(server.port, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert read_response(s).startswith(b"HTTP/1.1 200")
+    started = time.monotonic()
+    data, closed = read_until_closed(s, KEEP_ALIVE_S + 5)
+    s.close()
+    assert closed and data == b""
+    assert KEEP_ALIVE_S - 0.5 < time.monotonic() - started < KEEP_ALIVE_S + 3
+
+
+def test_a_trickling_body_gets_408_at_the_body_deadline(server):
+    # --timeout-s is 30: the body deadline, not the request deadline, answers.
+    s = connect(
+        server.port,
+        b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 500\r\n\r\n",
+    )
+    stop = threading.Event()
+    thread = trickle([s], stop)
+    started = time.monotonic()
+    try:
+        data, closed = read_until_closed(s, BODY_S + 5)
+    finally:
+        stop.set()
+        thread.join(10)
+        s.close()
+    assert closed and time.monotonic() - started < BODY_S + 3
+    status, body, _ = json_error(data)
+    assert status == 408
+    assert body["error"].startswith("request body arrived too slowly")
+    assert "--body-timeout-s" in body["error"]
+
+
+def test_an_answer_before_the_body_closes_the_connection(server):
+    # 413 from the declared length: the body that follows would otherwise be read into the void.
+    s = connect(
+        server.port,
+        b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 900000000\r\n\r\n" + b"x" * 1000,
+    )
+    data, closed = read_until_closed(s, KEEP_ALIVE_S - 0.5)
+    s.close()
+    assert closed
+    assert json_error(data)[0] == 413
+
+
+CHUNK = b"100000\r\n" + b"a" * 0x100000 + b"\r\n"
+MALFORMED = {
+    "bad chunk size": (
+        b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n",
+        400,
+    ),
+    "NUL in a header name": (b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-A\x00b: 1\r\n\r\n", 400),
+    "space before colon": (b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-A : 1\r\n\r\n", 400),
+    "not HTTP": (b"HELLO THERE\r\n\r\n", 400),
+    "bad Content-Length": (b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 12a\r\n\r\n", 400),
+    "two Content-Lengths": (
+        b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+        400,
+    ),
+    "unknown transfer coding": (
+        b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+        501,
+    ),
+    "no Host": (b"GET /v1/models HTTP/1.1\r\n\r\n", 400),
+    "header block in one piece over 16 KiB": (
+        b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 20000 + b"\r\n\r\n",
+        431,
+    ),
+    "unfinished header block over 16 KiB": (
+        b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 20000,
+        431,
+    ),
+    "Content-Length 10^18": (
+        b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: " + b"1" + b"0" * 18 + b"\r\n\r\n",
+        413,
+    ),
+    "chunked body over the limit": (
+        b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Type: image/png\r\n"
+        + b"\r\n"
+        + CHUNK * (MAX_BODY_MB + 1),
+        413,
+    ),
+    "chunked body over the limit to a route that does not read it": (
+        b"POST /v1/models HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + CHUNK * (MAX_BODY_MB + 1),
+        405,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(MALFORMED))
+def test_malformed_http_gets_a_json_error_and_a_close(server, name):
+    request, expected = MALFORMED[name]
+    s = connect(server.port, request)
+    data, closed = read_until_closed(s, KEEP_ALIVE_S - 0.5)  # before keep-alive could close it
+    s.close()
+    assert closed, data[:300]
+    status, body, head = json_error(data)
+    assert status == expected
+    assert set(body) == {"error"}
+    assert status == 405 or "expected" in body["error"], body
+    assert b"x-content-type-options: nosniff" in head.lower()
+    assert predict_ok(server)
+
+
+@pytest.mark.slow  # a server of its own
+def test_connections_beyond_the_cap_get_503_json(model):
+    cap = 40
+    with ServerProcess([model, "--max-connections", cap, "--header-timeout-s", 30]) as server:
+        held = [connect(server.port) for _ in range(cap)]  # accepted in order: the next ones are over
+        extra = [connect(server.port, b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n") for _ in range(5)]
+        for s in extra:
+            data, closed = read_until_closed(s, 5)
+            assert closed
+            status, body, head = json_error(data)
+            assert status == 503 and b"retry-after: 1" in head.lower()
+            assert (
+                body["error"].startswith("server busy: too many connections")
+                and "--max-connections" in body["error"]
+            )
+            s.close()
+        for s in held[: cap // 2]:
+            s.close()
+        wait_until(lambda: predict_ok(server), timeout=10)  # room again
+        for s in held[cap // 2 :]:
+            s.close()
+        _, log = server.stop()
+    assert log.count("over --max-connections") + log.count("(--max-connections): answered 503") >= 1
+    assert "Traceback" not in log
