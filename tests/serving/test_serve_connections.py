@@ -343,6 +343,20 @@ def test_the_connection_cap_leaves_room_below_the_open_file_limit():
     assert connection_cap(4096, 10) == 1
 
 
+def test_new_connections_are_reset_only_close_to_the_open_file_limit():
+    from imgclf.serving.protocol import FD_RESERVE, ConnectionLog, guarded_protocol
+    from imgclf.serving.settings import ServeSettings
+
+    def ceiling(cap: int, open_files: int) -> int | None:
+        return guarded_protocol(
+            ServeSettings(), ConnectionLog(), max_connections=cap, open_files=open_files
+        ).ceiling
+
+    assert ceiling(4096, 20000) == 20000 - FD_RESERVE // 2  # beyond the cap: 503s, not resets
+    assert ceiling(1024 - FD_RESERVE, 1024) == 1024 - FD_RESERVE // 2
+    assert ceiling(4096, 0) is None  # limit unknown: never reset
+
+
 def test_the_soft_open_file_limit_is_raised_to_the_hard_one():
     import subprocess
     import sys

@@ -9,7 +9,7 @@ only once the headers are complete. :class:`GuardedH11Protocol` is uvicorn's pro
   and disarmed when the request's headers are complete: past it, a 408 (or, if nothing came, a close);
 * a body deadline, from the end of the headers to the end of the body, answered or not: past it a 408
   if nothing was answered yet, and the connection is closed either way;
-* a cap on open connections: beyond it a 503 and a close (an abort once close to the open-file limit);
+* a cap on open connections: beyond it a 503 and a close (a reset once close to the open-file limit);
 * JSON answers with the server's error shape instead of h11's plain-text ``400 Bad Request`` for
   malformed framing (431 for a header block over the limit);
 * a connection whose request is answered before its body arrived is closed rather than kept alive.
@@ -21,7 +21,7 @@ through :class:`ConnectionLog`, which writes one line per interval however many 
 
 Usage::
 
-    protocol = guarded_protocol(settings, ConnectionLog(metrics), max_connections=4000)
+    protocol = guarded_protocol(settings, ConnectionLog(metrics), max_connections=4000, open_files=8192)
     uvicorn.Config(app, http=protocol, h11_max_incomplete_event_size=settings.max_header_bytes, ...)
 """
 
@@ -142,14 +142,20 @@ def raise_open_file_limit() -> int:
 
 
 def guarded_protocol(
-    settings: ServeSettings, report: ConnectionLog, *, max_connections: int
+    settings: ServeSettings, report: ConnectionLog, *, max_connections: int, open_files: int = 0
 ) -> type[GuardedH11Protocol]:
-    """A :class:`GuardedH11Protocol` class bound to these limits (uvicorn's ``http=`` argument)."""
-    return type(
-        "ImgclfH11Protocol",
-        (GuardedH11Protocol,),
-        {"settings": settings, "report": report, "max_connections": max_connections},
-    )
+    """A :class:`GuardedH11Protocol` class bound to these limits (uvicorn's ``http=`` argument).
+
+    Args:
+        settings: The server's limits.
+        report: Where closed connections are counted and logged.
+        max_connections: The cap (see :func:`connection_cap`); beyond it a 503.
+        open_files: The process's open-file limit (0: unknown); within ``FD_RESERVE // 2`` of it a new
+            connection is reset without an answer, so that the descriptors never run out.
+    """
+    ceiling = max(max_connections, open_files - FD_RESERVE // 2) if open_files else None
+    attrs = {"settings": settings, "report": report, "max_connections": max_connections, "ceiling": ceiling}
+    return type("ImgclfH11Protocol", (GuardedH11Protocol,), attrs)
 
 
 class GuardedH11Protocol(H11Protocol):
@@ -158,6 +164,7 @@ class GuardedH11Protocol(H11Protocol):
     settings: ServeSettings = ServeSettings()
     report: ConnectionLog = ConnectionLog()
     max_connections: int = ServeSettings().max_connections
+    ceiling: int | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -194,7 +201,7 @@ class GuardedH11Protocol(H11Protocol):
         super().connection_made(transport)
         open_now = len(self.connections)
         self._set_gauge()
-        if open_now > self.max_connections + FD_RESERVE // 2:
+        if self.ceiling is not None and open_now > self.ceiling:
             # Close to the open-file limit: no answer, and no lingering that would hold the descriptor.
             self.report.note("fd_limit", self.client, f"{open_now} connections open")
             self._closing = True

@@ -101,7 +101,8 @@ def serve(app: Any, *, host: str, port: int, grace_s: float) -> None:
             settings.max_connections,
             open_files,
         )
-    protocol = guarded_protocol(settings, ConnectionLog(app.state.metrics), max_connections=cap)
+    report = ConnectionLog(app.state.metrics)
+    protocol = guarded_protocol(settings, report, max_connections=cap, open_files=open_files)
     config = uvicorn.Config(
         app,
         host=host,
