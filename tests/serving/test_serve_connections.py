@@ -249,6 +249,12 @@ MALFORMED = {
         b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 20000,
         431,
     ),
+    "trailers over 16 KiB": (
+        b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-T: "
+        + b"a" * 20000
+        + b"\r\n\r\n",
+        431,
+    ),
     "Content-Length 10^18": (
         b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: " + b"1" + b"0" * 18 + b"\r\n\r\n",
         413,

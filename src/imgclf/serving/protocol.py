@@ -182,10 +182,10 @@ class GuardedH11Protocol(H11Protocol):
             except h11.RemoteProtocolError as exc:
                 self._error = exc
                 raise
-            if isinstance(event, h11.Request):
-                size = (
-                    len(event.method) + len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
-                )
+            if isinstance(event, (h11.Request, h11.EndOfMessage)):  # a header block, or the trailers
+                size = sum(len(k) + len(v) + 4 for k, v in event.headers)
+                if isinstance(event, h11.Request):
+                    size += len(event.method) + len(event.target)
                 if size > self.settings.max_header_bytes:
                     self._error = h11.RemoteProtocolError("header block too large", error_status_hint=431)
                     raise self._error
@@ -238,7 +238,13 @@ class GuardedH11Protocol(H11Protocol):
     def handle_events(self) -> None:
         if self._closing:
             return
-        super().handle_events()
+        try:
+            super().handle_events()
+        except Exception as exc:  # noqa: BLE001 - bytes uvicorn could not turn into a request
+            # Otherwise asyncio logs a traceback per connection ("data_received() call failed").
+            self._error = None
+            self.send_400_response(f"{type(exc).__name__}: {exc}")
+            return
         if not self._closing:
             self._follow_request()
 
@@ -265,6 +271,8 @@ class GuardedH11Protocol(H11Protocol):
         exc = self._error
         status = exc.error_status_hint if exc is not None else 400
         received = safe_text(str(exc) if exc is not None else msg)[:200]
+        if self._closing:  # already answered
+            return
         if status == 431:
             limit = self.settings.max_header_bytes
             p = problem(
