@@ -387,3 +387,46 @@ def test_the_soft_open_file_limit_is_raised_to_the_hard_one():
     assert got == soft > 256
     if hard != resource.RLIM_INFINITY:
         assert soft == hard
+
+
+@pytest.mark.slow
+def test_soak_a_thousand_abusive_connections_among_a_thousand_valid_requests(server):
+    answered = [request for request, _ in MALFORMED.values() if len(request) < 100_000]
+    vanishing = [
+        b"",  # connect and close
+        b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Le",  # gone mid-headers
+        b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n\x89PNG",  # gone mid-body
+    ]
+    abuses = [(request, True) for request in answered] + [(request, False) for request in vanishing]
+    expected = httpx.post(server.url + "/v1/predict", content=png(7), timeout=30).json()["predictions"]
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        for _ in range(50):  # warm up before measuring memory
+            assert c.post("/v1/predict", content=png(7)).status_code == 200
+    rss = server.rss_bytes()
+    failures: list = []
+
+    def abuse():
+        for i in range(1000):
+            request, wait = abuses[i % len(abuses)]
+            s = connect(server.port, request)
+            try:
+                if wait and i % 3:  # a third of the malformed ones vanish without reading the answer
+                    data, closed = read_until_closed(s, 5)
+                    if not (closed and data.startswith(b"HTTP/1.1 4")):
+                        failures.append(("abuse", data[:200]))
+            finally:
+                s.close()
+
+    thread = threading.Thread(target=abuse)
+    thread.start()
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        for _ in range(1000):
+            r = c.post("/v1/predict", content=png(7))
+            if r.status_code != 200 or r.json()["predictions"] != expected:
+                failures.append((r.status_code, r.text[:200]))
+    thread.join(60)
+    assert not thread.is_alive()
+    assert not failures, failures[:3]
+    assert server.rss_bytes() - rss < 50 * 1024 * 1024
+    assert predict_ok(server)
+    assert "Traceback" not in server.log()
