@@ -376,7 +376,10 @@ class GuardedH11Protocol(H11Protocol):
             *((k.encode(), v.encode()) for k, v in p.headers.items()),
             *SECURITY_HEADERS,
         ]
-        phrase = http.HTTPStatus(p.status).phrase
+        try:
+            phrase = http.HTTPStatus(p.status).phrase
+        except ValueError:  # a status h11 hinted that Python does not name
+            phrase = "Error"
         head = f"HTTP/1.1 {p.status} {phrase}\r\n".encode() + b"".join(
             k + b": " + v + b"\r\n" for k, v in headers
         )
