@@ -222,6 +222,25 @@ def test_an_answer_before_the_body_closes_the_connection(server):
     assert json_error(data)[0] == 413
 
 
+def test_a_client_that_stops_reading_its_answers_is_reset_at_the_body_deadline(server):
+    before = metric(server.url, 'imgclf_connections_closed_total{reason="write_timeout"}')
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window
+    s.connect(("127.0.0.1", server.port))
+    try:
+        # ~6 kB answers, pipelined, never read: more than the kernel and uvicorn buffer on loopback.
+        s.sendall(b"GET /static/app.js HTTP/1.1\r\nHost: x\r\n\r\n" * 1200)
+        wait_until(
+            lambda: metric(server.url, 'imgclf_connections_closed_total{reason="write_timeout"}') > before,
+            timeout=BODY_S + 20,
+        )
+    finally:
+        s.close()
+    assert predict_ok(server)
+    log = server.log()
+    assert "Traceback" not in log and "without completing response" not in log, log[-2000:]
+
+
 CHUNK = b"100000\r\n" + b"a" * 0x100000 + b"\r\n"
 MALFORMED = {
     "bad chunk size": (

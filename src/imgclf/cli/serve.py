@@ -151,7 +151,7 @@ def _add_connection_flags(p: argparse.ArgumentParser) -> None:
         type=_positive(float),
         default=DEFAULTS.body_timeout_s,
         help="deadline for a request's body, from the end of its headers: 408 if not yet answered,"
-        " and close (default %(default)g)",
+        " and close; also how long a client may leave its answers unread (default %(default)g)",
     )
     p.add_argument(
         "--keep-alive-s",

@@ -12,7 +12,8 @@ only once the headers are complete. :class:`GuardedH11Protocol` is uvicorn's pro
 * a cap on open connections: beyond it a 503 and a close (a reset once close to the open-file limit);
 * JSON answers with the server's error shape instead of h11's plain-text ``400 Bad Request`` for
   malformed framing (431 for a header block over the limit);
-* a connection whose request is answered before its body arrived is closed rather than kept alive.
+* a connection whose request is answered before its body arrived is closed rather than kept alive;
+* a client that stops reading its answers (the send buffer stays full for the body deadline) is reset.
 
 Every error answer says ``connection: close`` and is followed by a lingering close (our side shut,
 the client's late bytes read and dropped for a moment) so that a client still sending reads the answer
@@ -76,6 +77,7 @@ REASONS = {
     "fd_limit": "aborted at the open-file limit",
     "malformed": "malformed HTTP (JSON 4xx)",
     "unanswered_body": "answered before its body arrived",
+    "write_timeout": "not reading its answers (--body-timeout-s)",
 }
 
 
@@ -170,6 +172,7 @@ class GuardedH11Protocol(H11Protocol):
         super().__init__(*args, **kwargs)
         self.logger = _protocol_log
         self._deadline: asyncio.TimerHandle | None = None
+        self._write_deadline: asyncio.TimerHandle | None = None
         self._phase = "headers"  # idle (between requests), headers, body, answering
         self._closing = False  # an error answer went out: late bytes are dropped until the close
         self._body_bytes = 0
@@ -224,6 +227,8 @@ class GuardedH11Protocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._write_deadline is not None:
+            self._write_deadline.cancel()
         super().connection_lost(exc)
         self._set_gauge()
 
@@ -259,6 +264,26 @@ class GuardedH11Protocol(H11Protocol):
             self._linger()
             return
         super().on_response_complete()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._write_deadline is None:
+            self._write_deadline = self.loop.call_later(self.settings.body_timeout_s, self._not_reading)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._write_deadline is not None:
+            self._write_deadline.cancel()
+            self._write_deadline = None
+
+    def _not_reading(self) -> None:
+        # The answer cannot be delivered, so nothing is answered: the connection is reset, which also
+        # releases the request's task waiting to write (uvicorn's send() waits for the buffer to drain).
+        self._write_deadline = None
+        limit = self.settings.body_timeout_s
+        self.report.note("write_timeout", self.client, f"answers not read for {limit:g} s")
+        self._closing = True
+        self.transport.abort()
 
     def shutdown(self) -> None:
         if self._closing:

@@ -30,7 +30,8 @@ class ServeSettings:
         header_timeout_s: Deadline for a request's line and headers, from the connection's first byte
             (or its opening) (``--header-timeout-s``); then 408, or a silent close if nothing came.
         body_timeout_s: Deadline for a request's body, from the end of its headers
-            (``--body-timeout-s``); the connection is closed when it passes, answered or not.
+            (``--body-timeout-s``); the connection is closed when it passes, answered or not. Also how
+            long a client may leave its answers unread (the send buffer full) before it is reset.
         keep_alive_s: How long an idle connection is kept between requests (``--keep-alive-s``).
         max_connections: Most connections open at once (``--max-connections``); beyond it a 503 and
             close. Lowered at start to fit the process's open-file limit.
