@@ -437,6 +437,10 @@ def test_cli_help_documents_every_flag():
         "--max-queue",
         "--batch-delay-ms",
         "--api-key-file",
+        "--header-timeout-s",
+        "--body-timeout-s",
+        "--keep-alive-s",
+        "--max-connections",
         "NAME=PATH",
     ):
         assert flag in out, flag

@@ -67,6 +67,7 @@ def test_client_gone_mid_inference_is_dropped_from_the_queue(server):
         + b"--b--\r\n"
     )
     batches = metric(server.url, "imgclf_batch_size_images_count")
+    gone_before = metric(server.url, "imgclf_client_disconnects_total")
     results: list = []
     first = slow_request(server, results, "first")
     wait_until(lambda: in_flight(server) >= 1, timeout=10)
@@ -84,6 +85,11 @@ def test_client_gone_mid_inference_is_dropped_from_the_queue(server):
     assert results == [("first", 200)]
     wait_until(lambda: in_flight(server) == 0, timeout=10)
     assert metric(server.url, "imgclf_batch_size_images_count") == batches + 1  # the gone one never ran
+    # A disconnect is normal: counted, one access-log line (499), no CancelledError traceback.
+    assert metric(server.url, "imgclf_client_disconnects_total") == gone_before + 1
+    log = server.log()
+    assert "CancelledError" not in log and "Traceback" not in log, log[-3000:]
+    assert '"POST /v1/predict" 499' in log
     assert httpx.post(server.url + "/v1/predict", content=png(2), timeout=30).status_code == 200
 
 

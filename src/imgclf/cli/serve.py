@@ -80,6 +80,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     )
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     _add_limit_flags(p)
+    _add_connection_flags(p)
     p.add_argument(
         "--api-key-file",
         metavar="F",
@@ -131,6 +132,41 @@ def _add_limit_flags(p: argparse.ArgumentParser) -> None:
         " clients, see docs/performance.md). A batched image's probabilities can differ from imgclf"
         " predict's by ~1e-7 (CPU kernels depend on the batch size); 0: each request is its own batch,"
         " bitwise equal to imgclf predict whatever the traffic",
+    )
+
+
+def _add_connection_flags(p: argparse.ArgumentParser) -> None:
+    """Connection deadlines and the connection cap (docs/serve.md)."""
+    p.add_argument(
+        "--header-timeout-s",
+        metavar="S",
+        type=_positive(float),
+        default=DEFAULTS.header_timeout_s,
+        help="deadline for a request's line and headers, from the connection's first byte: 408 and"
+        " close (a connection that sends nothing is closed) (default %(default)g)",
+    )
+    p.add_argument(
+        "--body-timeout-s",
+        metavar="S",
+        type=_positive(float),
+        default=DEFAULTS.body_timeout_s,
+        help="deadline for a request's body, from the end of its headers: 408 if not yet answered,"
+        " and close; also how long a client may leave its answers unread (default %(default)g)",
+    )
+    p.add_argument(
+        "--keep-alive-s",
+        metavar="S",
+        type=_positive(float),
+        default=DEFAULTS.keep_alive_s,
+        help="close a connection idle this long between requests (default %(default)g)",
+    )
+    p.add_argument(
+        "--max-connections",
+        metavar="N",
+        type=_positive(int),
+        default=DEFAULTS.max_connections,
+        help="most connections open at once; beyond it 503 and close. Lowered at start to fit the"
+        " open-file limit (ulimit -n), whose soft value is raised to the hard one (default %(default)s)",
     )
 
 
@@ -221,6 +257,10 @@ def run(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
         batch_delay_ms=args.batch_delay_ms,
         api_key=key,
+        header_timeout_s=args.header_timeout_s,
+        body_timeout_s=args.body_timeout_s,
+        keep_alive_s=args.keep_alive_s,
+        max_connections=args.max_connections,
     )
     print(
         f"imgclf: serving {', '.join(paths)} on http://{args.host}:{args.port}/ "

@@ -121,13 +121,13 @@ class ServerState:
         waiter = asyncio.wrap_future(future)
         gone = asyncio.ensure_future(_client_gone(request))
         try:
-            await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             gone.cancel()
             if not waiter.done():
                 waiter.cancel()  # cancels the queued job, so the worker drops it
             self.metrics.queue_depth.set(self.queue.depth)
-        if not waiter.done():
+        if waiter not in done:  # cancelled just above, so waiter.result() would raise CancelledError
             raise ClientDisconnect()
         return waiter.result()
 

@@ -158,6 +158,8 @@ class Guard:
         route = scope.get("route")
         label = getattr(route, "path", None) or "unmatched"
         self.state.metrics.observe(label, status or 499, seconds)
+        if status in (0, 499):  # the client went away first: normal, counted, this line its only log
+            self.state.metrics.client_disconnects.inc()
         client = scope.get("client") or ("-", 0)
         path = safe_text(scope.get("path", ""))[:200]
         log.info(

@@ -43,6 +43,16 @@ class Metrics:
         self.batch_size = Histogram(
             "imgclf_batch_size_images", "images per forward-pass batch", buckets=BATCH_BUCKETS, registry=r
         )
+        self.open_connections = Gauge("imgclf_open_connections", "HTTP connections open", registry=r)
+        self.connections_closed = Counter(
+            "imgclf_connections_closed",
+            "connections the server closed early (deadline, cap, malformed request) by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.client_disconnects = Counter(
+            "imgclf_client_disconnects", "requests whose client went away before the answer", registry=r
+        )
         self.model_info = Gauge(
             "imgclf_model_info", "loaded models (value 1)", ["model", "digest", "arch"], registry=r
         )

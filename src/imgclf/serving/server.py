@@ -23,12 +23,9 @@ from typing import Any
 import uvicorn
 
 from imgclf.serving.inputs import HTTPProblem
+from imgclf.serving.protocol import ConnectionLog, connection_cap, guarded_protocol, raise_open_file_limit
 
 log = logging.getLogger("imgclf.serve")
-
-# uvicorn's default is 5 s; under load (a busy 2-core machine) a benchmark client hit a connection reset,
-# most likely a pooled connection closed as it was reused. 15 s keeps them; an idle one costs little.
-KEEP_ALIVE_S = 15
 
 
 class _Server(uvicorn.Server):
@@ -89,7 +86,23 @@ class _Server(uvicorn.Server):
 
 
 def serve(app: Any, *, host: str, port: int, grace_s: float) -> None:
-    """Serve ``app`` (from :func:`imgclf.serving.app.create_app`) until SIGTERM/SIGINT."""
+    """Serve ``app`` (from :func:`imgclf.serving.app.create_app`) until SIGTERM/SIGINT.
+
+    The connection limits (deadlines, cap, header size) are ``app.state.settings``'; the cap is lowered
+    to fit the process's open-file limit, whose soft value is raised to the hard one first.
+    """
+    settings = app.state.settings
+    open_files = raise_open_file_limit()
+    cap = connection_cap(settings.max_connections, open_files) if open_files else settings.max_connections
+    if cap < settings.max_connections:
+        log.warning(
+            "at most %d connections (not --max-connections %d): the process may open %d files (ulimit -n)",
+            cap,
+            settings.max_connections,
+            open_files,
+        )
+    report = ConnectionLog(app.state.metrics)
+    protocol = guarded_protocol(settings, report, max_connections=cap, open_files=open_files)
     config = uvicorn.Config(
         app,
         host=host,
@@ -97,7 +110,10 @@ def serve(app: Any, *, host: str, port: int, grace_s: float) -> None:
         log_config=None,
         access_log=False,  # the Guard writes one line per request, with its request ID
         timeout_graceful_shutdown=int(max(1, grace_s)),
-        timeout_keep_alive=KEEP_ALIVE_S,
+        timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]  # a float works
+        http=protocol,
+        ws="none",  # no route speaks WebSocket: an upgrade request is answered as plain HTTP
+        h11_max_incomplete_event_size=settings.max_header_bytes,
         lifespan="on",
         server_header=False,
     )

@@ -27,6 +27,15 @@ class ServeSettings:
             only while other requests are in progress); 0 runs each request as its own batch, bitwise
             equal to ``imgclf predict`` on the same images whatever the traffic.
         api_key: The key every guarded route needs as ``Authorization: Bearer KEY`` (None: no key).
+        header_timeout_s: Deadline for a request's line and headers, from the connection's first byte
+            (or its opening) (``--header-timeout-s``); then 408, or a silent close if nothing came.
+        body_timeout_s: Deadline for a request's body, from the end of its headers
+            (``--body-timeout-s``); the connection is closed when it passes, answered or not. Also how
+            long a client may leave its answers unread (the send buffer full) before it is reset.
+        keep_alive_s: How long an idle connection is kept between requests (``--keep-alive-s``).
+        max_connections: Most connections open at once (``--max-connections``); beyond it a 503 and
+            close. Lowered at start to fit the process's open-file limit.
+        max_header_bytes: Largest request line plus header block; larger is a 431.
     """
 
     max_body_bytes: int = 20 * MB
@@ -37,3 +46,12 @@ class ServeSettings:
     # it; the figures behind this default are in docs/performance.md ("Serving").
     batch_delay_ms: float = 10.0
     api_key: bytes | None = None
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    # uvicorn's default is 5 s; under load (a busy 2-core machine) a benchmark client hit a connection
+    # reset, most likely a pooled connection closed as it was reused. 15 s keeps them; an idle one costs
+    # little.
+    keep_alive_s: float = 15.0
+    # Above the 2,000 idle or trickling connections the server must survive (docs/serve.md).
+    max_connections: int = 4096
+    max_header_bytes: int = 16 * 1024
