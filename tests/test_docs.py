@@ -358,6 +358,7 @@ NOT_RUN = {
         "serving/app.py",
         "serving/batching.py",
         "serving/guard.py",
+        "serving/protocol.py",
         "serving/inputs.py",
         "serving/models.py",
         "serving/server.py",

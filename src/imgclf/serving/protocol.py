@@ -23,7 +23,7 @@ through :class:`ConnectionLog`, which writes one line per interval however many 
 Usage::
 
     protocol = guarded_protocol(settings, ConnectionLog(metrics), max_connections=4000, open_files=8192)
-    uvicorn.Config(app, http=protocol, h11_max_incomplete_event_size=settings.max_header_bytes, ...)
+    uvicorn.Config(app, http=protocol, h11_max_incomplete_event_size=settings.max_header_bytes)
 """
 
 from __future__ import annotations
