@@ -57,7 +57,10 @@ def class_colors(num_classes: int) -> list[tuple[int, int, int]]:
 
 def have_matplotlib() -> bool:
     """True if matplotlib (a dependency, imported for plots only) is installed; imports nothing."""
-    return importlib.util.find_spec("matplotlib") is not None
+    try:
+        return importlib.util.find_spec("matplotlib") is not None
+    except (ImportError, ValueError):  # a finder that refuses it, or a None entry in sys.modules
+        return False
 
 
 def require_matplotlib(what: str, fix: str) -> None:
