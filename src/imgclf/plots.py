@@ -165,7 +165,8 @@ def history_figure(
         ax.set_ylim(-0.05, top)
         if notes:
             box = {"facecolor": "white", "alpha": 0.8, "edgecolor": "none"}
-            ax.text(0.99, 0.96, "\n".join(notes), transform=ax.transAxes, ha="right", va="top", fontsize=9, bbox=box)
+            text = "\n".join(notes)
+            ax.text(0.99, 0.96, text, transform=ax.transAxes, ha="right", va="top", fontsize=9, bbox=box)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title)
         ax.set_xlabel("Epoch #")
