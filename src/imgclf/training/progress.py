@@ -1,4 +1,5 @@
-"""Human-facing progress on stderr: rich progress bars and one-line epoch summaries.
+"""Human-facing progress on stderr: progress bars (plain periodic lines when stderr is not a terminal, see
+:func:`imgclf.progress.bar`) and one-line epoch summaries.
 
 Only the CLI uses this module; the library reports progress through callbacks and never prints.
 
