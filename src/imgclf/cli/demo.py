@@ -78,6 +78,25 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require_torch() -> None:
+    """The demo trains: without torch, say which install provides it before doing anything.
+
+    Raises:
+        UsageError: If torch is not installed (the torch-free runtime install).
+    """
+    import importlib.util
+
+    from imgclf.errors import missing_package_error
+
+    try:
+        found = importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        missing = ModuleNotFoundError("No module named 'torch'", name="torch")
+        raise missing_package_error(missing, "imgclf demo") or missing
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """``imgclf demo``: data → train → (new process) predict montage + evaluate."""
     from imgclf.cli.train import train_and_report
@@ -85,6 +104,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from imgclf.data.synthetic import write_demo_dataset
     from imgclf.progress import stderr_console
 
+    _require_torch()  # before writing the demo data, not after
     config = TrainConfig()
     changes = {name: getattr(args, name) for name in ("epochs", "seed") if getattr(args, name) is not None}
     config = config.replace(**changes) if changes else config
