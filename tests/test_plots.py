@@ -279,7 +279,44 @@ def test_plot_history_has_no_legend_entry_for_a_curve_not_drawn():
     clipped = [{**r, "val_loss": 500.0, "val_accuracy": 0.5} for r in no_val]  # all above the chart
     fig = history_figure(clipped, "t")
     shown = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-    assert shown == ["train_loss", "train_acc", "val_acc"]
+    assert shown == ["train_loss", "val_loss", "val_loss above the chart", "train_acc", "val_acc"]
+    plt.close(fig)
+
+
+def _curves(ax):
+    """{label: Line2D} of the axes' lines."""
+    return {line.get_label(): line for line in ax.get_lines()}
+
+
+def test_a_validation_loss_spike_keeps_every_point_of_the_curve_visible():
+    import matplotlib.pyplot as plt
+
+    from imgclf.plots import history_figure
+
+    history = [
+        {"epoch": e, "loss": 0.6 - 0.05 * e, "accuracy": 0.6 + 0.03 * e, "val_loss": v, "val_accuracy": 0.7}
+        for e, v in zip(range(1, 8), [0.7, 0.6, 40.0, 0.5, float("nan"), float("inf"), 0.4], strict=True)
+    ]
+    fig = history_figure(history, "t")
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    low, high = ax.get_ylim()
+    curves = _curves(ax)
+    val = curves["val_loss"]
+    assert list(val.get_xdata()) == [1, 2, 3, 4, 5, 6, 7]  # a point at every epoch: no gap in the line
+    y = np.asarray(val.get_ydata(), dtype=float)
+    assert np.isfinite(y).all() and (y >= low).all() and (y <= high).all()
+    assert y[[0, 1, 3, 6]] == pytest.approx([0.7, 0.6, 0.5, 0.4])  # points on the chart keep their values
+    assert val.get_marker() == "o"  # every epoch is a marker, not just a line corner
+    above, nan = curves["val_loss above the chart"], curves["val_loss not a number"]
+    assert list(above.get_xdata()) == [3, 6] and list(above.get_ydata()) == [high, high]
+    assert above.get_marker() == "^" and not above.get_clip_on()  # drawn on the top edge, not cut away
+    assert list(nan.get_xdata()) == [5] and nan.get_marker() == "x"
+    notes = " ".join(t.get_text() for t in ax.texts)
+    assert "val_loss above the chart at epoch 3, 6 (up to inf)" in notes
+    assert "val_loss not a number at epoch 5" in notes
+    for name in ("train_loss", "train_acc", "val_acc"):
+        assert curves[name].get_marker() == "o" and len(curves[name].get_xdata()) == 7
     plt.close(fig)
 
 

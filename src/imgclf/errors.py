@@ -217,3 +217,50 @@ EXIT_CODES: dict[str, int] = {
     "sigint": 130,
     "sigterm": 143,
 }
+
+
+# Optional packages → (the install that provides them, what they are for). imgclf is installed from its
+# checkout (it is on no package index), so every hint is a command run in the checkout's folder.
+_FULL = "the full install, in the imgclf checkout: pip install ."
+_ONNX = "pip install '.[onnx]' (torch-free: pip install ./runtime)"
+_SERVE = ("pip install '.[serve]' (torch-free: pip install './runtime[serve]')", "the serve extra")
+OPTIONAL_PACKAGES: dict[str, tuple[str, str]] = {
+    "torch": (_FULL, "PyTorch (training, .imgclf files, export)"),
+    "onnx": (_ONNX, "the onnx extra"),
+    "onnxruntime": (_ONNX, "the onnx extra"),
+    "onnxscript": ("pip install '.[onnx]'", "the onnx extra (export)"),
+    "onnx_ir": ("pip install '.[onnx]'", "the onnx extra (export)"),
+    "fastapi": _SERVE,
+    "uvicorn": _SERVE,
+    "starlette": _SERVE,
+    "multipart": _SERVE,
+    "python_multipart": _SERVE,
+    "prometheus_client": _SERVE,
+    "h5py": ("pip install '.[keras]'", "the keras extra"),
+    "matplotlib": ("pip install matplotlib (part of the full install)", "matplotlib (plots)"),
+    "sklearn": ("pip install scikit-learn", "scikit-learn"),
+    "timm": ("pip install timm", "timm (pretrained backbones)"),
+}
+
+
+def missing_package_error(exc: BaseException, needed_for: str) -> UsageError | None:
+    """The usage error for an ``ImportError`` of an optional package, naming the install that provides it.
+
+    ``None`` when ``exc`` is not a missing optional package (a bug, or a broken install of a required one).
+
+    Args:
+        exc: The exception an import raised.
+        needed_for: What needed it, e.g. ``imgclf export``.
+    """
+    if not isinstance(exc, ImportError):
+        return None
+    top = str(exc.name or "").split(".")[0]
+    if top not in OPTIONAL_PACKAGES:
+        return None
+    install, what = OPTIONAL_PACKAGES[top]
+    return UsageError(
+        f"{needed_for} needs {what}, which is not installed",
+        received=f"no module named {exc.name!r}",
+        expected=f"{top} installed",
+        fix=install,
+    )

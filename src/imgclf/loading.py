@@ -18,7 +18,7 @@ import os
 import struct
 from typing import Any
 
-from imgclf.errors import ModelFileError, UsageError
+from imgclf.errors import UsageError
 from imgclf.fileio.reading import open_for_reading
 
 HEAD_BYTES = 16
@@ -67,11 +67,12 @@ def _modelfile(path: str | os.PathLike) -> Any:
     except ImportError as exc:
         if exc.name != "torch" and not str(exc.name or "").startswith("torch."):
             raise
-        raise ModelFileError(
+        raise UsageError(  # a missing package, not a bad file: the usage exit code, as for every extra
             "cannot read an .imgclf model file without PyTorch",
             received=os.fspath(path),
             expected="PyTorch installed, or an .onnx written by `imgclf export`",
-            fix="install torch, or export the model where torch is: imgclf export MODEL --format onnx",
+            fix="use the full install (in the imgclf checkout: pip install .), or export the model where "
+            "torch is: imgclf export MODEL --format onnx",
         ) from None
     return modelfile
 

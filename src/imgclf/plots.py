@@ -57,7 +57,10 @@ def class_colors(num_classes: int) -> list[tuple[int, int, int]]:
 
 def have_matplotlib() -> bool:
     """True if matplotlib (a dependency, imported for plots only) is installed; imports nothing."""
-    return importlib.util.find_spec("matplotlib") is not None
+    try:
+        return importlib.util.find_spec("matplotlib") is not None
+    except (ImportError, ValueError):  # a finder that refuses it, or a None entry in sys.modules
+        return False
 
 
 def require_matplotlib(what: str, fix: str) -> None:
@@ -113,7 +116,12 @@ def history_figure(
     history: Sequence[dict[str, float]], title: str, saved_epoch: int | None = None
 ) -> Any:
     """The figure :func:`plot_history` writes: 900x600 px, legend outside the axes (never over a curve),
-    integer epoch ticks, a dashed line at the saved epoch; curves with nothing to draw get no entry."""
+    integer epoch ticks, a dashed line at the saved epoch; curves with nothing to draw get no entry.
+
+    Every point of every curve stays visible: each epoch is a marker, and a value above the chart (a
+    validation-loss spike, an infinite loss) or not a number is drawn on the chart's top edge as a triangle
+    (``^``) or a cross (``x``), its curve running up to it, and is named in a note on the chart.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -121,7 +129,8 @@ def history_figure(
     from matplotlib.ticker import MaxNLocator
 
     epochs = [int(r["epoch"]) for r in history]
-    top, clipped = loss_ceiling(history)
+    top, _ = loss_ceiling(history)
+    notes: list[str] = []
     with plt.style.context("ggplot"):
         fig, ax = plt.subplots(figsize=(9, 6))
         for key, label in (
@@ -130,27 +139,34 @@ def history_figure(
             ("accuracy", "train_acc"),
             ("val_accuracy", "val_acc"),
         ):
-            values = [np.nan if r.get(key) is None else float(r[key]) for r in history]
-            if key == "val_loss" and clipped:
-                values = [np.nan if not v <= top else v for v in values]
-            if any(math.isfinite(v) for v in values):  # a curve with no point on the chart: no entry
-                ax.plot(epochs, values, label=label, marker="o" if len(epochs) == 1 else None)
+            values = [None if r.get(key) is None else float(r[key]) for r in history]
+            if all(v is None for v in values):  # nothing recorded (no validation split): no curve, no entry
+                continue
+            shown = [np.nan if v is None else v if v <= top else top for v in values]  # NaN > top: False
+            (line,) = ax.plot(epochs, shown, label=label, marker="o", markersize=4)
+            for marker, what, off in (
+                ("^", "above the chart", [(e, v) for e, v in zip(epochs, values, strict=True)
+                                          if v is not None and v > top]),
+                ("x", "not a number", [(e, v) for e, v in zip(epochs, values, strict=True)
+                                       if v is not None and math.isnan(v)]),
+            ):  # fmt: skip
+                if not off:
+                    continue
+                ax.plot(
+                    [e for e, _ in off], [top] * len(off), linestyle="none", marker=marker, markersize=9,
+                    color=line.get_color(), clip_on=False, label=f"{label} {what}",
+                )  # fmt: skip
+                at = ", ".join(str(e) for e, _ in off[:8]) + (", ..." if len(off) > 8 else "")
+                peak = f" (up to {max(v for _, v in off):.3g})" if marker == "^" else ""
+                notes.append(f"{label} {what} at epoch {at}{peak}")
         if saved_epoch is not None:
             saved = f"saved epoch {saved_epoch}"
             ax.axvline(saved_epoch, color="0.3", linestyle="--", linewidth=1, label=saved)
-        if clipped:
-            ax.set_ylim(-0.05, top)
-            epochs_text = ", ".join(str(e) for e, _ in clipped[:8]) + (", ..." if len(clipped) > 8 else "")
-            highest = max(v for _, v in clipped)
-            ax.text(
-                0.99,
-                0.98,
-                f"val_loss above the chart at epoch {epochs_text} (up to {highest:.3g})",
-                transform=ax.transAxes,
-                ha="right",
-                va="top",
-                fontsize=9,
-            )
+        ax.set_ylim(-0.05, top)
+        if notes:
+            box = {"facecolor": "white", "alpha": 0.8, "edgecolor": "none"}
+            text = "\n".join(notes)
+            ax.text(0.99, 0.96, text, transform=ax.transAxes, ha="right", va="top", fontsize=9, bbox=box)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title)
         ax.set_xlabel("Epoch #")

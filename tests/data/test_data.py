@@ -186,8 +186,41 @@ def test_empty_root_including_only_hidden_entries(tmp_path: Path) -> None:
     (tmp_path / "d").mkdir()
     assert str(_scan_error(tmp_path / "d")).startswith("dataset folder is empty")
     write_png(tmp_path / "d" / ".git" / "a.png")
-    (tmp_path / "d" / "loose.png").write_bytes(b"x")  # files are not class folders
+    (tmp_path / "d" / "notes.txt").write_bytes(b"x")  # files are not class folders
     assert str(_scan_error(tmp_path / "d")).startswith("dataset folder is empty")
+
+
+def test_images_without_class_folders_say_what_was_found_and_the_layout(tmp_path: Path) -> None:
+    root = tmp_path / "d"
+    for name in ("a.png", "b.jpg", "c.png", "d.png"):
+        write_png(root / name)
+    (root / ".hidden.png").write_bytes(b"x")
+    assert str(_scan_error(root)) == (
+        "4 image(s) directly in the folder and no class folders: imgclf learns each image's class from the "
+        f"name of the folder it is in; received {root} (a.png, b.jpg, c.png, ...); expected one folder per "
+        "class, at least 2: d/<class>/*.png (or d/training/<class>/*.png). Fix: move the images into one "
+        f"subfolder per class, e.g. d/cats/ and d/dogs/; to classify unlabelled images: imgclf predict "
+        f"--images {root}"
+    )
+
+
+def test_a_split_folder_of_images_without_class_folders_is_named(tmp_path: Path) -> None:
+    write_png(tmp_path / "d" / "training" / "a.png")
+    err = str(_scan_error(tmp_path / "d"))
+    assert err.startswith("1 image(s) directly in the folder and no class folders")
+    assert f"received {tmp_path / 'd' / 'training'} (a.png)" in err and "training/training" not in err
+
+
+def test_images_beside_class_folders_are_reported_not_dropped_silently(tmp_path: Path) -> None:
+    root = flat_dataset(tmp_path / "d", {"only": 3})
+    write_png(root / "stray.png")
+    err = str(_scan_error(root))
+    assert "found 1 class folder(s) ['only']; need at least 2" in err
+    assert "1 image(s) directly in" in err and "are in no class folder" in err and "stray.png" in err
+    flat_dataset(root, {"other": 3})
+    ds = folders.scan_dataset(root)
+    assert ds.class_names == ["only", "other"]
+    assert any("1 image(s) directly in" in w and "stray.png" in w for w in ds.warnings)
 
 
 def test_single_class_is_rejected(tmp_path: Path) -> None:
@@ -436,3 +469,21 @@ def test_a_broken_file_with_an_image_extension_still_stops_training(tiny_dataset
     (tiny_dataset / "training" / "ring" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(DatasetError, match=r"1 file\(s\) are not readable images: .*broken\.png"):
         train(tiny_dataset, tmp_path / "m.imgclf", tiny_train_config(epochs=1))
+
+
+def test_train_and_evaluate_on_a_folder_of_images_say_how_to_lay_it_out(tmp_path: Path) -> None:
+    import imgclf
+    from helpers import make_classifier, run_cli
+
+    root = tmp_path / "photos"
+    for i in range(3):
+        write_png(root / f"img{i}.png", seed=i)
+    imgclf.save(make_classifier(), tmp_path / "m.imgclf")
+    for argv in (
+        ("train", "--dataset", root, "--model", tmp_path / "new.imgclf"),
+        ("evaluate", "--dataset", root, "--model", tmp_path / "m.imgclf"),
+    ):
+        code, out, err = run_cli(*argv)
+        assert (code, out) == (7, ""), err
+        assert err.startswith("imgclf: error: 3 image(s) directly in the folder and no class folders")
+        assert "one folder per class" in err and len(err.splitlines()) == 1

@@ -79,8 +79,8 @@ def test_onnx_prediction_inspect_and_verify_work_without_torch(pair, tmp_path):
     assert code == 0 and "imgclf-onnx" in out, err
     code, out, err = result["verify"]
     assert code == 0 and out.endswith("when it was exported\n"), err
-    code, out, err = result["imgclf_file"]  # the .imgclf needs torch: refused in one line, exit 3
-    assert code == 3 and out == "" and "cannot read an .imgclf model file without PyTorch" in err
+    code, out, err = result["imgclf_file"]  # the .imgclf needs torch: refused in one line, the usage code
+    assert code == 2 and out == "" and "cannot read an .imgclf model file without PyTorch" in err
 
 
 def test_loading_a_model_file_imports_no_onnx_code(pair):

@@ -306,6 +306,35 @@ def test_models_list_is_the_manifest_summary(api, store):
     assert models[0]["architecture"]["name"] == "small_cnn"
 
 
+def test_model_card_groups_metrics_by_the_split_they_were_measured_on(tiny_model, tmp_path):
+    from imgclf.serving.models import metrics_by_split
+
+    flat = {"accuracy": 0.9, "loss": 0.3, "lr": 0.05, "val_accuracy": 0.8, "val_loss": 0.5,
+            "testing_accuracy": 0.75, "testing_macro_f1": 0.7}  # fmt: skip
+    assert metrics_by_split(flat, 7) == {
+        "training": {"accuracy": 0.9, "loss": 0.3, "lr": 0.05, "epoch": 7},
+        "validation": {"accuracy": 0.8, "loss": 0.5},
+        "testing": {"accuracy": 0.75, "macro_f1": 0.7},
+    }
+    assert metrics_by_split(None) == {} and metrics_by_split({"testing_accuracy": 1.0}) == {
+        "testing": {"accuracy": 1.0}
+    }
+    trained = ModelStore.open({"cells": str(tiny_model.model_path)})
+    with client(trained) as c:
+        card = c.get("/v1/models").json()["models"][0]
+    assert card["metrics_by_split"] == metrics_by_split(card["metrics"], card["epoch"])
+    assert set(card["metrics_by_split"]) == {"training", "validation", "testing"}
+
+
+def test_favicon_is_served_not_a_404(store):
+    with client(store, api_key=b"s3cret") as c:  # the browser asks before any key is given
+        for url in ("/favicon.ico", "/static/favicon.svg"):
+            r = c.get(url)
+            assert r.status_code == 200 and r.headers["content-type"] == "image/svg+xml", url
+            assert r.content.startswith(b"<svg")
+        assert '<link rel="icon" href="/static/favicon.svg"' in c.get("/").text
+
+
 def test_metrics_count_requests_and_label_the_digest(api, store):
     api.post("/v1/predict", content=png(1))
     text = api.get("/metrics").text

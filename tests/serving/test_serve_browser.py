@@ -52,12 +52,30 @@ def test_page_classifies_uploads_like_the_api_and_shows_names_as_text(browser, t
             "predictions"
         ]
         page = browser.new_page(viewport={"width": 1100, "height": 800})
-        dialogs, errors = [], []
+        dialogs, errors, missing = [], [], []
         page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
         page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("response", lambda r: missing.append(r.url) if r.status >= 400 else None)
         page.goto(server.url + "/")
         page.wait_for_selector("#status:has-text('Ready')", timeout=30_000)
         assert page.locator("#card-title").text_content().startswith("cells")
+        card = dict(
+            zip(
+                page.locator("#card-fields dt").all_text_contents(),
+                page.locator("#card-fields dd").all_text_contents(),
+                strict=True,
+            )
+        )
+        metric_rows = [name for name in card if "metrics" in name]  # every metric says its split
+        assert [name.split(" (")[0] for name in metric_rows] == [
+            "Testing metrics", "Validation metrics", "Training metrics"
+        ]  # fmt: skip
+        assert metric_rows[0].startswith("Testing metrics (held out, 12 images")
+        assert card[metric_rows[0]].startswith("accuracy ") and "macro F1 " in card[metric_rows[0]]
+        assert "{" not in " ".join(card.values()) and "counts:" not in card["Data"]  # no raw JSON dumps
+        assert card["Data"].startswith("split folders; 24 training, 8 validation, 12 testing images")
+        assert card["Software"].startswith("imgclf ") and "torch " in card["Software"]
+        assert " UTC, weights of epoch " in card["Saved"]
         page.set_input_files("#files", [str(p) for p in paths])
         sync_api.expect(page.locator(".result .label")).to_have_count(3, timeout=30_000)
         shown = dict(
@@ -73,10 +91,21 @@ def test_page_classifies_uploads_like_the_api_and_shows_names_as_text(browser, t
         if os.environ.get("IMGCLF_UPDATE_SCREENSHOT"):
             page.screenshot(path=str(DOCS_SCREENSHOT), full_page=True)
 
+        # one good image and one that is not an image: the status counts the failure apart
+        bad = tmp_path / "notes.png"
+        bad.write_bytes(b"not an image")
+        page.set_input_files("#files", [str(paths[0]), str(bad)])
+        sync_api.expect(page.locator(".result")).to_have_count(5, timeout=30_000)
+        sync_api.expect(page.locator("#status")).to_have_text(
+            "Done: 1 of 2 image(s) classified with cells; 1 failed (their errors are shown below).",
+            timeout=30_000,
+        )
+        assert page.locator(".result .error").count() == 1
+        assert missing == []  # no 404: not even the favicon
         page.select_option("#model-picker", "xss")
         assert XSS in page.locator("#card-fields").text_content()
         page.set_input_files("#files", [str(paths[0])])
-        sync_api.expect(page.locator(".result .label")).to_have_count(4, timeout=30_000)
+        sync_api.expect(page.locator(".result .label")).to_have_count(5, timeout=30_000)
         bar_names = page.locator(".result .bar span").all_text_contents()
         assert XSS in bar_names  # the class name, literally, as text
         assert page.locator('img[src="x"]').count() == 0  # never parsed as HTML

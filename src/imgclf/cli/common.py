@@ -9,9 +9,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import json
+import os
 import sys
+from collections.abc import Iterator
 from typing import NoReturn
 
 EPILOG = """exit codes: 0 ok, 1 internal error, 2 usage, 3 invalid model file, 4 invalid image (or some images
@@ -125,3 +128,112 @@ def err(text: str) -> None:
         print(f"imgclf: {safe_text(text)}", file=sys.stderr, flush=True)
     except (OSError, ValueError):
         pass  # stderr unwritable (2>/dev/full, closed): the exit code still tells
+
+
+THREADS_ENV = "IMGCLF_THREADS"
+"""Environment variable read when ``--threads`` is not given (a number, or ``auto``)."""
+
+
+def threads_value(text: str) -> int | str:
+    """``--threads``: a positive number, or ``auto``."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number or 'auto', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number or 'auto', got {text!r}")
+    return value
+
+
+def add_threads_flag(group: argparse._ActionsContainer) -> None:
+    """``--threads N|auto``: intra-op threads of the inference runtime (torch or onnxruntime)."""
+    group.add_argument(
+        "--threads",
+        type=threads_value,
+        metavar="N|auto",
+        help=f"threads for the model's arithmetic (default ${THREADS_ENV}, else OMP_NUM_THREADS, else "
+        "auto: the usable cores less the other work running on them, at least 1; see docs/performance.md)",
+    )
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. a container's or taskset's share)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def busy_cores() -> float:
+    """How many cores other work keeps busy now: the smaller of the 1-minute load average and the count
+    of runnable tasks besides this one.
+
+    The load average alone would count this command's own previous runs (a loop of ``imgclf predict``
+    would throttle itself); the instantaneous count alone is a noisy sample. 0 where neither is known.
+    """
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return 0.0
+    try:
+        with open("/proc/loadavg", encoding="ascii") as fh:
+            running = int(fh.read().split()[3].split("/")[0]) - 1  # "R/T": R runnable, this one included
+    except (OSError, ValueError, IndexError):
+        return load
+    return max(0.0, min(load, float(running)))
+
+
+def choose_threads(requested: int | str | None = None) -> tuple[int, str]:
+    """``(threads, why)``: the inference thread count and where it came from, for the run's settings line.
+
+    Order: ``requested`` (``--threads``), then ``$IMGCLF_THREADS``, then ``OMP_NUM_THREADS``, then auto.
+    Auto takes the usable cores less the cores other work keeps busy (rounded), at least 1: on an idle
+    machine every core; on a busy one fewer threads, because torch's OpenMP threads spin-wait for each
+    other and an oversubscribed core makes every thread wait for the slowest (measured in
+    docs/performance.md).
+
+    Raises:
+        UsageError: If ``$IMGCLF_THREADS`` is neither a positive number nor ``auto``.
+    """
+    source = "--threads"
+    if requested is None and os.environ.get(THREADS_ENV, "").strip():
+        source = f"${THREADS_ENV}"
+        try:
+            requested = threads_value(os.environ[THREADS_ENV])
+        except argparse.ArgumentTypeError as exc:
+            from imgclf.errors import UsageError
+
+            raise UsageError(
+                f"${THREADS_ENV} is not a thread count", received=os.environ[THREADS_ENV],
+                expected="a positive number or 'auto'", fix=f"set {THREADS_ENV}=auto or unset it",
+            ) from exc  # fmt: skip
+    if requested is None and os.environ.get("OMP_NUM_THREADS", "").strip().isdigit():
+        n = int(os.environ["OMP_NUM_THREADS"])
+        if n >= 1:
+            return n, "OMP_NUM_THREADS"
+    if isinstance(requested, int):
+        return requested, source
+    cores, busy = usable_cores(), busy_cores()
+    threads = max(1, min(cores, int(cores - busy + 0.5)))
+    return threads, f"auto: {cores} usable cores, {busy:.1f} busy with other work"
+
+
+@contextlib.contextmanager
+def inference_threads(threads: int, why: str) -> Iterator[None]:
+    """Run the block with ``threads`` torch intra-op threads (when torch is loaded), then restore them;
+    on a terminal, say the setting on stderr (pipes and logs stay as they were: results and errors).
+
+    An .onnx gets its threads at load time (``load(..., threads=)``); this sets torch's, which is global.
+    """
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    if torch is not None and before != threads:
+        torch.set_num_threads(threads)
+    if sys.stderr is not None and sys.stderr.isatty():
+        err(f"inference threads: {threads} ({why}; --threads N to choose)")
+    try:
+        yield
+    finally:
+        if torch is not None and before is not None and torch.get_num_threads() != before:
+            torch.set_num_threads(before)

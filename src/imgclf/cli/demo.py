@@ -78,6 +78,28 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require_packages() -> None:
+    """The demo trains and plots: without torch or matplotlib, say which install provides it first.
+
+    Raises:
+        UsageError: If torch (the torch-free runtime install) or matplotlib is not installed.
+    """
+    import importlib.util
+
+    from imgclf.errors import missing_package_error
+
+    try:
+        found = importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        missing = ModuleNotFoundError("No module named 'torch'", name="torch")
+        raise missing_package_error(missing, "imgclf demo") or missing
+    from imgclf.plots import require_matplotlib
+
+    require_matplotlib("imgclf demo (it draws the training plot)", "pip install matplotlib")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """``imgclf demo``: data → train → (new process) predict montage + evaluate."""
     from imgclf.cli.train import train_and_report
@@ -85,6 +107,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from imgclf.data.synthetic import write_demo_dataset
     from imgclf.progress import stderr_console
 
+    _require_packages()  # before writing the demo data, not after
     config = TrainConfig()
     changes = {name: getattr(args, name) for name in ("epochs", "seed") if getattr(args, name) is not None}
     config = config.replace(**changes) if changes else config

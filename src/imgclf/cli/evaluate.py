@@ -13,7 +13,15 @@ import json
 import os
 import sys
 
-from imgclf.cli.common import EPILOG, add_cache_flags, add_max_pixels_flag, max_pixels_option
+from imgclf.cli.common import (
+    EPILOG,
+    add_cache_flags,
+    add_max_pixels_flag,
+    add_threads_flag,
+    choose_threads,
+    inference_threads,
+    max_pixels_option,
+)
 from imgclf.cli.output import report_text, stdout_line
 
 
@@ -45,6 +53,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (listed)")
     add_cache_flags(p)
     add_max_pixels_flag(p)
+    add_threads_flag(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -62,7 +71,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from imgclf.dataset_evaluation import evaluate_dataset
     from imgclf.errors import safe_text
     from imgclf.fileio.writing import atomic_write_text
-    from imgclf.modelfile import load
+    from imgclf.loading import load  # .imgclf or .onnx (onnxruntime, no torch)
 
     for target in (args.output, args.confusion_plot):
         if target:
@@ -73,17 +82,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from imgclf.plots import require_matplotlib
 
         require_matplotlib("--confusion-plot", "pip install matplotlib, or drop --confusion-plot")
-    clf = load(args.model, **max_pixels_option(args))
-    ev = evaluate_dataset(
-        clf,
-        args.dataset,
-        split=args.split,
-        skip_bad=args.skip_bad,
-        cache_dir=args.cache_dir,
-        use_cache=not args.no_cache,
-        log=lambda m: print(f"imgclf: {safe_text(m)}", file=sys.stderr),
-        progress=_bar_factory(),
-    )
+    threads, why = choose_threads(args.threads)
+    clf = load(args.model, threads=threads, **max_pixels_option(args))
+    with inference_threads(threads, why):
+        ev = evaluate_dataset(
+            clf,
+            args.dataset,
+            split=args.split,
+            skip_bad=args.skip_bad,
+            cache_dir=args.cache_dir,
+            use_cache=not args.no_cache,
+            log=lambda m: print(f"imgclf: {safe_text(m)}", file=sys.stderr),
+            progress=_bar_factory(),
+        )
     if args.json:
         stdout_line(json.dumps(ev.to_dict(), indent=2))
     else:

@@ -28,7 +28,7 @@ from imgclf._version import __version__
 from imgclf.cli import cache, demo, evaluate, export, import_keras, model, predict, serve, train
 from imgclf.cli.common import EPILOG, Parser, err
 from imgclf.cli.output import discard_stdout, stdout_error
-from imgclf.errors import EXIT_CODES, ImgclfError, Terminated, limit_error
+from imgclf.errors import EXIT_CODES, ImgclfError, Terminated, limit_error, missing_package_error
 
 # Each module registers its commands with add_parser(sub, common); the order is --help's order.
 COMMAND_MODULES = (train, predict, evaluate, model, export, serve, import_keras, demo, cache)
@@ -106,10 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - last resort: one line, traceback only with --debug
         if debug:
             traceback.print_exc()
-        limit = limit_error(exc)
-        if limit is not None:  # a machine limit, not a bug
-            err(f"error: {limit}")
-            return limit.exit_code
+        known = limit_error(exc) or missing_package_error(exc, f"imgclf {args.command}")
+        if known is not None:  # a machine limit or an optional package not installed, not a bug
+            err(f"error: {known}")
+            return known.exit_code
         err(
             f"internal error: {type(exc).__name__}: {exc} "
             "(run with --debug for the traceback; please report it)"

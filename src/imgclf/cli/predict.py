@@ -20,7 +20,14 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
-from imgclf.cli.common import EPILOG, add_max_pixels_flag, max_pixels_option
+from imgclf.cli.common import (
+    EPILOG,
+    add_max_pixels_flag,
+    add_threads_flag,
+    choose_threads,
+    inference_threads,
+    max_pixels_option,
+)
 from imgclf.cli.output import discard_stdout, stdout_line
 from imgclf.cli.predict_shards import add_shard_flags
 from imgclf.errors import PartialFailure, UsageError
@@ -55,6 +62,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("--top-k", type=int, default=1, help="list the K most probable classes (default 1)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     add_max_pixels_flag(p)
+    add_threads_flag(p)
     add_shard_flags(p)
 
 
@@ -177,10 +185,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         from imgclf.cli.predict_shards import run_sharded
 
         return run_sharded(args, world, pick=_pick_images, report=report_predictions)
-    clf = load(args.model, **max_pixels_option(args))
+    threads, why = choose_threads(args.threads)
+    clf = load(args.model, threads=threads, **max_pixels_option(args))
     paths = _pick_images(args)
-    predictions = clf.iter_predict(paths, top_k=args.top_k, batch_size=args.batch_size, errors="return")
-    return report_predictions(args, clf.class_names, predictions, len(paths))
+    with inference_threads(threads, why):
+        predictions = clf.iter_predict(paths, top_k=args.top_k, batch_size=args.batch_size, errors="return")
+        return report_predictions(args, clf.class_names, predictions, len(paths))
 
 
 def _check_options(args: argparse.Namespace) -> None:

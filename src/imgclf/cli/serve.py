@@ -233,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
             "imgclf serve needs the 'serve' extra",
             received=f"missing module {exc.name}",
             expected="fastapi, uvicorn, python-multipart, prometheus-client",
-            fix="pip install 'imgclf[serve]'",
+            fix="in the imgclf checkout: pip install '.[serve]' (torch-free: pip install './runtime[serve]')",
         ) from None
     if not 0 <= args.port <= 65535:
         raise UsageError(

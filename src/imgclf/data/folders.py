@@ -26,7 +26,7 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 
-from imgclf.data.listing import odd_entries_note, subfolders, walk_files
+from imgclf.data.listing import is_hidden, odd_entries_note, subfolders, walk_files
 from imgclf.errors import DatasetError, listed
 from imgclf.images.preprocess import is_image_name
 
@@ -139,6 +139,12 @@ def scan_dataset(
         classes = _class_files(root, problems, odd)
         class_names = sorted(classes)
         files = _stratified(classes, {"validation": val_split, "testing": test_split}, seed)
+        loose = _loose_images(root)
+        if loose:  # not samples of any class: say so rather than drop them silently
+            where = "are in no class folder (each class is a folder: ROOT/<class>/*.png)"
+            (problems if len(class_names) < 2 else notes).append(
+                f"{len(loose)} image(s) directly in {root!r} {where}: {listed(loose, 3)}"
+            )
     if len(class_names) < 2:
         problems.insert(0, f"found {len(class_names)} class folder(s) {class_names}; need at least 2")
     if problems:
@@ -180,6 +186,9 @@ def _root_folders(root: str) -> list[str]:
             fix="pass the folder that holds the class (or split) folders",
         )
     subdirs = subfolders(root)
+    loose = _loose_images(root)
+    if not subdirs and loose:
+        raise _loose_images_error(root, loose)
     if not subdirs:
         raise DatasetError(
             "dataset folder is empty",
@@ -188,6 +197,33 @@ def _root_folders(root: str) -> list[str]:
             fix="put images in one folder per class",
         )
     return subdirs
+
+
+def _loose_images(folder: str) -> list[str]:
+    """The names of the image files directly in ``folder`` (not in its subfolders), sorted."""
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return []  # subfolders() reports an unlistable folder
+    return [
+        n for n in names if not is_hidden(n) and is_image_name(n) and os.path.isfile(os.path.join(folder, n))
+    ]
+
+
+def _loose_images_error(folder: str, loose: list[str], *, root: bool = True) -> DatasetError:
+    """Images lie directly in ``folder`` (the dataset root, or one of its split folders), which has no
+    class folders: say what was found and how to lay it out."""
+    shown = ", ".join(loose[:3]) + (", ..." if len(loose) > 3 else "")
+    name = os.path.basename(os.path.normpath(folder)) or folder
+    splits = f" (or {name}/training/<class>/*.png)" if root else ""
+    return DatasetError(
+        f"{len(loose)} image(s) directly in the folder and no class folders: imgclf learns each image's "
+        "class from the name of the folder it is in",
+        received=f"{folder} ({shown})",
+        expected=f"one folder per class, at least 2: {name}/<class>/*.png{splits}",
+        fix=f"move the images into one subfolder per class, e.g. {name}/cats/ and {name}/dogs/; to classify "
+        f"unlabelled images: imgclf predict --images {folder}",
+    )
 
 
 def _split_files(
@@ -213,6 +249,10 @@ def _split_files(
             fix="rename or add the training folder",
         )
     per_split = {s: _class_files(os.path.join(root, d), problems, odd) for s, d in split_dirs.items()}
+    for split, d in split_dirs.items():
+        loose = [] if per_split[split] else _loose_images(os.path.join(root, d))
+        if loose:  # training/*.png: a split folder without class folders
+            raise _loose_images_error(os.path.join(root, d), loose, root=False)
     class_names = sorted(per_split["training"])
     for split, classes in per_split.items():
         missing = sorted(set(class_names) - set(classes))

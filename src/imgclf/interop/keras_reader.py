@@ -216,7 +216,7 @@ def _open_h5(path: str, blob: bytes) -> Any:
             "imgclf import-keras needs h5py",
             received="no module h5py",
             expected="h5py installed",
-            fix="pip install 'imgclf[keras]'",
+            fix="in the imgclf checkout: pip install '.[keras]'",
         ) from None
 
     if not blob.startswith(HDF5_MAGIC):

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from imgclf.classifier import MAX_BATCH_PIXELS, Classifier
-from imgclf.errors import ModelFileError, StorageError
+from imgclf.errors import ModelFileError, StorageError, UsageError
 from imgclf.fileio.reading import os_reason, read_bounded
 from imgclf.images.preprocess import to_array
 from imgclf.images.read import MAX_PIXELS, checked_max_pixels
@@ -113,11 +113,11 @@ def new_session(data: bytes, path: str, threads: int | None = None) -> Any:
     try:
         ort = import_onnxruntime()
     except ImportError:
-        raise ModelFileError(
+        raise UsageError(  # a missing package, not a bad file: the usage exit code, as for every extra
             "onnxruntime is not installed",
             received=path,
             expected="the onnx extra",
-            fix="pip install 'imgclf[onnx]'",
+            fix="in the imgclf checkout: pip install '.[onnx]' (torch-free: pip install ./runtime)",
         ) from None
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: warnings would go to stderr on every load

@@ -33,7 +33,11 @@ from imgclf.serving.settings import ServeSettings
 
 log = logging.getLogger("imgclf.serve")
 
-STATIC = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
+STATIC = {
+    "app.js": "text/javascript; charset=utf-8",
+    "app.css": "text/css; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
+}
 
 
 class ServerState:
@@ -194,6 +198,10 @@ def _add_v1(app: FastAPI, state: ServerState) -> None:
         if name not in STATIC:
             raise problem(404, "no such file", received=name, expected=sorted(STATIC), fix="load / instead")
         return _page(name, STATIC[name])
+
+    @app.get("/favicon.ico")  # asked for by browsers whatever the page links: answer, no 404 in the log
+    async def favicon() -> Response:
+        return _page("favicon.svg", STATIC["favicon.svg"])
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

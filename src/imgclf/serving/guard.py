@@ -25,7 +25,10 @@ from imgclf.serving.inputs import HTTPProblem, problem
 
 log = logging.getLogger("imgclf.serve")
 
-OPEN_PATHS = frozenset({"/", "/static/app.js", "/static/app.css", "/v2/health/live", "/v2/health/ready"})
+OPEN_PATHS = frozenset(
+    {"/", "/static/app.js", "/static/app.css", "/static/favicon.svg", "/favicon.ico", "/v2/health/live",
+     "/v2/health/ready"}
+)  # fmt: skip
 SECURITY_HEADERS = [
     (
         b"content-security-policy",

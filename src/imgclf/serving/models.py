@@ -51,12 +51,33 @@ class ServedModel:
             "class_names": list(self.classifier.class_names),
             "input": {"height": spec.height, "width": spec.width, "channels": 3},
             "metrics": s.get("metrics"),
+            "metrics_by_split": metrics_by_split(s.get("metrics"), s.get("epoch")),
             "data": s.get("data"),
             "created": s.get("created"),
             "epoch": s.get("epoch"),
             "parameters": s["parameters"],
             "versions": s.get("versions"),
         }
+
+
+def metrics_by_split(metrics: dict[str, Any] | None, epoch: int | None = None) -> dict[str, dict[str, Any]]:
+    """The file's final metrics grouped by the split they were measured on, for a card that labels each.
+
+    The manifest keeps them flat, as training recorded them: ``loss``/``accuracy``/``lr`` are the training
+    epoch's (``epoch``: the saved one), ``val_*`` the validation split's at that epoch, ``testing_*`` the
+    held-out testing split's, scored once after training. An empty split is left out.
+    """
+    out: dict[str, dict[str, Any]] = {"training": {}, "validation": {}, "testing": {}}
+    for key, value in (metrics or {}).items():
+        if key.startswith("testing_"):
+            out["testing"][key.removeprefix("testing_")] = value
+        elif key.startswith("val_"):
+            out["validation"][key.removeprefix("val_")] = value
+        else:
+            out["training"][key] = value
+    if epoch is not None and out["training"]:
+        out["training"]["epoch"] = epoch
+    return {split: values for split, values in out.items() if values}
 
 
 def parse_model_arg(text: str) -> tuple[str, str]:

@@ -1,4 +1,5 @@
-"""Human-facing progress on stderr: rich progress bars and one-line epoch summaries.
+"""Human-facing progress on stderr: progress bars (plain periodic lines when stderr is not a terminal, see
+:func:`imgclf.progress.bar`) and one-line epoch summaries.
 
 Only the CLI uses this module; the library reports progress through callbacks and never prints.
 
@@ -18,7 +19,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from imgclf.config import TrainConfig
-from imgclf.progress import bar, bar_factory
+from imgclf.progress import LineProgress, bar, bar_factory
 from imgclf.training.loop import Callback
 from imgclf.training.state import TrainState
 
@@ -39,7 +40,7 @@ class EpochProgress(Callback):
 
     def __init__(self, console: Console) -> None:
         self.console = console
-        self.progress: Progress | None = None
+        self.progress: Progress | LineProgress | None = None
         self.epochs = 0
         self.losses: list[float] = []
 

@@ -48,6 +48,69 @@ function formatValue(value) {
   return String(value);
 }
 
+const SPLITS = [["testing", "Testing"], ["validation", "Validation"], ["training", "Training"]];
+const METRIC_NAMES = { accuracy: "accuracy", loss: "loss", lr: "learning rate", macro_f1: "macro F1" };
+const LAYOUTS = { splits: "split folders", flat: "one folder per class, split by seed" };
+const SOFTWARE = ["imgclf", "torch", "onnxruntime", "numpy", "pillow", "python", "platform"];
+
+function splitImages(model, split) {
+  const counts = model.data && model.data.counts && model.data.counts[split];
+  if (!counts) return null;
+  return Object.values(counts).reduce((a, b) => a + b, 0);
+}
+
+// One row per split the metrics were measured on, each labelled: testing is the held-out score, the
+// others are the saved epoch's (training's are averaged over that epoch, with augmentation).
+function metricRows(model) {
+  const bySplit = model.metrics_by_split || {};
+  const rows = [];
+  for (const [split, title] of SPLITS) {
+    const values = bySplit[split];
+    if (!values) continue;
+    const parts = Object.entries(values)
+      .filter(([key]) => key !== "epoch")
+      .map(([key, value]) => (METRIC_NAMES[key] || key.replace(/_/g, " ")) + " " + formatValue(value));
+    const about = [];
+    if (split === "testing") about.push("held out");
+    const n = splitImages(model, split);
+    if (n !== null) about.push(n + " images");
+    if (split !== "testing" && model.epoch !== null && model.epoch !== undefined) {
+      about.push("epoch " + model.epoch + (split === "training" ? ", averaged over it" : ""));
+    }
+    rows.push([title + " metrics" + (about.length ? " (" + about.join(", ") + ")" : ""), parts.join(", ")]);
+  }
+  if (!rows.length) rows.push(["Metrics", "none recorded in the file"]);
+  return rows;
+}
+
+function formatCreated(model) {
+  if (!model.created) return "—";
+  const when = new Date(model.created);
+  const text = isNaN(when) ? String(model.created) : when.toISOString().slice(0, 16).replace("T", " ") + " UTC";
+  return model.epoch !== null && model.epoch !== undefined ? text + ", weights of epoch " + model.epoch : text;
+}
+
+function formatData(model) {
+  const data = model.data;
+  if (!data) return "—";
+  const counts = SPLITS.slice().reverse()
+    .map(([split]) => [split, splitImages(model, split)])
+    .filter(([, n]) => n)
+    .map(([split, n]) => n + " " + split);
+  const parts = [];
+  if (data.layout) parts.push(LAYOUTS[data.layout] || String(data.layout));
+  if (counts.length) parts.push(counts.join(", ") + " images");
+  if (data.skipped) parts.push(data.skipped + " unreadable image(s) skipped");
+  if (data.fingerprint) parts.push("fingerprint " + String(data.fingerprint).slice(0, 12) + "…");
+  return parts.join("; ") || "—";
+}
+
+function formatSoftware(model) {
+  const versions = model.versions || {};
+  const names = SOFTWARE.filter((k) => versions[k]).concat(Object.keys(versions).filter((k) => !SOFTWARE.includes(k)));
+  return names.map((k) => (k === "platform" ? String(versions[k]) : k + " " + versions[k])).join(" · ") || "—";
+}
+
 function showCard() {
   const model = currentModel();
   if (!model) return;
@@ -58,13 +121,16 @@ function showCard() {
     ["Classes", model.class_names.join(", ")],
     ["Architecture", model.architecture.name + ", " + model.parameters + " parameters"],
     ["Input", model.input.height + " × " + model.input.width + " RGB"],
-    ["Test metrics", formatValue(model.metrics)],
-    ["Trained", formatValue(model.created)],
-    ["Data", formatValue(model.data)],
-    ["Digest", model.digest],
+    ...metricRows(model),
+    ["Saved", formatCreated(model)],
+    ["Data", formatData(model)],
+    ["Software", formatSoftware(model)],
+    ["Digest", String(model.digest).slice(0, 16) + "…"],
   ];
   for (const [name, value] of rows) {
-    fields.append(el("dt", "", name), el("dd", "", value));
+    const dd = el("dd", "", value);
+    if (name === "Digest") dd.title = model.digest;
+    fields.append(el("dt", "", name), dd);
   }
 }
 
@@ -118,6 +184,8 @@ async function classify(files) {
   setStatus("Classifying " + images.length + " image(s)…");
   const results = $("results");
   const chunk = 16;
+  let classified = 0;
+  let failed = 0;
   try {
     for (let start = 0; start < images.length; start += chunk) {
       const part = images.slice(start, start + chunk);
@@ -128,10 +196,19 @@ async function classify(files) {
         body: form,
       });
       const tiles = document.createDocumentFragment();
-      part.forEach((file, i) => tiles.append(resultTile(file, body.predictions[i], model.class_names)));
+      part.forEach((file, i) => {
+        const row = body.predictions[i];
+        if (row.error) failed += 1; else classified += 1;
+        tiles.append(resultTile(file, row, model.class_names));
+      });
       results.append(tiles);
     }
-    setStatus("Done: " + images.length + " image(s) classified with " + model.name + ".");
+    if (failed) {
+      setStatus("Done: " + classified + " of " + images.length + " image(s) classified with " + model.name +
+        "; " + failed + " failed (their errors are shown below).", true);
+    } else {
+      setStatus("Done: " + classified + " image(s) classified with " + model.name + ".");
+    }
   } catch (err) {
     setStatus(err.message, true);
   }
