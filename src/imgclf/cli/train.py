@@ -90,6 +90,11 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     defaults = TrainConfig()
     size = f"{defaults.preprocess.height}x{defaults.preprocess.width}"
     recipe.add_argument("--size", type=image_size, help=f"input size N or HxW (default {size})")
+    recipe.add_argument(
+        "--mean", type=_three, metavar="R,G,B", help="per-channel mean after rescaling (default 0,0,0; "
+        "a timm:NAME backbone: its own, as for --size and --interpolation)",
+    )
+    recipe.add_argument("--std", type=_three, metavar="R,G,B", help="per-channel std (default 1,1,1)")
     shift = defaults.augment.width_shift
     recipe.add_argument("--shift", type=float, metavar="N", help=f"width and height shift (default {shift})")
     for spec in recipe_flags():
@@ -131,6 +136,16 @@ def _add_run_folder_flags(c: argparse._ActionsContainer) -> None:
         "without: replace an existing model file and start over in a run folder holding an unfinished "
         "run (deletes its checkpoints)",
     )
+
+
+def _three(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected three numbers R,G,B, got {text!r}")
+    return values
 
 
 def _probe_count(text: str) -> int:

@@ -34,6 +34,7 @@ from imgclf.training.augment import affine_matrices, augment_batch, sample_param
 from imgclf.training.determinism import deterministic_algorithms
 from imgclf.training.device import resolve_precision, stage_images
 from imgclf.training.ema import averaged_weights, bn_images, update_average
+from imgclf.training.finetune import set_phase
 from imgclf.training.schedule import lr_at, steps_per_epoch
 from imgclf.training.state import PartialEpoch, TrainState
 from imgclf.training.validate import evaluate_split
@@ -185,6 +186,7 @@ class _Epochs:
         self.y_all = torch.from_numpy(train.labels).to(device)
         self.memory = torch.channels_last if config.channels_last else torch.contiguous_format
         self.report_every = 1 if device.type == "cpu" else 25
+        self.frozen: list[torch.nn.Parameter] = []
 
     def batch_images(self, idx: torch.Tensor) -> torch.Tensor:
         if self.x_all is not None:
@@ -203,6 +205,8 @@ class _Epochs:
         loss = F.cross_entropy(logits.float(), yb, label_smoothing=config.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        for p in self.frozen:  # head-only epochs under DDP (set_phase): the backbone does not move
+            p.grad = None
         if config.clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.state.model.parameters(), config.clip_norm, foreach=True)
         optimizer.step()
@@ -214,6 +218,7 @@ class _Epochs:
         """Train one epoch (from where an interrupted one stopped); its record, or ``None`` if stopped."""
         config, state, device, steps, batch = self.config, self.state, self.device, self.steps, self.batch
         spec, aug = config.preprocess, config.augment
+        self.frozen = set_phase(state.model, config, epoch, toggle_grad=self.group is None)
         # The generators hold the epoch's starting states: keep them to rewind to on interruption.
         gen_states = state.order_gen.get_state(), state.aug_gen.get_state()
         perm = torch.randperm(len(self.train), generator=state.order_gen)[: steps * batch].to(device)
@@ -234,7 +239,7 @@ class _Epochs:
         for i in range(min(resumed.step, steps) if resumed else 0, steps):
             lr = lr_at(config, state.step, steps)
             for group in state.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             sl = slice(i * batch, (i + 1) * batch)
             loss, hits = self.train_step(perm[sl], mats[sl])
             loss_sum += loss

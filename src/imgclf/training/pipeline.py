@@ -124,6 +124,8 @@ def train(
         DistributedError: Under torchrun, a rank did not join or stopped answering (named).
     """
     config = (config or TrainConfig()).validated()
+    # A backbone from another library records the library's version in the file (timm:NAME).
+    config = config.replace(arch_args=registry.pinned_args(config.arch, config.arch_args))
     world = World.from_env()
     if world.is_main:
         callbacks, log, decode_progress = _with_progress(progress, callbacks, log, decode_progress)
