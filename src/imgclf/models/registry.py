@@ -94,8 +94,8 @@ def register_family(
 
 
 def names() -> list[str]:
-    """Registered architecture names, sorted (a family shows as ``PREFIX:NAME``)."""
-    return sorted(_REGISTRY) + [f"{prefix}:NAME" for prefix in sorted(_FAMILIES)]
+    """Registered architecture names, sorted (families' ``PREFIX:NAME`` names are not listed here)."""
+    return sorted(_REGISTRY)
 
 
 def families() -> dict[str, Family]:
@@ -137,7 +137,7 @@ def info(name: object) -> ArchInfo:
         raise UsageError(
             "unknown architecture",
             received=repr(name)[:100],
-            expected="one of " + ", ".join(names()),
+            expected="one of " + ", ".join(names() + [f"{p}:NAME" for p in sorted(_FAMILIES)]),
             fix="use a registered architecture name" + did_you_mean(str(name), names()),
         )
     return _REGISTRY[name]
@@ -260,6 +260,13 @@ def build_meta(
     """
     with torch.device("meta"):
         return build(name, num_classes, input_size, args)
+
+
+def parameter_count(
+    name: str, num_classes: int, input_size: tuple[int, int], args: dict[str, Any] | None = None
+) -> int:
+    """Trainable parameters of ``name`` for ``num_classes`` classes (built on the meta device)."""
+    return sum(p.numel() for p in build_meta(name, num_classes, input_size, args).parameters())
 
 
 def l2_groups(model: nn.Module) -> list[tuple[float, list[nn.Parameter]]]:
