@@ -29,7 +29,7 @@ FillMode = Literal["nearest", "constant", "reflect"]
 Precision = Literal["auto", "fp32", "bf16"]
 Keep = Literal["best", "last"]
 Monitor = Literal["val_loss", "val_accuracy"]
-Recipe = Literal["seed", "stable"]
+Recipe = Literal["seed", "stable", "finetune"]
 Schedule = Literal["time_decay", "cosine", "one_cycle"]
 INTERPOLATIONS: tuple[str, ...] = typing.get_args(Interpolation)
 FILL_MODES: tuple[str, ...] = typing.get_args(FillMode)
@@ -46,6 +46,9 @@ RECIPES: dict[str, dict[str, Any]] = {
         "label_smoothing": 0.1,
         "ema": 0.998,
     },
+    # Starting from trained weights (the CLI's preset with --weights/--init-from): head-only epochs, then a
+    # one-cycle schedule per phase at a lower peak rate.
+    "finetune": {"lr": 0.05, "schedule": "one_cycle"},
 }
 
 
@@ -228,8 +231,9 @@ class TrainConfig(Settings):
     )
     recipe: Recipe = setting(
         "seed",
-        "preset: seed (the tutorial's) or stable (cosine schedule with warm-up, lr 0.05, Nesterov, label "
-        "smoothing 0.1, weight average 0.998); other flags override single values",
+        "preset: seed (the tutorial's), stable (cosine schedule with warm-up, lr 0.05, Nesterov, label "
+        "smoothing 0.1, weight average 0.998) or finetune (one-cycle, lr 0.05; the default with --weights/"
+        "--init-from); other flags override single values",
     )
     schedule: Schedule = setting(
         "time_decay", "learning-rate schedule (cosine: per-step warm-up + cosine; one_cycle: per phase)"

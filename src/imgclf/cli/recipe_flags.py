@@ -109,11 +109,23 @@ def config_from_args(args: argparse.Namespace, start: dict[str, Any] | None = No
             ) from None
     if getattr(args, "config.recipe", None):  # the preset fills what the start and --config leave unset
         base["recipe"] = getattr(args, "config.recipe")
+    pretrained = any(getattr(args, f"config.{k}", None) or base.get(k) for k in ("weights", "init_from"))
+    if start is None and pretrained and "recipe" not in base:
+        base["recipe"] = "finetune"
     parent = getattr(args, "config.init_from", None) or base.get("init_from")
     if start is None and parent:  # the parent's architecture and preprocessing
         from imgclf.training.pretrained import parent_settings
 
-        base = {**parent_settings(parent), **base}
+        settings = parent_settings(parent)
+        arch = getattr(args, "config.arch", None)
+        if arch and arch != settings["arch"]:
+            raise UsageError(
+                "--init-from names a model of another architecture",
+                received=f"{parent}: {settings['arch']}",
+                expected=f"--arch {arch}",
+                fix="drop --arch: imgclf train --init-from takes the architecture from the file",
+            )
+        base = {**settings, **base}
     if start is None and "preprocess" not in base:
         # A backbone's own preprocessing (timm's pretrained configuration) comes before the flags.
         base["preprocess"] = backbone_preprocess(getattr(args, "config.arch", None) or base.get("arch"))

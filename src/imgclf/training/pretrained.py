@@ -75,6 +75,64 @@ def _is_imgclf(path: str) -> bool:
     return any(n.startswith("model.") for n in c.entries) and bool(c.metadata.get("imgclf"))
 
 
+def check_start(config: TrainConfig) -> None:
+    """Check ``weights``/``init_from`` before any data is read: one of them, a readable file of a known
+    format; an ``init_from`` file valid and of the run's architecture.
+
+    Raises:
+        UsageError, ModelFileError: As :func:`start_weights` would, but without loading the weights.
+    """
+    _one_start(config)
+    if config.weights:
+        path = os.fspath(config.weights)
+        _check_file(path, "weights")
+        _kind(path)
+    if config.init_from:
+        path = os.fspath(config.init_from)
+        _check_file(path, "--init-from model")
+        _same_arch(config, path, parent_settings(path))
+
+
+def _one_start(config: TrainConfig) -> None:
+    if config.weights and config.init_from:
+        raise UsageError(
+            "--weights and --init-from both given",
+            received=f"{config.weights} and {config.init_from}",
+            expected="one starting point",
+            fix="use --init-from for an imgclf file, --weights for other weight files",
+        )
+
+
+def _same_arch(config: TrainConfig, path: str, parent: dict[str, Any]) -> None:
+    if parent["arch"] != config.arch or parent["arch_args"] != _resolved(config):
+        raise UsageError(
+            "--init-from names a model of another architecture",
+            received=f"{path}: {parent['arch']} {parent['arch_args']}",
+            expected=f"{config.arch} {_resolved(config)}",
+            fix="drop --arch/--arch-arg: imgclf train --init-from takes them from the file",
+        )
+
+
+def _kind(path: str) -> str:
+    """``torch``, ``imgclf`` or ``safetensors`` from the file's first bytes.
+
+    Raises:
+        UsageError: None of them.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":  # torch.save's zip, or a legacy pickle
+        return "torch"
+    if len(head) >= 9 and head[8:9] == b"{":  # safetensors: 8-byte header length, then JSON
+        return "imgclf" if _is_imgclf(path) else "safetensors"
+    raise _refuse(
+        "unknown weights file format",
+        path,
+        "model.safetensors (timm, Hugging Face), a .pth/.pt state dict or an .imgclf file",
+        "point --weights at the weights file itself",
+    )
+
+
 def read_tensors(path: str) -> dict[str, torch.Tensor]:
     """The named tensors of a weights file: safetensors, a torch state dict, or an imgclf model file.
 
@@ -83,34 +141,25 @@ def read_tensors(path: str) -> dict[str, torch.Tensor]:
     """
     path = os.fspath(path)
     _check_file(path, "weights")
-    with open(path, "rb") as fh:
-        head = fh.read(16)
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":  # torch.save's zip, or a legacy pickle
+    kind = _kind(path)
+    if kind == "torch":
         return _torch_state_dict(path)
-    if len(head) >= 9 and head[8:9] == b"{":  # safetensors: 8-byte header length, then JSON
-        if _is_imgclf(path):
-            from imgclf.modelfile import load
+    if kind == "imgclf":
+        from imgclf.modelfile import load
 
-            model = load(path).model
-            return {k: v.detach() for k, v in model.state_dict().items()}
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        return {k: v.detach() for k, v in load(path).model.state_dict().items()}
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
 
-        try:
-            return load_file(path)
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise _refuse(
-                f"cannot read the safetensors weights file ({str(exc)[:120]})",
-                path,
-                "an intact model.safetensors",
-                "download the file again",
-            ) from None
-    raise _refuse(
-        "unknown weights file format",
-        path,
-        "model.safetensors (timm, Hugging Face), a .pth/.pt state dict or an .imgclf file",
-        "point --weights at the weights file itself",
-    )
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise _refuse(
+            f"cannot read the safetensors weights file ({str(exc)[:120]})",
+            path,
+            "an intact model.safetensors",
+            "download the file again",
+        ) from None
 
 
 def _torch_state_dict(path: str) -> dict[str, torch.Tensor]:
@@ -232,13 +281,7 @@ def start_weights(model: nn.Module, config: TrainConfig, class_names: list[str])
         UsageError: Both given, an unreadable or unsafe file, weights for another architecture.
         ModelFileError: ``init_from`` is not a valid imgclf file.
     """
-    if config.weights and config.init_from:
-        raise UsageError(
-            "--weights and --init-from both given",
-            received=f"{config.weights} and {config.init_from}",
-            expected="one starting point",
-            fix="use --init-from for an imgclf file, --weights for other weight files",
-        )
+    _one_start(config)
     if not config.pretrained:
         return None
     if config.weights:
@@ -260,13 +303,7 @@ def _init_from(model: nn.Module, config: TrainConfig, class_names: list[str]) ->
     path = os.fspath(config.init_from or "")
     _check_file(path, "--init-from model")
     parent = modelfile.load(path)
-    if parent.arch != config.arch or parent.arch_args != _resolved(config):
-        raise UsageError(
-            "--init-from names a model of another architecture",
-            received=f"{path}: {parent.arch} {parent.arch_args}",
-            expected=f"{config.arch} {_resolved(config)}",
-            fix="drop --arch/--arch-arg: imgclf train --init-from takes them from the file",
-        )
+    _same_arch(config, path, {"arch": parent.arch, "arch_args": parent.arch_args})
     same = list(parent.class_names) == list(class_names)
     tensors = {k: v.detach() for k, v in parent.model.state_dict().items()}
     report = match(model, tensors, keep_head=same, path=path)
