@@ -193,6 +193,8 @@ class TrainConfig(Settings):
             batch-norm statistics frozen; ``None``: 1 when starting from ``weights``/``init_from``, else 0.
         backbone_lr: With ``weights``/``init_from``, the backbone's learning rate as a fraction of the
             head's (discriminative rates, as fastai's ``fine_tune``).
+        linear_probe: Train only the head for every epoch, on the backbone's embeddings of the
+            unaugmented training images, computed once per run (:mod:`.training.embeddings`).
     """
 
     arch: str = setting("seed_resnet", "registered architecture (an unknown name lists them)")
@@ -266,6 +268,9 @@ class TrainConfig(Settings):
     )
     backbone_lr: float = setting(
         0.1, "backbone learning rate as a fraction of the head's (when fine-tuning)", bounds=(0.0, 1.0)
+    )
+    linear_probe: bool = setting(
+        False, "train only the head, on backbone embeddings computed once (no augmentation, one process)"
     )
 
     @classmethod

@@ -148,3 +148,37 @@ def test_a_fine_tune_killed_at_a_random_moment_resumes_bitwise_identical(dataset
         assert_same_run(model, tmp_path / "m-run", ref, ref.with_name("m-run"))
     except AssertionError as exc:
         raise AssertionError(f"seed {seed}, delay {delay:.2f} s: {exc}") from exc
+
+
+def test_a_linear_probe_trains_the_head_as_frozen_training_without_augmentation_does(
+    dataset, parent, tmp_path
+):
+    import imgclf.training.embeddings as embeddings
+
+    from imgclf.config import AugmentSpec
+
+    frozen = _config(parent, epochs=2, freeze_epochs=2, keep="last", augment=AugmentSpec(enabled=False))
+    slow = train(dataset, tmp_path / "a.imgclf", frozen)
+    embeddings._CACHE.clear()
+    probe = train(dataset, tmp_path / "b.imgclf", frozen.replace(linear_probe=True))
+    assert len(embeddings._CACHE) == 1  # computed once for the run
+    a, b = slow.classifier.model.state_dict(), probe.classifier.model.state_dict()
+    start = _backbone(imgclf.load(parent).model)
+    for k in start:
+        assert torch.equal(b[k], start[k]), k  # the backbone is as loaded
+    for k in ("head.weight", "head.bias"):
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6)
+    for x, y in zip(slow.history, probe.history, strict=True):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-5) and x["val_loss"] == pytest.approx(
+            y["val_loss"]
+        )
+
+
+def test_a_linear_probe_is_refused_with_several_processes():
+    from types import SimpleNamespace
+
+    from imgclf.errors import UsageError
+    from imgclf.training.loop import _probe
+
+    with pytest.raises(UsageError, match="--linear-probe runs in one process"):
+        _probe(tiny_train_config(linear_probe=True), None, None, torch.device("cpu"), SimpleNamespace(size=2))

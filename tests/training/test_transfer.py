@@ -111,6 +111,12 @@ def test_the_cli_takes_architecture_and_preprocessing_from_the_parent(tasks, tmp
     ]
     assert (info["preprocess"]["height"], info["preprocess"]["width"]) == (32, 32)
     assert info["training"]["recipe"] == "finetune" and info["training"]["schedule"] == "one_cycle"
+    parent = imgclf.inspect(base / "first.imgclf")["integrity"]["tensors_sha256"]
+    assert info["started_from"]["parent_tensors_sha256"] == parent
+    code, shown, _ = run_cli("inspect", out)
+    line = next(x for x in shown.splitlines() if x.startswith("fine-tuned from"))
+    assert str(base / "first.imgclf") in line and "head new" in line
+    assert f"sha256:{info['started_from']['sha256']}" in line
     code, _, err = run_cli(
         "train",
         "--dataset",

@@ -138,17 +138,21 @@ def timm_model(name: str, num_classes: int, input_size: tuple[int, int], **args:
     return model
 
 
-def head_names(model: nn.Module) -> set[str]:
-    """Names (as in ``state_dict``) of the classification head's tensors: what a new task replaces.
+def head_module(model: nn.Module) -> nn.Module | None:
+    """The classification head: what a new task replaces (``None`` if the model has no linear layer).
 
-    timm models name their head (``get_classifier``); for the others the last ``nn.Linear`` is the head.
+    timm models name theirs (``get_classifier``); for the others the last ``nn.Linear`` is the head.
     """
-    head: nn.Module | None = None
-    if hasattr(model, "get_classifier"):
-        head = model.get_classifier()
-    if not isinstance(head, nn.Module) or not list(head.parameters()):
-        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-        head = linears[-1] if linears else None
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if isinstance(head, nn.Module) and list(head.parameters()):
+        return head
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
+
+
+def head_names(model: nn.Module) -> set[str]:
+    """Names (as in ``state_dict``) of the classification head's tensors (:func:`head_module`)."""
+    head = head_module(model)
     if head is None:
         return set()
     ids = {id(t) for t in [*head.parameters(), *head.buffers()]}

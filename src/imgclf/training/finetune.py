@@ -43,8 +43,8 @@ def param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
 
 
 def is_frozen(config: TrainConfig, epoch: int) -> bool:
-    """Whether 1-based ``epoch`` trains the head only."""
-    return epoch <= config.effective_freeze_epochs
+    """Whether 1-based ``epoch`` trains the head only (every epoch of a linear probe)."""
+    return config.linear_probe or epoch <= config.effective_freeze_epochs
 
 
 def set_phase(
@@ -57,7 +57,7 @@ def set_phase(
     backward). Under DistributedDataParallel, whose gradient buckets are fixed when it wraps the model,
     ``toggle_grad`` is off and the caller drops the returned parameters' gradients before each step.
     """
-    if config.effective_freeze_epochs == 0:
+    if config.effective_freeze_epochs == 0 and not config.linear_probe:
         return []
     frozen = is_frozen(config, epoch)
     head = _head_param_ids(model)

@@ -34,6 +34,7 @@ from imgclf.training.augment import affine_matrices, augment_batch, sample_param
 from imgclf.training.determinism import deterministic_algorithms
 from imgclf.training.device import resolve_precision, stage_images
 from imgclf.training.ema import averaged_weights, bn_images, update_average
+from imgclf.training.embeddings import Embeddings
 from imgclf.training.finetune import set_phase
 from imgclf.training.schedule import lr_at, steps_per_epoch
 from imgclf.training.state import PartialEpoch, TrainState
@@ -187,6 +188,7 @@ class _Epochs:
         self.memory = torch.channels_last if config.channels_last else torch.contiguous_format
         self.report_every = 1 if device.type == "cpu" else 25
         self.frozen: list[torch.nn.Parameter] = []
+        self.probe = None if not config.linear_probe else _probe(config, state.model, train, device, group)
 
     def batch_images(self, idx: torch.Tensor) -> torch.Tensor:
         if self.x_all is not None:
@@ -198,10 +200,13 @@ class _Epochs:
     def train_step(self, idx: torch.Tensor, mats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         config, optimizer, dtype = self.config, self.state.optimizer, self.dtype
         yb = self.y_all[idx]
-        x = augment_batch(to_tensor(self.batch_images(idx), config.preprocess), config.augment, mats)
-        x = x.contiguous(memory_format=self.memory)
-        with torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            logits = self.net(x)
+        if self.probe is not None:  # the head alone, on the backbone's stored embeddings
+            logits = self.probe.logits(idx)
+        else:
+            x = augment_batch(to_tensor(self.batch_images(idx), config.preprocess), config.augment, mats)
+            x = x.contiguous(memory_format=self.memory)
+            with torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                logits = self.net(x)
         loss = F.cross_entropy(logits.float(), yb, label_smoothing=config.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -269,6 +274,26 @@ class _Epochs:
     def _world_sums(self, loss_sum: torch.Tensor, correct: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The epoch's running sums added over all ranks (unchanged in a single process)."""
         return (loss_sum, correct) if self.group is None else tuple(self.group.sum_(loss_sum, correct))
+
+
+def _probe(
+    config: TrainConfig,
+    model: torch.nn.Module,
+    train: DecodedSplit,
+    device: torch.device,
+    group: Group | None,
+) -> Embeddings:
+    """The linear probe's embeddings (:mod:`.embeddings`); one process only (its head step bypasses DDP)."""
+    if group is not None:
+        raise UsageError(
+            "--linear-probe runs in one process",
+            received=f"{group.size} processes",
+            expected="a single process",
+            fix="drop --nproc / torchrun for a linear probe (it trains only the head)",
+        )
+    memory = torch.channels_last if config.channels_last else torch.contiguous_format
+    size = config.eval_batch_size
+    return Embeddings(model, train.images, config.preprocess, device, batch_size=size, memory_format=memory)
 
 
 @contextlib.contextmanager
