@@ -154,7 +154,6 @@ def test_a_linear_probe_trains_the_head_as_frozen_training_without_augmentation_
     dataset, parent, tmp_path
 ):
     import imgclf.training.embeddings as embeddings
-
     from imgclf.config import AugmentSpec
 
     frozen = _config(parent, epochs=2, freeze_epochs=2, keep="last", augment=AugmentSpec(enabled=False))
