@@ -261,3 +261,62 @@ def test_onnx_export_of_a_timm_model_passes_the_parity_gate(tmp_path):
     images = list(rng.integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8))
     np.testing.assert_allclose(onnx_clf.predict_proba(images), clf.predict_proba(images), atol=1e-5)
     assert report is not None
+
+
+def _parity_dataset(tmp_path):
+    from helpers import make_dataset
+
+    return make_dataset(tmp_path / "data", {"training": 6, "validation": 2, "testing": 4})
+
+
+def test_imagenet_normalisation_is_bitwise_the_same_on_evaluation_and_predict_paths(tmp_path):
+    """The mean/std step that timm backbones use, through both paths (no timm needed)."""
+    from imgclf.data.decode import load_split
+    from imgclf.data.folders import scan_dataset
+    from imgclf.images.preprocess import preprocess, to_tensor
+
+    spec = PreprocessSpec(
+        height=SIZE,
+        width=SIZE,
+        interpolation="bicubic",
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+    )
+    samples = scan_dataset(_parity_dataset(tmp_path)).splits["testing"]
+    evaluation = to_tensor(load_split(samples, spec).images, spec)
+    assert torch.equal(preprocess([s.path for s in samples], spec), evaluation)
+    assert float(evaluation.min()) < -1.0  # normalised, not merely rescaled
+
+
+def test_a_trained_timm_model_predicts_in_a_new_process_exactly_as_training_evaluated(tmp_path):
+    _need_timm()
+    from helpers import tiny_train_config
+    from imgclf.cli.recipe_flags import backbone_preprocess
+    from imgclf.training.pipeline import train
+
+    pre = {**backbone_preprocess(f"timm:{TINY}"), "height": SIZE, "width": SIZE}
+    config = tiny_train_config(
+        arch=f"timm:{TINY}", arch_args={}, epochs=1, preprocess=PreprocessSpec.from_dict(pre)
+    )
+    result = train(_parity_dataset(tmp_path), tmp_path / "t.imgclf", config)
+    assert result.classifier.preprocess.std == pytest.approx((0.229, 0.224, 0.225))
+    paths = result.evaluation.paths
+    code = (
+        "import json, sys, torch, imgclf; torch.set_num_threads(int(sys.argv[3])); "
+        "print(json.dumps(imgclf.load(sys.argv[1]).predict_proba(json.loads(sys.argv[2])).tolist()))"
+    )
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            str(tmp_path / "t.imgclf"),
+            json.dumps(paths),
+            str(torch.get_num_threads()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=True,
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == result.evaluation.probabilities.tolist()
