@@ -194,3 +194,26 @@ def test_init_from_keeps_the_head_for_the_same_classes_and_replaces_it_otherwise
     with pytest.raises(UsageError, match="--init-from names a model of another architecture"):
         start_weights(_model(), _config(init_from=str(path)).replace(arch_args={"widths": [4, 4]}), ["x"])
     assert os.path.exists(path)
+
+
+def test_a_hub_id_reads_the_local_hugging_face_cache_only_offline(tmp_path, monkeypatch):
+    from imgclf.training.pretrained import resolve_weights
+
+    source = _model(classes=10, seed=1)
+    snapshot = tmp_path / "hub" / "models--acme--tiny.v1" / "snapshots" / ("ab" * 20)
+    snapshot.mkdir(parents=True)
+    state = {k: v.contiguous() for k, v in source.state_dict().items()}
+    save_file(state, str(snapshot / "model.safetensors"))
+    (tmp_path / "hub" / "models--acme--tiny.v1" / "refs").mkdir()
+    (tmp_path / "hub" / "models--acme--tiny.v1" / "refs" / "main").write_text("ab" * 20)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert resolve_weights("acme/tiny.v1") == "acme/tiny.v1"  # not offline: only paths
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert resolve_weights("acme/tiny.v1") == str(snapshot / "model.safetensors")
+    target = _model(classes=3, seed=2)
+    info = start_weights(target, _config(weights="acme/tiny.v1"), ["a", "b", "c"])
+    _assert_backbone_equal(target, source)
+    assert info["path"] == str(snapshot / "model.safetensors")
+    with pytest.raises(UsageError, match="not in the local Hugging Face cache"):
+        resolve_weights("acme/other")

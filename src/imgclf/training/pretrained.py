@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
 from typing import Any
 
 import torch
@@ -31,6 +32,44 @@ from imgclf.models.timm_backbone import head_names
 MAX_WEIGHTS_BYTES = 8 << 30  # larger than any single-file backbone imgclf can train on one machine
 _PREFIXES = ("", "module.", "model.", "backbone.", "encoder.", "module.model.")
 _NESTED = ("state_dict", "model", "model_state_dict", "module", "state_dict_ema")
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
+_HUB_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def resolve_weights(value: str) -> str:
+    """The local file for ``--weights``: the path itself, or, with ``HF_HUB_OFFLINE=1`` and a hub id such
+    as ``timm/resnet18.a1_in1k``, that model's weights in the local Hugging Face cache (what
+    ``huggingface_hub`` downloaded earlier; nothing is downloaded here).
+
+    Raises:
+        UsageError: A hub id whose weights are not in the cache.
+    """
+    if os.path.exists(value) or os.environ.get("HF_HUB_OFFLINE") != "1" or not _HUB_ID.fullmatch(value):
+        return value
+    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
+    repo = os.path.join(
+        os.environ.get("HF_HUB_CACHE") or os.path.join(home, "hub"), "models--" + value.replace("/", "--")
+    )
+    try:
+        with open(os.path.join(repo, "refs", "main"), encoding="ascii") as fh:
+            revision = fh.read(100).strip()
+    except (OSError, UnicodeDecodeError):
+        revision = ""
+    snapshot = os.path.join(repo, "snapshots", revision)
+    for name in _HUB_FILES:
+        if (
+            revision
+            and re.fullmatch(r"[0-9a-f]{40}", revision)
+            and os.path.isfile(os.path.join(snapshot, name))
+        ):
+            return os.path.join(snapshot, name)
+    raise UsageError(
+        "the hub id's weights are not in the local Hugging Face cache",
+        received=f"{value} (looked in {repo})",
+        expected=f"{' or '.join(_HUB_FILES)} of its main revision",
+        fix=f"where the hub is reachable: huggingface-cli download {value} model.safetensors, then copy "
+        "the cache here (or pass the file's path to --weights)",
+    )
 
 
 def file_digest(path: str) -> str:
@@ -54,7 +93,8 @@ def _check_file(path: str, what: str) -> None:
             f"cannot read the {what} file ({exc.strerror or exc})",
             path,
             "an existing, readable local file",
-            "check the path (weights are never downloaded: point at a local file)",
+            "check the path (weights are never downloaded: point at a local file, or set HF_HUB_OFFLINE=1 "
+            "to read a hub id such as timm/resnet18.a1_in1k from the local Hugging Face cache)",
         ) from None
     if not os.path.isfile(path) or size > MAX_WEIGHTS_BYTES:
         raise _refuse(
@@ -84,7 +124,7 @@ def check_start(config: TrainConfig) -> None:
     """
     _one_start(config)
     if config.weights:
-        path = os.fspath(config.weights)
+        path = resolve_weights(os.fspath(config.weights))
         _check_file(path, "weights")
         _kind(path)
     if config.init_from:
@@ -285,7 +325,7 @@ def start_weights(model: nn.Module, config: TrainConfig, class_names: list[str])
     if not config.pretrained:
         return None
     if config.weights:
-        path = os.fspath(config.weights)
+        path = resolve_weights(os.fspath(config.weights))
         report = match(model, read_tensors(path), keep_head=False, path=path)
         return {
             "kind": "weights",
