@@ -181,3 +181,37 @@ def test_a_linear_probe_is_refused_with_several_processes():
 
     with pytest.raises(UsageError, match="--linear-probe runs in one process"):
         _probe(tiny_train_config(linear_probe=True), None, None, torch.device("cpu"), SimpleNamespace(size=2))
+
+
+@pytest.mark.slow
+def test_head_only_epochs_under_two_processes_leave_the_backbone_as_loaded(dataset, parent, tmp_path):
+    """Under DDP the backbone keeps requiring gradients (its buckets are fixed): they are dropped instead."""
+    import os
+    import subprocess
+    import sys
+
+    model = tmp_path / "m.imgclf"
+    args = ["-m", "imgclf", "train", "--dataset", dataset, "--model", model, "--init-from", parent, *FT]
+    args = [str(a) for a in args] + [
+        "--epochs",
+        "1",
+        "--keep",
+        "last",
+        "--nproc",
+        "2",
+        "--dist-timeout",
+        "120",
+    ]
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(Path(imgclf.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    )
+    proc = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, env=env, timeout=300, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = imgclf.load(model)
+    assert saved.manifest["provenance"]["distributed"]["world_size"] == 2
+    after, start = _backbone(saved.model), _backbone(imgclf.load(parent).model)
+    for k, v in start.items():
+        assert torch.equal(after[k], v), k
