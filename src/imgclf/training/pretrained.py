@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 import re
 from typing import Any
 
@@ -207,7 +206,7 @@ def _torch_state_dict(path: str) -> dict[str, torch.Tensor]:
         # weights_only: the restricted unpickler builds tensors and plain containers only; anything else
         # (a pickled class, a function to call) is refused before it is constructed.
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, TypeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - UnpicklingError and whatever a damaged file raises: all refused
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise _refuse(
             "the .pth file holds more than tensors (pickled objects are never loaded)",
