@@ -13,7 +13,8 @@ from imgclf.config import PreprocessSpec, TrainConfig
 from imgclf.errors import UsageError
 from imgclf.models import registry
 from imgclf.models.timm_backbone import head_names
-from imgclf.training.pretrained import match, read_tensors, start_weights
+from imgclf.training.pretrained import match, start_weights
+from imgclf.training.weight_files import read_tensors
 
 ARGS = {"widths": [4, 8]}
 
@@ -197,7 +198,7 @@ def test_init_from_keeps_the_head_for_the_same_classes_and_replaces_it_otherwise
 
 
 def test_a_hub_id_reads_the_local_hugging_face_cache_only_offline(tmp_path, monkeypatch):
-    from imgclf.training.pretrained import resolve_weights
+    from imgclf.training.weight_files import resolve_weights
 
     source = _model(classes=10, seed=1)
     snapshot = tmp_path / "hub" / "models--acme--tiny.v1" / "snapshots" / ("ab" * 20)
