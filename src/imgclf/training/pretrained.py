@@ -3,8 +3,9 @@ model file (``--init-from``), always a local path, never a download.
 
 Weight files are read by :mod:`.weight_files` (safely: no pickled objects). Tensors are matched to the
 model by name (after dropping a common prefix such as ``module.``); every backbone tensor must be found
-with its exact shape, or the file is refused as one for another architecture. The classification head is skipped (a new one is trained for the dataset's classes),
-except when ``--init-from`` names a file with the same classes.
+with its exact shape, or the file is refused as one for another architecture. The classification head
+is skipped (a new one is trained for the dataset's classes), except when ``--init-from`` names a file
+with the same classes.
 
 Usage::
 
