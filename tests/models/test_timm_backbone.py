@@ -323,3 +323,17 @@ def test_a_trained_timm_model_predicts_in_a_new_process_exactly_as_training_eval
         check=True,
     )
     assert json.loads(out.stdout.strip().splitlines()[-1]) == result.evaluation.probabilities.tolist()
+
+
+def test_list_archs_prints_parameter_counts_and_the_timm_route(monkeypatch):
+    from helpers import run_cli
+
+    _no_timm(monkeypatch)
+    code, out, err = run_cli("train", "--list-archs")
+    assert code == 0 and err == ""
+    rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+    count = registry.parameter_count("seed_resnet", 10, (64, 64))
+    assert f"{count:,}" in rows["seed_resnet"] and "small_cnn" in rows and "keras_graph" not in rows
+    assert out.splitlines()[-1] == (
+        "timm:NAME backbones: unavailable (timm is not installed; pip install 'imgclf[timm]')"
+    )

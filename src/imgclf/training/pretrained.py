@@ -70,7 +70,8 @@ def _same_arch(config: TrainConfig, path: str, parent: dict[str, Any]) -> None:
             "--init-from names a model of another architecture",
             received=f"{path}: {parent['arch']} {parent['arch_args']}",
             expected=f"{config.arch} {_resolved(config)}",
-            fix="drop --arch/--arch-arg: imgclf train --init-from takes them from the file",
+            fix="drop --arch/--arch-arg (imgclf train --init-from takes them from the file); in Python "
+            f"give TrainConfig arch={parent['arch']!r}, arch_args={parent['arch_args']!r}",
         )
 
 
