@@ -215,3 +215,13 @@ def test_head_only_epochs_under_two_processes_leave_the_backbone_as_loaded(datas
     after, start = _backbone(saved.model), _backbone(imgclf.load(parent).model)
     for k, v in start.items():
         assert torch.equal(after[k], v), k
+
+
+def test_head_only_epochs_need_a_linear_head():
+    from imgclf.errors import UsageError
+    from imgclf.training.finetune import set_phase
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    with pytest.raises(UsageError, match="head-only epochs need a model with a linear head"):
+        set_phase(model, tiny_train_config(weights="w.pth"), 1)
+    assert set_phase(model, tiny_train_config(), 1) == []  # nothing frozen: nothing asked of the model

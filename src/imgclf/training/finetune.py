@@ -18,6 +18,7 @@ from typing import Any
 from torch import nn
 
 from imgclf.config import TrainConfig
+from imgclf.errors import UsageError
 from imgclf.models import registry
 from imgclf.models.timm_backbone import head_names
 
@@ -61,6 +62,13 @@ def set_phase(
         return []
     frozen = is_frozen(config, epoch)
     head = _head_param_ids(model)
+    if frozen and not head:
+        raise UsageError(
+            "head-only epochs need a model with a linear head",
+            received=type(model).__name__,
+            expected="an architecture ending in a linear layer",
+            fix="use --freeze-epochs 0 (and no --linear-probe)",
+        )
     still = [p for p in model.parameters() if id(p) not in head] if frozen else []
     if toggle_grad:
         for p in model.parameters():
