@@ -303,6 +303,10 @@ NOT_RUN = {
         "training/display.py",
     ],
     "a step of a larger flow: its inputs are made by the steps before it": [
+        "training/embeddings.py",
+        "training/finetune.py",
+        "training/pretrained.py",
+        "training/weight_files.py",
         "cli/output.py",
         "cli/recipe_flags.py",
         "data/decode_cache.py",
@@ -365,6 +369,7 @@ NOT_RUN = {
         "serving/v2.py",
         "serving/v2_inputs.py",
     ],
+    "builds a timm backbone (an optional extra; its import costs seconds)": ["models/timm_backbone.py"],
     "needs several processes (torchrun)": [
         "cli/torchrun.py",
         "training/distributed.py",

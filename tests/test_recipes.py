@@ -91,7 +91,8 @@ def test_cli_recipe_flag_then_single_flags_override_it(tmp_path):
 def test_train_help_documents_the_recipes():
     code, out, _ = run_cli("train", "--help")
     assert code == 0
-    assert "--recipe {seed,stable}" in out and "--ema N" in out and "--schedule {time_decay,cosine}" in out
+    assert "--recipe {seed,stable,finetune}" in out and "--ema N" in out
+    assert "--schedule {time_decay,cosine,one_cycle}" in out
 
 
 def test_inspect_shows_the_recipe_and_what_the_run_changed(tmp_path):

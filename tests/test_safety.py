@@ -3,9 +3,10 @@
 The checker walks every module's AST (not its text, so comments and strings do not count) and flags:
 imports of pickle-like modules; the builtins eval/exec/compile/__import__ (as bare names, through
 ``builtins`` or ``getattr``); and calls such as ``torch.load``, ``numpy.load``, ``importlib.import_module``,
-resolved through import aliases. Method calls that merely share a name (``model.eval()``,
-``torch.compile``, ``re.compile``) are fine. A self-test plants each forbidden pattern and checks it is
-caught, so this test cannot silently pass by checking nothing.
+resolved through import aliases. The one exception is ``torch.load(..., weights_only=True)`` written out
+(reading a user's ``.pth`` state dict with PyTorch's restricted unpickler). Method calls that merely
+share a name (``model.eval()``, ``torch.compile``, ``re.compile``) are fine. A self-test plants each
+forbidden pattern and checks it is caught, so this test cannot silently pass by checking nothing.
 """
 
 from __future__ import annotations
@@ -74,7 +75,22 @@ def violations(source: str, filename: str = "<snippet>") -> list[str]:
         elif isinstance(node, ast.ImportFrom) and node.module:
             for a in node.names:
                 aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+    # The one exception (DESIGN, principle 7): torch.load with a literal weights_only=True, whose restricted
+    # unpickler builds tensors and plain containers only (user-given .pth weight files).
+    restricted = {
+        id(node.func)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and _dotted(node.func, aliases) == "torch.load"
+        and any(
+            k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+            for k in node.keywords
+        )
+    }
     for node in ast.walk(tree):
+        if id(node) in restricted:
+            continue
         if isinstance(node, ast.Import):
             for a in node.names:
                 if a.name.split(".")[0] in FORBIDDEN_MODULES:
@@ -142,6 +158,9 @@ def test_the_package_never_unpickles_evaluates_or_imports_by_name():
         "import torch as t\nt.load('m.pt', weights_only=False)",
         "from torch import load\nload('m.pt')",
         "from torch import load as fetch\nfetch('m.pt')",
+        "import torch\ntorch.load('m.pt', weights_only=flag)",
+        "import torch\ntorch.load('m.pt', weights_only=1)",
+        "import torch\nf = torch.load\nf('m.pt', weights_only=True)",
         "import torch\ntorch.jit.load('m.pt')",
         "import torch.serialization\ntorch.serialization.load(f)",
         "import torch\ntorch.hub.load('repo', 'model')",
@@ -168,6 +187,7 @@ def test_the_checker_catches_each_forbidden_pattern(snippet):
         "# eval('1') in a comment\ns = 'torch.load in a string'",
         "def run(evaluate):\n    return evaluate()",
         "getattr(model, 'train')",
+        "import torch\ntorch.load('w.pth', map_location='cpu', weights_only=True)",
     ],
 )
 def test_the_checker_allows_look_alikes(snippet):

@@ -29,8 +29,8 @@ FillMode = Literal["nearest", "constant", "reflect"]
 Precision = Literal["auto", "fp32", "bf16"]
 Keep = Literal["best", "last"]
 Monitor = Literal["val_loss", "val_accuracy"]
-Recipe = Literal["seed", "stable"]
-Schedule = Literal["time_decay", "cosine"]
+Recipe = Literal["seed", "stable", "finetune"]
+Schedule = Literal["time_decay", "cosine", "one_cycle"]
 INTERPOLATIONS: tuple[str, ...] = typing.get_args(Interpolation)
 MAX_SIDE = 4096
 # Presets: TrainConfig values that differ from the class defaults (which are the seed recipe). The measured
@@ -45,6 +45,9 @@ RECIPES: dict[str, dict[str, Any]] = {
         "label_smoothing": 0.1,
         "ema": 0.998,
     },
+    # Starting from trained weights (the CLI's preset with --weights/--init-from): head-only epochs, then a
+    # one-cycle schedule per phase at a lower peak rate.
+    "finetune": {"lr": 0.05, "schedule": "one_cycle"},
 }
 
 
@@ -172,12 +175,25 @@ class TrainConfig(Settings):
             with :meth:`from_recipe` (or ``from_dict``), which fill unset fields from the preset.
         schedule: ``time_decay`` (Keras, above) or ``cosine``: per step, linear warm-up from 0 over
             ``warmup`` epochs, then cosine decay from ``lr`` towards 0 at the end of the last epoch.
+            ``one_cycle``: per phase (the frozen epochs, then the rest), a cosine rise from ``lr / 25``
+            to ``lr`` over the phase's first quarter, then a cosine fall to ``lr / 1e5`` (fastai's
+            ``fit_one_cycle``).
         warmup: Warm-up length in epochs (``cosine`` only).
         nesterov: Nesterov momentum (Keras' form).
         clip_norm: Clip the gradients' global L2 norm to this value (``None``: no clipping).
         ema: Per-step decay of an exponential moving average of the weights (0: off). With it on,
             validation, ``keep`` and the saved file use the averaged weights, with batch-norm statistics
             recomputed for them on a share of the unaugmented training images (:mod:`.training.ema`).
+        weights: A local pretrained-weights file (:mod:`.training.pretrained`): its tensors are matched
+            to the backbone by name; the old classification head is skipped.
+        init_from: An imgclf model file to continue from (architecture and preprocessing must match it;
+            the CLI takes them from the file).
+        freeze_epochs: Epochs at the start that train only the head, with the backbone's weights and
+            batch-norm statistics frozen; ``None``: 1 when starting from ``weights``/``init_from``, else 0.
+        backbone_lr: With ``weights``/``init_from``, the backbone's learning rate as a fraction of the
+            head's (discriminative rates, as fastai's ``fine_tune``).
+        linear_probe: Train only the head for every epoch, on the backbone's embeddings of the
+            unaugmented training images, computed once per run (:mod:`.training.embeddings`).
     """
 
     arch: str = setting("seed_resnet", "registered architecture (an unknown name lists them)")
@@ -216,10 +232,13 @@ class TrainConfig(Settings):
     )
     recipe: Recipe = setting(
         "seed",
-        "preset: seed (the tutorial's) or stable (cosine schedule with warm-up, lr 0.05, Nesterov, label "
-        "smoothing 0.1, weight average 0.998); other flags override single values",
+        "preset: seed (the tutorial's), stable (cosine schedule with warm-up, lr 0.05, Nesterov, label "
+        "smoothing 0.1, weight average 0.998) or finetune (one-cycle, lr 0.05; the default with --weights/"
+        "--init-from); other flags override single values",
     )
-    schedule: Schedule = setting("time_decay", "learning-rate schedule (cosine: per-step warm-up + cosine)")
+    schedule: Schedule = setting(
+        "time_decay", "learning-rate schedule (cosine: per-step warm-up + cosine; one_cycle: per phase)"
+    )
     warmup: float = setting(0.0, "cosine warm-up in epochs", bounds=(0.0, 100_000.0))
     nesterov: bool = setting(False, "Nesterov momentum")
     clip_norm: float | None = setting(
@@ -227,6 +246,30 @@ class TrainConfig(Settings):
     )
     ema: float = setting(
         0.0, "weight-average decay per step, BN statistics recomputed (0: off)", bounds=(0.0, 0.999999)
+    )
+    weights: str | None = setting(
+        None,
+        "start from these pretrained weights: model.safetensors, a .pth/.pt state dict, or an .imgclf file "
+        "(a local path; the old head is replaced)",
+        default_text="random init",
+    )
+    init_from: str | None = setting(
+        None,
+        "start from this imgclf model file (its architecture and preprocessing; the head is kept when "
+        "the classes are the same, replaced when they differ)",
+        default_text="off",
+    )
+    freeze_epochs: int | None = setting(
+        None,
+        "epochs that train only the head (backbone and its batch-norm statistics frozen)",
+        default_text="1 with --weights/--init-from, else 0",
+        bounds=(0, 100_000),
+    )
+    backbone_lr: float = setting(
+        0.1, "backbone learning rate as a fraction of the head's (when fine-tuning)", bounds=(0.0, 1.0)
+    )
+    linear_probe: bool = setting(
+        False, "train only the head, on backbone embeddings computed once (no augmentation, one process)"
     )
 
     @classmethod
@@ -279,6 +322,18 @@ class TrainConfig(Settings):
                     fix=f"build it with {kind.__name__}(...) or TrainConfig.from_dict",
                 )
         return self
+
+    @property
+    def pretrained(self) -> bool:
+        """Whether the run starts from trained weights (``weights`` or ``init_from``)."""
+        return bool(self.weights or self.init_from)
+
+    @property
+    def effective_freeze_epochs(self) -> int:
+        """Head-only epochs: ``freeze_epochs``, or 1 when starting from trained weights (else 0)."""
+        if self.freeze_epochs is not None:
+            return self.freeze_epochs
+        return 1 if self.pretrained else 0
 
     @property
     def effective_decay(self) -> float:

@@ -140,6 +140,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             f"imported from   {src.get('file')} (Keras {src.get('keras_version')}, {src.get('layout')}, "
             f"sha256:{src.get('sha256')})"
         )
+    if isinstance(info.get("started_from"), dict):
+        src = info["started_from"]
+        how = "fine-tuned from" if src.get("kind") == "init_from" else "weights from  "
+        lines.append(
+            f"{how}  {src.get('path')} (sha256:{src.get('sha256')}; {src.get('loaded')} tensors loaded, "
+            f"head {src.get('head')})"
+        )
     if info.get("versions"):
         lines.append("versions        " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
     lines.append(f"created         {info.get('created')}")

@@ -109,6 +109,26 @@ def config_from_args(args: argparse.Namespace, start: dict[str, Any] | None = No
             ) from None
     if getattr(args, "config.recipe", None):  # the preset fills what the start and --config leave unset
         base["recipe"] = getattr(args, "config.recipe")
+    pretrained = any(getattr(args, f"config.{k}", None) or base.get(k) for k in ("weights", "init_from"))
+    if start is None and pretrained and "recipe" not in base:
+        base["recipe"] = "finetune"
+    parent = getattr(args, "config.init_from", None) or base.get("init_from")
+    if start is None and parent:  # the parent's architecture and preprocessing
+        from imgclf.training.pretrained import parent_settings
+
+        settings = parent_settings(parent)
+        arch = getattr(args, "config.arch", None)
+        if arch and arch != settings["arch"]:
+            raise UsageError(
+                "--init-from names a model of another architecture",
+                received=f"{parent}: {settings['arch']}",
+                expected=f"--arch {arch}",
+                fix="drop --arch: imgclf train --init-from takes the architecture from the file",
+            )
+        base = {**settings, **base}
+    if start is None and "preprocess" not in base:
+        # A backbone's own preprocessing (timm's pretrained configuration) comes before the flags.
+        base["preprocess"] = backbone_preprocess(getattr(args, "config.arch", None) or base.get("arch"))
     settings = TrainConfig.from_dict(base).to_dict()
     for spec in recipe_flags():
         value = getattr(args, spec.dest)
@@ -118,9 +138,28 @@ def config_from_args(args: argparse.Namespace, start: dict[str, Any] | None = No
         settings["preprocess"]["height"], settings["preprocess"]["width"] = args.size
     if args.shift is not None:
         settings["augment"]["width_shift"] = settings["augment"]["height_shift"] = args.shift
+    for key in ("mean", "std"):
+        if getattr(args, key, None) is not None:
+            settings["preprocess"][key] = list(getattr(args, key))
     if args.arch_arg:
         settings["arch_args"] = {**settings["arch_args"], **dict(args.arch_arg)}
     return TrainConfig.from_dict(settings)
+
+
+def backbone_preprocess(arch: Any) -> dict[str, Any]:
+    """The preprocessing a backbone from another library was trained with (``{}`` for our own archs).
+
+    Raises:
+        UsageError: The architecture's library is missing or does not know the name.
+    """
+    from imgclf.models import registry
+
+    member = registry.split_family(arch)
+    if member is None or member[0].prefix != "timm":
+        return {}
+    from imgclf.models.timm_backbone import data_config
+
+    return data_config(member[1])
 
 
 def _set_path(settings: dict[str, Any], path: tuple[str, ...], value: Any) -> None:

@@ -73,6 +73,11 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("--model", "-m", help="output model file, e.g. malaria.imgclf (required unless --resume)")
     p.add_argument("--plot", "-p", help="training-curve plot (default RUN_DIR/plot.png)")
     p.add_argument("--config", help="JSON file with TrainConfig settings; flags override it")
+    p.add_argument(
+        "--list-archs",
+        action="store_true",
+        help="list the architectures --arch can build, with parameter counts, and exit",
+    )
     groups = {
         "recipe": p.add_argument_group("recipe"),
         "run": p.add_argument_group("run"),
@@ -90,6 +95,11 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     defaults = TrainConfig()
     size = f"{defaults.preprocess.height}x{defaults.preprocess.width}"
     recipe.add_argument("--size", type=image_size, help=f"input size N or HxW (default {size})")
+    recipe.add_argument(
+        "--mean", type=_three, metavar="R,G,B", help="per-channel mean after rescaling (default 0,0,0; "
+        "a timm:NAME backbone: its own, as for --size and --interpolation)",
+    )
+    recipe.add_argument("--std", type=_three, metavar="R,G,B", help="per-channel std (default 1,1,1)")
     shift = defaults.augment.width_shift
     recipe.add_argument("--shift", type=float, metavar="N", help=f"width and height shift (default {shift})")
     for spec in recipe_flags():
@@ -133,6 +143,16 @@ def _add_run_folder_flags(c: argparse._ActionsContainer) -> None:
     )
 
 
+def _three(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected three numbers R,G,B, got {text!r}")
+    return values
+
+
 def _probe_count(text: str) -> int:
     from imgclf.modelfile import MAX_EXTRA_PROBES
 
@@ -150,6 +170,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from imgclf.errors import RunFinished
     from imgclf.world import World
 
+    if args.list_archs:
+        return list_archs()
     if args.nproc and not World.from_env().distributed:  # start the workers, which run this command
         return launch(getattr(args, "argv", None) or ["train"], args.nproc, args.max_restarts)
     dataset, model, plot, config, run_dir = _train_inputs(args)
@@ -180,6 +202,36 @@ def _train(
         distributed=_dist_options(args),
         **max_pixels_option(args),
     )
+
+
+def list_archs(num_classes: int = 10) -> int:
+    """Print one line per buildable architecture: name, parameters for ``num_classes`` classes, what it is.
+
+    timm backbones are listed (a few well-known names; any timm model name works) where timm imports.
+    """
+    from imgclf.config import TrainConfig
+    from imgclf.models import registry, timm_backbone
+
+    size = TrainConfig().preprocess.size
+    rows = []
+    for name in registry.names():
+        if name == "keras_graph":  # made by import-keras, not by --arch
+            continue
+        count = registry.parameter_count(name, num_classes, size)
+        rows.append((name, count, registry.info(name).description))
+    try:
+        timm_backbone.require_timm()
+        for member in timm_backbone.SUGGESTED:
+            name = f"timm:{member}"
+            rows.append((name, registry.parameter_count(name, num_classes, size), "timm backbone"))
+        note = "timm:NAME builds any timm model name (timm.list_models())"
+    except UsageError as exc:
+        note = f"timm:NAME backbones: unavailable ({exc.problem}; {timm_backbone.INSTALL})"
+    stdout_line(f"{'architecture':<28} {'parameters':>12}  ({num_classes} classes, {size[0]}x{size[1]})")
+    for name, count, description in rows:
+        stdout_line(f"{name:<28} {count:>12,}  {description}")
+    stdout_line(note)
+    return 0
 
 
 def _dist_options(args: argparse.Namespace) -> Any:

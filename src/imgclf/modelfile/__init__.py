@@ -150,6 +150,7 @@ def inspect(path: str | os.PathLike[str]) -> dict[str, Any]:
         "versions": prov.get("versions"),
         "created": prov.get("created"),
         "imported_from": prov.get("imported_from"),
+        "started_from": prov.get("started_from"),
         "epoch": prov.get("epoch"),
         "device": prov.get("device"),
         "probes": len(m.probes),

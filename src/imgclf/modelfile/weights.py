@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from imgclf.errors import UsageError
-from imgclf.modelfile.checks import invalid
+from imgclf.modelfile.checks import FIX, invalid
 from imgclf.modelfile.format import DTYPES, Container
 from imgclf.modelfile.manifest import Manifest
 from imgclf.models import registry
@@ -137,6 +137,16 @@ def _channels_last(t: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(t.numpy().transpose(0, 2, 3, 1))).permute(0, 3, 1, 2)
 
 
+def _library_note(m: Manifest) -> str:
+    """For a model built by another library: which version made the file and which one is installed."""
+    made = m.arch_args.get("timm_version")
+    if made is None:
+        return ""
+    from imgclf.models.timm_backbone import installed_version
+
+    return f" (the file was made with timm {made or '?'}, timm {installed_version()} is installed)"
+
+
 def build_from(c: Container, m: Manifest) -> torch.nn.Module:
     """Build the registered architecture on the meta device and load the file's weights strictly."""
     try:
@@ -147,6 +157,7 @@ def build_from(c: Container, m: Manifest) -> torch.nn.Module:
             f"cannot build the architecture: {exc.problem}",
             received=exc.received,
             expected=exc.expected,
+            fix=exc.fix or FIX,
         ) from None
     got = {n: (e.shape, e.dtype) for n, e in c.entries.items() if n.startswith("model.")}
     problems = compare(signature(model), got)
@@ -154,7 +165,9 @@ def build_from(c: Container, m: Manifest) -> torch.nn.Module:
         k = _class_count_hint(m, got)
         if k is not None:
             raise invalid(c.path, f"class count mismatch: manifest {len(m.class_names)}, weights {k}")
-        raise invalid(c.path, "weights do not match the architecture: " + "; ".join(problems[:6]))
+        raise invalid(
+            c.path, "weights do not match the architecture: " + "; ".join(problems[:6]) + _library_note(m)
+        )
     state = {}
     for name in got:
         t = c.take(name)

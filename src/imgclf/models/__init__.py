@@ -5,7 +5,7 @@ Importing this package registers every architecture; the registry itself imports
 Usage::
 
     from imgclf.models import registry
-    print(registry.names())  # ['keras_graph', 'seed_resnet', 'small_cnn']
+    print(registry.names())  # ['keras_graph', 'seed_resnet', 'small_cnn'] (and families: timm:NAME)
 """
 
-from imgclf.models import keras_graph, seed_resnet, small_cnn  # noqa: F401  (imported to register the builders)
+from imgclf.models import keras_graph, seed_resnet, small_cnn, timm_backbone  # noqa: F401  (imported to register the builders)

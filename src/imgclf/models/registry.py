@@ -13,7 +13,9 @@ Usage::
 
 from __future__ import annotations
 
+import functools
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +45,26 @@ class ArchInfo:
 _REGISTRY: dict[str, ArchInfo] = {}
 
 
+@dataclass(frozen=True)
+class Family:
+    """Architectures named ``PREFIX:NAME`` built by another library (``timm:resnet18``).
+
+    The name after the prefix is data: it is checked for its spelling here and only ever passed to the
+    library's own registry (``timm.create_model``), never imported or looked up as code.
+    """
+
+    prefix: str
+    builder: Callable[..., nn.Module]
+    defaults: dict[str, Any]
+    description: str
+    pin: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+
+
+_FAMILIES: dict[str, Family] = {}
+# A library's model name (timm: ``resnet18``, ``vit_tiny_patch16_224.augreg_in21k``).
+_MEMBER = re.compile(r"[a-z0-9][a-z0-9_.\-]{0,127}")
+
+
 def register(name: str, defaults: dict[str, Any], description: str) -> Callable:
     """Decorator adding ``builder(num_classes, input_size, **args)`` to the registry."""
 
@@ -53,18 +75,69 @@ def register(name: str, defaults: dict[str, Any], description: str) -> Callable:
     return wrap
 
 
+def register_family(
+    prefix: str,
+    defaults: dict[str, Any],
+    description: str,
+    pin: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> Callable:
+    """Decorator adding ``builder(member, num_classes, input_size, **args)`` for names ``PREFIX:MEMBER``.
+
+    ``pin(args)`` fills in what a new model file records about the library (its version).
+    """
+
+    def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        _FAMILIES[prefix] = Family(prefix, builder, dict(defaults), description, pin)
+        return builder
+
+    return wrap
+
+
 def names() -> list[str]:
-    """Registered architecture names, sorted."""
+    """Registered architecture names, sorted (families' ``PREFIX:NAME`` names are not listed here)."""
     return sorted(_REGISTRY)
+
+
+def families() -> dict[str, Family]:
+    """The registered families by prefix."""
+    return dict(_FAMILIES)
+
+
+def split_family(name: object) -> tuple[Family, str] | None:
+    """``(family, member)`` for a ``PREFIX:MEMBER`` name of a registered family, else ``None``.
+
+    Raises:
+        UsageError: The prefix is a family's but the member is not a plausible model name.
+    """
+    if not isinstance(name, str) or ":" not in name:
+        return None
+    prefix, member = name.split(":", 1)
+    family = _FAMILIES.get(prefix)
+    if family is None:
+        return None
+    if not _MEMBER.fullmatch(member):
+        raise UsageError(
+            f"bad {prefix} model name",
+            received=repr(member)[:100],
+            expected="lower-case letters, digits, '_', '.', '-' (at most 128)",
+            fix=f"use a name such as {prefix}:resnet18",
+        )
+    return family, member
 
 
 def info(name: object) -> ArchInfo:
     """Return the registry entry for ``name``; raise :class:`UsageError` if it is not registered."""
+    member = split_family(name)
+    if member is not None:
+        family, sub = member
+        return ArchInfo(
+            str(name), functools.partial(family.builder, sub), family.defaults, family.description
+        )
     if not isinstance(name, str) or name not in _REGISTRY:
         raise UsageError(
             "unknown architecture",
             received=repr(name)[:100],
-            expected="one of " + ", ".join(names()),
+            expected="one of " + ", ".join(names() + [f"{p}:NAME" for p in sorted(_FAMILIES)]),
             fix="use a registered architecture name" + did_you_mean(str(name), names()),
         )
     return _REGISTRY[name]
@@ -119,6 +192,16 @@ def resolve_args(name: str, args: dict[str, Any] | None = None) -> dict[str, Any
     for key, value in args.items():
         merged[key] = _same_type(key, value, entry.defaults[key])
     return merged
+
+
+def pinned_args(name: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``args`` plus what a family records about its library (timm's version) when unset; others as given."""
+    args = dict(args or {})
+    member = split_family(name)
+    if member is not None and member[0].pin is not None:
+        resolve_args(name, args)  # wrong keys or types fail here, as for any architecture
+        args = member[0].pin(args)
+    return args
 
 
 def build(
@@ -177,6 +260,13 @@ def build_meta(
     """
     with torch.device("meta"):
         return build(name, num_classes, input_size, args)
+
+
+def parameter_count(
+    name: str, num_classes: int, input_size: tuple[int, int], args: dict[str, Any] | None = None
+) -> int:
+    """Trainable parameters of ``name`` for ``num_classes`` classes (built on the meta device)."""
+    return sum(p.numel() for p in build_meta(name, num_classes, input_size, args).parameters())
 
 
 def l2_groups(model: nn.Module) -> list[tuple[float, list[nn.Parameter]]]:

@@ -18,6 +18,7 @@ import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -29,9 +30,11 @@ from imgclf.evaluation import Evaluation
 from imgclf.progress import Log
 from imgclf.training.device import available_bytes
 from imgclf.training.distributed import Group
+from imgclf.training.ema import start_average
 from imgclf.training.interrupts import fit_with_checkpoints
 from imgclf.training.loop import Callback
 from imgclf.training.preflight import check_free_space, check_memory_for_decoding, estimate_bytes
+from imgclf.training.pretrained import start_weights
 from imgclf.training.ranks import main_first, note_world_change
 from imgclf.training.record import RunRecord
 from imgclf.training.resume import ResumePlan, plan_resume, restore
@@ -134,12 +137,15 @@ def train_in_folder(
     if plan is not None:  # before decoding: checkpoint weights that do not fit fail early
         restore(state, plan.checkpoint, log=log)
         note_world_change(plan.checkpoint.state, group, log)
+        start = plan.record.get("started_from")
+    else:  # before decoding too: weights for another architecture fail early
+        start = start_from_weights(state, config, ds.class_names, log)
     decoded = decode_all(job, config, decode_progress)
     facts = group.facts(steps_per_epoch(len(decoded["training"]), config.batch_size)[1]) if group else None
     is_main = group is None or group.world.is_main
     record = start_record(
         ds, decoded, config, out, job.device, plan, job.skip_bad, job.probes_from, job.force, log,
-        distributed=facts, write=is_main,
+        distributed=facts, write=is_main, start=start,
     )
     state = fit_with_checkpoints(
         config, state, decoded["training"], decoded.get("validation"), run_dir=out.run_dir,
@@ -154,6 +160,24 @@ def train_in_folder(
     return TrainResult(
         final.classifier, state.history, final.evaluation, out.model, out.run_dir, final.epoch, outputs or {}
     )
+
+
+def start_from_weights(
+    state: TrainState, config: TrainConfig, class_names: list[str], log: Log
+) -> dict[str, Any] | None:
+    """Load ``--weights``/``--init-from`` into the fresh model, say what was loaded; the record's entry."""
+    start = start_weights(state.model, config, class_names)
+    if start is None:
+        return None
+    if state.ema is not None:  # the average starts from the loaded weights, not the random ones
+        state.ema = start_average(state.model)
+    skipped = f", skipped {len(start['skipped'])} (old head)" if start["skipped"] else ""
+    log(
+        f"note: started from {start['path']}: loaded {start['loaded']} tensors{skipped}, "
+        f"head {start['head']}; {config.effective_freeze_epochs} head-only epoch(s), then the backbone at "
+        f"{config.backbone_lr:g} x the learning rate"
+    )
+    return start
 
 
 def decode_all(job: Job, config: TrainConfig, progress: DecodeProgress | None) -> dict[str, DecodedSplit]:

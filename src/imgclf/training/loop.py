@@ -34,6 +34,8 @@ from imgclf.training.augment import affine_matrices, augment_batch, sample_param
 from imgclf.training.determinism import deterministic_algorithms
 from imgclf.training.device import resolve_precision, stage_images
 from imgclf.training.ema import averaged_weights, bn_images, update_average
+from imgclf.training.embeddings import Embeddings
+from imgclf.training.finetune import set_phase
 from imgclf.training.schedule import lr_at, steps_per_epoch
 from imgclf.training.state import PartialEpoch, TrainState
 from imgclf.training.validate import evaluate_split
@@ -185,6 +187,8 @@ class _Epochs:
         self.y_all = torch.from_numpy(train.labels).to(device)
         self.memory = torch.channels_last if config.channels_last else torch.contiguous_format
         self.report_every = 1 if device.type == "cpu" else 25
+        self.frozen: list[torch.nn.Parameter] = []
+        self.probe = None if not config.linear_probe else _probe(config, state.model, train, device, group)
 
     def batch_images(self, idx: torch.Tensor) -> torch.Tensor:
         if self.x_all is not None:
@@ -196,13 +200,18 @@ class _Epochs:
     def train_step(self, idx: torch.Tensor, mats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         config, optimizer, dtype = self.config, self.state.optimizer, self.dtype
         yb = self.y_all[idx]
-        x = augment_batch(to_tensor(self.batch_images(idx), config.preprocess), config.augment, mats)
-        x = x.contiguous(memory_format=self.memory)
-        with torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            logits = self.net(x)
+        if self.probe is not None:  # the head alone, on the backbone's stored embeddings
+            logits = self.probe.logits(idx)
+        else:
+            x = augment_batch(to_tensor(self.batch_images(idx), config.preprocess), config.augment, mats)
+            x = x.contiguous(memory_format=self.memory)
+            with torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                logits = self.net(x)
         loss = F.cross_entropy(logits.float(), yb, label_smoothing=config.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        for p in self.frozen:  # head-only epochs under DDP (set_phase): the backbone does not move
+            p.grad = None
         if config.clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.state.model.parameters(), config.clip_norm, foreach=True)
         optimizer.step()
@@ -214,6 +223,7 @@ class _Epochs:
         """Train one epoch (from where an interrupted one stopped); its record, or ``None`` if stopped."""
         config, state, device, steps, batch = self.config, self.state, self.device, self.steps, self.batch
         spec, aug = config.preprocess, config.augment
+        self.frozen = set_phase(state.model, config, epoch, toggle_grad=self.group is None)
         # The generators hold the epoch's starting states: keep them to rewind to on interruption.
         gen_states = state.order_gen.get_state(), state.aug_gen.get_state()
         perm = torch.randperm(len(self.train), generator=state.order_gen)[: steps * batch].to(device)
@@ -234,7 +244,7 @@ class _Epochs:
         for i in range(min(resumed.step, steps) if resumed else 0, steps):
             lr = lr_at(config, state.step, steps)
             for group in state.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             sl = slice(i * batch, (i + 1) * batch)
             loss, hits = self.train_step(perm[sl], mats[sl])
             loss_sum += loss
@@ -264,6 +274,26 @@ class _Epochs:
     def _world_sums(self, loss_sum: torch.Tensor, correct: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The epoch's running sums added over all ranks (unchanged in a single process)."""
         return (loss_sum, correct) if self.group is None else tuple(self.group.sum_(loss_sum, correct))
+
+
+def _probe(
+    config: TrainConfig,
+    model: torch.nn.Module,
+    train: DecodedSplit,
+    device: torch.device,
+    group: Group | None,
+) -> Embeddings:
+    """The linear probe's embeddings (:mod:`.embeddings`); one process only (its head step bypasses DDP)."""
+    if group is not None:
+        raise UsageError(
+            "--linear-probe runs in one process",
+            received=f"{group.size} processes",
+            expected="a single process",
+            fix="drop --nproc / torchrun for a linear probe (it trains only the head)",
+        )
+    memory = torch.channels_last if config.channels_last else torch.contiguous_format
+    size = config.eval_batch_size
+    return Embeddings(model, train.images, config.preprocess, device, batch_size=size, memory_format=memory)
 
 
 @contextlib.contextmanager

@@ -30,13 +30,14 @@ class KerasSGD:
     """Keras' SGD (momentum, optionally Nesterov) with per-group L2 weight decay.
 
     Args:
-        groups: Parameter groups: dicts with ``params`` and optionally ``weight_decay`` (default 0).
+        groups: Parameter groups: dicts with ``params`` and optionally ``weight_decay`` (default 0) and
+            ``lr_scale`` (default 1: the factor the training loop applies to the schedule's rate).
         lr: Learning rate; callers change ``param_groups[i]["lr"]`` between steps for a schedule.
         momentum: Momentum ``m`` in ``[0, 1)``.
         nesterov: Use Nesterov momentum.
 
     Attributes:
-        param_groups: ``{"params", "lr", "momentum", "weight_decay"}`` per group.
+        param_groups: ``{"params", "lr", "momentum", "weight_decay", "lr_scale"}`` per group.
         state: Per parameter, ``{"velocity": tensor}`` once it has taken a step.
     """
 
@@ -50,6 +51,7 @@ class KerasSGD:
                 "lr": float(lr),
                 "momentum": float(momentum),
                 "weight_decay": float(g.get("weight_decay", 0.0)),
+                "lr_scale": float(g.get("lr_scale", 1.0)),  # the schedule's lr times this (fine-tuning)
             }
             for g in groups
         ]

@@ -34,6 +34,7 @@ from imgclf.training.loop import Callback
 from imgclf.training.preflight import (
     refuse_overwrite,
 )
+from imgclf.training.pretrained import check_start
 from imgclf.training.ranks import rank_device, restart_resume
 from imgclf.training.runfolder import (
     read_record,
@@ -124,6 +125,8 @@ def train(
         DistributedError: Under torchrun, a rank did not join or stopped answering (named).
     """
     config = (config or TrainConfig()).validated()
+    # A backbone from another library records the library's version in the file (timm:NAME).
+    config = config.replace(arch_args=registry.pinned_args(config.arch, config.arch_args))
     world = World.from_env()
     if world.is_main:
         callbacks, log, decode_progress = _with_progress(progress, callbacks, log, decode_progress)
@@ -132,6 +135,8 @@ def train(
     max_pixels = checked_max_pixels(max_pixels)
     # Bad architecture args fail here, before any decoding (a meta build allocates nothing).
     registry.build_meta(config.arch, 2, config.preprocess.size, config.arch_args)
+    if not resume:  # a --weights/--init-from file that cannot be used fails here too (resuming reads none)
+        check_start(config)
     out = check_outputs(model_path, run_dir, plot_path, resume=resume)
     resume, force = restart_resume(out.run_dir, resume, force, log)
     if not resume and world.is_main:

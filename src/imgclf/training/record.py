@@ -54,6 +54,8 @@ class RunRecord:
         distributed: A multi-process run's world size, backend, per-rank batch and ``sync_bn``
             (:meth:`imgclf.training.distributed.Group.facts`); ``None`` for one process.
         versions: Versions of everything that can change a model's outputs.
+        started_from: What the first weights came from (``--weights``/``--init-from``: path, SHA-256, tensors
+            loaded and skipped; :func:`imgclf.training.pretrained.start_weights`), else ``None``.
     """
 
     run_id: str
@@ -73,6 +75,7 @@ class RunRecord:
     resumed_from: str | None = None
     distributed: dict[str, Any] | None = None
     versions: dict[str, str] = field(default_factory=versions)
+    started_from: dict[str, Any] | None = None
 
     @classmethod
     def start(
@@ -90,6 +93,7 @@ class RunRecord:
         device: torch.device,
         resumed: tuple[str, str] | None = None,
         distributed: dict[str, Any] | None = None,
+        started_from: dict[str, Any] | None = None,
     ) -> RunRecord:
         """The record of a run about to train; ``resumed`` is ``(run_id, checkpoint name)`` on resume."""
         names = ds.class_names
@@ -110,6 +114,7 @@ class RunRecord:
             device=str(device),
             resumed_from=resumed[1] if resumed else None,
             distributed=distributed,
+            started_from=started_from,
         )
 
     def run_json(self, status: str = "training") -> dict[str, Any]:
@@ -127,6 +132,7 @@ class RunRecord:
             "data_fingerprint": self.data_fingerprint,
             "versions": self.versions,
             "files": self.files,
+            **({"started_from": self.started_from} if self.started_from else {}),
         }
 
     def checkpoint_info(self) -> dict[str, Any]:
@@ -166,6 +172,7 @@ class RunRecord:
                 "skipped": self.skipped,
             },
             "history": state.history,
+            **({"started_from": self.started_from} if self.started_from else {}),
         }
 
 

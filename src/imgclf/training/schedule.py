@@ -28,9 +28,25 @@ def lr_at(config: TrainConfig, step: int, steps: int = 1) -> float:
     """
     if config.schedule == "time_decay":
         return config.lr / (1.0 + config.effective_decay * step)
+    if config.schedule == "one_cycle":
+        return _one_cycle(config, step, steps)
     total = config.epochs * steps
     warm = min(round(config.warmup * steps), total)
     if step < warm:
         return config.lr * ((step + 1) / warm)
     progress = min(1.0, (step - warm) / max(1, total - warm))
     return config.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _one_cycle(config: TrainConfig, step: int, steps: int) -> float:
+    """fastai's ``fit_one_cycle`` per phase: the frozen epochs are one cycle, the remaining ones another."""
+    total = config.epochs * steps
+    frozen = min(config.effective_freeze_epochs * steps, total)
+    start, length = (0, frozen) if step < frozen else (frozen, total - frozen)
+    pos = step - start
+    rise = max(1, round(0.25 * length))
+    low, high, end = config.lr / 25.0, config.lr, config.lr / 1e5
+    if pos < rise:
+        return low + (high - low) * 0.5 * (1.0 - math.cos(math.pi * pos / rise))
+    p = min(1.0, (pos - rise) / max(1, length - rise))
+    return end + (high - end) * 0.5 * (1.0 + math.cos(math.pi * p))

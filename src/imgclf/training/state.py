@@ -23,6 +23,7 @@ from imgclf.config import TrainConfig
 from imgclf.models import registry
 from imgclf.training.device import resolve_device
 from imgclf.training.ema import start_average
+from imgclf.training.finetune import param_groups
 from imgclf.training.optim import KerasSGD
 
 
@@ -101,11 +102,7 @@ def create_state(config: TrainConfig, num_classes: int, device: torch.device | N
     model = model.to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    groups = [
-        {"params": params, "weight_decay": 2.0 * coef}  # d/dw of Keras' coef * w**2
-        for coef, params in registry.l2_groups(model)
-        if params
-    ]
+    groups = param_groups(model, config)  # weight_decay: d/dw of Keras' coef * w**2
     optimizer = KerasSGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
     return TrainState(
         model=model,

@@ -167,11 +167,12 @@ def start_record(
     log: Log,
     distributed: dict[str, Any] | None = None,
     write: bool = True,
+    start: dict[str, Any] | None = None,
 ) -> RunRecord:
     """Fingerprint the decoded data, check it against a resumed run, and write ``run.json``.
 
     ``distributed``: a multi-process run's facts (:meth:`.distributed.Group.facts`); ``write`` is false
-    on ranks other than 0.
+    on ranks other than 0; ``start``: what ``--weights``/``--init-from`` loaded (:mod:`.pretrained`).
 
     Raises:
         ResumeError: On resume, if file contents changed since the checkpoint (without ``force``).
@@ -193,6 +194,7 @@ def start_record(
         device=device,
         resumed=(plan.record["run_id"], plan.checkpoint.name) if plan is not None else None,
         distributed=distributed,
+        started_from=start,
     )
     if write:
         write_record(out.run_dir, record.run_json())
