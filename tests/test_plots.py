@@ -225,7 +225,7 @@ def test_matplotlib_is_a_normal_dependency_so_plain_pip_install_can_plot():
 
     project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
     assert any(d.split(">")[0].split("=")[0].strip() == "matplotlib" for d in project["dependencies"])
-    assert project["optional-dependencies"]["plots"] == []  # the old extra still installs
+    assert "plots" not in project["optional-dependencies"]  # the empty extra is gone (issue 23)
 
 
 def _legend_and_curves(fig):
