@@ -124,9 +124,10 @@ def add_v2(app: FastAPI, state: Any) -> None:
         with state.inferring_request():
             body = await request.body()
             req = parse_v2(body, served, state.settings.max_images, request.headers.get(HEADER_LENGTH))
-            work = {"images": req.payload} if req.kind == "bytes" else {"tensor": req.payload}
-            result = await state.infer(request, served, **work)
-        probs = _probability_rows(served, result) if req.kind == "bytes" else result
+            if req.kind == "bytes":
+                probs = _probability_rows(served, await state.classify(request, served, req.payload))
+            else:
+                probs = await state.infer(request, served, tensor=req.payload)
         _check_finite(probs)
         state.metrics.images.labels(served.name).inc(len(probs))
         return _infer_response(served, probs, req.request_id, req.binary_output)
