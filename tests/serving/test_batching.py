@@ -33,6 +33,9 @@ class FakeClassifier:
         self.batches.append(names)
         return np.array([f"pred {n.decode()}" for n in names], dtype=object)
 
+    def predict_proba_input(self, x):
+        return np.array(["tensor"] * len(x), dtype=object)
+
 
 @pytest.fixture
 def model():
@@ -123,4 +126,19 @@ def test_a_full_queue_refuses_new_work(model):
             queue.submit(model, px([b"d"]))
     finally:
         model.classifier.release.set()
+        queue.stop()
+
+
+def test_gathering_past_a_queued_tensor_job_takes_the_right_job(model):
+    """Jobs are found by identity: comparing a job's arrays with ``==`` broke the worker thread."""
+    queue = run_queue(30.0, active=lambda: 3)
+    try:
+        first = queue.submit(model, px([b"a"]))
+        time.sleep(0.2)  # the worker holds "a", gathering
+        tensor = queue.submit(model, tensor=np.zeros((2, 3, 1, 1), np.float32))
+        second = queue.submit(model, px([b"b", b"c"]))
+        assert [f.result(timeout=10).tolist() for f in (first, second)] == [["pred a"], ["pred b", "pred c"]]
+        assert tensor.result(timeout=10).tolist() == ["tensor", "tensor"]
+        assert model.classifier.batches == [[b"a", b"b", b"c"]]
+    finally:
         queue.stop()

@@ -107,10 +107,18 @@ class ServerState:
         finally:
             self.inferring -= 1
 
-    async def infer(self, request: Request, served: ServedModel, **work: Any) -> Any:
-        """Queue work for ``served`` and wait for it; a client that goes away cancels its queued work."""
+    def refuse_if_draining(self) -> None:
+        """503 once shutdown has begun: new work goes to another instance."""
         if self.draining:
             raise HTTPProblem(503, "server is shutting down; retry on another instance", {"retry-after": "1"})
+
+    async def infer(self, request: Request, served: ServedModel, admitted: bool = False, **work: Any) -> Any:
+        """Queue work for ``served`` and wait for it; a client that goes away cancels its queued work.
+
+        A request ``admitted`` before shutdown began (its images already decoding) is finished.
+        """
+        if not admitted:
+            self.refuse_if_draining()
         try:
             future = self.queue.submit(served, **work)
         except QueueFull as exc:
@@ -127,13 +135,13 @@ class ServerState:
         waiter = asyncio.wrap_future(future)
         gone = asyncio.ensure_future(_client_gone(request))
         try:
-            await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             gone.cancel()
             if not waiter.done():
                 waiter.cancel()  # cancels the queued job, so the worker drops it
             self.metrics.queue_depth.set(self.queue.depth)
-        if not waiter.done():
+        if waiter not in done:  # cancelled just above, so waiter.result() would raise CancelledError
             raise ClientDisconnect()
         return waiter.result()
 
@@ -156,29 +164,30 @@ class ServerState:
         budget = self.settings.request_pixels(*clf.preprocess.size)
         cancelled = threading.Event()
         self.decoding += len(images)
+        waiter = asyncio.wrap_future(self.decoder.submit(decode_request, clf, images, budget, cancelled))
+        gone = asyncio.ensure_future(_client_gone(request))
         try:
-            waiter = asyncio.wrap_future(self.decoder.submit(decode_request, clf, images, budget, cancelled))
-            gone = asyncio.ensure_future(_client_gone(request))
-            try:
-                await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                gone.cancel()
-            if not waiter.done():
-                raise ClientDisconnect()
-            return waiter.result()
+            done, _ = await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            gone.cancel()
             cancelled.set()  # done, or abandoned: a decode still running stops at its next image
+            if not waiter.done():
+                waiter.cancel()  # nobody waits for its outcome (Abandoned) any more
             self.decoding -= len(images)
+        if waiter not in done:
+            raise ClientDisconnect()
+        return waiter.result()
 
     async def classify(self, request: Request, served: ServedModel, images: list[bytes]) -> list[Any]:
         """Predictions for encoded ``images``: decoded in the pool, then inferred a batch at a time
         (the batches ``imgclf predict`` makes), so an abandoned request stops between batches."""
+        self.refuse_if_draining()
         decoded = await self.decode(request, served, images)
         parts = []
         for start in range(0, len(images), MAX_BATCH):
             rows = good_rows(decoded, start, start + MAX_BATCH)
             if rows.stop > rows.start:
-                parts.append(await self.infer(request, served, pixels=decoded.pixels[rows]))
+                parts.append(await self.infer(request, served, True, pixels=decoded.pixels[rows]))
         probs = np.concatenate(parts) if parts else np.zeros((0, served.classifier.num_classes), np.float32)
         return predictions(served.classifier, decoded, probs)
 

@@ -38,7 +38,7 @@ class QueueFull(Exception):
     """The queue holds ``max_queue`` images already; the caller answers 503."""
 
 
-@dataclass
+@dataclass(eq=False)  # identity: the queue removes jobs by identity, and arrays have no plain ==
 class Job:
     """One request's work: decoded, resized images (``pixels``) or a preprocessed FP32 batch (``tensor``)."""
 

@@ -16,7 +16,7 @@ MB = 1024 * 1024
 # images, within these bounds (a model never sees more than its input size; larger images only cost
 # decoding time, and one image at the lower bound still fits).
 BUDGET_PER_MODEL_PIXEL = 10
-BUDGET_BOUNDS = (16_000_000, 64_000_000)
+BUDGET_BOUNDS = (32_000_000, 64_000_000)
 
 
 @dataclass(frozen=True)
