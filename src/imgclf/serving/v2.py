@@ -13,6 +13,7 @@ Usage::
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -123,7 +124,11 @@ def add_v2(app: FastAPI, state: Any) -> None:
         served = state.model(name)
         with state.inferring_request():
             body = await request.body()
-            req = parse_v2(body, served, state.settings.max_images, request.headers.get(HEADER_LENGTH))
+            # Parsing (up to --max-body-mb of JSON numbers) takes a while: the decode pool, not the loop.
+            header_length = request.headers.get(HEADER_LENGTH)
+            req = await asyncio.get_running_loop().run_in_executor(
+                state.decoder, parse_v2, body, served, state.settings.max_images, header_length
+            )
             if req.kind == "bytes":
                 probs = _probability_rows(served, await state.classify(request, served, req.payload))
             else:
