@@ -143,3 +143,28 @@ def test_others_are_answered_while_a_large_request_decodes_and_its_memory_is_giv
         print(f"large request: RSS {baseline / 2**20:.1f} -> {server.rss_bytes() / 2**20:.1f} MiB after it")
         code, log = server.stop()
     assert code == 0 and "Traceback" not in log
+
+
+@pytest.mark.parametrize(
+    ("size", "options"),
+    [((37, 21), {"lossless": True}), ((640, 3), {"quality": 80}), ((5, 999), {"exif": b"Exif\0\0MM"})],
+)
+def test_webp_size_is_read_from_the_header_like_pillow(size, options):
+    buf = io.BytesIO()
+    Image.new("RGB" if "exif" not in options else "RGBA", size, (1, 2, 3)).save(buf, "WEBP", **options)
+    data = buf.getvalue()
+    assert data[12:16] == {"lossless": b"VP8L", "quality": b"VP8 ", "exif": b"VP8X"}[next(iter(options))]
+    assert decoding.webp_size(data) == decoding.declared_size(data) == size
+    assert Image.open(io.BytesIO(data)).size == size
+    assert decoding.webp_size(png(1)) is None and decoding.webp_size(data[:20]) is None
+
+
+def test_an_image_over_the_per_image_cap_gets_the_librarys_error_without_a_decoder(store, decodes):
+    from imgclf.modelfile import load
+
+    clf = load(store.get("cells").path)
+    big = bomb_png(9000, 8000)  # over the 64 Mpx cap, under Pillow's own bomb limit: Pillow would open it
+    want = clf.predict([big], errors="return")[0].error
+    assert want.startswith("image too large")
+    decoded = decoding.decode_request(store.get("cells").classifier, [big], 10**9, threading.Event())
+    assert decoded.failures == [want] and decodes.calls == []

@@ -32,8 +32,9 @@ from PIL import Image
 
 from imgclf.classifier import Prediction
 from imgclf.errors import ImageError
+from imgclf.images.png import check_png_chunks
 from imgclf.images.preprocess import preprocess_uint8
-from imgclf.images.read import ALLOWED_FORMATS, describe_source
+from imgclf.images.read import ALLOWED_FORMATS, check_pixels, describe_source
 from imgclf.serving.inputs import HTTPProblem, problem
 
 # A decode this large is followed by a heap trim. Smaller ones are left to the allocator: trimming
@@ -54,20 +55,38 @@ class Decoded:
     sources: list[str]
 
 
-def declared_pixels(data: bytes, max_pixels: int) -> int:
-    """The pixels decoding ``data`` would allocate, from its header alone (0 if it will not be decoded).
+def webp_size(data: bytes) -> tuple[int, int] | None:
+    """A WebP file's canvas size from its first chunk's header, or None if ``data`` is not such a file.
 
-    An image the decoder will refuse (unreadable header, not an allowed format, over the per-image cap
-    ``max_pixels``) costs nothing: its error comes from the one decode path, before any pixel.
+    Read here because Pillow's WebP opener creates libwebp's animation decoder, which allocates two
+    canvas-sized buffers (4 bytes a pixel each) before the size can be checked.
     """
+    if len(data) < 30 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        return None
+    kind, chunk = data[12:16], data[20:30]
+    if kind == b"VP8X":  # extended: 24-bit canvas width - 1 and height - 1
+        return 1 + int.from_bytes(chunk[4:7], "little"), 1 + int.from_bytes(chunk[7:10], "little")
+    if kind == b"VP8L" and chunk[0] == 0x2F:  # lossless: 14-bit width - 1 and height - 1
+        bits = int.from_bytes(chunk[1:5], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if kind == b"VP8 " and chunk[3:6] == b"\x9d\x01\x2a":  # lossy key frame: 14-bit width and height
+        return int.from_bytes(chunk[6:8], "little") & 0x3FFF, int.from_bytes(chunk[8:10], "little") & 0x3FFF
+    return None
+
+
+def declared_size(data: bytes) -> tuple[int, int] | None:
+    """The width and height ``data``'s header declares, without decoding (None: unreadable header)."""
+    size = webp_size(data)
+    if size is not None:
+        return size
     try:
+        check_png_chunks(data, "")  # as the decode path does first: Pillow would read such chunks whole
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as img:
-                w, h = img.size
+                return img.size
     except Exception:  # noqa: BLE001 - untrusted bytes: the decode path words the error
-        return 0
-    return w * h if 0 < w * h <= max_pixels else 0
+        return None
 
 
 def over_budget(total: int, budget: int, count: int) -> HTTPProblem:
@@ -84,20 +103,37 @@ def over_budget(total: int, budget: int, count: int) -> HTTPProblem:
 def decode_request(clf: Any, images: list[bytes], budget: int, cancelled: threading.Event) -> Decoded:
     """Check ``images`` against ``budget``, then decode and resize each to ``clf``'s input size.
 
+    The budget counts each image's declared width x height; an image the decoder refuses anyway
+    (unreadable header, over the per-image cap ``clf.max_pixels``) counts 0 and gets the library's
+    error without being decoded.
+
     Raises:
         HTTPProblem: 413 if the images' declared pixels exceed ``budget`` (nothing decoded).
         Abandoned: If ``cancelled`` is set before the last image.
     """
-    sizes = [declared_pixels(data, clf.max_pixels) for data in images]
+    sources = [describe_source(data) for data in images]
+    failures: list[str | None] = [None] * len(images)
+    sizes = [0] * len(images)
+    for i, data in enumerate(images):
+        size = declared_size(data)
+        if size is None:
+            continue  # the decode path refuses it with its own message, before any pixel
+        try:  # over the per-image cap: refused here, so no decoder allocates anything for it
+            check_pixels(sources[i], *size, clf.max_pixels)
+        except ImageError as exc:
+            failures[i] = str(exc)
+            continue
+        sizes[i] = size[0] * size[1]
     if sum(sizes) > budget:
         raise over_budget(sum(sizes), budget, len(images))
     spec = clf.preprocess
     arrays = np.empty((len(images), spec.height, spec.width, 3), dtype=np.uint8)
-    failures: list[str | None] = [None] * len(images)
     try:
         for i, data in enumerate(images):
             if cancelled.is_set():
                 raise Abandoned()
+            if failures[i] is not None:
+                continue
             try:
                 arrays[i] = preprocess_uint8(data, spec, max_pixels=clf.max_pixels)
             except ImageError as exc:
@@ -107,7 +143,7 @@ def decode_request(clf: Any, images: list[bytes], budget: int, cancelled: thread
             release_memory()
     good = [i for i, f in enumerate(failures) if f is None]
     pixels = arrays if len(good) == len(images) else arrays[good]
-    return Decoded(pixels, failures, [describe_source(data) for data in images])
+    return Decoded(pixels, failures, sources)
 
 
 def predictions(clf: Any, decoded: Decoded, probs: np.ndarray) -> list[Prediction]:
