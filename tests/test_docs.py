@@ -361,6 +361,7 @@ NOT_RUN = {
         "serving/__init__.py",
         "serving/app.py",
         "serving/batching.py",
+        "serving/decoding.py",
         "serving/guard.py",
         "serving/protocol.py",
         "serving/inputs.py",

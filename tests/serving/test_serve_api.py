@@ -172,21 +172,21 @@ def test_request_over_deadline_is_504_and_its_work_is_dropped(store, monkeypatch
     from imgclf.serving import batching
 
     release, ran = threading.Event(), []
-    original = batching._run_images
+    original = batching._run_pixels
 
     def slow(jobs):
         ran.append(len(jobs))
         release.wait(5)
         return original(jobs)
 
-    monkeypatch.setattr(batching, "_run_images", slow)
+    monkeypatch.setattr(batching, "_run_pixels", slow)
     with client(store, timeout_s=0.3) as c:
         first = c.post("/v1/predict", content=png(1))  # blocks the worker until released
         assert first.status_code == 504 and first.json()["error"].startswith("request took too long")
         second = c.post("/v1/predict", content=png(2))  # queued behind the blocked job, times out too
         assert second.status_code == 504
         release.set()
-        monkeypatch.setattr(batching, "_run_images", original)
+        monkeypatch.setattr(batching, "_run_pixels", original)
         assert c.post("/v1/predict", content=png(3)).status_code == 200
     assert ran == [1]  # the second request's work was dropped from the queue, never run
 

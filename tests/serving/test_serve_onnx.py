@@ -65,3 +65,25 @@ def test_max_pixels_lowers_the_cap_for_served_models(onnx_file):
         assert r.status_code == 422 and "image too large" in r.text, r.text
     store.reload("cells")
     assert store.get("cells").classifier.max_pixels == 100
+
+
+def test_reload_from_an_imgclf_to_its_onnx_export_reports_the_new_files_digest(onnx_file, tmp_path):
+    """The export records its source's tensor digest; the server must still tell the two files apart."""
+    import shutil
+
+    from imgclf.interop.files import inspect
+
+    path = tmp_path / "cells.model"
+    shutil.copyfile(onnx_file.with_suffix(".imgclf"), path)
+    store = ModelStore.open({"cells": str(path)})
+    with TestClient(create_app(store, ServeSettings())) as api:
+        old = api.get("/v1/models").json()["models"][0]["digest"]
+        shutil.copyfile(onnx_file, tmp_path / "new.onnx")
+        (tmp_path / "new.onnx").replace(path)
+        r = api.post("/v2/repository/models/cells/load")
+        assert r.status_code == 200, r.text
+        new = r.json()["digest"]
+        assert new != old and new == inspect(onnx_file)["integrity"]["graph_sha256"]
+        assert api.get("/v1/models").json()["models"][0]["digest"] == new
+        assert f'digest="{new}"' in api.get("/metrics").text
+        assert isinstance(store.get("cells").classifier, OnnxClassifier)

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 
 from imgclf.cli.common import EPILOG, add_max_pixels_flag
-from imgclf.serving.settings import MB, ServeSettings
+from imgclf.serving.settings import BUDGET_BOUNDS, BUDGET_PER_MODEL_PIXEL, MB, ServeSettings
 
 DEFAULTS = ServeSettings()
 
@@ -132,6 +132,29 @@ def _add_limit_flags(p: argparse.ArgumentParser) -> None:
         " clients, see docs/performance.md). A batched image's probabilities can differ from imgclf"
         " predict's by ~1e-7 (CPU kernels depend on the batch size); 0: each request is its own batch,"
         " bitwise equal to imgclf predict whatever the traffic",
+    )
+    _add_decode_flags(p)
+
+
+def _add_decode_flags(p: argparse.ArgumentParser) -> None:
+    """The per-request pixel budget and the decode pool."""
+    low, high = (b / 1e6 for b in BUDGET_BOUNDS)
+    p.add_argument(
+        "--max-request-megapixels",
+        metavar="MP",
+        type=_positive(float),
+        default=None,
+        help="most decoded pixels, in millions, the images of one request may declare (read from their"
+        " headers); more is a 413 before any is decoded (default: sized for each model,"
+        f" {BUDGET_PER_MODEL_PIXEL}x its input pixels x --max-images-per-request, from {low:g} to {high:g})",
+    )
+    p.add_argument(
+        "--decode-threads",
+        metavar="N",
+        type=_positive(int),
+        default=DEFAULTS.decode_threads,
+        help="threads that decode and resize request images, beside the one inference thread; a"
+        " request that times out or whose client leaves stops at its next image (default %(default)s)",
     )
 
 
@@ -261,6 +284,8 @@ def run(args: argparse.Namespace) -> int:
         body_timeout_s=args.body_timeout_s,
         keep_alive_s=args.keep_alive_s,
         max_connections=args.max_connections,
+        max_request_pixels=None if (mp := args.max_request_megapixels) is None else int(mp * 1e6),
+        decode_threads=args.decode_threads,
     )
     print(
         f"imgclf: serving {', '.join(paths)} on http://{args.host}:{args.port}/ "

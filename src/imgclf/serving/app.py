@@ -12,10 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -24,7 +27,8 @@ from starlette.requests import ClientDisconnect
 
 from imgclf._version import __version__
 from imgclf.errors import ModelFileError
-from imgclf.serving.batching import InferenceQueue, QueueFull
+from imgclf.serving.batching import MAX_BATCH, InferenceQueue, QueueFull
+from imgclf.serving.decoding import Decoded, decode_request, good_rows, predictions
 from imgclf.serving.guard import Guard
 from imgclf.serving.inputs import HTTPProblem, from_error, parse_top_k, problem, read_images
 from imgclf.serving.metrics import Metrics
@@ -53,6 +57,8 @@ class ServerState:
         )
         self.in_flight = 0
         self.draining = False
+        self.decoder = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="imgclf-decode")
+        self.decoding = 0  # images of requests in the decode step (bounded like the queue)
         for name in store.names():
             served = store.get(name)
             self.metrics.set_model(name, served.digest, served.classifier.arch)
@@ -105,10 +111,18 @@ class ServerState:
         finally:
             self.inferring -= 1
 
-    async def infer(self, request: Request, served: ServedModel, **work: Any) -> Any:
-        """Queue work for ``served`` and wait for it; a client that goes away cancels its queued work."""
+    def refuse_if_draining(self) -> None:
+        """503 once shutdown has begun: new work goes to another instance."""
         if self.draining:
             raise HTTPProblem(503, "server is shutting down; retry on another instance", {"retry-after": "1"})
+
+    async def infer(self, request: Request, served: ServedModel, admitted: bool = False, **work: Any) -> Any:
+        """Queue work for ``served`` and wait for it; a client that goes away cancels its queued work.
+
+        A request ``admitted`` before shutdown began (its images already decoding) is finished.
+        """
+        if not admitted:
+            self.refuse_if_draining()
         try:
             future = self.queue.submit(served, **work)
         except QueueFull as exc:
@@ -135,9 +149,58 @@ class ServerState:
             raise ClientDisconnect()
         return waiter.result()
 
+    async def decode(self, request: Request, served: ServedModel, images: list[bytes]) -> Decoded:
+        """Decode ``images`` in the decode pool within the request's pixel budget.
+
+        The request's cancellation (its deadline, its client gone) stops the decoding at the next image.
+        """
+        if self.decoding + len(images) > self.settings.max_queue:
+            busy = problem(
+                503,
+                "server busy",
+                received=f"{self.decoding} images being decoded (limit {self.settings.max_queue})",
+                expected="room in the queue (--max-queue)",
+                fix="retry after a second",
+            )
+            busy.headers["retry-after"] = "1"
+            raise busy
+        clf = served.classifier
+        budget = self.settings.request_pixels(*clf.preprocess.size)
+        cancelled = threading.Event()
+        self.decoding += len(images)
+        waiter: asyncio.Future[Any] = asyncio.wrap_future(
+            self.decoder.submit(decode_request, clf, images, budget, cancelled)
+        )
+        gone = asyncio.ensure_future(_client_gone(request))
+        try:
+            done, _ = await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            cancelled.set()  # done, or abandoned: a decode still running stops at its next image
+            if not waiter.done():
+                waiter.cancel()  # nobody waits for its outcome (Abandoned) any more
+            self.decoding -= len(images)
+        if waiter not in done:
+            raise ClientDisconnect()
+        return waiter.result()
+
+    async def classify(self, request: Request, served: ServedModel, images: list[bytes]) -> list[Any]:
+        """Predictions for encoded ``images``: decoded in the pool, then inferred a batch at a time
+        (the batches ``imgclf predict`` makes), so an abandoned request stops between batches."""
+        self.refuse_if_draining()
+        decoded = await self.decode(request, served, images)
+        parts = []
+        for start in range(0, len(images), MAX_BATCH):
+            rows = good_rows(decoded, start, start + MAX_BATCH)
+            if rows.stop > rows.start:
+                parts.append(await self.infer(request, served, True, pixels=decoded.pixels[rows]))
+        probs = np.concatenate(parts) if parts else np.zeros((0, served.classifier.num_classes), np.float32)
+        return predictions(served.classifier, decoded, probs)
+
     def close(self) -> None:
-        """Stop the inference thread (queued work finishes first)."""
+        """Stop the inference thread (queued work finishes first) and the decode pool."""
         self.queue.stop()
+        self.decoder.shutdown(wait=False, cancel_futures=True)
 
 
 async def _client_gone(request: Request) -> None:
@@ -212,7 +275,7 @@ def _add_v1(app: FastAPI, state: ServerState) -> None:
         top_k = parse_top_k(request.query_params.get("top_k"))
         with state.inferring_request():
             images = await read_images(request, state.settings.max_images)
-            preds = await state.infer(request, served, images=[data for _, data in images])
+            preds = await state.classify(request, served, [data for _, data in images])
         rows = [_row(filename, p, top_k) for (filename, _), p in zip(images, preds, strict=True)]
         good = sum(p.error is None for p in preds)
         state.metrics.images.labels(served.name).inc(good)

@@ -1,8 +1,10 @@
 """Inference off the event loop: one worker thread, a bounded queue, optional gathering of requests.
 
 Every forward pass runs on this one thread, so torch's thread count is fixed and requests never
-compete for cores. A request whose client is gone (its future cancelled) is dropped before its batch
-runs. With ``batch_delay_s > 0`` the worker gathers requests for the same model into one batch: it
+compete for cores. Its jobs hold model-sized pixels (decoded and resized by
+:mod:`imgclf.serving.decoding`'s pool) or a preprocessed FP32 tensor, so no request's decoding holds up
+another's forward pass. A request whose client is gone (its future cancelled) is dropped before its
+batch runs. With ``batch_delay_s > 0`` the worker gathers requests for the same model into one batch: it
 takes every job already queued and waits up to that long for more, but only while other inference
 requests are in progress (``active``), so a lone client never waits. The default is 0: each request is
 its own batch, so its probabilities are bitwise those of ``Classifier.predict`` on the same images
@@ -12,9 +14,9 @@ Usage::
 
     queue = InferenceQueue(max_queue=1024, batch_delay_s=0.0)
     queue.start()
-    future = queue.submit(served, [png_bytes])        # concurrent.futures.Future: a Prediction per image
+    future = queue.submit(served, pixels=uint8_nhwc)      # concurrent.futures.Future of (N, C) probabilities
     probs = queue.submit(served, tensor=batch).result()   # (N, C) for a preprocessed float32 batch
-    queue.stop()                                      # finishes the queued jobs first
+    queue.stop()                                          # finishes the queued jobs first
 """
 
 from __future__ import annotations
@@ -38,19 +40,20 @@ class QueueFull(Exception):
     """The queue holds ``max_queue`` images already; the caller answers 503."""
 
 
-@dataclass
+@dataclass(eq=False)  # identity: the queue removes jobs by identity, and arrays have no plain ==
 class InferenceJob:
-    """One request's work: encoded images (``images``) or a preprocessed FP32 batch (``tensor``)."""
+    """One request's work: decoded, resized images (``pixels``) or a preprocessed FP32 batch (``tensor``)."""
 
     model: ServedModel
-    images: list[bytes] = field(default_factory=list)
+    pixels: np.ndarray | None = None
     tensor: np.ndarray | None = None
     future: Future = field(default_factory=Future)
 
     @property
     def size(self) -> int:
         """Images in this job."""
-        return len(self.tensor) if self.tensor is not None else len(self.images)
+        batch = self.tensor if self.tensor is not None else self.pixels
+        return 0 if batch is None else len(batch)
 
 
 def tensor_probabilities(model: ServedModel, batch: np.ndarray) -> np.ndarray:
@@ -58,13 +61,14 @@ def tensor_probabilities(model: ServedModel, batch: np.ndarray) -> np.ndarray:
     return model.classifier.predict_proba_input(batch)
 
 
-def _run_images(jobs: list[InferenceJob]) -> list[Any]:
-    images = [img for job in jobs for img in job.images]
-    clf = jobs[0].model.classifier
-    preds = clf.predict(images, top_k=clf.num_classes, batch_size=MAX_BATCH, errors="return")
+def _run_pixels(jobs: list[InferenceJob]) -> list[Any]:
+    # One job alone is classified as imgclf predict classifies its batch: bitwise the same numbers.
+    arrays = [job.pixels for job in jobs if job.pixels is not None]  # every job here holds pixels
+    pixels = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+    probs = jobs[0].model.classifier.predict_proba_uint8(pixels, batch_size=MAX_BATCH)
     out, start = [], 0
     for job in jobs:
-        out.append(preds[start : start + job.size])
+        out.append(probs[start : start + job.size])
         start += job.size
     return out
 
@@ -116,17 +120,16 @@ class InferenceQueue:
             self._thread.join(timeout)
 
     def submit(
-        self, model: ServedModel, images: list[bytes] | None = None, tensor: np.ndarray | None = None
+        self, model: ServedModel, pixels: np.ndarray | None = None, tensor: np.ndarray | None = None
     ) -> Future:
-        """Queue encoded ``images`` (or a preprocessed ``tensor``) for ``model``; return its future.
+        """Queue uint8 ``pixels`` (N, H, W, 3) or a preprocessed ``tensor`` for ``model``; return its future.
 
-        The future's result is a list of :class:`imgclf.classifier.Prediction` (all classes in
-        ``top_k``), or a (N, C) probability array for a tensor.
+        The future's result is the (N, C) probability array.
 
         Raises:
             QueueFull: If accepting it would put more than ``max_queue`` images in the queue.
         """
-        job = InferenceJob(model, list(images or []), tensor)
+        job = InferenceJob(model, pixels, tensor)
         with self._cond:
             if self._stopping or self._waiting + job.size > self.max_queue:
                 raise QueueFull(f"{self._waiting} images queued (limit {self.max_queue})")
@@ -184,7 +187,7 @@ class InferenceQueue:
                 if batch[0].tensor is not None:
                     results: list[Any] = [tensor_probabilities(batch[0].model, batch[0].tensor)]
                 else:
-                    results = _run_images(batch)
+                    results = _run_pixels(batch)
             except BaseException as exc:  # noqa: BLE001 - handed to the waiting request, never lost
                 for job in batch:
                     job.future.set_exception(exc)

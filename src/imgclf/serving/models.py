@@ -30,7 +30,10 @@ class ServedModel:
         path: The model file it was loaded from.
         classifier: The loaded classifier.
         summary: :func:`imgclf.modelfile.inspect` of the file (the model card).
-        digest: The file's tensor-data digest (``integrity.tensors_sha256``).
+        digest: What identifies the served file: an .imgclf's tensor-data digest
+            (``integrity.tensors_sha256``), an .onnx's graph digest (``integrity.graph_sha256``, checked
+            by verify). An .onnx also records its source's tensor digest, but serving that would report
+            an .imgclf and its export as one file, and a reload from one to the other as no change.
     """
 
     name: str
@@ -132,7 +135,13 @@ def load_served(name: str, path: str, max_pixels: int | None = None) -> ServedMo
     # The first forward pass allocates and tunes kernels; a preprocessed input, so --max-pixels below
     # the model's own input size cannot refuse it.
     clf.predict_proba_input(np.zeros((1, 3, *clf.preprocess.size), dtype=np.float32))
-    return ServedModel(name, path, clf, summary, summary["integrity"]["tensors_sha256"])
+    return ServedModel(name, path, clf, summary, served_digest(summary))
+
+
+def served_digest(summary: dict[str, Any]) -> str:
+    """The digest a server reports for a file (see :class:`ServedModel`), from its inspect summary."""
+    integrity = summary["integrity"]
+    return integrity.get("graph_sha256") or integrity["tensors_sha256"]
 
 
 def _identity(path: str) -> tuple[int, int, int, int]:

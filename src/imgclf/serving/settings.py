@@ -12,6 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MB = 1024 * 1024
+# The default per-request pixel budget: this many times the pixels of a full request of model-sized
+# images, within these bounds (a model never sees more than its input size; larger images only cost
+# decoding time, and one image at the lower bound still fits).
+BUDGET_PER_MODEL_PIXEL = 10
+BUDGET_BOUNDS = (32_000_000, 64_000_000)
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,11 @@ class ServeSettings:
         max_connections: Most connections open at once (``--max-connections``); beyond it a 503 and
             close. Lowered at start to fit the process's open-file limit.
         max_header_bytes: Largest request line plus header block; larger is a 431.
+        max_request_pixels: Most decoded pixels one request's images may declare
+            (``--max-request-megapixels``); more is a 413 before any is decoded. None: sized for each
+            model (:meth:`request_pixels`).
+        decode_threads: Threads that decode requests' images (``--decode-threads``), beside the one
+            inference thread.
     """
 
     max_body_bytes: int = 20 * MB
@@ -55,3 +65,16 @@ class ServeSettings:
     # Above the 2,000 idle or trickling connections the server must survive (docs/serve.md).
     max_connections: int = 4096
     max_header_bytes: int = 16 * 1024
+    max_request_pixels: int | None = None
+    decode_threads: int = 2
+
+    def request_pixels(self, height: int, width: int) -> int:
+        """Decoded pixels one request may declare for a model of input ``height`` x ``width``.
+
+        ``max_request_pixels`` when set; otherwise ``BUDGET_PER_MODEL_PIXEL`` x ``max_images`` x the
+        model's input pixels, within ``BUDGET_BOUNDS``.
+        """
+        if self.max_request_pixels is not None:
+            return self.max_request_pixels
+        low, high = BUDGET_BOUNDS
+        return min(high, max(low, BUDGET_PER_MODEL_PIXEL * self.max_images * height * width))

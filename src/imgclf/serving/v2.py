@@ -1,7 +1,10 @@
 """The Open Inference Protocol v2 subset (KServe / Triton): health, metadata, infer, repository load.
 
-``infer`` takes one input: ``BYTES`` (base64-encoded image files, decoded by the one image path) or
-``FP32`` ``[N, 3, H, W]`` already preprocessed; it answers ``probabilities`` ``FP32 [N, C]``.
+``infer`` takes one input: ``BYTES`` (image files: base64 strings in JSON, raw bytes as binary data;
+decoded by the one image path) or ``FP32`` ``[N, 3, H, W]`` already preprocessed; it answers
+``probabilities`` ``FP32 [N, C]``, in JSON or, when asked, as binary data. Both directions support the
+binary tensor data extension (``Inference-Header-Content-Length``; see :mod:`imgclf.serving.v2_inputs`),
+so the official ``tritonclient.http`` works with its defaults.
 
 Usage::
 
@@ -10,16 +13,21 @@ Usage::
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from imgclf._version import __version__
-from imgclf.serving.inputs import HTTPProblem
-from imgclf.serving.v2_inputs import parse_v2
+from imgclf.serving.inputs import HTTPProblem, problem
+from imgclf.serving.v2_inputs import OUTPUT_NAME, parse_v2
 
 PLATFORM = "imgclf_pytorch"
+EXTENSIONS = ["model_repository", "binary_tensor_data"]
+HEADER_LENGTH = "inference-header-content-length"
 
 
 def _metadata(served: Any) -> dict[str, Any]:
@@ -39,32 +47,51 @@ def _metadata(served: Any) -> dict[str, Any]:
     }
 
 
-def _probability_rows(served: Any, preds: list[Any]) -> list[list[float]]:
-    """Probabilities in class order; v2 has no per-item errors, so one bad image fails the request."""
+def _probability_rows(served: Any, preds: list[Any]) -> np.ndarray:
+    """Probabilities (N, C) in class order; v2 has no per-item errors, so one bad image fails the request."""
     bad = [p for p in preds if p.error is not None]
     if bad:
         raise HTTPProblem(422, f"input image {preds.index(bad[0])}: {bad[0].error}")
     classes = served.classifier.class_names
-    return [[p.probabilities[c] for c in classes] for p in preds]
+    return np.array([[p.probabilities[c] for c in classes] for p in preds], dtype=np.float32)
 
 
-def _infer_response(served: Any, rows: list[list[float]], request_id: str | None) -> dict[str, Any]:
-    """The v2 inference response: one ``probabilities`` output, FP32 [N, C], row-major."""
-    out = {
-        "model_name": served.name,
-        "model_version": "1",
-        "outputs": [
-            {
-                "name": "probabilities",
-                "datatype": "FP32",
-                "shape": [len(rows), served.classifier.num_classes],
-                "data": [v for row in rows for v in row],
-            }
-        ],
+def _check_finite(probs: np.ndarray) -> None:
+    """A model output that is not finite (an extreme FP32 input) is the client's problem, not a 200."""
+    bad = np.flatnonzero(~np.isfinite(probs).all(axis=1))
+    if bad.size:
+        raise problem(
+            422,
+            "the model's output is not finite for this input",
+            received=f"probabilities of input row {int(bad[0])} hold NaN or infinity",
+            expected="inputs scaled like the model's preprocessing (GET /v2/models/NAME)",
+            fix="preprocess the images as the model's metadata says, or send them as BYTES",
+        )
+
+
+def _infer_response(served: Any, probs: np.ndarray, request_id: str | None, binary: bool) -> Response:
+    """The v2 inference response: one ``probabilities`` output, FP32 [N, C], row-major (JSON or binary)."""
+    output: dict[str, Any] = {
+        "name": OUTPUT_NAME,
+        "datatype": "FP32",
+        "shape": [len(probs), served.classifier.num_classes],
     }
+    raw = np.ascontiguousarray(probs, dtype="<f4").tobytes()
+    if binary:
+        output["parameters"] = {"binary_data_size": len(raw)}
+    else:
+        output["data"] = [float(v) for v in probs.ravel()]
+    out: dict[str, Any] = {"model_name": served.name, "model_version": "1", "outputs": [output]}
     if request_id is not None:
         out["id"] = request_id
-    return out
+    if not binary:
+        return JSONResponse(out)
+    head = json.dumps(out, separators=(",", ":")).encode()
+    return Response(
+        head + raw,
+        media_type="application/octet-stream",
+        headers={"inference-header-content-length": str(len(head))},
+    )
 
 
 def add_v2(app: FastAPI, state: Any) -> None:
@@ -72,7 +99,7 @@ def add_v2(app: FastAPI, state: Any) -> None:
 
     @app.get("/v2")
     async def server_metadata() -> dict[str, Any]:
-        return {"name": "imgclf", "version": __version__, "extensions": ["model_repository"]}
+        return {"name": "imgclf", "version": __version__, "extensions": EXTENSIONS}
 
     @app.get("/v2/health/live")
     async def live() -> dict[str, Any]:
@@ -93,17 +120,38 @@ def add_v2(app: FastAPI, state: Any) -> None:
         state.model(name)
         return JSONResponse({"name": name, "ready": not state.draining}, 503 if state.draining else 200)
 
-    @app.post("/v2/models/{name}/infer")
-    async def infer(request: Request, name: str) -> dict[str, Any]:
+    async def infer(request: Request, name: str) -> Response:
         served = state.model(name)
         with state.inferring_request():
             body = await request.body()
-            kind, payload, request_id = parse_v2(body, served, state.settings.max_images)
-            work = {"images": payload} if kind == "bytes" else {"tensor": payload}
-            result = await state.infer(request, served, **work)
-        rows = _probability_rows(served, result) if kind == "bytes" else result.tolist()
-        state.metrics.images.labels(served.name).inc(len(rows))
-        return _infer_response(served, rows, request_id)
+            # Parsing (up to --max-body-mb of JSON numbers) takes a while: the decode pool, not the loop.
+            header_length = request.headers.get(HEADER_LENGTH)
+            req = await asyncio.get_running_loop().run_in_executor(
+                state.decoder, parse_v2, body, served, state.settings.max_images, header_length
+            )
+            if req.kind == "bytes":
+                probs = _probability_rows(served, await state.classify(request, served, req.payload))
+            else:
+                probs = await state.infer(request, served, tensor=req.payload)
+        _check_finite(probs)
+        state.metrics.images.labels(served.name).inc(len(probs))
+        return _infer_response(served, probs, req.request_id, req.binary_output)
+
+    @app.post("/v2/models/{name}/infer")
+    async def infer_latest(request: Request, name: str) -> Response:
+        return await infer(request, name)
+
+    @app.post("/v2/models/{name}/versions/{version}/infer")
+    async def infer_version(request: Request, name: str, version: str) -> Response:
+        if version != "1":
+            raise problem(
+                404,
+                "no such model version",
+                received=repr(version[:20]),
+                expected="'1' (each name serves one version)",
+                fix="leave the version out: POST /v2/models/NAME/infer",
+            )
+        return await infer(request, name)
 
     @app.post("/v2/repository/models/{name}/load")
     async def load(name: str) -> dict[str, Any]:
