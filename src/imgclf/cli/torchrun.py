@@ -48,9 +48,11 @@ def add_launch_flags(d: argparse._ActionsContainer) -> None:
     )
     d.add_argument(
         "--sync-bn",
-        action="store_true",
-        help="under torchrun on CUDA: batch-norm statistics over the global batch (SyncBatchNorm); "
-        "default: each rank's own batch, running statistics averaged across ranks after every epoch",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="under torchrun: batch-norm statistics over the global batch, as one process computes them "
+        "(default); --no-sync-bn: each rank normalises with its own rows (a different, noisier run), "
+        "running statistics averaged across ranks after every epoch",
     )
 
 

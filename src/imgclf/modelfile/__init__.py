@@ -127,6 +127,18 @@ def verify(path: str | os.PathLike, *, tolerance: float = probes.TOLERANCE) -> V
     return report
 
 
+def _distributed(facts: Any) -> dict[str, Any] | None:
+    """The run's parallelism as recorded (world size, backend, batches, batch norm); files written before
+    ``global_batch`` was recorded get it as world size × per-rank batch."""
+    if not isinstance(facts, dict):
+        return None
+    facts = dict(facts)
+    size, per_rank = facts.get("world_size"), facts.get("per_rank_batch")
+    if "global_batch" not in facts and isinstance(size, int) and isinstance(per_rank, int):
+        facts["global_batch"] = size * per_rank
+    return facts
+
+
 def inspect(path: str | os.PathLike) -> dict[str, Any]:
     """Summarise a model file without building the model (the digests are checked).
 
@@ -152,6 +164,7 @@ def inspect(path: str | os.PathLike) -> dict[str, Any]:
         "imported_from": prov.get("imported_from"),
         "epoch": prov.get("epoch"),
         "device": prov.get("device"),
+        "distributed": _distributed(prov.get("distributed")),
         "probes": len(m.probes),
         "probe_kinds": [p.kind for p in m.probes],
         "integrity": m.integrity,

@@ -9,9 +9,11 @@ collective that times out later is reported the same way, naming the ranks that 
 Semantics kept from the single-process recipe: ``batch_size`` is the global batch; step ``i`` of an epoch
 uses the same global sample indices and augmentation parameters as one process would, and rank ``r``
 takes rows ``r*B/W … (r+1)*B/W`` of them. DDP averages the gradients, so each step's update is that of
-the global batch (up to float summation order). Batch norm normalises with each rank's own batch; the
-running statistics are averaged across ranks after every epoch, so all ranks hold (and rank 0 saves) the
-same model. ``sync_bn`` (CUDA only) normalises with the global batch instead.
+the global batch (up to float summation order). Batch norm, by default (``sync_bn``), normalises with
+the statistics of the whole global batch (:mod:`.global_bn`, any backend), so the step, and each update
+of the running statistics, is the single-process one too; without ``sync_bn`` each rank normalises with
+its own rows (a different, noisier run). Either way the running statistics are averaged across ranks
+after every epoch, so all ranks hold (and rank 0 saves) the same model.
 
 Usage::
 
@@ -55,11 +57,12 @@ class DistOptions:
     Attributes:
         timeout_s: Seconds a rank waits for the others (to join, or in a collective) before the run
             ends with an error naming the ranks that did not answer.
-        sync_bn: Batch-norm statistics over the global batch (``SyncBatchNorm``; CUDA only).
+        sync_bn: Batch-norm statistics over the global batch (:mod:`.global_bn`), as one process
+            computes them; ``False``: each rank's own rows.
     """
 
     timeout_s: float = DEFAULT_TIMEOUT_S
-    sync_bn: bool = False
+    sync_bn: bool = True
 
 
 def start_group(
@@ -69,7 +72,7 @@ def start_group(
     then a group of one, e.g. to measure DDP's own cost; it needs ``MASTER_ADDR``/``MASTER_PORT``).
 
     Raises:
-        UsageError: ``sync_bn`` on the CPU, or a bad timeout.
+        UsageError: A bad timeout.
         DistributedError: A rank did not join within ``options.timeout_s``.
     """
     if options.timeout_s <= 0:
@@ -78,13 +81,6 @@ def start_group(
             received=options.timeout_s,
             expected="seconds, e.g. 600",
             fix="pass --dist-timeout 600",
-        )
-    if options.sync_bn and device.type != "cuda":
-        raise UsageError(
-            "--sync-bn needs CUDA: SyncBatchNorm has no CPU implementation",
-            received=f"--sync-bn with device {device}",
-            expected="training on CUDA GPUs",
-            fix="drop --sync-bn (each rank then normalises with its own batch)",
         )
     if not world.distributed and not even_alone:
         return None
@@ -118,6 +114,7 @@ class Group:
     ) -> None:
         self.world, self.backend, self.options, self.store = world, backend, options, store
         self.device = device
+        self._unwrap: Callable[[], None] | None = None
         self._calls = 0  # collectives and waits so far: all ranks make the same sequence of them
 
     @property
@@ -130,12 +127,13 @@ class Group:
         return {
             "world_size": self.size,
             "backend": self.backend,
+            "global_batch": global_batch,
             "per_rank_batch": global_batch // self.size,
             "sync_bn": self.options.sync_bn,
             "launch_id": launch_id(),
-            "bn_running_stats": "averaged across ranks after every epoch"
-            if not self.options.sync_bn
-            else "synchronised (global batch)",
+            "bn_running_stats": "global batch, as one process (equal on every rank)"
+            if self.options.sync_bn
+            else "per-rank batches, averaged across ranks after every epoch",
         }
 
     def check_batch(self, batch: int) -> int:
@@ -163,19 +161,29 @@ class Group:
         return _shard(n, self.size, self.world.rank)
 
     def wrap(self, model: nn.Module) -> nn.Module:
-        """``model`` under DistributedDataParallel (SyncBatchNorm first with ``sync_bn``).
+        """``model`` under DistributedDataParallel; with ``sync_bn`` its batch-norm layers first switch
+        (in place, until :meth:`unwrap`) to global-batch statistics.
 
-        Buffers are not broadcast from rank 0 at every forward (``forward_sync_buffers=False``): each rank
-        keeps its own batch-norm statistics during an epoch (:meth:`average_buffers` joins them), and a
-        second forward before ``backward`` cannot hit the in-place buffer error (pytorch #22095).
+        Buffers are not broadcast from rank 0 at every forward (``forward_sync_buffers=False``): without
+        ``sync_bn`` each rank keeps its own batch-norm statistics during an epoch (:meth:`average_buffers`
+        joins them), and a second forward before ``backward`` cannot hit the in-place buffer error
+        (pytorch #22095).
         """
         from torch.nn.parallel import DistributedDataParallel
 
-        if self.options.sync_bn:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # shares parameters and buffers
+        from imgclf.training.global_bn import use_global_batch_norm
+
+        if self.options.sync_bn and self._unwrap is None:
+            self._unwrap = use_global_batch_norm(model)
         ids = [self.device.index] if self.device.type == "cuda" else None
         # At construction rank 0's parameters and buffers are broadcast once (they are equal anyway).
         return DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
+
+    def unwrap(self) -> None:
+        """Plain batch-norm layers again in the model :meth:`wrap` was given (e.g. before it is saved)."""
+        if self._unwrap is not None:
+            self._unwrap()
+            self._unwrap = None
 
     def _collective(self, what: str, fn: Callable[[], T]) -> T:
         self._calls += 1
@@ -218,9 +226,11 @@ class Group:
         return bool(total.item())
 
     def average_buffers(self, model: nn.Module) -> None:
-        """Replace each floating-point buffer (batch-norm running mean/var) with its mean over the ranks."""
-        if self.options.sync_bn:
-            return  # synchronised statistics are already equal on every rank
+        """Replace each floating-point buffer (batch-norm running mean/var) with its mean over the ranks.
+
+        With ``sync_bn`` the statistics are already those of the global batch on every rank: the mean of
+        equal values leaves them as they are, and guarantees every rank holds the same model.
+        """
         for buf in model.buffers():
             if buf.is_floating_point():
                 (total,) = self.sum_(buf)
