@@ -252,7 +252,7 @@ def test_nproc_starts_torchrun_with_the_same_command():
     assert cmd[0] == sys.executable
     assert cmd[1:] == [
         "-m",
-        "torch.distributed.run",
+        "imgclf.cli.torchrun",  # torch's launcher, run by us (see tests/cli/test_torchrun.py)
         "--standalone",
         "--nproc-per-node=2",
         "--max-restarts=3",

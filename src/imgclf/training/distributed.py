@@ -142,13 +142,7 @@ class Group:
         Raises:
             UsageError: If ``batch`` does not divide by the world size.
         """
-        if batch % self.size:
-            raise UsageError(
-                f"the global batch {batch} does not divide by the {self.size} processes",
-                received=f"batch {batch}, world size {self.size}",
-                expected=f"a multiple of {self.size} (--batch-size is the global batch, split across ranks)",
-                fix=f"use --batch-size {max(self.size, batch - batch % self.size)} or another multiple",
-            )
+        _check_batch(batch, self.size)
         return batch // self.size
 
     def local(self, rows: torch.Tensor) -> torch.Tensor:
@@ -281,6 +275,39 @@ class Group:
         """Leave the process group."""
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def check_launch(world_size: int, training_images: int, batch_size: int) -> None:
+    """What a run of ``world_size`` processes can check before any process group starts, from the
+    command line and the scanned dataset alone (every rank finds the same): at least one training image
+    per rank, and a global batch (``--batch-size``, or all the images when there are fewer) that divides
+    by the world size.
+
+    Raises:
+        UsageError: Fewer training images than processes, or a batch that does not divide.
+    """
+    if world_size <= 1:
+        return
+    if training_images < world_size:
+        raise UsageError(
+            f"{world_size} processes for {training_images} training image(s): every process needs at least "
+            "one image of every batch",
+            received=f"{training_images} training images, world size {world_size}",
+            expected=f"at least {world_size} training images (one per process)",
+            fix=f"start at most {max(1, training_images)} process(es) (--nproc-per-node / --nproc), "
+            "or add training images",
+        )
+    _check_batch(min(batch_size, training_images), world_size)
+
+
+def _check_batch(batch: int, size: int) -> None:
+    if batch % size:
+        raise UsageError(
+            f"the global batch {batch} does not divide by the {size} processes",
+            received=f"batch {batch}, world size {size}",
+            expected=f"a multiple of {size} (--batch-size is the global batch, split across ranks)",
+            fix=f"use --batch-size {max(size, batch - batch % size)} or another multiple",
+        )
 
 
 def _shard(n: int, size: int, rank: int) -> slice:

@@ -10,11 +10,13 @@ Usage::
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import torch
 
+from imgclf.errors import ImgclfError
 from imgclf.progress import Log
 from imgclf.training.checkpoint import CheckpointDamaged, list_checkpoints, read_checkpoint
 from imgclf.training.distributed import Group
@@ -29,6 +31,20 @@ def rank_device(device: torch.device, world: World) -> torch.device:
     if device.type == "cuda" and world.distributed:
         return torch.device("cuda", world.local_rank)
     return device
+
+
+@contextlib.contextmanager
+def alike_on_every_rank(world: World) -> Iterator[None]:
+    """Mark the errors raised inside as ones every rank of a launch finds alike (the command line, the
+    dataset scanned before the process group starts), so that one rank reports them for all
+    (:func:`imgclf.world.reports_alike_errors`) and a bad launch fails with one line, not one per rank.
+    """
+    try:
+        yield
+    except ImgclfError as exc:
+        if world.distributed:
+            exc.alike_on_every_rank = True  # type: ignore[attr-defined]
+        raise
 
 
 def restart_resume(run_dir: str, resume: bool, force: bool, log: Log) -> tuple[bool, bool]:
