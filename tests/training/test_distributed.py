@@ -30,12 +30,10 @@ WORKER = Path(__file__).with_name("dist_worker.py")
 SRC = Path(__file__).resolve().parents[2] / "src"
 # Two processes each sum half a batch's gradients (and batch-norm statistics) and DDP averages the
 # halves, where one process sums the whole batch: the same numbers added in another order, a few float32
-# ulps (1.2e-7 relative) per step, carried on by momentum. Measured (small_cnn with batch norm, 3
-# epochs, 9 steps): 3.9e-7 at most; 1e-5 leaves room for BLAS differences between machines while still
-# catching a wrong split or per-rank batch norm (those move weights by 1e-3 or more).
+# ulps per step, carried on by momentum. The tolerances leave room for BLAS differences between machines
+# while still catching a wrong split or per-rank batch norm, which move weights and validation losses by
+# orders of magnitude more (the measured gaps are in docs/distributed.md).
 ATOL = 1e-5
-# The same for the validation loss per epoch: measured 6e-8 apart; per-rank batch norm: 6e-5 after
-# epoch 1, 9e-3 after epoch 2.
 VAL_LOSS_TOL = 1e-5
 EPOCHS = 3
 
@@ -315,8 +313,10 @@ def test_train_nproc_runs_two_workers_and_rank_0_alone_reports(tmp_path):
 def test_the_seed_resnet_on_two_processes_reaches_the_one_process_accuracy(tmp_path):
     # The issue asks for the demo data; the seed ResNet needs ~20 epochs at 64x64 there (18 min of CPU
     # for both runs on 2 cores: measured by hand, 0.97 vs 0.97, see docs/distributed.md). The synthetic
-    # shapes are learned in 6 epochs at 32x32, so the same comparison fits the suite: per-rank batch
-    # norm and averaged running statistics must not cost accuracy.
+    # shapes are learned in 6 epochs at 32x32, so the same comparison fits the suite. It compares only
+    # the final accuracy of the epoch --keep best picked, on easy data, so it did not catch issue 30
+    # (per-rank batch norm, a validation loss of 1e3 in other epochs): the epoch-by-epoch comparison
+    # (test_two_processes_validate_as_one_epoch_by_epoch) does.
     data = make_dataset(tmp_path / "data", {"training": 40, "validation": 8, "testing": 20})
     flags = ["--size", "32", "--epochs", "6", "--batch-size", "16", "--device", "cpu", "--precision", "fp32"]
     accuracy = {}
