@@ -22,10 +22,9 @@ from torch import nn
 
 from imgclf.config import PreprocessSpec, TrainConfig
 from imgclf.models.registry import register
-from imgclf.training.distributed import DistOptions
+from imgclf.training.distributed import DistOptions, restart_count
 from imgclf.training.loop import Callback
 from imgclf.training.pipeline import train
-from imgclf.training.rendezvous import restart_count
 from imgclf.world import World
 
 

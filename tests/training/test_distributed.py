@@ -270,7 +270,7 @@ def test_bad_nproc_is_a_usage_error():
 
 
 def test_a_torchrun_restart_resumes_only_its_own_launch(tmp_path, monkeypatch):
-    from imgclf.training.ranks import restart_resume
+    from imgclf.training.distributed import restart_resume
 
     notes: list[str] = []
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
@@ -282,7 +282,7 @@ def test_a_torchrun_restart_resumes_only_its_own_launch(tmp_path, monkeypatch):
 
 
 def test_resuming_with_another_world_size_warns():
-    from imgclf.training.ranks import note_world_change
+    from imgclf.training.distributed import note_world_change
 
     notes: list[str] = []
     group = Group(World(rank=0, size=2), "gloo", DistOptions(), store=None, device=torch.device("cpu"))

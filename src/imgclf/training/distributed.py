@@ -15,9 +15,17 @@ of the running statistics, is the single-process one too; without ``sync_bn`` ea
 its own rows (a different, noisier run). Either way the running statistics are averaged across ranks
 after every epoch, so all ranks hold (and rank 0 saves) the same model.
 
+It also holds what a training run does differently as one rank of several: its device, resuming after a
+torchrun restart (``TORCHELASTIC_RESTART_COUNT``, ``TORCHELASTIC_RUN_ID``), which rank does the one-off
+work, and the checks made before the process group starts (:func:`check_launch`).
+
 Usage::
 
+    check_launch(world.size, training_images=360, batch_size=32)      # before any rank joins
+    device = rank_device(resolve_device(config.device), world)        # cuda:LOCAL_RANK under torchrun
+    resume, force = restart_resume(run_dir, resume, force, log)        # a restarted group resumes itself
     group = start_group(World.from_env(), device, DistOptions(timeout_s=300))   # None: world of one
+    decoded = main_first(group, "decoding", lambda: decode_splits(...))
     net = group.wrap(state.model)                       # DistributedDataParallel
     idx = group.local(perm[i * batch:(i + 1) * batch])  # this rank's rows of the global batch
     group.close()
@@ -25,7 +33,9 @@ Usage::
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -34,14 +44,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from imgclf.errors import DistributedError, UsageError
-from imgclf.training.rendezvous import (
-    first_line,
-    join_store,
-    launch_id,
-    roll_call,
-    wait_all,
-)
+from imgclf.errors import DistributedError, ImgclfError, UsageError
+from imgclf.progress import Log
+from imgclf.training.checkpoint import CheckpointDamaged, list_checkpoints, read_checkpoint
 from imgclf.world import DIST_TIMEOUT_S as DEFAULT_TIMEOUT_S
 from imgclf.world import World
 
@@ -314,3 +319,142 @@ def _shard(n: int, size: int, rank: int) -> slice:
     base, extra = divmod(n, size)
     start = rank * base + min(rank, extra)
     return slice(start, start + base + (1 if rank < extra else 0))
+
+
+# --- meeting the other ranks: the rendezvous store, the roll-call, torchrun's restart facts ---
+
+
+def restart_count(environ: dict[str, str] | None = None) -> int:
+    """How often torchrun has restarted this worker group (``TORCHELASTIC_RESTART_COUNT``; 0 without)."""
+    env = os.environ if environ is None else environ
+    raw = env.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return int(raw) if raw.isdigit() else 0
+
+
+def launch_id(environ: dict[str, str] | None = None) -> str | None:
+    """The torchrun launch this worker belongs to (``TORCHELASTIC_RUN_ID``, kept across restarts)."""
+    env = os.environ if environ is None else environ
+    return env.get("TORCHELASTIC_RUN_ID") or None
+
+
+def join_store(world: World, timeout: timedelta) -> Any:
+    """The rendezvous key-value store: torchrun's own (its agent holds it), else one rank 0 serves at
+    ``MASTER_ADDR:MASTER_PORT`` without waiting for the others (the roll-call then names who is missing).
+    """
+    env = os.environ
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        store, _, _ = next(dist.rendezvous("env://", world.rank, world.size, timeout=timeout))
+        # The agent's store outlives a restart of the workers: keys of an earlier attempt (gloo's peer
+        # addresses, our roll-call) must not be seen again.
+        return dist.PrefixStore(f"imgclf/attempt-{restart_count()}", store)
+    addr, port = env.get("MASTER_ADDR", ""), env.get("MASTER_PORT", "")
+    if not addr or not port.isdigit():
+        raise UsageError(
+            "RANK and WORLD_SIZE are set but MASTER_ADDR/MASTER_PORT are not",
+            received=f"MASTER_ADDR={addr!r} MASTER_PORT={port!r}",
+            expected="the address and port of rank 0, as torchrun sets them",
+            fix="start the command with torchrun, or set MASTER_ADDR and MASTER_PORT on every rank",
+        )
+    return dist.TCPStore(
+        addr, int(port), world.size, is_master=world.rank == 0, timeout=timeout, wait_for_workers=False
+    )
+
+
+def roll_call(store: Any, world: World, timeout_s: float) -> None:
+    """Every rank checks in; after ``timeout_s`` the ranks that did not are named."""
+    store.set(f"imgclf/joined/{world.rank}", "1")
+    wait_all(store, "joined", world, timeout_s, f"did not join within --dist-timeout {timeout_s:g} s")
+
+
+def wait_all(store: Any, tag: str, world: World, timeout_s: float, problem: str) -> None:
+    keys = [f"imgclf/{tag}/{r}" for r in range(world.size)]
+    try:
+        store.wait(keys, timedelta(seconds=timeout_s))
+    except RuntimeError:
+        missing = [r for r, key in enumerate(keys) if not store.check([key])]
+        raise DistributedError(
+            f"{ranks_text(missing)} {problem} (seen by rank {world.rank} of {world.size})",
+            expected=f"all {world.size} ranks started and answering",
+            fix="check that every rank started (its log, its node), or raise --dist-timeout",
+        ) from None
+
+
+def ranks_text(ranks: list[int]) -> str:
+    if not ranks:
+        return "a rank"
+    return ("rank " if len(ranks) == 1 else "ranks ") + ", ".join(map(str, ranks))
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+# --- what a training run does differently as one rank of several ---
+
+
+def rank_device(device: torch.device, world: World) -> torch.device:
+    """The device of this rank: ``cuda`` (no index) becomes ``cuda:LOCAL_RANK`` under torchrun."""
+    if device.type == "cuda" and world.distributed:
+        return torch.device("cuda", world.local_rank)
+    return device
+
+
+@contextlib.contextmanager
+def alike_on_every_rank(world: World) -> Iterator[None]:
+    """Mark the errors raised inside as ones every rank of a launch finds alike (the command line, the
+    dataset scanned before the process group starts), so that one rank reports them for all
+    (:func:`imgclf.world.reports_alike_errors`) and a bad launch fails with one line, not one per rank.
+    """
+    try:
+        yield
+    except ImgclfError as exc:
+        if world.distributed:
+            exc.alike_on_every_rank = True  # type: ignore[attr-defined]
+        raise
+
+
+def restart_resume(run_dir: str, resume: bool, force: bool, log: Log) -> tuple[bool, bool]:
+    """``(resume, force)`` for this start: after a torchrun restart the run continues from its newest
+    checkpoint by itself (or, killed before the first checkpoint, starts over in its own run folder).
+    Checkpoints of an earlier launch (another ``TORCHELASTIC_RUN_ID``) are not resumed silently.
+    """
+    restarts = restart_count()
+    if restarts == 0 or resume:
+        return resume, force
+    launches = [_launch_of(path) for path in list_checkpoints(run_dir)[:1]]
+    if launches and launches[0] == launch_id():
+        log(f"note: torchrun restart {restarts}: resuming from the newest checkpoint in {run_dir}")
+        return True, force
+    if launches:  # an earlier launch's run: the first attempt's own checks apply again
+        return resume, force
+    log(f"note: torchrun restart {restarts}: no checkpoint yet, starting the run over")
+    return False, True
+
+
+def _launch_of(path: str) -> str | None:
+    """The torchrun launch that wrote a checkpoint (``None`` if unknown or unreadable)."""
+    try:
+        state = read_checkpoint(path).state
+    except CheckpointDamaged:
+        return launch_id()  # damaged newest file: resuming sets it aside and takes the one before
+    return (state.get("distributed") or {}).get("launch_id")
+
+
+def main_first(group: Group | None, what: str, fn: Callable[[], T], *, others_too: bool = True) -> T | None:
+    """``fn()`` in one process; under several, rank 0 first (see :meth:`Group.main_first`)."""
+    if group is None:
+        return fn()
+    return group.main_first(what, fn, others_too=others_too)
+
+
+def note_world_change(checkpoint_state: dict[str, Any], group: Group | None, log: Log) -> None:
+    """Warn when a run resumes with another number of processes than its checkpoint was written by."""
+    saved = (checkpoint_state.get("distributed") or {}).get("world_size", 1)
+    now = group.size if group is not None else 1
+    if saved != now:
+        log(
+            f"warning: the checkpoint was written by a run of {saved} process(es), this one has {now}: "
+            "the global batch and sample order are kept, but the result is not bitwise that of an "
+            "uninterrupted run (batch-norm statistics and float sums are per-rank)"
+        )

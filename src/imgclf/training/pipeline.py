@@ -28,13 +28,19 @@ from imgclf.images.read import MAX_PIXELS, checked_max_pixels
 from imgclf.models import registry
 from imgclf.progress import Log, quiet
 from imgclf.training.device import resolve_device
-from imgclf.training.distributed import DistOptions, check_launch, start_group
+from imgclf.training.distributed import (
+    DistOptions,
+    alike_on_every_rank,
+    check_launch,
+    rank_device,
+    restart_resume,
+    start_group,
+)
 from imgclf.training.job import Job, TrainResult, owned_run_dir, plan_run, train_in_folder
 from imgclf.training.loop import Callback
 from imgclf.training.preflight import (
     refuse_overwrite,
 )
-from imgclf.training.ranks import alike_on_every_rank, rank_device, restart_resume
 from imgclf.training.runfolder import (
     read_record,
 )
