@@ -374,8 +374,7 @@ NOT_RUN = {
     "needs several processes (torchrun)": [
         "cli/torchrun.py",
         "training/distributed.py",
-        "training/ranks.py",
-        "training/rendezvous.py",
+        "training/global_bn.py",
     ],
     "changes the whole process (the malloc allocator)": ["cli/allocator.py"],
 }

@@ -39,3 +39,19 @@ def test_a_broken_environment_is_a_usage_error(env, message):
         World.from_env(env)
     assert str(info.value).startswith(message)
     assert info.value.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("env", "reports"),
+    [
+        ({}, True),  # not under torchrun
+        ({"RANK": "0", "WORLD_SIZE": "4", "LOCAL_RANK": "0", "GROUP_RANK": "0"}, True),
+        ({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "3", "GROUP_RANK": "0"}, False),  # rank 0's machine
+        ({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "GROUP_RANK": "1"}, True),  # another machine
+        ({"RANK": "1", "WORLD_SIZE": "2"}, False),
+    ],
+)
+def test_on_rank_0s_machine_only_rank_0_reports_an_error_every_rank_finds(env, reports):
+    from imgclf.world import reports_alike_errors
+
+    assert reports_alike_errors(env) is reports

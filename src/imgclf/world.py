@@ -94,3 +94,17 @@ class World:
                 fix="start the command with torchrun, or unset RANK, WORLD_SIZE and LOCAL_RANK",
             )
         return world
+
+
+def reports_alike_errors(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether this process prints an error that every rank of a torchrun launch finds alike (a bad
+    command line, an unreadable dataset): rank 0, every process outside torchrun, and the ranks on other
+    machines than rank 0's (``GROUP_RANK`` > 0: they may see another filesystem). The other ranks on rank
+    0's machine exit quietly, so such a launch fails with one line instead of one per rank.
+    """
+    env = os.environ if environ is None else environ
+    try:
+        world = World.from_env(env)
+    except UsageError:
+        return True
+    return world.is_main or env.get("GROUP_RANK", "0") not in ("", "0")

@@ -22,10 +22,9 @@ from torch import nn
 
 from imgclf.config import PreprocessSpec, TrainConfig
 from imgclf.models.registry import register
-from imgclf.training.distributed import DistOptions
+from imgclf.training.distributed import DistOptions, restart_count
 from imgclf.training.loop import Callback
 from imgclf.training.pipeline import train
-from imgclf.training.rendezvous import restart_count
 from imgclf.world import World
 
 
@@ -67,9 +66,11 @@ def main() -> None:
     p.add_argument("model")
     p.add_argument("--arch", default="nobn")
     p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--size", type=int, default=16)
     p.add_argument("--kill-at", default=None)
     p.add_argument("--kill-rank", type=int, default=0)
     p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--per-rank-bn", action="store_true", help="each rank's own batch-norm statistics")
     args = p.parse_args()
     torch.set_num_threads(1)
     config = TrainConfig(
@@ -77,7 +78,7 @@ def main() -> None:
         arch_args={"widths": [4, 8]} if args.arch == "small_cnn" else {},
         epochs=args.epochs,
         batch_size=8,
-        preprocess=PreprocessSpec(height=16, width=16),
+        preprocess=PreprocessSpec(height=args.size, width=args.size),
         precision="fp32",
         device="cpu",
         seed=3,
@@ -86,7 +87,7 @@ def main() -> None:
     if args.kill_at and restart_count() == 0 and World.from_env().rank == args.kill_rank:
         epoch, step = map(int, args.kill_at.split(":"))
         callbacks.append(KillAt(epoch, step))
-    options = DistOptions(timeout_s=args.timeout)
+    options = DistOptions(timeout_s=args.timeout, sync_bn=not args.per_rank_bn)
     train(args.dataset, args.model, config, callbacks=callbacks, distributed=options)
 
 

@@ -1,6 +1,7 @@
 """Training under torchrun on the CPU (gloo, 2 processes, tiny data): the same maths as one process on the
-same global batch, exact sharded metrics, a rank that never joins, and a SIGKILLed worker restarted by
-torchrun that ends bitwise equal to an uninterrupted run.
+same global batch (batch norm included: it normalises with the global batch), epoch by epoch, exact
+sharded metrics, a rank that never joins, and a SIGKILLed worker restarted by torchrun that ends bitwise
+equal to an uninterrupted run.
 
 Every multi-process run is a subprocess bounded by a timeout (``dist_worker.py`` beside this file).
 """
@@ -27,11 +28,14 @@ from imgclf.world import World
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 SRC = Path(__file__).resolve().parents[2] / "src"
-# Two processes each sum half a batch's gradients and DDP averages the halves, where one process sums
-# the whole batch: the same numbers added in another order, a few float32 ulps (1.2e-7 relative) per
-# step, carried on by momentum. Measured after 4 steps: 7.4e-8 at most; 1e-5 leaves room for BLAS
-# differences between machines while still catching a wrong split (that moves weights by 1e-3 or more).
+# Two processes each sum half a batch's gradients (and batch-norm statistics) and DDP averages the
+# halves, where one process sums the whole batch: the same numbers added in another order, a few float32
+# ulps per step, carried on by momentum. The tolerances leave room for BLAS differences between machines
+# while still catching a wrong split or per-rank batch norm, which move weights and validation losses by
+# orders of magnitude more (the measured gaps are in docs/distributed.md).
 ATOL = 1e-5
+VAL_LOSS_TOL = 1e-5
+EPOCHS = 3
 
 
 def _env() -> dict[str, str]:
@@ -76,11 +80,12 @@ def _odd_dataset(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def one_and_two(tmp_path_factory):
-    """The same recipe (no batch norm) trained by 1 and by 2 processes."""
+    """The same recipe (small_cnn, with batch norm) trained by 1 and by 2 processes."""
     base = tmp_path_factory.mktemp("dist")
     data = _odd_dataset(base / "data")
-    _run([str(WORKER), str(data), str(base / "one.imgclf")])
-    _torchrun(str(data), str(base / "two.imgclf"))
+    recipe = ["--arch", "small_cnn", "--epochs", str(EPOCHS)]
+    _run([str(WORKER), str(data), str(base / "one.imgclf"), *recipe])
+    _torchrun(str(data), str(base / "two.imgclf"), *recipe)
     return base, data
 
 
@@ -98,6 +103,18 @@ def test_two_processes_train_as_one_on_the_global_batch(one_and_two):
         assert round(a["accuracy"] * 20) == round(b["accuracy"] * 20)  # the epoch's 20 images, counted
         assert round(a["val_accuracy"] * 5) == round(b["val_accuracy"] * 5)
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
+
+
+def test_two_processes_validate_as_one_epoch_by_epoch(one_and_two):
+    """Issue 30: a 2-process run judged only by its final accuracy hid a validation loss of 1e3 (batch
+    norm normalised each rank's half batch, so the run was another run). Every epoch's validation loss
+    must be the 1-process one."""
+    base, _ = one_and_two
+    h1 = json.loads((base / "one-run" / "history.json").read_text())
+    h2 = json.loads((base / "two-run" / "history.json").read_text())
+    assert len(h1) == len(h2) == EPOCHS
+    for a, b in zip(h1, h2, strict=True):
+        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=0, abs=VAL_LOSS_TOL), (a, b)
 
 
 def test_sharded_metrics_are_exact_when_the_split_does_not_divide(one_and_two):
@@ -121,13 +138,35 @@ def test_the_model_file_and_checkpoints_record_the_world(one_and_two):
         2,
         "gloo",
         4,
-        False,
+        True,
     )
     assert imgclf_manifest(base / "one.imgclf")["provenance"]["distributed"]["world_size"] == 1
     newest = read_checkpoint(list_checkpoints(base / "two-run")[0])
     assert newest.state["distributed"]["world_size"] == 2
     leftovers = [p.name for p in (base / "two-run").rglob("*") if ".tmp" in p.name]
     assert leftovers == []  # rank 0 wrote every file atomically; the others wrote none
+
+
+def test_inspect_shows_the_world_a_model_was_trained_by(one_and_two):
+    """Issue 30: the world size was in the provenance, but neither inspect nor inspect --json showed it."""
+    base, _ = one_and_two
+    code, out, _ = run_cli("inspect", base / "two.imgclf")
+    assert code == 0
+    line = "processes       2 (gloo), global batch 8 = 4 per rank, batch norm over the global batch"
+    assert line in out.splitlines()
+    code, out, _ = run_cli("inspect", base / "two.imgclf", "--json")
+    facts = json.loads(out)["distributed"]
+    assert {k: facts[k] for k in ("world_size", "backend", "global_batch", "per_rank_batch", "sync_bn")} == {
+        "world_size": 2,
+        "backend": "gloo",
+        "global_batch": 8,
+        "per_rank_batch": 4,
+        "sync_bn": True,
+    }
+    code, out, _ = run_cli("inspect", base / "one.imgclf")
+    assert "processes       1 (batch 8)" in out.splitlines()
+    code, out, _ = run_cli("inspect", base / "one.imgclf", "--json")
+    assert json.loads(out)["distributed"]["world_size"] == 1
 
 
 def imgclf_manifest(path: Path) -> dict:
@@ -167,7 +206,7 @@ def test_a_rank_that_never_joins_ends_the_run_within_the_timeout(tmp_path):
 def test_a_killed_worker_is_restarted_and_ends_bitwise_equal(tmp_path):
     """SIGKILL rank 0 after step 1 of epoch 2 (of 2); torchrun restarts the group once, it resumes from
     epoch 1's checkpoint, and the model equals an uninterrupted 2-process run bit for bit (batch norm
-    included: its statistics are averaged across ranks after every epoch)."""
+    included: its statistics are those of the global batch, equal on every rank)."""
     data = _odd_dataset(tmp_path / "data")
     _torchrun(str(data), str(tmp_path / "whole.imgclf"), "--arch", "small_cnn")
     killed = _torchrun(
@@ -197,9 +236,6 @@ def test_shards_cover_every_item_once_without_padding(n):
     assert max(map(len, parts)) - min(map(len, parts)) <= 1
 
 
-def test_sync_bn_on_the_cpu_is_refused_before_anything_starts():
-    with pytest.raises(UsageError, match="--sync-bn needs CUDA"):
-        start_group(World(), torch.device("cpu"), DistOptions(sync_bn=True))
 
 
 def test_one_process_has_no_group():
@@ -214,7 +250,7 @@ def test_nproc_starts_torchrun_with_the_same_command():
     assert cmd[0] == sys.executable
     assert cmd[1:] == [
         "-m",
-        "torch.distributed.run",
+        "imgclf.cli.torchrun",  # torch's launcher, run by us (see tests/cli/test_torchrun.py)
         "--standalone",
         "--nproc-per-node=2",
         "--max-restarts=3",
@@ -234,7 +270,7 @@ def test_bad_nproc_is_a_usage_error():
 
 
 def test_a_torchrun_restart_resumes_only_its_own_launch(tmp_path, monkeypatch):
-    from imgclf.training.ranks import restart_resume
+    from imgclf.training.distributed import restart_resume
 
     notes: list[str] = []
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
@@ -246,7 +282,7 @@ def test_a_torchrun_restart_resumes_only_its_own_launch(tmp_path, monkeypatch):
 
 
 def test_resuming_with_another_world_size_warns():
-    from imgclf.training.ranks import note_world_change
+    from imgclf.training.distributed import note_world_change
 
     notes: list[str] = []
     group = Group(World(rank=0, size=2), "gloo", DistOptions(), store=None, device=torch.device("cpu"))
@@ -277,8 +313,10 @@ def test_train_nproc_runs_two_workers_and_rank_0_alone_reports(tmp_path):
 def test_the_seed_resnet_on_two_processes_reaches_the_one_process_accuracy(tmp_path):
     # The issue asks for the demo data; the seed ResNet needs ~20 epochs at 64x64 there (18 min of CPU
     # for both runs on 2 cores: measured by hand, 0.97 vs 0.97, see docs/distributed.md). The synthetic
-    # shapes are learned in 6 epochs at 32x32, so the same comparison fits the suite: per-rank batch
-    # norm and averaged running statistics must not cost accuracy.
+    # shapes are learned in 6 epochs at 32x32, so the same comparison fits the suite. It compares only
+    # the final accuracy of the epoch --keep best picked, on easy data, so it did not catch issue 30
+    # (per-rank batch norm, a validation loss of 1e3 in other epochs): the epoch-by-epoch comparison
+    # (test_two_processes_validate_as_one_epoch_by_epoch) does.
     data = make_dataset(tmp_path / "data", {"training": 40, "validation": 8, "testing": 20})
     flags = ["--size", "32", "--epochs", "6", "--batch-size", "16", "--device", "cpu", "--precision", "fp32"]
     accuracy = {}
@@ -291,3 +329,23 @@ def test_the_seed_resnet_on_two_processes_reaches_the_one_process_accuracy(tmp_p
         accuracy[nproc] = report["report"]["accuracy"]
     assert accuracy[1] >= 0.85, accuracy  # the recipe learned the shapes at all
     assert accuracy[2] >= accuracy[1] - 0.05, accuracy  # two of 40 test images' leeway: BN sees half batches
+
+
+BN_WORKER = Path(__file__).with_name("bn_worker.py")
+
+
+def test_evaluation_after_the_epoch_end_sync_equals_one_process(tmp_path):
+    """Issue 30: after the epoch-end synchronisation, the model every rank holds (and rank 0 saves)
+    must judge in evaluation mode as one process trained on the same global batches does. The two
+    ranks' halves differ in brightness: per-rank batch norm (normalising, and estimating the running
+    variance, from each half) is off by far more than float noise."""
+    import bn_worker
+
+    out = tmp_path / "two.safetensors"
+    _run(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(BN_WORKER), str(out)])
+    two = _tensors(out)
+    one = bn_worker.train_and_judge(None)
+    assert bool(two["plain_bn"])  # the model leaves training with its own batch-norm layers
+    for key in ("model.features.1.running_mean", "model.features.1.running_var"):
+        torch.testing.assert_close(two[key], one[key], rtol=1e-5, atol=1e-6, msg=key)
+    torch.testing.assert_close(two["logits"], one["logits"], rtol=1e-5, atol=1e-5)

@@ -126,6 +126,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             f"seed {t.get('seed')}; saved epoch {info.get('epoch')} on {info.get('device')}"
         )
         lines.append(f"recipe          {_recipe(t)}")
+    if info.get("distributed"):
+        lines.append(_distributed_line(info["distributed"]))
     if info.get("metrics"):
         lines.append(_metrics_line(info["metrics"]))
     if info.get("data"):
@@ -159,6 +161,21 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     for line in lines:
         stdout_line(safe_text(line))
     return 0
+
+
+def _distributed_line(facts: dict) -> str:
+    """``processes       2 (gloo), global batch 32 = 16 per rank, batch norm over the global batch``."""
+    size = facts.get("world_size")
+    if size == 1:
+        return f"processes       1 (batch {facts.get('global_batch')})"
+    if facts.get("sync_bn"):
+        bn = "batch norm over the global batch"
+    else:
+        bn = "batch norm per rank, running statistics averaged"
+    return (
+        f"processes       {size} ({facts.get('backend')}), global batch {facts.get('global_batch')} = "
+        f"{facts.get('per_rank_batch')} per rank, {bn}"
+    )
 
 
 def _metrics_line(metrics: dict) -> str:

@@ -173,6 +173,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.list_archs:
         return list_archs()
     if args.nproc and not World.from_env().distributed:  # start the workers, which run this command
+        _check_launch(args)
         return launch(getattr(args, "argv", None) or ["train"], args.nproc, args.max_restarts)
     dataset, model, plot, config, run_dir = _train_inputs(args)
     try:
@@ -182,6 +183,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         err(f"note: {done}")
         return done.exit_code
+
+
+def _check_launch(args: argparse.Namespace) -> None:
+    """Before ``--nproc N`` starts any process: the recipe valid, the dataset readable, at least one
+    training image per process and a global batch that divides by N (each a one-line error here, instead
+    of one per worker)."""
+    from imgclf.data.folders import scan_dataset
+    from imgclf.training.distributed import check_launch
+
+    dataset, _, _, config, _ = _train_inputs(args)
+    config = config.validated()
+    ds = scan_dataset(dataset, val_split=config.val_split, test_split=config.test_split, seed=config.seed)
+    check_launch(args.nproc, len(ds.splits["training"]), config.batch_size)
 
 
 def _train(

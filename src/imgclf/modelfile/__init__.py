@@ -127,6 +127,18 @@ def verify(path: str | os.PathLike[str], *, tolerance: float = probes.TOLERANCE)
     return report
 
 
+def _distributed(facts: Any) -> dict[str, Any] | None:
+    """The run's parallelism as recorded (world size, backend, batches, batch norm); files written before
+    ``global_batch`` was recorded get it as world size × per-rank batch."""
+    if not isinstance(facts, dict):
+        return None
+    settings: dict[str, Any] = dict(facts)
+    size, per_rank = settings.get("world_size"), settings.get("per_rank_batch")
+    if "global_batch" not in settings and isinstance(size, int) and isinstance(per_rank, int):
+        settings["global_batch"] = size * per_rank
+    return settings
+
+
 def inspect(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Summarise a model file without building the model (the digests are checked).
 
@@ -153,6 +165,7 @@ def inspect(path: str | os.PathLike[str]) -> dict[str, Any]:
         "started_from": prov.get("started_from"),
         "epoch": prov.get("epoch"),
         "device": prov.get("device"),
+        "distributed": _distributed(prov.get("distributed")),
         "probes": len(m.probes),
         "probe_kinds": [p.kind for p in m.probes],
         "integrity": m.integrity,

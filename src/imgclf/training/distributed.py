@@ -9,13 +9,23 @@ collective that times out later is reported the same way, naming the ranks that 
 Semantics kept from the single-process recipe: ``batch_size`` is the global batch; step ``i`` of an epoch
 uses the same global sample indices and augmentation parameters as one process would, and rank ``r``
 takes rows ``r*B/W … (r+1)*B/W`` of them. DDP averages the gradients, so each step's update is that of
-the global batch (up to float summation order). Batch norm normalises with each rank's own batch; the
-running statistics are averaged across ranks after every epoch, so all ranks hold (and rank 0 saves) the
-same model. ``sync_bn`` (CUDA only) normalises with the global batch instead.
+the global batch (up to float summation order). Batch norm, by default (``sync_bn``), normalises with
+the statistics of the whole global batch (:mod:`.global_bn`, any backend), so the step, and each update
+of the running statistics, is the single-process one too; without ``sync_bn`` each rank normalises with
+its own rows (a different, noisier run). Either way the running statistics are averaged across ranks
+after every epoch, so all ranks hold (and rank 0 saves) the same model.
+
+It also holds what a training run does differently as one rank of several: its device, resuming after a
+torchrun restart (``TORCHELASTIC_RESTART_COUNT``, ``TORCHELASTIC_RUN_ID``), which rank does the one-off
+work, and the checks made before the process group starts (:func:`check_launch`).
 
 Usage::
 
+    check_launch(world.size, training_images=360, batch_size=32)      # before any rank joins
+    device = rank_device(resolve_device(config.device), world)        # cuda:LOCAL_RANK under torchrun
+    resume, force = restart_resume(run_dir, resume, force, log)        # a restarted group resumes itself
     group = start_group(World.from_env(), device, DistOptions(timeout_s=300))   # None: world of one
+    decoded = main_first(group, "decoding", lambda: decode_splits(...))
     net = group.wrap(state.model)                       # DistributedDataParallel
     idx = group.local(perm[i * batch:(i + 1) * batch])  # this rank's rows of the global batch
     group.close()
@@ -23,7 +33,9 @@ Usage::
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -32,14 +44,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from imgclf.errors import DistributedError, UsageError
-from imgclf.training.rendezvous import (
-    first_line,
-    join_store,
-    launch_id,
-    roll_call,
-    wait_all,
-)
+from imgclf.errors import DistributedError, ImgclfError, UsageError
+from imgclf.progress import Log
+from imgclf.training.checkpoint import CheckpointDamaged, list_checkpoints, read_checkpoint
 from imgclf.world import DIST_TIMEOUT_S as DEFAULT_TIMEOUT_S
 from imgclf.world import World
 
@@ -55,11 +62,12 @@ class DistOptions:
     Attributes:
         timeout_s: Seconds a rank waits for the others (to join, or in a collective) before the run
             ends with an error naming the ranks that did not answer.
-        sync_bn: Batch-norm statistics over the global batch (``SyncBatchNorm``; CUDA only).
+        sync_bn: Batch-norm statistics over the global batch (:mod:`.global_bn`), as one process
+            computes them; ``False``: each rank's own rows.
     """
 
     timeout_s: float = DEFAULT_TIMEOUT_S
-    sync_bn: bool = False
+    sync_bn: bool = True
 
 
 def start_group(
@@ -69,7 +77,7 @@ def start_group(
     then a group of one, e.g. to measure DDP's own cost; it needs ``MASTER_ADDR``/``MASTER_PORT``).
 
     Raises:
-        UsageError: ``sync_bn`` on the CPU, or a bad timeout.
+        UsageError: A bad timeout.
         DistributedError: A rank did not join within ``options.timeout_s``.
     """
     if options.timeout_s <= 0:
@@ -78,13 +86,6 @@ def start_group(
             received=options.timeout_s,
             expected="seconds, e.g. 600",
             fix="pass --dist-timeout 600",
-        )
-    if options.sync_bn and device.type != "cuda":
-        raise UsageError(
-            "--sync-bn needs CUDA: SyncBatchNorm has no CPU implementation",
-            received=f"--sync-bn with device {device}",
-            expected="training on CUDA GPUs",
-            fix="drop --sync-bn (each rank then normalises with its own batch)",
         )
     if not world.distributed and not even_alone:
         return None
@@ -118,6 +119,7 @@ class Group:
     ) -> None:
         self.world, self.backend, self.options, self.store = world, backend, options, store
         self.device = device
+        self._unwrap: Callable[[], None] | None = None
         self._calls = 0  # collectives and waits so far: all ranks make the same sequence of them
 
     @property
@@ -130,12 +132,13 @@ class Group:
         return {
             "world_size": self.size,
             "backend": self.backend,
+            "global_batch": global_batch,
             "per_rank_batch": global_batch // self.size,
             "sync_bn": self.options.sync_bn,
             "launch_id": launch_id(),
-            "bn_running_stats": "averaged across ranks after every epoch"
-            if not self.options.sync_bn
-            else "synchronised (global batch)",
+            "bn_running_stats": "global batch, as one process (equal on every rank)"
+            if self.options.sync_bn
+            else "per-rank batches, averaged across ranks after every epoch",
         }
 
     def check_batch(self, batch: int) -> int:
@@ -144,13 +147,7 @@ class Group:
         Raises:
             UsageError: If ``batch`` does not divide by the world size.
         """
-        if batch % self.size:
-            raise UsageError(
-                f"the global batch {batch} does not divide by the {self.size} processes",
-                received=f"batch {batch}, world size {self.size}",
-                expected=f"a multiple of {self.size} (--batch-size is the global batch, split across ranks)",
-                fix=f"use --batch-size {max(self.size, batch - batch % self.size)} or another multiple",
-            )
+        _check_batch(batch, self.size)
         return batch // self.size
 
     def local(self, rows: torch.Tensor) -> torch.Tensor:
@@ -163,19 +160,29 @@ class Group:
         return _shard(n, self.size, self.world.rank)
 
     def wrap(self, model: nn.Module) -> nn.Module:
-        """``model`` under DistributedDataParallel (SyncBatchNorm first with ``sync_bn``).
+        """``model`` under DistributedDataParallel; with ``sync_bn`` its batch-norm layers first switch
+        (in place, until :meth:`unwrap`) to global-batch statistics.
 
-        Buffers are not broadcast from rank 0 at every forward (``forward_sync_buffers=False``): each rank
-        keeps its own batch-norm statistics during an epoch (:meth:`average_buffers` joins them), and a
-        second forward before ``backward`` cannot hit the in-place buffer error (pytorch #22095).
+        Buffers are not broadcast from rank 0 at every forward (``forward_sync_buffers=False``): without
+        ``sync_bn`` each rank keeps its own batch-norm statistics during an epoch (:meth:`average_buffers`
+        joins them), and a second forward before ``backward`` cannot hit the in-place buffer error
+        (pytorch #22095).
         """
         from torch.nn.parallel import DistributedDataParallel
 
-        if self.options.sync_bn:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # shares parameters and buffers
+        from imgclf.training.global_bn import use_global_batch_norm
+
+        if self.options.sync_bn and self._unwrap is None:
+            self._unwrap = use_global_batch_norm(model)
         ids = [self.device.index] if self.device.type == "cuda" else None
         # At construction rank 0's parameters and buffers are broadcast once (they are equal anyway).
         return DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
+
+    def unwrap(self) -> None:
+        """Plain batch-norm layers again in the model :meth:`wrap` was given (e.g. before it is saved)."""
+        if self._unwrap is not None:
+            self._unwrap()
+            self._unwrap = None
 
     def _collective(self, what: str, fn: Callable[[], T]) -> T:
         self._calls += 1
@@ -218,9 +225,11 @@ class Group:
         return bool(total.item())
 
     def average_buffers(self, model: nn.Module) -> None:
-        """Replace each floating-point buffer (batch-norm running mean/var) with its mean over the ranks."""
-        if self.options.sync_bn:
-            return  # synchronised statistics are already equal on every rank
+        """Replace each floating-point buffer (batch-norm running mean/var) with its mean over the ranks.
+
+        With ``sync_bn`` the statistics are already those of the global batch on every rank: the mean of
+        equal values leaves them as they are, and guarantees every rank holds the same model.
+        """
         for buf in model.buffers():
             if buf.is_floating_point():
                 (total,) = self.sum_(buf)
@@ -273,7 +282,179 @@ class Group:
             dist.destroy_process_group()
 
 
+def check_launch(world_size: int, training_images: int, batch_size: int) -> None:
+    """What a run of ``world_size`` processes can check before any process group starts, from the
+    command line and the scanned dataset alone (every rank finds the same): at least one training image
+    per rank, and a global batch (``--batch-size``, or all the images when there are fewer) that divides
+    by the world size.
+
+    Raises:
+        UsageError: Fewer training images than processes, or a batch that does not divide.
+    """
+    if world_size <= 1:
+        return
+    if training_images < world_size:
+        raise UsageError(
+            f"{world_size} processes for {training_images} training image(s): every process needs at least "
+            "one image of every batch",
+            received=f"{training_images} training images, world size {world_size}",
+            expected=f"at least {world_size} training images (one per process)",
+            fix=f"start at most {max(1, training_images)} process(es) (--nproc-per-node / --nproc), "
+            "or add training images",
+        )
+    _check_batch(min(batch_size, training_images), world_size)
+
+
+def _check_batch(batch: int, size: int) -> None:
+    if batch % size:
+        raise UsageError(
+            f"the global batch {batch} does not divide by the {size} processes",
+            received=f"batch {batch}, world size {size}",
+            expected=f"a multiple of {size} (--batch-size is the global batch, split across ranks)",
+            fix=f"use --batch-size {max(size, batch - batch % size)} or another multiple",
+        )
+
+
 def _shard(n: int, size: int, rank: int) -> slice:
     base, extra = divmod(n, size)
     start = rank * base + min(rank, extra)
     return slice(start, start + base + (1 if rank < extra else 0))
+
+
+# --- meeting the other ranks: the rendezvous store, the roll-call, torchrun's restart facts ---
+
+
+def restart_count(environ: dict[str, str] | None = None) -> int:
+    """How often torchrun has restarted this worker group (``TORCHELASTIC_RESTART_COUNT``; 0 without)."""
+    env = os.environ if environ is None else environ
+    raw = env.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return int(raw) if raw.isdigit() else 0
+
+
+def launch_id(environ: dict[str, str] | None = None) -> str | None:
+    """The torchrun launch this worker belongs to (``TORCHELASTIC_RUN_ID``, kept across restarts)."""
+    env = os.environ if environ is None else environ
+    return env.get("TORCHELASTIC_RUN_ID") or None
+
+
+def join_store(world: World, timeout: timedelta) -> Any:
+    """The rendezvous key-value store: torchrun's own (its agent holds it), else one rank 0 serves at
+    ``MASTER_ADDR:MASTER_PORT`` without waiting for the others (the roll-call then names who is missing).
+    """
+    env = os.environ
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        store, _, _ = next(dist.rendezvous("env://", world.rank, world.size, timeout=timeout))
+        # The agent's store outlives a restart of the workers: keys of an earlier attempt (gloo's peer
+        # addresses, our roll-call) must not be seen again.
+        return dist.PrefixStore(f"imgclf/attempt-{restart_count()}", store)
+    addr, port = env.get("MASTER_ADDR", ""), env.get("MASTER_PORT", "")
+    if not addr or not port.isdigit():
+        raise UsageError(
+            "RANK and WORLD_SIZE are set but MASTER_ADDR/MASTER_PORT are not",
+            received=f"MASTER_ADDR={addr!r} MASTER_PORT={port!r}",
+            expected="the address and port of rank 0, as torchrun sets them",
+            fix="start the command with torchrun, or set MASTER_ADDR and MASTER_PORT on every rank",
+        )
+    return dist.TCPStore(
+        addr, int(port), world.size, is_master=world.rank == 0, timeout=timeout, wait_for_workers=False
+    )
+
+
+def roll_call(store: Any, world: World, timeout_s: float) -> None:
+    """Every rank checks in; after ``timeout_s`` the ranks that did not are named."""
+    store.set(f"imgclf/joined/{world.rank}", "1")
+    wait_all(store, "joined", world, timeout_s, f"did not join within --dist-timeout {timeout_s:g} s")
+
+
+def wait_all(store: Any, tag: str, world: World, timeout_s: float, problem: str) -> None:
+    keys = [f"imgclf/{tag}/{r}" for r in range(world.size)]
+    try:
+        store.wait(keys, timedelta(seconds=timeout_s))
+    except RuntimeError:
+        missing = [r for r, key in enumerate(keys) if not store.check([key])]
+        raise DistributedError(
+            f"{ranks_text(missing)} {problem} (seen by rank {world.rank} of {world.size})",
+            expected=f"all {world.size} ranks started and answering",
+            fix="check that every rank started (its log, its node), or raise --dist-timeout",
+        ) from None
+
+
+def ranks_text(ranks: list[int]) -> str:
+    if not ranks:
+        return "a rank"
+    return ("rank " if len(ranks) == 1 else "ranks ") + ", ".join(map(str, ranks))
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+# --- what a training run does differently as one rank of several ---
+
+
+def rank_device(device: torch.device, world: World) -> torch.device:
+    """The device of this rank: ``cuda`` (no index) becomes ``cuda:LOCAL_RANK`` under torchrun."""
+    if device.type == "cuda" and world.distributed:
+        return torch.device("cuda", world.local_rank)
+    return device
+
+
+@contextlib.contextmanager
+def alike_on_every_rank(world: World) -> Iterator[None]:
+    """Mark the errors raised inside as ones every rank of a launch finds alike (the command line, the
+    dataset scanned before the process group starts), so that one rank reports them for all
+    (:func:`imgclf.world.reports_alike_errors`) and a bad launch fails with one line, not one per rank.
+    """
+    try:
+        yield
+    except ImgclfError as exc:
+        if world.distributed:
+            exc.alike_on_every_rank = True  # type: ignore[attr-defined]
+        raise
+
+
+def restart_resume(run_dir: str, resume: bool, force: bool, log: Log) -> tuple[bool, bool]:
+    """``(resume, force)`` for this start: after a torchrun restart the run continues from its newest
+    checkpoint by itself (or, killed before the first checkpoint, starts over in its own run folder).
+    Checkpoints of an earlier launch (another ``TORCHELASTIC_RUN_ID``) are not resumed silently.
+    """
+    restarts = restart_count()
+    if restarts == 0 or resume:
+        return resume, force
+    launches = [_launch_of(path) for path in list_checkpoints(run_dir)[:1]]
+    if launches and launches[0] == launch_id():
+        log(f"note: torchrun restart {restarts}: resuming from the newest checkpoint in {run_dir}")
+        return True, force
+    if launches:  # an earlier launch's run: the first attempt's own checks apply again
+        return resume, force
+    log(f"note: torchrun restart {restarts}: no checkpoint yet, starting the run over")
+    return False, True
+
+
+def _launch_of(path: str) -> str | None:
+    """The torchrun launch that wrote a checkpoint (``None`` if unknown or unreadable)."""
+    try:
+        state = read_checkpoint(path).state
+    except CheckpointDamaged:
+        return launch_id()  # damaged newest file: resuming sets it aside and takes the one before
+    return (state.get("distributed") or {}).get("launch_id")
+
+
+def main_first(group: Group | None, what: str, fn: Callable[[], T], *, others_too: bool = True) -> T | None:
+    """``fn()`` in one process; under several, rank 0 first (see :meth:`Group.main_first`)."""
+    if group is None:
+        return fn()
+    return group.main_first(what, fn, others_too=others_too)
+
+
+def note_world_change(checkpoint_state: dict[str, Any], group: Group | None, log: Log) -> None:
+    """Warn when a run resumes with another number of processes than its checkpoint was written by."""
+    saved = (checkpoint_state.get("distributed") or {}).get("world_size", 1)
+    now = group.size if group is not None else 1
+    if saved != now:
+        log(
+            f"warning: the checkpoint was written by a run of {saved} process(es), this one has {now}: "
+            "the global batch and sample order are kept, but the result is not bitwise that of an "
+            "uninterrupted run (batch-norm statistics and float sums are per-rank)"
+        )

@@ -29,13 +29,12 @@ from imgclf.data.folders import Dataset
 from imgclf.evaluation import Evaluation
 from imgclf.progress import Log
 from imgclf.training.device import available_bytes
-from imgclf.training.distributed import Group
+from imgclf.training.distributed import Group, main_first, note_world_change
 from imgclf.training.ema import start_average
 from imgclf.training.interrupts import fit_with_checkpoints
 from imgclf.training.loop import Callback
 from imgclf.training.preflight import check_free_space, check_memory_for_decoding, estimate_bytes
 from imgclf.training.pretrained import start_weights
-from imgclf.training.ranks import main_first, note_world_change
 from imgclf.training.record import RunRecord
 from imgclf.training.resume import ResumePlan, plan_resume, restore
 from imgclf.training.runfolder import RunLock, new_run_dir, start_fresh, write_record

@@ -95,15 +95,20 @@ def fit(
             ``state.in_epoch`` recording how far it got (the last step of an epoch is always followed
             by its validation, so an interruption there leaves a complete epoch).
         group: The process group of a multi-process run (:mod:`.distributed`), else ``None``: each
-            rank trains on its share of every global batch, validation is sharded and summed, and a
-            stop request seen by any rank stops all of them at the same step.
+            rank trains on its share of every global batch (batch norm over the global batch, unless
+            the group's ``sync_bn`` is off), validation is sharded and summed, and a stop request seen
+            by any rank stops all of them at the same step.
 
     Raises:
         UsageError: With ``config.deterministic``, if an operation has no deterministic kernel.
     """
     device = next(state.model.parameters()).device
     with deterministic_algorithms(config.deterministic, device):
-        return _fit(config, state, train, val, callbacks, should_stop, group)
+        try:
+            return _fit(config, state, train, val, callbacks, should_stop, group)
+        finally:
+            if group is not None:  # the model leaves fit with its own batch-norm layers
+                group.unwrap()
 
 
 def _fit(

@@ -28,14 +28,20 @@ from imgclf.images.read import MAX_PIXELS, checked_max_pixels
 from imgclf.models import registry
 from imgclf.progress import Log, quiet
 from imgclf.training.device import resolve_device
-from imgclf.training.distributed import DistOptions, start_group
+from imgclf.training.distributed import (
+    DistOptions,
+    alike_on_every_rank,
+    check_launch,
+    rank_device,
+    restart_resume,
+    start_group,
+)
 from imgclf.training.job import Job, TrainResult, owned_run_dir, plan_run, train_in_folder
 from imgclf.training.loop import Callback
 from imgclf.training.preflight import (
     refuse_overwrite,
 )
 from imgclf.training.pretrained import check_start
-from imgclf.training.ranks import rank_device, restart_resume
 from imgclf.training.runfolder import (
     read_record,
 )
@@ -124,25 +130,27 @@ def train(
         Interrupted: On SIGINT/SIGTERM, after writing a checkpoint (exit code 130/143).
         DistributedError: Under torchrun, a rank did not join or stopped answering (named).
     """
-    config = (config or TrainConfig()).validated()
-    # A backbone from another library records the library's version in the file (timm:NAME).
-    config = config.replace(arch_args=registry.pinned_args(config.arch, config.arch_args))
     world = World.from_env()
-    if world.is_main:
-        callbacks, log, decode_progress = _with_progress(progress, callbacks, log, decode_progress)
-    else:  # rank 0 speaks for the run; the others stay silent (their callbacks still run)
-        log, decode_progress = quiet, None
-    max_pixels = checked_max_pixels(max_pixels)
-    # Bad architecture args fail here, before any decoding (a meta build allocates nothing).
-    registry.build_meta(config.arch, 2, config.preprocess.size, config.arch_args)
-    if not resume:  # a --weights/--init-from file that cannot be used fails here too (resuming reads none)
-        check_start(config)
-    out = check_outputs(model_path, run_dir, plot_path, resume=resume)
-    resume, force = restart_resume(out.run_dir, resume, force, log)
-    if not resume and world.is_main:
-        refuse_overwrite(out.model, force=force)
-    device = rank_device(resolve_device(config.device), world)
-    ds = scan_dataset(dataset, val_split=config.val_split, test_split=config.test_split, seed=config.seed)
+    with alike_on_every_rank(world):  # until the process group starts: rank 0 reports for all ranks
+        config = (config or TrainConfig()).validated()
+        # A backbone from another library records the library's version in the file (timm:NAME).
+        config = config.replace(arch_args=registry.pinned_args(config.arch, config.arch_args))
+        if world.is_main:
+            callbacks, log, decode_progress = _with_progress(progress, callbacks, log, decode_progress)
+        else:  # rank 0 speaks for the run; the others stay silent (their callbacks still run)
+            log, decode_progress = quiet, None
+        max_pixels = checked_max_pixels(max_pixels)
+        # Bad architecture args fail here, before any decoding (a meta build allocates nothing).
+        registry.build_meta(config.arch, 2, config.preprocess.size, config.arch_args)
+        if not resume:  # an unusable --weights/--init-from file fails here too (resuming reads none)
+            check_start(config)
+        out = check_outputs(model_path, run_dir, plot_path, resume=resume)
+        resume, force = restart_resume(out.run_dir, resume, force, log)
+        if not resume and world.is_main:
+            refuse_overwrite(out.model, force=force)
+        device = rank_device(resolve_device(config.device), world)
+        ds = scan_dataset(dataset, val_split=config.val_split, test_split=config.test_split, seed=config.seed)
+        check_launch(world.size, len(ds.splits["training"]), config.batch_size)
     group = start_group(world, device, distributed or DistOptions())
     job = Job(ds, out, device, group, log, skip_bad, probes_from, force, max_pixels, use_cache, cache_dir)
     try:

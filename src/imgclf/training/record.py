@@ -51,7 +51,7 @@ class RunRecord:
         skipped: Files skipped as undecodable.
         device: Where training runs, e.g. ``cpu``.
         resumed_from: The checkpoint's file name when the run was resumed.
-        distributed: A multi-process run's world size, backend, per-rank batch and ``sync_bn``
+        distributed: A multi-process run's world size, backend, global and per-rank batch, ``sync_bn``
             (:meth:`imgclf.training.distributed.Group.facts`); ``None`` for one process.
         versions: Versions of everything that can change a model's outputs.
         started_from: What the first weights came from (``--weights``/``--init-from``: path, SHA-256, tensors
@@ -150,7 +150,10 @@ class RunRecord:
         }
 
     def _one_process(self) -> dict[str, Any]:
-        return {"world_size": 1, "backend": None, "per_rank_batch": self.config.batch_size, "sync_bn": False}
+        batch = self.config.batch_size
+        return {
+            "world_size": 1, "backend": None, "global_batch": batch, "per_rank_batch": batch, "sync_bn": False
+        }
 
     def provenance(self, state: TrainState, *, epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
         """The model file's ``provenance``: how the saved weights (those of ``epoch``) came about."""
