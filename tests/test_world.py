@@ -55,3 +55,26 @@ def test_on_rank_0s_machine_only_rank_0_reports_an_error_every_rank_finds(env, r
     from imgclf.world import reports_alike_errors
 
     assert reports_alike_errors(env) is reports
+
+
+def test_rank_0_waits_for_the_quiet_ranks_marks_and_no_longer(monkeypatch, tmp_path):
+    import time
+
+    from imgclf import world
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    env = {"TORCHELASTIC_RUN_ID": "run-1", "LOCAL_WORLD_SIZE": "3", "LOCAL_RANK": "0"}
+    for rank in ("1", "2"):
+        world.note_alike_error({**env, "LOCAL_RANK": rank})
+    started = time.monotonic()
+    world.wait_for_quiet_peers(env, timeout_s=20)
+    assert time.monotonic() - started < 10  # both marks were there: no wait for the deadline
+    assert list(tmp_path.iterdir()) == []  # the marks are cleaned up
+    world.note_alike_error({**env, "LOCAL_RANK": "1"})  # one of two quiet ranks only: bounded wait
+    started = time.monotonic()
+    world.wait_for_quiet_peers(env, timeout_s=0.5)
+    assert 0.5 <= time.monotonic() - started < 10
+    world.wait_for_quiet_peers({"LOCAL_WORLD_SIZE": "3"}, timeout_s=20)  # not under torchrun: returns at once

@@ -108,3 +108,62 @@ def reports_alike_errors(environ: Mapping[str, str] | None = None) -> bool:
     except UsageError:
         return True
     return world.is_main or env.get("GROUP_RANK", "0") not in ("", "0")
+
+
+# How long rank 0 waits, before exiting on an error every rank finds alike, for the other ranks on its
+# machine to report the same error and exit first: torchrun stops (SIGTERM) the workers still running
+# when one fails, and then lists each of them in its summary as failed too.
+PEERS_EXIT_WAIT_S = 30.0
+
+
+def _launch_dir(env: Mapping[str, str]) -> str | None:
+    run_id = env.get("TORCHELASTIC_RUN_ID")
+    if not run_id or not run_id.replace("-", "").replace("_", "").isalnum():
+        return None
+    restart = env.get("TORCHELASTIC_RESTART_COUNT", "0")
+    import tempfile
+
+    name = f"imgclf-launch-{run_id}-{restart if restart.isdigit() else 0}"
+    return os.path.join(tempfile.gettempdir(), name)
+
+
+def note_alike_error(environ: Mapping[str, str] | None = None) -> None:
+    """A quiet rank (see :func:`reports_alike_errors`) leaves a mark that it stops on the alike error."""
+    env = os.environ if environ is None else environ
+    folder = _launch_dir(env)
+    if folder is None:
+        return
+    try:
+        os.makedirs(folder, exist_ok=True)
+        os.close(os.open(os.path.join(folder, f"rank-{env.get('LOCAL_RANK', '')}"), os.O_CREAT | os.O_WRONLY))
+    except OSError:
+        pass  # the mark only shortens rank 0's wait
+
+
+def wait_for_quiet_peers(
+    environ: Mapping[str, str] | None = None, timeout_s: float = PEERS_EXIT_WAIT_S
+) -> None:
+    """Rank 0, before exiting on an alike error: wait (bounded) for the other local ranks' marks."""
+    import shutil
+    import time
+
+    env = os.environ if environ is None else environ
+    folder = _launch_dir(env)
+    try:
+        peers = int(env.get("LOCAL_WORLD_SIZE", "1")) - 1
+    except ValueError:
+        peers = 0
+    if folder is None or peers <= 0:
+        return
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            try:
+                if len(os.listdir(folder)) >= peers:
+                    time.sleep(1.0)  # the marks are written just before those processes exit
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -29,7 +29,7 @@ from imgclf.cli import cache, demo, evaluate, export, import_keras, model, predi
 from imgclf.cli.common import EPILOG, Parser, err
 from imgclf.cli.output import discard_stdout, stdout_error
 from imgclf.errors import EXIT_CODES, ImgclfError, Terminated, limit_error, missing_package_error
-from imgclf.world import reports_alike_errors
+from imgclf.world import note_alike_error, reports_alike_errors, wait_for_quiet_peers
 
 # Each module registers its commands with add_parser(sub, common); the order is --help's order.
 COMMAND_MODULES = (train, predict, evaluate, model, export, serve, import_keras, demo, cache)
@@ -88,8 +88,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except ImgclfError as exc:
-        if getattr(exc, "alike_on_every_rank", False) and not reports_alike_errors():
-            return 0  # rank 0 reports it for the whole launch; torchrun's summary then names rank 0 only
+        if getattr(exc, "alike_on_every_rank", False):
+            if not reports_alike_errors():
+                note_alike_error()
+                return 0  # rank 0 reports it for the whole launch; torchrun's summary then names rank 0 only
+            wait_for_quiet_peers()
         if debug:
             traceback.print_exc()
         err(f"error: {exc}")
