@@ -42,6 +42,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         "--output", "-o", metavar="JSON", help="also write report, confusion matrix, misclassified"
     )
     p.add_argument("--confusion-plot", metavar="PNG", help="write a confusion-matrix plot")
+    p.add_argument("--report", metavar="HTML", help="also write the HTML report (as imgclf report)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (listed)")
     add_cache_flags(p)
     add_max_pixels_flag(p)
@@ -64,7 +65,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from imgclf.fileio.writing import atomic_write_text
     from imgclf.modelfile import load
 
-    for target in (args.output, args.confusion_plot):
+    for target in (args.output, args.confusion_plot, args.report):
         if target:
             from imgclf.fileio.writing import check_writable
 
@@ -96,4 +97,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         name = os.path.basename(args.model)
         title = f"{name} on {args.split}: accuracy {ev.accuracy:.4f} ({len(ev.paths)} images)"
         plot_confusion(ev.confusion, ev.class_names, args.confusion_plot, title=title)
+    if args.report:
+        from imgclf.report_html import render_report, write_report
+
+        write_report(render_report(clf, os.path.basename(args.model), ev, split=args.split), args.report)
     return 0
