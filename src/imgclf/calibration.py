@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from imgclf.errors import UsageError
+
+if TYPE_CHECKING:
+    from imgclf.classifier import Classifier
 
 ECE_BINS = 15
 # The fitted temperature is kept inside these bounds: beyond them the model's scores carry no usable
@@ -147,3 +151,43 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+# Fewer held-out images than this and a fitted temperature says more about the sample than the model
+# (a handful of all-correct images drives it to the lower bound): training then leaves the model as is.
+MIN_CALIBRATION_IMAGES = 50
+
+
+def calibration_block(logits: np.ndarray, labels: np.ndarray, split: str) -> dict[str, Any]:
+    """Fit a temperature on held-out ``logits`` and describe it as the model file stores it.
+
+    Returns:
+        ``{"temperature", "split", "images", "ece_before", "ece_after"}``: the manifest's ``calibration``.
+    """
+    t = fit_temperature(logits, labels)
+    return {
+        "temperature": t,
+        "split": split,
+        "images": len(labels),
+        "ece_before": expected_calibration_error(softmax(logits), labels),
+        "ece_after": expected_calibration_error(softmax(logits, t), labels),
+    }
+
+
+def calibrate_classifier(
+    classifier: Classifier, images: np.ndarray, labels: np.ndarray, *, split: str = "validation"
+) -> dict[str, Any]:
+    """Fit ``classifier``'s temperature on held-out uint8 ``images`` and store it in its manifest.
+
+    Any earlier calibration is replaced (the fit uses the raw logits). Saving the classifier writes the
+    block into the model file, and every prediction path applies it.
+
+    Returns:
+        The ``calibration`` block (see :func:`calibration_block`).
+    """
+    from imgclf.classifier import predict_logits
+
+    logits = predict_logits(classifier.model, images, classifier.preprocess, device=classifier.device)
+    block = calibration_block(logits.numpy(), np.asarray(labels), split)
+    classifier.manifest["calibration"] = block
+    return block

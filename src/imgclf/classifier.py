@@ -98,6 +98,11 @@ def predict_logits(
     return torch.cat(out).cpu()
 
 
+def _calibrated(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``logits / temperature``; untouched (bit for bit) without calibration."""
+    return logits if temperature == 1.0 else logits / temperature
+
+
 def _as_list(images: ImageSource | Sequence[ImageSource]) -> list[ImageSource]:
     """One image (path, bytes, PIL image, array) or a sequence of them, as a list."""
     # mypy cannot narrow by the _SINGLE tuple: bytes are a Sequence too, but took the first branch
@@ -154,6 +159,16 @@ class Classifier:
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()  # type: ignore[call-overload]
 
     @property
+    def temperature(self) -> float:
+        """The calibration temperature every probability is computed with (1.0: the file has none).
+
+        Logits are divided by it before the softmax (:mod:`imgclf.calibration`); the winning class never
+        changes, only how sure the model says it is.
+        """
+        calibration = self.manifest.get("calibration")
+        return float(calibration["temperature"]) if isinstance(calibration, dict) else 1.0
+
+    @property
     def num_classes(self) -> int:
         """Number of classes the model distinguishes."""
         return len(self.class_names)
@@ -174,7 +189,7 @@ class Classifier:
         )
         if logits.numel() == 0:
             return np.zeros((0, self.num_classes), dtype=np.float32)
-        return torch.softmax(logits, dim=1).numpy()
+        return torch.softmax(_calibrated(logits, self.temperature), dim=1).numpy()
 
     def predict_proba_input(self, x: np.ndarray) -> np.ndarray:
         """Probabilities (N, C) for an already-scaled float32 input (N, 3, H, W), e.g. from ``to_array``.
@@ -187,7 +202,7 @@ class Classifier:
         with torch.inference_mode():
             t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
             logits = self.model(t.contiguous(memory_format=torch.channels_last)).float()
-            return torch.softmax(logits, dim=1).cpu().numpy()
+            return torch.softmax(_calibrated(logits, self.temperature), dim=1).cpu().numpy()
 
     def _stack(
         self, images: Sequence[ImageSource], channel_order: str, errors: str

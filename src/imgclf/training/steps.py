@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from imgclf import modelfile
+from imgclf.calibration import MIN_CALIBRATION_IMAGES, calibrate_classifier
 from imgclf.classifier import Classifier
 from imgclf.config import TrainConfig
 from imgclf.data.decode import DecodedSplit, bad_files_error, load_split
@@ -215,6 +216,9 @@ def final_classifier(
     """
     model, epoch = final_weights(config, state)
     classifier = Classifier(copy_to_cpu(model), class_names, config.preprocess, config.arch, config.arch_args)
+    held_out = decoded["validation"]
+    if len(held_out) >= MIN_CALIBRATION_IMAGES:  # temperature scaling, before the final evaluation
+        calibrate_classifier(classifier, held_out.images, held_out.labels)
     split = "testing" if len(decoded["testing"]) else "validation"
     dec = decoded[split]
     if not len(dec):
@@ -231,6 +235,13 @@ def judge(final: FinalModel, config: TrainConfig, epochs_run: int, log: Log) -> 
     """Say which epoch goes into the file, and warn when the saved model is useless (one class, chance)."""
     how = f"--keep best by {config.monitor}" if config.keep == "best" else "--keep last"
     log(f"note: the model file holds epoch {final.epoch} of {epochs_run} ({how})")
+    cal = final.classifier.manifest.get("calibration")
+    if cal:
+        log(
+            f"note: calibrated on {cal['images']} {cal['split']} images: temperature "
+            f"{cal['temperature']:.3f}, expected calibration error {cal['ece_before']:.4f} -> "
+            f"{cal['ece_after']:.4f}"
+        )
     problems = usefulness_warnings(final.evaluation, final.split) if final.evaluation is not None else []
     if problems:
         log(

@@ -1,0 +1,74 @@
+"""The manifest's optional trust blocks: ``calibration`` (a temperature) and ``ood`` (an out-of-distribution
+threshold). Files without them load as before; the classifier then says "no calibration" / "no OOD
+threshold" and behaves exactly as such a file always did.
+
+Usage::
+
+    blocks = check_trust(path, manifest)      # {"calibration": {...}} or {} ; raises ModelFileError
+    describe_trust(manifest)                  # ["calibration: temperature 1.83 ...", "no OOD threshold"]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from imgclf.modelfile.checks import is_int, is_num, require
+
+OPTIONAL_FIELDS = frozenset({"calibration", "ood"})
+# Kept in step with imgclf.calibration's bounds (which the modelfile layer cannot import).
+MIN_TEMPERATURE = 0.05
+MAX_TEMPERATURE = 100.0
+OOD_SCORES = ("energy", "max_logit", "feature_distance")
+_CALIBRATION = {"temperature": is_num, "split": lambda v: isinstance(v, str), "images": is_int}
+_CALIBRATION_INFO = {"ece_before", "ece_after"}
+_OOD = {"score": lambda v: v in OOD_SCORES, "threshold": is_num, "split": lambda v: isinstance(v, str)}
+_OOD_INFO = {"images", "flagged_share", "quantile"}
+
+
+def _block(path: str, name: str, block: Any, required: dict[str, Any], info: set[str]) -> None:
+    expected = f"an object with {', '.join(required)} (and optionally {', '.join(sorted(info))})"
+    ok = isinstance(block, dict) and set(required) <= set(block) <= set(required) | info
+    require(path, ok, name, expected, block)
+    for key, check in required.items():
+        require(path, check(block[key]), f"{name}.{key}", expected, block[key])
+    for key in info & set(block):
+        require(path, is_num(block[key]), f"{name}.{key}", "a number", block[key])
+
+
+def check_trust(path: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Validate the optional ``calibration`` and ``ood`` blocks present in ``manifest``; return them.
+
+    Raises:
+        ModelFileError: If a block is malformed (naming the field and what was expected).
+    """
+    out = {}
+    if "calibration" in manifest:
+        c = manifest["calibration"]
+        _block(path, "calibration", c, _CALIBRATION, _CALIBRATION_INFO)
+        t = c["temperature"]
+        require(
+            path,
+            MIN_TEMPERATURE <= t <= MAX_TEMPERATURE,
+            "calibration.temperature",
+            f"{MIN_TEMPERATURE} to {MAX_TEMPERATURE}",
+            t,
+        )
+        out["calibration"] = c
+    if "ood" in manifest:
+        _block(path, "ood", manifest["ood"], _OOD, _OOD_INFO)
+        out["ood"] = manifest["ood"]
+    return out
+
+
+def describe_trust(manifest: dict[str, Any]) -> list[str]:
+    """One line each for calibration and the OOD threshold, saying so when the file has none."""
+    c, o = manifest.get("calibration"), manifest.get("ood")
+    lines = [
+        f"calibration: temperature {c['temperature']:.4g} (fitted on {c['images']} {c['split']} images)"
+        if isinstance(c, dict)
+        else "no calibration",
+        f"out-of-distribution check: {o['score']} beyond {o['threshold']:.4g} (set on the {o['split']} split)"
+        if isinstance(o, dict)
+        else "no OOD threshold",
+    ]
+    return lines
