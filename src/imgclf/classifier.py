@@ -56,6 +56,29 @@ class Prediction:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class Explanation:
+    """Where the evidence for a class lies in one image (Grad-CAM), from :meth:`Classifier.explain`.
+
+    Attributes:
+        source: The image's path or a short description of it.
+        label: The class explained (the predicted one unless another was asked for).
+        index: Its class index.
+        confidence: The model's probability of that class.
+        heatmap: float32 (H, W) in [0, 1] at the model's input size: 1 is the strongest evidence.
+        overlay: uint8 (h, w, 3): the heatmap blended over the decoded image at its own size.
+        layer: The network module the map was read from (chosen automatically).
+    """
+
+    source: str
+    label: str
+    index: int
+    confidence: float
+    heatmap: np.ndarray
+    overlay: np.ndarray
+    layer: str
+
+
 def predict_logits(
     model: nn.Module,
     images: np.ndarray | torch.Tensor,
@@ -135,6 +158,8 @@ class Classifier:
             ``MAX_PIXELS``; a server lowers it to bound memory per request).
     """
 
+    _cam_layer: str | None = None  # Grad-CAM's layer, found on the first explain()
+
     def __init__(
         self,
         model: nn.Module,
@@ -203,6 +228,55 @@ class Classifier:
             t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
             logits = self.model(t.contiguous(memory_format=torch.channels_last)).float()
             return torch.softmax(_calibrated(logits, self.temperature), dim=1).cpu().numpy()
+
+    def explain(
+        self, image: ImageSource, *, target: str | int | None = None, channel_order: str = "rgb"
+    ) -> Explanation:
+        """Grad-CAM for one image: which regions made the model answer ``target`` (default: its answer).
+
+        The layer is the network's last spatial feature map, found automatically for any architecture
+        (:mod:`imgclf.models.gradcam`).
+
+        Raises:
+            ImageError: If the image cannot be decoded.
+            UsageError: If ``target`` is not one of the model's classes.
+        """
+        import torch
+
+        from imgclf.images.preprocess import decode
+        from imgclf.models.gradcam import gradcam, overlay, target_layer
+
+        if target is None or isinstance(target, int) and not isinstance(target, bool):
+            index = target
+        elif isinstance(target, str) and target in self.class_names:
+            index = self.class_names.index(target)
+        else:
+            index = -1
+        if index is not None and not 0 <= index < self.num_classes:
+            raise UsageError(
+                "unknown class to explain",
+                received=repr(target)[:100],
+                expected=f"a class name or index 0 .. {self.num_classes - 1}",
+                fix="leave target out to explain the predicted class",
+            )
+        rgb = decode(image, channel_order=channel_order, max_pixels=self.max_pixels)
+        x = preprocess_uint8(rgb, self.preprocess)[None]
+        probs = self.predict_proba_uint8(x)[0]
+        index = int(np.argmax(probs)) if index is None else index
+        if self._cam_layer is None:
+            self._cam_layer = target_layer(self.model, self.preprocess.size)
+        tensor = to_tensor(x, self.preprocess, device=self.device)
+        tensor = tensor.contiguous(memory_format=torch.channels_last)
+        heat = gradcam(self.model, tensor, [index], self._cam_layer)[0]
+        return Explanation(
+            source=describe_source(image),
+            label=self.class_names[index],
+            index=index,
+            confidence=float(probs[index]),
+            heatmap=heat,
+            overlay=overlay(rgb, heat),
+            layer=self._cam_layer,
+        )
 
     def _stack(
         self, images: Sequence[ImageSource], channel_order: str, errors: str

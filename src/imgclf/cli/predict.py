@@ -48,6 +48,9 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("--seed", type=int, default=42, help="seed for --sample (default 42)")
     p.add_argument("--montage", metavar="PNG", help="write a labelled montage (4 tiles of 128x128 per row)")
     p.add_argument("--show", action="store_true", help="open the montage when a display exists")
+    p.add_argument(
+        "--explain", metavar="DIR", help="write a Grad-CAM overlay PNG per image into DIR"
+    )
     p.add_argument("--output", "-o", metavar="FILE", help="write predictions to .csv or .jsonl")
     p.add_argument(
         "--json", action="store_true", help="stdout: one JSON object per image (JSON Lines), as in .jsonl"
@@ -173,6 +176,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     _check_options(args)
     world = World.from_env()
+    if getattr(args, "explain", None):
+        from imgclf.cli.explain import check_explain
+
+        check_explain(args.model, args.explain, args.shard is not None or world.distributed)
     if args.shard is not None or world.distributed:
         from imgclf.cli.predict_shards import run_sharded
 
@@ -180,6 +187,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     clf = load(args.model, **max_pixels_option(args))
     paths = _pick_images(args)
     predictions = clf.iter_predict(paths, top_k=args.top_k, batch_size=args.batch_size, errors="return")
+    if getattr(args, "explain", None):
+        from imgclf.cli.explain import with_overlays
+
+        args.overlays = {}
+        predictions = with_overlays(clf, predictions, args.explain, args.overlays)
     return report_predictions(args, clf.class_names, predictions, len(paths))
 
 
@@ -252,7 +264,7 @@ def report_predictions(
                 extra = "".join(f"\t{safe_text(k)}:{v:.4f}" for k, v in p.top_k[1:])
                 show(f"{safe_text(p.source)}\t{safe_text(p.label)}\t{p.confidence:.4f}{extra}")
             if args.montage and len(tiles) < MONTAGE_TILES:
-                tiles.append(_tile(p, class_names))
+                tiles.append(_tile(p, class_names, getattr(args, "overlays", {}).get(p.source)))
     if args.montage:
         _montage(args, tiles, total - failed)
     if failed:
@@ -263,14 +275,14 @@ def report_predictions(
     return 0
 
 
-def _tile(p: Any, class_names: list[str]) -> Any:
+def _tile(p: Any, class_names: list[str], overlay: str | None = None) -> Any:
     from imgclf.plots import class_colors, montage_tile
 
     # An image in a class folder (a dataset's testing/<class>/x.png) has a known true class.
     true = os.path.basename(os.path.dirname(os.path.abspath(str(p.source))))
     wrong = true if true in class_names and true != p.label else None
     color = class_colors(len(class_names))[p.index]
-    return montage_tile(p.source, f"{p.label} {p.confidence:.0%}", color, true_if_wrong=wrong)
+    return montage_tile(overlay or p.source, f"{p.label} {p.confidence:.0%}", color, true_if_wrong=wrong)
 
 
 def _montage(args: argparse.Namespace, tiles: list, classified: int) -> None:
