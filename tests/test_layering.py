@@ -36,6 +36,7 @@ LAYERS = {
     "imgclf.reports": "reports",
     "imgclf.report_html": "reports",
     "imgclf.calibration": "evaluation",
+    "imgclf.ood": "evaluation",
     "imgclf.plots": "plots",
     "imgclf.modelfile": "modelfile",
     "imgclf.classifier": "classifier",

@@ -10,6 +10,7 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +46,9 @@ class Prediction:
         probabilities: Probability per class name, in the model's class order.
         top_k: The ``k`` most probable ``(label, probability)`` pairs.
         error: Why the image could not be classified (only with ``errors="return"``).
+        unlike_training_data: ``True`` when the image lies beyond the file's out-of-distribution
+            threshold (the label is then a guess about something the model never saw); ``None`` when
+            the file has no threshold.
     """
 
     source: str
@@ -54,6 +58,7 @@ class Prediction:
     probabilities: dict[str, float] = field(default_factory=dict)
     top_k: list[tuple[str, float]] = field(default_factory=list)
     error: str | None = None
+    unlike_training_data: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,58 @@ def predict_logits(
     if not out:
         return torch.empty((0, 0))
     return torch.cat(out).cpu()
+
+
+def image_features(
+    classifier: Classifier, images: np.ndarray, layer: str, batch_size: int = 256
+) -> np.ndarray:
+    """The spatial mean of ``layer``'s output for uint8 images (N, H, W, 3): (N, channels) float32.
+
+    The feature vector the out-of-distribution warning measures (:mod:`imgclf.ood`).
+
+    Raises:
+        ModelFileError: If ``layer`` is not a module of the network (a file from another imgclf).
+    """
+    with _features_of(classifier.model, layer) as out:
+        predict_logits(
+            classifier.model, images, classifier.preprocess, batch_size=batch_size, device=classifier.device
+        )
+    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+
+
+@contextlib.contextmanager
+def _features_of(model: nn.Module, layer: str) -> Iterator[list[np.ndarray]]:
+    """Collect the spatial mean of ``layer``'s output for every forward pass run inside the block.
+
+    Raises:
+        ModelFileError: If ``layer`` is not a module of the network (a file from another imgclf).
+    """
+    from imgclf.errors import ModelFileError
+
+    module = dict(model.named_modules()).get(layer)
+    if module is None:
+        raise ModelFileError(
+            f"the model file's OOD layer {layer[:80]!r} is not a module of its network",
+            fix="re-fit the threshold: train again, or load the file with the imgclf that wrote it",
+        )
+    out: list[np.ndarray] = []
+    def keep(_m: nn.Module, _i: object, o: torch.Tensor) -> None:
+        out.append(o.float().mean(dim=(2, 3)).cpu().numpy())
+
+    handle = module.register_forward_hook(keep)
+    try:
+        yield out
+    finally:
+        handle.remove()
+
+
+def ood_scores(features: np.ndarray, block: dict[str, Any]) -> np.ndarray:
+    """Squared scaled distance of each feature row to the nearest class mean of ``block`` (``ood``)."""
+    f = np.asarray(features, dtype=np.float64)
+    means = np.asarray(block["means"], dtype=np.float64)
+    scale = np.asarray(block["scale"], dtype=np.float64)
+    distances: np.ndarray = (((f[:, None, :] - means[None]) ** 2) / scale).sum(axis=-1).min(axis=1)
+    return distances
 
 
 def _calibrated(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -228,6 +285,20 @@ class Classifier:
             t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
             logits = self.model(t.contiguous(memory_format=torch.channels_last)).float()
             return torch.softmax(_calibrated(logits, self.temperature), dim=1).cpu().numpy()
+
+    def _proba_and_unlike(self, images: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities, and the out-of-distribution flags (``None`` without a threshold), in one pass."""
+        block = self.manifest.get("ood")
+        if not isinstance(block, dict) or block.get("score") != "feature_distance" or self.model is None:
+            return self.predict_proba_uint8(images, batch_size=batch_size), None
+        with _features_of(self.model, block["layer"]) as feats:
+            probs = self.predict_proba_uint8(images, batch_size=batch_size)
+        return probs, ood_scores(np.concatenate(feats), block) > block["threshold"]
+
+    def unlike_training_data(self, images: np.ndarray) -> np.ndarray | None:
+        """For uint8 images (N, H, W, 3): ``True`` where an image is beyond the out-of-distribution
+        threshold (:mod:`imgclf.ood`); ``None`` when the model file has no threshold."""
+        return self._proba_and_unlike(images, 256)[1]
 
     def explain(
         self, image: ImageSource, *, target: str | int | None = None, channel_order: str = "rgb"
@@ -379,7 +450,7 @@ class Classifier:
             chunk = items[start : start + batch_size]
             arrays, failures = self._stack(chunk, channel_order, errors)
             good = [i for i, f in enumerate(failures) if f is None]
-            probs = self.predict_proba_uint8(arrays[good], batch_size=batch_size) if good else None
+            probs, unlike = self._proba_and_unlike(arrays[good], batch_size) if good else (None, None)
             row = 0
             for i, source in enumerate(chunk):
                 name = describe_source(source)
@@ -398,4 +469,5 @@ class Classifier:
                     confidence=float(p[best]),
                     probabilities={c: float(v) for c, v in zip(self.class_names, p, strict=True)},
                     top_k=[(self.class_names[int(j)], float(p[j])) for j in order[:k]],
+                    unlike_training_data=None if unlike is None else bool(unlike[row - 1]),
                 )

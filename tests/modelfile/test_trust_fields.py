@@ -17,7 +17,16 @@ from imgclf.errors import ModelFileError
 
 GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "golden_v1.imgclf"
 CALIBRATION = {"temperature": 2.5, "split": "validation", "images": 80, "ece_before": 0.2, "ece_after": 0.03}
-OOD = {"score": "energy", "threshold": -1.25, "split": "validation", "images": 80, "quantile": 0.95}
+OOD = {
+    "score": "feature_distance",
+    "layer": "features.6",
+    "means": [[0.5] * 8, [0.25] * 8],
+    "scale": [1.0] * 8,
+    "threshold": 1.25,
+    "split": "validation",
+    "images": 80,
+    "quantile": 0.95,
+}
 
 
 def test_a_v1_golden_file_loads_and_says_it_has_no_calibration_and_no_ood_threshold():
@@ -50,7 +59,7 @@ def test_calibration_and_ood_round_trip_and_probabilities_use_the_temperature(tm
     )
     rc, out, _ = run_cli("inspect", str(path))
     assert "calibration: temperature 2.5 (fitted on 80 validation images)" in out
-    assert "energy beyond -1.25" in out
+    assert "feature_distance beyond 1.25" in out
 
 
 @pytest.mark.parametrize(
@@ -61,6 +70,8 @@ def test_calibration_and_ood_round_trip_and_probabilities_use_the_temperature(tm
         (lambda m: m.update(calibration={"split": "validation"}), "calibration"),
         (lambda m: m.update(ood={**OOD, "score": "import os"}), "ood.score"),
         (lambda m: m.update(ood={**OOD, "threshold": "high"}), "ood.threshold"),
+        (lambda m: m.update(ood={**OOD, "means": [[0.5] * 7, [0.25] * 8]}), "ood.means"),
+        (lambda m: m.update(ood={**OOD, "scale": [0.0] * 8}), "ood.scale"),
     ],
 )
 def test_malformed_trust_blocks_are_refused(tmp_path, edit, field):

@@ -18,10 +18,20 @@ OPTIONAL_FIELDS = frozenset({"calibration", "ood"})
 # Kept in step with imgclf.calibration's bounds (which the modelfile layer cannot import).
 MIN_TEMPERATURE = 0.05
 MAX_TEMPERATURE = 100.0
-OOD_SCORES = ("energy", "max_logit", "feature_distance")
+OOD_SCORES = ("feature_distance",)
+MAX_OOD_VALUES = 65536  # numbers in the per-class means (imgclf.ood stores no more)
 _CALIBRATION = {"temperature": is_num, "split": lambda v: isinstance(v, str), "images": is_int}
 _CALIBRATION_INFO = {"ece_before", "ece_after"}
-_OOD = {"score": lambda v: v in OOD_SCORES, "threshold": is_num, "split": lambda v: isinstance(v, str)}
+_OOD = {
+    "score": lambda v: v in OOD_SCORES,
+    "threshold": is_num,
+    "split": lambda v: isinstance(v, str),
+    "layer": lambda v: isinstance(v, str) and 0 < len(v) <= 1000,
+    "means": lambda v: isinstance(v, list) and 0 < len(v) and all(isinstance(r, list) for r in v),
+    "scale": lambda v: (
+        isinstance(v, list) and 0 < len(v) <= MAX_OOD_VALUES and all(is_num(x) and x > 0 for x in v)
+    ),
+}
 _OOD_INFO = {"images", "flagged_share", "quantile"}
 
 
@@ -55,8 +65,18 @@ def check_trust(path: str, manifest: dict[str, Any]) -> dict[str, Any]:
         )
         out["calibration"] = c
     if "ood" in manifest:
-        _block(path, "ood", manifest["ood"], _OOD, _OOD_INFO)
-        out["ood"] = manifest["ood"]
+        o = manifest["ood"]
+        _block(path, "ood", o, _OOD, _OOD_INFO)
+        width = len(o["scale"])
+        ok = (
+            len(o["means"]) <= len(manifest.get("class_names") or [])
+            and len(o["means"]) * width <= MAX_OOD_VALUES
+            and all(len(r) == width and all(is_num(x) for x in r) for r in o["means"])
+        )
+        require(
+            path, ok, "ood.means", f"at most one row per class, each of {width} numbers", str(o["means"])[:80]
+        )
+        out["ood"] = o
     return out
 
 

@@ -35,6 +35,7 @@ from imgclf.evaluation import Evaluation, evaluate_probabilities, usefulness_war
 from imgclf.fileio.writing import atomic_write_text, check_writable
 from imgclf.images.read import MAX_PIXELS, read_bytes
 from imgclf.modelfile.weights import copy_to_cpu
+from imgclf.ood import fit_ood
 from imgclf.plots import have_matplotlib, require_matplotlib
 from imgclf.progress import Log
 from imgclf.reports import format_report, write_history
@@ -219,6 +220,9 @@ def final_classifier(
     held_out = decoded["validation"]
     if len(held_out) >= MIN_CALIBRATION_IMAGES:  # temperature scaling, before the final evaluation
         calibrate_classifier(classifier, held_out.images, held_out.labels)
+    ood = fit_ood(classifier, decoded["training"].images, decoded["training"].labels, held_out.images)
+    if ood is not None:  # the "unlike the training data" threshold (imgclf.ood)
+        classifier.manifest["ood"] = ood
     split = "testing" if len(decoded["testing"]) else "validation"
     dec = decoded[split]
     if not len(dec):
@@ -241,6 +245,12 @@ def judge(final: FinalModel, config: TrainConfig, epochs_run: int, log: Log) -> 
             f"note: calibrated on {cal['images']} {cal['split']} images: temperature "
             f"{cal['temperature']:.3f}, expected calibration error {cal['ece_before']:.4f} -> "
             f"{cal['ece_after']:.4f}"
+        )
+    ood = final.classifier.manifest.get("ood")
+    if ood:
+        log(
+            f"note: out-of-distribution threshold set on {ood['images']} {ood['split']} images "
+            f"({ood['flagged_share']:.1%} of them beyond it)"
         )
     problems = usefulness_warnings(final.evaluation, final.split) if final.evaluation is not None else []
     if problems:
