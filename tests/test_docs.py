@@ -295,6 +295,7 @@ NOT_RUN = {
         "cli/demo.py",
         "cli/evaluate.py",
         "cli/report.py",
+        "images/tta.py",
         "ood.py",
         "cli/explain.py",
         "cli/calibrate.py",

@@ -216,6 +216,7 @@ class Classifier:
     """
 
     _cam_layer: str | None = None  # Grad-CAM's layer, found on the first explain()
+    tta: bool = False  # test-time augmentation: average every probability over imgclf.images.tta's views
 
     def __init__(
         self,
@@ -263,7 +264,19 @@ class Classifier:
         )
 
     def predict_proba_uint8(self, images: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
-        """Probabilities (N, C) for already-preprocessed uint8 images (N, H, W, 3)."""
+        """Probabilities (N, C) for already-preprocessed uint8 images (N, H, W, 3).
+
+        With ``tta`` set, the mean over the test-time views (:mod:`imgclf.images.tta`).
+        """
+        if self.tta and len(images):
+            from imgclf.images.tta import average_over_views, tta_views
+
+            training = self.manifest.get("provenance", {}).get("training") or {}
+            views = tta_views(training.get("augment") if isinstance(training, dict) else None)
+            return average_over_views(lambda v: self._proba_plain(v, batch_size), images, views)
+        return self._proba_plain(images, batch_size)
+
+    def _proba_plain(self, images: np.ndarray, batch_size: int) -> np.ndarray:
         import torch
 
         logits = predict_logits(
@@ -291,8 +304,12 @@ class Classifier:
         block = self.manifest.get("ood")
         if not isinstance(block, dict) or block.get("score") != "feature_distance" or self.model is None:
             return self.predict_proba_uint8(images, batch_size=batch_size), None
-        with _features_of(self.model, block["layer"]) as feats:
+        if self.tta:  # the views would each add features: measure the image itself, separately
+            feats = [image_features(self, images, block["layer"], batch_size)]
             probs = self.predict_proba_uint8(images, batch_size=batch_size)
+        else:
+            with _features_of(self.model, block["layer"]) as feats:
+                probs = self.predict_proba_uint8(images, batch_size=batch_size)
         return probs, ood_scores(np.concatenate(feats), block) > block["threshold"]
 
     def unlike_training_data(self, images: np.ndarray) -> np.ndarray | None:

@@ -44,6 +44,9 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("--confusion-plot", metavar="PNG", help="write a confusion-matrix plot")
     p.add_argument("--report", metavar="HTML", help="also write the HTML report (as imgclf report)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (listed)")
+    p.add_argument(
+        "--tta", action="store_true", help="test-time augmentation: average over flipped and rotated views"
+    )
     add_cache_flags(p)
     add_max_pixels_flag(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -75,6 +78,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         require_matplotlib("--confusion-plot", "pip install matplotlib, or drop --confusion-plot")
     clf = load(args.model, **max_pixels_option(args))
+    clf.tta = args.tta
     ev = evaluate_dataset(
         clf,
         args.dataset,

@@ -49,6 +49,9 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("--montage", metavar="PNG", help="write a labelled montage (4 tiles of 128x128 per row)")
     p.add_argument("--show", action="store_true", help="open the montage when a display exists")
     p.add_argument(
+        "--tta", action="store_true", help="test-time augmentation: average over flipped and rotated views"
+    )
+    p.add_argument(
         "--explain", metavar="DIR", help="write a Grad-CAM overlay PNG per image into DIR"
     )
     p.add_argument("--output", "-o", metavar="FILE", help="write predictions to .csv or .jsonl")
@@ -181,6 +184,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     _check_options(args)
     world = World.from_env()
+    if args.tta and (args.shard is not None or world.distributed):
+        raise UsageError(
+            "--tta does not combine with a sharded run",
+            received="--tta with --shard or torchrun",
+            expected="one process",
+            fix="drop --tta, or predict without sharding",
+        )
     if getattr(args, "explain", None):
         from imgclf.cli.explain import check_explain
 
@@ -190,6 +200,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
         return run_sharded(args, world, pick=_pick_images, report=report_predictions)
     clf = load(args.model, **max_pixels_option(args))
+    if args.tta:
+        if getattr(clf, "model", None) is None:
+            raise UsageError(
+                "--tta needs the .imgclf model file",
+                received=args.model,
+                expected="an .imgclf file",
+                fix="pass the .imgclf the .onnx was exported from, or drop --tta",
+            )
+        clf.tta = True
     paths = _pick_images(args)
     predictions = clf.iter_predict(paths, top_k=args.top_k, batch_size=args.batch_size, errors="return")
     args.has_ood = isinstance(getattr(clf, "manifest", {}).get("ood"), dict)
