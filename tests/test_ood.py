@@ -83,3 +83,27 @@ def test_a_file_without_threshold_adds_no_column(tiny_model, tmp_path):
     assert rc == 0, err
     assert "unlike_training_data" not in out.read_text() and "unlike the training data" not in err
     assert modelfile.load(tiny_model.model_path).predict(image)[0].unlike_training_data is None
+
+
+def test_serve_answers_carry_the_flag(ood_model):
+    pytest.importorskip("fastapi")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+
+    from imgclf.serving.app import ServeSettings, create_app
+    from imgclf.serving.models import ModelStore
+
+    path, data, foreign, _ = ood_model
+    cell = next((data / "testing" / "Uninfected").glob("*.png")).read_bytes()
+    noise = (foreign / "noise_0000.png").read_bytes()
+    with TestClient(create_app(ModelStore.open({"m": str(path)}), ServeSettings())) as api:
+        rows = [
+            api.post("/v1/predict", content=body, headers={"content-type": "image/png"}).json()[
+                "predictions"
+            ][0]
+            for body in (cell, noise)
+        ]
+    assert [r["unlike_training_data"] for r in rows] == [False, True]

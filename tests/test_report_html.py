@@ -91,3 +91,27 @@ def test_cli_report_and_evaluate_report_write_the_page(tiny_model, tmp_path):
 def test_cli_report_refuses_an_unwritable_output_before_loading(tiny_model, tmp_path):
     rc, stdout, err = run_cli("report", str(tiny_model.model_path), "-o", str(tmp_path / "no" / "r.html"))
     assert rc == 5 and stdout == "" and "folder for the output file does not exist" in err
+
+
+def test_card_shows_the_calibration_and_the_ood_threshold_when_the_file_has_them():
+    clf = make_classifier(("a", "b"))
+    clf.manifest["calibration"] = {
+        "temperature": 2.5,
+        "split": "validation",
+        "images": 80,
+        "ece_before": 0.2,
+        "ece_after": 0.03,
+    }
+    clf.manifest["ood"] = {
+        "score": "feature_distance",
+        "threshold": 12.5,
+        "split": "validation",
+        "images": 80,
+        "flagged_share": 0.0125,
+    }
+    page = render_report(clf, "m")
+    assert (
+        "temperature 2.5 (fitted on 80 validation images); expected calibration error 0.2000 -&gt; 0.0300"
+        in page
+    )
+    assert "feature_distance beyond 12.5" in page and "1.2% of those images beyond it" in page

@@ -148,22 +148,16 @@ def _card(classifier: Classifier, name: str) -> str:
     versions = prov.get("versions", {})
     if versions:
         rows.append(["made with", esc(", ".join(f"{k} {v}" for k, v in versions.items()))])
-    calibration = classifier.manifest.get("calibration")
-    rows.append(
-        [
-            "calibration",
-            esc(f"temperature {calibration['temperature']:.4g}")
-            if isinstance(calibration, dict) and "temperature" in calibration
-            else "no calibration",
-        ]
-    )
+    from imgclf.modelfile.trust import describe_trust
+
+    cal = classifier.manifest.get("calibration")
+    trust = describe_trust(classifier.manifest)
+    if isinstance(cal, dict) and "ece_before" in cal and "ece_after" in cal:
+        trust[0] += f"; expected calibration error {cal['ece_before']:.4f} -> {cal['ece_after']:.4f} there"
     ood = classifier.manifest.get("ood")
-    rows.append(
-        [
-            "out-of-distribution check",
-            esc(f"{ood['score']} threshold {ood['threshold']:.4g}") if ood else "no OOD threshold",
-        ]
-    )
+    if isinstance(ood, dict) and "flagged_share" in ood:
+        trust[1] += f"; {ood['flagged_share']:.1%} of those images beyond it"
+    rows += [["calibration", esc(trust[0])], ["out-of-distribution check", esc(trust[1])]]
     card = "<h2>Model</h2>" + _table(["field", "value"], [[f"<b>{r[0]}</b>", r[1]] for r in rows])
     metrics = prov.get("metrics", {})
     if metrics:
