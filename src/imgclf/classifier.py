@@ -178,6 +178,26 @@ def ood_scores(features: np.ndarray, block: dict[str, Any]) -> np.ndarray:
     return distances
 
 
+def input_moments(images: np.ndarray) -> np.ndarray:
+    """Per-channel mean and standard deviation of uint8 images (N, H, W, 3), in [0, 1]: (N, 6) float64.
+
+    The second check of the out-of-distribution warning: colour statistics catch what the network's
+    features confuse with the training data (a photograph next to stained cells).
+    """
+    f = np.asarray(images, dtype=np.float64) / 255.0
+    return np.concatenate([f.mean(axis=(1, 2)), f.std(axis=(1, 2))], axis=1)
+
+
+def unlike(features: np.ndarray, images: np.ndarray, block: dict[str, Any]) -> np.ndarray:
+    """``True`` where either check of the ``ood`` block flags an image: the network's features, or (when
+    the block has ``moments``) the input's colour statistics."""
+    flags: np.ndarray = ood_scores(features, block) > block["threshold"]
+    moments = block.get("moments")
+    if isinstance(moments, dict):
+        flags |= ood_scores(input_moments(images), moments) > moments["threshold"]
+    return flags
+
+
 def _calibrated(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """``logits / temperature``; untouched (bit for bit) without calibration."""
     return logits if temperature == 1.0 else logits / temperature
@@ -310,7 +330,7 @@ class Classifier:
         else:
             with _features_of(self.model, block["layer"]) as feats:
                 probs = self.predict_proba_uint8(images, batch_size=batch_size)
-        return probs, ood_scores(np.concatenate(feats), block) > block["threshold"]
+        return probs, unlike(np.concatenate(feats), images, block)
 
     def unlike_training_data(self, images: np.ndarray) -> np.ndarray | None:
         """For uint8 images (N, H, W, 3): ``True`` where an image is beyond the out-of-distribution

@@ -3,9 +3,11 @@
 Each image's feature vector is the spatial mean of the network's last feature map (the layer Grad-CAM
 reads, :func:`imgclf.models.gradcam.target_layer`). Its score is the squared distance to the nearest class
 mean of the training split, each dimension scaled by the training split's within-class variance (a
-diagonal Mahalanobis distance). An image scoring above ``OOD_MARGIN`` times the ``OOD_QUANTILE`` quantile
-of the validation split is flagged. Logit-based scores (energy, maximum logit, maximum probability) were
-measured and rejected: see docs/performance.md, "Out-of-distribution warning".
+diagonal Mahalanobis distance). A second, identical check runs on the input's colour statistics
+(per-channel mean and standard deviation). An image scoring above ``OOD_MARGIN`` times the
+``OOD_QUANTILE`` quantile of the validation split on either check is flagged. Logit-based scores
+(energy, maximum logit, maximum probability) were measured and rejected: see docs/performance.md,
+"Out-of-distribution warning".
 
 Usage::
 
@@ -60,22 +62,32 @@ def fit_ood(
     present = [c for c in range(classifier.num_classes) if (labels == c).any()]
     if len(present) * feats.shape[1] > MAX_OOD_VALUES:
         return None
-    means = np.stack([feats[labels == c].mean(axis=0) for c in present])
-    centred = np.concatenate([feats[labels == c] - means[i] for i, c in enumerate(present)])
-    scale = centred.var(axis=0) + 1e-6 * max(float(centred.var()), 1e-12)
     block: dict[str, Any] = {
         "score": "feature_distance",
         "layer": layer,
-        "means": means.astype(np.float32).tolist(),
-        "scale": scale.astype(np.float32).tolist(),
+        **_class_stats(feats, labels, present),
         "threshold": 0.0,
         "split": split,
         "images": len(val_images),
         "quantile": OOD_QUANTILE,
     }
-    from imgclf.classifier import ood_scores
+    from imgclf.classifier import input_moments, ood_scores, unlike
 
     held_out = ood_scores(image_features(classifier, val_images, layer), block)
     block["threshold"] = float(OOD_MARGIN * np.quantile(held_out, OOD_QUANTILE))
-    block["flagged_share"] = float(np.mean(held_out > block["threshold"]))
+    moments = _class_stats(input_moments(train_images), labels, present)
+    moments["threshold"] = float(
+        OOD_MARGIN * np.quantile(ood_scores(input_moments(val_images), moments), OOD_QUANTILE)
+    )
+    block["moments"] = moments
+    val_features = image_features(classifier, val_images, layer)
+    block["flagged_share"] = float(np.mean(unlike(val_features, val_images, block)))
     return block
+
+
+def _class_stats(feats: np.ndarray, labels: np.ndarray, present: list[int]) -> dict[str, Any]:
+    """Per-class means and the pooled within-class variance per dimension (float32 lists)."""
+    means = np.stack([feats[labels == c].mean(axis=0) for c in present])
+    centred = np.concatenate([feats[labels == c] - means[i] for i, c in enumerate(present)])
+    scale = centred.var(axis=0) + 1e-6 * max(float(centred.var()), 1e-12)
+    return {"means": means.astype(np.float32).tolist(), "scale": scale.astype(np.float32).tolist()}

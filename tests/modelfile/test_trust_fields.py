@@ -26,6 +26,7 @@ OOD = {
     "split": "validation",
     "images": 80,
     "quantile": 0.95,
+    "moments": {"means": [[0.5] * 6, [0.25] * 6], "scale": [0.01] * 6, "threshold": 30.0},
 }
 
 
@@ -72,6 +73,8 @@ def test_calibration_and_ood_round_trip_and_probabilities_use_the_temperature(tm
         (lambda m: m.update(ood={**OOD, "threshold": "high"}), "ood.threshold"),
         (lambda m: m.update(ood={**OOD, "means": [[0.5] * 7, [0.25] * 8]}), "ood.means"),
         (lambda m: m.update(ood={**OOD, "scale": [0.0] * 8}), "ood.scale"),
+        (lambda m: m.update(ood={**OOD, "moments": {**OOD["moments"], "scale": [1.0] * 5}}), "ood.moments"),
+        (lambda m: m.update(ood={**OOD, "moments": {**OOD["moments"], "code": 1}}), "ood.moments"),
     ],
 )
 def test_malformed_trust_blocks_are_refused(tmp_path, edit, field):

@@ -32,7 +32,8 @@ _OOD = {
         isinstance(v, list) and 0 < len(v) <= MAX_OOD_VALUES and all(is_num(x) and x > 0 for x in v)
     ),
 }
-_OOD_INFO = {"images", "flagged_share", "quantile"}
+_OOD_INFO = {"images", "flagged_share", "quantile", "moments"}
+MOMENTS = 6  # per-channel mean and standard deviation of the input
 
 
 def _block(path: str, name: str, block: Any, required: dict[str, Any], info: set[str]) -> None:
@@ -41,8 +42,25 @@ def _block(path: str, name: str, block: Any, required: dict[str, Any], info: set
     require(path, ok, name, expected, block)
     for key, check in required.items():
         require(path, check(block[key]), f"{name}.{key}", expected, block[key])
-    for key in info & set(block):
+    for key in info & set(block) - {"moments"}:  # moments: its own check (_moments)
         require(path, is_num(block[key]), f"{name}.{key}", "a number", block[key])
+
+
+def _moments(path: str, m: Any, classes: int) -> None:
+    """The optional colour-statistics check: ``means`` (a row of 6 per class), ``scale``, ``threshold``."""
+    expected = f"means ({classes} rows of {MOMENTS} numbers), scale ({MOMENTS} positive numbers), threshold"
+    ok = (
+        isinstance(m, dict)
+        and set(m) == {"means", "scale", "threshold"}
+        and is_num(m["threshold"])
+        and isinstance(m["scale"], list)
+        and len(m["scale"]) == MOMENTS
+        and all(is_num(x) and x > 0 for x in m["scale"])
+        and isinstance(m["means"], list)
+        and len(m["means"]) == classes
+        and all(isinstance(r, list) and len(r) == MOMENTS and all(is_num(x) for x in r) for r in m["means"])
+    )
+    require(path, ok, "ood.moments", expected, str(m)[:80])
 
 
 def check_trust(path: str, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -76,6 +94,8 @@ def check_trust(path: str, manifest: dict[str, Any]) -> dict[str, Any]:
         require(
             path, ok, "ood.means", f"at most one row per class, each of {width} numbers", str(o["means"])[:80]
         )
+        if "moments" in o:
+            _moments(path, o["moments"], len(o["means"]))
         out["ood"] = o
     return out
 
