@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from helpers import run_cli
@@ -76,3 +77,16 @@ def test_explain_refuses_a_file_as_folder_and_a_sharded_run(tiny_model, tmp_path
         "--shard", "1/2", "-o", str(tmp_path / "p.csv"),
     )  # fmt: skip
     assert rc == 2 and "--explain does not combine with a sharded run" in err
+
+
+def test_explain_and_tta_refuse_an_onnx_model(tiny_model, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from imgclf.interop.onnx_export import export_onnx
+
+    onnx = tmp_path / "m.onnx"
+    export_onnx(tiny_model.model_path, onnx)
+    image = str(next((tiny_model.dataset / "testing").rglob("*.png")))
+    rc, stdout, err = run_cli("predict", "-m", str(onnx), "-i", image, "--explain", str(tmp_path / "c"))
+    assert rc == 2 and stdout == "" and "--explain needs the .imgclf model file" in err
+    rc, stdout, err = run_cli("predict", "-m", str(onnx), "-i", image, "--tta")
+    assert rc == 2 and stdout == "" and "--tta needs the .imgclf model file" in err
