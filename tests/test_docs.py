@@ -215,6 +215,7 @@ def _setup_evaluation(ns: dict[str, Any]) -> None:
     ns["y_true"], ns["y_pred"] = np.array([0, 1, 1, 0]), np.array([0, 1, 0, 0])
     ns["probs"] = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.7, 0.3]], np.float32)
     ns["labels"], ns["paths"] = ns["y_true"], ["a.png", "b.png", "c.png", "d.png"]
+    ns["logits"] = np.log(ns["probs"])
 
 
 def _setup_files(ns: dict[str, Any]) -> None:
@@ -258,6 +259,7 @@ RUNS: dict[str, Any] = {
     "modelfile/__init__.py": _setup_classifier,
     "modelfile/saving.py": _setup_classifier,
     "evaluation.py": _setup_evaluation,
+    "calibration.py": _setup_evaluation,
     "images/__init__.py": _setup_images,
     "images/preprocess.py": _setup_images,
     "data/__init__.py": _setup_dataset,
@@ -271,6 +273,8 @@ RUNS: dict[str, Any] = {
     "models/registry.py": None,
     "models/seed_resnet.py": None,
     "models/small_cnn.py": None,
+    "models/gradcam.py": None,
+    "data/synthetic_foreign.py": None,
     "serving/metrics.py": None,
     "serving/settings.py": None,
     "cli/cache.py": None,
@@ -290,6 +294,11 @@ NOT_RUN = {
         "cli/__init__.py",
         "cli/demo.py",
         "cli/evaluate.py",
+        "cli/report.py",
+        "images/tta.py",
+        "ood.py",
+        "cli/explain.py",
+        "cli/calibrate.py",
         "cli/model.py",
         "cli/predict.py",
         "cli/train.py",
@@ -320,11 +329,13 @@ NOT_RUN = {
         "modelfile/manifest.py",
         "modelfile/probes.py",
         "modelfile/provenance.py",
+        "modelfile/trust.py",
         "modelfile/weights.py",
         "models/graph_schema.py",
         "models/keras_graph.py",
         "plots.py",
         "reports.py",
+        "report_html.py",
         "training/augment.py",
         "training/checkpoint.py",
         "training/determinism.py",

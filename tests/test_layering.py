@@ -34,6 +34,9 @@ LAYERS = {
     "imgclf.evaluation": "evaluation",
     "imgclf.dataset_evaluation": "evaluation",
     "imgclf.reports": "reports",
+    "imgclf.report_html": "reports",
+    "imgclf.calibration": "evaluation",
+    "imgclf.ood": "evaluation",
     "imgclf.plots": "plots",
     "imgclf.modelfile": "modelfile",
     "imgclf.classifier": "classifier",
@@ -60,7 +63,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "modelfile": {"classifier"} | _BELOW_CLASSIFIER,
     "data": _LIBRARY,
     "evaluation": {"data"} | _LIBRARY,  # evaluate_dataset scans and decodes a folder
-    "reports": _LIBRARY,
+    "reports": {"evaluation"} | _LIBRARY,  # the HTML report draws an evaluation's calibration
     "plots": _LIBRARY,
     "training": {"data", "evaluation", "reports", "plots"} | _LIBRARY,
     # Beside cli, over the library: never training or cli.

@@ -10,6 +10,7 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +46,9 @@ class Prediction:
         probabilities: Probability per class name, in the model's class order.
         top_k: The ``k`` most probable ``(label, probability)`` pairs.
         error: Why the image could not be classified (only with ``errors="return"``).
+        unlike_training_data: ``True`` when the image lies beyond the file's out-of-distribution
+            threshold (the label is then a guess about something the model never saw); ``None`` when
+            the file has no threshold.
     """
 
     source: str
@@ -54,6 +58,30 @@ class Prediction:
     probabilities: dict[str, float] = field(default_factory=dict)
     top_k: list[tuple[str, float]] = field(default_factory=list)
     error: str | None = None
+    unlike_training_data: bool | None = None
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Where the evidence for a class lies in one image (Grad-CAM), from :meth:`Classifier.explain`.
+
+    Attributes:
+        source: The image's path or a short description of it.
+        label: The class explained (the predicted one unless another was asked for).
+        index: Its class index.
+        confidence: The model's probability of that class.
+        heatmap: float32 (H, W) in [0, 1] at the model's input size: 1 is the strongest evidence.
+        overlay: uint8 (h, w, 3): the heatmap blended over the decoded image at its own size.
+        layer: The network module the map was read from (chosen automatically).
+    """
+
+    source: str
+    label: str
+    index: int
+    confidence: float
+    heatmap: np.ndarray
+    overlay: np.ndarray
+    layer: str
 
 
 def predict_logits(
@@ -98,6 +126,83 @@ def predict_logits(
     return torch.cat(out).cpu()
 
 
+def image_features(
+    classifier: Classifier, images: np.ndarray, layer: str, batch_size: int = 256
+) -> np.ndarray:
+    """The spatial mean of ``layer``'s output for uint8 images (N, H, W, 3): (N, channels) float32.
+
+    The feature vector the out-of-distribution warning measures (:mod:`imgclf.ood`).
+
+    Raises:
+        ModelFileError: If ``layer`` is not a module of the network (a file from another imgclf).
+    """
+    with _features_of(classifier.model, layer) as out:
+        predict_logits(
+            classifier.model, images, classifier.preprocess, batch_size=batch_size, device=classifier.device
+        )
+    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+
+
+@contextlib.contextmanager
+def _features_of(model: nn.Module, layer: str) -> Iterator[list[np.ndarray]]:
+    """Collect the spatial mean of ``layer``'s output for every forward pass run inside the block.
+
+    Raises:
+        ModelFileError: If ``layer`` is not a module of the network (a file from another imgclf).
+    """
+    from imgclf.errors import ModelFileError
+
+    module = dict(model.named_modules()).get(layer)
+    if module is None:
+        raise ModelFileError(
+            f"the model file's OOD layer {layer[:80]!r} is not a module of its network",
+            fix="re-fit the threshold: train again, or load the file with the imgclf that wrote it",
+        )
+    out: list[np.ndarray] = []
+    def keep(_m: nn.Module, _i: object, o: torch.Tensor) -> None:
+        out.append(o.float().mean(dim=(2, 3)).cpu().numpy())
+
+    handle = module.register_forward_hook(keep)
+    try:
+        yield out
+    finally:
+        handle.remove()
+
+
+def ood_scores(features: np.ndarray, block: dict[str, Any]) -> np.ndarray:
+    """Squared scaled distance of each feature row to the nearest class mean of ``block`` (``ood``)."""
+    f = np.asarray(features, dtype=np.float64)
+    means = np.asarray(block["means"], dtype=np.float64)
+    scale = np.asarray(block["scale"], dtype=np.float64)
+    distances: np.ndarray = (((f[:, None, :] - means[None]) ** 2) / scale).sum(axis=-1).min(axis=1)
+    return distances
+
+
+def input_moments(images: np.ndarray) -> np.ndarray:
+    """Per-channel mean and standard deviation of uint8 images (N, H, W, 3), in [0, 1]: (N, 6) float64.
+
+    The second check of the out-of-distribution warning: colour statistics catch what the network's
+    features confuse with the training data (a photograph next to stained cells).
+    """
+    f = np.asarray(images, dtype=np.float64) / 255.0
+    return np.concatenate([f.mean(axis=(1, 2)), f.std(axis=(1, 2))], axis=1)
+
+
+def unlike(features: np.ndarray, images: np.ndarray, block: dict[str, Any]) -> np.ndarray:
+    """``True`` where either check of the ``ood`` block flags an image: the network's features, or (when
+    the block has ``moments``) the input's colour statistics."""
+    flags: np.ndarray = ood_scores(features, block) > block["threshold"]
+    moments = block.get("moments")
+    if isinstance(moments, dict):
+        flags |= ood_scores(input_moments(images), moments) > moments["threshold"]
+    return flags
+
+
+def _calibrated(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``logits / temperature``; untouched (bit for bit) without calibration."""
+    return logits if temperature == 1.0 else logits / temperature
+
+
 def _as_list(images: ImageSource | Sequence[ImageSource]) -> list[ImageSource]:
     """One image (path, bytes, PIL image, array) or a sequence of them, as a list."""
     # mypy cannot narrow by the _SINGLE tuple: bytes are a Sequence too, but took the first branch
@@ -130,6 +235,9 @@ class Classifier:
             ``MAX_PIXELS``; a server lowers it to bound memory per request).
     """
 
+    _cam_layer: str | None = None  # Grad-CAM's layer, found on the first explain()
+    tta: bool = False  # test-time augmentation: average every probability over imgclf.images.tta's views
+
     def __init__(
         self,
         model: nn.Module,
@@ -154,6 +262,16 @@ class Classifier:
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()  # type: ignore[call-overload]
 
     @property
+    def temperature(self) -> float:
+        """The calibration temperature every probability is computed with (1.0: the file has none).
+
+        Logits are divided by it before the softmax (:mod:`imgclf.calibration`); the winning class never
+        changes, only how sure the model says it is.
+        """
+        calibration = self.manifest.get("calibration")
+        return float(calibration["temperature"]) if isinstance(calibration, dict) else 1.0
+
+    @property
     def num_classes(self) -> int:
         """Number of classes the model distinguishes."""
         return len(self.class_names)
@@ -166,7 +284,19 @@ class Classifier:
         )
 
     def predict_proba_uint8(self, images: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
-        """Probabilities (N, C) for already-preprocessed uint8 images (N, H, W, 3)."""
+        """Probabilities (N, C) for already-preprocessed uint8 images (N, H, W, 3).
+
+        With ``tta`` set, the mean over the test-time views (:mod:`imgclf.images.tta`).
+        """
+        if self.tta and len(images):
+            from imgclf.images.tta import average_over_views, tta_views
+
+            training = self.manifest.get("provenance", {}).get("training") or {}
+            views = tta_views(training.get("augment") if isinstance(training, dict) else None)
+            return average_over_views(lambda v: self._proba_plain(v, batch_size), images, views)
+        return self._proba_plain(images, batch_size)
+
+    def _proba_plain(self, images: np.ndarray, batch_size: int) -> np.ndarray:
         import torch
 
         logits = predict_logits(
@@ -174,7 +304,7 @@ class Classifier:
         )
         if logits.numel() == 0:
             return np.zeros((0, self.num_classes), dtype=np.float32)
-        return torch.softmax(logits, dim=1).numpy()
+        return torch.softmax(_calibrated(logits, self.temperature), dim=1).numpy()
 
     def predict_proba_input(self, x: np.ndarray) -> np.ndarray:
         """Probabilities (N, C) for an already-scaled float32 input (N, 3, H, W), e.g. from ``to_array``.
@@ -187,7 +317,74 @@ class Classifier:
         with torch.inference_mode():
             t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
             logits = self.model(t.contiguous(memory_format=torch.channels_last)).float()
-            return torch.softmax(logits, dim=1).cpu().numpy()
+            return torch.softmax(_calibrated(logits, self.temperature), dim=1).cpu().numpy()
+
+    def _proba_and_unlike(self, images: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities, and the out-of-distribution flags (``None`` without a threshold), in one pass."""
+        block = self.manifest.get("ood")
+        if not isinstance(block, dict) or block.get("score") != "feature_distance" or self.model is None:
+            return self.predict_proba_uint8(images, batch_size=batch_size), None
+        if self.tta:  # the views would each add features: measure the image itself, separately
+            feats = [image_features(self, images, block["layer"], batch_size)]
+            probs = self.predict_proba_uint8(images, batch_size=batch_size)
+        else:
+            with _features_of(self.model, block["layer"]) as feats:
+                probs = self.predict_proba_uint8(images, batch_size=batch_size)
+        return probs, unlike(np.concatenate(feats), images, block)
+
+    def unlike_training_data(self, images: np.ndarray) -> np.ndarray | None:
+        """For uint8 images (N, H, W, 3): ``True`` where an image is beyond the out-of-distribution
+        threshold (:mod:`imgclf.ood`); ``None`` when the model file has no threshold."""
+        return self._proba_and_unlike(images, 256)[1]
+
+    def explain(
+        self, image: ImageSource, *, target: str | int | None = None, channel_order: str = "rgb"
+    ) -> Explanation:
+        """Grad-CAM for one image: which regions made the model answer ``target`` (default: its answer).
+
+        The layer is the network's last spatial feature map, found automatically for any architecture
+        (:mod:`imgclf.models.gradcam`).
+
+        Raises:
+            ImageError: If the image cannot be decoded.
+            UsageError: If ``target`` is not one of the model's classes.
+        """
+        import torch
+
+        from imgclf.images.preprocess import decode
+        from imgclf.models.gradcam import gradcam, overlay, target_layer
+
+        if target is None or isinstance(target, int) and not isinstance(target, bool):
+            index = target
+        elif isinstance(target, str) and target in self.class_names:
+            index = self.class_names.index(target)
+        else:
+            index = -1
+        if index is not None and not 0 <= index < self.num_classes:
+            raise UsageError(
+                "unknown class to explain",
+                received=repr(target)[:100],
+                expected=f"a class name or index 0 .. {self.num_classes - 1}",
+                fix="leave target out to explain the predicted class",
+            )
+        rgb = decode(image, channel_order=channel_order, max_pixels=self.max_pixels)
+        x = preprocess_uint8(rgb, self.preprocess)[None]
+        probs = self.predict_proba_uint8(x)[0]
+        index = int(np.argmax(probs)) if index is None else index
+        if self._cam_layer is None:
+            self._cam_layer = target_layer(self.model, self.preprocess.size)
+        tensor = to_tensor(x, self.preprocess, device=self.device)
+        tensor = tensor.contiguous(memory_format=torch.channels_last)
+        heat = gradcam(self.model, tensor, [index], self._cam_layer)[0]
+        return Explanation(
+            source=describe_source(image),
+            label=self.class_names[index],
+            index=index,
+            confidence=float(probs[index]),
+            heatmap=heat,
+            overlay=overlay(rgb, heat),
+            layer=self._cam_layer,
+        )
 
     def _stack(
         self, images: Sequence[ImageSource], channel_order: str, errors: str
@@ -290,7 +487,7 @@ class Classifier:
             chunk = items[start : start + batch_size]
             arrays, failures = self._stack(chunk, channel_order, errors)
             good = [i for i, f in enumerate(failures) if f is None]
-            probs = self.predict_proba_uint8(arrays[good], batch_size=batch_size) if good else None
+            probs, unlike = self._proba_and_unlike(arrays[good], batch_size) if good else (None, None)
             row = 0
             for i, source in enumerate(chunk):
                 name = describe_source(source)
@@ -309,4 +506,5 @@ class Classifier:
                     confidence=float(p[best]),
                     probabilities={c: float(v) for c, v in zip(self.class_names, p, strict=True)},
                     top_k=[(self.class_names[int(j)], float(p[j])) for j in order[:k]],
+                    unlike_training_data=None if unlike is None else bool(unlike[row - 1]),
                 )

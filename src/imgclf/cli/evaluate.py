@@ -50,7 +50,11 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         "--output", "-o", metavar="JSON", help="also write report, confusion matrix, misclassified"
     )
     p.add_argument("--confusion-plot", metavar="PNG", help="write a confusion-matrix plot")
+    p.add_argument("--report", metavar="HTML", help="also write the HTML report (as imgclf report)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (listed)")
+    p.add_argument(
+        "--tta", action="store_true", help="test-time augmentation: average over flipped and rotated views"
+    )
     add_cache_flags(p)
     add_max_pixels_flag(p)
     add_threads_flag(p)
@@ -73,7 +77,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from imgclf.fileio.writing import atomic_write_text
     from imgclf.loading import load  # .imgclf or .onnx (onnxruntime, no torch)
 
-    for target in (args.output, args.confusion_plot):
+    for target in (args.output, args.confusion_plot, args.report):
         if target:
             from imgclf.fileio.writing import check_writable
 
@@ -84,6 +88,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         require_matplotlib("--confusion-plot", "pip install matplotlib, or drop --confusion-plot")
     threads, why = choose_threads(args.threads)
     clf = load(args.model, threads=threads, **max_pixels_option(args))
+    clf.tta = args.tta
     with inference_threads(threads, why):
         ev = evaluate_dataset(
             clf,
@@ -107,4 +112,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         name = os.path.basename(args.model)
         title = f"{name} on {args.split}: accuracy {ev.accuracy:.4f} ({len(ev.paths)} images)"
         plot_confusion(ev.confusion, ev.class_names, args.confusion_plot, title=title)
+    if args.report:
+        from imgclf.report_html import render_report, write_report
+
+        write_report(render_report(clf, os.path.basename(args.model), ev, split=args.split), args.report)
     return 0

@@ -25,16 +25,30 @@ import warnings
 from collections.abc import Sequence
 
 from imgclf._version import __version__
-from imgclf.cli import cache, demo, evaluate, export, import_keras, model, predict, serve, train
+from imgclf.cli import (
+    cache,
+    calibrate,
+    demo,
+    evaluate,
+    export,
+    import_keras,
+    model,
+    predict,
+    report,
+    serve,
+    train,
+)
 from imgclf.cli.common import EPILOG, Parser, err
 from imgclf.cli.output import discard_stdout, stdout_error
 from imgclf.errors import EXIT_CODES, ImgclfError, Terminated, limit_error, missing_package_error
 from imgclf.world import note_alike_error, reports_alike_errors, wait_for_quiet_peers
 
 # Each module registers its commands with add_parser(sub, common); the order is --help's order.
-COMMAND_MODULES = (train, predict, evaluate, model, export, serve, import_keras, demo, cache)
+COMMAND_MODULES = (
+    train, predict, evaluate, report, calibrate, model, export, serve, import_keras, demo, cache,
+)  # fmt: skip
 # Commands that run models: the allocator tuning pays off there (see imgclf.cli.allocator).
-HEAVY_COMMANDS = ("train", "predict", "evaluate", "verify", "demo", "serve", "export")
+HEAVY_COMMANDS = ("train", "predict", "evaluate", "report", "calibrate", "verify", "demo", "serve", "export")
 
 
 def build_parser() -> Parser:

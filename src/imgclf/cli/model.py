@@ -130,6 +130,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         lines.append(_distributed_line(info["distributed"]))
     if info.get("metrics"):
         lines.append(_metrics_line(info["metrics"]))
+    from imgclf.modelfile.trust import describe_trust
+
+    lines += [f"{'trust':<15} {line}" for line in describe_trust(info)]
     if info.get("data"):
         d = info["data"]
         lines.append(

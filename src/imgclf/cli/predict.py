@@ -55,6 +55,12 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("--seed", type=int, default=42, help="seed for --sample (default 42)")
     p.add_argument("--montage", metavar="PNG", help="write a labelled montage (4 tiles of 128x128 per row)")
     p.add_argument("--show", action="store_true", help="open the montage when a display exists")
+    p.add_argument(
+        "--tta", action="store_true", help="test-time augmentation: average over flipped and rotated views"
+    )
+    p.add_argument(
+        "--explain", metavar="DIR", help="write a Grad-CAM overlay PNG per image into DIR"
+    )
     p.add_argument("--output", "-o", metavar="FILE", help="write predictions to .csv or .jsonl")
     p.add_argument(
         "--json", action="store_true", help="stdout: one JSON object per image (JSON Lines), as in .jsonl"
@@ -112,6 +118,8 @@ def json_row(p: Any) -> str:
         row.update(label=p.label, confidence=p.confidence, probabilities=p.probabilities)
         if len(p.top_k) > 1:
             row["top_k"] = [{"label": k, "probability": v} for k, v in p.top_k]
+        if getattr(p, "unlike_training_data", None) is not None:
+            row["unlike_training_data"] = p.unlike_training_data
     else:
         row["error"] = p.error
     return json.dumps(row, ensure_ascii=False)
@@ -129,8 +137,9 @@ def csv_cell(text: str) -> str:
 class _PredictionsFile:
     """``--output`` rows (CSV or JSONL), one per image, written to ``fh`` as results arrive."""
 
-    def __init__(self, fh: Any, path: str, class_names: list[str]) -> None:
+    def __init__(self, fh: Any, path: str, class_names: list[str], ood: bool = False) -> None:
         self.class_names = class_names
+        self.ood = ood  # the model file has an out-of-distribution threshold: one more column
         self.jsonl = path.lower().endswith(".jsonl")
         self._fh = fh
         if not self.jsonl:
@@ -138,16 +147,18 @@ class _PredictionsFile:
             columns = [csv_cell(c) if c not in fixed else f"prob:{c}" for c in class_names]
             # RFC 4180 line ends: the writer then quotes a CR or LF in a cell instead of splitting the row.
             self._csv = csv.writer(fh, lineterminator="\r\n")
-            self._csv.writerow(["path", "label", "confidence", *columns, "error"])
+            extra = ["unlike_training_data"] if ood else []
+            self._csv.writerow(["path", "label", "confidence", *columns, *extra, "error"])
 
     def write(self, p: Any) -> None:
         if self.jsonl:
             self._fh.write(json_row(p) + "\n")
         elif p.error is None:
             probs = [repr(p.probabilities[c]) for c in self.class_names]
-            self._csv.writerow([csv_cell(p.source), csv_cell(p.label), repr(p.confidence), *probs, ""])
+            flag = [str(bool(getattr(p, "unlike_training_data", False))).lower()] if self.ood else []
+            self._csv.writerow([csv_cell(p.source), csv_cell(p.label), repr(p.confidence), *probs, *flag, ""])
         else:
-            empty = [""] * len(self.class_names)
+            empty = [""] * (len(self.class_names) + self.ood)
             self._csv.writerow([csv_cell(p.source), "", "", *empty, csv_cell(p.error)])
 
 
@@ -181,15 +192,41 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     _check_options(args)
     world = World.from_env()
+    if args.tta and (args.shard is not None or world.distributed):
+        raise UsageError(
+            "--tta does not combine with a sharded run",
+            received="--tta with --shard or torchrun",
+            expected="one process",
+            fix="drop --tta, or predict without sharding",
+        )
+    if getattr(args, "explain", None):
+        from imgclf.cli.explain import check_explain
+
+        check_explain(args.model, args.explain, args.shard is not None or world.distributed)
     if args.shard is not None or world.distributed:
         from imgclf.cli.predict_shards import run_sharded
 
         return run_sharded(args, world, pick=_pick_images, report=report_predictions)
     threads, why = choose_threads(args.threads)
     clf = load(args.model, threads=threads, **max_pixels_option(args))
+    if args.tta:
+        if getattr(clf, "model", None) is None:
+            raise UsageError(
+                "--tta needs the .imgclf model file",
+                received=args.model,
+                expected="an .imgclf file",
+                fix="pass the .imgclf the .onnx was exported from, or drop --tta",
+            )
+        clf.tta = True
     paths = _pick_images(args)
     with inference_threads(threads, why):
         predictions = clf.iter_predict(paths, top_k=args.top_k, batch_size=args.batch_size, errors="return")
+        args.has_ood = isinstance(getattr(clf, "manifest", {}).get("ood"), dict)
+        if getattr(args, "explain", None):
+            from imgclf.cli.explain import with_overlays
+
+            args.overlays = {}
+            predictions = with_overlays(clf, predictions, args.explain, args.overlays)
         return report_predictions(args, clf.class_names, predictions, len(paths))
 
 
@@ -229,7 +266,7 @@ def report_predictions(
     """
     from imgclf.errors import safe_text
 
-    failed = total = 0
+    failed = total = unlike = 0
     tiles: list[Any] = []
     with contextlib.ExitStack() as stack:
         out = None
@@ -237,7 +274,7 @@ def report_predictions(
             from imgclf.fileio.writing import atomic_open
 
             fh = stack.enter_context(atomic_open(args.output, "w"))
-            out = _PredictionsFile(fh, args.output, class_names)
+            out = _PredictionsFile(fh, args.output, class_names, ood=bool(getattr(args, "has_ood", False)))
         # Results stream to stdout batch by batch; a bar is shown only when they go to a file or a pipe.
         progress = None
         if count > args.batch_size and sys.stderr.isatty() and not sys.stdout.isatty():
@@ -258,11 +295,20 @@ def report_predictions(
                 failed += 1
                 print(f"imgclf: error: {safe_text(p.error)}", file=sys.stderr)
                 continue
+            flagged = bool(getattr(p, "unlike_training_data", False))
+            unlike += flagged
             if not args.json:
                 extra = "".join(f"\t{safe_text(k)}:{v:.4f}" for k, v in p.top_k[1:])
-                show(f"{safe_text(p.source)}\t{safe_text(p.label)}\t{p.confidence:.4f}{extra}")
+                mark = "\tunlike_training_data" if flagged else ""
+                show(f"{safe_text(p.source)}\t{safe_text(p.label)}\t{p.confidence:.4f}{extra}{mark}")
             if args.montage and len(tiles) < MONTAGE_TILES:
-                tiles.append(_tile(p, class_names))
+                tiles.append(_tile(p, class_names, getattr(args, "overlays", {}).get(p.source), flagged))
+    if getattr(args, "has_ood", False):
+        print(
+            f"imgclf: {unlike} of {total - failed} image(s) unlike the training data "
+            "(beyond the model's out-of-distribution threshold: their labels are guesses)",
+            file=sys.stderr,
+        )
     if args.montage:
         _montage(args, tiles, total - failed)
     if failed:
@@ -273,14 +319,15 @@ def report_predictions(
     return 0
 
 
-def _tile(p: Any, class_names: list[str]) -> Any:
+def _tile(p: Any, class_names: list[str], overlay: str | None = None, unlike: bool = False) -> Any:
     from imgclf.plots import class_colors, montage_tile
 
     # An image in a class folder (a dataset's testing/<class>/x.png) has a known true class.
     true = os.path.basename(os.path.dirname(os.path.abspath(str(p.source))))
     wrong = true if true in class_names and true != p.label else None
     color = class_colors(len(class_names))[p.index]
-    return montage_tile(p.source, f"{p.label} {p.confidence:.0%}", color, true_if_wrong=wrong)
+    label = f"{p.label} {p.confidence:.0%}" + (" (unlike training)" if unlike else "")
+    return montage_tile(overlay or p.source, label, color, true_if_wrong=wrong)
 
 
 def _montage(args: argparse.Namespace, tiles: list, classified: int) -> None:

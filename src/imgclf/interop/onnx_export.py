@@ -64,14 +64,17 @@ class ExportResult:
 
 
 class _WithSoftmax(nn.Module):
-    """The classifier's network followed by the softmax ``predict`` applies."""
+    """The classifier's network followed by the softmax ``predict`` applies (at its calibration
+    temperature)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, temperature: float = 1.0) -> None:
         super().__init__()
         self.model = model
+        self.temperature = temperature
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(x), dim=1)
+        logits = self.model(x)
+        return torch.softmax(logits if self.temperature == 1.0 else logits / self.temperature, dim=1)
 
 
 def check_options(opset: int, exporter: str) -> None:
@@ -92,9 +95,9 @@ def check_options(opset: int, exporter: str) -> None:
         )
 
 
-def _graph_bytes(model: nn.Module, spec: Any, opset: int, exporter: str) -> bytes:
+def _graph_bytes(model: nn.Module, spec: Any, opset: int, exporter: str, temperature: float = 1.0) -> bytes:
     """Serialised ONNX of ``model`` with a dynamic batch; exporter chatter goes to stderr, never stdout."""
-    net = _WithSoftmax(model).to(memory_format=torch.contiguous_format).eval()
+    net = _WithSoftmax(model, temperature).to(memory_format=torch.contiguous_format).eval()
     example = torch.zeros((2, 3, spec.height, spec.width), dtype=torch.float32)
     with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer and deprecation notes: the parity gate is the real check
@@ -244,7 +247,8 @@ def export_onnx(
     src = _read_source(model_path)
     spec = src.clf.preprocess
     inputs, names = gate_inputs([arr for _, arr in src.probes], src.probe_kinds, spec, parity_images)
-    model = onnx.load_model_from_string(_graph_bytes(src.clf.model, spec, opset, exporter))
+    graph = _graph_bytes(src.clf.model, spec, opset, exporter, src.clf.temperature)
+    model = onnx.load_model_from_string(graph)
     model.ir_version = min(model.ir_version, MAX_IR_VERSION)
     model.producer_name, model.producer_version = "imgclf", versions()["imgclf"]
     name = os.fspath(out_path)

@@ -172,4 +172,6 @@ def inspect(path: str | os.PathLike[str]) -> dict[str, Any]:
         "tensors": len(model_entries),
         "parameters": sum(math.prod(e.shape) for e in model_entries),
         "file_bytes": c.file_bytes,
+        "calibration": m.raw.get("calibration"),  # None: no calibration (older files, or not fitted)
+        "ood": m.raw.get("ood"),  # None: no OOD threshold
     }

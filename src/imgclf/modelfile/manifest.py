@@ -24,6 +24,7 @@ from imgclf.modelfile.digests import canonical_json, manifest_digest
 from imgclf.modelfile.foreign import CHECKPOINT_KEY, describe_checkpoint
 from imgclf.modelfile.format import Container
 from imgclf.modelfile.provenance import check_provenance
+from imgclf.modelfile.trust import OPTIONAL_FIELDS, check_trust
 from imgclf.models import registry
 
 FORMAT = "imgclf"
@@ -199,7 +200,8 @@ def _validate_v1(path: str, m: dict[str, Any], version: int, text: str | None) -
     if text is not None and canonical_json(m) != text:
         # imgclf writes canonical JSON only, so any other spelling means the text was edited.
         raise invalid(path, "manifest is not in canonical form (file modified?)")
-    missing, unknown = sorted(_FIELDS - set(m)), sorted(set(m) - _FIELDS)
+    # calibration and ood are optional (absent from older files): see modelfile/trust.py
+    missing, unknown = sorted(_FIELDS - set(m)), sorted(set(m) - _FIELDS - OPTIONAL_FIELDS)
     if missing or unknown:
         raise invalid(
             path, f"manifest fields wrong (missing: {missing or 'none'}, unknown: {unknown[:5] or 'none'})"
@@ -227,6 +229,7 @@ def _validate_v1(path: str, m: dict[str, Any], version: int, text: str | None) -
         spec = PreprocessSpec.from_dict(pre, where="preprocess")
     except UsageError as exc:
         raise invalid(path, exc.problem, received=exc.received, expected=exc.expected) from None
+    check_trust(path, m)
     rule = m["decode_rule"]
     if not is_int(rule) or not 1 <= rule <= DECODE_RULE:
         raise invalid(

@@ -28,6 +28,7 @@ from imgclf.modelfile import probes, weights
 from imgclf.modelfile.digests import canonical_json, manifest_digest, tensors_digest
 from imgclf.modelfile.manifest import FORMAT, FORMAT_VERSION, MANIFEST_KEY, MAX_PROBES, validate
 from imgclf.modelfile.provenance import fit_provenance
+from imgclf.modelfile.trust import OPTIONAL_FIELDS
 from imgclf.models import registry
 
 MAX_PROBE_BYTES = 8 * 1024 * 1024
@@ -71,7 +72,11 @@ def serialize(classifier: Classifier, *, extra_probes: list[bytes] | None = None
     # Probes run on a model rebuilt from exactly the tensors being saved: what load() will produce.
     state = {k[len("model.") :]: v for k, v in model_tensors.items()}
     fresh.load_state_dict(state, strict=True, assign=True)
-    rebuilt = Classifier(fresh, classifier.class_names, classifier.preprocess, classifier.arch, arch_args)
+    # With its calibration and OOD threshold: the probes record what predict will answer.
+    trust = {k: v for k, v in classifier.manifest.items() if k in OPTIONAL_FIELDS}
+    rebuilt = Classifier(
+        fresh, classifier.class_names, classifier.preprocess, classifier.arch, arch_args, manifest=trust
+    )
     images, kinds = _probe_images(extra_probes)
     records = probes.compute(rebuilt, images, kinds)
     tensors = dict(model_tensors)
@@ -141,6 +146,7 @@ def _manifest(
         ],
         "provenance": fit_provenance(provenance),
     }
+    manifest.update({k: _finite(v) for k, v in classifier.manifest.items() if k in OPTIONAL_FIELDS})
     items = [(k, weights.dtype_name(v), tuple(v.shape), v.numpy().tobytes()) for k, v in tensors.items()]
     manifest["integrity"] = {
         "tensors_sha256": tensors_digest(items),

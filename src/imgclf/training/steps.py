@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from imgclf import modelfile
+from imgclf.calibration import MIN_CALIBRATION_IMAGES, calibrate_classifier
 from imgclf.classifier import Classifier
 from imgclf.config import TrainConfig
 from imgclf.data.decode import DecodedSplit, bad_files_error, load_split
@@ -34,6 +35,7 @@ from imgclf.evaluation import Evaluation, evaluate_probabilities, usefulness_war
 from imgclf.fileio.writing import atomic_write_text, check_writable
 from imgclf.images.read import MAX_PIXELS, read_bytes
 from imgclf.modelfile.weights import copy_to_cpu
+from imgclf.ood import fit_ood
 from imgclf.plots import have_matplotlib, require_matplotlib
 from imgclf.progress import Log
 from imgclf.reports import format_report, write_history
@@ -217,6 +219,12 @@ def final_classifier(
     """
     model, epoch = final_weights(config, state)
     classifier = Classifier(copy_to_cpu(model), class_names, config.preprocess, config.arch, config.arch_args)
+    held_out = decoded["validation"]
+    if len(held_out) >= MIN_CALIBRATION_IMAGES:  # temperature scaling, before the final evaluation
+        calibrate_classifier(classifier, held_out.images, held_out.labels)
+    ood = fit_ood(classifier, decoded["training"].images, decoded["training"].labels, held_out.images)
+    if ood is not None:  # the "unlike the training data" threshold (imgclf.ood)
+        classifier.manifest["ood"] = ood
     split = "testing" if len(decoded["testing"]) else "validation"
     dec = decoded[split]
     if not len(dec):
@@ -233,6 +241,19 @@ def judge(final: FinalModel, config: TrainConfig, epochs_run: int, log: Log) -> 
     """Say which epoch goes into the file, and warn when the saved model is useless (one class, chance)."""
     how = f"--keep best by {config.monitor}" if config.keep == "best" else "--keep last"
     log(f"note: the model file holds epoch {final.epoch} of {epochs_run} ({how})")
+    cal = final.classifier.manifest.get("calibration")
+    if cal:
+        log(
+            f"note: calibrated on {cal['images']} {cal['split']} images: temperature "
+            f"{cal['temperature']:.3f}, expected calibration error {cal['ece_before']:.4f} -> "
+            f"{cal['ece_after']:.4f}"
+        )
+    ood = final.classifier.manifest.get("ood")
+    if ood:
+        log(
+            f"note: out-of-distribution threshold set on {ood['images']} {ood['split']} images "
+            f"({ood['flagged_share']:.1%} of them beyond it)"
+        )
     problems = usefulness_warnings(final.evaluation, final.split) if final.evaluation is not None else []
     if problems:
         log(

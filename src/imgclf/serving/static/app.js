@@ -165,6 +165,9 @@ function resultTile(file, row, classNames) {
   }
   tile.append(el("div", "label", row.label));
   tile.append(el("div", "confidence", (row.confidence * 100).toFixed(1) + "%"));
+  if (row.unlike_training_data) {
+    tile.append(el("div", "unlike", "Unlike the training data: this label is a guess"));
+  }
   for (const name of classNames) {
     const p = row.probabilities[name];
     const bar = el("div", "bar");
