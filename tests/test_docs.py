@@ -350,6 +350,7 @@ NOT_RUN = {
         "interop/onnx_export.py",
         "interop/onnx_meta.py",
         "interop/onnx_parity.py",
+        "interop/onnx_quantize.py",
         "interop/onnx_runtime.py",
         "interop/onnx_verify.py",
     ],

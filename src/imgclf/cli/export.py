@@ -44,6 +44,25 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         help="torch.onnx exporter: torchscript (fast, default) or dynamo (torch.export based, slower)",
     )
     p.add_argument("--parity-images", metavar="DIR", help="also check parity on the images in DIR")
+    p.add_argument(
+        "--quantize",
+        choices=("int8",),
+        help="static int8 post-training quantization, kept only if top-1 agrees with fp32 on held-out "
+        "images (see --calibration)",
+    )
+    p.add_argument(
+        "--calibration",
+        metavar="DIR",
+        help="with --quantize: the dataset the model was trained on (calibration uses its training split, "
+        "the agreement gate its validation and testing splits)",
+    )
+    p.add_argument(
+        "--calibration-images",
+        type=int,
+        metavar="N",
+        help="with --quantize: how many training images calibrate (default: "
+        "imgclf.interop.onnx_quantize.CALIBRATION_IMAGES)",
+    )
     p.set_defaults(func=run)
 
 
@@ -59,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
     from imgclf.interop.onnx_export import export_onnx
 
     out = args.out or default_out(args.model)
+    if args.quantize or args.calibration or args.calibration_images is not None:
+        return _run_quantized(args, out)
     result = export_onnx(
         args.model, out, opset=args.opset, exporter=args.exporter, parity_images=args.parity_images
     )
@@ -68,4 +89,31 @@ def run(args: argparse.Namespace) -> int:
         f"{parity['max_abs_diff']:.3g} on {parity['inputs']} inputs at batch 1 and 7 (tolerance "
         f"{parity['tolerance']:g}), top-1 identical"
     )
+    return 0
+
+
+def _run_quantized(args: argparse.Namespace, out: str) -> int:
+    """``--quantize int8``: the fp32 export, quantized, behind the agreement gate; one result line."""
+    from imgclf.errors import UsageError, safe_text
+    from imgclf.interop import onnx_quantize
+
+    if not args.quantize or not args.calibration:
+        raise UsageError(
+            "--quantize and --calibration go together",
+            received=f"--quantize {args.quantize}, --calibration {args.calibration}",
+            expected="--quantize int8 --calibration DATASET_DIR",
+            fix="the model file records the dataset's fingerprint, not its location: pass --calibration",
+        )
+    count = onnx_quantize.CALIBRATION_IMAGES if args.calibration_images is None else args.calibration_images
+    result = onnx_quantize.export_onnx_int8(
+        args.model,
+        out,
+        calibration=args.calibration,
+        calibration_images=count,
+        opset=args.opset,
+        exporter=args.exporter,
+        parity_images=args.parity_images,
+    )
+    figures = onnx_quantize.describe(result.agreement)
+    stdout_line(f"{safe_text(result.path)}\t{result.file_bytes} bytes\t{figures}")
     return 0
