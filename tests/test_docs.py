@@ -298,6 +298,7 @@ NOT_RUN = {
         "data/identity.py",
         "data/synthetic.py",
         "dataset_evaluation.py",
+        "precision.py",
         "training/__init__.py",
         "training/pipeline.py",
         "training/display.py",

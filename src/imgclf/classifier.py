@@ -130,6 +130,9 @@ class Classifier:
             ``MAX_PIXELS``; a server lowers it to bound memory per request).
     """
 
+    # bf16 autocast for prediction, or None for fp32 (set by imgclf.precision.apply_precision).
+    autocast_dtype: torch.dtype | None = None
+
     def __init__(
         self,
         model: nn.Module,
@@ -170,7 +173,12 @@ class Classifier:
         import torch
 
         logits = predict_logits(
-            self.model, images, self.preprocess, batch_size=batch_size, device=self.device
+            self.model,
+            images,
+            self.preprocess,
+            batch_size=batch_size,
+            device=self.device,
+            autocast_dtype=self.autocast_dtype,
         )
         if logits.numel() == 0:
             return np.zeros((0, self.num_classes), dtype=np.float32)
@@ -186,7 +194,12 @@ class Classifier:
 
         with torch.inference_mode():
             t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
-            logits = self.model(t.contiguous(memory_format=torch.channels_last)).float()
+            with torch.autocast(
+                self.device.type,
+                dtype=self.autocast_dtype or torch.bfloat16,
+                enabled=bool(self.autocast_dtype),
+            ):
+                logits = self.model(t.contiguous(memory_format=torch.channels_last)).float()
             return torch.softmax(logits, dim=1).cpu().numpy()
 
     def _stack(
