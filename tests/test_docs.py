@@ -354,6 +354,8 @@ NOT_RUN = {
         "interop/onnx_quantize.py",
         "interop/onnx_runtime.py",
         "interop/onnx_verify.py",
+        "interop/openvino_export.py",
+        "interop/openvino_runtime.py",
     ],
     "needs a running server, its requests or its model store": [
         "serving/__init__.py",

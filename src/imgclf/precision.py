@@ -189,7 +189,8 @@ def setup_precision(
         clf: The loaded classifier.
         requested: ``auto``, ``fp32``, ``bf16``, or None for :func:`default_precision`.
         path: The model file (its probes decide ``auto``).
-        show: Print the choice to stderr, unless fp32 was asked for.
+        show: Print the choice to stderr, unless fp32 was asked for or the model is an exported one
+            (it runs as exported: there is no choice).
 
     Raises:
         UsageError: As :func:`choose_precision`.
@@ -197,6 +198,6 @@ def setup_precision(
     requested = check_precision(default_precision() if requested is None else requested)
     choice = choose_precision(clf, requested, lambda: probe_inputs(path))
     apply_precision(clf, choice)
-    if show and requested != "fp32":
+    if show and requested != "fp32" and getattr(clf, "model", None) is not None:
         print(f"imgclf: precision {choice.describe()}", file=sys.stderr)
     return choice

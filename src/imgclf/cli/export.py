@@ -16,7 +16,7 @@ import os
 from imgclf.cli.common import EPILOG
 from imgclf.cli.output import stdout_line
 
-EXPORT_FORMATS = ("onnx",)
+EXPORT_FORMATS = ("onnx", "openvino")
 DEFAULT_OPSET = 18  # equals imgclf.interop.onnx_export.DEFAULT_OPSET (a test checks): this module stays light
 
 
@@ -77,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
     from imgclf.errors import safe_text
     from imgclf.interop.onnx_export import export_onnx
 
+    if args.format == "openvino":
+        return _run_openvino(args)
     out = args.out or default_out(args.model)
     if args.quantize or args.calibration or args.calibration_images is not None:
         return _run_quantized(args, out)
@@ -116,4 +118,42 @@ def _run_quantized(args: argparse.Namespace, out: str) -> int:
     )
     figures = onnx_quantize.describe(result.agreement)
     stdout_line(f"{safe_text(result.path)}\t{result.file_bytes} bytes\t{figures}")
+    return 0
+
+
+def _run_openvino(args: argparse.Namespace) -> int:
+    """``--format openvino``: the ONNX export converted to an OpenVINO IR, gated again; one result line."""
+    from imgclf.errors import UsageError, safe_text
+    from imgclf.interop import openvino_export
+
+    if bool(args.quantize) != bool(args.calibration):
+        raise UsageError(
+            "--quantize and --calibration go together",
+            received=f"--quantize {args.quantize}, --calibration {args.calibration}",
+            expected="--quantize int8 --calibration DATASET_DIR, or neither",
+            fix="the model file records the dataset's fingerprint, not its location: pass --calibration",
+        )
+    out = args.out or openvino_export.default_out(args.model, args.quantize)
+    result = openvino_export.export_openvino(
+        args.model,
+        out,
+        quantize=args.quantize,
+        calibration=args.calibration,
+        calibration_images=args.calibration_images,
+        opset=args.opset,
+        exporter=args.exporter,
+        parity_images=args.parity_images,
+    )
+    gate = result.gate
+    if result.precision == "int8":
+        from imgclf.interop.onnx_quantize import describe
+
+        figures = describe(gate) + " (OpenVINO)"
+    else:
+        figures = (
+            f"parity max |Δp| {gate['max_abs_diff']:.3g} on {gate['inputs']} inputs at batch 1 and 7 "
+            f"(tolerance {gate['tolerance']:g}, OpenVINO), top-1 identical"
+        )
+    files = f"{result.file_bytes} bytes (with {safe_text(result.weights)})"
+    stdout_line(f"{safe_text(result.path)}\t{files}\t{figures}")
     return 0

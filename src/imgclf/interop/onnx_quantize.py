@@ -138,7 +138,8 @@ def calibration_set(
     return out
 
 
-def _arrays(paths: list[str], spec: PreprocessSpec) -> np.ndarray:
+def load_arrays(paths: list[str], spec: PreprocessSpec) -> np.ndarray:
+    """The preprocessed uint8 images (N, H, W, 3) of ``paths``."""
     if not paths:
         return np.zeros((0, spec.height, spec.width, 3), dtype=np.uint8)
     return np.stack([preprocess_uint8(p, spec, name=os.path.basename(p)) for p in paths])
@@ -285,7 +286,8 @@ class QuantizeResult:
     agreement: dict[str, Any]
 
 
-def _run(session: Any, images: np.ndarray, spec: PreprocessSpec, batch: int = 64) -> np.ndarray:
+def run_batches(session: Any, images: np.ndarray, spec: PreprocessSpec, batch: int = 64) -> np.ndarray:
+    """Probabilities from ``session`` (onnxruntime's interface) for uint8 ``images``, ``batch`` at a time."""
     from imgclf.interop.onnx_runtime import run_session
 
     parts = [
@@ -349,25 +351,25 @@ def export_onnx_int8(
         fp32_path = os.path.join(tmp, "fp32.onnx")
         base = export_onnx(model_path, fp32_path, **export_options)  # the fp32 parity gate first
         fp32_bytes, _, m, props = open_onnx(fp32_path)
-    int8 = onnx.load_model_from_string(quantize_bytes(fp32_bytes, _arrays(cset.calibration, spec), spec))
+    int8 = onnx.load_model_from_string(quantize_bytes(fp32_bytes, load_arrays(cset.calibration, spec), spec))
     session = new_session(int8.SerializeToString(), name)
 
-    held = _arrays([p for p, _ in cset.heldout], spec)
-    test = _arrays([p for p, _ in cset.test], spec)
+    held = load_arrays([p for p, _ in cset.heldout], spec)
+    test = load_arrays([p for p, _ in cset.test], spec)
     labels = np.array([lab for _, lab in cset.test], dtype=np.int64)
     has_test = len(test) > 0 and bool(np.all(labels >= 0))
     figures = agreement_gate(
         clf.predict_proba_uint8(held),
-        _run(session, held, spec),
+        run_batches(session, held, spec),
         clf.predict_proba_uint8(test) if has_test else None,
-        _run(session, test, spec) if has_test else None,
+        run_batches(session, test, spec) if has_test else None,
         labels if has_test else None,
     )
     figures["heldout_split"] = cset.heldout_split
 
     raw = json.loads(props[MANIFEST_KEY])
     stored = probe_data(props, m, name)
-    probe_probs = _run(session, np.stack([s for _, s in stored]), spec) if stored else np.zeros((0, 0))
+    probe_probs = run_batches(session, np.stack([s for _, s in stored]), spec) if stored else np.zeros((0, 0))
     for p, row in zip(raw.get("probes", []), probe_probs, strict=True):
         p["probabilities"] = [float(v) for v in row]  # the int8 model's own answer: what verify re-checks
     raw["graph_sha256"] = graph_digest(int8.SerializeToString())
