@@ -6,6 +6,7 @@ stderr. A failed gate exits 8 and leaves no file.
 Usage::
 
     imgclf export malaria.imgclf --format onnx --out malaria.onnx --parity-images malaria/testing
+    imgclf export malaria.imgclf --format openvino --quantize int8 --calibration malaria
 """
 
 from __future__ import annotations
@@ -25,13 +26,15 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p = sub.add_parser(
         "export",
         parents=[common],
-        help="export a model file to ONNX (kept only if it answers like the PyTorch model)",
+        help="export a model file to ONNX or OpenVINO (kept only if it answers like the PyTorch model)",
         epilog=EPILOG,
         description="Export MODEL to ONNX: eval mode, softmax inside the graph (outputs = the probabilities "
         "predict gives), dynamic batch, one self-contained file with the class names, preprocessing and "
         "probes in its metadata. Before the file is written onnxruntime must match PyTorch within 1e-5 on "
         "the probes, generated inputs and --parity-images at batch 1 and 7, with the same top-1 class; "
-        "otherwise exit 8 and no file. Use the .onnx with predict, inspect, verify, serve (no torch needed).",
+        "otherwise exit 8 and no file. Use the .onnx with predict, inspect, verify, serve (no torch needed). "
+        "--quantize int8 gates on top-1 agreement with fp32 (>= 99% of held-out images, test accuracy drop "
+        "<= 1 point) instead; --format openvino writes NAME.xml + NAME.bin, gated again with OpenVINO.",
     )
     p.add_argument("model", help="the .imgclf model file")
     p.add_argument("--format", choices=EXPORT_FORMATS, default="onnx", help="export format (default onnx)")

@@ -169,6 +169,7 @@ def quantize_bytes(fp32: bytes, calibration: np.ndarray, spec: PreprocessSpec) -
     from imgclf.interop.onnx_runtime import import_onnxruntime
 
     import_onnxruntime()  # its start-up lines go to the log, not to stderr
+
     class Reader(_Reader, CalibrationDataReader):
         pass
 
