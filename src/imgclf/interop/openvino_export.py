@@ -214,13 +214,21 @@ def _agreement(clf: Any, session: OpenvinoSession, calibration: Any, count: int)
     test = load_arrays([p for p, _ in cset.test], spec)
     labels = np.array([lab for _, lab in cset.test], dtype=np.int64)
     has_test = len(test) > 0 and bool(np.all(labels >= 0))
-    figures = agreement_gate(
-        clf.predict_proba_uint8(held),
-        run_batches(session, held, spec),
-        clf.predict_proba_uint8(test) if has_test else None,
-        run_batches(session, test, spec) if has_test else None,
-        labels if has_test else None,
-    )
+    try:
+        figures = agreement_gate(
+            clf.predict_proba_uint8(held),
+            run_batches(session, held, spec),
+            clf.predict_proba_uint8(test) if has_test else None,
+            run_batches(session, test, spec) if has_test else None,
+            labels if has_test else None,
+        )
+    except ExportError as exc:  # the int8 .onnx passed with onnxruntime: say that OpenVINO's kernels did not
+        raise ExportError(
+            "export failed: the OpenVINO int8 model disagrees with the fp32 model",
+            received=exc.received,
+            expected=exc.expected,
+            fix="export fp32 (drop --quantize), or the int8 .onnx (--format onnx), which passed its gate",
+        ) from None
     figures["heldout_split"] = cset.heldout_split
     figures["runtime"] = "OpenVINO CPU, int8"
     return figures
