@@ -76,7 +76,8 @@ MAY_IMPORT: dict[str, set[str]] = {
     "plots": _LIBRARY,
     "training": {"data", "evaluation", "reports", "plots"} | _LIBRARY,
     # Beside cli, over the library: never training or cli.
-    "serving": {"interop", "loading"} | _LIBRARY,  # loading: one loader for .imgclf and .onnx files
+    # loading: one loader for .imgclf and .onnx files; precision: bf16 where the CPU has it
+    "serving": {"interop", "loading", "precision"} | _LIBRARY,
     "interop": {"data"} | _LIBRARY,  # int8 calibration scans the dataset for its training split
     "precision": _LIBRARY,  # fp32 or bf16 for a loaded classifier: reads the file's probes
     # imgclf.load/verify/inspect: an .imgclf through modelfile, an .onnx through interop (without torch).

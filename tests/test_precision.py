@@ -98,3 +98,14 @@ def test_bf16_is_refused_for_an_exported_model_and_a_bad_env_value(tiny_model, t
     assert code == 2 and "unknown precision in $IMGCLF_PRECISION" in err
     with pytest.raises(UsageError, match="unknown precision"):
         choose_precision(None, "half", np.zeros((0, 1, 1, 3)))
+
+
+def test_the_server_applies_the_precision_from_the_environment(tiny_model, amx, monkeypatch, capsys):
+    from imgclf.serving.models import load_served
+
+    monkeypatch.setenv("IMGCLF_PRECISION", "auto")
+    served = load_served("tiny", str(tiny_model.model_path))
+    assert served.classifier.autocast_dtype is torch.bfloat16
+    assert "imgclf: precision bf16 (CPU has AMX; top-1 agrees with fp32" in capsys.readouterr().err
+    monkeypatch.setenv("IMGCLF_PRECISION", "fp32")
+    assert load_served("tiny", str(tiny_model.model_path)).classifier.autocast_dtype is None
