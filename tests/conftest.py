@@ -11,6 +11,8 @@ import os
 # other work, two OpenMP threads can run a tiny model 100x slower, and the same thread count in parent
 # and child keeps float summation order (so bitwise comparisons) identical.
 os.environ["OMP_NUM_THREADS"] = "1"
+# fp32 prediction unless a test asks for another precision: results compare bitwise with the library's.
+os.environ["IMGCLF_PRECISION"] = "fp32"
 
 from pathlib import Path  # noqa: E402
 

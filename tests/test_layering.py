@@ -40,6 +40,7 @@ LAYERS = {
     "imgclf.plots": "plots",
     "imgclf.modelfile": "modelfile",
     "imgclf.classifier": "classifier",
+    "imgclf.precision": "precision",
     "imgclf.models": "models",
     "imgclf.images": "images",
     "imgclf.config": "base",
@@ -54,7 +55,18 @@ LAYERS = {
 # cli → training → {data, evaluation, reports, plots} → modelfile → classifier → {models, images} → base.
 _BELOW_CLASSIFIER = {"models", "images", "base"}
 _LIBRARY = {"modelfile", "classifier"} | _BELOW_CLASSIFIER
-_TOP = {"training", "data", "evaluation", "reports", "plots", "serving", "interop", "loading", "sharding"}
+_TOP = {
+    "training",
+    "data",
+    "evaluation",
+    "reports",
+    "plots",
+    "serving",
+    "interop",
+    "loading",
+    "sharding",
+    "precision",
+}
 MAY_IMPORT: dict[str, set[str]] = {
     "base": set(),
     "images": {"base"},
@@ -67,8 +79,10 @@ MAY_IMPORT: dict[str, set[str]] = {
     "plots": _LIBRARY,
     "training": {"data", "evaluation", "reports", "plots"} | _LIBRARY,
     # Beside cli, over the library: never training or cli.
-    "serving": {"interop", "loading"} | _LIBRARY,  # loading: one loader for .imgclf and .onnx files
-    "interop": _LIBRARY,
+    # loading: one loader for .imgclf and .onnx files; precision: bf16 where the CPU has it
+    "serving": {"interop", "loading", "precision"} | _LIBRARY,
+    "interop": {"data"} | _LIBRARY,  # int8 calibration scans the dataset for its training split
+    "precision": _LIBRARY,  # fp32 or bf16 for a loaded classifier: reads the file's probes
     # imgclf.load/verify/inspect: an .imgclf through modelfile, an .onnx through interop (without torch).
     "loading": {"interop"} | _LIBRARY,
     "sharding": {"loading"} | _LIBRARY,  # a sharded run loads .imgclf and .onnx files alike

@@ -237,6 +237,8 @@ class Classifier:
 
     _cam_layer: str | None = None  # Grad-CAM's layer, found on the first explain()
     tta: bool = False  # test-time augmentation: average every probability over imgclf.images.tta's views
+    # bf16 autocast for prediction, or None for fp32 (set by imgclf.precision.apply_precision).
+    autocast_dtype: torch.dtype | None = None
 
     def __init__(
         self,
@@ -300,7 +302,12 @@ class Classifier:
         import torch
 
         logits = predict_logits(
-            self.model, images, self.preprocess, batch_size=batch_size, device=self.device
+            self.model,
+            images,
+            self.preprocess,
+            batch_size=batch_size,
+            device=self.device,
+            autocast_dtype=self.autocast_dtype,
         )
         if logits.numel() == 0:
             return np.zeros((0, self.num_classes), dtype=np.float32)
@@ -316,7 +323,12 @@ class Classifier:
 
         with torch.inference_mode():
             t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
-            logits = self.model(t.contiguous(memory_format=torch.channels_last)).float()
+            with torch.autocast(
+                self.device.type,
+                dtype=self.autocast_dtype or torch.bfloat16,
+                enabled=bool(self.autocast_dtype),
+            ):
+                logits = self.model(t.contiguous(memory_format=torch.channels_last)).float()
             return torch.softmax(_calibrated(logits, self.temperature), dim=1).cpu().numpy()
 
     def _proba_and_unlike(self, images: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:

@@ -1,5 +1,5 @@
 """Loading a model: ``imgclf.load``, ``verify`` and ``inspect`` for every model file imgclf reads, an
-``.imgclf`` (safetensors) or an exported ``.onnx``.
+``.imgclf`` (safetensors), an exported ``.onnx`` or an OpenVINO IR ``.xml``.
 
 The kind is told from the file's first bytes, never from its name, so a renamed pickle still gets the
 "not an imgclf model file: it looks like a Python pickle" refusal of :mod:`imgclf.modelfile`. ONNX files
@@ -55,9 +55,17 @@ def looks_safetensors(head: bytes) -> bool:
     return len(head) >= 9 and head[8:9] == b"{" and 2 <= struct.unpack_from("<Q", head)[0] < 1 << 40
 
 
+def looks_openvino(head: bytes) -> bool:
+    """True if ``head`` starts like an OpenVINO IR's XML (its loader checks the rest)."""
+    return head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith((b"<?xml", b"<net"))
+
+
 def file_kind(path: str | os.PathLike) -> str:
-    """``onnx`` for an ONNX protobuf, ``imgclf`` for anything else (the model-file loader judges it)."""
+    """``onnx`` for an ONNX protobuf, ``openvino`` for an IR's .xml, ``imgclf`` for anything else (the
+    model-file loader judges it)."""
     head = _head(os.fspath(path))
+    if looks_openvino(head):
+        return "openvino"
     return "onnx" if looks_onnx(head) and not looks_safetensors(head) else "imgclf"
 
 
@@ -93,22 +101,31 @@ def load(
         UsageError: If ``device`` is not the CPU for an .onnx.
     """
     cap = {} if max_pixels is None else {"max_pixels": max_pixels}
-    if file_kind(path) == "onnx":
-        from imgclf.interop.onnx_runtime import load_onnx
-
+    kind = file_kind(path)
+    if kind in ("onnx", "openvino"):
         if str(device) != "cpu":
             raise UsageError(
-                "an .onnx runs on the CPU only",
+                f"an {'.onnx' if kind == 'onnx' else 'OpenVINO IR'} runs on the CPU only",
                 received=f"device={device!r}",
                 expected="device='cpu'",
                 fix="load the .imgclf for other devices, or drop device=",
             )
+        if kind == "openvino":
+            from imgclf.interop.openvino_runtime import load_openvino
+
+            return load_openvino(path, threads=threads, **cap)
+        from imgclf.interop.onnx_runtime import load_onnx
+
         return load_onnx(path, threads=threads, **cap)
     return _modelfile(path).load(path, device=device, **cap)
 
 
 def inspect(path: str | os.PathLike) -> dict[str, Any]:
     """Summarise a model file of either kind (see :func:`imgclf.modelfile.inspect`)."""
+    if file_kind(path) == "openvino":
+        from imgclf.interop.openvino_runtime import inspect_openvino
+
+        return inspect_openvino(path)
     if file_kind(path) == "onnx":
         from imgclf.interop.onnx_verify import inspect_onnx
 
@@ -118,6 +135,10 @@ def inspect(path: str | os.PathLike) -> dict[str, Any]:
 
 def verify(path: str | os.PathLike, **kwargs: Any) -> Any:
     """Re-run a model file's self-check probes; a report with ``checks`` rows and ``ok``."""
+    if file_kind(path) == "openvino":
+        from imgclf.interop.openvino_runtime import verify_openvino
+
+        return verify_openvino(path)
     if file_kind(path) == "onnx":
         from imgclf.interop.onnx_verify import verify_onnx
 

@@ -75,7 +75,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from imgclf.dataset_evaluation import evaluate_dataset
     from imgclf.errors import safe_text
     from imgclf.fileio.writing import atomic_write_text
-    from imgclf.loading import load  # .imgclf or .onnx (onnxruntime, no torch)
+    from imgclf.loading import load  # .imgclf, .onnx (onnxruntime, no torch) or OpenVINO .xml
 
     for target in (args.output, args.confusion_plot, args.report):
         if target:

@@ -206,6 +206,25 @@ def _onnx_lines(info: dict) -> list[str]:
         f"tolerance {parity.get('tolerance')}, top-1 identical",
         f"source          {src.get('file')} (tensors sha256:{str(src.get('tensors_sha256'))[:16]}...)",
     ]
+    if info.get("openvino"):
+        ov = info["openvino"]
+        lines.append(
+            f"openvino        IR, {ov.get('precision')}, OpenVINO {ov.get('version')} (inference precision "
+            f"{ov.get('inference_precision')}), weights sha256:{str(ov.get('weights_sha256'))[:16]}..."
+        )
+    quant = onnx.get("quantization")
+    if quant:
+        agree = quant.get("agreement") or {}
+        test = (
+            f", test accuracy {agree['test_accuracy_fp32']:.2%} fp32 -> {agree['test_accuracy_int8']:.2%}"
+            if "test_accuracy_int8" in agree
+            else ""
+        )
+        lines.append(
+            f"quantization    {quant.get('dtype')} ({quant.get('scheme')}); top-1 agreement with fp32 "
+            f"{agree.get('top1_agreement', float('nan')):.2%} on {agree.get('heldout_images')} held-out "
+            f"images{test}"
+        )
     if info.get("metrics"):
         lines.append(_metrics_line(info["metrics"]))
     if info.get("versions"):
@@ -238,6 +257,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
             fix="the environment changed (Pillow/torch) or the file was modified; see above",
         )
     if not args.json:
-        when = "exported" if file_kind(path) == "onnx" else "saved"
+        when = "exported" if file_kind(path) in ("onnx", "openvino") else "saved"
         stdout_line(f"verified: the model behaves exactly as when it was {when}")
     return 0

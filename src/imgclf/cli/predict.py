@@ -67,6 +67,13 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     )
     p.add_argument("--top-k", type=int, default=1, help="list the K most probable classes (default 1)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        help="torch models on the CPU: bf16 autocast where the CPU has AMX or AVX-512 BF16 and the "
+        "file's probes keep their top-1 class (auto), or always fp32 / bf16; shown on stderr "
+        "(default: $IMGCLF_PRECISION, else auto)",
+    )
     add_max_pixels_flag(p)
     add_threads_flag(p)
     add_shard_flags(p)
@@ -218,6 +225,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 fix="pass the .imgclf the .onnx was exported from, or drop --tta",
             )
         clf.tta = True
+    from imgclf.precision import setup_precision
+
+    setup_precision(clf, args.precision, args.model)
     paths = _pick_images(args)
     with inference_threads(threads, why):
         predictions = clf.iter_predict(paths, top_k=args.top_k, batch_size=args.batch_size, errors="return")

@@ -124,6 +124,9 @@ def load_served(name: str, path: str, max_pixels: int | None = None) -> ServedMo
             fix="run `imgclf verify` on the file; retrain or re-save it in this environment",
         )
     clf = load(path, max_pixels=max_pixels)  # None: the library's cap
+    from imgclf.precision import setup_precision
+
+    setup_precision(clf, None, path)  # $IMGCLF_PRECISION, else auto: bf16 where native and the probes agree
     summary = inspect(path)
     if _identity(path) != before:  # verified one file, loaded another: refuse rather than guess
         raise ModelFileError(
