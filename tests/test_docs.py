@@ -279,6 +279,7 @@ RUNS: dict[str, Any] = {
     "errors.py": None,  # raises the error it shows (RAISES)
     "images/rgb.py": _setup_rgb,
     "progress.py": None,
+    "training/balance.py": None,
 }
 RAISES = {"errors.py": errors.DatasetError}
 # Usage blocks that do not run here, and why: each is still compiled, its `imgclf ...` command lines and

@@ -28,7 +28,8 @@ Interpolation = Literal["nearest", "bilinear", "bicubic", "lanczos", "box", "ham
 FillMode = Literal["nearest", "constant", "reflect"]
 Precision = Literal["auto", "fp32", "bf16"]
 Keep = Literal["best", "last"]
-Monitor = Literal["val_loss", "val_accuracy"]
+Monitor = Literal["val_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_f1"]
+Balance = Literal["none", "weights", "sampler"]
 Recipe = Literal["seed", "stable"]
 Schedule = Literal["time_decay", "cosine"]
 INTERPOLATIONS: tuple[str, ...] = typing.get_args(Interpolation)
@@ -165,7 +166,10 @@ class TrainConfig(Settings):
         keep: Which weights go into the model file: ``best`` epoch by ``monitor`` (default) or the
             ``last`` one (the recipe's behaviour). With the recipe's lr 0.1 on a small dataset, a late
             epoch can land on a spike whose batch-norm statistics lag the weights; best never saves it.
-        monitor: ``val_loss`` or ``val_accuracy``; used by ``keep=best`` and ``patience``.
+        monitor: ``val_loss``, ``val_accuracy``, ``val_balanced_accuracy`` or ``val_macro_f1``; used by
+            ``keep=best`` and ``patience``. When the training classes are imbalanced (the largest more
+            than 3x the smallest), ``val_loss`` and ``val_accuracy`` are judged as
+            ``val_balanced_accuracy``, which always answering the majority class cannot game.
         patience: Stop after this many epochs without improvement of ``monitor`` (``None``: never).
         deterministic: Ask PyTorch for deterministic algorithms (GPU; CPU runs are deterministic).
         recipe: The preset the settings started from (``seed`` | ``stable``, see :data:`RECIPES`); build
@@ -178,6 +182,9 @@ class TrainConfig(Settings):
         ema: Per-step decay of an exponential moving average of the weights (0: off). With it on,
             validation, ``keep`` and the saved file use the averaged weights, with batch-norm statistics
             recomputed for them on a share of the unaugmented training images (:mod:`.training.ema`).
+        balance: Class imbalance handling (:mod:`.training.balance`): ``none``; ``weights`` (loss
+            weights inversely proportional to class frequency); ``sampler`` (each epoch draws its
+            samples with every class equally likely, seeded like the usual order).
     """
 
     arch: str = setting("seed_resnet", "registered architecture (an unknown name lists them)")
@@ -207,7 +214,12 @@ class TrainConfig(Settings):
     keep: Keep = setting(
         "best", "weights saved: best epoch by --monitor, or last (the recipe's)", label="--keep value"
     )
-    monitor: Monitor = setting("val_loss", "metric for --keep best and --patience", label="--monitor value")
+    monitor: Monitor = setting(
+        "val_loss",
+        "metric for --keep best and --patience (imbalanced classes: loss and accuracy are judged as "
+        "val_balanced_accuracy)",
+        label="--monitor value",
+    )
     patience: int | None = setting(
         None, "stop after N epochs without improvement", default_text="never stop early"
     )
@@ -227,6 +239,12 @@ class TrainConfig(Settings):
     )
     ema: float = setting(
         0.0, "weight-average decay per step, BN statistics recomputed (0: off)", bounds=(0.0, 0.999999)
+    )
+    balance: Balance = setting(
+        "none",
+        "class imbalance: loss weights inversely proportional to class frequency, or a sampler drawing "
+        "every class equally often",
+        label="--balance value",
     )
 
     @classmethod

@@ -103,6 +103,25 @@ def classification_report(
     return report
 
 
+def class_balanced_scores(confusion: np.ndarray, prefix: str = "") -> dict[str, float]:
+    """Balanced accuracy and macro-F1 from confusion counts (rows: true classes).
+
+    Balanced accuracy is the mean recall over the classes present (scikit-learn's
+    ``balanced_accuracy_score``); macro-F1 averages F1 over every class (``f1_score(average="macro")``
+    with ``labels=range(C)`` and ``zero_division=0``). Keys are ``PREFIX + balanced_accuracy`` and
+    ``PREFIX + macro_f1``.
+    """
+    cm = np.asarray(confusion, dtype=np.float64)
+    tp, support, predicted = np.diag(cm), cm.sum(axis=1), cm.sum(axis=0)
+    present = support > 0
+    recall = _ratio(tp, support)
+    f1 = _ratio(2 * tp, support + predicted)
+    return {
+        f"{prefix}balanced_accuracy": float(recall[present].mean()) if present.any() else 0.0,
+        f"{prefix}macro_f1": float(f1.mean()) if f1.size else 0.0,
+    }
+
+
 @dataclass
 class Evaluation:
     """Everything an evaluation produces."""
@@ -120,10 +139,26 @@ class Evaluation:
         """Share of correctly classified images."""
         return float(self.report["accuracy"])
 
+    @property
+    def balanced_accuracy(self) -> float:
+        """Mean recall over the classes present (not fooled by a majority class)."""
+        return class_balanced_scores(self.confusion)["balanced_accuracy"]
+
+    @property
+    def macro_f1(self) -> float:
+        """F1 averaged over the classes, each counting equally."""
+        return float(self.report["macro avg"]["f1-score"])
+
+    def summary_lines(self) -> list[str]:
+        """The measures that weigh every class equally, one ``name value`` line each (for reports)."""
+        return [f"balanced accuracy {self.balanced_accuracy:.4f}", f"macro-F1 {self.macro_f1:.4f}"]
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able summary: report, confusion matrix and misclassified files."""
+        """JSON-able summary: report, balanced accuracy, macro-F1, confusion matrix, misclassified files."""
         return {
             "report": self.report,
+            "balanced_accuracy": self.balanced_accuracy,
+            "macro_f1": self.macro_f1,
             "confusion_matrix": self.confusion.tolist(),
             "class_names": self.class_names,
             "misclassified": self.misclassified,

@@ -88,6 +88,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         stdout_line(json.dumps(ev.to_dict(), indent=2))
     else:
         stdout_line(report_text(ev.report))
+        stdout_line("\n" + "\n".join(ev.summary_lines()))
     if args.output:
         atomic_write_text(args.output, json.dumps(ev.to_dict(), indent=2) + "\n")
     if args.confusion_plot:

@@ -222,6 +222,7 @@ def train_and_report(dataset: str, model: str, config: Any, **options: Any) -> i
         return 0
     if result.evaluation is not None:
         stdout_line(report_text(result.evaluation.report))
+        stdout_line("\n" + "\n".join(result.evaluation.summary_lines()))
     for what, path in result.outputs.items():
         console.print(f"wrote {what}: {safe_text(path)}", markup=False)
     return 0

@@ -233,12 +233,10 @@ def _split_files(
 
 
 def _balance_notes(training: list[Sample], class_names: list[str]) -> list[str]:
-    """Warnings about classes with a single training image and about strong imbalance."""
+    """Warnings about classes with a single training image (imbalance: :mod:`imgclf.training.balance`)."""
     notes = []
     counts = Counter(s.label for s in training)
     for i, name in enumerate(class_names):
         if counts[i] == 1:
             notes.append(f"class {name!r} has a single training image")
-    if counts and max(counts.values()) >= 10 * max(min(counts.values()), 1):
-        notes.append(f"classes are very imbalanced in training: {dict(sorted(counts.items()))}")
     return notes

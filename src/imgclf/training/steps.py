@@ -227,9 +227,12 @@ def final_classifier(
     return FinalModel(classifier, epoch, evaluation, split)
 
 
-def judge(final: FinalModel, config: TrainConfig, epochs_run: int, log: Log) -> None:
-    """Say which epoch goes into the file, and warn when the saved model is useless (one class, chance)."""
-    how = f"--keep best by {config.monitor}" if config.keep == "best" else "--keep last"
+def judge(
+    final: FinalModel, config: TrainConfig, epochs_run: int, log: Log, monitor: str | None = None
+) -> None:
+    """Say which epoch goes into the file (``monitor``: the key keep-best judged by, default
+    ``config.monitor``), and warn when the saved model is useless (one class, chance)."""
+    how = f"--keep best by {monitor or config.monitor}" if config.keep == "best" else "--keep last"
     log(f"note: the model file holds epoch {final.epoch} of {epochs_run} ({how})")
     problems = usefulness_warnings(final.evaluation, final.split) if final.evaluation is not None else []
     if problems:
@@ -252,7 +255,8 @@ def save_model(
     metrics: dict[str, Any] = {k: v for k, v in saved[0].items() if k != "epoch"}
     if final.evaluation is not None:
         metrics[f"{final.split}_accuracy"] = final.evaluation.accuracy
-        metrics[f"{final.split}_macro_f1"] = final.evaluation.report["macro avg"]["f1-score"]
+        metrics[f"{final.split}_macro_f1"] = final.evaluation.macro_f1
+        metrics[f"{final.split}_balanced_accuracy"] = final.evaluation.balanced_accuracy
     final.classifier.manifest["provenance"] = record.provenance(state, epoch=final.epoch, metrics=metrics)
     extra = [read_bytes(path) for path in validation.paths[: record.probes_from]] if validation else []
     modelfile.save(final.classifier, model_path, extra_probes=extra)
@@ -270,7 +274,8 @@ def write_reports(
     if evaluation is not None:
         outputs["report_txt"] = os.path.join(out.run_dir, "report.txt")
         outputs["report_json"] = os.path.join(out.run_dir, "report.json")
-        atomic_write_text(outputs["report_txt"], format_report(evaluation.report))
+        text = format_report(evaluation.report) + "\n" + "\n".join(evaluation.summary_lines()) + "\n"
+        atomic_write_text(outputs["report_txt"], text)
         atomic_write_text(outputs["report_json"], json.dumps(evaluation.to_dict(), indent=2) + "\n")
     if out.can_plot:
         from imgclf.plots import plot_history
