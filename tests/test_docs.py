@@ -297,6 +297,7 @@ NOT_RUN = {
         "data/decode.py",
         "data/heldout.py",
         "data/identity.py",
+        "data/labels_csv.py",
         "data/synthetic.py",
         "dataset_evaluation.py",
         "training/__init__.py",

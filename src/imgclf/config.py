@@ -185,6 +185,9 @@ class TrainConfig(Settings):
         balance: Class imbalance handling (:mod:`.training.balance`): ``none``; ``weights`` (loss
             weights inversely proportional to class frequency); ``sampler`` (each epoch draws its
             samples with every class equally likely, seeded like the usual order).
+        multi_label: Each image has a set of labels (possibly empty): sigmoid outputs with binary
+            cross-entropy, and per-class decision thresholds chosen on the validation split
+            (:mod:`imgclf.multilabel`).
     """
 
     arch: str = setting("seed_resnet", "registered architecture (an unknown name lists them)")
@@ -239,6 +242,11 @@ class TrainConfig(Settings):
     )
     ema: float = setting(
         0.0, "weight-average decay per step, BN statistics recomputed (0: off)", bounds=(0.0, 0.999999)
+    )
+    multi_label: bool = setting(
+        False,
+        "several labels per image: sigmoid outputs, binary cross-entropy, per-class thresholds (a labels "
+        "CSV with 'a|b' cells turns it on)",
     )
     balance: Balance = setting(
         "none",

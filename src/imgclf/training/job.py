@@ -25,7 +25,9 @@ from imgclf.classifier import Classifier
 from imgclf.config import TrainConfig
 from imgclf.data.decode import DecodedSplit, open_cache
 from imgclf.data.folders import Dataset
+from imgclf.data.labels_csv import split_table
 from imgclf.evaluation import Evaluation
+from imgclf.fileio.writing import atomic_write_text
 from imgclf.progress import Log
 from imgclf.training.balance import count_lines, imbalance_warning, keep_monitor
 from imgclf.training.device import available_bytes
@@ -132,6 +134,8 @@ def train_in_folder(
     for note in ds.warnings:
         log(f"warning: {note}")
     log_class_counts(ds, config, log)
+    if ds.layout == "csv" and (group is None or group.world.is_main):
+        atomic_write_text(os.path.join(out.run_dir, "split.csv"), split_table(ds))
     state = create_state(config, len(ds.class_names), job.device)
     if plan is not None:  # before decoding: checkpoint weights that do not fit fail early
         restore(state, plan.checkpoint, log=log)
