@@ -45,6 +45,9 @@ class Prediction:
         probabilities: Probability per class name, in the model's class order.
         top_k: The ``k`` most probable ``(label, probability)`` pairs.
         error: Why the image could not be classified (only with ``errors="return"``).
+        labels: Multi-label models: every class at or over its threshold (an empty list is a valid
+            answer: none of the classes); then ``label`` is them joined by ``|``, or ``none``.
+            ``None`` for single-label models.
     """
 
     source: str
@@ -54,6 +57,10 @@ class Prediction:
     probabilities: dict[str, float] = field(default_factory=dict)
     top_k: list[tuple[str, float]] = field(default_factory=list)
     error: str | None = None
+    labels: list[str] | None = None
+
+
+NO_LABEL = "none"  # a multi-label answer with no class over its threshold
 
 
 def predict_logits(
@@ -158,6 +165,24 @@ class Classifier:
         """Number of classes the model distinguishes."""
         return len(self.class_names)
 
+    @property
+    def multi_label(self) -> bool:
+        """Whether each output is an independent sigmoid probability (the file's task is multi-label)."""
+        return (self.manifest.get("task") or {}).get("type") == "multi_label"
+
+    @property
+    def thresholds(self) -> np.ndarray | None:
+        """Multi-label: the per-class decision thresholds from the file (0.5 where none), else ``None``."""
+        if not self.multi_label:
+            return None
+        found = (self.manifest.get("task") or {}).get("thresholds")
+        return np.asarray(found if found is not None else [0.5] * self.num_classes, dtype=np.float64)
+
+    def _activate(self, logits: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        return torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=1)
+
     def __repr__(self) -> str:
         spec = self.preprocess
         return (
@@ -167,14 +192,12 @@ class Classifier:
 
     def predict_proba_uint8(self, images: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
         """Probabilities (N, C) for already-preprocessed uint8 images (N, H, W, 3)."""
-        import torch
-
         logits = predict_logits(
             self.model, images, self.preprocess, batch_size=batch_size, device=self.device
         )
         if logits.numel() == 0:
             return np.zeros((0, self.num_classes), dtype=np.float32)
-        return torch.softmax(logits, dim=1).numpy()
+        return self._activate(logits).numpy()
 
     def predict_proba_input(self, x: np.ndarray) -> np.ndarray:
         """Probabilities (N, C) for an already-scaled float32 input (N, 3, H, W), e.g. from ``to_array``.
@@ -187,7 +210,7 @@ class Classifier:
         with torch.inference_mode():
             t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
             logits = self.model(t.contiguous(memory_format=torch.channels_last)).float()
-            return torch.softmax(logits, dim=1).cpu().numpy()
+            return self._activate(logits).cpu().numpy()
 
     def _stack(
         self, images: Sequence[ImageSource], channel_order: str, errors: str
@@ -286,6 +309,7 @@ class Classifier:
         _check_batch_size(batch_size)
         items = _as_list(images)
         k = min(top_k, self.num_classes)
+        thresholds = self.thresholds
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
             arrays, failures = self._stack(chunk, channel_order, errors)
@@ -302,9 +326,13 @@ class Classifier:
                 row += 1
                 order = np.argsort(-p, kind="stable")
                 best = int(order[0])
+                chosen = None
+                if thresholds is not None:
+                    chosen = [c for c, v, t in zip(self.class_names, p, thresholds, strict=True) if v >= t]
                 yield Prediction(
                     source=name,
-                    label=self.class_names[best],
+                    label=self.class_names[best] if chosen is None else "|".join(chosen) or NO_LABEL,
+                    labels=chosen,
                     index=best,
                     confidence=float(p[best]),
                     probabilities={c: float(v) for c, v in zip(self.class_names, p, strict=True)},

@@ -102,6 +102,8 @@ def json_row(p: Any) -> str:
     row: dict[str, Any] = {"path": p.source}
     if p.error is None:
         row.update(label=p.label, confidence=p.confidence, probabilities=p.probabilities)
+        if p.labels is not None:  # multi-label: the classes over their thresholds ([]: none of them)
+            row["labels"] = p.labels
         if len(p.top_k) > 1:
             row["top_k"] = [{"label": k, "probability": v} for k, v in p.top_k]
     else:

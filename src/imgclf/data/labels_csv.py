@@ -5,9 +5,10 @@ The file has a header row naming its columns (any order, case-insensitive): the 
 ``labels`` or ``class``); optionally its split (``split``: ``train``/``training``, ``val``/``validation``,
 ``test``/``testing``). A label cell holding several labels separated by :data:`LABEL_DELIMITER` (``|``,
 e.g. ``cat|dog``) makes the dataset multi-label; such a dataset (or any, with ``multi_label=True``)
-gives every sample its set of class indices in ``Sample.labels``. Without a split column (or for splits
-it leaves empty) the rows are split like a flat folder: stratified per class (multi-label: per rarest
-label), seeded, so the same file and seed always give the same split.
+gives every sample its set of class indices in ``Sample.labels``, and there an empty label cell is an
+image showing none of the classes (in a single-label dataset it is an error). Without a split column
+(or for splits it leaves empty) the rows are split like a flat folder: stratified per class (multi-label:
+per rarest label), seeded, so the same file and seed always give the same split.
 
 The file is read streaming, one bounded line at a time (a progress callback sees the bytes), so a CSV of
 millions of rows never sits in memory as text. Problems name their line numbers: a missing column, an
@@ -161,6 +162,7 @@ class _Rows:
         self.problems: list[str] = []
         self.dropped = 0
         self.multi = False
+        self.empty: list[tuple[int, str]] = []  # (line, path) of rows without a label
 
     def problem(self, line: int, text: str) -> None:
         self.problems.append(f"line {line}: {text}")
@@ -227,9 +229,6 @@ def _read_row(
     if not cell:
         out.problem(line, "empty path")
         return
-    if not labels:
-        out.problem(line, f"empty label for {cell!r}")
-        return
     full = _inside(root, cell)
     if full is None:
         out.problem(line, f"path {cell!r} leaves the CSV's folder")
@@ -244,6 +243,8 @@ def _read_row(
     if not os.path.isfile(full):
         out.problem(line, f"file {cell!r} does not exist")
         return
+    if not labels:  # an image without labels: valid in a multi-label dataset only (judged at the end)
+        out.empty.append((line, cell))
     out.rows[full] = (labels, split, line)
 
 
@@ -270,6 +271,11 @@ def scan_labels_csv(
     path = os.fspath(path)
     root = os.path.realpath(os.path.dirname(os.path.abspath(path)))
     found = _read_rows(path, root, progress)
+    multi = multi_label or found.multi
+    if not multi:
+        for line, cell in found.empty:
+            found.problem(line, f"empty label for {cell!r}")
+        found.problems.sort(key=lambda text: int(text.split(":")[0].split()[1]))
     if found.problems:
         shown = found.problems[:MAX_PROBLEMS_SHOWN]
         more = len(found.problems) - len(shown)
@@ -278,7 +284,6 @@ def scan_labels_csv(
             + (f" (and {more} more)" if more else ""),
             fix="fix the rows listed (columns: path relative to the CSV's folder, label, optional split)",
         )
-    multi = multi_label or found.multi
     class_names = sorted({label for labels, _, _ in found.rows.values() for label in labels})
     if len(class_names) < 2:
         raise DatasetError(
@@ -317,7 +322,7 @@ def _assign_splits(
         if split is not None:
             given[split].append(full)
         else:
-            stratum = min(labels, key=lambda name: (counts[name], name))
+            stratum = min(labels, key=lambda name: (counts[name], name)) if labels else ""
             free.setdefault(stratum, []).append(full)
     wanted = dict(zip(("validation", "testing"), fractions, strict=True))
     carve = {s: f for s, f in wanted.items() if not given[s] and f > 0}
@@ -334,7 +339,7 @@ def _assign_splits(
 
     def sample(full: str) -> Sample:
         labels = tuple(index[name] for name in rows[full][0])
-        return Sample(full, labels[0], labels if multi else None)
+        return Sample(full, labels[0] if labels else -1, labels if multi else None)
 
     return {s: [sample(p) for p in sorted(given[s], key=lambda p: (rows[p][0], p))] for s in SPLITS}
 

@@ -37,6 +37,13 @@ def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return np.bincount(labels.astype(np.int64), minlength=num_classes)[:num_classes]
 
 
+def num_classes_of(labels: np.ndarray) -> int:
+    """The class count labels imply: the width of multi-hot labels, else the largest index + 1."""
+    if labels.ndim == 2:
+        return int(labels.shape[1])
+    return int(labels.max()) + 1 if labels.size else 0
+
+
 def imbalance_ratio(counts: np.ndarray) -> float:
     """Largest class count over smallest (``inf`` when a class has none, 1.0 for no data)."""
     if counts.size == 0 or counts.max() == 0:

@@ -26,7 +26,7 @@ from imgclf.config import TrainConfig
 from imgclf.data.decode import DecodedSplit, open_cache
 from imgclf.data.folders import Dataset
 from imgclf.data.labels_csv import split_table
-from imgclf.evaluation import Evaluation
+from imgclf.evaluation import Evaluation, MultiLabelEvaluation
 from imgclf.fileio.writing import atomic_write_text
 from imgclf.progress import Log
 from imgclf.training.balance import count_lines, imbalance_warning, keep_monitor
@@ -61,7 +61,7 @@ class TrainResult:
 
     classifier: Classifier
     history: list[dict[str, float]]
-    evaluation: Evaluation | None
+    evaluation: Evaluation | MultiLabelEvaluation | None
     model_path: str
     run_dir: str
     epoch: int

@@ -31,7 +31,7 @@ from imgclf.data.decode import DecodedSplit
 from imgclf.errors import UsageError
 from imgclf.images.preprocess import to_tensor
 from imgclf.training.augment import affine_matrices, augment_batch, sample_params
-from imgclf.training.balance import class_weights, keep_monitor, sampler_order
+from imgclf.training.balance import class_weights, keep_monitor, num_classes_of, sampler_order
 from imgclf.training.determinism import deterministic_algorithms
 from imgclf.training.device import resolve_precision, stage_images
 from imgclf.training.ema import averaged_weights, bn_images, update_average
@@ -119,7 +119,7 @@ def _fit(
             "no training images", received=0, expected="at least one image", fix="check the dataset"
         )
     epochs = _Epochs(config, state, train, group)
-    monitor = keep_monitor(config, train.labels, int(train.labels.max()) + 1)
+    monitor = keep_monitor(config, train.labels, num_classes_of(train.labels))
     state.interrupted = False
     for cb in callbacks:
         cb.on_train_begin(config, state, epochs.steps, epochs.device)
@@ -205,15 +205,25 @@ class _Epochs:
             logits = self.net(x)
         if config.balance == "weights" and self.class_weight is None:
             self.class_weight = class_weights(self.train.labels, logits.shape[-1]).to(self.device)
+        if config.multi_label:  # a sigmoid per class; an image is right when all its labels are
+            loss = F.binary_cross_entropy_with_logits(logits.float(), yb, pos_weight=self.class_weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            hits = ((logits.detach() > 0) == (yb > 0.5)).all(1).sum()
+            return self._step(loss), hits
         loss = F.cross_entropy(
             logits.float(), yb, weight=self.class_weight, label_smoothing=config.label_smoothing
         )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if config.clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.state.model.parameters(), config.clip_norm, foreach=True)
-        optimizer.step()
-        return loss.detach(), (logits.detach().argmax(1) == yb).sum()
+        return self._step(loss), (logits.detach().argmax(1) == yb).sum()
+
+    def _step(self, loss: torch.Tensor) -> torch.Tensor:
+        """Clip (if asked) and take the optimizer step; the detached loss."""
+        if self.config.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.state.model.parameters(), self.config.clip_norm, foreach=True)
+        self.state.optimizer.step()
+        return loss.detach()
 
     def run(
         self, epoch: int, callbacks: Sequence[Callback], stop_requested: Callable[[], bool]
@@ -225,7 +235,7 @@ class _Epochs:
         gen_states = state.order_gen.get_state(), state.aug_gen.get_state()
         if config.balance == "sampler":
             labels = self.train.labels
-            perm = sampler_order(labels, int(labels.max()) + 1, steps * batch, state.order_gen).to(device)
+            perm = sampler_order(labels, num_classes_of(labels), steps * batch, state.order_gen).to(device)
         else:
             perm = torch.randperm(len(self.train), generator=state.order_gen)[: steps * batch].to(device)
         mats = affine_matrices(sample_params(steps * batch, aug, state.aug_gen), spec.height, spec.width)

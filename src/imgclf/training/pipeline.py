@@ -145,8 +145,6 @@ def train(
     if ds.multi_label and not config.multi_label:
         log("note: the labels file holds several labels per image: training multi-label (--multi-label)")
         config = config.replace(multi_label=True)
-    if config.multi_label:  # lifted by the multi-label training that follows
-        raise UsageError("multi-label training is not available yet", received="--multi-label")
     group = start_group(world, device, distributed or DistOptions())
     job = Job(ds, out, device, group, log, skip_bad, probes_from, force, max_pixels, use_cache, cache_dir)
     try:

@@ -170,4 +170,6 @@ class RunRecord:
 
 
 def _per_class(split: DecodedSplit, class_names: list[str]) -> dict[str, int]:
+    if split.labels.ndim == 2:  # multi-label: images carrying each label
+        return {name: int(split.labels[:, i].sum()) for i, name in enumerate(class_names)}
     return {name: int((split.labels == i).sum()) for i, name in enumerate(class_names)}

@@ -45,6 +45,8 @@ def evaluate_split(
         model, split.images[part], config.preprocess, batch_size=config.eval_batch_size, device=device
     )
     labels = torch.from_numpy(split.labels[part])
+    if labels.ndim == 2:
+        return _multilabel(logits, labels, len(split), group, extra)
     if extra is not None:
         confusion = _confusion(logits, labels)
         if group is not None:
@@ -64,3 +66,26 @@ def _confusion(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     c = logits.shape[-1]
     flat = labels.long() * c + logits.argmax(1)
     return torch.bincount(flat, minlength=c * c).reshape(c, c)
+
+
+def _multilabel(
+    logits: torch.Tensor, targets: torch.Tensor, n: int, group: Group | None, extra: dict[str, Any] | None
+) -> tuple[float, float]:
+    """Multi-label ``(BCE loss, exact-match accuracy)`` at the 0.5 probability cut; ``extra`` gets the
+    macro-F1 and mean per-class balanced accuracy (from per-class counts, summed over ranks)."""
+    loss_sum = F.binary_cross_entropy_with_logits(logits, targets, reduction="sum").double() / max(
+        targets.shape[1], 1
+    )
+    t, p = targets > 0.5, logits > 0
+    counts = torch.stack([(t & p).sum(0), (~t & p).sum(0), (t & ~p).sum(0), (~t & ~p).sum(0)])
+    hits = (t == p).all(1).sum()
+    if group is not None:
+        loss_sum, hits, counts = group.sum_(loss_sum, hits, counts)
+    if extra is not None:
+        tp, fp, fn, tn = (c.double() for c in counts)
+        f1 = torch.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn).clamp(min=1), torch.zeros_like(tp))
+        tpr = torch.where(tp + fn > 0, tp / (tp + fn).clamp(min=1), torch.zeros_like(tp))
+        tnr = torch.where(tn + fp > 0, tn / (tn + fp).clamp(min=1), torch.zeros_like(tp))
+        extra["val_macro_f1"] = f1.mean().item()
+        extra["val_balanced_accuracy"] = ((tpr + tnr) / 2).mean().item()
+    return loss_sum.item() / max(n, 1), hits.item() / max(n, 1)
