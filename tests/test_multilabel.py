@@ -146,3 +146,19 @@ def test_predict_gives_label_sets_every_probability_and_none(trained, tmp_path):
     assert rows[0]["label"] == ("|".join(expected.labels) or "none")
     assert float(rows[0]["blue"]) == pytest.approx(expected.probabilities["blue"])
     assert out.split("\t")[1] == rows[0]["label"]
+
+
+def test_montage_tiles_show_label_sets(trained, tmp_path):
+    from imgclf.classifier import Prediction
+    from imgclf.cli.predict import tile_caption
+
+    assert tile_caption(Prediction("a", "cat|dog", 0, 0.9, labels=["cat", "dog"])) == "cat|dog"
+    assert tile_caption(Prediction("a", "none", 0, 0.3, labels=[])) == "none"
+    assert tile_caption(Prediction("a", "cat", 0, 0.9)) == "cat 90%"
+    result, _, labels = trained
+    images = sorted(str(p) for p in (labels.parent / "img").glob("*.png"))[:4]
+    code, _, err = run_cli(
+        "predict", "--model", result.model_path, "-i", *images, "--montage", tmp_path / "m.png"
+    )
+    assert code == 0, err
+    assert (tmp_path / "m.png").stat().st_size > 0

@@ -272,7 +272,14 @@ def _tile(p: Any, class_names: list[str]) -> Any:
     true = os.path.basename(os.path.dirname(os.path.abspath(str(p.source))))
     wrong = true if true in class_names and true != p.label else None
     color = class_colors(len(class_names))[p.index]
-    return montage_tile(p.source, f"{p.label} {p.confidence:.0%}", color, true_if_wrong=wrong)
+    if p.labels is not None:  # multi-label: the label set ("none" when empty); a folder is no truth
+        return montage_tile(p.source, tile_caption(p), color)
+    return montage_tile(p.source, tile_caption(p), color, true_if_wrong=wrong)
+
+
+def tile_caption(p: Any) -> str:
+    """A montage tile's text: ``label 97%``, or a multi-label answer's set (``cat|dog``, ``none``)."""
+    return str(p.label) if p.labels is not None else f"{p.label} {p.confidence:.0%}"
 
 
 def _montage(args: argparse.Namespace, tiles: list, classified: int) -> None:

@@ -1,7 +1,8 @@
 """Export an .imgclf model file to one self-contained .onnx, kept only if it passes the parity gate.
 
-The network is exported in eval mode with the softmax inside the graph (its output is exactly what
-``predict`` gives) and a dynamic batch dimension. Before the file is written, onnxruntime (CPU, default
+The network is exported in eval mode with the softmax inside the graph (a multi-label model: the sigmoid,
+with its per-class thresholds in the manifest's ``task``; its output is exactly what ``predict`` gives)
+and a dynamic batch dimension. Before the file is written, onnxruntime (CPU, default
 graph optimisations) runs the model file's probes, generated inputs and any ``parity_images`` at batch 1
 and 7 against the PyTorch model (:mod:`imgclf.interop.onnx_parity`): every probability within
 ``PARITY_TOLERANCE`` and the same top-1 class, or :class:`imgclf.errors.ExportError` names the worst input
@@ -50,6 +51,7 @@ from imgclf.interop.onnx_runtime import MAX_ONNX_BYTES, import_onnxruntime, new_
 DEFAULT_OPSET = 18
 OPSETS = {"torchscript": (13, 20), "dynamo": (18, 23)}  # what each exporter writes and onnxruntime loads
 EXPORTERS = tuple(OPSETS)
+SINGLE_LABEL = {"type": "single_label", "thresholds": None, "balance": "none"}  # a version-1 model file
 MAX_IR_VERSION = 10  # onnxruntime >= 1.18 reads IR 10; onnx's helper may stamp a newer one
 
 
@@ -64,14 +66,16 @@ class ExportResult:
 
 
 class _WithSoftmax(nn.Module):
-    """The classifier's network followed by the softmax ``predict`` applies."""
+    """The classifier's network followed by the softmax ``predict`` applies (multi-label: the sigmoid)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, multi_label: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.multi_label = multi_label
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(x), dim=1)
+        logits = self.model(x)
+        return torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=1)
 
 
 def check_options(opset: int, exporter: str) -> None:
@@ -92,9 +96,9 @@ def check_options(opset: int, exporter: str) -> None:
         )
 
 
-def _graph_bytes(model: nn.Module, spec: Any, opset: int, exporter: str) -> bytes:
+def _graph_bytes(model: nn.Module, spec: Any, opset: int, exporter: str, multi_label: bool = False) -> bytes:
     """Serialised ONNX of ``model`` with a dynamic batch; exporter chatter goes to stderr, never stdout."""
-    net = _WithSoftmax(model).to(memory_format=torch.contiguous_format).eval()
+    net = _WithSoftmax(model, multi_label).to(memory_format=torch.contiguous_format).eval()
     example = torch.zeros((2, 3, spec.height, spec.width), dtype=torch.float32)
     with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer and deprecation notes: the parity gate is the real check
@@ -187,8 +191,14 @@ def _manifest(src: _Source, model: Any, opset: int, exporter: str, parity: dict[
             "input": INPUT_NAME,
             "output": OUTPUT_NAME,
             "layout": "float32 NCHW, batch dimension dynamic",
-            "output_meaning": "class probabilities (softmax inside the graph), in class_names order",
+            "output_meaning": (
+                "per-class probabilities (a sigmoid each, inside the graph; task.thresholds decide), "
+                if clf.multi_label
+                else "class probabilities (softmax inside the graph), "
+            )
+            + "in class_names order",
         },
+        "task": dict(clf.manifest.get("task") or SINGLE_LABEL),
         "graph_sha256": hashlib.sha256(model.graph.SerializeToString(deterministic=True)).hexdigest(),
         "source": {"file": os.path.basename(src.path), **src.integrity},
         "provenance": src.provenance,
@@ -244,7 +254,8 @@ def export_onnx(
     src = _read_source(model_path)
     spec = src.clf.preprocess
     inputs, names = gate_inputs([arr for _, arr in src.probes], src.probe_kinds, spec, parity_images)
-    model = onnx.load_model_from_string(_graph_bytes(src.clf.model, spec, opset, exporter))
+    graph = _graph_bytes(src.clf.model, spec, opset, exporter, src.clf.multi_label)
+    model = onnx.load_model_from_string(graph)
     model.ir_version = min(model.ir_version, MAX_IR_VERSION)
     model.producer_name, model.producer_version = "imgclf", versions()["imgclf"]
     name = os.fspath(out_path)

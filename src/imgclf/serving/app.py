@@ -151,6 +151,8 @@ def _row(filename: str | None, pred: Any, top_k: int) -> dict[str, Any]:
         row["error"] = pred.error.replace(label, filename, 1) if filename else pred.error
         return row
     row.update(label=pred.label, confidence=pred.confidence, probabilities=pred.probabilities)
+    if pred.labels is not None:  # multi-label: the classes over their thresholds ([]: none of them)
+        row["labels"] = pred.labels
     if top_k > 1:
         row["top_k"] = [{"label": k, "probability": v} for k, v in pred.top_k[:top_k]]
     return row

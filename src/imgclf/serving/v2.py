@@ -1,7 +1,9 @@
 """The Open Inference Protocol v2 subset (KServe / Triton): health, metadata, infer, repository load.
 
 ``infer`` takes one input: ``BYTES`` (base64-encoded image files, decoded by the one image path) or
-``FP32`` ``[N, 3, H, W]`` already preprocessed; it answers ``probabilities`` ``FP32 [N, C]``.
+``FP32`` ``[N, 3, H, W]`` already preprocessed; it answers ``probabilities`` ``FP32 [N, C]``. A multi-label
+model adds ``labels`` ``BYTES [N]``: each image's classes at or over their thresholds joined by ``|``, or
+``none`` (its metadata lists the task and thresholds).
 
 Usage::
 
@@ -16,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from imgclf._version import __version__
+from imgclf.classifier import NO_LABEL
 from imgclf.serving.inputs import HTTPProblem
 from imgclf.serving.v2_inputs import parse_v2
 
@@ -24,6 +27,11 @@ PLATFORM = "imgclf_pytorch"
 
 def _metadata(served: Any) -> dict[str, Any]:
     spec = served.classifier.preprocess
+    outputs = [{"name": "probabilities", "datatype": "FP32", "shape": [-1, served.classifier.num_classes]}]
+    parameters: dict[str, Any] = {"class_names": list(served.classifier.class_names), "digest": served.digest}
+    if served.classifier.multi_label:
+        outputs.append({"name": "labels", "datatype": "BYTES", "shape": [-1]})
+        parameters.update(task="multi_label", thresholds=served.classifier.thresholds.tolist())
     return {
         "name": served.name,
         "versions": ["1"],
@@ -32,10 +40,8 @@ def _metadata(served: Any) -> dict[str, Any]:
             {"name": "images", "datatype": "BYTES", "shape": [-1]},
             {"name": "input", "datatype": "FP32", "shape": [-1, 3, spec.height, spec.width]},
         ],
-        "outputs": [
-            {"name": "probabilities", "datatype": "FP32", "shape": [-1, served.classifier.num_classes]}
-        ],
-        "parameters": {"class_names": list(served.classifier.class_names), "digest": served.digest},
+        "outputs": outputs,
+        "parameters": parameters,
     }
 
 
@@ -62,6 +68,12 @@ def _infer_response(served: Any, rows: list[list[float]], request_id: str | None
             }
         ],
     }
+    thresholds = served.classifier.thresholds
+    if thresholds is not None:
+        names = served.classifier.class_names
+        sets = [[c for c, v, t in zip(names, row, thresholds, strict=True) if v >= t] for row in rows]
+        labels = ["|".join(s) or NO_LABEL for s in sets]
+        out["outputs"].append({"name": "labels", "datatype": "BYTES", "shape": [len(rows)], "data": labels})
     if request_id is not None:
         out["id"] = request_id
     return out
