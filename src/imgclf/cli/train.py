@@ -247,6 +247,13 @@ def _train_inputs(args: argparse.Namespace) -> tuple[str, str, str | None, Any, 
             expected="one of them",
             fix="drop --dataset (the labels CSV names the images) or --labels",
         )
+    if args.labels and not str(args.labels).lower().endswith(".csv"):
+        raise UsageError(
+            "--labels needs a .csv file",
+            received=args.labels,
+            expected="a CSV file named *.csv (header path,label[,split])",
+            fix="name the labels file labels.csv, for example",
+        )
     args.dataset = args.dataset or args.labels
     if not args.resume:
         args.probes_from = args.probes_from or 0

@@ -48,8 +48,8 @@ Progress = Callable[[str, int], Callable[[int], None] | None]
 
 
 def is_labels_file(path: str | os.PathLike) -> bool:
-    """Whether ``path`` names a file (not a folder): a labels CSV rather than a dataset folder."""
-    return os.path.isfile(path) or os.fspath(path).lower().endswith(".csv")
+    """Whether ``path`` names a labels CSV (by its ``.csv`` extension) rather than a dataset folder."""
+    return os.fspath(path).lower().endswith(".csv") and not os.path.isdir(path)
 
 
 def scan_source(
