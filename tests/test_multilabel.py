@@ -162,3 +162,12 @@ def test_montage_tiles_show_label_sets(trained, tmp_path):
     )
     assert code == 0, err
     assert (tmp_path / "m.png").stat().st_size > 0
+
+
+def test_evaluate_on_the_csv_repeats_the_training_split_and_report(trained):
+    result, _, labels = trained
+    code, out, err = run_cli("evaluate", "--model", result.model_path, "--dataset", labels, "--json")
+    assert code == 0, err
+    got = json.loads(out)
+    assert got["task"] == "multi_label" and got["report"] == result.evaluation.report
+    assert got["mAP"] == pytest.approx(result.evaluation.mean_average_precision)

@@ -13,7 +13,7 @@ import json
 import os
 import sys
 
-from imgclf.cli.common import EPILOG, add_cache_flags, add_max_pixels_flag, max_pixels_option
+from imgclf.cli.common import EPILOG, add_cache_flags, add_max_pixels_flag, err, max_pixels_option
 from imgclf.cli.output import report_text, stdout_line
 
 
@@ -31,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     )
     p.set_defaults(func=cmd_evaluate)
     p.add_argument("--model", "-m", required=True, help="model file")
-    p.add_argument("--dataset", "-d", required=True, help="dataset folder")
+    p.add_argument("--dataset", "-d", required=True, help="dataset folder, or a labels .csv")
     p.add_argument(
         "--split",
         default="testing",
@@ -89,9 +89,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         stdout_line(report_text(ev.report))
         stdout_line("\n" + "\n".join(ev.summary_lines()))
+    from imgclf.evaluation import Evaluation
+
     if args.output:
         atomic_write_text(args.output, json.dumps(ev.to_dict(), indent=2) + "\n")
-    if args.confusion_plot:
+    if args.confusion_plot and not isinstance(ev, Evaluation):
+        err("note: no confusion matrix for a multi-label model (see the per-class report)")
+    elif args.confusion_plot and isinstance(ev, Evaluation):
         from imgclf.plots import plot_confusion
 
         name = os.path.basename(args.model)
