@@ -203,27 +203,25 @@ class _Epochs:
         x = x.contiguous(memory_format=self.memory)
         with torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             logits = self.net(x)
-        if config.balance == "weights" and self.class_weight is None:
-            self.class_weight = class_weights(self.train.labels, logits.shape[-1]).to(self.device)
-        if config.multi_label:  # a sigmoid per class; an image is right when all its labels are
-            loss = F.binary_cross_entropy_with_logits(logits.float(), yb, pos_weight=self.class_weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            hits = ((logits.detach() > 0) == (yb > 0.5)).all(1).sum()
-            return self._step(loss), hits
-        loss = F.cross_entropy(
-            logits.float(), yb, weight=self.class_weight, label_smoothing=config.label_smoothing
-        )
+        loss = self.loss(logits.float(), yb)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        return self._step(loss), (logits.detach().argmax(1) == yb).sum()
+        if config.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.state.model.parameters(), config.clip_norm, foreach=True)
+        optimizer.step()
+        if config.multi_label:  # an image is right when all its labels are
+            return loss.detach(), ((logits.detach() > 0) == (yb > 0.5)).all(1).sum()
+        return loss.detach(), (logits.detach().argmax(1) == yb).sum()
 
-    def _step(self, loss: torch.Tensor) -> torch.Tensor:
-        """Clip (if asked) and take the optimizer step; the detached loss."""
-        if self.config.clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.state.model.parameters(), self.config.clip_norm, foreach=True)
-        self.state.optimizer.step()
-        return loss.detach()
+    def loss(self, logits: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy (multi-label: binary cross-entropy per class), class-weighted with
+        ``--balance weights`` (the weights from the training labels, at the first step)."""
+        config = self.config
+        if config.balance == "weights" and self.class_weight is None:
+            self.class_weight = class_weights(self.train.labels, logits.shape[-1]).to(self.device)
+        if config.multi_label:
+            return F.binary_cross_entropy_with_logits(logits, yb, pos_weight=self.class_weight)
+        return F.cross_entropy(logits, yb, weight=self.class_weight, label_smoothing=config.label_smoothing)
 
     def run(
         self, epoch: int, callbacks: Sequence[Callback], stop_requested: Callable[[], bool]
