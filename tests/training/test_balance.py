@@ -148,3 +148,27 @@ def test_both_modes_are_recorded_change_training_and_resume_exactly(balance, imb
     assert_same_tensors(imgclf.load(model).model.state_dict(), imgclf.load(ref.model_path).model.state_dict())
     run = Path(ref.run_dir)
     assert (tmp_path / "m-run" / "history.json").read_text() == (run / "history.json").read_text()
+
+
+def test_weights_with_label_smoothing_weigh_each_image_by_its_own_class():
+    """cross_entropy(weight=..., label_smoothing=...) would weigh every image's smoothing term by the
+    rare class's large weight; the loop weighs each image's whole loss by its own class's weight."""
+    from imgclf.training.loop import _Epochs
+
+    labels = np.array([0] * 30 + [1] * 2)
+    torch.manual_seed(1)
+    logits, y = torch.randn(32, 2), torch.from_numpy(labels)
+    epochs = _Epochs.__new__(_Epochs)
+    epochs.config = tiny_train_config(balance="weights", label_smoothing=0.1)
+    epochs.train, epochs.device, epochs.class_weight = (
+        type("T", (), {"labels": labels})(),
+        torch.device("cpu"),
+        None,
+    )
+    got = epochs.loss(logits, y)
+    w = class_weights(labels, 2)[y]
+    per = F.cross_entropy(logits, y, label_smoothing=0.1, reduction="none")
+    assert torch.allclose(got, (w * per).sum() / w.sum())
+    assert not torch.allclose(
+        got, F.cross_entropy(logits, y, weight=class_weights(labels, 2), label_smoothing=0.1)
+    )

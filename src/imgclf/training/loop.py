@@ -221,7 +221,14 @@ class _Epochs:
             self.class_weight = class_weights(self.train.labels, logits.shape[-1]).to(self.device)
         if config.multi_label:
             return F.binary_cross_entropy_with_logits(logits, yb, pos_weight=self.class_weight)
-        return F.cross_entropy(logits, yb, weight=self.class_weight, label_smoothing=config.label_smoothing)
+        if self.class_weight is None:
+            return F.cross_entropy(logits, yb, label_smoothing=config.label_smoothing)
+        # Each image weighted by its class's weight. Not cross_entropy(weight=...): with label smoothing
+        # that also weighs the smoothing term of every image by every class's weight, which pushes all
+        # images towards a rare class (a model answering only the minority class).
+        per_image = F.cross_entropy(logits, yb, label_smoothing=config.label_smoothing, reduction="none")
+        w = self.class_weight[yb]
+        return (w * per_image).sum() / w.sum()
 
     def run(
         self, epoch: int, callbacks: Sequence[Callback], stop_requested: Callable[[], bool]
