@@ -283,6 +283,7 @@ RUNS: dict[str, Any] = {
     "errors.py": None,  # raises the error it shows (RAISES)
     "images/rgb.py": _setup_rgb,
     "progress.py": None,
+    "training/balance.py": None,
 }
 RAISES = {"errors.py": errors.DatasetError}
 # Usage blocks that do not run here, and why: each is still compiled, its `imgclf ...` command lines and
@@ -305,6 +306,7 @@ NOT_RUN = {
         "data/decode.py",
         "data/heldout.py",
         "data/identity.py",
+        "data/labels_csv.py",
         "data/synthetic.py",
         "dataset_evaluation.py",
         "precision.py",

@@ -138,6 +138,8 @@ def test_an_evaluation_carries_its_inputs_and_serialises_every_field():
     wrong = {"path": "c.png", "true": "dog", "predicted": "cat", "confidence": float(probs[2, 0])}
     assert ev.to_dict() == {
         "report": ev.report,
+        "balanced_accuracy": 0.75,  # recalls 1 and 1/2
+        "macro_f1": ev.report["macro avg"]["f1-score"],
         "confusion_matrix": [[1, 0], [1, 1]],
         "class_names": ["cat", "dog"],
         "misclassified": [wrong],

@@ -49,6 +49,9 @@ class Prediction:
         unlike_training_data: ``True`` when the image lies beyond the file's out-of-distribution
             threshold (the label is then a guess about something the model never saw); ``None`` when
             the file has no threshold.
+        labels: Multi-label models: every class at or over its threshold (an empty list is a valid
+            answer: none of the classes); then ``label`` is them joined by ``|``, or ``none``.
+            ``None`` for single-label models.
     """
 
     source: str
@@ -59,6 +62,7 @@ class Prediction:
     top_k: list[tuple[str, float]] = field(default_factory=list)
     error: str | None = None
     unlike_training_data: bool | None = None
+    labels: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,9 @@ class Explanation:
     heatmap: np.ndarray
     overlay: np.ndarray
     layer: str
+
+
+NO_LABEL = "none"  # a multi-label answer with no class over its threshold
 
 
 def predict_logits(
@@ -278,6 +285,26 @@ class Classifier:
         """Number of classes the model distinguishes."""
         return len(self.class_names)
 
+    @property
+    def multi_label(self) -> bool:
+        """Whether each output is an independent sigmoid probability (the file's task is multi-label)."""
+        return (self.manifest.get("task") or {}).get("type") == "multi_label"
+
+    @property
+    def thresholds(self) -> np.ndarray | None:
+        """Multi-label: the per-class decision thresholds from the file (0.5 where none), else ``None``."""
+        if not self.multi_label:
+            return None
+        found = (self.manifest.get("task") or {}).get("thresholds")
+        return np.asarray(found if found is not None else [0.5] * self.num_classes, dtype=np.float64)
+
+    def _activate(self, logits: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        if self.multi_label:  # per-class sigmoids; temperature scaling is a single-label calibration
+            return torch.sigmoid(logits)
+        return torch.softmax(_calibrated(logits, self.temperature), dim=1)
+
     def __repr__(self) -> str:
         spec = self.preprocess
         return (
@@ -299,8 +326,6 @@ class Classifier:
         return self._proba_plain(images, batch_size)
 
     def _proba_plain(self, images: np.ndarray, batch_size: int) -> np.ndarray:
-        import torch
-
         logits = predict_logits(
             self.model,
             images,
@@ -311,7 +336,7 @@ class Classifier:
         )
         if logits.numel() == 0:
             return np.zeros((0, self.num_classes), dtype=np.float32)
-        return torch.softmax(_calibrated(logits, self.temperature), dim=1).numpy()
+        return self._activate(logits).numpy()
 
     def predict_proba_input(self, x: np.ndarray) -> np.ndarray:
         """Probabilities (N, C) for an already-scaled float32 input (N, 3, H, W), e.g. from ``to_array``.
@@ -329,7 +354,7 @@ class Classifier:
                 enabled=bool(self.autocast_dtype),
             ):
                 logits = self.model(t.contiguous(memory_format=torch.channels_last)).float()
-            return torch.softmax(_calibrated(logits, self.temperature), dim=1).cpu().numpy()
+            return self._activate(logits).cpu().numpy()
 
     def _proba_and_unlike(self, images: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Probabilities, and the out-of-distribution flags (``None`` without a threshold), in one pass."""
@@ -495,6 +520,7 @@ class Classifier:
         _check_batch_size(batch_size)
         items = _as_list(images)
         k = min(top_k, self.num_classes)
+        thresholds = self.thresholds
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
             arrays, failures = self._stack(chunk, channel_order, errors)
@@ -511,9 +537,13 @@ class Classifier:
                 row += 1
                 order = np.argsort(-p, kind="stable")
                 best = int(order[0])
+                chosen = None
+                if thresholds is not None:
+                    chosen = [c for c, v, t in zip(self.class_names, p, thresholds, strict=True) if v >= t]
                 yield Prediction(
                     source=name,
-                    label=self.class_names[best],
+                    label=self.class_names[best] if chosen is None else "|".join(chosen) or NO_LABEL,
+                    labels=chosen,
                     index=best,
                     confidence=float(p[best]),
                     probabilities={c: float(v) for c, v in zip(self.class_names, p, strict=True)},

@@ -28,7 +28,8 @@ Interpolation = Literal["nearest", "bilinear", "bicubic", "lanczos", "box", "ham
 FillMode = Literal["nearest", "constant", "reflect"]
 Precision = Literal["auto", "fp32", "bf16"]
 Keep = Literal["best", "last"]
-Monitor = Literal["val_loss", "val_accuracy"]
+Monitor = Literal["val_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_f1"]
+Balance = Literal["none", "weights", "sampler"]
 Recipe = Literal["seed", "stable", "finetune"]
 Schedule = Literal["time_decay", "cosine", "one_cycle"]
 INTERPOLATIONS: tuple[str, ...] = typing.get_args(Interpolation)
@@ -168,7 +169,10 @@ class TrainConfig(Settings):
         keep: Which weights go into the model file: ``best`` epoch by ``monitor`` (default) or the
             ``last`` one (the recipe's behaviour). With the recipe's lr 0.1 on a small dataset, a late
             epoch can land on a spike whose batch-norm statistics lag the weights; best never saves it.
-        monitor: ``val_loss`` or ``val_accuracy``; used by ``keep=best`` and ``patience``.
+        monitor: ``val_loss``, ``val_accuracy``, ``val_balanced_accuracy`` or ``val_macro_f1``; used by
+            ``keep=best`` and ``patience``. When the training classes are imbalanced (the largest more
+            than 3x the smallest), ``val_loss`` and ``val_accuracy`` are judged as
+            ``val_balanced_accuracy``, which always answering the majority class cannot game.
         patience: Stop after this many epochs without improvement of ``monitor`` (``None``: never).
         deterministic: Ask PyTorch for deterministic algorithms (GPU; CPU runs are deterministic).
         recipe: The preset the settings started from (``seed`` | ``stable``, see :data:`RECIPES`); build
@@ -194,6 +198,12 @@ class TrainConfig(Settings):
             head's (discriminative rates, as fastai's ``fine_tune``).
         linear_probe: Train only the head for every epoch, on the backbone's embeddings of the
             unaugmented training images, computed once per run (:mod:`.training.embeddings`).
+        balance: Class imbalance handling (:mod:`.training.balance`): ``none``; ``weights`` (loss
+            weights inversely proportional to class frequency); ``sampler`` (each epoch draws its
+            samples with every class equally likely, seeded like the usual order).
+        multi_label: Each image has a set of labels (possibly empty): sigmoid outputs with binary
+            cross-entropy, and per-class decision thresholds chosen on the validation split
+            (:mod:`imgclf.multilabel`).
     """
 
     arch: str = setting("seed_resnet", "registered architecture (an unknown name lists them)")
@@ -223,7 +233,12 @@ class TrainConfig(Settings):
     keep: Keep = setting(
         "best", "weights saved: best epoch by --monitor, or last (the recipe's)", label="--keep value"
     )
-    monitor: Monitor = setting("val_loss", "metric for --keep best and --patience", label="--monitor value")
+    monitor: Monitor = setting(
+        "val_loss",
+        "metric for --keep best and --patience (imbalanced classes: loss and accuracy are judged as "
+        "val_balanced_accuracy)",
+        label="--monitor value",
+    )
     patience: int | None = setting(
         None, "stop after N epochs without improvement", default_text="never stop early"
     )
@@ -270,6 +285,17 @@ class TrainConfig(Settings):
     )
     linear_probe: bool = setting(
         False, "train only the head, on backbone embeddings computed once (no augmentation, one process)"
+    )
+    multi_label: bool = setting(
+        False,
+        "several labels per image: sigmoid outputs, binary cross-entropy, per-class thresholds (a labels "
+        "CSV with 'a|b' cells turns it on)",
+    )
+    balance: Balance = setting(
+        "none",
+        "class imbalance: loss weights inversely proportional to class frequency, or a sampler drawing "
+        "every class equally often",
+        label="--balance value",
     )
 
     @classmethod

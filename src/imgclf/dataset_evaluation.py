@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from imgclf.errors import DatasetError
-from imgclf.evaluation import Evaluation, evaluate_probabilities
+from imgclf.evaluation import Evaluation, MultiLabelEvaluation, evaluate_multilabel, evaluate_probabilities
 from imgclf.progress import Log, quiet
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ def evaluate_dataset(
     cache_dir: str | os.PathLike | None = None,
     use_cache: bool = True,
     progress: Callable[[str, int], Callable[[int], None] | None] | None = None,
-) -> Evaluation:
+) -> Evaluation | MultiLabelEvaluation:
     """Evaluate a loaded classifier on a dataset folder's split.
 
     A flat folder of class folders (``ROOT/<class>/*.png``) is split again exactly as training split
@@ -60,6 +60,7 @@ def evaluate_dataset(
     """
     from imgclf.data.decode import bad_files_error, load_split, open_cache
     from imgclf.data.folders import scan_dataset
+    from imgclf.data.labels_csv import is_labels_file
 
     cap = classifier.max_pixels
     cache = open_cache(classifier.preprocess, cache_dir, max_pixels=cap) if use_cache else None
@@ -70,17 +71,62 @@ def evaluate_dataset(
             samples, classifier.preprocess, skip_bad=True, cache=cache, progress=bar, max_pixels=cap
         )
 
-    ds = scan_dataset(dataset, val_split=0.0, test_split=0.0)
-    _check_classes(ds.class_names, classifier.class_names)
-    ds, dec = _decode_split(classifier.manifest, dataset, ds, split, decode)
+    if is_labels_file(dataset):
+        ds, dec = _csv_split(classifier, dataset, split, decode)
+    else:
+        ds = scan_dataset(dataset, val_split=0.0, test_split=0.0)
+        _check_classes(ds.class_names, classifier.class_names)
+        ds, dec = _decode_split(classifier.manifest, dataset, ds, split, decode)
     if dec.skipped and not skip_bad:
         raise bad_files_error(dec.skipped)
     for path, why in dec.skipped:
         log(f"warning: skipped {path}: {why}")
-    labels = _model_labels(dec.labels, ds.class_names, classifier.class_names)
     bar = progress("classifying", len(dec)) if progress and len(dec) else None
+    if classifier.multi_label:
+        remap = [classifier.class_names.index(c) for c in ds.class_names]
+        samples = [s for part in ds.splits.values() for s in part]
+        by_path = {s.path: s.labels if s.labels is not None else (s.label,) for s in samples}
+        targets = np.zeros((len(dec), classifier.num_classes), dtype=np.int64)
+        for row, path in enumerate(dec.paths):
+            targets[row, [remap[i] for i in by_path[path]]] = 1
+        probs = _predict_in_chunks(classifier, dec.images, batch_size, bar)
+        thresholds = classifier.thresholds
+        assert thresholds is not None  # a multi-label classifier always has them
+        return evaluate_multilabel(probs, targets, dec.paths, classifier.class_names, thresholds.tolist())
+    labels = _model_labels(dec.labels, ds.class_names, classifier.class_names)
     probs = _predict_in_chunks(classifier, dec.images, batch_size, bar)
     return evaluate_probabilities(probs, labels, dec.paths, classifier.class_names)
+
+
+def _csv_split(
+    classifier: Classifier, dataset: str | os.PathLike, split: str, decode: Callable[[list, str], Any]
+) -> tuple[Any, Any]:
+    """A labels CSV split as training split it (its seed and fractions are in the model file), decoded.
+
+    Raises:
+        DatasetError: If the CSV is invalid, names classes the model does not know, or the split is empty.
+    """
+    from imgclf.data.heldout import ALL
+    from imgclf.data.labels_csv import scan_labels_csv
+
+    recipe = (classifier.manifest.get("provenance") or {}).get("training") or {}
+    ds = scan_labels_csv(
+        dataset,
+        val_split=float(recipe.get("val_split", 0.0)),
+        test_split=float(recipe.get("test_split", 0.0)),
+        seed=int(recipe.get("seed", 42)),
+        multi_label=classifier.multi_label,
+    )
+    _check_classes(ds.class_names, classifier.class_names)
+    samples = [s for part in ds.splits.values() for s in part] if split == ALL else ds.splits.get(split)
+    if not samples:
+        raise DatasetError(
+            f"labels file has no {split!r} rows",
+            received=os.fspath(dataset),
+            expected=f"rows of the {split} split",
+            fix="pass --split all, or another split",
+        )
+    return ds, decode(samples, split)
 
 
 def _decode_split(

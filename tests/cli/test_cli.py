@@ -635,7 +635,7 @@ def test_inspect_text_and_json(trained):
     assert info["class_names"] == CLASSES
     assert info["architecture"]["name"] == "small_cnn"
     assert info["preprocess"]["height"] == info["preprocess"]["width"] == 32
-    assert info["format_version"] == 1 and info["format"] == "imgclf"
+    assert info["format_version"] == 2 and info["format"] == "imgclf"
 
 
 def test_inspect_on_a_training_checkpoint_says_what_it_is_and_how_to_get_a_model(trained):

@@ -42,6 +42,7 @@ from helpers import (
 from imgclf import modelfile
 from imgclf.errors import ModelFileError
 from imgclf.modelfile.format import MAX_HEADER_BYTES
+from imgclf.modelfile.manifest import FORMAT_VERSION
 
 MARKER_NAME = "imgclf-pickle-ran.marker"
 
@@ -347,7 +348,12 @@ BYTES_CASES: list[tuple[str, str, Callable[[bytes], bytes], tuple[str, ...]]] = 
     ("manifest_unknown_key", "A18", _set(("exec",), "rm -rf /"), ("unknown: ['exec']",)),
     ("manifest_wrong_type", "A18", _set(("class_names",), "ring,square"), ("class_names is malformed",)),
     ("format_marker", "A18", _set(("format",), "keras"), ("format marker",)),
-    ("future_version", "A18", _set(("format_version",), 2), ("made by a newer version", "upgrade")),
+    (
+        "future_version",
+        "A18",
+        _set(("format_version",), FORMAT_VERSION + 1),
+        ("made by a newer version", "upgrade"),
+    ),
     ("version_zero", "A18", _set(("format_version",), 0), ("format version 0 does not exist",)),
     (
         "version_string",

@@ -75,7 +75,7 @@ def test_any_safetensors_reader_opens_the_file(tmp_path):
     imgclf.save(clf, path)
     with safe_open(str(path), framework="pt") as f:
         manifest = json.loads(f.metadata()["imgclf"])
-        assert manifest["format"] == "imgclf" and manifest["format_version"] == 1
+        assert manifest["format"] == "imgclf" and manifest["format_version"] == 2
         assert torch.equal(f.get_tensor("model.head.weight"), clf.model.head.weight.detach())
         names = set(f.keys())
     assert {n for n in names if n.startswith("probe.")} == {
@@ -233,7 +233,8 @@ def test_inspect_reports_every_field_without_building_the_model(tiny_model, monk
 
     monkeypatch.setattr(registry, "build", refuse)
     info = imgclf.inspect(tiny_model.model_path)
-    assert info["format"] == "imgclf" and info["format_version"] == 1
+    assert info["format"] == "imgclf" and info["format_version"] == 2
+    assert info["task"] == {"type": "single_label", "thresholds": None, "balance": "none"}
     assert info["architecture"] == {"name": "small_cnn", "args": {"widths": [8, 16], "reg": 0.0001}}
     assert info["class_names"] == ["ring", "square"]
     assert info["preprocess"]["height"] == 32 and info["preprocess"]["interpolation"] == "bilinear"
@@ -261,7 +262,8 @@ def test_inspect_cli_human_and_json(tiny_model, capsys, monkeypatch):
     assert main(["inspect", str(tiny_model.model_path)]) == 0
     out = capsys.readouterr().out
     for label in (
-        "format          imgclf version 1",
+        "format          imgclf version 2",
+        "task            single-label; balance none",
         "architecture    small_cnn",
         "classes         2: ring, square",
         "preprocessing   32x32 bilinear",
@@ -369,7 +371,7 @@ def test_classifier_from_load_carries_the_manifest_without_integrity(tmp_path):
     imgclf.save(make_classifier(), path)
     clf = imgclf.load(path)
     assert isinstance(clf, Classifier)
-    assert "integrity" not in clf.manifest and clf.manifest["format_version"] == 1
+    assert "integrity" not in clf.manifest and clf.manifest["format_version"] == 2
 
 
 def test_the_digest_recipes_in_the_format_doc_work_without_imgclf():
@@ -425,7 +427,7 @@ def test_loading_writes_nothing_and_opens_no_network(tiny_model, monkeypatch):
     monkeypatch.setattr(socket, "socket", no_network)
     clf = imgclf.load(tiny_model.model_path)
     assert imgclf.verify(tiny_model.model_path).ok
-    assert imgclf.inspect(tiny_model.model_path)["format_version"] == 1
+    assert imgclf.inspect(tiny_model.model_path)["format_version"] == 2
     assert clf.predict(np.zeros((8, 8, 3), dtype=np.uint8))[0].label in ("ring", "square")
 
 

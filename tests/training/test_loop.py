@@ -109,7 +109,9 @@ def test_history_is_deterministic_and_timings_live_apart(tiny_model):
     run_dir = tiny_model.model_path.with_name("tiny-run")
     history = json.loads((run_dir / "history.json").read_text())
     assert history == tiny_model.result.history
-    assert all(set(r) == {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr"} for r in history)
+    keys = {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr"}
+    keys |= {"val_balanced_accuracy", "val_macro_f1"}
+    assert all(set(r) == keys for r in history)
     with open(run_dir / "history.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert all(float(row["seconds"]) > 0 for row in rows)  # wall-clock time, for people, in the CSV only

@@ -85,7 +85,8 @@ def test_training_evaluates_the_testing_split(trained):
     for path, label in zip(ev.paths, ev.labels.tolist(), strict=True):
         assert CLASSES[label] == Path(path).parent.name
     run = Path(result.run_dir)
-    assert (run / "report.txt").read_text() == format_report(ev.report)
+    summary = f"balanced accuracy {ev.balanced_accuracy:.4f}\nmacro-F1 {ev.macro_f1:.4f}\n"
+    assert (run / "report.txt").read_text() == format_report(ev.report) + "\n" + summary
     assert json.loads((run / "report.json").read_text()) == json.loads(json.dumps(ev.to_dict()))
     metrics = imgclf.inspect(model_path)["metrics"]
     assert metrics["testing_accuracy"] == ev.accuracy

@@ -19,6 +19,7 @@ from imgclf.cli.common import (
     add_max_pixels_flag,
     add_threads_flag,
     choose_threads,
+    err,
     inference_threads,
     max_pixels_option,
 )
@@ -39,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     )
     p.set_defaults(func=cmd_evaluate)
     p.add_argument("--model", "-m", required=True, help="model file")
-    p.add_argument("--dataset", "-d", required=True, help="dataset folder")
+    p.add_argument("--dataset", "-d", required=True, help="dataset folder, or a labels .csv")
     p.add_argument(
         "--split",
         default="testing",
@@ -104,15 +105,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         stdout_line(json.dumps(ev.to_dict(), indent=2))
     else:
         stdout_line(report_text(ev.report))
+        stdout_line("\n" + "\n".join(ev.summary_lines()))
+    from imgclf.evaluation import Evaluation
+
     if args.output:
         atomic_write_text(args.output, json.dumps(ev.to_dict(), indent=2) + "\n")
-    if args.confusion_plot:
+    if args.confusion_plot and not isinstance(ev, Evaluation):
+        err("note: no confusion matrix for a multi-label model (see the per-class report)")
+    elif args.confusion_plot and isinstance(ev, Evaluation):
         from imgclf.plots import plot_confusion
 
         name = os.path.basename(args.model)
         title = f"{name} on {args.split}: accuracy {ev.accuracy:.4f} ({len(ev.paths)} images)"
         plot_confusion(ev.confusion, ev.class_names, args.confusion_plot, title=title)
-    if args.report:
+    if args.report and not isinstance(ev, Evaluation):
+        err("note: no HTML report for a multi-label model (its metrics are above)")
+    elif args.report and isinstance(ev, Evaluation):
         from imgclf.report_html import render_report, write_report
 
         write_report(render_report(clf, os.path.basename(args.model), ev, split=args.split), args.report)

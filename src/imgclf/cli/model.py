@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from imgclf.cli.common import EPILOG
 from imgclf.cli.output import stdout_line
@@ -155,6 +156,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if info.get("versions"):
         lines.append("versions        " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
     lines.append(f"created         {info.get('created')}")
+    lines.append(f"task            {_task_text(info.get('task') or {})}")
     kinds = info["probe_kinds"]
     lines.append(
         f"probes          {info['probes']} ({kinds.count('synthetic')} synthetic, "
@@ -260,3 +262,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
         when = "exported" if file_kind(path) in ("onnx", "openvino") else "saved"
         stdout_line(f"verified: the model behaves exactly as when it was {when}")
     return 0
+
+
+def _task_text(task: dict[str, Any]) -> str:
+    """``multi-label, thresholds a 0.42, b 0.61; balance none`` (or ``single-label; balance none``)."""
+    kind = str(task.get("type", "single_label")).replace("_", "-")
+    thresholds = task.get("thresholds")
+    shown = f", thresholds {', '.join(f'{t:.3g}' for t in thresholds)}" if thresholds else ""
+    return f"{kind}{shown}; balance {task.get('balance', 'none')}"

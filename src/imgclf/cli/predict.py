@@ -123,6 +123,8 @@ def json_row(p: Any) -> str:
     row: dict[str, Any] = {"path": p.source}
     if p.error is None:
         row.update(label=p.label, confidence=p.confidence, probabilities=p.probabilities)
+        if p.labels is not None:  # multi-label: the classes over their thresholds ([]: none of them)
+            row["labels"] = p.labels
         if len(p.top_k) > 1:
             row["top_k"] = [{"label": k, "probability": v} for k, v in p.top_k]
         if getattr(p, "unlike_training_data", None) is not None:
@@ -336,8 +338,16 @@ def _tile(p: Any, class_names: list[str], overlay: str | None = None, unlike: bo
     true = os.path.basename(os.path.dirname(os.path.abspath(str(p.source))))
     wrong = true if true in class_names and true != p.label else None
     color = class_colors(len(class_names))[p.index]
-    label = f"{p.label} {p.confidence:.0%}" + (" (unlike training)" if unlike else "")
-    return montage_tile(overlay or p.source, label, color, true_if_wrong=wrong)
+    if p.labels is not None:  # multi-label: the label set ("none" when empty); a folder is no truth
+        return montage_tile(overlay or p.source, tile_caption(p, unlike), color)
+    return montage_tile(overlay or p.source, tile_caption(p, unlike), color, true_if_wrong=wrong)
+
+
+def tile_caption(p: Any, unlike: bool = False) -> str:
+    """A montage tile's text: ``label 97%``, or a multi-label answer's set (``cat|dog``, ``none``), marked
+    when the image is unlike the training data."""
+    text = str(p.label) if p.labels is not None else f"{p.label} {p.confidence:.0%}"
+    return text + (" (unlike training)" if unlike else "")
 
 
 def _montage(args: argparse.Namespace, tiles: list, classified: int) -> None:

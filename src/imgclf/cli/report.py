@@ -63,8 +63,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     evaluation = None
     if args.dataset:
         from imgclf.dataset_evaluation import evaluate_dataset
+        from imgclf.evaluation import Evaluation
 
-        evaluation = evaluate_dataset(
+        result = evaluate_dataset(
             clf,
             args.dataset,
             split=args.split,
@@ -73,7 +74,21 @@ def cmd_report(args: argparse.Namespace) -> int:
             use_cache=not args.no_cache,
             log=lambda m: print(f"imgclf: {safe_text(m)}", file=sys.stderr),
         )
+        if not isinstance(result, Evaluation):
+            raise _multi_label_report(path)
+        evaluation = result
     page = render_report(clf, os.path.basename(path), evaluation, split=args.split, top_k=args.top)
     write_report(page, args.output)
     stdout_line(args.output)
     return 0
+
+
+def _multi_label_report(path: str) -> Exception:
+    from imgclf.errors import UsageError, safe_text
+
+    return UsageError(
+        "the HTML report's dataset section covers single-label models only",
+        received=f"{safe_text(path)}, a multi-label model",
+        expected="a single-label model, or no --dataset",
+        fix="imgclf evaluate shows a multi-label model's per-class report, micro/macro-F1 and mAP",
+    )

@@ -70,6 +70,12 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     )
     p.set_defaults(func=cmd_train)
     p.add_argument("--dataset", "-d", help="dataset folder (required unless --resume)")
+    p.add_argument(
+        "--labels",
+        metavar="CSV",
+        help="labels file instead of --dataset: header path,label[,split]; paths relative to the CSV's "
+        "folder; 'a|b' label cells mean several labels per image (see the README, 'Your data')",
+    )
     p.add_argument("--model", "-m", help="output model file, e.g. malaria.imgclf (required unless --resume)")
     p.add_argument("--plot", "-p", help="training-curve plot (default RUN_DIR/plot.png)")
     p.add_argument("--config", help="JSON file with TrainConfig settings; flags override it")
@@ -288,6 +294,7 @@ def train_and_report(dataset: str, model: str, config: Any, **options: Any) -> i
         return 0
     if result.evaluation is not None:
         stdout_line(report_text(result.evaluation.report))
+        stdout_line("\n" + "\n".join(result.evaluation.summary_lines()))
     for what, path in result.outputs.items():
         console.print(f"wrote {what}: {safe_text(path)}", markup=False)
     return 0
@@ -299,6 +306,21 @@ def _train_inputs(args: argparse.Namespace) -> tuple[str, str, str | None, Any, 
     A flag given with --resume overrides the recorded value; the pipeline then refuses a changed recipe
     or dataset unless --force.
     """
+    if args.labels and args.dataset:
+        raise UsageError(
+            "--labels and --dataset both name the data",
+            received=f"--dataset {args.dataset} --labels {args.labels}",
+            expected="one of them",
+            fix="drop --dataset (the labels CSV names the images) or --labels",
+        )
+    if args.labels and not str(args.labels).lower().endswith(".csv"):
+        raise UsageError(
+            "--labels needs a .csv file",
+            received=args.labels,
+            expected="a CSV file named *.csv (header path,label[,split])",
+            fix="name the labels file labels.csv, for example",
+        )
+    args.dataset = args.dataset or args.labels
     if not args.resume:
         args.probes_from = args.probes_from or 0
         missing = [

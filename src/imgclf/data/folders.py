@@ -44,28 +44,37 @@ _ALIASES = {
 
 @dataclass(frozen=True)
 class Sample:
-    """One image file and its class index."""
+    """One image file and its class index (multi-label: also all its class indices in ``labels``)."""
 
     path: str
     label: int
+    labels: tuple[int, ...] | None = None
 
 
 @dataclass
 class Dataset:
-    """A scanned dataset: class names in index order and the samples of each split."""
+    """A scanned dataset: class names in index order and the samples of each split.
+
+    A dataset read from a labels CSV (:mod:`imgclf.data.labels_csv`) has ``layout`` ``csv``, the CSV's
+    folder as ``root``, the CSV in ``labels_file``, and may be ``multi_label``.
+    """
 
     root: str
     layout: str
     class_names: list[str]
     splits: dict[str, list[Sample]]
     warnings: list[str] = field(default_factory=list)
+    labels_file: str | None = None
+    multi_label: bool = False
 
     def counts(self) -> dict[str, dict[str, int]]:
-        """Images per class for each split: ``{"training": {"cat": 10, ...}, ...}``."""
-        return {
-            split: {name: sum(1 for s in samples if s.label == i) for i, name in enumerate(self.class_names)}
-            for split, samples in self.splits.items()
-        }
+        """Images per class for each split: ``{"training": {"cat": 10, ...}, ...}`` (multi-label: images
+        carrying each label)."""
+        out = {}
+        for split, samples in self.splits.items():
+            found = Counter(i for s in samples for i in (s.labels if s.labels is not None else (s.label,)))
+            out[split] = {name: found[i] for i, name in enumerate(self.class_names)}
+        return out
 
 
 def _class_files(folder: str, problems: list[str], odd: list[str]) -> dict[str, list[str]]:
@@ -273,12 +282,10 @@ def _split_files(
 
 
 def _balance_notes(training: list[Sample], class_names: list[str]) -> list[str]:
-    """Warnings about classes with a single training image and about strong imbalance."""
+    """Warnings about classes with a single training image (imbalance: :mod:`imgclf.training.balance`)."""
     notes = []
     counts = Counter(s.label for s in training)
     for i, name in enumerate(class_names):
         if counts[i] == 1:
             notes.append(f"class {name!r} has a single training image")
-    if counts and max(counts.values()) >= 10 * max(min(counts.values()), 1):
-        notes.append(f"classes are very imbalanced in training: {dict(sorted(counts.items()))}")
     return notes

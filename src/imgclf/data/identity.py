@@ -14,16 +14,19 @@ import hashlib
 import os
 from collections.abc import Sequence
 
+import numpy as np
+
 from imgclf.data.decode import DecodedSplit
 from imgclf.data.folders import Dataset
 
 
 def duplicate_report(splits: dict[str, DecodedSplit]) -> str | None:
     """Describe identical files found in more than one class or split (possible leakage), if any."""
-    where: dict[str, set[tuple[str, int]]] = {}
+    where: dict[str, set[tuple[str, object]]] = {}
     for split, dec in splits.items():
         for digest, label in zip(dec.digests, dec.labels.tolist(), strict=True):
-            where.setdefault(digest, set()).add((split, label))
+            # a multi-label row is a list: hashed as a tuple
+            where.setdefault(digest, set()).add((split, tuple(label) if isinstance(label, list) else label))
     clashes = [d for d, places in where.items() if len(places) > 1]
     if not clashes:
         return None
@@ -46,13 +49,19 @@ def table_fingerprint(class_names: Sequence[str], table: dict[str, list]) -> str
 
 
 def file_table(dataset: Dataset, decoded: dict[str, DecodedSplit] | None = None) -> dict[str, list]:
-    """Every file per split as ``[relative path, label]`` (plus its content digest once decoded)."""
+    """Every file per split as ``[relative path, label]`` (plus its content digest once decoded); a
+    multi-label file's label is the list of its class indices."""
     out: dict[str, list] = {}
     if decoded is None:
         for split, samples in dataset.splits.items():
-            out[split] = [[os.path.relpath(s.path, dataset.root), s.label] for s in samples]
+            out[split] = [
+                [os.path.relpath(s.path, dataset.root), list(s.labels) if s.labels is not None else s.label]
+                for s in samples
+            ]
         return out
     for split, dec in decoded.items():
-        rows = zip(dec.paths, dec.labels.tolist(), dec.digests, strict=True)
+        multi = dec.labels.ndim == 2
+        labels = [np.flatnonzero(r).tolist() for r in dec.labels] if multi else dec.labels.tolist()
+        rows = zip(dec.paths, labels, dec.digests, strict=True)
         out[split] = [[os.path.relpath(p, dataset.root), label, digest] for p, label, digest in rows]
     return out

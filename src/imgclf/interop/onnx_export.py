@@ -1,7 +1,8 @@
 """Export an .imgclf model file to one self-contained .onnx, kept only if it passes the parity gate.
 
-The network is exported in eval mode with the softmax inside the graph (its output is exactly what
-``predict`` gives) and a dynamic batch dimension. Before the file is written, onnxruntime (CPU, default
+The network is exported in eval mode with the softmax inside the graph (a multi-label model: the sigmoid,
+with its per-class thresholds in the manifest's ``task``; its output is exactly what ``predict`` gives)
+and a dynamic batch dimension. Before the file is written, onnxruntime (CPU, default
 graph optimisations) runs the model file's probes, generated inputs and any ``parity_images`` at batch 1
 and 7 against the PyTorch model (:mod:`imgclf.interop.onnx_parity`): every probability within
 ``PARITY_TOLERANCE`` and the same top-1 class, or :class:`imgclf.errors.ExportError` names the worst input
@@ -50,6 +51,7 @@ from imgclf.interop.onnx_runtime import MAX_ONNX_BYTES, import_onnxruntime, new_
 DEFAULT_OPSET = 18
 OPSETS = {"torchscript": (13, 20), "dynamo": (18, 23)}  # what each exporter writes and onnxruntime loads
 EXPORTERS = tuple(OPSETS)
+SINGLE_LABEL = {"type": "single_label", "thresholds": None, "balance": "none"}  # a version-1 model file
 MAX_IR_VERSION = 10  # onnxruntime >= 1.18 reads IR 10; onnx's helper may stamp a newer one
 
 
@@ -64,16 +66,19 @@ class ExportResult:
 
 
 class _WithSoftmax(nn.Module):
-    """The classifier's network followed by the softmax ``predict`` applies (at its calibration
-    temperature)."""
+    """The classifier's network followed by the activation ``predict`` applies: the softmax at its
+    calibration temperature, or (multi-label) the per-class sigmoid."""
 
-    def __init__(self, model: nn.Module, temperature: float = 1.0) -> None:
+    def __init__(self, model: nn.Module, temperature: float = 1.0, multi_label: bool = False) -> None:
         super().__init__()
         self.model = model
         self.temperature = temperature
+        self.multi_label = multi_label
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.model(x)
+        if self.multi_label:
+            return torch.sigmoid(logits)
         return torch.softmax(logits if self.temperature == 1.0 else logits / self.temperature, dim=1)
 
 
@@ -95,9 +100,16 @@ def check_options(opset: int, exporter: str) -> None:
         )
 
 
-def _graph_bytes(model: nn.Module, spec: Any, opset: int, exporter: str, temperature: float = 1.0) -> bytes:
+def _graph_bytes(
+    model: nn.Module,
+    spec: Any,
+    opset: int,
+    exporter: str,
+    temperature: float = 1.0,
+    multi_label: bool = False,
+) -> bytes:
     """Serialised ONNX of ``model`` with a dynamic batch; exporter chatter goes to stderr, never stdout."""
-    net = _WithSoftmax(model, temperature).to(memory_format=torch.contiguous_format).eval()
+    net = _WithSoftmax(model, temperature, multi_label).to(memory_format=torch.contiguous_format).eval()
     example = torch.zeros((2, 3, spec.height, spec.width), dtype=torch.float32)
     with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer and deprecation notes: the parity gate is the real check
@@ -190,8 +202,14 @@ def _manifest(src: _Source, model: Any, opset: int, exporter: str, parity: dict[
             "input": INPUT_NAME,
             "output": OUTPUT_NAME,
             "layout": "float32 NCHW, batch dimension dynamic",
-            "output_meaning": "class probabilities (softmax inside the graph), in class_names order",
+            "output_meaning": (
+                "per-class probabilities (a sigmoid each, inside the graph; task.thresholds decide), "
+                if clf.multi_label
+                else "class probabilities (softmax inside the graph), "
+            )
+            + "in class_names order",
         },
+        "task": dict(clf.manifest.get("task") or SINGLE_LABEL),
         "graph_sha256": hashlib.sha256(model.graph.SerializeToString(deterministic=True)).hexdigest(),
         "source": {"file": os.path.basename(src.path), **src.integrity},
         "provenance": src.provenance,
@@ -247,7 +265,7 @@ def export_onnx(
     src = _read_source(model_path)
     spec = src.clf.preprocess
     inputs, names = gate_inputs([arr for _, arr in src.probes], src.probe_kinds, spec, parity_images)
-    graph = _graph_bytes(src.clf.model, spec, opset, exporter, src.clf.temperature)
+    graph = _graph_bytes(src.clf.model, spec, opset, exporter, src.clf.temperature, src.clf.multi_label)
     model = onnx.load_model_from_string(graph)
     model.ir_version = min(model.ir_version, MAX_IR_VERSION)
     model.producer_name, model.producer_version = "imgclf", versions()["imgclf"]

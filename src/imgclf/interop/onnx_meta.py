@@ -180,7 +180,25 @@ def parse_metadata(props: dict[str, str], path: str) -> OnnxManifest:
         spec = PreprocessSpec.from_dict(pre, where="preprocess")
     except UsageError as exc:
         raise _bad(path, f"preprocess: {exc.problem}") from None
+    _task(path, raw.get("task"), len(names))
     return OnnxManifest(raw, names, spec, _probes(path, raw.get("probes", []), len(names)))
+
+
+def _task(path: str, task: Any, classes: int) -> None:
+    """The optional ``task`` (absent from exports made before multi-label): as the model file's."""
+    if task is None:
+        return
+    thresholds = task.get("thresholds") if isinstance(task, dict) else None
+    multi = isinstance(task, dict) and task.get("type") == "multi_label"
+    ok = isinstance(task, dict) and task.get("type") in ("single_label", "multi_label") and (
+        thresholds is None
+        if not multi
+        else isinstance(thresholds, list)
+        and len(thresholds) == classes
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in thresholds)
+    )
+    if not ok:
+        raise _bad(path, f"task must be single_label, or multi_label with {classes} thresholds in [0, 1]")
 
 
 def probe_data(props: dict[str, str], m: OnnxManifest, path: str) -> list[tuple[bytes, np.ndarray]]:

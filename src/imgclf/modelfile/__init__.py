@@ -156,6 +156,7 @@ def inspect(path: str | os.PathLike[str]) -> dict[str, Any]:
         "class_names": m.class_names,
         "preprocess": m.preprocess.to_dict(),
         "decode_rule": m.decode_rule,
+        "task": m.task.to_dict(),
         "training": prov.get("training"),
         "metrics": prov.get("metrics"),
         "data": prov.get("data"),

@@ -28,7 +28,9 @@ from imgclf.modelfile.trust import OPTIONAL_FIELDS, check_trust
 from imgclf.models import registry
 
 FORMAT = "imgclf"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+TASK_TYPES = ("single_label", "multi_label")
+BALANCE_CHOICES = ("none", "weights", "sampler")
 MANIFEST_KEY = "imgclf"
 MAX_PROBES = 64
 MAX_CLASS_NAME = 1000
@@ -67,8 +69,48 @@ class Probe:
 
 
 @dataclass(frozen=True)
+class Task:
+    """What the outputs mean (format version 2's ``task`` field; version 1 files are single-label).
+
+    Attributes:
+        type: ``single_label`` (softmax over the classes) or ``multi_label`` (a sigmoid per class).
+        thresholds: Multi-label: each class's decision threshold, chosen on the validation split.
+        balance: How training handled class imbalance (``none``, ``weights``, ``sampler``).
+    """
+
+    type: str = "single_label"
+    thresholds: tuple[float, ...] | None = None
+    balance: str = "none"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest's ``task`` object."""
+        thresholds = list(self.thresholds) if self.thresholds is not None else None
+        return {"type": self.type, "thresholds": thresholds, "balance": self.balance}
+
+
+def _task(path: str, task: Any, classes: int) -> Task:
+    """Check the ``task`` object: its type, balance and (multi-label only) one threshold per class."""
+    ok = isinstance(task, dict) and set(task) == {"type", "thresholds", "balance"}
+    require(path, ok, "task", "an object with type, thresholds and balance", task)
+    require(path, task["type"] in TASK_TYPES, "task.type", " | ".join(TASK_TYPES), task["type"])
+    balance = task["balance"]
+    require(path, balance in BALANCE_CHOICES, "task.balance", " | ".join(BALANCE_CHOICES), balance)
+    thresholds = task["thresholds"]
+    if task["type"] == "single_label":
+        require(path, thresholds is None, "task.thresholds", "null for a single-label model", thresholds)
+        return Task("single_label", None, task["balance"])
+    ok = (
+        isinstance(thresholds, list)
+        and len(thresholds) == classes
+        and all(is_num(v) and 0.0 <= v <= 1.0 for v in thresholds)
+    )
+    require(path, ok, "task.thresholds", f"{classes} thresholds in [0, 1]", thresholds)
+    return Task("multi_label", tuple(float(v) for v in thresholds), task["balance"])
+
+
+@dataclass(frozen=True)
 class Manifest:
-    """A validated manifest (format version 1 in memory, whatever version the file had)."""
+    """A validated manifest (the current format version in memory, whatever version the file had)."""
 
     path: str
     format_version: int
@@ -81,6 +123,7 @@ class Manifest:
     provenance: dict[str, Any]
     integrity: dict[str, str]
     raw: dict[str, Any]
+    task: Task = Task()
 
 
 def _check_bounds(path: str, obj: Any) -> None:
@@ -128,7 +171,7 @@ def _class_names(path: str, names: Any) -> list[str]:
     return list(names)
 
 
-def _probes(path: str, probes: Any, classes: int) -> list[Probe]:
+def _probes(path: str, probes: Any, classes: int, multi_label: bool = False) -> list[Probe]:
     require(
         path,
         isinstance(probes, list) and 1 <= len(probes) <= MAX_PROBES,
@@ -160,9 +203,10 @@ def _probes(path: str, probes: Any, classes: int) -> list[Probe]:
             isinstance(probs, list)
             and len(probs) == classes
             and all(is_num(v) and 0.0 <= v <= 1.0 for v in probs)
-            and abs(sum(probs) - 1.0) < 1e-3
+            and (multi_label or abs(sum(probs) - 1.0) < 1e-3)
         )
-        require(path, ok, f"{field}.probabilities", f"{classes} probabilities in [0, 1] summing to 1", probs)
+        sums = "" if multi_label else " summing to 1"
+        require(path, ok, f"{field}.probabilities", f"{classes} probabilities in [0, 1]{sums}", probs)
         label = _probe_label(path, field, p.get("label"), classes) if "label" in p else None
         out.append(Probe(i, p["kind"], digest, tuple(float(v) for v in probs), label))
     return out
@@ -200,8 +244,10 @@ def _validate_v1(path: str, m: dict[str, Any], version: int, text: str | None) -
     if text is not None and canonical_json(m) != text:
         # imgclf writes canonical JSON only, so any other spelling means the text was edited.
         raise invalid(path, "manifest is not in canonical form (file modified?)")
-    # calibration and ood are optional (absent from older files): see modelfile/trust.py
-    missing, unknown = sorted(_FIELDS - set(m)), sorted(set(m) - _FIELDS - OPTIONAL_FIELDS)
+    # Version 2 added the task (required), calibration and OOD threshold (optional: modelfile/trust.py).
+    fields = _FIELDS | {"task"} if version >= 2 else _FIELDS
+    optional = OPTIONAL_FIELDS if version >= 2 else frozenset()
+    missing, unknown = sorted(fields - set(m)), sorted(set(m) - fields - optional)
     if missing or unknown:
         raise invalid(
             path, f"manifest fields wrong (missing: {missing or 'none'}, unknown: {unknown[:5] or 'none'})"
@@ -216,8 +262,9 @@ def _validate_v1(path: str, m: dict[str, Any], version: int, text: str | None) -
     except UsageError as exc:
         raise invalid(path, exc.problem, received=exc.received, expected=exc.expected) from None
     names = _class_names(path, m["class_names"])
+    task = _task(path, m["task"], len(names)) if version >= 2 else Task()
     pre = m["preprocess"]
-    fields = _PREPROCESS_V1
+    fields = set(_PREPROCESS_V1)
     require(
         path,
         isinstance(pre, dict) and set(pre) == fields,
@@ -246,16 +293,18 @@ def _validate_v1(path: str, m: dict[str, Any], version: int, text: str | None) -
         class_names=names,
         preprocess=spec,
         decode_rule=rule,
-        probes=_probes(path, m["probes"], len(names)),
+        probes=_probes(path, m["probes"], len(names), task.type == "multi_label"),
         provenance=check_provenance(path, m["provenance"]),
         integrity=dict(integrity),
         raw=m,
+        task=task,
     )
 
 
 # One reader per format version, kept forever. A new version adds an entry; older readers migrate to
 # the current in-memory Manifest so the rest of imgclf handles only one shape.
-_READERS = {1: _validate_v1}
+# Version 2 added ``task`` (single- or multi-label, thresholds, class balance); the same checks read both.
+_READERS = {1: _validate_v1, 2: _validate_v1}
 
 
 def validate(path: str, m: Any, text: str | None = None) -> Manifest:

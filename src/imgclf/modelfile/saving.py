@@ -26,7 +26,7 @@ from imgclf.fileio.writing import atomic_write_bytes
 from imgclf.images.preprocess import DECODE_RULE
 from imgclf.modelfile import probes, weights
 from imgclf.modelfile.digests import canonical_json, manifest_digest, tensors_digest
-from imgclf.modelfile.manifest import FORMAT, FORMAT_VERSION, MANIFEST_KEY, MAX_PROBES, validate
+from imgclf.modelfile.manifest import FORMAT, FORMAT_VERSION, MANIFEST_KEY, MAX_PROBES, Task, validate
 from imgclf.modelfile.provenance import fit_provenance
 from imgclf.modelfile.trust import OPTIONAL_FIELDS
 from imgclf.models import registry
@@ -72,10 +72,11 @@ def serialize(classifier: Classifier, *, extra_probes: list[bytes] | None = None
     # Probes run on a model rebuilt from exactly the tensors being saved: what load() will produce.
     state = {k[len("model.") :]: v for k, v in model_tensors.items()}
     fresh.load_state_dict(state, strict=True, assign=True)
-    # With its calibration and OOD threshold: the probes record what predict will answer.
-    trust = {k: v for k, v in classifier.manifest.items() if k in OPTIONAL_FIELDS}
+    # With its task, calibration and OOD threshold: the probes record what predict will answer.
+    kept = {k: v for k, v in classifier.manifest.items() if k in OPTIONAL_FIELDS}
+    names, spec = classifier.class_names, classifier.preprocess
     rebuilt = Classifier(
-        fresh, classifier.class_names, classifier.preprocess, classifier.arch, arch_args, manifest=trust
+        fresh, names, spec, classifier.arch, arch_args, manifest={**kept, "task": _task_of(classifier)}
     )
     images, kinds = _probe_images(extra_probes)
     records = probes.compute(rebuilt, images, kinds)
@@ -118,6 +119,11 @@ def _weights_checked(
     return model_tensors, fresh
 
 
+def _task_of(classifier: Classifier) -> dict[str, Any]:
+    """The ``task`` field: the classifier's (set by training), else single-label without balancing."""
+    return dict(classifier.manifest.get("task") or Task().to_dict())
+
+
 def _manifest(
     classifier: Classifier,
     arch_args: dict[str, Any],
@@ -145,6 +151,7 @@ def _manifest(
             for r in records
         ],
         "provenance": fit_provenance(provenance),
+        "task": _task_of(classifier),
     }
     manifest.update({k: _finite(v) for k, v in classifier.manifest.items() if k in OPTIONAL_FIELDS})
     items = [(k, weights.dtype_name(v), tuple(v.shape), v.numpy().tobytes()) for k, v in tensors.items()]

@@ -220,6 +220,8 @@ def _row(filename: str | None, pred: Any, top_k: int) -> dict[str, Any]:
     row.update(label=pred.label, confidence=pred.confidence, probabilities=pred.probabilities)
     if getattr(pred, "unlike_training_data", None) is not None:  # the model file has an OOD threshold
         row["unlike_training_data"] = pred.unlike_training_data
+    if pred.labels is not None:  # multi-label: the classes over their thresholds ([]: none of them)
+        row["labels"] = pred.labels
     if top_k > 1:
         row["top_k"] = [{"label": k, "probability": v} for k, v in pred.top_k[:top_k]]
     return row

@@ -4,7 +4,9 @@
 decoded by the one image path) or ``FP32`` ``[N, 3, H, W]`` already preprocessed; it answers
 ``probabilities`` ``FP32 [N, C]``, in JSON or, when asked, as binary data. Both directions support the
 binary tensor data extension (``Inference-Header-Content-Length``; see :mod:`imgclf.serving.v2_inputs`),
-so the official ``tritonclient.http`` works with its defaults.
+so the official ``tritonclient.http`` works with its defaults. A multi-label
+model adds ``labels`` ``BYTES [N]`` (as JSON data): each image's classes at or over their thresholds joined by
+``|``, or ``none`` (its metadata lists the task and thresholds).
 
 Usage::
 
@@ -22,6 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from imgclf._version import __version__
+from imgclf.classifier import NO_LABEL
 from imgclf.serving.inputs import HTTPProblem, problem
 from imgclf.serving.v2_inputs import OUTPUT_NAME, parse_v2
 
@@ -32,6 +35,11 @@ HEADER_LENGTH = "inference-header-content-length"
 
 def _metadata(served: Any) -> dict[str, Any]:
     spec = served.classifier.preprocess
+    outputs = [{"name": "probabilities", "datatype": "FP32", "shape": [-1, served.classifier.num_classes]}]
+    parameters: dict[str, Any] = {"class_names": list(served.classifier.class_names), "digest": served.digest}
+    if served.classifier.multi_label:
+        outputs.append({"name": "labels", "datatype": "BYTES", "shape": [-1]})
+        parameters.update(task="multi_label", thresholds=served.classifier.thresholds.tolist())
     return {
         "name": served.name,
         "versions": ["1"],
@@ -40,10 +48,8 @@ def _metadata(served: Any) -> dict[str, Any]:
             {"name": "images", "datatype": "BYTES", "shape": [-1]},
             {"name": "input", "datatype": "FP32", "shape": [-1, 3, spec.height, spec.width]},
         ],
-        "outputs": [
-            {"name": "probabilities", "datatype": "FP32", "shape": [-1, served.classifier.num_classes]}
-        ],
-        "parameters": {"class_names": list(served.classifier.class_names), "digest": served.digest},
+        "outputs": outputs,
+        "parameters": parameters,
     }
 
 
@@ -82,6 +88,12 @@ def _infer_response(served: Any, probs: np.ndarray, request_id: str | None, bina
     else:
         output["data"] = [float(v) for v in probs.ravel()]
     out: dict[str, Any] = {"model_name": served.name, "model_version": "1", "outputs": [output]}
+    thresholds = served.classifier.thresholds
+    if thresholds is not None:  # multi-label: the label sets, as JSON data in either answer form
+        names = served.classifier.class_names
+        sets = [[c for c, v, t in zip(names, row, thresholds, strict=True) if v >= t] for row in probs]
+        labels = ["|".join(s) or NO_LABEL for s in sets]
+        out["outputs"].append({"name": "labels", "datatype": "BYTES", "shape": [len(probs)], "data": labels})
     if request_id is not None:
         out["id"] = request_id
     if not binary:

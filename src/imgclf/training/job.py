@@ -26,8 +26,11 @@ from imgclf.classifier import Classifier
 from imgclf.config import TrainConfig
 from imgclf.data.decode import DecodedSplit, open_cache
 from imgclf.data.folders import Dataset
-from imgclf.evaluation import Evaluation
+from imgclf.data.labels_csv import split_table
+from imgclf.evaluation import Evaluation, MultiLabelEvaluation
+from imgclf.fileio.writing import atomic_write_text
 from imgclf.progress import Log
+from imgclf.training.balance import count_lines, imbalance_warning, keep_monitor
 from imgclf.training.device import available_bytes
 from imgclf.training.distributed import Group, main_first, note_world_change
 from imgclf.training.ema import start_average
@@ -60,7 +63,7 @@ class TrainResult:
 
     classifier: Classifier
     history: list[dict[str, float]]
-    evaluation: Evaluation | None
+    evaluation: Evaluation | MultiLabelEvaluation | None
     model_path: str
     run_dir: str
     epoch: int
@@ -132,6 +135,9 @@ def train_in_folder(
         check_memory_for_decoding(config, sizes, available_bytes(torch.device("cpu")))
     for note in ds.warnings:
         log(f"warning: {note}")
+    log_class_counts(ds, config, log)
+    if ds.layout == "csv" and (group is None or group.world.is_main):
+        atomic_write_text(os.path.join(out.run_dir, "split.csv"), split_table(ds))
     state = create_state(config, len(ds.class_names), job.device)
     if plan is not None:  # before decoding: checkpoint weights that do not fit fail early
         restore(state, plan.checkpoint, log=log)
@@ -205,8 +211,19 @@ def save_outputs(
     log: Log,
 ) -> dict[str, str]:
     """Rank 0's part: the model file, the reports and the finished run record."""
-    judge(final, config, state.epoch, log)
+    monitor = keep_monitor(config, decoded["training"].labels, len(final.classifier.class_names))
+    judge(final, config, state.epoch, log, monitor)
     save_model(final, record, state, decoded.get("validation"), out.model)
     outputs = write_reports(state, final.evaluation, out, log, saved_epoch=final.epoch)
     write_record(out.run_dir, record.run_json(status="finished"))
     return outputs
+
+
+def log_class_counts(ds: Dataset, config: TrainConfig, log: Log) -> None:
+    """Log the images per class of each split, and the imbalance warning (or note) when it applies."""
+    counts = ds.counts()
+    for line in count_lines(counts):
+        log(f"class counts, {line}")
+    warning = imbalance_warning(counts["training"], config.balance)
+    if warning:
+        log(warning)

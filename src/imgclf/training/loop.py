@@ -31,6 +31,7 @@ from imgclf.data.decode import DecodedSplit
 from imgclf.errors import UsageError
 from imgclf.images.preprocess import to_tensor
 from imgclf.training.augment import affine_matrices, augment_batch, sample_params
+from imgclf.training.balance import class_weights, keep_monitor, num_classes_of, sampler_order
 from imgclf.training.determinism import deterministic_algorithms
 from imgclf.training.device import resolve_precision, stage_images
 from imgclf.training.ema import averaged_weights, bn_images, update_average
@@ -65,10 +66,10 @@ class Callback:
         """After the last epoch (or early stop)."""
 
 
-def _improved(config: TrainConfig, value: float, best: float | None) -> bool:
+def _improved(key: str, value: float, best: float | None) -> bool:
     if best is None or math.isnan(best):
         return not math.isnan(value)
-    return value < best if config.monitor.endswith("loss") else value > best
+    return value < best if key.endswith("loss") else value > best
 
 
 def fit(
@@ -125,6 +126,7 @@ def _fit(
             "no training images", received=0, expected="at least one image", fix="check the dataset"
         )
     epochs = _Epochs(config, state, train, group)
+    monitor = keep_monitor(config, train.labels, num_classes_of(train.labels))
     state.interrupted = False
     for cb in callbacks:
         cb.on_train_begin(config, state, epochs.steps, epochs.device)
@@ -157,10 +159,10 @@ def _fit(
         with _judged_weights(config, state, train, epochs.memory):
             if val is not None and len(val):
                 record["val_loss"], record["val_accuracy"] = evaluate_split(
-                    state.model if group else epochs.net, val, config, epochs.device, group
+                    state.model if group else epochs.net, val, config, epochs.device, group, record
                 )
                 state.model.train()
-            _track_best(config, state, record)
+            _track_best(config, state, record, monitor)
         state.history.append(record)
         state.timings.append({"epoch": epoch, "seconds": time.perf_counter() - started})
         state.epoch = epoch
@@ -190,6 +192,7 @@ class _Epochs:
         self.net: Callable[[torch.Tensor], torch.Tensor] = torch.compile(model) if config.compile else model
         self.x_all = stage_images(train.images, device)
         self.y_all = torch.from_numpy(train.labels).to(device)
+        self.class_weight: torch.Tensor | None = None  # --balance weights: set at the first step
         self.memory = torch.channels_last if config.channels_last else torch.contiguous_format
         self.report_every = 1 if device.type == "cpu" else 25
         self.frozen: list[torch.nn.Parameter] = []
@@ -212,7 +215,7 @@ class _Epochs:
             x = x.contiguous(memory_format=self.memory)
             with torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
                 logits = self.net(x)
-        loss = F.cross_entropy(logits.float(), yb, label_smoothing=config.label_smoothing)
+        loss = self.loss(logits.float(), yb)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         for p in self.frozen:  # head-only epochs under DDP (set_phase): the backbone does not move
@@ -220,7 +223,26 @@ class _Epochs:
         if config.clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.state.model.parameters(), config.clip_norm, foreach=True)
         optimizer.step()
+        if config.multi_label:  # an image is right when all its labels are
+            return loss.detach(), ((logits.detach() > 0) == (yb > 0.5)).all(1).sum()
         return loss.detach(), (logits.detach().argmax(1) == yb).sum()
+
+    def loss(self, logits: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy (multi-label: binary cross-entropy per class), class-weighted with
+        ``--balance weights`` (the weights from the training labels, at the first step)."""
+        config = self.config
+        if config.balance == "weights" and self.class_weight is None:
+            self.class_weight = class_weights(self.train.labels, logits.shape[-1]).to(self.device)
+        if config.multi_label:
+            return F.binary_cross_entropy_with_logits(logits, yb, pos_weight=self.class_weight)
+        if self.class_weight is None:
+            return F.cross_entropy(logits, yb, label_smoothing=config.label_smoothing)
+        # Each image weighted by its class's weight. Not cross_entropy(weight=...): with label smoothing
+        # that also weighs the smoothing term of every image by every class's weight, which pushes all
+        # images towards a rare class (a model answering only the minority class).
+        per_image = F.cross_entropy(logits, yb, label_smoothing=config.label_smoothing, reduction="none")
+        w = self.class_weight[yb]
+        return (w * per_image).sum() / w.sum()
 
     def run(
         self, epoch: int, callbacks: Sequence[Callback], stop_requested: Callable[[], bool]
@@ -231,7 +253,11 @@ class _Epochs:
         self.frozen = set_phase(state.model, config, epoch, toggle_grad=self.group is None)
         # The generators hold the epoch's starting states: keep them to rewind to on interruption.
         gen_states = state.order_gen.get_state(), state.aug_gen.get_state()
-        perm = torch.randperm(len(self.train), generator=state.order_gen)[: steps * batch].to(device)
+        if config.balance == "sampler":
+            labels = self.train.labels
+            perm = sampler_order(labels, num_classes_of(labels), steps * batch, state.order_gen).to(device)
+        else:
+            perm = torch.randperm(len(self.train), generator=state.order_gen)[: steps * batch].to(device)
         mats = affine_matrices(sample_params(steps * batch, aug, state.aug_gen), spec.height, spec.width)
         mats = mats.to(device=device, dtype=torch.float32)
         resumed, state.in_epoch = state.in_epoch, None
@@ -325,11 +351,16 @@ def _judged_weights(
         yield
 
 
-def _track_best(config: TrainConfig, state: TrainState, record: dict[str, Any]) -> None:
-    """Update best metric/epoch/weights and the early-stopping counter after an epoch."""
-    key = config.monitor if config.monitor in record else config.monitor.replace("val_", "")
+def _track_best(config: TrainConfig, state: TrainState, record: dict[str, Any], monitor: str) -> None:
+    """Update best metric/epoch/weights and the early-stopping counter after an epoch.
+
+    ``monitor`` is the key judged by (:func:`.balance.keep_monitor`); without validation data the
+    training loss or accuracy stands in.
+    """
+    wanted = (monitor, config.monitor, monitor.replace("val_", ""), config.monitor.replace("val_", ""))
+    key = next((k for k in wanted if k in record), "loss")
     value = float(record[key])
-    if _improved(config, value, state.best_metric):
+    if _improved(key, value, state.best_metric):
         state.best_metric, state.best_epoch, state.bad_epochs = value, record["epoch"], 0
         if config.keep == "best":
             state.best_state = {k: v.detach().clone() for k, v in state.model.state_dict().items()}

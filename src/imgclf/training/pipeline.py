@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from imgclf.config import TrainConfig
-from imgclf.data.folders import scan_dataset
+from imgclf.data.labels_csv import scan_source
 from imgclf.errors import ResumeError, UsageError
 from imgclf.images.read import MAX_PIXELS, checked_max_pixels
 from imgclf.models import registry
@@ -96,7 +96,8 @@ def train(
     """Train a classifier on a dataset folder and save it as one model file.
 
     Args:
-        dataset: Folder with split folders (``training/validation/testing``) or class folders.
+        dataset: Folder with split folders (``training/validation/testing``) or class folders, or a
+            labels CSV (:mod:`imgclf.data.labels_csv`: path, label, optional split).
         model_path: Where to write the model file.
         config: Training settings (defaults reproduce the recipe).
         plot_path: Where to write the training-curve plot (default ``RUN_DIR/plot.png``; skipped with a
@@ -149,7 +150,13 @@ def train(
         if not resume and world.is_main:
             refuse_overwrite(out.model, force=force)
         device = rank_device(resolve_device(config.device), world)
-        ds = scan_dataset(dataset, val_split=config.val_split, test_split=config.test_split, seed=config.seed)
+        ds = scan_source(
+            dataset, val_split=config.val_split, test_split=config.test_split, seed=config.seed,
+            multi_label=config.multi_label, progress=decode_progress if world.is_main else None,
+        )
+        if ds.multi_label and not config.multi_label:
+            log("note: the labels file holds several labels per image: training multi-label (--multi-label)")
+            config = config.replace(multi_label=True)
         check_launch(world.size, len(ds.splits["training"]), config.batch_size)
     group = start_group(world, device, distributed or DistOptions())
     job = Job(ds, out, device, group, log, skip_bad, probes_from, force, max_pixels, use_cache, cache_dir)

@@ -37,7 +37,7 @@ class RunRecord:
 
     Attributes:
         run_id: Random hex id, kept across resumes (checkpoints of another run are ignored).
-        dataset: Absolute path of the dataset folder.
+        dataset: Absolute path of the dataset folder (or of its labels CSV).
         model: Absolute path of the model file.
         plot: The plot path the user asked for (``None``: the run folder's default).
         skip_bad: Whether undecodable files were skipped.
@@ -99,7 +99,7 @@ class RunRecord:
         names = ds.class_names
         return cls(
             run_id=resumed[0] if resumed else secrets.token_hex(8),
-            dataset=os.path.abspath(ds.root),
+            dataset=os.path.abspath(ds.labels_file or ds.root),
             model=os.path.abspath(model_path),
             plot=plot,
             skip_bad=skip_bad,
@@ -180,4 +180,6 @@ class RunRecord:
 
 
 def _per_class(split: DecodedSplit, class_names: list[str]) -> dict[str, int]:
+    if split.labels.ndim == 2:  # multi-label: images carrying each label
+        return {name: int(split.labels[:, i].sum()) for i, name in enumerate(class_names)}
     return {name: int((split.labels == i).sum()) for i, name in enumerate(class_names)}

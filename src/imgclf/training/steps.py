@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from imgclf import modelfile
@@ -28,10 +29,17 @@ from imgclf.calibration import MIN_CALIBRATION_IMAGES, calibrate_classifier
 from imgclf.classifier import Classifier
 from imgclf.config import TrainConfig
 from imgclf.data.decode import DecodedSplit, bad_files_error, load_split
-from imgclf.data.folders import Dataset
+from imgclf.data.folders import Dataset, Sample
 from imgclf.data.identity import duplicate_report, file_table, table_fingerprint
 from imgclf.errors import DatasetError
-from imgclf.evaluation import Evaluation, evaluate_probabilities, usefulness_warnings
+from imgclf.evaluation import (
+    Evaluation,
+    MultiLabelEvaluation,
+    choose_thresholds,
+    evaluate_multilabel,
+    evaluate_probabilities,
+    usefulness_warnings,
+)
 from imgclf.fileio.writing import atomic_write_text, check_writable
 from imgclf.images.read import MAX_PIXELS, read_bytes
 from imgclf.modelfile.weights import copy_to_cpu
@@ -61,7 +69,7 @@ class FinalModel:
 
     classifier: Classifier
     epoch: int
-    evaluation: Evaluation | None
+    evaluation: Evaluation | MultiLabelEvaluation | None
     split: str
 
 
@@ -138,6 +146,9 @@ def decode_splits(
         decoded[split] = load_split(
             samples, config.preprocess, skip_bad=True, progress=tick, cache=cache, max_pixels=max_pixels
         )
+    if ds.multi_label or config.multi_label:
+        for split, dec in decoded.items():
+            dec.labels = multi_hot(ds.splits[split], dec.paths, len(ds.class_names))
     bad = [item for dec in decoded.values() for item in dec.skipped]
     if bad and not skip_bad:
         raise bad_files_error(bad)
@@ -154,6 +165,15 @@ def decode_splits(
     if dupes:
         log(f"warning: {dupes}")
     return decoded
+
+
+def multi_hot(samples: list[Sample], paths: list[str], num_classes: int) -> np.ndarray:
+    """``(N, C)`` float32 0/1 targets of the decoded ``paths`` (a subset of ``samples``, in order)."""
+    by_path = {s.path: s.labels if s.labels is not None else (s.label,) for s in samples}
+    out = np.zeros((len(paths), num_classes), dtype=np.float32)
+    for row, path in enumerate(paths):
+        out[row, list(by_path[path])] = 1.0
+    return out
 
 
 def start_record(
@@ -219,27 +239,52 @@ def final_classifier(
     """
     model, epoch = final_weights(config, state)
     classifier = Classifier(copy_to_cpu(model), class_names, config.preprocess, config.arch, config.arch_args)
-    held_out = decoded["validation"]
-    if len(held_out) >= MIN_CALIBRATION_IMAGES:  # temperature scaling, before the final evaluation
-        calibrate_classifier(classifier, held_out.images, held_out.labels)
-    ood = fit_ood(classifier, decoded["training"].images, decoded["training"].labels, held_out.images)
-    if ood is not None:  # the "unlike the training data" threshold (imgclf.ood)
-        classifier.manifest["ood"] = ood
+    thresholds: list[float] = []
+    task: dict[str, Any] = {"type": "single_label", "thresholds": None, "balance": config.balance}
+    if config.multi_label:  # calibration and the OOD threshold are single-label measures: not fitted here
+        task["type"] = "multi_label"
+        classifier.manifest["task"] = task  # sigmoid outputs from here on
+        val = decoded["validation"]
+        thresholds = choose_thresholds(_probabilities(classifier, val, config, group), val.labels).tolist()
+        task["thresholds"] = thresholds
+    else:
+        held_out = decoded["validation"]
+        if len(held_out) >= MIN_CALIBRATION_IMAGES:  # temperature scaling, before the final evaluation
+            calibrate_classifier(classifier, held_out.images, held_out.labels)
+        ood = fit_ood(classifier, decoded["training"].images, decoded["training"].labels, held_out.images)
+        if ood is not None:  # the "unlike the training data" threshold (imgclf.ood)
+            classifier.manifest["ood"] = ood
+    classifier.manifest["task"] = task
     split = "testing" if len(decoded["testing"]) else "validation"
     dec = decoded[split]
     if not len(dec):
         return FinalModel(classifier, epoch, None, split)
+    probs = _probabilities(classifier, dec, config, group)
+    evaluation: Evaluation | MultiLabelEvaluation
+    if config.multi_label:
+        evaluation = evaluate_multilabel(probs, dec.labels, dec.paths, class_names, thresholds)
+    else:
+        evaluation = evaluate_probabilities(probs, dec.labels, dec.paths, class_names)
+    return FinalModel(classifier, epoch, evaluation, split)
+
+
+def _probabilities(
+    classifier: Classifier, dec: DecodedSplit, config: TrainConfig, group: Group | None
+) -> np.ndarray:
+    """The classifier's probabilities on ``dec`` (each rank predicts a share, gathered in order)."""
     part = group.shard(len(dec)) if group is not None else slice(0, len(dec))
     probs = classifier.predict_proba_uint8(dec.images[part], batch_size=config.eval_batch_size)
     if group is not None:
         probs = group.gather_rows(torch.from_numpy(probs), len(dec)).numpy()
-    evaluation = evaluate_probabilities(probs, dec.labels, dec.paths, class_names)
-    return FinalModel(classifier, epoch, evaluation, split)
+    return probs
 
 
-def judge(final: FinalModel, config: TrainConfig, epochs_run: int, log: Log) -> None:
-    """Say which epoch goes into the file, and warn when the saved model is useless (one class, chance)."""
-    how = f"--keep best by {config.monitor}" if config.keep == "best" else "--keep last"
+def judge(
+    final: FinalModel, config: TrainConfig, epochs_run: int, log: Log, monitor: str | None = None
+) -> None:
+    """Say which epoch goes into the file (``monitor``: the key keep-best judged by, default
+    ``config.monitor``), and warn when the saved model is useless (one class, chance)."""
+    how = f"--keep best by {monitor or config.monitor}" if config.keep == "best" else "--keep last"
     log(f"note: the model file holds epoch {final.epoch} of {epochs_run} ({how})")
     cal = final.classifier.manifest.get("calibration")
     if cal:
@@ -254,7 +299,8 @@ def judge(final: FinalModel, config: TrainConfig, epochs_run: int, log: Log) -> 
             f"note: out-of-distribution threshold set on {ood['images']} {ood['split']} images "
             f"({ood['flagged_share']:.1%} of them beyond it)"
         )
-    problems = usefulness_warnings(final.evaluation, final.split) if final.evaluation is not None else []
+    ev = final.evaluation
+    problems = usefulness_warnings(ev, final.split) if isinstance(ev, Evaluation) else []
     if problems:
         log(
             f"warning: {'; '.join(problems)}: the model is not useful yet (saved epoch {final.epoch}); "
@@ -275,14 +321,22 @@ def save_model(
     metrics: dict[str, Any] = {k: v for k, v in saved[0].items() if k != "epoch"}
     if final.evaluation is not None:
         metrics[f"{final.split}_accuracy"] = final.evaluation.accuracy
-        metrics[f"{final.split}_macro_f1"] = final.evaluation.report["macro avg"]["f1-score"]
+        metrics[f"{final.split}_macro_f1"] = final.evaluation.macro_f1
+        metrics[f"{final.split}_balanced_accuracy"] = final.evaluation.balanced_accuracy
+        if isinstance(final.evaluation, MultiLabelEvaluation):
+            metrics[f"{final.split}_micro_f1"] = final.evaluation.micro_f1
+            metrics[f"{final.split}_mAP"] = final.evaluation.mean_average_precision
     final.classifier.manifest["provenance"] = record.provenance(state, epoch=final.epoch, metrics=metrics)
     extra = [read_bytes(path) for path in validation.paths[: record.probes_from]] if validation else []
     modelfile.save(final.classifier, model_path, extra_probes=extra)
 
 
 def write_reports(
-    state: TrainState, evaluation: Evaluation | None, out: Outputs, log: Log, saved_epoch: int | None = None
+    state: TrainState,
+    evaluation: Evaluation | MultiLabelEvaluation | None,
+    out: Outputs,
+    log: Log,
+    saved_epoch: int | None = None,
 ) -> dict[str, str]:
     """History (JSON, CSV), the text and JSON report, and the plot (``saved_epoch`` marked on it);
     returns ``{what: path}``."""
@@ -293,7 +347,8 @@ def write_reports(
     if evaluation is not None:
         outputs["report_txt"] = os.path.join(out.run_dir, "report.txt")
         outputs["report_json"] = os.path.join(out.run_dir, "report.json")
-        atomic_write_text(outputs["report_txt"], format_report(evaluation.report))
+        text = format_report(evaluation.report) + "\n" + "\n".join(evaluation.summary_lines()) + "\n"
+        atomic_write_text(outputs["report_txt"], text)
         atomic_write_text(outputs["report_json"], json.dumps(evaluation.to_dict(), indent=2) + "\n")
     if out.can_plot:
         from imgclf.plots import plot_history
