@@ -134,8 +134,13 @@ def main() -> int:
                 runs = results[ds_name][label] = []
                 for seed in range(args.first_seed, args.first_seed + args.seeds):
                     config = TrainConfig.from_recipe(
-                        preset, epochs=args.epochs, seed=seed, preprocess=spec.to_dict(), device="cpu",
-                        precision="fp32", **values,
+                        preset,
+                        epochs=args.epochs,
+                        seed=seed,
+                        preprocess=spec.to_dict(),
+                        device="cpu",
+                        precision="fp32",
+                        **values,
                     )
                     runs.append(run_one(config, splits, len(ds.class_names)))
                     print(f"{ds_name} {label} seed {seed}: {runs[-1]}", file=sys.stderr, flush=True)
@@ -171,8 +176,17 @@ def _report(results: dict[str, dict[str, list[dict[str, float]]]], args: argpars
     table(
         f"seed_resnet, {args.size}x{args.size}, {args.epochs} epochs, {args.seeds} seeds, fp32, "
         f"{args.threads} thread(s)",
-        ["dataset", "recipe", "test acc mean", "test acc worst", "last val acc mean", "last val acc worst",
-         "wall s per 1k images seen", "CPU s per 1k images seen", "runs"],
+        [
+            "dataset",
+            "recipe",
+            "test acc mean",
+            "test acc worst",
+            "last val acc mean",
+            "last val acc worst",
+            "wall s per 1k images seen",
+            "CPU s per 1k images seen",
+            "runs",
+        ],
         rows,
     )
 

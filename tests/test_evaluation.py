@@ -189,7 +189,6 @@ def test_evaluate_probabilities_all_correct_lists_nothing():
     assert ev.misclassified == [] and ev.accuracy == 1.0
 
 
-
 def _evaluation(pred, labels):
     probs = np.eye(2)[np.asarray(pred)]
     paths = [f"{i}.png" for i in range(len(pred))]

@@ -244,15 +244,23 @@ def test_plot_history_legend_sits_where_no_curve_is_and_the_saved_epoch_is_marke
     from imgclf.plots import history_figure
 
     history = [
-        {"epoch": e, "loss": 0.7 - 0.05 * e, "accuracy": 0.5 + 0.04 * e, "val_loss": 0.69 - 0.04 * e,
-         "val_accuracy": 0.55 + 0.04 * e, "lr": 0.1}
+        {
+            "epoch": e,
+            "loss": 0.7 - 0.05 * e,
+            "accuracy": 0.5 + 0.04 * e,
+            "val_loss": 0.69 - 0.04 * e,
+            "val_accuracy": 0.55 + 0.04 * e,
+            "lr": 0.1,
+        }
         for e in range(1, 8)
     ]
     fig = history_figure(history, "t", saved_epoch=5)
     legend, points, ax = _legend_and_curves(fig)
     inside = (
-        (points[:, 0] >= legend.x0) & (points[:, 0] <= legend.x1)
-        & (points[:, 1] >= legend.y0) & (points[:, 1] <= legend.y1)
+        (points[:, 0] >= legend.x0)
+        & (points[:, 0] <= legend.x1)
+        & (points[:, 1] >= legend.y0)
+        & (points[:, 1] <= legend.y1)
     )
     assert not inside.any()  # no curve point under the legend
     assert legend.x0 >= ax.get_window_extent().x1  # outside the axes, so also clear of val_acc's first epochs

@@ -166,6 +166,7 @@ def _features_of(model: nn.Module, layer: str) -> Iterator[list[np.ndarray]]:
             fix="re-fit the threshold: train again, or load the file with the imgclf that wrote it",
         )
     out: list[np.ndarray] = []
+
     def keep(_m: nn.Module, _i: object, o: torch.Tensor) -> None:
         out.append(o.float().mean(dim=(2, 3)).cpu().numpy())
 

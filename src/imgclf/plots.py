@@ -112,9 +112,7 @@ def plot_history(
     plt.close(fig)
 
 
-def history_figure(
-    history: Sequence[dict[str, float]], title: str, saved_epoch: int | None = None
-) -> Any:
+def history_figure(history: Sequence[dict[str, float]], title: str, saved_epoch: int | None = None) -> Any:
     """The figure :func:`plot_history` writes: 900x600 px, legend outside the axes (never over a curve),
     integer epoch ticks, a dashed line at the saved epoch; curves with nothing to draw get no entry.
 

@@ -453,8 +453,10 @@ def test_argparse_usage_errors_exit_2_with_one_line_on_stderr(args):
 def test_mistyped_and_abbreviated_flags_get_a_suggestion_not_a_guess(args, suggestion):
     code, out, err = run_cli(*args)
     assert code == 2 and out == ""
-    assert err == f"imgclf {args[0]}: error: unrecognized arguments: {args[-2]} {args[-1]} {suggestion}; " \
+    assert (
+        err == f"imgclf {args[0]}: error: unrecognized arguments: {args[-2]} {args[-1]} {suggestion}; "
         f"see imgclf {args[0]} --help\n"
+    )
 
 
 @pytest.mark.parametrize("command", ["predict", "evaluate"])

@@ -256,9 +256,7 @@ def test_inspect_reports_every_field_without_building_the_model(tiny_model, monk
 def test_inspect_cli_human_and_json(tiny_model, capsys, monkeypatch):
     from imgclf.cli.main import main
 
-    monkeypatch.setattr(
-        registry, "build", lambda *a, **k: (_ for _ in ()).throw(AssertionError("built"))
-    )
+    monkeypatch.setattr(registry, "build", lambda *a, **k: (_ for _ in ()).throw(AssertionError("built")))
     assert main(["inspect", str(tiny_model.model_path)]) == 0
     out = capsys.readouterr().out
     for label in (
@@ -299,7 +297,6 @@ def seed_resnet_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("seed") / "seed.imgclf"
     imgclf.save(make_classifier(arch="seed_resnet", args={}, size=64), path)
     return path
-
 
 
 def test_loading_reads_the_file_once_and_runs_no_probe(seed_resnet_file, monkeypatch):

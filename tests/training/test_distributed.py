@@ -236,8 +236,6 @@ def test_shards_cover_every_item_once_without_padding(n):
     assert max(map(len, parts)) - min(map(len, parts)) <= 1
 
 
-
-
 def test_one_process_has_no_group():
     assert start_group(World(), torch.device("cpu"), DistOptions()) is None
 

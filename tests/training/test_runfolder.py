@@ -172,6 +172,7 @@ def test_unusable_output_paths_are_reported_before_decoding(what, tiny_dataset, 
 
 def test_a_read_only_run_folder_is_reported_before_decoding(tiny_dataset, tmp_path, monkeypatch, no_decoding):
     """Permission bits do not stop root, so the run folder gets a real write test (faked failing here)."""
+
     def refuse(path, data):
         raise StorageError("cannot write file", received=f"{path} (Read-only file system)")
 

@@ -45,7 +45,7 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}{self.suggest(message)}; see {self.prog} --help\n")
 
     def suggest(self, message: str) -> str:
-        """" (did you mean --x?)" for the first unknown flag in an argparse message, if one is close.
+        """ " (did you mean --x?)" for the first unknown flag in an argparse message, if one is close.
 
         argparse reports a missing required flag before an unknown one (``--mdoel x`` gives "the
         following arguments are required: --model"), so then the words given are searched instead.

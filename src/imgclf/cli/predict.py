@@ -58,9 +58,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument(
         "--tta", action="store_true", help="test-time augmentation: average over flipped and rotated views"
     )
-    p.add_argument(
-        "--explain", metavar="DIR", help="write a Grad-CAM overlay PNG per image into DIR"
-    )
+    p.add_argument("--explain", metavar="DIR", help="write a Grad-CAM overlay PNG per image into DIR")
     p.add_argument("--output", "-o", metavar="FILE", help="write predictions to .csv or .jsonl")
     p.add_argument(
         "--json", action="store_true", help="stdout: one JSON object per image (JSON Lines), as in .jsonl"
@@ -132,6 +130,8 @@ def json_row(p: Any) -> str:
     else:
         row["error"] = p.error
     return json.dumps(row, ensure_ascii=False)
+
+
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 

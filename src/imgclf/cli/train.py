@@ -102,7 +102,10 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     size = f"{defaults.preprocess.height}x{defaults.preprocess.width}"
     recipe.add_argument("--size", type=image_size, help=f"input size N or HxW (default {size})")
     recipe.add_argument(
-        "--mean", type=_three, metavar="R,G,B", help="per-channel mean after rescaling (default 0,0,0; "
+        "--mean",
+        type=_three,
+        metavar="R,G,B",
+        help="per-channel mean after rescaling (default 0,0,0; "
         "a timm:NAME backbone: its own, as for --size and --interpolation)",
     )
     recipe.add_argument("--std", type=_three, metavar="R,G,B", help="per-channel std (default 1,1,1)")

@@ -190,12 +190,18 @@ def _task(path: str, task: Any, classes: int) -> None:
         return
     thresholds = task.get("thresholds") if isinstance(task, dict) else None
     multi = isinstance(task, dict) and task.get("type") == "multi_label"
-    ok = isinstance(task, dict) and task.get("type") in ("single_label", "multi_label") and (
-        thresholds is None
-        if not multi
-        else isinstance(thresholds, list)
-        and len(thresholds) == classes
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in thresholds)
+    ok = (
+        isinstance(task, dict)
+        and task.get("type") in ("single_label", "multi_label")
+        and (
+            thresholds is None
+            if not multi
+            else isinstance(thresholds, list)
+            and len(thresholds) == classes
+            and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in thresholds
+            )
+        )
     )
     if not ok:
         raise _bad(path, f"task must be single_label, or multi_label with {classes} thresholds in [0, 1]")

@@ -60,4 +60,3 @@ class SmallCNN(nn.Module):
 def small_cnn(num_classes: int, input_size: tuple[int, int], **args: Any) -> nn.Module:
     """A few conv-BN-ReLU-pool blocks and a linear head; fast enough for tests and smoke runs."""
     return SmallCNN(num_classes, input_size, **args)
-

@@ -72,7 +72,6 @@ _REQUIRED = {
 }
 
 
-
 class CheckpointDamaged(ValueError):
     """A checkpoint file cannot be used (truncated, corrupt, foreign); the message says why."""
 
@@ -152,7 +151,6 @@ def _cpu(t: torch.Tensor) -> torch.Tensor:
 def encode(state: TrainState, config: TrainConfig, info: dict[str, Any]) -> bytes:
     """Serialise ``state`` (plus the run-level ``info``: run_id, class_names, ...) to safetensors bytes."""
     from safetensors.torch import save as st_save
-
 
     tensors = {f"model.{k}": _cpu(v) for k, v in state.model.state_dict().items()}
     if state.best_state is not None:

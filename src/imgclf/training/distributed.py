@@ -105,7 +105,10 @@ def start_group(
         ) from None
     roll_call(store, world, options.timeout_s)
     dist.init_process_group(
-        backend, store=dist.PrefixStore("imgclf-pg", store), rank=world.rank, world_size=world.size,
+        backend,
+        store=dist.PrefixStore("imgclf-pg", store),
+        rank=world.rank,
+        world_size=world.size,
         timeout=timeout,
     )
     return Group(world, backend, options, store, device)

@@ -77,6 +77,7 @@ class TrainResult:
             f"{score}, run_dir={self.run_dir!r})"
         )
 
+
 @dataclass
 class Job:
     """What one call of :func:`train` works with, passed between its steps."""
@@ -149,18 +150,37 @@ def train_in_folder(
     facts = group.facts(steps_per_epoch(len(decoded["training"]), config.batch_size)[1]) if group else None
     is_main = group is None or group.world.is_main
     record = start_record(
-        ds, decoded, config, out, job.device, plan, job.skip_bad, job.probes_from, job.force, log,
-        distributed=facts, write=is_main, start=start,
+        ds,
+        decoded,
+        config,
+        out,
+        job.device,
+        plan,
+        job.skip_bad,
+        job.probes_from,
+        job.force,
+        log,
+        distributed=facts,
+        write=is_main,
+        start=start,
     )
     state = fit_with_checkpoints(
-        config, state, decoded["training"], decoded.get("validation"), run_dir=out.run_dir,
-        info=record.checkpoint_info(), resumed=plan.checkpoint if plan is not None else None,
-        callbacks=callbacks, group=group,
+        config,
+        state,
+        decoded["training"],
+        decoded.get("validation"),
+        run_dir=out.run_dir,
+        info=record.checkpoint_info(),
+        resumed=plan.checkpoint if plan is not None else None,
+        callbacks=callbacks,
+        group=group,
     )
     final = final_classifier(config, state, decoded, ds.class_names, group)
     outputs = main_first(
-        group, "writing the model file and reports",
-        lambda: save_outputs(final, config, record, state, decoded, out, log), others_too=False,
+        group,
+        "writing the model file and reports",
+        lambda: save_outputs(final, config, record, state, decoded, out, log),
+        others_too=False,
     )
     return TrainResult(
         final.classifier, state.history, final.evaluation, out.model, out.run_dir, final.epoch, outputs or {}
@@ -192,7 +212,12 @@ def decode_all(job: Job, config: TrainConfig, progress: DecodeProgress | None) -
 
     def decode() -> dict[str, DecodedSplit]:
         return decode_splits(
-            job.ds, config, cache, skip_bad=job.skip_bad, progress=progress, log=job.log,
+            job.ds,
+            config,
+            cache,
+            skip_bad=job.skip_bad,
+            progress=progress,
+            log=job.log,
             max_pixels=job.max_pixels,
         )
 

@@ -151,8 +151,12 @@ def train(
             refuse_overwrite(out.model, force=force)
         device = rank_device(resolve_device(config.device), world)
         ds = scan_source(
-            dataset, val_split=config.val_split, test_split=config.test_split, seed=config.seed,
-            multi_label=config.multi_label, progress=decode_progress if world.is_main else None,
+            dataset,
+            val_split=config.val_split,
+            test_split=config.test_split,
+            seed=config.seed,
+            multi_label=config.multi_label,
+            progress=decode_progress if world.is_main else None,
         )
         if ds.multi_label and not config.multi_label:
             log("note: the labels file holds several labels per image: training multi-label (--multi-label)")
@@ -167,7 +171,6 @@ def train(
     finally:
         if group is not None:
             group.close()
-
 
 
 def resume_run(

@@ -152,7 +152,11 @@ class RunRecord:
     def _one_process(self) -> dict[str, Any]:
         batch = self.config.batch_size
         return {
-            "world_size": 1, "backend": None, "global_batch": batch, "per_rank_batch": batch, "sync_bn": False
+            "world_size": 1,
+            "backend": None,
+            "global_batch": batch,
+            "per_rank_batch": batch,
+            "sync_bn": False,
         }
 
     def provenance(self, state: TrainState, *, epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
