@@ -357,8 +357,11 @@ class Classifier:
                 logits = self.model(t.contiguous(memory_format=torch.channels_last)).float()
             return self._activate(logits).cpu().numpy()
 
-    def _proba_and_unlike(self, images: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """Probabilities, and the out-of-distribution flags (``None`` without a threshold), in one pass."""
+    def predict_proba_flagged(
+        self, images: np.ndarray, batch_size: int = 256
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities (N, C) for uint8 images (N, H, W, 3), and their out-of-distribution flags
+        (``None`` when the file has no threshold), in one pass."""
         block = self.manifest.get("ood")
         if not isinstance(block, dict) or block.get("score") != "feature_distance" or self.model is None:
             return self.predict_proba_uint8(images, batch_size=batch_size), None
@@ -370,10 +373,31 @@ class Classifier:
                 probs = self.predict_proba_uint8(images, batch_size=batch_size)
         return probs, unlike(np.concatenate(feats), images, block)
 
+    def make_prediction(
+        self, source: str, p: np.ndarray, *, top_k: int, unlike_training_data: bool | None = None
+    ) -> Prediction:
+        """The :class:`Prediction` for one image's probabilities ``p`` (C,), as :meth:`predict` words it:
+        the best class, or for a multi-label model the classes at or over their thresholds."""
+        order = np.argsort(-p, kind="stable")
+        best = int(order[0])
+        chosen = None
+        if self.thresholds is not None:
+            chosen = [c for c, v, t in zip(self.class_names, p, self.thresholds, strict=True) if v >= t]
+        return Prediction(
+            source=source,
+            label=self.class_names[best] if chosen is None else "|".join(chosen) or NO_LABEL,
+            labels=chosen,
+            index=best,
+            confidence=float(p[best]),
+            probabilities={c: float(v) for c, v in zip(self.class_names, p, strict=True)},
+            top_k=[(self.class_names[int(j)], float(p[j])) for j in order[:top_k]],
+            unlike_training_data=unlike_training_data,
+        )
+
     def unlike_training_data(self, images: np.ndarray) -> np.ndarray | None:
         """For uint8 images (N, H, W, 3): ``True`` where an image is beyond the out-of-distribution
         threshold (:mod:`imgclf.ood`); ``None`` when the model file has no threshold."""
-        return self._proba_and_unlike(images, 256)[1]
+        return self.predict_proba_flagged(images, 256)[1]
 
     def explain(
         self, image: ImageSource, *, target: str | int | None = None, channel_order: str = "rgb"
@@ -521,12 +545,11 @@ class Classifier:
         _check_batch_size(batch_size)
         items = _as_list(images)
         k = min(top_k, self.num_classes)
-        thresholds = self.thresholds
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
             arrays, failures = self._stack(chunk, channel_order, errors)
             good = [i for i, f in enumerate(failures) if f is None]
-            probs, unlike = self._proba_and_unlike(arrays[good], batch_size) if good else (None, None)
+            probs, unlike = self.predict_proba_flagged(arrays[good], batch_size) if good else (None, None)
             row = 0
             for i, source in enumerate(chunk):
                 name = describe_source(source)
@@ -534,20 +557,6 @@ class Classifier:
                     yield Prediction(name, None, -1, float("nan"), error=failures[i])
                     continue
                 assert probs is not None  # a row that did not fail means `good` was not empty
-                p = probs[row]
+                flag = None if unlike is None else bool(unlike[row])
+                yield self.make_prediction(name, probs[row], top_k=k, unlike_training_data=flag)
                 row += 1
-                order = np.argsort(-p, kind="stable")
-                best = int(order[0])
-                chosen = None
-                if thresholds is not None:
-                    chosen = [c for c, v, t in zip(self.class_names, p, thresholds, strict=True) if v >= t]
-                yield Prediction(
-                    source=name,
-                    label=self.class_names[best] if chosen is None else "|".join(chosen) or NO_LABEL,
-                    labels=chosen,
-                    index=best,
-                    confidence=float(p[best]),
-                    probabilities={c: float(v) for c, v in zip(self.class_names, p, strict=True)},
-                    top_k=[(self.class_names[int(j)], float(p[j])) for j in order[:k]],
-                    unlike_training_data=None if unlike is None else bool(unlike[row - 1]),
-                )

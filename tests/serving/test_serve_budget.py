@@ -126,7 +126,7 @@ def test_others_are_answered_while_a_large_request_decodes_and_its_memory_is_giv
         results: list[int] = []
 
         def heavy():
-            files = [("f", (f"{i}.png", big)) for i in range(4)]
+            files = [("f", (f"{i}.png", big)) for i in range(12)]  # seconds of decoding, whatever the load
             results.append(httpx.post(server.url + "/v1/predict", files=files, timeout=120).status_code)
 
         t = threading.Thread(target=heavy)

@@ -71,7 +71,7 @@ def test_reload_from_an_imgclf_to_its_onnx_export_reports_the_new_files_digest(o
     """The export records its source's tensor digest; the server must still tell the two files apart."""
     import shutil
 
-    from imgclf.interop.files import inspect
+    from imgclf.loading import inspect
 
     path = tmp_path / "cells.model"
     shutil.copyfile(onnx_file.with_suffix(".imgclf"), path)

@@ -189,13 +189,16 @@ class ServerState:
         (the batches ``imgclf predict`` makes), so an abandoned request stops between batches."""
         self.refuse_if_draining()
         decoded = await self.decode(request, served, images)
-        parts = []
+        parts, flags = [], []
         for start in range(0, len(images), MAX_BATCH):
             rows = good_rows(decoded, start, start + MAX_BATCH)
             if rows.stop > rows.start:
-                parts.append(await self.infer(request, served, True, pixels=decoded.pixels[rows]))
+                probs, unlike = await self.infer(request, served, True, pixels=decoded.pixels[rows])
+                parts.append(probs)
+                flags.append(unlike)
         probs = np.concatenate(parts) if parts else np.zeros((0, served.classifier.num_classes), np.float32)
-        return predictions(served.classifier, decoded, probs)
+        unlike = None if not flags or any(f is None for f in flags) else np.concatenate(flags)
+        return predictions(served.classifier, decoded, probs, unlike)
 
     def close(self) -> None:
         """Stop the inference thread (queued work finishes first) and the decode pool."""

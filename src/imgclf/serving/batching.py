@@ -14,7 +14,7 @@ Usage::
 
     queue = InferenceQueue(max_queue=1024, batch_delay_s=0.0)
     queue.start()
-    future = queue.submit(served, pixels=uint8_nhwc)      # concurrent.futures.Future of (N, C) probabilities
+    future = queue.submit(served, pixels=uint8_nhwc)      # Future of ((N, C) probabilities, OOD flags | None)
     probs = queue.submit(served, tensor=batch).result()   # (N, C) for a preprocessed float32 batch
     queue.stop()                                          # finishes the queued jobs first
 """
@@ -65,11 +65,13 @@ def _run_pixels(jobs: list[InferenceJob]) -> list[Any]:
     # One job alone is classified as imgclf predict classifies its batch: bitwise the same numbers.
     arrays = [job.pixels for job in jobs if job.pixels is not None]  # every job here holds pixels
     pixels = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
-    probs = jobs[0].model.classifier.predict_proba_uint8(pixels, batch_size=MAX_BATCH)
+    # With the out-of-distribution flags (None when the file has no threshold) from the same pass.
+    probs, flags = jobs[0].model.classifier.predict_proba_flagged(pixels, batch_size=MAX_BATCH)
     out, start = [], 0
     for job in jobs:
-        out.append(probs[start : start + job.size])
-        start += job.size
+        end = start + job.size
+        out.append((probs[start:end], None if flags is None else flags[start:end]))
+        start = end
     return out
 
 
@@ -124,7 +126,8 @@ class InferenceQueue:
     ) -> Future:
         """Queue uint8 ``pixels`` (N, H, W, 3) or a preprocessed ``tensor`` for ``model``; return its future.
 
-        The future's result is the (N, C) probability array.
+        The future's result is the (N, C) probability array for a ``tensor``; for ``pixels``, the pair of
+        that array and the out-of-distribution flags (``None`` when the model has no threshold).
 
         Raises:
             QueueFull: If accepting it would put more than ``max_queue`` images in the queue.

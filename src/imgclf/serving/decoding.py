@@ -146,29 +146,21 @@ def decode_request(clf: Any, images: list[bytes], budget: int, cancelled: thread
     return Decoded(pixels, failures, sources)
 
 
-def predictions(clf: Any, decoded: Decoded, probs: np.ndarray) -> list[Prediction]:
+def predictions(
+    clf: Any, decoded: Decoded, probs: np.ndarray, unlike: np.ndarray | None = None
+) -> list[Prediction]:
     """One :class:`Prediction` per input image (all classes in ``top_k``), as ``Classifier.predict``
-    with ``errors="return"`` words them: ``probs`` holds the good images' rows in input order."""
+    with ``errors="return"`` words them: ``probs`` (and the out-of-distribution flags ``unlike``, when
+    the model has a threshold) hold the good images' rows in input order."""
     out: list[Prediction] = []
     row = 0
     for source, failure in zip(decoded.sources, decoded.failures, strict=True):
         if failure is not None:
             out.append(Prediction(source, None, -1, float("nan"), error=failure))
             continue
-        p = probs[row]
+        flag = None if unlike is None else bool(unlike[row])
+        out.append(clf.make_prediction(source, probs[row], top_k=clf.num_classes, unlike_training_data=flag))
         row += 1
-        order = np.argsort(-p, kind="stable")
-        best = int(order[0])
-        out.append(
-            Prediction(
-                source=source,
-                label=clf.class_names[best],
-                index=best,
-                confidence=float(p[best]),
-                probabilities={c: float(v) for c, v in zip(clf.class_names, p, strict=True)},
-                top_k=[(clf.class_names[int(j)], float(p[j])) for j in order],
-            )
-        )
     return out
 
 
