@@ -137,7 +137,10 @@ def test_gathering_past_a_queued_tensor_job_takes_the_right_job(model):
         time.sleep(0.2)  # the worker holds "a", gathering
         tensor = queue.submit(model, tensor=np.zeros((2, 3, 1, 1), np.float32))
         second = queue.submit(model, px([b"b", b"c"]))
-        assert [f.result(timeout=10)[0].tolist() for f in (first, second)] == [["pred a"], ["pred b", "pred c"]]
+        assert [f.result(timeout=10)[0].tolist() for f in (first, second)] == [
+            ["pred a"],
+            ["pred b", "pred c"],
+        ]
         assert tensor.result(timeout=10).tolist() == ["tensor", "tensor"]
         assert model.classifier.batches == [[b"a", b"b", b"c"]]
     finally:
