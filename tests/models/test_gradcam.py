@@ -84,3 +84,18 @@ def test_overlay_is_the_image_where_there_is_no_heat_and_coloured_where_there_is
     out = overlay(rgb, heat, alpha=0.5)
     assert out[7, 7].tolist() == [100, 100, 164]  # blue end of the ramp, half-blended
     assert out[0, 0, 0] > out[0, 0, 2]  # red where the evidence is
+
+
+def test_a_timm_resnet_is_read_at_its_last_blocks_output_not_its_shortcut():
+    """timm's residual blocks end in an in-place ReLU after the addition: that is the block's output;
+    the shortcut's batch norm before it is not (it was chosen while in-place layers counted as
+    pass-throughs)."""
+    from imgclf.models import registry, timm_backbone
+    from imgclf.models.gradcam import target_layer
+
+    timm_backbone.require_timm()
+    model = registry.build("timm:test_resnet", num_classes=3, input_size=(64, 64)).eval()
+    layer = target_layer(model, (64, 64))  # the last stage's map is 2x2 here (1x1 at 32x32: skipped)
+    assert "downsample" not in layer and layer.split(".")[-1].startswith("act"), layer
+    last_block = [n for n, _ in model.named_modules() if n.count(".") == 1 and n.startswith("layer")][-1]
+    assert layer.startswith(last_block + "."), (layer, last_block)

@@ -48,8 +48,9 @@ def _spatial_outputs(model: nn.Module, x: torch.Tensor) -> list[tuple[str, tuple
         if name and not list(module.children()) and not _is_pooling(module):
 
             def hook(_m: nn.Module, inputs: tuple, out: object, name: str = name) -> None:
-                # a pass-through in eval mode (dropout, identity) hands back its input: not a layer of its own
-                passed = any(out is i for i in inputs)
+                # a pass-through in eval mode (dropout, identity) hands back its input: not a layer of
+                # its own; an in-place activation hands back its input too, transformed (a block's output)
+                passed = any(out is i for i in inputs) and not getattr(_m, "inplace", False)
                 if isinstance(out, torch.Tensor) and out.dim() == 4 and not passed:
                     seen.append((name, tuple(out.shape)))
 
