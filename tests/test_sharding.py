@@ -121,3 +121,97 @@ def test_the_public_api_runs_each_shard_in_its_own_object_and_merges_in_a_third(
         other.merge()
     job.remove_parts()
     assert not parts.exists()
+
+
+def _all_fields(predictions):
+    return [
+        (*f, p.unlike_training_data, p.labels) for f, p in zip(_fields(predictions), predictions, strict=True)
+    ]
+
+
+@pytest.fixture(scope="module")
+def trust_models(tmp_path_factory):
+    """An untrained model with an out-of-distribution threshold fitted on grey noise, and a multi-label one;
+    inputs: noise like the fit's, flat black and white images (foreign), the ring/square shapes."""
+    import numpy as np
+
+    from helpers import save_image
+    from imgclf.ood import fit_ood
+
+    base = tmp_path_factory.mktemp("sharding-trust")
+    rng = np.random.default_rng(3)
+    like = rng.integers(96, 160, (40, 16, 16, 3), dtype=np.uint8)
+    clf = make_classifier(seed=2)
+    block = fit_ood(clf, like[:20], np.arange(20) % 2, like[20:])
+    assert block is not None
+    clf.manifest.update(ood=block, calibration={"temperature": 1.7, "split": "validation", "images": 20})
+    ood = base / "ood.imgclf"
+    imgclf.save(clf, ood)
+    images = make_dataset(base / "images", {"": 2})
+    for i, img in enumerate([*rng.integers(96, 160, (4, 16, 16, 3), dtype=np.uint8)]):
+        save_image(img, images / f"noise{i}.png", "RGB")
+    save_image(np.zeros((16, 16, 3), np.uint8), images / "black.png", "RGB")
+    save_image(np.full((16, 16, 3), 255, np.uint8), images / "white.png", "RGB")
+    (images / "broken.png").write_bytes(b"not an image")
+    paths = list_images([str(images)])
+    multi = make_classifier(("a", "b", "c"), seed=4)
+    multi.manifest["task"] = {"type": "multi_label", "thresholds": [0.5] * 3, "balance": "none"}
+    probs = np.array(
+        [list(p.probabilities.values()) for p in multi.predict(paths, errors="return") if not p.error]
+    )
+    # Each class's median as its threshold: the label sets differ from image to image.
+    multi.manifest["task"]["thresholds"] = [float(v) for v in np.median(probs, axis=0)]
+    multi_path = base / "multi.imgclf"
+    imgclf.save(multi, multi_path)
+    return str(ood), str(multi_path), paths
+
+
+def test_shards_carry_the_ood_flag_and_multi_label_sets_as_one_process_sets_them(trust_models, tmp_path):
+    ood, multi, paths = trust_models
+    for model, name in ((ood, "ood"), (multi, "multi")):
+        want = imgclf.load(model).predict(paths, top_k=2, errors="return")
+        job = sharding.ShardedPrediction(model, paths, tmp_path / name, 3, top_k=2)
+        for j in range(3):
+            job.predict(j)
+        got = list(job.merge())
+        assert _all_fields(got) == _all_fields(want)
+        ok = [p for p in got if p.error is None]
+        if model == ood:
+            assert {p.unlike_training_data for p in ok} == {True, False}  # the foreign ones flagged
+            assert all(p.labels is None for p in ok)
+        else:
+            assert all(p.unlike_training_data is None for p in ok)
+            assert len({tuple(p.labels) for p in ok}) > 1 and all(
+                p.label == "|".join(p.labels) or p.label == "none" for p in ok
+            )
+
+
+def test_a_row_whose_label_is_not_its_label_set_is_refused(trust_models, tmp_path):
+    _, multi, paths = trust_models
+    job = sharding.ShardedPrediction(multi, paths, tmp_path / "parts", 1)
+    job.predict(0)
+    path = tmp_path / "parts" / "shard-0-of-1.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    import json
+
+    row = json.loads(lines[1])
+    row["labels"] = ["c", "a"] if row["labels"] != ["c", "a"] else ["a"]  # not in class order / not joined
+    path.write_text(lines[0] + json.dumps(row) + "\n" + "".join(lines[2:]))
+    with pytest.raises(StorageError, match=r"shard-0-of-1\.jsonl is damaged: row 1 is not a prediction"):
+        job.merge()
+
+
+def test_a_bf16_choice_is_part_of_the_run(setup, tmp_path, monkeypatch):
+    from imgclf import precision
+
+    model, paths = setup
+    monkeypatch.setattr(precision, "native_bf16", lambda: "AMX")
+    bf16 = sharding.ShardedPrediction(model, paths, tmp_path / "parts", 2, precision="bf16")
+    assert bf16.classifier.autocast_dtype is not None and bf16.options["precision"] == "bf16"
+    bf16.predict(0)
+    fp32 = sharding.ShardedPrediction(model, paths, tmp_path / "parts", 2, precision="fp32")
+    assert fp32.classifier.autocast_dtype is None and "precision" not in fp32.options
+    state = fp32.check(0)
+    assert state.status == "bad" and "was made with other options" in state.reason
+    with pytest.raises(UsageError, match="unknown precision"):
+        sharding.ShardedPrediction(model, paths, tmp_path / "parts", 2, precision="fp16")

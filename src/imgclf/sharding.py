@@ -55,11 +55,21 @@ if TYPE_CHECKING:
     from imgclf.classifier import Prediction
 
 MAX_SHARDS = 10_000  # one part file each, all in one folder; the merge opens them one after another
-PART_FORMAT = 2
+PART_FORMAT = 3  # 3: rows carry the out-of-distribution flag and a multi-label model's label set
 MAX_ROW_BYTES = 16 << 20  # a row holds one path, one error message and one float per class
 POLL_SECONDS = 0.5
 _CHUNK = 1 << 20
-_ROW_KEYS = {"source", "label", "index", "confidence", "probabilities", "top_k", "error"}
+_ROW_KEYS = {
+    "source",
+    "label",
+    "index",
+    "confidence",
+    "probabilities",
+    "top_k",
+    "error",
+    "unlike_training_data",
+    "labels",
+}
 
 
 def share_bounds(total: int, index: int, count: int) -> tuple[int, int]:
@@ -212,6 +222,10 @@ class ShardedPrediction:
         batch_size: As :meth:`imgclf.Classifier.iter_predict` (part of the run: results may differ in
             the last bits across batch sizes).
         max_pixels: Pixel cap for the images (default: the library's cap).
+        precision: ``auto``, ``fp32`` or ``bf16`` (:func:`imgclf.precision.setup_precision`, the choice
+            shown on stderr), applied when the model loads; ``None`` leaves the model as
+            :func:`imgclf.load` gives it (fp32). A bf16 choice is part of the run (its options): parts
+            classified in another precision are not merged with it.
 
     Raises:
         UsageError: A shard count out of range, or no images.
@@ -227,6 +241,7 @@ class ShardedPrediction:
         top_k: int = 1,
         batch_size: int = 64,
         max_pixels: int | None = None,
+        precision: str | None = None,
     ) -> None:
         self.model = os.fspath(model)
         self.images = [os.fspath(p) for p in images]
@@ -238,6 +253,11 @@ class ShardedPrediction:
         self.parts = os.fspath(parts)
         self.shards = shards
         self.max_pixels = max_pixels
+        if precision is not None:
+            from imgclf.precision import check_precision
+
+            check_precision(precision)
+        self.precision = precision
         # The options that change results; max_pixels only when given, so the default run's key is stable.
         self.options: dict[str, Any] = {"top_k": top_k, "batch_size": batch_size}
         if max_pixels is not None:
@@ -254,7 +274,14 @@ class ShardedPrediction:
             from imgclf.loading import load  # .imgclf or .onnx (onnxruntime, no torch)
 
             cap = {} if self.max_pixels is None else {"max_pixels": self.max_pixels}
-            self._classifier = load(self.model, **cap)
+            clf = load(self.model, **cap)
+            if self.precision is not None:
+                from imgclf.precision import setup_precision
+
+                if setup_precision(clf, self.precision, self.model).precision == "bf16":
+                    self.options["precision"] = "bf16"  # only then: an fp32 run's key stays as before
+                    self._headers.clear()
+            self._classifier = clf
         return self._classifier
 
     @property
@@ -281,6 +308,8 @@ class ShardedPrediction:
 
     def header(self, index: int) -> dict[str, Any]:
         """The header a finished part of shard ``index`` has (its images are stat'ed on first call)."""
+        if self.precision is not None:
+            _ = self.classifier  # loaded first: its precision choice belongs to the options in the header
         if index not in self._headers:
             start, stop = share_bounds(len(self.images), self._index(index), self.shards)
             self._headers[index] = {
@@ -552,13 +581,14 @@ class ShardedPrediction:
         from imgclf.classifier import Prediction  # the predict path has loaded it already
 
         classes = list(self.classifier.class_names)
+        multi_label = getattr(self.classifier, "thresholds", None) is not None
         start, stop = share_bounds(len(self.images), index, self.shards)
         n = 0
         for line in lines:
             if start + n >= stop:
                 raise _BadPart(f"is damaged: it holds more rows than the {stop - start} its header says")
             try:
-                row = _checked_row(json.loads(line), classes)
+                row = _checked_row(json.loads(line), classes, multi_label)
             except (ValueError, TypeError, KeyError):
                 raise _BadPart(f"is damaged: row {n + 1} is not a prediction") from None
             if row["source"] != self.images[start + n]:
@@ -591,6 +621,8 @@ def _row(p: Any) -> str:
         "probabilities": p.probabilities,
         "top_k": [list(pair) for pair in p.top_k],
         "error": p.error,
+        "unlike_training_data": p.unlike_training_data,
+        "labels": p.labels,
     }
     return json.dumps(row)  # ASCII: undecodable names travel as surrogate escapes and come back
 
@@ -599,7 +631,21 @@ def _number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _checked_row(row: object, classes: list[str]) -> dict[str, Any]:
+def _checked_label(row: dict[str, Any], classes: list[str], multi_label: bool) -> bool:
+    """The row's answer has this model's kind: a class name, or (multi-label) a set of classes in class
+    order whose ``label`` is them joined by ``|`` (``none`` when empty)."""
+    from imgclf.classifier import NO_LABEL
+
+    labels = row["labels"]
+    if not multi_label:
+        return labels is None and row["label"] == classes[row["index"]]
+    if not isinstance(labels, list) or not all(isinstance(c, str) and c in classes for c in labels):
+        return False
+    in_order = [c for c in classes if c in labels]
+    return labels == in_order and row["label"] == ("|".join(labels) or NO_LABEL)
+
+
+def _checked_row(row: object, classes: list[str], multi_label: bool = False) -> dict[str, Any]:
     """A row's fields, typed as a :class:`imgclf.Prediction` of this model's classes; else ``ValueError``."""
     if not isinstance(row, dict) or set(row) != _ROW_KEYS or not isinstance(row["source"], str):
         raise ValueError("not a prediction")
@@ -608,7 +654,8 @@ def _checked_row(row: object, classes: list[str]) -> dict[str, Any]:
         raise ValueError("bad top_k")
     row["top_k"] = [(label, prob) for label, prob in top_k]
     if row["error"] is not None:
-        if not isinstance(row["error"], str) or row["label"] is not None:
+        failed_ok = row["label"] is None and row["labels"] is None and row["unlike_training_data"] is None
+        if not isinstance(row["error"], str) or not failed_ok:
             raise ValueError("bad failed row")
         return row
     probs, index = row["probabilities"], row["index"]
@@ -616,7 +663,8 @@ def _checked_row(row: object, classes: list[str]) -> dict[str, Any]:
         isinstance(index, int)
         and not isinstance(index, bool)
         and 0 <= index < len(classes)
-        and row["label"] == classes[index]
+        and _checked_label(row, classes, multi_label)
+        and (row["unlike_training_data"] is None or isinstance(row["unlike_training_data"], bool))
         and _number(row["confidence"])
         and isinstance(probs, dict)
         and list(probs) == classes

@@ -422,3 +422,37 @@ def test_under_torchrun_rank_0_checks_every_row_before_merging(setup, tmp_path, 
     code, out, err = _predict(model, images, output, "--shard-timeout", "5")
     assert (code, out) == (5, "") and not os.path.exists(output)
     assert f"error: cannot merge the prediction parts: {part} is damaged: row 1 is for " in err
+
+
+def test_sharded_output_has_the_ood_column_and_summary_of_one_process(setup, tmp_path):
+    import numpy as np
+
+    from imgclf.ood import fit_ood
+
+    _, images = setup
+    like = np.random.default_rng(5).integers(96, 160, (40, 16, 16, 3), dtype=np.uint8)
+    clf = make_classifier(seed=6)
+    clf.manifest["ood"] = fit_ood(clf, like[:20], np.arange(20) % 2, like[20:])
+    model = str(tmp_path / "ood.imgclf")
+    imgclf.save(clf, model)
+    for name in ("p.csv", "p.jsonl"):
+        want_file, want_out = _single(model, images, str(tmp_path / f"single-{name}"))
+        output = str(tmp_path / name)
+        assert _predict(model, images, output, "--shard", "1/2")[0] == 0
+        code, out, err = _predict(model, images, output, "--shard", "0/2")
+        assert code == 4 and Path(output).read_bytes() == want_file and out == want_out
+        assert "unlike_training_data" in want_file.decode()
+        assert "image(s) unlike the training data" in err
+
+
+def test_precision_applies_to_each_shard_and_is_part_of_its_run(setup, tmp_path):
+    import json
+
+    (model, _), images = setup
+    output = str(tmp_path / "p.jsonl")
+    code, _, err = _predict(model, images, output, "--shard", "0/2", "--precision", "bf16")
+    assert code == 0 and "imgclf: precision bf16 (requested" in err
+    header = json.loads(Path(output + ".parts/shard-0-of-2.jsonl").read_text().splitlines()[0])
+    assert header["options"]["precision"] == "bf16"
+    code, _, err = _predict(model, images, output, "--shard", "1/2", "--precision", "fp32")
+    assert code != 0 and "was made with other options" in err  # no merge of bf16 and fp32 parts

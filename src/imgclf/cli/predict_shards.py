@@ -130,14 +130,22 @@ def run_sharded(
 
     index, count, torchrun = _check(args, world)
     paths = pick(args)
+    from imgclf.precision import default_precision
+
     options = {"top_k": args.top_k, "batch_size": args.batch_size, **max_pixels_option(args)}
+    precision = args.precision or default_precision()  # as the single-process path: --precision, else the env
     try:
-        job = ShardedPrediction(args.model, paths, f"{args.output}.parts", count, **options)
+        job = ShardedPrediction(
+            args.model, paths, f"{args.output}.parts", count, precision=precision, **options
+        )
     except UsageError:
         if torchrun and not world.is_main:
             return 0  # every rank finds the same; rank 0 alone reports it (a failing rank stops rank 0)
         raise
-    class_names = job.classifier.class_names  # the model loads first: a bad --model before any work
+    clf = job.classifier  # the model loads first: a bad --model before any work
+    class_names = clf.class_names
+    # The same extra column and summary line as one process: the file has an out-of-distribution threshold.
+    args.has_ood = isinstance(getattr(clf, "manifest", {}).get("ood"), dict)
     done = job.predict(index)
     where = f"shard {index}/{count}"
     if done.reused:
