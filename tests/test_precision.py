@@ -109,3 +109,35 @@ def test_the_server_applies_the_precision_from_the_environment(tiny_model, amx, 
     assert "imgclf: precision bf16 (CPU has AMX; top-1 agrees with fp32" in capsys.readouterr().err
     monkeypatch.setenv("IMGCLF_PRECISION", "fp32")
     assert load_served("tiny", str(tiny_model.model_path)).classifier.autocast_dtype is None
+
+
+def test_the_server_takes_a_precision_flag_over_the_environment_and_keeps_it_on_reload(
+    tiny_model, amx, monkeypatch
+):
+    pytest.importorskip("fastapi")
+    from imgclf.serving import models, server
+
+    opened = []
+    original = models.ModelStore.open
+
+    def record(*args, **kwargs):
+        opened.append(original(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(models.ModelStore, "open", record)
+    monkeypatch.setattr(server, "serve", lambda *a, **k: None)  # load, then return instead of serving
+    monkeypatch.setenv("IMGCLF_PRECISION", "fp32")
+    path = str(tiny_model.model_path)
+    code, _, err = run_cli("serve", f"m={path}", "--port", "0", "--precision", "auto")
+    assert code == 0, err
+    assert "imgclf: precision bf16 (CPU has AMX; top-1 agrees with fp32" in err
+    store = opened[-1]
+    assert store.precision == "auto" and store.get("m").classifier.autocast_dtype is torch.bfloat16
+    assert store.reload("m").classifier.autocast_dtype is torch.bfloat16  # the flag, not the environment
+    code, _, err = run_cli("serve", f"m={path}", "--port", "0")  # no flag: $IMGCLF_PRECISION (fp32)
+    assert code == 0 and opened[-1].get("m").classifier.autocast_dtype is None and "precision" not in err
+    code, _, err = run_cli("serve", f"m={path}", "--precision", "fp16")
+    assert code == 2 and "invalid choice: 'fp16'" in err
+    monkeypatch.setenv("IMGCLF_PRECISION", "half")
+    code, _, err = run_cli("serve", f"m={path}", "--port", "0")
+    assert code == 2 and "unknown precision in $IMGCLF_PRECISION" in err

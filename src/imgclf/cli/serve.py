@@ -88,6 +88,13 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         " needs 'Authorization: Bearer KEY'",
     )
     add_max_pixels_flag(p)
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),  # imgclf.precision.PRECISIONS, not imported to build the parser
+        help="torch models on the CPU: bf16 autocast where the CPU has AMX or AVX-512 BF16 and the "
+        "file's probes keep their top-1 class (auto), or always fp32 / bf16; shown on stderr at load "
+        "(default: $IMGCLF_PRECISION, else auto)",
+    )
     p.set_defaults(func=run)
 
 
@@ -272,7 +279,12 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-    store = ModelStore.open(paths, args.max_pixels)  # ModelFileError: the CLI's one-line error, exit 3
+    from imgclf.precision import default_precision
+
+    precision = args.precision or default_precision()  # a bad $IMGCLF_PRECISION: exit 2 before loading
+    store = ModelStore.open(
+        paths, args.max_pixels, precision
+    )  # ModelFileError: the CLI's one-line error, exit 3
     settings = ServeSettings(
         max_body_bytes=int(args.max_body_mb * MB),
         max_images=args.max_images_per_request,

@@ -102,11 +102,21 @@ def parse_model_arg(text: str) -> tuple[str, str]:
     return name, path
 
 
-def load_served(name: str, path: str, max_pixels: int | None = None) -> ServedModel:
-    """Load ``path`` strictly, re-run its self-check probes, run one warm-up inference.
+def load_served(
+    name: str, path: str, max_pixels: int | None = None, precision: str | None = None
+) -> ServedModel:
+    """Load ``path`` strictly, re-run its self-check probes, choose its precision, run one warm-up inference.
+
+    Args:
+        name: The name clients use in URLs.
+        path: The model file.
+        max_pixels: Pixel cap for the images it classifies (None: the library's cap).
+        precision: ``auto``, ``fp32`` or ``bf16`` (:func:`imgclf.precision.setup_precision`; the choice is
+            shown on stderr); None: ``$IMGCLF_PRECISION``, else auto.
 
     Raises:
         ModelFileError: If the file does not load, a probe check fails, or the file changed meanwhile.
+        UsageError: If ``precision`` is unknown, or ``bf16`` for a model that cannot run it (an export).
     """
     import numpy as np
 
@@ -126,7 +136,7 @@ def load_served(name: str, path: str, max_pixels: int | None = None) -> ServedMo
     clf = load(path, max_pixels=max_pixels)  # None: the library's cap
     from imgclf.precision import setup_precision
 
-    setup_precision(clf, None, path)  # $IMGCLF_PRECISION, else auto: bf16 where native and the probes agree
+    setup_precision(clf, precision, path)  # auto: bf16 where the CPU has it natively and the probes agree
     summary = inspect(path)
     if _identity(path) != before:  # verified one file, loaded another: refuse rather than guess
         raise ModelFileError(
@@ -171,24 +181,31 @@ def _same_interface(old: ServedModel, new: ServedModel) -> list[str]:
 class ModelStore:
     """Name → :class:`ServedModel`; reads are lock-free, a reload swaps one entry atomically."""
 
-    def __init__(self, models: dict[str, ServedModel], max_pixels: int | None = None) -> None:
+    def __init__(
+        self, models: dict[str, ServedModel], max_pixels: int | None = None, precision: str | None = None
+    ) -> None:
         self._models = dict(models)
         self._reload_lock = threading.Lock()
         self.max_pixels = max_pixels
+        self.precision = precision  # a reload chooses again, on the same request
 
     @classmethod
-    def open(cls, paths: dict[str, str], max_pixels: int | None = None) -> ModelStore:
+    def open(
+        cls, paths: dict[str, str], max_pixels: int | None = None, precision: str | None = None
+    ) -> ModelStore:
         """Load, verify and warm up every model (in order); stop at the first that fails.
 
         Args:
             paths: Model name → file.
             max_pixels: Pixel cap for the images the models classify (a server may lower the library's).
+            precision: As :func:`load_served` (``imgclf serve --precision``).
 
         Raises:
             ModelFileError: From :func:`load_served`.
+            UsageError: From :func:`load_served` (precision).
         """
-        models = {name: load_served(name, path, max_pixels) for name, path in paths.items()}
-        return cls(models, max_pixels)
+        models = {name: load_served(name, path, max_pixels, precision) for name, path in paths.items()}
+        return cls(models, max_pixels, precision)
 
     def names(self) -> list[str]:
         """Model names in the order they were given."""
@@ -210,7 +227,7 @@ class ModelStore:
         """
         with self._reload_lock:
             old = self._models[name]
-            new = load_served(name, old.path, self.max_pixels)
+            new = load_served(name, old.path, self.max_pixels, self.precision)
             diffs = _same_interface(old, new)
             if diffs:
                 raise ModelFileError(
