@@ -456,3 +456,18 @@ def test_precision_applies_to_each_shard_and_is_part_of_its_run(setup, tmp_path)
     assert header["options"]["precision"] == "bf16"
     code, _, err = _predict(model, images, output, "--shard", "1/2", "--precision", "fp32")
     assert code != 0 and "was made with other options" in err  # no merge of bf16 and fp32 parts
+
+
+def test_sharded_multi_label_output_is_the_single_process_output(setup, tmp_path):
+    _, images = setup
+    clf = make_classifier(("a", "b", "c"), seed=7)
+    clf.manifest["task"] = {"type": "multi_label", "thresholds": [0.45, 0.5, 0.55], "balance": "none"}
+    model = str(tmp_path / "multi.imgclf")
+    imgclf.save(clf, model)
+    for name in ("p.csv", "p.jsonl"):
+        want_file, want_out = _single(model, images, str(tmp_path / f"single-{name}"))
+        output = str(tmp_path / name)
+        assert _predict(model, images, output, "--shard", "0/2")[0] == 0
+        code, out, _ = _predict(model, images, output, "--shard", "1/2")
+        assert code == 4 and Path(output).read_bytes() == want_file and out == want_out
+    assert '"labels": [' in want_file.decode()
