@@ -300,3 +300,63 @@ def test_unknown_architecture_suggests_a_close_match():
     err = _usage(registry.info, "seed_resent")
     assert str(err).startswith("unknown architecture; received 'seed_resent'; expected one of ")
     assert "(did you mean 'seed_resnet'?)" in str(err)
+
+
+# --- RunOptions: the run options of imgclf.train and imgclf train, declared once ---------------------------
+
+
+def test_run_options_defaults_and_paths_as_text(tmp_path):
+    from imgclf.config import RunOptions
+    from imgclf.images.read import MAX_PIXELS
+
+    options = RunOptions(run_dir=tmp_path / "run", cache_dir=tmp_path)
+    assert options.run_dir == str(tmp_path / "run") and options.cache_dir == str(tmp_path)
+    assert RunOptions().max_pixels == MAX_PIXELS and RunOptions().use_cache and RunOptions().progress is None
+    assert json.loads(json.dumps(options.to_dict()))["run_dir"] == str(tmp_path / "run")
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"probes_from": -1}, "setting 'probes_from' is out of range"),
+        ({"probes_from": 10_000}, "setting 'probes_from' is out of range"),
+        ({"max_pixels": 0}, "max_pixels is out of range"),
+        ({"max_pixels": 10**12}, "max_pixels is out of range"),
+    ],
+)
+def test_run_options_are_validated_at_construction(changes, message):
+    from imgclf.config import RunOptions
+
+    with pytest.raises(UsageError, match=message):
+        RunOptions(**changes)
+
+
+def test_run_options_updated_refuses_an_unknown_option_by_name():
+    from imgclf.config import RunOptions
+
+    assert RunOptions().updated({"skip_bad": True}).skip_bad
+    with pytest.raises(TypeError, match="unknown run option 'skipbad' \\(did you mean 'skip_bad'\\?\\)"):
+        RunOptions().updated({"skipbad": True})
+
+
+def test_run_options_read_back_what_run_json_records():
+    from imgclf.config import RunOptions
+
+    record = {"plot": "/p/plot.png", "skip_bad": True, "probes_from": 3, "dataset": "d", "model": "m"}
+    options = RunOptions.from_run_json(record, run_dir="run", resume=True)
+    assert (options.plot_path, options.skip_bad, options.probes_from) == ("/p/plot.png", True, 3)
+    assert (options.run_dir, options.resume, options.force) == ("run", True, False)
+    older = RunOptions.from_run_json({"probes_from": None}, probes_from=2)  # flags given win
+    assert (older.plot_path, older.skip_bad, older.probes_from) == (None, False, 2)
+
+
+def test_train_help_takes_the_run_options_help_from_their_declaration():
+    import dataclasses as dc
+
+    from imgclf.cli.recipe_flags import option_help
+    from imgclf.config import RunOptions
+
+    fields = {f.name: f for f in dc.fields(RunOptions)}
+    assert option_help("run_dir") == f"{fields['run_dir'].metadata['help']} (default MODEL-run/ beside MODEL)"
+    assert option_help("plot_path").endswith("(default RUN_DIR/plot.png)")
+    assert option_help("skip_bad") == fields["skip_bad"].metadata["help"]

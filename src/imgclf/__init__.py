@@ -29,6 +29,7 @@ _HOME = {
     "Callback": "imgclf.training.loop",
     "EpochProgress": "imgclf.training.display",  # the stderr progress display (a Callback)
     "TrainConfig": "imgclf.config",
+    "RunOptions": "imgclf.config",  # where and how a training runs (run folder, cache, resume, ...)
     "PreprocessSpec": "imgclf.config",
     "AugmentSpec": "imgclf.config",
     "load": "imgclf.loading",  # .imgclf or .onnx, told apart by the file's first bytes
@@ -64,6 +65,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from imgclf.config import (
         AugmentSpec as AugmentSpec,
         PreprocessSpec as PreprocessSpec,
+        RunOptions as RunOptions,
         TrainConfig as TrainConfig,
     )
     from imgclf.dataset_evaluation import evaluate_dataset as evaluate_dataset

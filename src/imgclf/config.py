@@ -13,15 +13,19 @@ Usage::
     assert PreprocessSpec.from_dict(spec.to_dict()) == spec
     cfg = TrainConfig(epochs=5)  # validated on construction: an invalid config cannot exist
     stable = TrainConfig.from_recipe("stable", epochs=30)  # a preset, then overrides
+    options = RunOptions(run_dir="malaria-run", skip_bad=True)  # where and how a training runs
+    assert RunOptions.from_run_json({"skip_bad": True, "probes_from": 2}).probes_from == 2
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from imgclf._settings import Settings, check_number, setting
+from imgclf._settings import Settings, check_integer, check_number, did_you_mean, setting
 from imgclf.errors import UsageError
 
 Interpolation = Literal["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"]
@@ -365,3 +369,114 @@ class TrainConfig(Settings):
     def effective_decay(self) -> float:
         """The time-decay constant actually used (``lr / epochs`` unless set)."""
         return self.lr / self.epochs if self.decay is None else self.decay
+
+
+def _pixel_cap() -> int:
+    """The built-in pixel cap (imported on use: the settings stay light to import)."""
+    from imgclf.images.read import MAX_PIXELS
+
+    return MAX_PIXELS
+
+
+@dataclass(frozen=True)
+class RunOptions(Settings):
+    """How and where one training runs, beside its recipe: the options of :func:`imgclf.train` and the
+    ``imgclf train`` flags that are not :class:`TrainConfig` settings (declared once, here).
+
+    Unlike the recipe, these do not change what the model learns: they name the outputs, choose how the
+    data is decoded and whether an existing run continues. Paths are kept as strings.
+
+    Attributes:
+        plot_path: Where to write the training-curve plot (``None``: ``RUN_DIR/plot.png``; skipped with a
+            warning when matplotlib is missing from the environment).
+        run_dir: Folder for the lock, run record, checkpoints, history and reports (``None``:
+            ``MODEL-run/`` next to the model file).
+        skip_bad: Train without undecodable files instead of failing.
+        probes_from: Also store this many validation images as self-check probes in the file.
+        cache_dir: Decode-once cache folder (``None``: ``$IMGCLF_CACHE_DIR`` or ``~/.cache/imgclf``).
+        use_cache: Read and fill the decode-once cache (``False``: decode into memory only).
+        resume: Continue the run in ``run_dir`` from its newest intact checkpoint; the recipe must match
+            the run's (:func:`imgclf.resume_run` fills it in from ``run.json``).
+        force: With ``resume``, continue despite a changed recipe or dataset (with a warning); without,
+            replace an existing model file and start over in a run folder that holds an unfinished run
+            (its checkpoints are deleted).
+        progress: Show progress on stderr (decoding bars, a bar per epoch, one line per epoch, notes and
+            warnings); ``None``: when stderr is a terminal; ``False``: never.
+        max_pixels: Refuse dataset images with more pixels (at most the built-in cap, the default).
+    """
+
+    plot_path: str | None = setting(
+        None, "training-curve plot", flag="--plot", default_text="RUN_DIR/plot.png"
+    )
+    run_dir: str | None = setting(
+        None,
+        "run folder: lock, run.json, checkpoints/, history, reports",
+        default_text="MODEL-run/ beside MODEL",
+    )
+    skip_bad: bool = setting(False, "train without unreadable images (listed)")
+    probes_from: int = setting(
+        0, "also store N validation images as self-check probes", default_text="synthetic only"
+    )
+    cache_dir: str | None = setting(
+        None,
+        "decode-once cache of preprocessed images",
+        default_text="$IMGCLF_CACHE_DIR or ~/.cache/imgclf",
+    )
+    use_cache: bool = setting(True, "read and fill the decode-once cache", flag="--no-cache")
+    resume: bool = setting(False, "continue the run in the run folder from its newest checkpoint", flag=None)
+    force: bool = setting(
+        False,
+        "with --resume: continue although the dataset or recipe changed (warns; no exact resume); "
+        "without: replace an existing model file and start over in a run folder holding an unfinished "
+        "run (deletes its checkpoints)",
+    )
+    progress: bool | None = setting(None, "show progress on stderr", flag=None, default_text="on a terminal")
+    max_pixels: int = setting(
+        factory=_pixel_cap,
+        help="refuse images with more pixels before decoding them",
+        default_text="the built-in cap",
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("plot_path", "run_dir", "cache_dir"):  # a pathlib.Path is welcome; run.json holds text
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                object.__setattr__(self, name, os.fspath(value))
+        super().__post_init__()
+
+    def validated(self) -> RunOptions:
+        """Return self after checking ``max_pixels`` and ``probes_from``.
+
+        Raises:
+            UsageError: ``max_pixels`` above the built-in cap or below 1, ``probes_from`` negative or
+                above what a model file holds.
+        """
+        from imgclf.images.read import checked_max_pixels
+        from imgclf.modelfile.saving import MAX_EXTRA_PROBES
+
+        checked_max_pixels(self.max_pixels)
+        check_integer("probes_from", self.probes_from, 0, MAX_EXTRA_PROBES)
+        return self
+
+    @classmethod
+    def from_run_json(cls, record: dict[str, Any], **changes: Any) -> RunOptions:
+        """The options a run folder's ``run.json`` records (``plot``, ``skip_bad``, ``probes_from``; the
+        others are the caller's each time), then ``changes``."""
+        recorded = {
+            "plot_path": record.get("plot"),
+            "skip_bad": bool(record.get("skip_bad")),
+            "probes_from": int(record.get("probes_from") or 0),
+        }
+        return cls(**{**recorded, **changes})
+
+    def updated(self, changes: dict[str, Any]) -> RunOptions:
+        """A copy with ``changes`` (keyword arguments of :func:`imgclf.train`) applied.
+
+        Raises:
+            TypeError: A key that is no option (as for any unknown keyword argument).
+        """
+        names = [f.name for f in dataclasses.fields(self)]
+        unknown = [key for key in changes if key not in names]
+        if unknown:
+            raise TypeError(f"unknown run option {unknown[0]!r}{did_you_mean(unknown[0], names)}")
+        return dataclasses.replace(self, **changes) if changes else self

@@ -274,12 +274,12 @@ def test_max_pixels_flag_reaches_training(tmp_path: Path, monkeypatch) -> None:
 
     seen = {}
 
-    def fake_train(*a, **k):
-        seen.update(k)
+    def fake_train(dataset, model, config, options, **k):
+        seen["options"] = options
         raise StorageError("stop here")
 
     monkeypatch.setattr(pipeline, "train", fake_train)
     code, _, _ = run_cli(
         "train", "--dataset", tmp_path, "--model", tmp_path / "m.imgclf", "--max-pixels", 5000
     )
-    assert code == 5 and seen["max_pixels"] == 5000
+    assert code == 5 and seen["options"].max_pixels == 5000

@@ -330,3 +330,17 @@ def test_train_result_repr_is_one_short_line(tiny_model):
     assert len(text) < 300 and "\n" not in text
     assert text.startswith("TrainResult(model_path=") and "epoch=" in text and "accuracy=" in text
     assert imgclf.EpochProgress.__mro__[1] is imgclf.Callback
+
+
+def test_train_takes_run_options_whole_or_by_keyword(tiny_dataset, tmp_path):
+    from imgclf.errors import ResumeError
+
+    options = imgclf.RunOptions(run_dir=tmp_path / "no-run", resume=True)
+    # The options reach the checks: resuming a run folder that does not exist, before any work.
+    with pytest.raises(ResumeError):
+        train(tiny_dataset, tmp_path / "m.imgclf", tiny_train_config(), options)
+    with pytest.raises(ResumeError):
+        train(tiny_dataset, tmp_path / "m.imgclf", tiny_train_config(), run_dir=options.run_dir, resume=True)
+    with pytest.raises(TypeError, match="unknown run option 'plot' \\(did you mean 'plot_path'\\?\\)"):
+        train(tiny_dataset, tmp_path / "m.imgclf", tiny_train_config(), options, plot="p.png")
+    assert not (tmp_path / "no-run").exists() and not (tmp_path / "m.imgclf").exists()

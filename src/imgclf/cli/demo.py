@@ -103,7 +103,7 @@ def _require_packages() -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     """``imgclf demo``: data → train → (new process) predict montage + evaluate."""
     from imgclf.cli.train import train_and_report
-    from imgclf.config import TrainConfig
+    from imgclf.config import RunOptions, TrainConfig
     from imgclf.data.synthetic import write_demo_dataset
     from imgclf.progress import stderr_console
 
@@ -123,7 +123,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "[2/3] training the recipe (seed_resnet, 64x64, SGD with time decay, augmentation)", markup=False
     )
     # The demo owns its output folder: a second `make demo` replaces the previous demo model.
-    code = train_and_report(data, model, config, plot_path=os.path.join(args.out, "plot.png"), force=True)
+    options = RunOptions(plot_path=os.path.join(args.out, "plot.png"), force=True)
+    code = train_and_report(data, model, config, options)
     if code:
         return code
     console.print(

@@ -68,6 +68,17 @@ def default_text(f: dataclasses.Field) -> str:
     return str(f.default)
 
 
+def option_help(name: str) -> str:
+    """A :class:`imgclf.RunOptions` field's help line for its ``imgclf train`` flag, with "(default X)"
+    where the default is more than off."""
+    from imgclf.config import RunOptions
+
+    f = next(f for f in dataclasses.fields(RunOptions) if f.name == name)
+    if f.default is False and not f.metadata.get("default_text"):
+        return f.metadata["help"]
+    return f"{f.metadata['help']} (default {default_text(f)})"
+
+
 def add_recipe_flag(group: argparse._ActionsContainer, spec: RecipeFlag) -> None:
     import typing
 

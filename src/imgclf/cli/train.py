@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imgclf.cli.common import (
     EPILOG,
@@ -29,10 +29,14 @@ from imgclf.cli.recipe_flags import (
     RUN_FIELDS,
     add_recipe_flag,
     config_from_args,
+    option_help,
     recipe_flags,
 )
 from imgclf.cli.torchrun import add_launch_flags, launch
 from imgclf.errors import UsageError
+
+if TYPE_CHECKING:
+    from imgclf.config import RunOptions, TrainConfig
 
 TRAIN_EPILOG = """checkpoints and resuming:
   After every epoch a checkpoint goes to RUN/checkpoints/ (the newest two and the best epoch's are kept).
@@ -77,7 +81,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         "folder; 'a|b' label cells mean several labels per image (see the README, 'Your data')",
     )
     p.add_argument("--model", "-m", help="output model file, e.g. malaria.imgclf (required unless --resume)")
-    p.add_argument("--plot", "-p", help="training-curve plot (default RUN_DIR/plot.png)")
+    p.add_argument("--plot", "-p", help=option_help("plot_path"))
     p.add_argument("--config", help="JSON file with TrainConfig settings; flags override it")
     p.add_argument(
         "--list-archs",
@@ -116,25 +120,21 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         group = "run" if name in RUN_FIELDS else "checkpoints" if name in CHECKPOINT_FIELDS else "recipe"
         add_recipe_flag(groups[group], spec)
     run = groups["run"]
-    run.add_argument("--skip-bad", action="store_true", help="train without unreadable images (listed)")
+    run.add_argument("--skip-bad", action="store_true", help=option_help("skip_bad"))
     add_cache_flags(run)
     add_max_pixels_flag(run)
     run.add_argument(
         "--probes-from",
         type=_probe_count,
         metavar="N",
-        help="also store N validation images as self-check probes (default: synthetic only)",
+        help=option_help("probes_from"),
     )
     _add_run_folder_flags(groups["checkpoints"])
     add_launch_flags(p.add_argument_group("several processes (torchrun)"))
 
 
 def _add_run_folder_flags(c: argparse._ActionsContainer) -> None:
-    c.add_argument(
-        "--run-dir",
-        metavar="DIR",
-        help="run folder: lock, run.json, checkpoints/, history, reports (default MODEL-run/ beside MODEL)",
-    )
+    c.add_argument("--run-dir", metavar="DIR", help=option_help("run_dir"))
     c.add_argument(
         "--resume",
         metavar="DIR",
@@ -146,9 +146,7 @@ def _add_run_folder_flags(c: argparse._ActionsContainer) -> None:
         "--force",
         "--exist-ok",
         action="store_true",
-        help="with --resume: continue although the dataset or recipe changed (warns; no exact resume); "
-        "without: replace an existing model file and start over in a run folder holding an unfinished "
-        "run (deletes its checkpoints)",
+        help=option_help("force"),
     )
 
 
@@ -184,9 +182,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.nproc and not World.from_env().distributed:  # start the workers, which run this command
         _check_launch(args)
         return launch(getattr(args, "argv", None) or ["train"], args.nproc, args.max_restarts)
-    dataset, model, plot, config, run_dir = _train_inputs(args)
+    dataset, model, config, options = _train_inputs(args)
     try:
-        return _train(args, dataset, model, plot, config, run_dir)
+        return train_and_report(dataset, model, config, options, distributed=_dist_options(args))
     except RunFinished as done:  # not an error: say so, change nothing, exit 0
         from imgclf.cli.common import err
 
@@ -201,30 +199,10 @@ def _check_launch(args: argparse.Namespace) -> None:
     from imgclf.data.folders import scan_dataset
     from imgclf.training.distributed import check_launch
 
-    dataset, _, _, config, _ = _train_inputs(args)
+    dataset, _, config, _ = _train_inputs(args)
     config = config.validated()
     ds = scan_dataset(dataset, val_split=config.val_split, test_split=config.test_split, seed=config.seed)
     check_launch(args.nproc, len(ds.splits["training"]), config.batch_size)
-
-
-def _train(
-    args: argparse.Namespace, dataset: str, model: str, plot: str | None, config: Any, run_dir: str | None
-) -> int:
-    return train_and_report(
-        dataset,
-        model,
-        config,
-        plot_path=plot,
-        run_dir=run_dir,
-        skip_bad=args.skip_bad,
-        probes_from=args.probes_from,
-        cache_dir=args.cache_dir,
-        use_cache=not args.no_cache,
-        resume=bool(args.resume),
-        force=args.force,
-        distributed=_dist_options(args),
-        **max_pixels_option(args),
-    )
 
 
 def list_archs(num_classes: int = 10) -> int:
@@ -263,14 +241,17 @@ def _dist_options(args: argparse.Namespace) -> Any:
     return DistOptions(timeout_s=args.dist_timeout, sync_bn=args.sync_bn)
 
 
-def train_and_report(dataset: str, model: str, config: Any, **options: Any) -> int:
+def train_and_report(
+    dataset: str, model: str, config: TrainConfig, options: RunOptions, distributed: Any = None
+) -> int:
     """Train with progress on stderr, then print the classification report on stdout (train and demo).
 
     Args:
         dataset: Dataset folder.
         model: Output model file.
         config: The :class:`imgclf.TrainConfig`.
-        **options: Passed on to :func:`imgclf.train` (plot_path, run_dir, resume, ...).
+        options: The :class:`imgclf.RunOptions` (its ``progress`` is this function's display).
+        distributed: :class:`imgclf.training.distributed.DistOptions` of a torchrun worker, else ``None``.
 
     Returns:
         The exit code (0).
@@ -287,11 +268,11 @@ def train_and_report(dataset: str, model: str, config: Any, **options: Any) -> i
         dataset,
         model,
         config,
+        options.updated({"progress": False}),  # the bars below are the progress display
         callbacks=[EpochProgress(console)] if main_rank else [],
         log=lambda m: console.print(safe_text(m), markup=False),
         decode_progress=decode_bar_factory(console),
-        progress=False,  # the bars above are the progress display
-        **options,
+        distributed=distributed,
     )
     if not main_rank:
         return 0
@@ -303,12 +284,14 @@ def train_and_report(dataset: str, model: str, config: Any, **options: Any) -> i
     return 0
 
 
-def _train_inputs(args: argparse.Namespace) -> tuple[str, str, str | None, Any, str | None]:
-    """(dataset, model, plot, config, run_dir) from the flags; with --resume, from DIR/run.json first.
+def _train_inputs(args: argparse.Namespace) -> tuple[str, str, TrainConfig, RunOptions]:
+    """(dataset, model, config, options) from the flags; with --resume, from DIR/run.json first.
 
     A flag given with --resume overrides the recorded value; the pipeline then refuses a changed recipe
     or dataset unless --force.
     """
+    from imgclf.config import RunOptions
+
     if args.labels and args.dataset:
         raise UsageError(
             "--labels and --dataset both name the data",
@@ -324,8 +307,13 @@ def _train_inputs(args: argparse.Namespace) -> tuple[str, str, str | None, Any, 
             fix="name the labels file labels.csv, for example",
         )
     args.dataset = args.dataset or args.labels
+    given = {  # the run options the flags set, whether or not the run resumes
+        "cache_dir": args.cache_dir,
+        "use_cache": not args.no_cache,
+        "force": args.force,
+        **max_pixels_option(args),
+    }
     if not args.resume:
-        args.probes_from = args.probes_from or 0
         missing = [
             flag for flag, value in (("--dataset", args.dataset), ("--model", args.model)) if not value
         ]
@@ -336,7 +324,15 @@ def _train_inputs(args: argparse.Namespace) -> tuple[str, str, str | None, Any, 
                 expected="--dataset DIR --model FILE (or --resume RUN_DIR)",
                 fix="add the missing flag(s); see imgclf train --help",
             )
-        return args.dataset, args.model, args.plot, config_from_args(args), args.run_dir
+        config = config_from_args(args)
+        options = RunOptions(
+            plot_path=args.plot,
+            run_dir=args.run_dir,
+            skip_bad=args.skip_bad,
+            probes_from=args.probes_from or 0,
+            **given,
+        )
+        return args.dataset, args.model, config, options
     from imgclf.training.runfolder import read_record
 
     if args.run_dir and os.path.abspath(args.run_dir) != os.path.abspath(args.resume):
@@ -347,13 +343,13 @@ def _train_inputs(args: argparse.Namespace) -> tuple[str, str, str | None, Any, 
             fix="drop --run-dir: the run continues in the folder given to --resume",
         )
     record = read_record(args.resume)
-    if args.probes_from is None:
-        args.probes_from = int(record.get("probes_from") or 0)
-    args.skip_bad = args.skip_bad or bool(record.get("skip_bad"))
-    return (
-        args.dataset or record.get("dataset"),
-        args.model or record.get("model"),
-        args.plot or record.get("plot"),
-        config_from_args(args, record.get("config")),
-        args.resume,
+    config = config_from_args(args, record.get("config"))
+    flags = {"plot_path": args.plot, "probes_from": args.probes_from, "skip_bad": args.skip_bad or None}
+    options = RunOptions.from_run_json(
+        record,
+        run_dir=args.resume,
+        resume=True,
+        **{name: value for name, value in flags.items() if value is not None},
+        **given,
     )
+    return args.dataset or record.get("dataset"), args.model or record.get("model"), config, options

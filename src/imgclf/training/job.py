@@ -6,9 +6,9 @@ the folder, filling the decode cache) before the other ranks (:func:`.ranks.main
 
 Usage::
 
-    job = Job(ds, out, device, group, log, skip_bad, probes_from, force, max_pixels, use_cache, cache_dir)
+    job = Job(ds=ds, out=out, device=device, group=group, log=log, options=RunOptions(skip_bad=True))
     with owned_run_dir(out.run_dir, world, log):
-        plan, config = plan_run(job, config, resume)
+        plan, config = plan_run(job, config)
         result = train_in_folder(job, config, plan, callbacks, decode_progress)
 """
 
@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from imgclf.classifier import Classifier
-from imgclf.config import TrainConfig
+from imgclf.config import RunOptions, TrainConfig
 from imgclf.data.decode import DecodedSplit, open_cache
 from imgclf.data.folders import Dataset
 from imgclf.data.labels_csv import split_table
@@ -80,19 +80,23 @@ class TrainResult:
 
 @dataclass
 class Job:
-    """What one call of :func:`train` works with, passed between its steps."""
+    """What one call of :func:`train` works with, passed between its steps.
+
+    Attributes:
+        ds: The scanned dataset.
+        out: Where the run writes (model file, run folder, plot).
+        device: Where this process trains.
+        group: The process group of a multi-process run, else ``None``.
+        log: Receives one-line human messages.
+        options: The run's options (``resume`` and ``force`` as settled for this run folder).
+    """
 
     ds: Dataset
     out: Outputs
     device: torch.device
     group: Group | None
     log: Log
-    skip_bad: bool
-    probes_from: int
-    force: bool
-    max_pixels: int
-    use_cache: bool
-    cache_dir: str | os.PathLike | None
+    options: RunOptions
 
 
 @contextlib.contextmanager
@@ -105,16 +109,17 @@ def owned_run_dir(run_dir: str, world: World, log: Log) -> Iterator[None]:
         yield
 
 
-def plan_run(job: Job, config: TrainConfig, resume: bool) -> tuple[ResumePlan | None, TrainConfig]:
+def plan_run(job: Job, config: TrainConfig) -> tuple[ResumePlan | None, TrainConfig]:
     """The resume plan (or a fresh start: rank 0 clears the folder) and the config to train with.
 
     Rank 0 plans first (it may set damaged checkpoints aside); the others then read the same folder.
     """
 
     def plan() -> tuple[ResumePlan | None, TrainConfig]:
-        found = plan_resume(job.out.run_dir, config, job.ds, force=job.force, log=job.log) if resume else None
+        force, resume = job.options.force, job.options.resume
+        found = plan_resume(job.out.run_dir, config, job.ds, force=force, log=job.log) if resume else None
         if found is None and (job.group is None or job.group.world.is_main):
-            start_fresh(job.out.run_dir, force=job.force, log=job.log)
+            start_fresh(job.out.run_dir, force=force, log=job.log)
         return found, (found.config if found is not None else config)
 
     return main_first(job.group, "preparing the run folder", plan)  # type: ignore[return-value]
@@ -131,7 +136,7 @@ def train_in_folder(
     ds, out, group, log = job.ds, job.out, job.group, job.log
     n_files = sum(len(samples) for samples in ds.splits.values())
     check_free_space(out.model, out.run_dir, *estimate_bytes(config, len(ds.class_names), n_files))
-    if not job.use_cache:
+    if not job.options.use_cache:
         sizes = [len(samples) for samples in ds.splits.values()]
         check_memory_for_decoding(config, sizes, available_bytes(torch.device("cpu")))
     for note in ds.warnings:
@@ -156,9 +161,7 @@ def train_in_folder(
         out,
         job.device,
         plan,
-        job.skip_bad,
-        job.probes_from,
-        job.force,
+        job.options,
         log,
         distributed=facts,
         write=is_main,
@@ -208,17 +211,20 @@ def start_from_weights(
 def decode_all(job: Job, config: TrainConfig, progress: DecodeProgress | None) -> dict[str, DecodedSplit]:
     """Decode every split; with the cache, rank 0 fills it once and the other ranks then read it
     (without the cache every rank decodes into its own memory)."""
-    cache = open_cache(config.preprocess, job.cache_dir, max_pixels=job.max_pixels) if job.use_cache else None
+    opts = job.options
+    cache = None
+    if opts.use_cache:
+        cache = open_cache(config.preprocess, opts.cache_dir, max_pixels=opts.max_pixels)
 
     def decode() -> dict[str, DecodedSplit]:
         return decode_splits(
             job.ds,
             config,
             cache,
-            skip_bad=job.skip_bad,
+            skip_bad=opts.skip_bad,
             progress=progress,
             log=job.log,
-            max_pixels=job.max_pixels,
+            max_pixels=opts.max_pixels,
         )
 
     if cache is None:

@@ -11,6 +11,7 @@ file's provenance.
 Usage::
 
     result = imgclf.train("dataset", "malaria.imgclf", TrainConfig(epochs=25), plot_path="plot.png")
+    result = imgclf.train("dataset", "m.imgclf", options=RunOptions(run_dir="m-run", skip_bad=True))
     print(result.evaluation.accuracy)
     result = imgclf.resume_run("malaria-run")      # after a crash, Ctrl-C or kill: continue exactly
 """
@@ -21,10 +22,9 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from imgclf.config import TrainConfig
+from imgclf.config import RunOptions, TrainConfig
 from imgclf.data.labels_csv import scan_source
 from imgclf.errors import ResumeError, UsageError
-from imgclf.images.read import MAX_PIXELS, checked_max_pixels
 from imgclf.models import registry
 from imgclf.progress import Log, quiet
 from imgclf.training.device import resolve_device
@@ -77,21 +77,13 @@ def train(
     dataset: str | os.PathLike,
     model_path: str | os.PathLike,
     config: TrainConfig | None = None,
+    options: RunOptions | None = None,
     *,
-    plot_path: str | os.PathLike | None = None,
-    run_dir: str | os.PathLike | None = None,
-    skip_bad: bool = False,
-    probes_from: int = 0,
-    cache_dir: str | os.PathLike | None = None,
-    use_cache: bool = True,
     callbacks: Sequence[Callback] = (),
     log: Log = quiet,
     decode_progress: DecodeProgress | None = None,
-    resume: bool = False,
-    force: bool = False,
-    progress: bool | None = None,
-    max_pixels: int = MAX_PIXELS,
     distributed: DistOptions | None = None,
+    **option_changes: Any,
 ) -> TrainResult:
     """Train a classifier on a dataset folder and save it as one model file.
 
@@ -100,53 +92,43 @@ def train(
             labels CSV (:mod:`imgclf.data.labels_csv`: path, label, optional split).
         model_path: Where to write the model file.
         config: Training settings (defaults reproduce the recipe).
-        plot_path: Where to write the training-curve plot (default ``RUN_DIR/plot.png``; skipped with a
-            warning when matplotlib is missing from the environment).
-        run_dir: Folder for the lock, run record, checkpoints, history and reports; default
-            ``MODEL-run/`` next to the model file.
-        skip_bad: Train without undecodable files instead of failing.
-        probes_from: Also store this many validation images as self-check probes in the file.
-        cache_dir: Decode-once cache folder (default ``$IMGCLF_CACHE_DIR`` or ``~/.cache/imgclf``).
-        use_cache: Read and fill the decode-once cache (``False``: decode into memory only).
+        options: How and where the run goes (:class:`imgclf.RunOptions`: plot and run folder, cache,
+            resume, force, ...; default ``RunOptions()``).
         callbacks: Training progress hooks.
         log: Receives one-line human messages (warnings, notes).
         decode_progress: ``decode_progress(split, total)`` returns a per-image progress callback.
-        resume: Continue the run in ``run_dir`` from its newest intact checkpoint; ``config`` must
-            match the run's recipe (:func:`resume_run` fills it in from ``run.json``).
-        force: With ``resume``, continue despite a changed recipe or dataset (with a warning); without,
-            replace an existing model file and start over in a run folder that holds an unfinished run
-            (its checkpoints are deleted).
-        progress: Show progress on stderr (decoding bars, a bar per epoch, one line per epoch, notes
-            and warnings); ``None`` (default): when stderr is a terminal; ``False``: never.
-        max_pixels: Refuse dataset images with more pixels (at most ``MAX_PIXELS``, the default).
         distributed: Timeout and ``sync_bn`` of a multi-process run (under torchrun: ``RANK``,
             ``WORLD_SIZE`` set; see :mod:`imgclf.training.distributed`). Rank 0 alone writes the run
             folder, checkpoints, model file and reports; every rank returns the same result.
+        **option_changes: :class:`imgclf.RunOptions` fields by name, applied over ``options``, e.g.
+            ``plot_path="plot.png"``, ``run_dir=...``, ``resume=True``, ``force=True``.
 
     Raises:
         DatasetError, StorageError, UsageError: Before any training if inputs or outputs are unusable
             (StorageError also if another training holds the run folder, or the disk is too full;
-            UsageError also if ``model_path`` exists and ``force`` is false).
+            UsageError also if ``model_path`` exists and ``force`` is false, or an option is invalid).
         ResumeError: If ``resume`` finds no usable checkpoint or (without ``force``) a changed run.
         Interrupted: On SIGINT/SIGTERM, after writing a checkpoint (exit code 130/143).
         DistributedError: Under torchrun, a rank did not join or stopped answering (named).
+        TypeError: A keyword argument that is no run option.
     """
     world = World.from_env()
     with alike_on_every_rank(world):  # until the process group starts: rank 0 reports for all ranks
+        opts = (options or RunOptions()).updated(option_changes)
         config = (config or TrainConfig()).validated()
         # A backbone from another library records the library's version in the file (timm:NAME).
         config = config.replace(arch_args=registry.pinned_args(config.arch, config.arch_args))
         if world.is_main:
-            callbacks, log, decode_progress = _with_progress(progress, callbacks, log, decode_progress)
+            callbacks, log, decode_progress = _with_progress(opts.progress, callbacks, log, decode_progress)
         else:  # rank 0 speaks for the run; the others stay silent (their callbacks still run)
             log, decode_progress = quiet, None
-        max_pixels = checked_max_pixels(max_pixels)
         # Bad architecture args fail here, before any decoding (a meta build allocates nothing).
         registry.build_meta(config.arch, 2, config.preprocess.size, config.arch_args)
-        if not resume:  # an unusable --weights/--init-from file fails here too (resuming reads none)
+        if not opts.resume:  # an unusable --weights/--init-from file fails here too (resuming reads none)
             check_start(config)
-        out = check_outputs(model_path, run_dir, plot_path, resume=resume)
-        resume, force = restart_resume(out.run_dir, resume, force, log)
+        out = check_outputs(model_path, opts.run_dir, opts.plot_path, resume=opts.resume)
+        resume, force = restart_resume(out.run_dir, opts.resume, opts.force, log)
+        opts = opts.updated({"resume": resume, "force": force})
         if not resume and world.is_main:
             refuse_overwrite(out.model, force=force)
         device = rank_device(resolve_device(config.device), world)
@@ -163,10 +145,10 @@ def train(
             config = config.replace(multi_label=True)
         check_launch(world.size, len(ds.splits["training"]), config.batch_size)
     group = start_group(world, device, distributed or DistOptions())
-    job = Job(ds, out, device, group, log, skip_bad, probes_from, force, max_pixels, use_cache, cache_dir)
+    job = Job(ds=ds, out=out, device=device, group=group, log=log, options=opts)
     try:
         with owned_run_dir(out.run_dir, world, log):
-            plan, config = plan_run(job, config, resume)
+            plan, config = plan_run(job, config)
             return train_in_folder(job, config, plan, callbacks, decode_progress)
     finally:
         if group is not None:
@@ -199,18 +181,13 @@ def resume_run(
         config = TrainConfig.from_dict(record["config"])
     except (KeyError, UsageError) as exc:
         raise ResumeError("the run record's config is invalid", received=str(exc)) from None
+    options = RunOptions.from_run_json(record, run_dir=run_dir, resume=True, force=force, progress=progress)
     return train(
         record["dataset"],
         record["model"],
         config.replace(**changes) if changes else config,
-        plot_path=record.get("plot"),
-        run_dir=run_dir,
-        skip_bad=bool(record.get("skip_bad")),
-        probes_from=int(record.get("probes_from") or 0),
+        options,
         callbacks=callbacks,
         log=log,
         decode_progress=decode_progress,
-        resume=True,
-        force=force,
-        progress=progress,
     )

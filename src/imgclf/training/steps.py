@@ -7,7 +7,7 @@ Usage::
 
     out = check_outputs("m.imgclf", None, None, resume=False)
     decoded = decode_splits(ds, config, cache, skip_bad=False, progress=None, log=print)
-    record = start_record(ds, decoded, config, out, device, None, False, 0, False, print)
+    record = start_record(ds, decoded, config, out, device, None, RunOptions(), print)
     final = final_classifier(config, state, decoded, ds.class_names)      # after fit
     save_model(final, record, state, decoded.get("validation"), out.model)
     outputs = write_reports(state, final.evaluation, out, print)
@@ -27,7 +27,7 @@ import torch
 from imgclf import modelfile
 from imgclf.calibration import MIN_CALIBRATION_IMAGES, calibrate_classifier
 from imgclf.classifier import Classifier
-from imgclf.config import TrainConfig
+from imgclf.config import RunOptions, TrainConfig
 from imgclf.data.decode import DecodedSplit, bad_files_error, load_split
 from imgclf.data.folders import Dataset, Sample
 from imgclf.data.identity import duplicate_report, file_table, table_fingerprint
@@ -183,9 +183,7 @@ def start_record(
     out: Outputs,
     device: torch.device,
     plan: ResumePlan | None,
-    skip_bad: bool,
-    probes_from: int,
-    force: bool,
+    options: RunOptions,
     log: Log,
     distributed: dict[str, Any] | None = None,
     write: bool = True,
@@ -193,8 +191,10 @@ def start_record(
 ) -> RunRecord:
     """Fingerprint the decoded data, check it against a resumed run, and write ``run.json``.
 
-    ``distributed``: a multi-process run's facts (:meth:`.distributed.Group.facts`); ``write`` is false
-    on ranks other than 0; ``start``: what ``--weights``/``--init-from`` loaded (:mod:`.pretrained`).
+    ``options``: the run's options (``skip_bad`` and ``probes_from`` are recorded; ``force`` lets a
+    resumed run's changed data through); ``distributed``: a multi-process run's facts
+    (:meth:`.distributed.Group.facts`); ``write`` is false on ranks other than 0; ``start``: what
+    ``--weights``/``--init-from`` loaded (:mod:`.pretrained`).
 
     Raises:
         ResumeError: On resume, if file contents changed since the checkpoint (without ``force``).
@@ -202,7 +202,7 @@ def start_record(
     files = file_table(ds, decoded)
     fingerprint = table_fingerprint(ds.class_names, files)
     if plan is not None:
-        check_data(plan, ds, decoded, fingerprint, force=force, log=log)
+        check_data(plan, ds, decoded, fingerprint, force=options.force, log=log)
     record = RunRecord.start(
         ds,
         decoded,
@@ -211,8 +211,8 @@ def start_record(
         config,
         model_path=out.model,
         plot=out.explicit_plot,
-        skip_bad=skip_bad,
-        probes_from=probes_from,
+        skip_bad=options.skip_bad,
+        probes_from=options.probes_from,
         device=device,
         resumed=(plan.record["run_id"], plan.checkpoint.name) if plan is not None else None,
         distributed=distributed,
