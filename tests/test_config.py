@@ -319,7 +319,6 @@ def test_run_options_defaults_and_paths_as_text(tmp_path):
     "changes, message",
     [
         ({"probes_from": -1}, "setting 'probes_from' is out of range"),
-        ({"probes_from": 10_000}, "setting 'probes_from' is out of range"),
         ({"max_pixels": 0}, "max_pixels is out of range"),
         ({"max_pixels": 10**12}, "max_pixels is out of range"),
     ],
@@ -329,6 +328,14 @@ def test_run_options_are_validated_at_construction(changes, message):
 
     with pytest.raises(UsageError, match=message):
         RunOptions(**changes)
+
+
+def test_train_refuses_more_probes_than_a_model_file_holds_before_any_work(tmp_path):
+    import imgclf
+
+    with pytest.raises(UsageError, match="setting 'probes_from' is out of range"):
+        imgclf.train(tmp_path / "no-such-dataset", tmp_path / "m.imgclf", probes_from=10_000)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_run_options_updated_refuses_an_unknown_option_by_name():

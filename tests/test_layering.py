@@ -85,7 +85,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "precision": _LIBRARY,  # fp32 or bf16 for a loaded classifier: reads the file's probes
     # imgclf.load/verify/inspect: an .imgclf through modelfile, an .onnx through interop (without torch).
     "loading": {"interop"} | _LIBRARY,
-    "sharding": {"loading"} | _LIBRARY,  # a sharded run loads .imgclf and .onnx files alike
+    "sharding": {"loading", "precision"} | _LIBRARY,  # loads .imgclf and .onnx alike; bf16 as predict
     "cli": _TOP | _LIBRARY,
     "main": {"cli"},
     "api": _TOP | _LIBRARY,

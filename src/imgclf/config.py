@@ -371,11 +371,25 @@ class TrainConfig(Settings):
         return self.lr / self.epochs if self.decay is None else self.decay
 
 
-def _pixel_cap() -> int:
-    """The built-in pixel cap (imported on use: the settings stay light to import)."""
-    from imgclf.images.read import MAX_PIXELS
+# The most pixels an image may have (decoding it costs about 3 bytes each): the default and the ceiling
+# of every max_pixels setting.
+MAX_PIXELS = 64_000_000
 
-    return MAX_PIXELS
+
+def checked_max_pixels(value: object) -> int:
+    """A caller's pixel cap, checked: an integer from 1 to ``MAX_PIXELS`` (lower it, never raise it).
+
+    Raises:
+        UsageError: If ``value`` is not such an integer.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PIXELS:
+        raise UsageError(
+            "max_pixels is out of range",
+            received=repr(value),
+            expected=f"an integer from 1 to {MAX_PIXELS}",
+            fix=f"pass a pixel count up to {MAX_PIXELS}, e.g. 16000000",
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -432,7 +446,7 @@ class RunOptions(Settings):
     )
     progress: bool | None = setting(None, "show progress on stderr", flag=None, default_text="on a terminal")
     max_pixels: int = setting(
-        factory=_pixel_cap,
+        MAX_PIXELS,
         help="refuse images with more pixels before decoding them",
         default_text="the built-in cap",
     )
@@ -448,14 +462,12 @@ class RunOptions(Settings):
         """Return self after checking ``max_pixels`` and ``probes_from``.
 
         Raises:
-            UsageError: ``max_pixels`` above the built-in cap or below 1, ``probes_from`` negative or
-                above what a model file holds.
+            UsageError: ``max_pixels`` above the built-in cap or below 1, ``probes_from`` negative
+                (:func:`imgclf.train` also refuses more than a model file holds).
         """
-        from imgclf.images.read import checked_max_pixels
-        from imgclf.modelfile.saving import MAX_EXTRA_PROBES
-
         checked_max_pixels(self.max_pixels)
-        check_integer("probes_from", self.probes_from, 0, MAX_EXTRA_PROBES)
+        # the upper bound (what a model file holds) is the model file's: training checks it
+        check_integer("probes_from", self.probes_from, 0, 1_000_000)
         return self
 
     @classmethod

@@ -24,7 +24,10 @@ from collections.abc import Iterator
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from imgclf.errors import ImageError, UsageError
+# The pixel cap and its check live with the settings (config); read from here by the decoding callers.
+from imgclf.config import MAX_PIXELS as MAX_PIXELS
+from imgclf.config import checked_max_pixels as checked_max_pixels
+from imgclf.errors import ImageError
 from imgclf.fileio.reading import open_for_reading
 from imgclf.images.png import check_png_chunks
 
@@ -32,7 +35,6 @@ ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".png", ".jpg", ".jpeg", ".jpe", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 )
-MAX_PIXELS = 64_000_000
 MAX_FILE_BYTES = 256 * 1024 * 1024
 
 _ORIENT = {
@@ -118,22 +120,6 @@ def _too_large(received: str, max_bytes: int) -> ImageError:
         expected=f"at most {max_bytes} bytes",
         fix="shrink the image first",
     )
-
-
-def checked_max_pixels(value: object) -> int:
-    """A caller's pixel cap, checked: an integer from 1 to ``MAX_PIXELS`` (lower it, never raise it).
-
-    Raises:
-        UsageError: If ``value`` is not such an integer.
-    """
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PIXELS:
-        raise UsageError(
-            "max_pixels is out of range",
-            received=repr(value),
-            expected=f"an integer from 1 to {MAX_PIXELS}",
-            fix=f"pass a pixel count up to {MAX_PIXELS}, e.g. 16000000",
-        )
-    return value
 
 
 def check_pixels(label: str, width: int, height: int, max_pixels: int) -> None:

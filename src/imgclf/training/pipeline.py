@@ -22,9 +22,11 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from imgclf._settings import check_integer
 from imgclf.config import RunOptions, TrainConfig
 from imgclf.data.labels_csv import scan_source
 from imgclf.errors import ResumeError, UsageError
+from imgclf.modelfile.saving import MAX_EXTRA_PROBES
 from imgclf.models import registry
 from imgclf.progress import Log, quiet
 from imgclf.training.device import resolve_device
@@ -115,6 +117,7 @@ def train(
     world = World.from_env()
     with alike_on_every_rank(world):  # until the process group starts: rank 0 reports for all ranks
         opts = (options or RunOptions()).updated(option_changes)
+        check_integer("probes_from", opts.probes_from, 0, MAX_EXTRA_PROBES)  # what a model file holds
         config = (config or TrainConfig()).validated()
         # A backbone from another library records the library's version in the file (timm:NAME).
         config = config.replace(arch_args=registry.pinned_args(config.arch, config.arch_args))
