@@ -374,7 +374,7 @@ def test_predict_montage_marks_a_wrong_prediction_of_an_image_in_a_class_folder(
     names = ["ring", "square"]
 
     def tile(label: str, index: int) -> np.ndarray:
-        prediction = SimpleNamespace(source=str(path), label=label, confidence=0.9, index=index)
+        prediction = SimpleNamespace(source=str(path), label=label, confidence=0.9, index=index, labels=None)
         return np.asarray(_tile(prediction, names))
 
     assert (tile("square", 1)[:, 0] == WRONG).all()  # true class ring (its folder), predicted square
