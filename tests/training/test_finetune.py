@@ -153,14 +153,13 @@ def test_a_fine_tune_killed_at_a_random_moment_resumes_bitwise_identical(dataset
 def test_a_linear_probe_trains_the_head_as_frozen_training_without_augmentation_does(
     dataset, parent, tmp_path
 ):
-    import imgclf.training.embeddings as embeddings
     from imgclf.config import AugmentSpec
+    from imgclf.training.embeddings import embeddings_folder
 
     frozen = _config(parent, epochs=2, freeze_epochs=2, keep="last", augment=AugmentSpec(enabled=False))
     slow = train(dataset, tmp_path / "a.imgclf", frozen)
-    embeddings._CACHE.clear()
-    probe = train(dataset, tmp_path / "b.imgclf", frozen.replace(linear_probe=True))
-    assert len(embeddings._CACHE) == 1  # computed once for the run
+    probe = train(dataset, tmp_path / "b.imgclf", frozen.replace(linear_probe=True), cache_dir=tmp_path / "c")
+    assert len(list(embeddings_folder(tmp_path / "c").glob("*.npy"))) == 1  # computed once for the run
     a, b = slow.classifier.model.state_dict(), probe.classifier.model.state_dict()
     start = _backbone(imgclf.load(parent).model)
     for k in start:
