@@ -26,6 +26,7 @@ from imgclf.data.labels_csv import scan_source
 from imgclf.errors import ResumeError, UsageError
 from imgclf.images.read import MAX_PIXELS, checked_max_pixels
 from imgclf.models import registry
+from imgclf.models.timm_backbone import with_arch_preprocess
 from imgclf.progress import Log, quiet
 from imgclf.training.device import resolve_device
 from imgclf.training.distributed import (
@@ -133,7 +134,7 @@ def train(
     """
     world = World.from_env()
     with alike_on_every_rank(world):  # until the process group starts: rank 0 reports for all ranks
-        config = (config or TrainConfig()).validated()
+        config = with_arch_preprocess((config or TrainConfig()).validated())  # timm:NAME's own, unless given
         # A backbone from another library records the library's version in the file (timm:NAME).
         config = config.replace(arch_args=registry.pinned_args(config.arch, config.arch_args))
         if world.is_main:
