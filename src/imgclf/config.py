@@ -196,7 +196,8 @@ class TrainConfig(Settings):
         clip_norm: Clip the gradients' global L2 norm to this value (``None``: no clipping).
         ema: Per-step decay of an exponential moving average of the weights (0: off). With it on,
             validation, ``keep`` and the saved file use the averaged weights, with batch-norm statistics
-            recomputed for them on a share of the unaugmented training images (:mod:`.training.ema`).
+            recomputed for them on a share of the unaugmented training images (:mod:`.training.ema`);
+            a backbone still frozen (head-only epochs so far) keeps its loaded statistics.
         weights: A local pretrained-weights file (:mod:`.training.pretrained`): its tensors are matched
             to the backbone by name; the old classification head is skipped.
         init_from: An imgclf model file to continue from (architecture and preprocessing must match it;

@@ -36,7 +36,7 @@ from imgclf.training.determinism import deterministic_algorithms
 from imgclf.training.device import resolve_precision, stage_images
 from imgclf.training.ema import averaged_weights, bn_images, update_average
 from imgclf.training.embeddings import EmbeddingCache, Embeddings
-from imgclf.training.finetune import set_phase
+from imgclf.training.finetune import frozen_bn, set_phase
 from imgclf.training.schedule import lr_at, steps_per_epoch
 from imgclf.training.state import PartialEpoch, TrainState
 from imgclf.training.validate import evaluate_split
@@ -160,7 +160,7 @@ def _fit(
             break
         if group is not None:  # one model on every rank: rank 0 saves what all of them judge
             group.average_buffers(state.model)
-        with _judged_weights(config, state, train, epochs.memory):
+        with _judged_weights(config, state, train, epochs.memory, epoch):
             if val is not None and len(val):
                 record["val_loss"], record["val_accuracy"] = evaluate_split(
                     state.model if group else epochs.net, val, config, epochs.device, group, record
@@ -343,12 +343,13 @@ def _probe(
 
 @contextlib.contextmanager
 def _judged_weights(
-    config: TrainConfig, state: TrainState, train: DecodedSplit, memory: torch.memory_format
+    config: TrainConfig, state: TrainState, train: DecodedSplit, memory: torch.memory_format, epoch: int
 ) -> Iterator[None]:
     """The weights an epoch is judged and kept by: the training weights, or (with EMA) the average.
 
     With EMA, the averaged weights with their recomputed batch-norm statistics are also kept in
-    ``state.averaged``; the training weights are back, bit for bit, after the block.
+    ``state.averaged``; the training weights are back, bit for bit, after the block. While the backbone
+    is still frozen (head-only epochs so far), its batch-norm statistics stay as loaded.
     """
     if state.ema is None:
         yield
@@ -360,6 +361,7 @@ def _judged_weights(
         config.preprocess,
         batch_size=config.batch_size,
         memory_format=memory,
+        keep_bn=frozen_bn(state.model, config, epoch),
     ):
         state.averaged = {k: v.detach().clone() for k, v in state.model.state_dict().items()}
         yield
