@@ -140,3 +140,29 @@ def test_a_table_that_cannot_be_written_only_costs_a_note(tmp_path):
     cache = EmbeddingCache(tmp_path, log=notes.append)
     cache.store("k", torch.zeros(2, 3))
     assert cache.load("k", 2, 3) is None and notes and "could not store the embeddings" in notes[0]
+
+
+def test_a_new_process_reuses_the_table_from_the_command_line(dataset, tmp_path, computed):
+    import os
+    import subprocess
+    import sys
+
+    import imgclf
+
+    cache = tmp_path / "cache"
+    _run(dataset, tmp_path / "a.imgclf", cache)
+    flags = ["--arch", "small_cnn", "--arch-arg", "widths=[8,16]", "--size", "32", "--epochs", "2"]
+    flags += ["--batch-size", "8", "--precision", "fp32", "--device", "cpu", "--seed", "1", "--no-augment"]
+    src = str(Path(imgclf.__file__).parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
+    model = tmp_path / "b.imgclf"
+    args = ["train", "--dataset", dataset, "--model", model, "--linear-probe", "--cache-dir", cache, *flags]
+    proc = subprocess.run(
+        [sys.executable, "-m", "imgclf", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "linear probe: reusing the backbone's embeddings" in proc.stderr
