@@ -124,7 +124,7 @@ class EmbeddingCache:
         cap = rows * (width or 1 << 16) * 4 + _NPY_HEADER_SLACK
         try:
             data = read_bounded(path, cap, "embedding cache file")
-            table = np.load(io.BytesIO(data), allow_pickle=False)
+            table = np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)  # never unpickles
             if table.dtype != np.float32 or table.ndim < 2 or len(table) != rows:
                 raise ValueError(f"holds {table.dtype} {table.shape}, expected float32 with {rows} rows")
             if width is not None and table.shape[-1] != width:
