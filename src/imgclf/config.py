@@ -116,6 +116,12 @@ class PreprocessSpec(Settings):
         return (self.height, self.width)
 
 
+# The default TrainConfig.preprocess, one shared (frozen) instance: a config still holding this very object
+# was not given a preprocessing, so the architecture's own applies (``TrainConfig.preprocess_given``). An
+# equal spec built by the caller is "given", and our own architectures' own preprocessing is this default.
+ARCH_PREPROCESS = PreprocessSpec()
+
+
 @dataclass(frozen=True)
 class AugmentSpec(Settings):
     """Random affine augmentation applied to whole training batches (Keras ImageDataGenerator terms).
@@ -161,7 +167,10 @@ class TrainConfig(Settings):
             ``lr / epochs`` as in the recipe (``decay=INIT_LR / NUM_EPOCHS``).
         seed: Seed for weight init, data order and augmentation.
         label_smoothing: Cross-entropy label smoothing (0 = plain categorical cross-entropy).
-        preprocess: How images are turned into tensors.
+        preprocess: How images are turned into tensors. Left out (also from a dict given to
+            ``from_dict``), the architecture's own applies: timm's pretrained configuration for
+            ``timm:NAME`` (:func:`imgclf.models.timm_backbone.with_arch_preprocess`, used by the CLI and
+            the Python API alike), the default spec for the others.
         augment: Training-time augmentation.
         val_split: Fraction held out for validation when the dataset has no validation folder.
         test_split: Fraction held out for testing when the dataset has no testing folder.
@@ -191,7 +200,8 @@ class TrainConfig(Settings):
         clip_norm: Clip the gradients' global L2 norm to this value (``None``: no clipping).
         ema: Per-step decay of an exponential moving average of the weights (0: off). With it on,
             validation, ``keep`` and the saved file use the averaged weights, with batch-norm statistics
-            recomputed for them on a share of the unaugmented training images (:mod:`.training.ema`).
+            recomputed for them on a share of the unaugmented training images (:mod:`.training.ema`);
+            a backbone still frozen (head-only epochs so far) keeps its loaded statistics.
         weights: A local pretrained-weights file (:mod:`.training.pretrained`): its tensors are matched
             to the backbone by name; the old classification head is skipped.
         init_from: An imgclf model file to continue from (architecture and preprocessing must match it;
@@ -223,7 +233,7 @@ class TrainConfig(Settings):
     )
     seed: int = setting(42, "random seed", bounds=(0, 2**63 - 1))
     label_smoothing: float = setting(0.0, "cross-entropy label smoothing", bounds=(0.0, 0.99))
-    preprocess: PreprocessSpec = setting(factory=PreprocessSpec, help="preprocessing", flag=None)
+    preprocess: PreprocessSpec = setting(factory=lambda: ARCH_PREPROCESS, help="preprocessing", flag=None)
     augment: AugmentSpec = setting(factory=AugmentSpec, help="augmentation", flag=None)
     val_split: float = setting(0.1, "validation share when there is no validation folder", bounds=(0.0, 0.9))
     test_split: float = setting(0.2, "testing share when there is no testing folder", bounds=(0.0, 0.9))
@@ -352,6 +362,11 @@ class TrainConfig(Settings):
                     fix=f"build it with {kind.__name__}(...) or TrainConfig.from_dict",
                 )
         return self
+
+    @property
+    def preprocess_given(self) -> bool:
+        """Whether ``preprocess`` was set (else the architecture's own preprocessing applies)."""
+        return self.preprocess is not ARCH_PREPROCESS
 
     @property
     def pretrained(self) -> bool:

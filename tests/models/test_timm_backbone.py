@@ -335,3 +335,40 @@ def test_list_archs_prints_parameter_counts_and_the_timm_route(monkeypatch):
     assert out.splitlines()[-1] == (
         "timm:NAME backbones: unavailable (timm is not installed; pip install 'imgclf[timm]')"
     )
+
+
+def test_the_python_api_applies_a_timm_backbones_preprocessing_as_the_command_line_does(tmp_path):
+    _need_timm()
+    import imgclf
+    from helpers import run_cli
+    from imgclf.config import TrainConfig
+    from imgclf.training.pipeline import train
+
+    data = _parity_dataset(tmp_path)
+    config = TrainConfig(arch=f"timm:{TINY}", epochs=1, batch_size=8, precision="fp32", device="cpu")
+    assert not config.preprocess_given
+    api = train(data, tmp_path / "api.imgclf", config).classifier.preprocess
+    flags = ["--arch", f"timm:{TINY}", "--epochs", "1", "--batch-size", "8", "--precision", "fp32"]
+    code, _, err = run_cli("train", "--dataset", data, "--model", tmp_path / "cli.imgclf", *flags)
+    assert code == 0, err
+    assert api == imgclf.load(tmp_path / "cli.imgclf").preprocess
+    assert api == PreprocessSpec.from_dict(timm_backbone.data_config(TINY))
+    assert api != PreprocessSpec()  # timm's size, mean and std, not our default
+
+
+def test_a_given_preprocessing_and_our_own_architectures_keep_theirs():
+    from imgclf.config import TrainConfig
+
+    given = PreprocessSpec()  # equal to the default, but set by the caller: kept even for a timm backbone
+    for config in (
+        TrainConfig(arch=f"timm:{TINY}", preprocess=given),
+        TrainConfig(arch=f"timm:{TINY}").replace(preprocess=given),
+        TrainConfig.from_dict({"arch": f"timm:{TINY}", "preprocess": {}}),
+    ):
+        assert config.preprocess_given and timm_backbone.with_arch_preprocess(config) is config
+    for arch in ("seed_resnet", "small_cnn"):
+        config = TrainConfig(arch=arch)
+        assert not config.preprocess_given and timm_backbone.with_arch_preprocess(config) is config
+        assert config.preprocess == PreprocessSpec()
+    unset = TrainConfig.from_dict({"arch": f"timm:{TINY}", "epochs": 2}).replace(seed=3)
+    assert not unset.preprocess_given  # from_dict without "preprocess" and replace keep it unset

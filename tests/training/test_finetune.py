@@ -153,14 +153,13 @@ def test_a_fine_tune_killed_at_a_random_moment_resumes_bitwise_identical(dataset
 def test_a_linear_probe_trains_the_head_as_frozen_training_without_augmentation_does(
     dataset, parent, tmp_path
 ):
-    import imgclf.training.embeddings as embeddings
     from imgclf.config import AugmentSpec
+    from imgclf.training.embeddings import embeddings_folder
 
     frozen = _config(parent, epochs=2, freeze_epochs=2, keep="last", augment=AugmentSpec(enabled=False))
     slow = train(dataset, tmp_path / "a.imgclf", frozen)
-    embeddings._CACHE.clear()
-    probe = train(dataset, tmp_path / "b.imgclf", frozen.replace(linear_probe=True))
-    assert len(embeddings._CACHE) == 1  # computed once for the run
+    probe = train(dataset, tmp_path / "b.imgclf", frozen.replace(linear_probe=True), cache_dir=tmp_path / "c")
+    assert len(list(embeddings_folder(tmp_path / "c").glob("*.npy"))) == 1  # computed once for the run
     a, b = slow.classifier.model.state_dict(), probe.classifier.model.state_dict()
     start = _backbone(imgclf.load(parent).model)
     for k in start:
@@ -171,6 +170,30 @@ def test_a_linear_probe_trains_the_head_as_frozen_training_without_augmentation_
         assert x["loss"] == pytest.approx(y["loss"], rel=1e-5) and x["val_loss"] == pytest.approx(
             y["val_loss"]
         )
+
+
+@pytest.mark.parametrize("probe", [False, True], ids=["frozen-epochs", "linear-probe"])
+def test_a_weight_average_keeps_a_frozen_backbones_batch_norm_statistics(dataset, parent, tmp_path, probe):
+    """EMA's batch-norm recomputation leaves the layers no epoch has trained (they are as loaded)."""
+    from imgclf.config import AugmentSpec
+
+    config = _config(
+        parent, epochs=2, freeze_epochs=2, ema=0.9, keep="last", augment=AugmentSpec(enabled=False)
+    )
+    saved = train(dataset, tmp_path / "m.imgclf", config.replace(linear_probe=probe)).classifier.model
+    start = _backbone(imgclf.load(parent).model)
+    assert any("running_mean" in k for k in start)
+    for k, v in _backbone(saved).items():
+        assert torch.equal(v, start[k]), k
+
+
+def test_a_weight_average_recomputes_the_batch_norm_statistics_once_the_backbone_trains(
+    dataset, parent, tmp_path
+):
+    config = _config(parent, epochs=2, freeze_epochs=1, ema=0.9, keep="last")
+    saved = _backbone(train(dataset, tmp_path / "m.imgclf", config).classifier.model)
+    start = _backbone(imgclf.load(parent).model)
+    assert any(not torch.equal(saved[k], start[k]) for k in start if "running_mean" in k)
 
 
 def test_a_linear_probe_is_refused_with_several_processes():

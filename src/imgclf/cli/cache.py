@@ -1,8 +1,8 @@
 """``imgclf cache info`` and ``imgclf cache clear``: see and empty the decode-once cache.
 
 The cache (``$IMGCLF_CACHE_DIR``, else ``$XDG_CACHE_HOME/imgclf`` or ``~/.cache/imgclf``) holds every
-training and evaluation image decoded and resized once; it is bounded (20 GiB per preprocessing spec)
-but survives ``make clean``.
+training and evaluation image decoded and resized once, and the linear probe's embedding tables; it is
+bounded (20 GiB per preprocessing spec, 4 GiB of tables) but survives ``make clean``.
 
 Usage::
 
@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p = sub.add_parser(
         "cache",
         parents=[common],
-        help="show or clear the decode-once image cache",
+        help="show or clear the decode-once image cache (and the linear probe's embeddings)",
         epilog=EPILOG,
         description="Where the decode-once cache is and how big it is (info), or delete it (clear). "
         "Deleting it is always safe: images are decoded again when next needed.",
@@ -56,6 +56,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     else:
         stdout_line(
             f"{usage['path']}: {_mb(int(usage['bytes']))} in {usage['files']} file(s), "
-            f"{usage['specs']} preprocessing spec(s); clear it with: imgclf cache clear"
+            f"{usage['specs']} preprocessing spec(s), {usage['embeddings']} embedding table(s); "
+            "clear it with: imgclf cache clear"
         )
     return 0

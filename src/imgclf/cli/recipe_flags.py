@@ -163,14 +163,9 @@ def backbone_preprocess(arch: Any) -> dict[str, Any]:
     Raises:
         UsageError: The architecture's library is missing or does not know the name.
     """
-    from imgclf.models import registry
+    from imgclf.models.timm_backbone import arch_preprocess
 
-    member = registry.split_family(arch)
-    if member is None or member[0].prefix != "timm":
-        return {}
-    from imgclf.models.timm_backbone import data_config
-
-    return data_config(member[1])
+    return arch_preprocess(arch) if isinstance(arch, str) else {}
 
 
 def _set_path(settings: dict[str, Any], path: tuple[str, ...], value: Any) -> None:

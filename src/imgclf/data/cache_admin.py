@@ -1,5 +1,8 @@
 """Seeing and clearing the decode-once cache folder (``imgclf cache info|clear``).
 
+The folder holds the decoded images (``v<N>/``, :mod:`.decode_cache`) and the linear probe's embedding
+tables (``embeddings/v<N>/``, :mod:`imgclf.training.embeddings`); both are counted and cleared.
+
 Usage::
 
     print(cache_usage()["bytes"])
@@ -8,6 +11,7 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -15,9 +19,10 @@ from imgclf.data.decode_cache import default_cache_dir, fcntl, require_file_lock
 
 
 def cache_usage(root: str | os.PathLike | None = None) -> dict[str, object]:
-    """What the cache folder holds: ``{"path", "bytes", "files", "specs"}`` (0s if it does not exist).
+    """What the cache folder holds: ``{"path", "bytes", "files", "specs", "embeddings"}`` (0s if absent).
 
-    Only imgclf's own ``v<N>/`` folders are counted; anything else in the folder is not ours.
+    Only imgclf's own ``v<N>/`` and ``embeddings/v<N>/`` folders are counted; anything else in the folder
+    is not ours. ``embeddings`` counts the stored embedding tables.
     """
     base = Path(root) if root else default_cache_dir()
     total = files = 0
@@ -28,7 +33,14 @@ def cache_usage(root: str | os.PathLike | None = None) -> dict[str, object]:
                 total += path.stat().st_size
                 files += 1
                 specs.add(path.relative_to(folder).parts[0])
-    return {"path": str(base), "bytes": total, "files": files, "specs": len(specs)}
+    tables = 0
+    for folder in sorted(base.glob("embeddings/v[0-9]*")):
+        for path in folder.iterdir():
+            if path.is_file() and not path.is_symlink():
+                total += path.stat().st_size
+                files += 1
+                tables += path.suffix == ".npy" and not path.name.startswith(".")
+    return {"path": str(base), "bytes": total, "files": files, "specs": len(specs), "embeddings": tables}
 
 
 def clear_cache(root: str | os.PathLike | None = None) -> int:
@@ -57,4 +69,13 @@ def clear_cache(root: str | os.PathLike | None = None) -> int:
                         entry.unlink()
             lock.unlink(missing_ok=True)
         shutil.rmtree(version, ignore_errors=True)
+    # Tables are replaced by rename and read whole, so deleting them under a running probe is safe.
+    for version in sorted(base.glob("embeddings/v[0-9]*")):
+        for entry in sorted(version.iterdir()):
+            if entry.is_file() or entry.is_symlink():
+                entry.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            version.rmdir()
+    with contextlib.suppress(OSError):
+        (base / "embeddings").rmdir()
     return freed

@@ -21,6 +21,7 @@ from typing import Any
 
 from torch import nn
 
+from imgclf.config import PreprocessSpec, TrainConfig
 from imgclf.errors import UsageError
 from imgclf.models.registry import register_family
 
@@ -228,6 +229,33 @@ def data_config(name: str, input_size: tuple[int, int] | None = None) -> dict[st
         "mean": [float(v) for v in cfg["mean"]],
         "std": [float(v) for v in cfg["std"]],
     }
+
+
+def arch_preprocess(arch: str) -> dict[str, Any]:
+    """The preprocessing ``arch`` was pretrained with, as PreprocessSpec fields (``{}`` for our own archs).
+
+    Raises:
+        UsageError: A ``timm:NAME`` architecture without timm, or a name timm does not know.
+    """
+    from imgclf.models import registry
+
+    member = registry.split_family(arch)
+    if member is None or member[0].prefix != "timm":
+        return {}
+    return data_config(member[1])
+
+
+def with_arch_preprocess(config: TrainConfig) -> TrainConfig:
+    """``config`` with its architecture's preprocessing when none was given (the one place that decides).
+
+    A ``timm:NAME`` backbone gets timm's size, mean/std and interpolation (:func:`data_config`); our own
+    architectures keep the default spec; a given ``preprocess``, or a start from another imgclf model file
+    (``init_from``: its preprocessing must be given to match the file), is left as it is.
+    """
+    if config.preprocess_given or config.init_from:
+        return config
+    fields = arch_preprocess(config.arch)
+    return config.replace(preprocess=PreprocessSpec.from_dict(fields)) if fields else config
 
 
 def _meta() -> Any:

@@ -23,7 +23,7 @@ Usage::
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 import numpy as np
 import torch
@@ -69,22 +69,30 @@ def recompute_bn(
     *,
     batch_size: int = 256,
     memory_format: torch.memory_format = torch.contiguous_format,
+    keep: Collection[nn.Module] = (),
 ) -> None:
     """Replace every batch-norm layer's running statistics by their average over ``images``.
 
     Each batch contributes equally (PyTorch's cumulative average, ``momentum=None``); the last,
-    smaller batch therefore counts as much as a full one. The model's training flag is restored.
+    smaller batch therefore counts as much as a full one. The layers in ``keep`` (a frozen backbone's)
+    keep their statistics and normalise with them during the pass, as evaluation will. The model's
+    training flags are restored.
     """
-    layers = [m for m in model.modules() if isinstance(m, BN_TYPES) and m.track_running_stats]
+    kept = {id(m) for m in keep}
+    layers = [
+        m for m in model.modules() if isinstance(m, BN_TYPES) and m.track_running_stats and id(m) not in kept
+    ]
     if not layers or len(images) == 0:
         return
     device = next(model.parameters()).device
     momenta = [m.momentum for m in layers]
-    was_training = model.training
+    modes = [(module, module.training) for module in model.modules()]
     for m in layers:
         m.reset_running_stats()
         m.momentum = None
     model.train()
+    for frozen in keep:
+        frozen.eval()
     try:
         for start in range(0, len(images), batch_size):
             x = to_tensor(images[start : start + batch_size], spec, device=device)
@@ -92,7 +100,8 @@ def recompute_bn(
     finally:
         for m, momentum in zip(layers, momenta, strict=True):
             m.momentum = momentum
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
 
 
 @contextlib.contextmanager
@@ -104,8 +113,12 @@ def averaged_weights(
     *,
     batch_size: int = 256,
     memory_format: torch.memory_format = torch.contiguous_format,
+    keep_bn: Collection[nn.Module] = (),
 ) -> Iterator[nn.Module]:
     """Inside the block ``model`` holds the averaged weights and their recomputed BN statistics.
+
+    The batch-norm layers in ``keep_bn`` keep theirs: a frozen backbone's, whose weights the average
+    equals (the average starts from them and they have not moved).
 
     On leaving, the training weights and buffers are copied back exactly (bit for bit), so the run
     continues as if nothing happened.
@@ -115,7 +128,7 @@ def averaged_weights(
         with torch.no_grad():
             for name, p in model.named_parameters():
                 p.copy_(average[name])
-        recompute_bn(model, images, spec, batch_size=batch_size, memory_format=memory_format)
+        recompute_bn(model, images, spec, batch_size=batch_size, memory_format=memory_format, keep=keep_bn)
         yield model
     finally:
         with torch.no_grad():

@@ -74,10 +74,23 @@ def set_phase(
         for p in model.parameters():
             p.requires_grad_(not frozen or id(p) in head)
     if frozen:
-        head_modules = {
-            id(m) for m in model.modules() if any(id(p) in head for p in m.parameters(recurse=False))
-        }
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in head_modules:
-                m.eval()
+        for m in backbone_bn(model):
+            m.eval()
     return still
+
+
+def backbone_bn(model: nn.Module) -> list[nn.Module]:
+    """The batch-norm layers outside the head: their statistics stay as loaded in head-only epochs."""
+    head = _head_param_ids(model)
+    head_modules = {id(m) for m in model.modules() if any(id(p) in head for p in m.parameters(recurse=False))}
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in head_modules
+    ]
+
+
+def frozen_bn(model: nn.Module, config: TrainConfig, epoch: int) -> list[nn.Module]:
+    """The batch-norm layers whose statistics no epoch up to ``epoch`` has changed (none once one trained
+    the backbone): an average of the weights (EMA) keeps their statistics instead of recomputing them."""
+    return backbone_bn(model) if is_frozen(config, epoch) else []

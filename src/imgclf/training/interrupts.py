@@ -34,6 +34,7 @@ from imgclf.config import TrainConfig
 from imgclf.data.decode import DecodedSplit
 from imgclf.errors import Interrupted
 from imgclf.training.checkpoint import Checkpoint, write_checkpoint
+from imgclf.training.embeddings import EmbeddingCache
 from imgclf.training.loop import Callback, fit
 from imgclf.training.state import TrainState
 
@@ -139,11 +140,12 @@ def fit_with_checkpoints(
     resumed: Checkpoint | None = None,
     callbacks: Sequence[Callback] = (),
     group: Group | None = None,
+    embedding_cache: EmbeddingCache | None = None,
 ) -> TrainState:
     """:func:`~imgclf.training.loop.fit` with a checkpoint after every epoch and on SIGINT/SIGTERM.
 
     Args:
-        config, state, train, val, callbacks: As for ``fit``.
+        config, state, train, val, callbacks, embedding_cache: As for ``fit``.
         run_dir: The run folder (checkpoints go to ``RUN/checkpoints/``).
         info: Run-level facts stored in every checkpoint (run_id, class_names, architecture, ...).
         resumed: The checkpoint ``state`` was restored from, if any.
@@ -158,7 +160,14 @@ def fit_with_checkpoints(
     )
     with GracefulInterrupt() as stop:
         state = fit(
-            config, state, train, val, callbacks=[writer, *callbacks], should_stop=stop.requested, group=group
+            config,
+            state,
+            train,
+            val,
+            callbacks=[writer, *callbacks],
+            should_stop=stop.requested,
+            group=group,
+            embedding_cache=embedding_cache,
         )
         if state.interrupted:
             path = writer.save(state)

@@ -25,6 +25,7 @@ import torch
 from imgclf.classifier import Classifier
 from imgclf.config import RunOptions, TrainConfig
 from imgclf.data.decode import DecodedSplit, open_cache
+from imgclf.data.decode_cache import default_cache_dir
 from imgclf.data.folders import Dataset
 from imgclf.data.labels_csv import split_table
 from imgclf.evaluation import Evaluation, MultiLabelEvaluation
@@ -34,6 +35,7 @@ from imgclf.training.balance import count_lines, imbalance_warning, keep_monitor
 from imgclf.training.device import available_bytes
 from imgclf.training.distributed import Group, main_first, note_world_change
 from imgclf.training.ema import start_average
+from imgclf.training.embeddings import EmbeddingCache
 from imgclf.training.interrupts import fit_with_checkpoints
 from imgclf.training.loop import Callback
 from imgclf.training.preflight import check_free_space, check_memory_for_decoding, estimate_bytes
@@ -97,6 +99,13 @@ class Job:
     group: Group | None
     log: Log
     options: RunOptions
+
+
+def embedding_cache(job: Job, config: TrainConfig) -> EmbeddingCache | None:
+    """The linear probe's stored embeddings, in the decode-once cache's folder (none without a cache)."""
+    if not (config.linear_probe and job.options.use_cache):
+        return None
+    return EmbeddingCache(job.options.cache_dir or default_cache_dir(), log=job.log)
 
 
 @contextlib.contextmanager
@@ -177,6 +186,7 @@ def train_in_folder(
         resumed=plan.checkpoint if plan is not None else None,
         callbacks=callbacks,
         group=group,
+        embedding_cache=embedding_cache(job, config),
     )
     final = final_classifier(config, state, decoded, ds.class_names, group)
     outputs = main_first(

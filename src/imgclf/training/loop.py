@@ -35,8 +35,8 @@ from imgclf.training.balance import class_weights, keep_monitor, num_classes_of,
 from imgclf.training.determinism import deterministic_algorithms
 from imgclf.training.device import resolve_precision, stage_images
 from imgclf.training.ema import averaged_weights, bn_images, update_average
-from imgclf.training.embeddings import Embeddings
-from imgclf.training.finetune import set_phase
+from imgclf.training.embeddings import EmbeddingCache, Embeddings
+from imgclf.training.finetune import frozen_bn, set_phase
 from imgclf.training.schedule import lr_at, steps_per_epoch
 from imgclf.training.state import PartialEpoch, TrainState
 from imgclf.training.validate import evaluate_split
@@ -81,6 +81,7 @@ def fit(
     callbacks: Sequence[Callback] = (),
     should_stop: Callable[[], bool] | None = None,
     group: Group | None = None,
+    embedding_cache: EmbeddingCache | None = None,
 ) -> TrainState:
     """Train ``state`` for the remaining epochs of ``config``; return the updated state.
 
@@ -99,6 +100,8 @@ def fit(
             rank trains on its share of every global batch (batch norm over the global batch, unless
             the group's ``sync_bn`` is off), validation is sharded and summed, and a stop request seen
             by any rank stops all of them at the same step.
+        embedding_cache: Where a linear probe (``config.linear_probe``) finds and keeps the backbone's
+            embeddings (``None``: computed for this call only).
 
     Raises:
         UsageError: With ``config.deterministic``, if an operation has no deterministic kernel.
@@ -106,7 +109,7 @@ def fit(
     device = next(state.model.parameters()).device
     with deterministic_algorithms(config.deterministic, device):
         try:
-            return _fit(config, state, train, val, callbacks, should_stop, group)
+            return _fit(config, state, train, val, callbacks, should_stop, group, embedding_cache)
         finally:
             if group is not None:  # the model leaves fit with its own batch-norm layers
                 group.unwrap()
@@ -120,12 +123,13 @@ def _fit(
     callbacks: Sequence[Callback],
     should_stop: Callable[[], bool] | None,
     group: Group | None,
+    embedding_cache: EmbeddingCache | None = None,
 ) -> TrainState:
     if len(train) == 0:
         raise UsageError(
             "no training images", received=0, expected="at least one image", fix="check the dataset"
         )
-    epochs = _Epochs(config, state, train, group)
+    epochs = _Epochs(config, state, train, group, embedding_cache)
     monitor = keep_monitor(config, train.labels, num_classes_of(train.labels))
     state.interrupted = False
     for cb in callbacks:
@@ -156,7 +160,7 @@ def _fit(
             break
         if group is not None:  # one model on every rank: rank 0 saves what all of them judge
             group.average_buffers(state.model)
-        with _judged_weights(config, state, train, epochs.memory):
+        with _judged_weights(config, state, train, epochs.memory, epoch):
             if val is not None and len(val):
                 record["val_loss"], record["val_accuracy"] = evaluate_split(
                     state.model if group else epochs.net, val, config, epochs.device, group, record
@@ -177,7 +181,12 @@ class _Epochs:
     """One ``fit`` call's set-up (device, precision, staged images, batch geometry) and its epochs."""
 
     def __init__(
-        self, config: TrainConfig, state: TrainState, train: DecodedSplit, group: Group | None = None
+        self,
+        config: TrainConfig,
+        state: TrainState,
+        train: DecodedSplit,
+        group: Group | None = None,
+        embedding_cache: EmbeddingCache | None = None,
     ) -> None:
         self.config, self.state, self.train, self.group = config, state, train, group
         self.device = device = next(state.model.parameters()).device
@@ -196,7 +205,11 @@ class _Epochs:
         self.memory = torch.channels_last if config.channels_last else torch.contiguous_format
         self.report_every = 1 if device.type == "cpu" else 25
         self.frozen: list[torch.nn.Parameter] = []
-        self.probe = None if not config.linear_probe else _probe(config, state.model, train, device, group)
+        self.probe = (
+            _probe(config, state.model, train, device, group, embedding_cache)
+            if config.linear_probe
+            else None
+        )
 
     def batch_images(self, idx: torch.Tensor) -> torch.Tensor:
         if self.x_all is not None:
@@ -313,6 +326,7 @@ def _probe(
     train: DecodedSplit,
     device: torch.device,
     group: Group | None,
+    cache: EmbeddingCache | None = None,
 ) -> Embeddings:
     """The linear probe's embeddings (:mod:`.embeddings`); one process only (its head step bypasses DDP)."""
     if group is not None:
@@ -324,17 +338,18 @@ def _probe(
         )
     memory = torch.channels_last if config.channels_last else torch.contiguous_format
     size = config.eval_batch_size
-    return Embeddings(model, train.images, config.preprocess, device, batch_size=size, memory_format=memory)
+    return Embeddings(model, train, config, device, cache=cache, batch_size=size, memory_format=memory)
 
 
 @contextlib.contextmanager
 def _judged_weights(
-    config: TrainConfig, state: TrainState, train: DecodedSplit, memory: torch.memory_format
+    config: TrainConfig, state: TrainState, train: DecodedSplit, memory: torch.memory_format, epoch: int
 ) -> Iterator[None]:
     """The weights an epoch is judged and kept by: the training weights, or (with EMA) the average.
 
     With EMA, the averaged weights with their recomputed batch-norm statistics are also kept in
-    ``state.averaged``; the training weights are back, bit for bit, after the block.
+    ``state.averaged``; the training weights are back, bit for bit, after the block. While the backbone
+    is still frozen (head-only epochs so far), its batch-norm statistics stay as loaded.
     """
     if state.ema is None:
         yield
@@ -346,6 +361,7 @@ def _judged_weights(
         config.preprocess,
         batch_size=config.batch_size,
         memory_format=memory,
+        keep_bn=frozen_bn(state.model, config, epoch),
     ):
         state.averaged = {k: v.detach().clone() for k, v in state.model.state_dict().items()}
         yield

@@ -28,6 +28,7 @@ from imgclf.data.labels_csv import scan_source
 from imgclf.errors import ResumeError, UsageError
 from imgclf.modelfile.saving import MAX_EXTRA_PROBES
 from imgclf.models import registry
+from imgclf.models.timm_backbone import with_arch_preprocess
 from imgclf.progress import Log, quiet
 from imgclf.training.device import resolve_device
 from imgclf.training.distributed import (
@@ -118,7 +119,7 @@ def train(
     with alike_on_every_rank(world):  # until the process group starts: rank 0 reports for all ranks
         opts = (options or RunOptions()).updated(option_changes)
         check_integer("probes_from", opts.probes_from, 0, MAX_EXTRA_PROBES)  # what a model file holds
-        config = (config or TrainConfig()).validated()
+        config = with_arch_preprocess((config or TrainConfig()).validated())  # timm:NAME's own, unless given
         # A backbone from another library records the library's version in the file (timm:NAME).
         config = config.replace(arch_args=registry.pinned_args(config.arch, config.arch_args))
         if world.is_main:
