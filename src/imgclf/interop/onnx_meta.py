@@ -18,6 +18,7 @@ import base64
 import binascii
 import json
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -225,3 +226,35 @@ def probe_data(props: dict[str, str], m: OnnxManifest, path: str) -> list[tuple[
             raise _bad(path, f"probe {p.index}'s input must hold {math.prod(shape)} uint8 values")
         out.append((image, np.frombuffer(pixels, dtype=np.uint8).reshape(shape)))
     return out
+
+
+def manifest_summary(path: str | os.PathLike[str], m: OnnxManifest, file_format: str) -> dict[str, Any]:
+    """What ``inspect`` shows of an exported model's metadata (an .onnx or its OpenVINO IR): the
+    export's own figures (``onnx``) without those only the graph itself can tell."""
+    raw, prov = m.raw, m.raw.get("provenance", {}) or {}
+    export = raw.get("export", {}) or {}
+    return {
+        "path": os.fspath(path),
+        "format": file_format,
+        "format_version": raw["format_version"],
+        "architecture": raw.get("architecture"),
+        "class_names": m.class_names,
+        "preprocess": m.preprocess.to_dict(),
+        "decode_rule": raw.get("decode_rule"),
+        "training": prov.get("training"),
+        "metrics": prov.get("metrics"),
+        "data": prov.get("data"),
+        "versions": export.get("versions"),
+        "created": export.get("created"),
+        "probes": len(m.probes),
+        "probe_kinds": [p.kind for p in m.probes],
+        "source": raw.get("source"),
+        "onnx": {
+            "ir_version": export.get("ir_version"),
+            "opset": export.get("opset"),
+            "exporter": export.get("exporter"),
+            "graph_sha256": raw.get("graph_sha256"),
+            "parity": raw.get("parity"),
+            "quantization": raw.get("quantization"),
+        },
+    }

@@ -20,7 +20,13 @@ import numpy as np
 
 from imgclf.errors import ImageError
 from imgclf.images.preprocess import preprocess_uint8, to_array
-from imgclf.interop.onnx_meta import ONNX_FORMAT, PARITY_TOLERANCE, OnnxManifest, probe_data
+from imgclf.interop.onnx_meta import (
+    ONNX_FORMAT,
+    PARITY_TOLERANCE,
+    OnnxManifest,
+    manifest_summary,
+    probe_data,
+)
 from imgclf.interop.onnx_runtime import OnnxClassifier, open_onnx
 
 
@@ -142,34 +148,14 @@ def inspect_onnx(path: str | os.PathLike) -> dict[str, Any]:
 
     data, _, m, _ = open_onnx(path)
     model = onnx.load_model_from_string(data)
-    raw, prov = m.raw, m.raw.get("provenance", {}) or {}
-    export = raw.get("export", {}) or {}
+    raw = m.raw
+    summary = manifest_summary(path, m, ONNX_FORMAT)
+    summary["onnx"].update(  # the graph's own, where the metadata holds the export's
+        ir_version=model.ir_version,
+        opset=max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None),
+    )
     return {
-        "path": os.fspath(path),
-        "format": ONNX_FORMAT,
-        "format_version": raw["format_version"],
-        "architecture": raw.get("architecture"),
-        "class_names": m.class_names,
-        "preprocess": m.preprocess.to_dict(),
-        "decode_rule": raw.get("decode_rule"),
-        "training": prov.get("training"),
-        "metrics": prov.get("metrics"),
-        "data": prov.get("data"),
-        "versions": export.get("versions"),
-        "created": export.get("created"),
-        "probes": len(m.probes),
-        "probe_kinds": [p.kind for p in m.probes],
-        "source": raw.get("source"),
-        "onnx": {
-            "ir_version": model.ir_version,
-            "opset": max(
-                (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None
-            ),
-            "exporter": export.get("exporter"),
-            "graph_sha256": raw.get("graph_sha256"),
-            "parity": raw.get("parity"),
-            "quantization": raw.get("quantization"),
-        },
+        **summary,
         # As in the .imgclf's inspect: tensors_sha256 identifies the weights (those of the source file).
         "integrity": {
             "tensors_sha256": (raw.get("source") or {}).get("tensors_sha256"),

@@ -31,7 +31,7 @@ import numpy as np
 from imgclf.errors import ModelFileError, StorageError
 from imgclf.fileio.reading import os_reason, read_bounded
 from imgclf.images.read import MAX_PIXELS
-from imgclf.interop.onnx_meta import ONNX_FORMAT, OnnxManifest, parse_metadata
+from imgclf.interop.onnx_meta import ONNX_FORMAT, OnnxManifest, manifest_summary, parse_metadata
 from imgclf.interop.onnx_runtime import MAX_ONNX_BYTES, OnnxClassifier
 
 RT_SECTION = "imgclf"
@@ -270,33 +270,10 @@ def inspect_openvino(path: str | os.PathLike) -> dict[str, Any]:
     ov = import_openvino()
     graph = ov.Core().read_model(xml, ov.Tensor(np.frombuffer(weights, dtype=np.uint8)))
     constants = [op for op in graph.get_ops() if op.get_type_name() == "Constant"]
-    raw, prov = m.raw, m.raw.get("provenance", {}) or {}
-    export = raw.get("export", {}) or {}
+    raw = m.raw
     ov_meta = raw["openvino"]
     return {
-        "path": os.fspath(path),
-        "format": f"{OPENVINO_FORMAT} (IR, from {ONNX_FORMAT})",
-        "format_version": raw["format_version"],
-        "architecture": raw.get("architecture"),
-        "class_names": m.class_names,
-        "preprocess": m.preprocess.to_dict(),
-        "decode_rule": raw.get("decode_rule"),
-        "training": prov.get("training"),
-        "metrics": prov.get("metrics"),
-        "data": prov.get("data"),
-        "versions": export.get("versions"),
-        "created": export.get("created"),
-        "probes": len(m.probes),
-        "probe_kinds": [p.kind for p in m.probes],
-        "source": raw.get("source"),
-        "onnx": {
-            "ir_version": export.get("ir_version"),
-            "opset": export.get("opset"),
-            "exporter": export.get("exporter"),
-            "graph_sha256": raw.get("graph_sha256"),
-            "parity": raw.get("parity"),
-            "quantization": raw.get("quantization"),
-        },
+        **manifest_summary(path, m, f"{OPENVINO_FORMAT} (IR, from {ONNX_FORMAT})"),
         "openvino": ov_meta,
         "integrity": {
             "tensors_sha256": (raw.get("source") or {}).get("tensors_sha256"),
