@@ -248,3 +248,20 @@ def test_head_only_epochs_need_a_linear_head():
     with pytest.raises(UsageError, match="head-only epochs need a model with a linear head"):
         set_phase(model, tiny_train_config(weights="w.pth"), 1)
     assert set_phase(model, tiny_train_config(), 1) == []  # nothing frozen: nothing asked of the model
+
+
+def test_an_interrupted_timm_model_resumes_bitwise_identical(dataset, tmp_path):
+    """Issue 24's resume check for a timm backbone (timm's own tiny test ResNet at 32x32)."""
+    from imgclf.models import timm_backbone
+
+    timm_backbone.require_timm()
+    config = tiny_train_config(arch="timm:test_resnet", arch_args={}, epochs=2)
+    ref = tmp_path / "ref" / "m.imgclf"
+    ref.parent.mkdir()
+    train(dataset, ref, config)
+    model = tmp_path / "m.imgclf"
+    with pytest.raises(Interrupted):
+        train(dataset, model, config, callbacks=[SignalAt(2, 1)])
+    resume_run(tmp_path / "m-run")
+    assert_same_run(model, tmp_path / "m-run", ref, ref.with_name("m-run"))
+    assert imgclf.load(model).arch == "timm:test_resnet"
