@@ -91,6 +91,11 @@ class Explanation:
 NO_LABEL = "none"  # a multi-label answer with no class over its threshold
 
 
+def label_text(labels: list[str]) -> str:
+    """A multi-label answer as one label: its classes joined by ``|``, or :data:`NO_LABEL` when empty."""
+    return "|".join(labels) or NO_LABEL
+
+
 def predict_logits(
     model: nn.Module,
     images: np.ndarray | torch.Tensor,
@@ -373,6 +378,13 @@ class Classifier:
                 probs = self.predict_proba_uint8(images, batch_size=batch_size)
         return probs, unlike(np.concatenate(feats), images, block)
 
+    def label_set(self, p: np.ndarray) -> list[str] | None:
+        """A multi-label model's answer for probabilities ``p`` (C,): the classes at or over their
+        thresholds, in class order; ``None`` for a single-label model."""
+        if self.thresholds is None:
+            return None
+        return [c for c, v, t in zip(self.class_names, p, self.thresholds, strict=True) if v >= t]
+
     def make_prediction(
         self, source: str, p: np.ndarray, *, top_k: int, unlike_training_data: bool | None = None
     ) -> Prediction:
@@ -380,12 +392,10 @@ class Classifier:
         the best class, or for a multi-label model the classes at or over their thresholds."""
         order = np.argsort(-p, kind="stable")
         best = int(order[0])
-        chosen = None
-        if self.thresholds is not None:
-            chosen = [c for c, v, t in zip(self.class_names, p, self.thresholds, strict=True) if v >= t]
+        chosen = self.label_set(p)
         return Prediction(
             source=source,
-            label=self.class_names[best] if chosen is None else "|".join(chosen) or NO_LABEL,
+            label=self.class_names[best] if chosen is None else label_text(chosen),
             labels=chosen,
             index=best,
             confidence=float(p[best]),

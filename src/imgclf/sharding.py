@@ -634,7 +634,7 @@ def _number(value: object) -> bool:
 def _checked_label(row: dict[str, Any], classes: list[str], multi_label: bool) -> bool:
     """The row's answer has this model's kind: a class name, or (multi-label) a set of classes in class
     order whose ``label`` is them joined by ``|`` (``none`` when empty)."""
-    from imgclf.classifier import NO_LABEL
+    from imgclf.classifier import label_text
 
     labels = row["labels"]
     if not multi_label:
@@ -642,7 +642,7 @@ def _checked_label(row: dict[str, Any], classes: list[str], multi_label: bool) -
     if not isinstance(labels, list) or not all(isinstance(c, str) and c in classes for c in labels):
         return False
     in_order = [c for c in classes if c in labels]
-    return labels == in_order and row["label"] == ("|".join(labels) or NO_LABEL)
+    return labels == in_order and row["label"] == label_text(labels)
 
 
 def _checked_row(row: object, classes: list[str], multi_label: bool = False) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from imgclf._version import __version__
-from imgclf.classifier import NO_LABEL
+from imgclf.classifier import label_text
 from imgclf.serving.inputs import HTTPProblem, problem
 from imgclf.serving.v2_inputs import OUTPUT_NAME, parse_v2
 
@@ -88,11 +88,9 @@ def _infer_response(served: Any, probs: np.ndarray, request_id: str | None, bina
     else:
         output["data"] = [float(v) for v in probs.ravel()]
     out: dict[str, Any] = {"model_name": served.name, "model_version": "1", "outputs": [output]}
-    thresholds = served.classifier.thresholds
-    if thresholds is not None:  # multi-label: the label sets, as JSON data in either answer form
-        names = served.classifier.class_names
-        sets = [[c for c, v, t in zip(names, row, thresholds, strict=True) if v >= t] for row in probs]
-        labels = ["|".join(s) or NO_LABEL for s in sets]
+    clf = served.classifier
+    if clf.thresholds is not None:  # multi-label: the label sets, as JSON data in either answer form
+        labels = [label_text(clf.label_set(row) or []) for row in probs]
         out["outputs"].append({"name": "labels", "datatype": "BYTES", "shape": [len(probs)], "data": labels})
     if request_id is not None:
         out["id"] = request_id
