@@ -55,3 +55,15 @@ def test_temperature_agrees_with_a_grid_search():
 def test_fit_temperature_refuses_no_images():
     with pytest.raises(UsageError, match="cannot fit a temperature on no images"):
         fit_temperature(np.zeros((0, 2)), np.zeros(0))
+
+
+def test_a_temperature_at_either_bound_stays_inside_it():
+    """A model whose scores point the wrong way fits the largest temperature, a perfectly separating one
+    the smallest; exp(log(100)) is 100.00000000000004, which the model file's manifest check refuses."""
+    from imgclf.calibration import MAX_TEMPERATURE, MIN_TEMPERATURE
+
+    labels = np.array([0, 1] * 50)
+    wrong = np.where(np.eye(2)[labels] > 0, -3.0, 3.0)
+    assert fit_temperature(wrong, labels) == MAX_TEMPERATURE
+    right = np.where(np.eye(2)[labels] > 0, 0.5, -0.5)  # a small margin: the likelihood still rises at 0.05
+    assert MIN_TEMPERATURE <= fit_temperature(right, labels) < MIN_TEMPERATURE * 1.0001

@@ -18,6 +18,7 @@ from imgclf.training.state import create_state
 
 STABLE = {"lr": 0.05, "schedule": "cosine", "warmup": 1.0, "nesterov": True, "label_smoothing": 0.1}
 STABLE["ema"] = 0.998
+STABLE["balance"] = "weights"
 
 
 def test_the_seed_preset_is_the_class_defaults_so_todays_runs_are_unchanged():

@@ -142,7 +142,9 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
             lo, a, fa = a, b, fb
             b = lo + ratio * (hi - lo)
             fb = _nll(z, y, math.exp(b))
-    return float(math.exp((lo + hi) / 2))
+    # exp(log(bound)) can land a rounding step outside the bound (exp(log(100)) = 100.00000000000004),
+    # which the model file's manifest check refuses.
+    return min(MAX_TEMPERATURE, max(MIN_TEMPERATURE, math.exp((lo + hi) / 2)))
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:

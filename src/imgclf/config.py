@@ -38,6 +38,10 @@ Recipe = Literal["seed", "stable", "finetune"]
 Schedule = Literal["time_decay", "cosine", "one_cycle"]
 INTERPOLATIONS: tuple[str, ...] = typing.get_args(Interpolation)
 MAX_SIDE = 4096
+# How a dataset without split folders is divided; TrainConfig's defaults and the scanners' (imgclf.data).
+VAL_SPLIT = 0.1
+TEST_SPLIT = 0.2
+SEED = 42
 # Presets: TrainConfig values that differ from the class defaults (which are the seed recipe). The measured
 # reasons for each stable value are in docs/performance.md ("Recipes").
 RECIPES: dict[str, dict[str, Any]] = {
@@ -49,6 +53,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "nesterov": True,
         "label_smoothing": 0.1,
         "ema": 0.998,
+        "balance": "weights",
     },
     # Starting from trained weights (the CLI's preset with --weights/--init-from): head-only epochs, then a
     # one-cycle schedule per phase at a lower peak rate.
@@ -231,12 +236,16 @@ class TrainConfig(Settings):
     decay: float | None = setting(
         None, "Keras time decay per step", default_text="lr/epochs", bounds=(0.0, 1e6)
     )
-    seed: int = setting(42, "random seed", bounds=(0, 2**63 - 1))
+    seed: int = setting(SEED, "random seed", bounds=(0, 2**63 - 1))
     label_smoothing: float = setting(0.0, "cross-entropy label smoothing", bounds=(0.0, 0.99))
     preprocess: PreprocessSpec = setting(factory=lambda: ARCH_PREPROCESS, help="preprocessing", flag=None)
     augment: AugmentSpec = setting(factory=AugmentSpec, help="augmentation", flag=None)
-    val_split: float = setting(0.1, "validation share when there is no validation folder", bounds=(0.0, 0.9))
-    test_split: float = setting(0.2, "testing share when there is no testing folder", bounds=(0.0, 0.9))
+    val_split: float = setting(
+        VAL_SPLIT, "validation share when there is no validation folder", bounds=(0.0, 0.9)
+    )
+    test_split: float = setting(
+        TEST_SPLIT, "testing share when there is no testing folder", bounds=(0.0, 0.9)
+    )
     device: str = setting("auto", "auto | cpu | cuda | cuda:N")
     precision: Precision = setting(
         "auto", "auto: bf16 autocast where the hardware supports it natively", label="precision"
@@ -262,8 +271,8 @@ class TrainConfig(Settings):
     recipe: Recipe = setting(
         "seed",
         "preset: seed (the tutorial's), stable (cosine schedule with warm-up, lr 0.05, Nesterov, label "
-        "smoothing 0.1, weight average 0.998) or finetune (one-cycle, lr 0.05; the default with --weights/"
-        "--init-from); other flags override single values",
+        "smoothing 0.1, weight average 0.998, --balance weights) or finetune (one-cycle, lr 0.05; the "
+        "default with --weights/--init-from); other flags override single values",
     )
     schedule: Schedule = setting(
         "time_decay", "learning-rate schedule (cosine: per-step warm-up + cosine; one_cycle: per phase)"
@@ -306,7 +315,7 @@ class TrainConfig(Settings):
         "CSV with 'a|b' cells turns it on)",
     )
     balance: Balance = setting(
-        "none",
+        "none",  # the seed recipe's; the stable preset sets weights (docs/performance.md, "Class imbalance")
         "class imbalance: loss weights inversely proportional to class frequency, or a sampler drawing "
         "every class equally often",
         label="--balance value",

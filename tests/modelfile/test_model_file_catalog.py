@@ -974,3 +974,67 @@ def test_a_container_read_without_data_holds_none(tmp_path):
         c.header_bytes == len(json.dumps(_one(), separators=(",", ":")))
         and c.file_bytes == 8 + c.header_bytes + 4
     )
+
+
+# Format version 2's task field (docs/format.md §3): type, thresholds (multi-label: one per class, in
+# [0, 1]) and balance, checked against a single-label file and the multi-label golden file.
+GOLDEN_V2 = Path(__file__).parents[1] / "fixtures" / "golden_v2.imgclf"
+
+
+def _task(**fields):
+    return lambda m: m["task"].update(fields)
+
+
+TASK_OK = {
+    "single-label, balance weights": ("single", _task(balance="weights"), ("single_label", None, "weights")),
+    "single-label, balance sampler": ("single", _task(balance="sampler"), ("single_label", None, "sampler")),
+    "multi-label, thresholds 0, 1 and 0.5": (
+        "multi",
+        _task(thresholds=[0, 1.0, 0.5], balance="none"),
+        ("multi_label", (0.0, 1.0, 0.5), "none"),
+    ),
+}
+TASK_REFUSED = {
+    "a task that is a string": ("single", lambda m: m.update(task="single_label"), "field task is"),
+    "a task without balance": ("single", lambda m: m["task"].pop("balance"), "field task is"),
+    "a task with an extra key": ("single", _task(threshold=0.5), "field task is"),
+    "an unknown type": ("single", _task(type="multilabel"), "field task.type is"),
+    "an unknown balance": ("single", _task(balance="oversample"), "field task.balance is"),
+    "single-label thresholds": ("single", _task(thresholds=[0.5, 0.5]), "field task.thresholds is"),
+    "multi-label without thresholds": ("multi", _task(thresholds=None), "field task.thresholds is"),
+    "one threshold short": ("multi", _task(thresholds=[0.5, 0.5]), "field task.thresholds is"),
+    "one threshold too many": ("multi", _task(thresholds=[0.5] * 4), "field task.thresholds is"),
+    "a threshold just over 1": ("multi", _task(thresholds=[0.5, 1.0001, 0.5]), "field task.thresholds is"),
+    "a threshold just under 0": ("multi", _task(thresholds=[0.5, -0.0001, 0.5]), "field task.thresholds is"),
+    "a threshold that is a boolean": (
+        "multi",
+        _task(thresholds=[0.5, True, 0.5]),
+        "field task.thresholds is",
+    ),
+    "a threshold that is a string": (
+        "multi",
+        _task(thresholds=[0.5, "0.5", 0.5]),
+        "field task.thresholds is",
+    ),
+}
+
+
+def _task_file(kind: str, good: bytes) -> bytes:
+    return good if kind == "single" else GOLDEN_V2.read_bytes()
+
+
+@pytest.mark.parametrize("kind, edit, expected", TASK_OK.values(), ids=TASK_OK)
+def test_task_fields_in_range_are_read_as_written(kind, edit, expected, good, tmp_path):
+    task = _parse(edit_manifest(_task_file(kind, good), edit), tmp_path).task
+    assert (task.type, task.thresholds, task.balance) == expected
+    assert task.to_dict() == {
+        "type": expected[0],
+        "thresholds": expected[1] and list(expected[1]),
+        "balance": expected[2],
+    }
+
+
+@pytest.mark.parametrize("kind, edit, words", TASK_REFUSED.values(), ids=TASK_REFUSED)
+def test_task_fields_out_of_range_are_refused(kind, edit, words, good, tmp_path):
+    with pytest.raises(ModelFileError, match=re.escape(f"manifest {words} malformed")):
+        _parse(edit_manifest(_task_file(kind, good), edit), tmp_path)

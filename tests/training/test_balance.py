@@ -57,6 +57,12 @@ def test_the_warning_needs_more_than_three_times_and_becomes_a_note_when_balance
     assert imbalance_warning({"a": 10, "b": 3}, "none").startswith("warning: ")
     assert imbalance_warning({"a": 10, "b": 3}, "sampler").startswith("note: ")
     assert "none of the smallest" in imbalance_warning({"a": 10, "b": 0}, "none")
+    # the advice names first the mode measured steadier with the recipe (docs/performance.md)
+    assert "train with --balance sampler (or --balance weights)" in imbalance_warning(
+        {"a": 10, "b": 3}, "none"
+    )
+    stable = imbalance_warning({"a": 10, "b": 3}, "none", "stable")
+    assert "train with --balance weights (or --balance sampler)" in stable
     assert count_lines({"training": {"a": 1, "b": 2}, "testing": {"a": 0, "b": 0}}) == ["training: a 1, b 2"]
 
 
@@ -83,6 +89,37 @@ def test_weighted_loss_gradient_gives_every_class_an_equal_share():
     w.grad = None
     F.cross_entropy(x @ w, y).backward()
     assert not torch.allclose(weighted, w.grad, atol=1e-3)  # the plain mean is dominated by class 0
+
+
+def test_weighted_batch_losses_average_to_the_class_balanced_loss_of_the_epoch():
+    """Each batch's weighted loss is divided by its image count, so over an epoch's batches the losses
+    (and gradients) average to the class-balanced loss; dividing each by its weights' sum (PyTorch's
+    weighted mean) gives the rare class far less than half when most batches hold none or one of it."""
+    from imgclf.training.loop import _Epochs
+
+    labels = np.array([0] * 60 + [1] * 4)
+    torch.manual_seed(2)
+    logits, y = torch.randn(64, 2, requires_grad=True), torch.from_numpy(labels)
+    epochs = _Epochs.__new__(_Epochs)
+    epochs.config = tiny_train_config(balance="weights")
+    epochs.train, epochs.device, epochs.class_weight = (
+        type("T", (), {"labels": labels})(),
+        torch.device("cpu"),
+        None,
+    )
+    order = torch.randperm(64, generator=torch.Generator().manual_seed(5))
+    batch_losses = [epochs.loss(logits[b], y[b]) for b in order.view(8, 8)]
+    torch.stack(batch_losses).mean().backward()
+    per = F.cross_entropy(logits.detach(), y, reduction="none")
+    balanced = (per[y == 0].mean() + per[y == 1].mean()) / 2
+    assert torch.allclose(torch.stack(batch_losses).mean(), balanced, atol=1e-6)
+    reference = logits.detach().clone().requires_grad_(True)
+    ref = F.cross_entropy(reference, y, reduction="none")
+    ((ref[y == 0].mean() + ref[y == 1].mean()) / 2).backward()
+    assert torch.allclose(logits.grad, reference.grad, atol=1e-7)
+    w = class_weights(labels, 2)[y]
+    by_weight_sum = [(w[b] * per[b]).sum() / w[b].sum() for b in order.view(8, 8)]
+    assert not torch.allclose(torch.stack(by_weight_sum).mean(), balanced, atol=1e-2)
 
 
 def test_sampler_draws_classes_equally_and_repeats_from_the_same_generator_state():
@@ -168,7 +205,7 @@ def test_weights_with_label_smoothing_weigh_each_image_by_its_own_class():
     got = epochs.loss(logits, y)
     w = class_weights(labels, 2)[y]
     per = F.cross_entropy(logits, y, label_smoothing=0.1, reduction="none")
-    assert torch.allclose(got, (w * per).sum() / w.sum())
+    assert torch.allclose(got, (w * per).sum() / len(labels))
     assert not torch.allclose(
         got, F.cross_entropy(logits, y, weight=class_weights(labels, 2), label_smoothing=0.1)
     )

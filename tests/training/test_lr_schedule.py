@@ -43,6 +43,22 @@ def _cosine(c: TrainConfig, k: int, spe: int) -> float:
     return c.lr * (1 + math.cos(math.pi * min(1.0, (k - warm) / max(1, total - warm)))) / 2
 
 
+def _one_cycle(c: TrainConfig, k: int, spe: int) -> float:
+    """fastai's ``fit_one_cycle`` (pct_start 0.25, div 25, div_final 1e5), run once per phase: the
+    head-only epochs are one cycle, the rest another. Each half is a cosine between its two rates."""
+    total = c.epochs * spe
+    frozen = min(c.effective_freeze_epochs * spe, total)
+    first, n = (0, frozen) if k < frozen else (frozen, total - frozen)
+    i, up = k - first, max(1, round(n / 4))
+
+    def anneal(start: float, end: float, done: float) -> float:
+        return end + (start - end) * (1 + math.cos(math.pi * done)) / 2
+
+    if i < up:
+        return anneal(c.lr / 25, c.lr, i / up)
+    return anneal(c.lr, c.lr / 1e5, min(1.0, (i - up) / max(1, n - up)))
+
+
 SCHEDULES = {
     # Keras' SGD(lr, decay): lr / (1 + decay * iterations), iterations counted per optimizer step from 0.
     "seed: Keras time decay per step": Schedule(_seed_config, lambda c, k, spe: c.lr / (1 + c.decay * k)),
@@ -55,6 +71,13 @@ SCHEDULES = {
     ),
     "cosine, warm-up 0.5 epoch": Schedule(
         lambda: _seed_config().replace(schedule="cosine", warmup=0.5), _cosine
+    ),
+    # The finetune recipe's schedule: one cycle over the run, and one per phase after a head-only epoch.
+    "finetune: one cycle": Schedule(
+        lambda: _seed_config().replace(schedule="one_cycle", epochs=4), _one_cycle
+    ),
+    "one cycle per phase, 1 head-only epoch": Schedule(
+        lambda: _seed_config().replace(schedule="one_cycle", epochs=4, freeze_epochs=1), _one_cycle
     ),
 }
 

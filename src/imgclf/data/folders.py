@@ -26,6 +26,7 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 
+from imgclf.config import SEED, TEST_SPLIT, VAL_SPLIT
 from imgclf.data.listing import is_hidden, odd_entries_note, subfolders, walk_files
 from imgclf.errors import DatasetError, listed
 from imgclf.images.preprocess import is_image_name
@@ -127,7 +128,7 @@ def _problems_error(problems: list[str], root: str) -> DatasetError:
 
 
 def scan_dataset(
-    root: str | os.PathLike, *, val_split: float = 0.1, test_split: float = 0.2, seed: int = 42
+    root: str | os.PathLike, *, val_split: float = VAL_SPLIT, test_split: float = TEST_SPLIT, seed: int = SEED
 ) -> Dataset:
     """Find classes and samples under ``root``; report every structural problem at once.
 

@@ -32,6 +32,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
+from imgclf.config import SEED, TEST_SPLIT, VAL_SPLIT
 from imgclf.data.folders import _ALIASES, SPLITS, Dataset, Sample, _stratified, scan_dataset
 from imgclf.errors import DatasetError, listed
 from imgclf.fileio.reading import open_for_reading, os_reason
@@ -55,9 +56,9 @@ def is_labels_file(path: str | os.PathLike) -> bool:
 def scan_source(
     source: str | os.PathLike,
     *,
-    val_split: float = 0.1,
-    test_split: float = 0.2,
-    seed: int = 42,
+    val_split: float = VAL_SPLIT,
+    test_split: float = TEST_SPLIT,
+    seed: int = SEED,
     multi_label: bool = False,
     progress: Progress | None = None,
 ) -> Dataset:
@@ -251,9 +252,9 @@ def _read_row(
 def scan_labels_csv(
     path: str | os.PathLike,
     *,
-    val_split: float = 0.1,
-    test_split: float = 0.2,
-    seed: int = 42,
+    val_split: float = VAL_SPLIT,
+    test_split: float = TEST_SPLIT,
+    seed: int = SEED,
     multi_label: bool = False,
     progress: Progress | None = None,
 ) -> Dataset:

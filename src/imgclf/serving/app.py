@@ -29,7 +29,7 @@ from imgclf._version import __version__
 from imgclf.errors import ModelFileError
 from imgclf.serving.batching import MAX_BATCH, InferenceQueue, QueueFull
 from imgclf.serving.decoding import Decoded, decode_request, good_rows, predictions
-from imgclf.serving.guard import Guard
+from imgclf.serving.guard import ADMITTED, Guard
 from imgclf.serving.inputs import HTTPProblem, from_error, parse_top_k, problem, read_images
 from imgclf.serving.metrics import Metrics
 from imgclf.serving.models import ModelStore, ServedModel
@@ -111,18 +111,15 @@ class ServerState:
         finally:
             self.inferring -= 1
 
-    def refuse_if_draining(self) -> None:
-        """503 once shutdown has begun: new work goes to another instance."""
-        if self.draining:
+    def refuse_if_draining(self, request: Request) -> None:
+        """503 for a request that arrived after shutdown began: new work goes to another instance. One
+        that arrived before (marked by the guard, its body perhaps still uploading) is finished."""
+        if self.draining and not request.scope.get("state", {}).get(ADMITTED, False):
             raise HTTPProblem(503, "server is shutting down; retry on another instance", {"retry-after": "1"})
 
-    async def infer(self, request: Request, served: ServedModel, admitted: bool = False, **work: Any) -> Any:
-        """Queue work for ``served`` and wait for it; a client that goes away cancels its queued work.
-
-        A request ``admitted`` before shutdown began (its images already decoding) is finished.
-        """
-        if not admitted:
-            self.refuse_if_draining()
+    async def infer(self, request: Request, served: ServedModel, **work: Any) -> Any:
+        """Queue work for ``served`` and wait for it; a client that goes away cancels its queued work."""
+        self.refuse_if_draining(request)
         try:
             future = self.queue.submit(served, **work)
         except QueueFull as exc:
@@ -187,13 +184,13 @@ class ServerState:
     async def classify(self, request: Request, served: ServedModel, images: list[bytes]) -> list[Any]:
         """Predictions for encoded ``images``: decoded in the pool, then inferred a batch at a time
         (the batches ``imgclf predict`` makes), so an abandoned request stops between batches."""
-        self.refuse_if_draining()
+        self.refuse_if_draining(request)
         decoded = await self.decode(request, served, images)
         parts, flags = [], []
         for start in range(0, len(images), MAX_BATCH):
             rows = good_rows(decoded, start, start + MAX_BATCH)
             if rows.stop > rows.start:
-                probs, unlike = await self.infer(request, served, True, pixels=decoded.pixels[rows])
+                probs, unlike = await self.infer(request, served, pixels=decoded.pixels[rows])
                 parts.append(probs)
                 flags.append(unlike)
         probs = np.concatenate(parts) if parts else np.zeros((0, served.classifier.num_classes), np.float32)

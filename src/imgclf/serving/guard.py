@@ -40,6 +40,9 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
     (b"x-frame-options", b"DENY"),
 ]
+# The request-state key the guard sets on arrival: True when the request arrived before shutdown began,
+# so it is finished even if its body is still uploading when SIGTERM comes (ServerState.refuse_if_draining).
+ADMITTED = "imgclf_admitted"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -99,6 +102,7 @@ class Guard:
                 seen["body_done"] = not message.get("more_body", False)
             return message
 
+        scope.setdefault("state", {})[ADMITTED] = not self.state.draining
         self.state.request_started()
         try:
             early = self._refuse_early(scope)

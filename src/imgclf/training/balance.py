@@ -65,8 +65,13 @@ def count_lines(counts: Mapping[str, Mapping[str, int]]) -> list[str]:
     ]
 
 
-def imbalance_warning(training: Mapping[str, int], balance: str) -> str | None:
-    """The warning (or, when ``balance`` already handles it, the note) for imbalanced training counts."""
+def imbalance_warning(training: Mapping[str, int], balance: str, recipe: str = "seed") -> str | None:
+    """The warning (or, when ``balance`` already handles it, the note) for imbalanced training counts.
+
+    The advice names first the mode that was steadier with ``recipe`` on the measured sets
+    (docs/performance.md, "Class imbalance"): ``sampler`` with the seed recipe's high, unwarmed learning
+    rate, ``weights`` with the others.
+    """
     counts = np.array(list(training.values()), dtype=np.int64)
     if not is_imbalanced(counts):
         return None
@@ -79,11 +84,12 @@ def imbalance_warning(training: Mapping[str, int], balance: str) -> str | None:
         f"{counts[small]} ({how_much})"
     )
     judged = f"--keep best and --patience judge by {BALANCED_MONITOR}"
+    first, second = ("sampler", "weights") if recipe == "seed" else ("weights", "sampler")
     if balance != "none":
         return f"note: {what}; balanced with --balance {balance}; {judged}"
     return (
         f"warning: {what}; accuracy can look good by always answering the majority class: train with "
-        f"--balance weights (or --balance sampler), collect more {names[small]!r} images, and read the "
+        f"--balance {first} (or --balance {second}), collect more {names[small]!r} images, and read the "
         f"balanced accuracy and macro-F1 in the report ({judged})"
     )
 

@@ -265,6 +265,6 @@ def log_class_counts(ds: Dataset, config: TrainConfig, log: Log) -> None:
     counts = ds.counts()
     for line in count_lines(counts):
         log(f"class counts, {line}")
-    warning = imbalance_warning(counts["training"], config.balance)
+    warning = imbalance_warning(counts["training"], config.balance, config.recipe)
     if warning:
         log(warning)

@@ -253,9 +253,13 @@ class _Epochs:
         # Each image weighted by its class's weight. Not cross_entropy(weight=...): with label smoothing
         # that also weighs the smoothing term of every image by every class's weight, which pushes all
         # images towards a rare class (a model answering only the minority class).
+        # Divided by the batch's image count, not by its weights' sum (PyTorch's weighted mean): the weights
+        # average 1 over the training set, so each batch's loss is then an unbiased estimate of the
+        # class-balanced loss. Dividing by the sum shrinks the rare class's share in every batch that holds
+        # few of its images, to well under half of the gradient when most batches hold none or one.
         per_image = F.cross_entropy(logits, yb, label_smoothing=config.label_smoothing, reduction="none")
         w = self.class_weight[yb]
-        return (w * per_image).sum() / w.sum()
+        return (w * per_image).sum() / len(w)
 
     def run(
         self, epoch: int, callbacks: Sequence[Callback], stop_requested: Callable[[], bool]
