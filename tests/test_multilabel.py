@@ -13,7 +13,7 @@ import pytest
 import imgclf
 from helpers import edit_manifest, run_cli, save_image, tiny_train_config
 from imgclf.errors import ModelFileError
-from imgclf.evaluation import average_precision, choose_thresholds, evaluate_multilabel
+from imgclf.evaluation import average_precision, choose_thresholds, evaluate_multilabel, multilabel_scores
 
 metrics = pytest.importorskip("sklearn.metrics")
 
@@ -50,6 +50,78 @@ def test_metrics_equal_scikit_learns():
     assert ev.to_dict()["thresholds"] == dict(zip("abcd", thresholds, strict=True))
 
 
+def test_every_row_of_the_report_and_its_json_equal_scikit_learns():
+    """The averaged rows, the micro average and report.json's fields, with a fifth class that has no
+    positive image and no prediction (scikit-learn's zero_division=0 cases)."""
+    probs, targets = _scores(seed=3, n=50, c=4)
+    probs = np.hstack([probs, np.full((50, 1), 0.9)])
+    targets = np.hstack([targets, np.zeros((50, 1), np.int64)])
+    thresholds = [0.5, 0.4, 0.6, 0.45, 1.0]
+    names = list("abcde")
+    paths = [f"img{i}.png" for i in range(50)]
+    ev = evaluate_multilabel(probs, targets, paths, names, thresholds)
+    pred = (probs >= np.array(thresholds)).astype(np.int64)
+    expected = metrics.classification_report(
+        targets, pred, target_names=names, output_dict=True, zero_division=0
+    )
+    for row in ("macro avg", "weighted avg"):
+        assert ev.report[row] == pytest.approx(expected[row]), row
+    assert ev.micro == pytest.approx(expected["micro avg"])
+    assert ev.report["e"] == {"precision": 0.0, "recall": 0.0, "f1-score": 0.0, "support": 0}
+    assert ev.balanced_accuracy == pytest.approx(multilabel_scores(targets, pred)["balanced_accuracy"])
+    data = ev.to_dict()
+    present = [metrics.average_precision_score(targets[:, i], probs[:, i]) for i in range(4)]
+    assert data["mAP"] == pytest.approx(np.mean(present))  # class e has no positive image: left out
+    assert (data["task"], data["class_names"], data["report"]) == ("multi_label", names, ev.report)
+    assert (data["micro avg"], data["micro_f1"], data["macro_f1"]) == (ev.micro, ev.micro_f1, ev.macro_f1)
+    assert data["average_precision"] == ev.average_precision
+    wrong = [
+        {"path": paths[i], "true": [names[j] for j in np.flatnonzero(targets[i])],
+         "predicted": [names[j] for j in np.flatnonzero(pred[i])]}
+        for i in range(50)
+        if (targets[i] != pred[i]).any()
+    ]  # fmt: skip
+    assert data["misclassified"] == wrong and 0 < len(wrong) < 50
+    json.dumps(data)  # JSON-able as report.json needs
+
+
+def test_no_labels_no_predictions_and_no_images_score_0_like_scikit_learn():
+    probs = np.full((6, 2), 0.2)
+    targets = np.zeros((6, 2), np.int64)
+    ev = evaluate_multilabel(probs, targets, [str(i) for i in range(6)], ["a", "b"], [0.5, 0.5])
+    expected = metrics.classification_report(
+        targets, probs >= 0.5, target_names=["a", "b"], output_dict=True, zero_division=0
+    )
+    assert (
+        ev.micro == expected["micro avg"] == {"precision": 0.0, "recall": 0.0, "f1-score": 0.0, "support": 0}
+    )
+    assert ev.report["weighted avg"] == expected["weighted avg"]
+    assert ev.accuracy == 1.0 and ev.mean_average_precision == 0.0  # every (empty) label set is right
+    empty = evaluate_multilabel(np.zeros((0, 2)), np.zeros((0, 2)), [], ["a", "b"], [0.5, 0.5])
+    assert (empty.accuracy, empty.micro_f1, empty.macro_f1) == (0.0, 0.0, 0.0)
+
+
+def test_average_precision_with_ties_and_single_images_equals_scikit_learns():
+    scores = np.array([0.9, 0.7, 0.7, 0.7, 0.2, 0.2])
+    for targets in ([1, 0, 1, 0, 1, 0], [0, 1, 1, 1, 0, 0], [0, 0, 0, 0, 0, 1]):
+        expected = metrics.average_precision_score(targets, scores)
+        assert average_precision(np.array(targets), scores) == pytest.approx(expected)
+    assert average_precision(np.array([1]), np.array([0.3])) == pytest.approx(1.0)
+    assert average_precision(np.zeros(0), np.zeros(0)) == 0.0
+
+
+def test_multilabel_scores_equal_scikit_learns():
+    """Macro-F1 and the per-class balanced accuracy (every class here has positives and negatives)."""
+    probs, targets = _scores(seed=4, n=80, c=3)
+    pred = probs >= 0.5
+    scores = multilabel_scores(targets, pred, prefix="val_")
+    assert set(scores) == {"val_balanced_accuracy", "val_macro_f1"}
+    assert scores["val_macro_f1"] == pytest.approx(metrics.f1_score(targets, pred, average="macro"))
+    per_class = [metrics.balanced_accuracy_score(targets[:, j], pred[:, j]) for j in range(3)]
+    assert scores["val_balanced_accuracy"] == pytest.approx(np.mean(per_class))
+    assert multilabel_scores(targets[:, :0], pred[:, :0]) == {"balanced_accuracy": 0.0, "macro_f1": 0.0}
+
+
 def test_thresholds_maximise_each_classs_f1():
     probs, targets = _scores(seed=1)
     chosen = choose_thresholds(probs, targets)
@@ -62,6 +134,17 @@ def test_thresholds_maximise_each_classs_f1():
         )
     no_positives = choose_thresholds(probs, np.zeros_like(targets))
     assert no_positives.tolist() == [0.5] * probs.shape[1]
+
+
+def test_thresholds_lie_halfway_below_the_lowest_accepted_probability():
+    """Exact values: a clean cut, a class without positives (kept at 0.5, the next class still chosen), a
+    class whose every image is positive (halfway to 0), and a tie that a cut may not split."""
+    probs = np.array([[0.9, 0.9, 0.2, 0.6], [0.8, 0.1, 0.6, 0.6], [0.3, 0.4, 0.4, 0.2], [0.1, 0.2, 0.7, 0.2]])
+    targets = np.array([[1, 0, 1, 1], [1, 0, 1, 0], [0, 0, 1, 0], [0, 0, 1, 0]])
+    chosen = choose_thresholds(probs, targets)
+    assert chosen.tolist() == pytest.approx([0.55, 0.5, 0.1, 0.4], abs=1e-12)
+    assert chosen.dtype == np.float64
+    assert choose_thresholds(np.zeros(0), np.zeros((0, 3))).tolist() == [0.5, 0.5, 0.5]  # no images
 
 
 def _multilabel_csv(root: Path, n: int = 48) -> Path:

@@ -250,12 +250,14 @@ def choose_thresholds(probabilities: np.ndarray, targets: np.ndarray) -> np.ndar
 
 def average_precision(targets: np.ndarray, scores: np.ndarray) -> float:
     """Area under the step precision-recall curve, as scikit-learn's ``average_precision_score``
-    (0.0 for a class without positives)."""
+    (0.0 for a class without positives, and for no images)."""
+    if scores.size == 0:
+        return 0.0
     order = np.argsort(-scores, kind="mergesort")
     s, y = scores[order], (targets[order] > 0.5).astype(np.float64)
     last = np.r_[np.flatnonzero(np.diff(s)), y.size - 1]  # the last index of each distinct score
     tps = np.cumsum(y)[last]
-    if y.size == 0 or tps[-1] == 0:
+    if tps[-1] == 0:
         return 0.0
     precision = tps / (last + 1)
     recall = tps / tps[-1]

@@ -148,6 +148,24 @@ def test_balanced_measures_equal_scikit_learns():
     assert scores == {"val_balanced_accuracy": ev.balanced_accuracy, "val_macro_f1": ev.macro_f1}
 
 
+def test_balanced_accuracy_leaves_out_a_class_without_images_as_scikit_learn_does():
+    """A class never true (but predicted) is left out of the mean recall and counts 0 in macro-F1; no
+    images at all score 0."""
+    y_true = np.array([0, 0, 0, 1, 1, 2])
+    y_pred = np.array([0, 3, 1, 1, 1, 3])
+    confusion = np.zeros((4, 4), np.int64)
+    np.add.at(confusion, (y_true, y_pred), 1)
+    with pytest.warns(UserWarning):  # scikit-learn warns that class 3 is predicted but never true
+        expected = sklearn_metrics.balanced_accuracy_score(y_true, y_pred)
+    scores = class_balanced_scores(confusion)
+    assert scores["balanced_accuracy"] == pytest.approx(expected) == pytest.approx((1 / 3 + 1 + 0) / 3)
+    assert scores["macro_f1"] == pytest.approx(
+        sklearn_metrics.f1_score(y_true, y_pred, average="macro", labels=range(4), zero_division=0)
+    )
+    assert class_balanced_scores(np.zeros((3, 3))) == {"balanced_accuracy": 0.0, "macro_f1": 0.0}
+    assert class_balanced_scores(np.zeros((0, 0))) == {"balanced_accuracy": 0.0, "macro_f1": 0.0}
+
+
 def test_keep_best_judges_imbalanced_data_by_balanced_accuracy():
     config = tiny_train_config()
     assert keep_monitor(config, np.array([0] * 10 + [1] * 3), 2) == "val_balanced_accuracy"
