@@ -994,27 +994,75 @@ TASK_OK = {
         ("multi_label", (0.0, 1.0, 0.5), "none"),
     ),
 }
+# each case: the file, the edit, the field named, and what the message says was expected
 TASK_REFUSED = {
-    "a task that is a string": ("single", lambda m: m.update(task="single_label"), "field task is"),
-    "a task without balance": ("single", lambda m: m["task"].pop("balance"), "field task is"),
-    "a task with an extra key": ("single", _task(threshold=0.5), "field task is"),
-    "an unknown type": ("single", _task(type="multilabel"), "field task.type is"),
-    "an unknown balance": ("single", _task(balance="oversample"), "field task.balance is"),
-    "single-label thresholds": ("single", _task(thresholds=[0.5, 0.5]), "field task.thresholds is"),
-    "multi-label without thresholds": ("multi", _task(thresholds=None), "field task.thresholds is"),
-    "one threshold short": ("multi", _task(thresholds=[0.5, 0.5]), "field task.thresholds is"),
-    "one threshold too many": ("multi", _task(thresholds=[0.5] * 4), "field task.thresholds is"),
-    "a threshold just over 1": ("multi", _task(thresholds=[0.5, 1.0001, 0.5]), "field task.thresholds is"),
-    "a threshold just under 0": ("multi", _task(thresholds=[0.5, -0.0001, 0.5]), "field task.thresholds is"),
+    "a task that is a string": (
+        "single",
+        lambda m: m.update(task="single_label"),
+        "task",
+        "an object with type, thresholds and balance",
+    ),
+    "a task without balance": (
+        "single",
+        lambda m: m["task"].pop("balance"),
+        "task",
+        "an object with type, thresholds and balance",
+    ),
+    "a task with an extra key": (
+        "single",
+        _task(threshold=0.5),
+        "task",
+        "an object with type, thresholds and balance",
+    ),
+    "an unknown type": ("single", _task(type="multilabel"), "task.type", "single_label | multi_label"),
+    "an unknown balance": ("single", _task(balance="oversample"), "task.balance", "none | weights | sampler"),
+    "single-label thresholds": (
+        "single",
+        _task(thresholds=[0.5, 0.5]),
+        "task.thresholds",
+        "null for a single-label model",
+    ),
+    "multi-label without thresholds": (
+        "multi",
+        _task(thresholds=None),
+        "task.thresholds",
+        "3 thresholds in [0, 1]",
+    ),
+    "one threshold short": (
+        "multi",
+        _task(thresholds=[0.5, 0.5]),
+        "task.thresholds",
+        "3 thresholds in [0, 1]",
+    ),
+    "one threshold too many": (
+        "multi",
+        _task(thresholds=[0.5] * 4),
+        "task.thresholds",
+        "3 thresholds in [0, 1]",
+    ),
+    "a threshold just over 1": (
+        "multi",
+        _task(thresholds=[0.5, 1.0001, 0.5]),
+        "task.thresholds",
+        "3 thresholds in [0, 1]",
+    ),
+    "a threshold just under 0": (
+        "multi",
+        _task(thresholds=[0.5, -0.0001, 0.5]),
+        "task.thresholds",
+        "3 thresholds in [0, 1]",
+    ),
     "a threshold that is a boolean": (
         "multi",
         _task(thresholds=[0.5, True, 0.5]),
-        "field task.thresholds is",
+        "task.thresholds",
+        "3 thresholds in [0, 1]",
     ),
     "a threshold that is a string": (
         "multi",
         _task(thresholds=[0.5, "0.5", 0.5]),
-        "field task.thresholds is",
+        "task.thresholds",
+        "3 thresholds in [0, 1]",
     ),
 }
 
@@ -1034,7 +1082,14 @@ def test_task_fields_in_range_are_read_as_written(kind, edit, expected, good, tm
     }
 
 
-@pytest.mark.parametrize("kind, edit, words", TASK_REFUSED.values(), ids=TASK_REFUSED)
-def test_task_fields_out_of_range_are_refused(kind, edit, words, good, tmp_path):
-    with pytest.raises(ModelFileError, match=re.escape(f"manifest {words} malformed")):
-        _parse(edit_manifest(_task_file(kind, good), edit), tmp_path)
+@pytest.mark.parametrize("kind, edit, field, expected", TASK_REFUSED.values(), ids=TASK_REFUSED)
+def test_task_fields_out_of_range_are_refused(kind, edit, field, expected, good, tmp_path):
+    blob = edit_manifest(_task_file(kind, good), edit)
+    with pytest.raises(ModelFileError) as caught:
+        _parse(blob, tmp_path)
+    error = caught.value
+    task = manifest_of(blob)["task"]
+    received = task[field.split(".")[1]] if "." in field else task
+    path = str(tmp_path / "m.imgclf")
+    assert error.problem == f"invalid model file {path!r}: manifest field {field} is malformed"
+    assert (error.received, error.expected) == (repr(received)[:100], expected)

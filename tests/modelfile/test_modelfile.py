@@ -438,3 +438,17 @@ def test_copy_to_cpu_is_a_float32_copy_that_leaves_the_model_alone():
     assert all(t.dtype == torch.float32 for t in copied.state_dict().values() if t.is_floating_point())
     for key, value in model.state_dict().items():
         assert value.dtype == before[key].dtype and torch.equal(value, before[key]), key
+
+
+def test_a_weights_mismatch_of_a_timm_model_names_both_timm_versions():
+    """The note added to "weights do not match the architecture" for a model another library built."""
+    from types import SimpleNamespace
+
+    from imgclf.modelfile.weights import _library_note
+    from imgclf.models.timm_backbone import installed_version
+
+    assert _library_note(SimpleNamespace(arch_args={"widths": [8]})) == ""
+    note = _library_note(SimpleNamespace(arch_args={"timm_version": "0.9.2"}))
+    assert note == f" (the file was made with timm 0.9.2, timm {installed_version()} is installed)"
+    unknown = _library_note(SimpleNamespace(arch_args={"timm_version": ""}))
+    assert unknown == f" (the file was made with timm ?, timm {installed_version()} is installed)"

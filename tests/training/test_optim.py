@@ -133,3 +133,14 @@ def test_creating_a_training_state_does_not_import_dynamo():
     argv = [sys.executable, "-c", code]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_each_group_keeps_its_learning_rate_scale_and_weight_decay():
+    """Fine-tuning gives the backbone's group a fraction of the schedule's rate; a group without one
+    gets the whole rate."""
+    a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+    opt = KerasSGD([{"params": [a], "lr_scale": 0.1, "weight_decay": 1e-4}, {"params": [b]}], 0.5, 0.9)
+    assert [(g["lr_scale"], g["weight_decay"], g["lr"]) for g in opt.param_groups] == [
+        (0.1, 1e-4, 0.5),
+        (1.0, 0.0, 0.5),
+    ]
