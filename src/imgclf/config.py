@@ -38,7 +38,9 @@ Recipe = Literal["seed", "stable", "finetune"]
 Schedule = Literal["time_decay", "cosine", "one_cycle"]
 INTERPOLATIONS: tuple[str, ...] = typing.get_args(Interpolation)
 MAX_SIDE = 4096
-# How a dataset without split folders is divided; TrainConfig's defaults and the scanners' (imgclf.data).
+# A dataset's splits, by their folder names, and how a dataset without split folders is divided
+# (TrainConfig's defaults and the scanners', imgclf.data).
+SPLITS: tuple[str, ...] = ("training", "validation", "testing")
 VAL_SPLIT = 0.1
 TEST_SPLIT = 0.2
 SEED = 42

@@ -13,6 +13,7 @@ import sys
 
 from imgclf.cli.common import EPILOG, add_cache_flags
 from imgclf.cli.model import _add_model_arg, _model_path
+from imgclf.config import SPLITS
 
 
 def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -33,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument(
         "--split",
         default="validation",
-        choices=("training", "validation", "testing", "all"),
+        choices=(*SPLITS, "all"),
         help="the held-out split to fit on (default validation; never the split you report on)",
     )
     p.add_argument(

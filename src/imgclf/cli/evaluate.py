@@ -24,6 +24,7 @@ from imgclf.cli.common import (
     max_pixels_option,
 )
 from imgclf.cli.output import report_text, stdout_line
+from imgclf.config import SPLITS
 
 
 def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -44,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument(
         "--split",
         default="testing",
-        choices=("training", "validation", "testing", "all"),
+        choices=(*SPLITS, "all"),
         help="which split to score (default testing); 'all' scores every image of the folder",
     )
     p.add_argument(

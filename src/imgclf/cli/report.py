@@ -14,6 +14,7 @@ import sys
 
 from imgclf.cli.common import EPILOG, add_cache_flags, add_max_pixels_flag, max_pixels_option
 from imgclf.cli.model import _add_model_arg, _model_path
+from imgclf.config import SPLITS
 
 
 def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -34,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument(
         "--split",
         default="testing",
-        choices=("training", "validation", "testing", "all"),
+        choices=(*SPLITS, "all"),
         help="which split to score with --dataset (default testing)",
     )
     p.add_argument("--output", "-o", required=True, metavar="HTML", help="the HTML file to write")

@@ -26,12 +26,11 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 
-from imgclf.config import SEED, TEST_SPLIT, VAL_SPLIT
+from imgclf.config import SEED, SPLITS, TEST_SPLIT, VAL_SPLIT
 from imgclf.data.listing import is_hidden, odd_entries_note, subfolders, walk_files
 from imgclf.errors import DatasetError, listed
 from imgclf.images.preprocess import is_image_name
 
-SPLITS = ("training", "validation", "testing")
 _ALIASES = {
     "training": "training",
     "train": "training",

@@ -32,8 +32,8 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
-from imgclf.config import SEED, TEST_SPLIT, VAL_SPLIT
-from imgclf.data.folders import _ALIASES, SPLITS, Dataset, Sample, _stratified, scan_dataset
+from imgclf.config import SEED, SPLITS, TEST_SPLIT, VAL_SPLIT
+from imgclf.data.folders import _ALIASES, Dataset, Sample, _stratified, scan_dataset
 from imgclf.errors import DatasetError, listed
 from imgclf.fileio.reading import open_for_reading, os_reason
 

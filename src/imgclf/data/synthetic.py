@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from imgclf.config import SPLITS
 from imgclf.data.synthetic_cells import render_cell
 from imgclf.errors import UsageError
 
-SPLITS: tuple[str, ...] = ("training", "validation", "testing")
 CLASSES: tuple[str, ...] = ("Parasitized", "Uninfected")
 KINDS: tuple[str, ...] = (*CLASSES, "Ring", "Dot")  # class names the generator can draw
 BASE_COUNTS: dict[str, dict[str, int]] = {
